@@ -1,0 +1,167 @@
+"""A models folder (or its ensemble.json) -> a Plan: which file, metadata, scaler and weight per member.
+
+Without ensemble.json: the newest file per kind by its `vYYYYMMDD_HHMMSS_vN` stamp, `<stem>_meta.json`
+beside it, the newest scaler shared by all, and the service's weights. ensemble.json says everything
+discovery cannot: other files, weights, a scaler per member or none, class names, and a stacking combiner.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MetadataError, PlanError
+from .loaders import load_json
+from .members import MemberSource, get_kind, known_kinds
+
+SERVICE_WEIGHTS = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20}
+CLASSES = ["SELL", "HOLD", "BUY"]
+SCALER_SUFFIXES = (".pkl", ".joblib", ".json")
+STAMPED = re.compile(r"^(?P<kind>[a-z0-9]+)_v(?P<date>\d{8})_(?P<time>\d{6})_v(?P<n>\d+)(?P<ext>\.\w+)$")
+
+
+@dataclass
+class Plan:
+    models_dir: Path
+    members: list[MemberSource]
+    classes: list[str]
+    combine: dict[str, Any]                       # {"method": "weighted"} or {"method": "stacking", "file": Path}
+    feature_names: list[str] | None = None        # from ensemble.json; otherwise read from the model files
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        lines = [f"plan for {self.models_dir} ({self.combine['method']} combine, classes {', '.join(self.classes)}):"]
+        for m in self.members:
+            meta = m.metadata.name if m.metadata else "no metadata"
+            scaler = m.scaler.name if m.scaler else "raw features"
+            lines.append(f"  {m.name:<10} {m.kind:<9} weight {m.weight:.4g}  {m.file.name}  [{meta}; {scaler}]")
+        if self.combine["method"] == "stacking":
+            lines.append(f"  stacker    {self.combine['file'].name}")
+        return lines + [f"  note: {n}" for n in self.notes]
+
+
+def _stamped_files(models_dir: Path) -> dict[str, list[tuple[tuple[str, str, int], Path]]]:
+    found: dict[str, list[tuple[tuple[str, str, int], Path]]] = {}
+    for path in sorted(models_dir.iterdir()):
+        m = STAMPED.match(path.name)
+        if m and not path.stem.endswith("_meta"):
+            found.setdefault(m["kind"], []).append(((m["date"], m["time"], int(m["n"])), path))
+    return found
+
+
+def _newest(candidates: list[tuple[tuple[str, str, int], Path]], suffixes: tuple[str, ...], kind: str,
+            models_dir: Path) -> Path:
+    usable = [(stamp, p) for stamp, p in candidates if p.suffix in suffixes]
+    if not usable:
+        raise PlanError(f"{models_dir}: no {kind} file ({kind}_vYYYYMMDD_HHMMSS_vN with one of "
+                        f"{', '.join(suffixes)}); add one, or leave the kind out with --only.")
+    newest = max(stamp for stamp, _ in usable)
+    tied = [p for stamp, p in usable if stamp == newest]
+    if len(tied) > 1:
+        raise PlanError(f"{models_dir}: {', '.join(p.name for p in tied)} share the newest {kind} stamp; remove "
+                        f"one, or name the file in ensemble.json.")
+    return tied[0]
+
+
+def _normalized(members: list[MemberSource], notes: list[str]) -> list[MemberSource]:
+    total = sum(m.weight for m in members)
+    if abs(total - 1.0) > 1e-12:
+        notes.append(f"weights sum to {total:.6g}; normalized to sum to 1")
+        members = [MemberSource(m.name, m.kind, m.file, m.metadata, m.scaler, m.weight / total) for m in members]
+    return members
+
+
+def discover(models_dir: Path, only: list[str] | None = None) -> Plan:
+    """The plan for a folder without ensemble.json."""
+    found = _stamped_files(models_dir)
+    kinds = only or list(SERVICE_WEIGHTS)
+    for kind in kinds:
+        get_kind(kind)  # names the known kinds when asked for an unknown one
+    scaler = _newest(found.get("scaler", []), SCALER_SUFFIXES, "scaler", models_dir)
+    members = []
+    for kind in kinds:
+        file = _newest(found.get(kind, []), get_kind(kind).suffixes, kind, models_dir)
+        meta = file.with_name(f"{file.stem}_meta.json")
+        members.append(MemberSource(kind, kind, file, meta if meta.exists() else None, scaler,
+                                    SERVICE_WEIGHTS.get(kind, 1.0)))
+    notes = [f"newest stamp per kind; scaler {scaler.name} shared by all members; the service's weights"]
+    return Plan(models_dir, _normalized(members, notes), list(CLASSES), {"method": "weighted"}, notes=notes)
+
+
+def _check_keys(obj: Any, allowed: set[str], required: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise MetadataError(f"{where} must be an object.")
+    unknown, missing = sorted(set(obj) - allowed), sorted(required - set(obj))
+    if unknown:
+        raise MetadataError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(allowed)}.")
+    if missing:
+        raise MetadataError(f"{where}: missing field(s) {missing}.")
+    return obj
+
+
+def _existing(models_dir: Path, name: Any, where: str) -> Path:
+    if not isinstance(name, str) or not name:
+        raise MetadataError(f"{where} must be a file name.")
+    path = models_dir / name
+    if not path.is_file():
+        raise PlanError(f"{where}: file '{name}' not found in {models_dir}.")
+    return path
+
+
+def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
+    spec = _check_keys(load_json(spec_file, "ensemble.json"),
+                       {"feature_names", "classes", "members", "combine", "decision"}, {"members"}, str(spec_file))
+    if "decision" in spec:
+        raise PlanError(f"{spec_file}: field 'decision' (temperature, min_confidence) is not supported by this "
+                        f"version; remove it to build without a decision policy.")
+    classes = spec.get("classes", CLASSES)
+    if classes != CLASSES:
+        raise MetadataError(f"{spec_file}: field 'classes' is {classes}; class index 0, 1, 2 must be {CLASSES}.")
+    names = spec.get("feature_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise MetadataError(f"{spec_file}: field 'feature_names' must be a list of strings.")
+    if not isinstance(spec["members"], dict) or not spec["members"]:
+        raise MetadataError(f"{spec_file}: field 'members' must name at least one member.")
+    members = []
+    for name, entry in spec["members"].items():
+        where = f"{spec_file}: members.{name}"
+        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
+        if entry["kind"] not in known_kinds():
+            raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: {', '.join(known_kinds())}.")
+        file = _existing(models_dir, entry["file"], f"{where}.file")
+        if "metadata" in entry:
+            meta = None if entry["metadata"] is None else _existing(models_dir, entry["metadata"], f"{where}.metadata")
+        else:
+            default = file.with_name(f"{file.stem}_meta.json")
+            meta = default if default.exists() else None
+        if "scaler" not in entry:
+            raise MetadataError(f"{where}: field 'scaler' is required (a file name, or null for raw features).")
+        scaler = None if entry["scaler"] is None else _existing(models_dir, entry["scaler"], f"{where}.scaler")
+        weight = entry.get("weight", SERVICE_WEIGHTS.get(entry["kind"], 1.0))
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+            raise MetadataError(f"{where}.weight must be a positive number, got {weight!r}.")
+        members.append(MemberSource(name, entry["kind"], file, meta, scaler, float(weight)))
+    combine = _check_keys(spec.get("combine", {"method": "weighted"}), {"method", "file"}, {"method"},
+                          f"{spec_file}: combine")
+    notes = [f"from {spec_file.name}"]
+    if combine["method"] == "stacking":
+        combine = {"method": "stacking", "file": _existing(models_dir, combine.get("file"), f"{spec_file}: combine.file")}
+        notes.append("stacking: member weights are not used; the stacker combines the member probabilities")
+    elif combine != {"method": "weighted"}:
+        raise MetadataError(f"{spec_file}: combine must be {{\"method\": \"weighted\"}} or "
+                            f"{{\"method\": \"stacking\", \"file\": ...}}, got {combine}.")
+    return Plan(models_dir, _normalized(members, notes), list(classes), combine, names, notes)
+
+
+def make_plan(models_dir: Path, only: list[str] | None = None) -> Plan:
+    if not models_dir.is_dir():
+        raise PlanError(f"{models_dir}: not a folder. Pass the models folder the training scripts write.")
+    spec_file = models_dir / "ensemble.json"
+    if spec_file.exists():
+        if only:
+            raise PlanError(f"{spec_file} names the members; --only applies to discovery only.")
+        return from_ensemble_json(models_dir, spec_file)
+    return discover(models_dir, only)

@@ -1,0 +1,136 @@
+"""LightGBM: an LGBMClassifier pickle (allowlisted) or a native .txt, converted with onnxmltools.
+
+LightGBM splits on `x <= t` with a double t, while the ONNX tree operator holds float32 thresholds rounded
+to nearest: a float32 input equal to a threshold that rounded up would go the wrong way. Since every input
+is float32, `x <= t` is exactly `x <= largest float32 not above t`; `exact_thresholds` writes that value
+into each split. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose
+default direction disagrees with the threshold) are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFileError, UnsupportedModelError
+from ..loaders import load_pickle
+from . import LoadedMember, MemberSource, to_contract
+from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
+
+
+def read_model(source: MemberSource) -> tuple[Any, Any]:
+    """(booster, predict_proba) from a .txt or an LGBMClassifier pickle."""
+    import lightgbm
+
+    if source.file.suffix == ".txt":
+        try:
+            booster = lightgbm.Booster(model_file=str(source.file))
+        except lightgbm.basic.LightGBMError as exc:
+            raise ModelFileError(f"{source.file}: not a readable LightGBM model ({exc}).") from exc
+        return booster, booster.predict
+    model = load_pickle(source.file, "lightgbm")
+    if not isinstance(model, lightgbm.LGBMClassifier):
+        raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected an LGBMClassifier.")
+    check_classes(model.classes_, int(model.n_classes_), source.file)
+    return model.booster_, model.predict_proba
+
+
+def preorder(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A dumped tree's split nodes in pre-order (node, left subtree, right subtree)."""
+    if "split_index" in node:
+        yield node
+        yield from preorder(node["left_child"])
+        yield from preorder(node["right_child"])
+
+
+def internal_nodes(dump: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for tree in dump["tree_info"]:
+        yield from preorder(tree["tree_structure"])
+
+
+def check_expressible(dump: dict[str, Any], file: Any) -> None:
+    objective = str(dump.get("objective", ""))
+    if not objective.startswith("multiclass ") and objective != "multiclass":
+        raise UnsupportedModelError(f"{file}: objective '{objective}' is not 'multiclass' (softmax); ONNX export "
+                                    f"supports softmax multi-class models only.")
+    if any(tree.get("is_linear") for tree in dump["tree_info"]) or dump.get("linear_tree"):
+        raise UnsupportedModelError(f"{file}: linear trees (linear_tree=true) have no ONNX tree equivalent.")
+    for node in internal_nodes(dump):
+        if node["decision_type"] != "<=":
+            raise UnsupportedModelError(f"{file}: categorical split on feature {node['split_feature']} "
+                                        f"(decision '{node['decision_type']}') cannot be exported faithfully.")
+        if node["missing_type"] == "Zero" and node["default_left"] != (0.0 <= node["threshold"]):
+            raise UnsupportedModelError(
+                f"{file}: a zero-as-missing split on feature {node['split_feature']} sends 0.0 the other way "
+                f"than its threshold {node['threshold']}; ONNX has no zero-as-missing. Retrain with zero_as_missing=false.")
+
+
+def floor_float32(t: float) -> float:
+    """The largest float32 not above t: for float32 x, `x <= t` iff `x <= floor_float32(t)`."""
+    v = np.float32(t)
+    return float(np.nextafter(v, np.float32(-np.inf)) if float(v) > t else v)
+
+
+def onnx_preorder(attrs: dict[str, Any], tree: int) -> list[int]:
+    """Attribute indices of one converted tree's split nodes, in pre-order (true branch first)."""
+    ids = {(t, n): i for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints))}
+    children = {c for i in ids.values() if attrs["nodes_treeids"].ints[i] == tree
+                for c in (attrs["nodes_truenodeids"].ints[i], attrs["nodes_falsenodeids"].ints[i])
+                if attrs["nodes_modes"].strings[i] != b"LEAF"}
+    roots = [n for (t, n) in ids if t == tree and n not in children]
+    order: list[int] = []
+    stack = roots[:1]
+    while stack:
+        i = ids[(tree, stack.pop())]
+        if attrs["nodes_modes"].strings[i] != b"LEAF":
+            order.append(i)
+            stack += [attrs["nodes_falsenodeids"].ints[i], attrs["nodes_truenodeids"].ints[i]]
+    return order
+
+
+def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[int, float]]:
+    """Replace each split's rounded threshold by its exact float32 equivalent; returns the splits.
+
+    Splits are matched by position in the tree structure, and each pair must agree on feature and rounded
+    threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly."""
+    attrs = {a.name: a for a in tree_node(onx).attribute}
+    values = attrs["nodes_values"].floats
+    exact = []
+    for tree_index, tree in enumerate(dump["tree_info"]):
+        converted, original = onnx_preorder(attrs, tree_index), list(preorder(tree["tree_structure"]))
+        if len(converted) != len(original):
+            raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted {len(converted)}.")
+        for i, node in zip(converted, original):
+            t = float(node["threshold"])
+            if (attrs["nodes_featureids"].ints[i] != node["split_feature"] or np.float32(values[i]) != np.float32(t)
+                    or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ"):
+                raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the model.")
+            values[i] = floor_float32(t)
+            exact.append((int(node["split_feature"]), values[i]))
+    return sorted(set(exact))
+
+
+def load(source: MemberSource) -> LoadedMember:
+    from onnxmltools import convert_lightgbm
+
+    booster, predict = read_model(source)
+    dump = booster.dump_model()  # best_iteration's trees, as predict uses them and as the converter dumps them
+    check_expressible(dump, source.file)
+    n_features, n_classes = booster.num_feature(), int(dump["num_class"])
+    onx = convert_lightgbm(booster, name=source.name, initial_types=input_types(n_features),
+                           target_opset=ONNXMLTOOLS_OPSET, zipmap=False)
+    thresholds = exact_thresholds(onx, dump, source.file)
+    names = dump.get("feature_names")
+    default_names = [f"Column_{i}" for i in range(n_features)]
+    return LoadedMember(
+        source=source, n_features=n_features, n_classes=n_classes,
+        hyperparameters={"objective": "multiclass", "trees": len(dump["tree_info"]),
+                         "best_iteration": booster.best_iteration, "num_leaves_max": max(
+                             t["num_leaves"] for t in dump["tree_info"])},
+        reference=lambda x32: np.asarray(predict(x32), dtype=np.float64),
+        onnx_model=to_contract(onx, "lightgbm"),
+        feature_names=None if names == default_names else names,
+        notes=[f"{len(dump['tree_info']) // n_classes} boosting rounds"],
+        thresholds=thresholds)

@@ -1,0 +1,60 @@
+"""PatchTST v5: a linear embedding, a TransformerEncoder over one token per row, and a two-layer head.
+
+state_dict: embedding.*, transformer.layers.{i}.* (12 tensors a layer), fc.{0,3}.* (54 tensors for v5).
+The head count cannot be read off the shapes: it comes from metadata, else the v5 default of 8.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import MetadataError
+from . import LoadedMember, MemberSource
+from .torch_common import Architecture, count_indexed, load_torch_member, tensor_shape
+
+V5_HEADS = 8
+
+
+def build_module(hp: dict[str, Any]) -> Any:
+    import torch.nn as nn
+
+    class PatchTST(nn.Module):
+        def __init__(self, input_dim: int, d_model: int, n_heads: int, n_layers: int, dim_feedforward: int,
+                     num_classes: int) -> None:
+            super().__init__()
+            self.embedding = nn.Linear(input_dim, d_model)
+            layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=dim_feedforward, dropout=0.1,
+                                               batch_first=True)
+            # Nested tensors only matter with padding masks; off keeps tracing on the plain ops.
+            self.transformer = nn.TransformerEncoder(layer, num_layers=n_layers, enable_nested_tensor=False)
+            self.fc = nn.Sequential(nn.Linear(d_model, d_model // 2), nn.ReLU(), nn.Dropout(0.1),
+                                    nn.Linear(d_model // 2, num_classes))
+
+        def forward(self, x: Any) -> Any:
+            x = self.embedding(x.unsqueeze(1))  # one token per row
+            return self.fc(self.transformer(x).mean(dim=1))
+
+    return PatchTST(hp["input_size"], hp["d_model"], hp["n_heads"], hp["n_layers"], hp["dim_feedforward"],
+                    hp["num_classes"])
+
+
+def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: MemberSource) -> Architecture:
+    where = str(source.metadata)
+    stated = meta.get("architecture", {})
+    d_model, input_size = tensor_shape(state, "embedding.weight", source.file)
+    arch = Architecture(feature_names=meta.get("feature_names"))
+    arch.inferred("input_size", input_size, meta.get("num_features", stated.get("input_dim")), where)
+    arch.inferred("d_model", d_model, stated.get("d_model"), where)
+    arch.inferred("n_layers", count_indexed(state, "transformer.layers.", source.file), stated.get("n_layers"), where)
+    ff = tensor_shape(state, "transformer.layers.0.linear1.weight", source.file)[0]
+    arch.inferred("dim_feedforward", ff, stated.get("dim_feedforward"), where)
+    arch.inferred("num_classes", tensor_shape(state, "fc.3.weight", source.file)[0], stated.get("num_classes"), where)
+    arch.stated_or_default("n_heads", stated.get("n_heads"), V5_HEADS)
+    heads = arch.values["n_heads"]
+    if not isinstance(heads, int) or heads < 1 or d_model % heads:
+        raise MetadataError(f"{where}: n_heads={heads!r} does not divide d_model={d_model} read off the weights.")
+    return arch
+
+
+def load(source: MemberSource) -> LoadedMember:
+    return load_torch_member(source, read_architecture, build_module)

@@ -1,0 +1,154 @@
+"""What the torch kinds share: reading hyperparameters off tensor shapes and checking them against
+metadata, strict loading, the reference prediction, and the ONNX export with a softmax head.
+
+A kind module supplies two functions: `read_architecture(state, meta, file) -> Architecture` and
+`build_module(hyperparameters) -> nn.Module`; `load_torch_member` does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MetadataError, StateDictError
+from ..loaders import load_json, load_state_dict
+from . import CONTRACT, LoadedMember, MemberSource
+
+EXPORT_BATCH = 3  # parity runs at 1, 7 and 512: none of them is the traced size
+
+
+@dataclass
+class Architecture:
+    """Hyperparameters with a note per value saying where it came from."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    feature_names: list[str] | None = None
+
+    def inferred(self, name: str, value: Any, stated: Any, where: str) -> None:
+        """A value the shapes determine; metadata may state it but must then agree."""
+        if stated is not None and stated != value:
+            raise MetadataError(f"{where}: states {name}={stated!r}, but the weights have {name}={value!r}. "
+                                f"Fix the metadata or use the matching .pth.")
+        self.values[name] = value
+        self.notes.append(f"{name}={value} (from shapes{', agrees with metadata' if stated is not None else ''})")
+
+    def stated_or_default(self, name: str, stated: Any, default: Any) -> None:
+        """A value the shapes cannot tell: metadata, else the v5 default, and the plan says which."""
+        self.values[name] = default if stated is None else stated
+        self.notes.append(f"{name}={self.values[name]} ({'v5 default, not in metadata' if stated is None else 'from metadata'})")
+
+
+def tensor_shape(state: dict[str, Any], key: str, file: Path) -> tuple[int, ...]:
+    if key not in state:
+        raise StateDictError(f"{file}: missing tensor '{key}'; this is not a complete state_dict of this kind.")
+    return tuple(state[key].shape)
+
+
+def count_indexed(state: dict[str, Any], prefix: str, file: Path) -> int:
+    """How many consecutive `prefix{i}.` blocks the state_dict holds (0..n-1, no gaps)."""
+    found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    if not found:
+        raise StateDictError(f"{file}: no tensors under '{prefix}0.'; this is not a state_dict of this kind.")
+    missing = sorted(set(range(max(found) + 1)) - found)
+    if missing:
+        raise StateDictError(f"{file}: missing tensors for '{prefix}{missing[0]}.' (found blocks {sorted(found)}).")
+    return max(found) + 1
+
+
+def read_metadata(source: MemberSource) -> dict[str, Any]:
+    if source.metadata is None:
+        return {}
+    meta = load_json(source.metadata)
+    arch = meta.get("architecture", {})
+    if not isinstance(arch, dict):
+        raise MetadataError(f"{source.metadata}: field 'architecture' must be an object.")
+    names = meta.get("feature_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise MetadataError(f"{source.metadata}: field 'feature_names' must be a list of strings.")
+    return meta
+
+
+def load_strict(module: Any, state: dict[str, Any], file: Path) -> None:
+    """`load_state_dict(strict=True)`, with every missing, unexpected or misshapen key named."""
+    expected = module.state_dict()
+    problems = [f"missing tensor '{k}'" for k in expected if k not in state]
+    problems += [f"unexpected tensor '{k}'" for k in state if k not in expected]
+    problems += [f"tensor '{k}' has shape {tuple(state[k].shape)}, the architecture needs {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise StateDictError(f"{file}: does not fit the architecture read from it: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def _no_transformer_fast_path() -> Iterator[None]:
+    """The fused TransformerEncoder kernel has no ONNX symbolic; tracing must see the plain ops."""
+    import torch
+
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def export_onnx(module: Any, n_features: int) -> Any:
+    """Export `softmax(module(x))` with a dynamic batch axis, as the contract says."""
+    import onnx
+    import torch
+
+    class WithSoftmax(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.inner(x), dim=-1)
+
+    buffer = io.BytesIO()
+    example = torch.zeros(EXPORT_BATCH, n_features, dtype=torch.float32)
+    axes = {CONTRACT.input_name: {0: CONTRACT.batch_axis}, CONTRACT.output_name: {0: CONTRACT.batch_axis}}
+    with _no_transformer_fast_path(), torch.no_grad():
+        # The TorchScript exporter: deterministic bytes, no onnxscript dependency, stable since torch 1.x.
+        torch.onnx.export(WithSoftmax(module).eval(), (example,), buffer, dynamo=False,
+                          opset_version=CONTRACT.opset, input_names=[CONTRACT.input_name],
+                          output_names=[CONTRACT.output_name], dynamic_axes=axes, do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def torch_reference(module: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """What the service computed: `softmax(module(x))` in eval mode (fast path and all), as float64."""
+    import torch
+
+    def predict(x32: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(module(torch.from_numpy(x32)), dim=-1).double().numpy()
+    return predict
+
+
+def load_torch_member(source: MemberSource,
+                      read_architecture: Callable[[dict[str, Any], dict[str, Any], MemberSource], Architecture],
+                      build_module: Callable[[dict[str, Any]], Any]) -> LoadedMember:
+    state = load_state_dict(source.file)
+    meta = read_metadata(source)
+    arch = read_architecture(state, meta, source)
+    module = build_module(arch.values)
+    load_strict(module, state, source.file)
+    module.eval()
+    n_features = arch.values["input_size"]
+    if arch.feature_names is not None and len(arch.feature_names) != n_features:
+        raise MetadataError(f"{source.metadata}: lists {len(arch.feature_names)} feature_names, but the weights "
+                            f"take {n_features} features.")
+    return LoadedMember(source=source, n_features=n_features, n_classes=arch.values["num_classes"],
+                        hyperparameters=arch.values, reference=torch_reference(module),
+                        onnx_model=export_onnx(module, n_features), feature_names=arch.feature_names,
+                        notes=arch.notes)

@@ -1,0 +1,197 @@
+"""The parity gate: every member's ONNX and the fused ensemble against the original frameworks.
+
+Rows: draws from the scaler's statistics; for every tree split, rows whose scaled float32 value sits on the
+threshold and one ulp under and over it; and any recorded features. References: the frameworks themselves
+(sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
+runs at batch sizes other than the export's; every probability must be within tolerance and every label
+identical. All failures are collected and reported together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .members import CONTRACT, LoadedMember
+from .scaler import Scaler
+
+BATCH_SIZES = (1, 7, 512)
+SINGLE_ROW_SAMPLE = 256   # batch size 1 runs on an even sample of this many rows (one session call a row)
+SCALER_ROWS = 256
+MAX_NUDGES = 64           # float64 steps tried to land a scaled value exactly on a float32 target
+
+
+@dataclass
+class ParityRows:
+    raw: np.ndarray                                  # float64 [R, F]: what the service is handed
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _affine(scaler: Scaler | None, column: int) -> tuple[float, float]:
+    if scaler is None:
+        return 0.0, 1.0
+    mean = float(scaler.mean[column]) if scaler.mean is not None else 0.0
+    scale = float(scaler.scale[column]) if scaler.scale is not None else 1.0
+    return mean, scale
+
+
+def _raw_values_for(targets: np.ndarray, mean: float, scale: float) -> np.ndarray:
+    """float64 raw values x with float32((x - mean) / scale) == target exactly; NaN where none was found."""
+    x = targets.astype(np.float64) * scale + mean
+    for _ in range(MAX_NUDGES):
+        got = ((x - mean) / scale).astype(np.float32)
+        off = got != targets
+        if not off.any():
+            break
+        # Step one float64 ulp towards the target; scale > 0, so raw and scaled move the same way.
+        x[off] = np.nextafter(x[off], np.where(got[off] < targets[off], np.inf, -np.inf))
+    x[((x - mean) / scale).astype(np.float32) != targets] = np.nan
+    return x
+
+
+def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
+                recorded: np.ndarray | None = None, seed: int = 0) -> ParityRows:
+    rng = np.random.default_rng(seed)
+    reference_scaler = next(iter(scalers.values()), None)
+    mean, scale = (np.zeros(n_features), np.ones(n_features)) if reference_scaler is None else (
+        np.asarray([_affine(reference_scaler, j) for j in range(n_features)]).T)
+    base = mean + scale * rng.standard_normal((SCALER_ROWS, n_features))
+    blocks, counts = [base], {"scaler": SCALER_ROWS, "threshold": 0, "threshold_unreachable": 0}
+    for member in members:
+        scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
+        for column in sorted({f for f, _ in member.thresholds}):
+            values = np.array([v for f, v in member.thresholds if f == column], dtype=np.float32)
+            targets = np.concatenate([values, np.nextafter(values, np.float32(-np.inf)),
+                                      np.nextafter(values, np.float32(np.inf))])
+            raw = _raw_values_for(targets, *_affine(scaler, column))
+            ok = ~np.isnan(raw)
+            rows = base[np.arange(ok.sum()) % SCALER_ROWS].copy()
+            rows[:, column] = raw[ok]
+            blocks.append(rows)
+            counts["threshold"] += int(ok.sum())
+            counts["threshold_unreachable"] += int((~ok).sum())
+    if recorded is not None:
+        blocks.append(np.asarray(recorded, dtype=np.float64))
+        counts["recorded"] = len(recorded)
+    raw = np.vstack(blocks)
+    counts["total"] = len(raw)
+    return ParityRows(raw, counts)
+
+
+def scale_for(member: LoadedMember, scalers: dict[Path, Scaler], raw: np.ndarray) -> np.ndarray:
+    """The member's float32 input exactly as the service built it: float64 transform, one cast."""
+    if member.source.scaler is None:
+        return raw.astype(np.float32)
+    return scalers[member.source.scaler].transform(raw).astype(np.float32)
+
+
+def run_batched(session: Any, feeds: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
+    n = len(next(iter(feeds.values())))
+    parts = [session.run(None, {k: v[i:i + batch_size] for k, v in feeds.items()}) for i in range(0, n, batch_size)]
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+def _rows_for(batch_size: int, n: int) -> np.ndarray:
+    if batch_size == 1 and n > SINGLE_ROW_SAMPLE:
+        return np.linspace(0, n - 1, SINGLE_ROW_SAMPLE).astype(np.int64)
+    return np.arange(n)
+
+
+@dataclass
+class Check:
+    target: str
+    output: str
+    batch_size: int
+    rows: int
+    max_abs_diff: float
+    worst_row: int
+    label_mismatches: int
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.label_mismatches == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "output": self.output, "batch_size": self.batch_size, "rows": self.rows,
+                "max_abs_diff": self.max_abs_diff, "worst_row": self.worst_row,
+                "label_agreement": (self.rows - self.label_mismatches) / self.rows if self.rows else 1.0,
+                "label_mismatches": self.label_mismatches, "passed": self.passed}
+
+    def describe(self) -> str:
+        return (f"{self.target} {self.output} at batch {self.batch_size}: max |diff| {self.max_abs_diff:.3g} "
+                f"(tolerance {self.tolerance:g}, worst row {self.worst_row}), {self.label_mismatches} of "
+                f"{self.rows} labels differ")
+
+
+def compare(target: str, output: str, batch_size: int, got: np.ndarray, want: np.ndarray, index: np.ndarray,
+            labels: bool = True) -> Check:
+    diff = np.abs(got.astype(np.float64) - want)
+    flat = diff.reshape(len(diff), -1).max(axis=1) if diff.ndim > 1 else diff
+    if not np.all(np.isfinite(got)):
+        flat = np.where(np.isfinite(got.reshape(len(got), -1)).all(axis=1), flat, np.inf)
+    worst = int(np.argmax(flat)) if len(flat) else 0
+    mismatches = int((got.argmax(axis=-1) != want.argmax(axis=-1)).sum()) if labels and got.ndim == 2 else 0
+    return Check(target, output, batch_size, len(got), float(flat.max()) if len(flat) else 0.0,
+                 int(index[worst]) if len(index) else 0, mismatches, CONTRACT.tolerance)
+
+
+def check_parity(members: list[LoadedMember], scalers: dict[Path, Scaler], rows: ParityRows,
+                 member_onnx: dict[str, bytes], ensemble_onnx: bytes, combine_reference: Any) -> dict[str, Any]:
+    """Run every check; returns the report (`passed` false and `failures` filled when anything is off)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    checks: list[Check] = []
+    member_refs = []
+    for member in members:
+        x32 = scale_for(member, scalers, rows.raw)
+        want = member.reference(x32)
+        member_refs.append(want)
+        session = ort.InferenceSession(member_onnx[member.source.name], options, providers=["CPUExecutionProvider"])
+        for bs in BATCH_SIZES:
+            idx = _rows_for(bs, len(x32))
+            (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
+            checks.append(compare(f"member {member.source.name}", "probabilities", bs, got, want[idx], idx))
+
+    want_probs = combine_reference(member_refs)
+    want_members = np.stack(member_refs, axis=1)
+    session = ort.InferenceSession(ensemble_onnx, options, providers=["CPUExecutionProvider"])
+    for bs in BATCH_SIZES:
+        idx = _rows_for(bs, len(rows.raw))
+        probs, label, confidence, per_member = run_batched(session, {"features": rows.raw[idx]}, bs)
+        checks.append(compare("ensemble", "probabilities", bs, probs, want_probs[idx], idx))
+        checks.append(compare("ensemble", "member_probabilities", bs, per_member, want_members[idx], idx, labels=False))
+        checks.append(compare("ensemble", "confidence", bs, confidence, want_probs[idx].max(axis=1), idx, labels=False))
+        wrong = np.flatnonzero(label != want_probs[idx].argmax(axis=1))
+        checks.append(Check("ensemble", "label", bs, len(idx), 0.0, int(idx[wrong[0]]) if len(wrong) else 0,
+                            len(wrong), CONTRACT.tolerance))
+
+    failures = [c.describe() for c in checks if not c.passed]
+    return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
+            "checks": [c.as_dict() for c in checks], "passed": not failures, "failures": failures}
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's digest of a report: per target, the worst difference and the label agreement."""
+    targets: dict[str, dict[str, Any]] = {}
+    for c in report["checks"]:
+        t = targets.setdefault(c["target"], {"max_abs_diff": 0.0, "label_agreement": 1.0})
+        t["max_abs_diff"] = max(t["max_abs_diff"], c["max_abs_diff"])
+        t["label_agreement"] = min(t["label_agreement"], c["label_agreement"])
+    return {"passed": report["passed"], "tolerance": report["tolerance"], "rows": report["rows"]["total"],
+            "batch_sizes": report["batch_sizes"], "targets": targets}
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    lines = [f"parity ({report['rows']['total']} rows: {report['rows']}; tolerance {report['tolerance']:g})",
+             f"  {'target':<18} {'max |diff|':>11} {'labels':>8}  batch sizes"]
+    for target, t in summary(report)["targets"].items():
+        lines.append(f"  {target:<18} {t['max_abs_diff']:>11.3g} {t['label_agreement']:>8.2%}  "
+                     f"{', '.join(map(str, report['batch_sizes']))}")
+    lines.append("  PASSED" if report["passed"] else "  FAILED:\n    " + "\n    ".join(report["failures"]))
+    return lines

@@ -1,0 +1,72 @@
+"""Verified reading of an artifacts folder: the manifest, then every file it lists, each read once and
+checked against its sha256 on the very bytes that will be used. Anything missing, changed, extra, linked
+or of an unknown schema is an ArtifactError naming the file and saying what to do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSIONS = (1,)
+OPSETS = {"ai.onnx": 17, "ai.onnx.ml": 3}  # the newest this runtime's onnxruntime floor (1.17) runs
+REQUIRED = ("schema_version", "feature_names", "classes", "combine", "members", "ensemble", "opsets", "files")
+REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
+
+
+class ArtifactError(Exception):
+    """Artifacts that cannot be trusted or run: missing, corrupt, tampered with, or incompatible."""
+
+
+def _read_regular(path: Path, rel: str) -> bytes:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; {REBUILD}.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link or a folder); {REBUILD}.")
+    return path.read_bytes()
+
+
+def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, {relative path: verified bytes}) or ArtifactError."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
+    manifest_path = root / "manifest.json"
+    raw = _read_regular(manifest_path, "manifest.json")
+    try:
+        manifest = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc}); {REBUILD}.") from None
+    if not isinstance(manifest, dict) or (missing := [k for k in REQUIRED if k not in manifest]):
+        raise ArtifactError(f"{manifest_path}: missing field(s) {missing if isinstance(manifest, dict) else REQUIRED}; {REBUILD}.")
+    if manifest["schema_version"] not in SCHEMA_VERSIONS:
+        raise ArtifactError(f"{manifest_path}: schema_version {manifest['schema_version']!r} is not one this runtime "
+                            f"reads ({SCHEMA_VERSIONS}); upgrade ensemble-onnx or rebuild with this version.")
+    for domain, version in manifest["opsets"].items():
+        if domain not in OPSETS or not isinstance(version, int) or version > OPSETS[domain]:
+            raise ArtifactError(f"{manifest_path}: field 'opsets' needs {domain} {version}; this runtime runs "
+                                f"{OPSETS}. Rebuild with a matching ensemble-onnx.")
+
+    files: dict[str, bytes] = {}
+    for rel, digest in manifest["files"].items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ArtifactError(f"{manifest_path}: file entry '{rel}' points outside the folder.")
+        data = _read_regular(root / rel, rel)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ArtifactError(f"{root / rel}: sha256 does not match manifest.json (changed, truncated or "
+                                f"swapped); {REBUILD}.")
+        files[rel] = data
+    listed = set(manifest["files"]) | {"manifest.json"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in listed:
+                raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+    if manifest["ensemble"].get("file") not in files:
+        raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
+    return manifest, files

@@ -1,0 +1,85 @@
+"""Aligning and validating what callers hand to the ensemble: every value a finite number, every feature
+present exactly once, in the training column order. Errors name the row and the feature at fault."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
+
+
+def _check_cell(value: Any, row: int, feature: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InputError(f"row {row}, feature '{feature}': {value!r} is not a number.")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InputError(f"row {row}, feature '{feature}': {value!r} is not finite; impute it before scoring.")
+    return number
+
+
+def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
+    """A 2-D array-like in feature order -> float64 [n, F], or InputError."""
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged rows
+        raise InputError(f"features must be a rectangular 2-D array ({exc}).") from None
+    width = len(feature_names)
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise InputError(f"features must have shape (n, {width}) in the order {list(feature_names)[:3]}...; "
+                         f"got shape {arr.shape}." + (" Wrap a single row as [row]." if arr.ndim == 1 else ""))
+    if arr.dtype.kind in "iuf":
+        out = arr.astype(np.float64)
+        bad = np.argwhere(~np.isfinite(out))
+        if len(bad):
+            r, c = bad[0]
+            raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before scoring.")
+        return out
+    if arr.dtype.kind != "O":
+        raise InputError(f"features must be numbers; got an array of dtype {arr.dtype}.")
+    return np.array([[_check_cell(v, r, feature_names[c]) for c, v in enumerate(row)] for r, row in enumerate(arr)],
+                    dtype=np.float64).reshape(len(arr), width)
+
+
+def _aligned_columns(columns: Sequence[Any], feature_names: Sequence[str], where: str) -> list[int]:
+    """Positions of the training features among `columns`; refuses missing, unknown and repeated names."""
+    columns = [str(c) for c in columns]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    missing = [n for n in feature_names if n not in columns]
+    unknown = [c for c in columns if c not in feature_names]
+    if repeated:
+        raise InputError(f"{where}: feature(s) given more than once: {repeated}.")
+    if missing:
+        raise InputError(f"{where}: missing feature(s) {missing}.")
+    if unknown:
+        raise InputError(f"{where}: unknown feature(s) {unknown}; expected exactly {list(feature_names)}.")
+    return [columns.index(n) for n in feature_names]
+
+
+def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequence[str] = ()) -> np.ndarray:
+    """A mapping, a list of mappings, a DataFrame (duck-typed: no pandas import) or a 2-D array -> [n, F].
+
+    Named inputs are aligned to the training column order; `passthrough` names (e.g. "symbol") are ignored."""
+    if isinstance(rows, Mapping):
+        rows = [rows]
+    if hasattr(rows, "columns") and hasattr(rows, "to_numpy"):  # a DataFrame
+        columns = [c for c in rows.columns if str(c) not in passthrough]
+        order = _aligned_columns(columns, feature_names, "DataFrame")
+        return as_matrix(rows[[columns[i] for i in order]].to_numpy(), feature_names)
+    if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)) and rows and all(
+            isinstance(r, Mapping) for r in rows):
+        out = np.empty((len(rows), len(feature_names)), dtype=np.float64)
+        for r, row in enumerate(rows):
+            keys = [k for k in row if str(k) not in passthrough]
+            _aligned_columns(keys, feature_names, f"row {r}")
+            out[r] = [_check_cell(row[n], r, n) for n in feature_names]
+        return out
+    if isinstance(rows, (str, bytes)) or (isinstance(rows, Sequence) and any(isinstance(r, Mapping) for r in rows)):
+        raise InputError("rows must be a mapping, a list of mappings, a DataFrame or a 2-D array of numbers.")
+    return as_matrix(rows, feature_names)
