@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,7 +164,10 @@ def _train_trees(spec: DemoSpec, x: np.ndarray, y: np.ndarray) -> dict:
             colsample_bytree=0.8, class_weight="balanced", min_child_samples=10, random_state=spec.seed,
             n_jobs=1, verbose=-1, deterministic=True)
         callbacks = [lightgbm.early_stopping(3, verbose=False)] if spec.early_stopping else []
-        lgbm.fit(fit_x, fit_y, eval_set=[val], callbacks=callbacks)
+        with warnings.catch_warnings():  # 4.7 renames eval_set; older 4.x only know eval_set
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            lgbm.fit(fit_x, fit_y, eval_set=[val], callbacks=callbacks)
         models["lightgbm"] = lgbm
     return models
 
@@ -218,8 +223,9 @@ def write_demo_models(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
             meta = {"architecture": {"d_model": spec.patchtst_d_model, "n_heads": spec.patchtst_heads,
                                      "n_layers": spec.patchtst_layers, "dropout": 0.1}}
         if not spec.full_metadata:
-            # Only what the tensor shapes cannot tell.
-            meta = {"architecture": {"n_heads": spec.patchtst_heads}} if kind == "patchtst" else {}
+            # Only what the tensor shapes cannot tell: the feature names and PatchTST's head count.
+            meta = ({"architecture": {"n_heads": spec.patchtst_heads}} if kind == "patchtst"
+                    else {"feature_names": spec.feature_names})
         _write_json(out / f"{kind}_{spec.stamp}_meta.json", meta)
 
     _write_trees(_train_trees(spec, xs, y), spec, out)
@@ -235,3 +241,11 @@ def write_demo_features(path: str | Path, spec: DemoSpec = DemoSpec(), n_rows: i
     lines = [",".join(spec.feature_names)] + [",".join(repr(float(v)) for v in row) for row in x]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+if __name__ == "__main__":
+    # `python -m convert.demo models/`: what `make convert` runs when there is no models folder.
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "models")
+    write_demo_models(target)
+    write_demo_features(target / "sample_features.csv")
+    print(f"wrote the demo model set to {target}/ (and sample_features.csv for --parity-data and predict)")

@@ -1,0 +1,43 @@
+# ensemble-onnx: every target does its own set-up from a fresh clone.
+PYTHON    ?= python3
+VENV      ?= .venv
+SLIM_VENV ?= .venv-runtime
+MODELS    ?= models/
+ARTIFACTS ?= artifacts/
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: install convert test test-full test-slim bench clean
+
+install: $(VENV)/.installed
+
+# The build stack and test tools. torch is pinned in pyproject.toml (the CPU build on the machines).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,dev]'
+	touch $@
+
+# A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.
+$(SLIM_VENV)/.installed: pyproject.toml $(wildcard runtime/*.py convert/cli.py)
+	rm -rf $(SLIM_VENV)
+	$(PYTHON) -m venv $(SLIM_VENV)
+	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) . pytest
+	touch $@
+
+convert: install
+	@if [ ! -d "$(MODELS)" ]; then echo "no $(MODELS): generating the demo model set"; \
+		$(VENV)/bin/python -m convert.demo $(MODELS); fi
+	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS)
+
+test: test-full test-slim
+
+# The whole suite with the real frameworks; it also leaves build/test-artifacts for test-slim.
+test-full: install
+	$(VENV)/bin/python -m pytest -q
+
+# The runtime's tests again, where torch, sklearn, xgboost, lightgbm and onnx are not installed at all.
+test-slim: $(SLIM_VENV)/.installed test-full
+	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
+		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -m slim -p no:cacheprovider test_runtime.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,203 @@
+"""The runtime as a service uses it. Marked `slim`: these also run in a plain `pip install .` venv, where
+torch, scikit-learn, xgboost, lightgbm and onnx are absent."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import runtime
+
+pytestmark = pytest.mark.slim
+
+HEAVY = ("torch", "sklearn", "xgboost", "lightgbm", "onnx", "onnxmltools", "skl2onnx", "click", "pandas")
+
+
+@pytest.fixture(scope="module")
+def ens(demo_artifacts):
+    return runtime.load(demo_artifacts)
+
+
+@pytest.fixture(scope="module")
+def rows(ens):
+    rng = np.random.default_rng(3)
+    return rng.standard_normal((40, len(ens.feature_names))) * 2.0 + 0.5
+
+
+def as_dict(ens, row):
+    return dict(zip(ens.feature_names, map(float, row)))
+
+
+def test_import_runtime_pulls_in_nothing_heavy():
+    code = "import runtime, sys; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code.replace("print(", "import json; print(json.dumps(")
+                                        + ")"], capture_output=True, text=True, check=True).stdout)
+    assert not set(HEAVY) & set(loaded), f"import runtime pulled in {set(HEAVY) & set(loaded)}"
+    assert "onnxruntime" in loaded and "numpy" in loaded
+
+
+def test_loaded_ensemble_says_what_it_is(ens):
+    assert ens.classes == ("SELL", "HOLD", "BUY")
+    assert len(ens.feature_names) == 18 and ens.feature_names[0] == "rsi_14"
+    assert ens.members == pytest.approx({"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20})
+    info = ens.describe()
+    assert info["parity"]["passed"] is True and set(info["members"]) == set(ens.members)
+
+
+def test_predict_mapping_matches_predict_proba_and_members(ens, rows):
+    probs = ens.predict_proba(rows)
+    members = ens.member_probabilities(rows)
+    assert probs.shape == (len(rows), 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    weighted = sum(w * members[name] for name, w in ens.members.items())
+    np.testing.assert_allclose(probs, weighted, atol=1e-6)
+    for i, row in enumerate(rows[:5]):
+        (p,) = ens.predict(as_dict(ens, row))
+        assert p.action == ens.classes[int(np.argmax(probs[i]))]
+        assert p.confidence == pytest.approx(float(probs[i].max()))
+        assert list(p.probabilities) == list(ens.classes)
+        assert p.members["nhits"] == pytest.approx(dict(zip(ens.classes, members["nhits"][i].tolist())))
+
+
+def test_named_inputs_are_aligned_to_training_order(ens, rows):
+    forward = [as_dict(ens, r) for r in rows[:6]]
+    backward = [dict(reversed(list(d.items()))) for d in forward]
+    with_symbol = [{**d, "symbol": "BTCUSDT"} for d in backward]
+    want = ens.predict_proba(rows[:6])
+    for given in (forward, backward, with_symbol):
+        got = np.array([list(p.probabilities.values()) for p in ens.predict(given)])
+        np.testing.assert_allclose(got, want, atol=1e-7)
+    got = [p.action for p in ens.predict(rows[:6])]  # a 2-D array is taken in feature order
+    assert got == [ens.classes[i] for i in want.argmax(axis=1)]
+
+
+def test_predict_takes_a_real_dataframe_in_any_column_order(ens, rows):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(rows[:5], columns=list(ens.feature_names))
+    shuffled = frame[list(reversed(frame.columns))]
+    got = np.array([list(p.probabilities.values()) for p in ens.predict(shuffled)])
+    np.testing.assert_allclose(got, ens.predict_proba(rows[:5]), atol=1e-7)
+
+
+@pytest.mark.parametrize("case", ["missing", "unknown", "nan", "inf", "string", "bool", "duplicate-in-frame"])
+def test_bad_named_input_is_refused_naming_the_feature(ens, rows, case):
+    row = as_dict(ens, rows[0])
+    name = ens.feature_names[3]
+    if case == "missing":
+        del row[name]
+    elif case == "unknown":
+        row["rsi_41"] = 1.0
+        name = "rsi_41"
+    elif case == "nan":
+        row[name] = math.nan
+    elif case == "inf":
+        row[name] = -math.inf
+    elif case == "string":
+        row[name] = "61.2"
+    elif case == "bool":
+        row[name] = True
+    else:
+        pd = pytest.importorskip("pandas")
+        row = pd.DataFrame([list(rows[0]) + [1.0]], columns=list(ens.feature_names) + [name])
+    with pytest.raises(runtime.InputError, match=name):
+        ens.predict(row)
+
+
+@pytest.mark.parametrize("shape", [(2, 17), (2, 19), (18,), (0, 18), (2, 3, 18)])
+def test_wrong_shapes_are_refused(ens, shape):
+    with pytest.raises(runtime.InputError):
+        ens.predict_proba(np.zeros(shape))
+
+
+def test_non_numeric_array_names_row_and_feature(ens, rows):
+    bad = rows[:3].astype(object)
+    bad[2, 5] = "n/a"
+    with pytest.raises(runtime.InputError, match=f"row 2, feature '{ens.feature_names[5]}'"):
+        ens.predict_proba(bad)
+    nan = rows[:3].copy()
+    nan[1, 0] = np.nan
+    with pytest.raises(runtime.InputError, match=f"row 1, feature '{ens.feature_names[0]}'"):
+        ens.predict_proba(nan)
+
+
+def test_shared_ensemble_is_consistent_across_threads(ens, rows):
+    """8 threads, mixed batch sizes: each call gives exactly what the same call gave sequentially.
+    (Results may differ in the last bit between batch sizes, as BLAS kernels do; never between threads.)"""
+    rng = np.random.default_rng(0)
+    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 400) for s in [rng.integers(0, len(rows) - n + 1)]]
+    sequential = [ens.predict_proba(rows[s:s + n]) for s, n in calls]
+
+    def work(offset):
+        for k in range(offset, len(calls), 8):
+            s, n = calls[k]
+            np.testing.assert_array_equal(ens.predict_proba(rows[s:s + n]), sequential[k])
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, range(8)))
+
+
+# --- artifacts that cannot be trusted are refused at load --------------------------------------------------
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_every_artifact_is_verified(artifacts_copy):
+    listed = json.loads((artifacts_copy / "manifest.json").read_text())["files"]
+    assert set(listed) | {"manifest.json"} == set(_files(artifacts_copy))
+
+
+@pytest.mark.parametrize("fault", ["truncate", "flip", "delete", "symlink", "swap"])
+def test_faulty_artifact_is_refused(artifacts_copy, fault):
+    for rel in _files(artifacts_copy):
+        if rel == "manifest.json":
+            continue
+        folder = artifacts_copy.parent / f"{fault}-{rel.replace('/', '_')}"
+        import shutil
+        shutil.copytree(artifacts_copy, folder)
+        target = folder / rel
+        data = target.read_bytes()
+        if fault == "truncate":
+            target.write_bytes(data[: len(data) // 2])
+        elif fault == "flip":
+            target.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+        elif fault == "delete":
+            target.unlink()
+        elif fault == "symlink":
+            os.rename(target, folder / "elsewhere")
+            target.symlink_to(folder / "elsewhere")
+        else:
+            other = folder / ("ensemble.onnx" if rel != "ensemble.onnx" else "members/nhits.onnx")
+            a, b = target.read_bytes(), other.read_bytes()
+            target.write_bytes(b)
+            other.write_bytes(a)
+        with pytest.raises(runtime.ArtifactError, match=rel.split("/")[-1] if fault != "symlink" else "regular file|elsewhere"):
+            runtime.load(folder)
+
+
+def test_extra_file_edited_manifest_and_schema_are_refused(artifacts_copy):
+    (artifacts_copy / "members" / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(runtime.ArtifactError, match="extra.onnx"):
+        runtime.load(artifacts_copy)
+    (artifacts_copy / "members" / "extra.onnx").unlink()
+    manifest_path = artifacts_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for field, value, match in (("schema_version", 99, "schema_version"),
+                                ("opsets", {"ai.onnx": 99, "ai.onnx.ml": 3}, "opsets")):
+        manifest_path.write_text(json.dumps({**manifest, field: value}))
+        with pytest.raises(runtime.ArtifactError, match=match):
+            runtime.load(artifacts_copy)
+    manifest_path.write_text("{not json")
+    with pytest.raises(runtime.ArtifactError, match="manifest.json"):
+        runtime.load(artifacts_copy)
+    manifest_path.unlink()
+    with pytest.raises(runtime.ArtifactError, match="manifest.json"):
+        runtime.load(artifacts_copy)
