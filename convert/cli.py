@@ -106,8 +106,8 @@ def inspect(path: Path, as_json: bool) -> None:
 def _inspect_weights(path: Path) -> dict[str, Any]:
     from .errors import ConvertError
     from .loaders import load_state_dict
-    from .members import MemberSource
-    from .members import nhits, patchtst
+    from .members import MemberSource, nhits, patchtst
+    from .members.torch_common import read_metadata
 
     state = load_state_dict(path)
     info: dict[str, Any] = {"file": str(path), "tensors": {k: list(v.shape) for k, v in state.items()}}
@@ -115,7 +115,7 @@ def _inspect_weights(path: Path) -> dict[str, Any]:
     source = MemberSource(path.stem, "", path, meta if meta.exists() else None)
     for kind, module in (("nhits", nhits), ("patchtst", patchtst)):
         try:
-            arch = module.read_architecture(state, module.read_metadata(source) if source.metadata else {}, source)
+            arch = module.read_architecture(state, read_metadata(source), source)
         except ConvertError as exc:
             info.setdefault("not", {})[kind] = str(exc)
             continue
