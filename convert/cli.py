@@ -204,3 +204,7 @@ def predict(artifacts: Path, input_file: Any, fmt: str) -> None:
     for r in records:
         out.writerow([r["symbol"] or "", r["action"], r["confidence"], *r["probabilities"].values(),
                       *(r["members"][m][c] for m in ens.member_order for c in ens.classes)])
+
+
+if __name__ == "__main__":
+    main()

@@ -59,7 +59,16 @@ class Ensemble:
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if len(x) == 0:
             raise InputError("no rows to score.")
-        return dict(zip(self.manifest["ensemble"]["outputs"], self._session.run(None, {self._input: x})))
+        out = dict(zip(self.manifest["ensemble"]["outputs"], self._session.run(None, {self._input: x})))
+        # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
+        # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name.
+        bad = ~np.isfinite(out["member_probabilities"]).all(axis=2)
+        if bad.any():
+            row, member = np.argwhere(bad)[0]
+            raise InputError(f"row {row}: member '{self.member_order[member]}' produced non-finite probabilities "
+                             f"({int(bad.any(axis=1).sum())} row(s) affected); the features are far outside the "
+                             f"range the models were trained on.")
+        return out
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """(n, F) numbers in feature order -> (n, n_classes) ensemble probabilities."""

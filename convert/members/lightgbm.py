@@ -50,12 +50,18 @@ def internal_nodes(dump: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from preorder(tree["tree_structure"])
 
 
+def _has_linear_leaf(node: dict[str, Any]) -> bool:
+    if "split_index" in node:
+        return _has_linear_leaf(node["left_child"]) or _has_linear_leaf(node["right_child"])
+    return bool(node.get("leaf_features"))  # a linear tree's leaves carry coefficients over features
+
+
 def check_expressible(dump: dict[str, Any], file: Any) -> None:
     objective = str(dump.get("objective", ""))
     if not objective.startswith("multiclass ") and objective != "multiclass":
         raise UnsupportedModelError(f"{file}: objective '{objective}' is not 'multiclass' (softmax); ONNX export "
                                     f"supports softmax multi-class models only.")
-    if any(tree.get("is_linear") for tree in dump["tree_info"]) or dump.get("linear_tree"):
+    if any(_has_linear_leaf(tree["tree_structure"]) for tree in dump["tree_info"]):
         raise UnsupportedModelError(f"{file}: linear trees (linear_tree=true) have no ONNX tree equivalent.")
     for node in internal_nodes(dump):
         if node["decision_type"] != "<=":

@@ -29,6 +29,9 @@ def read_model(source: MemberSource) -> Any:
             model.load_model(source.file)
         except xgboost.core.XGBoostError as exc:
             raise ModelFileError(f"{source.file}: not a readable XGBoost model ({str(exc).splitlines()[0]}).") from exc
+        except TypeError as exc:  # xgboost refuses to load a regressor's file into a classifier
+            raise UnsupportedModelError(f"{source.file}: not a classifier ({exc}); the ensemble needs class "
+                                        f"probabilities.") from exc
         return model
     model = load_pickle(source.file, "xgboost")
     if not isinstance(model, xgboost.XGBClassifier):
