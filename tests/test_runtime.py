@@ -128,10 +128,10 @@ def test_non_numeric_array_names_row_and_feature(ens, rows):
 
 
 def test_shared_ensemble_is_consistent_across_threads(ens, rows):
-    """8 threads, mixed batch sizes: each call gives exactly what the same call gave sequentially.
+    """8 threads x 1000 calls, mixed batch sizes: each call gives exactly what the same call gave sequentially.
     (Results may differ in the last bit between batch sizes, as BLAS kernels do; never between threads.)"""
     rng = np.random.default_rng(0)
-    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 400) for s in [rng.integers(0, len(rows) - n + 1)]]
+    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 8 * 1000) for s in [rng.integers(0, len(rows) - n + 1)]]
     sequential = [ens.predict_proba(rows[s:s + n]) for s, n in calls]
 
     def work(offset):
