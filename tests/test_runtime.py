@@ -155,7 +155,8 @@ def test_every_artifact_is_verified(artifacts_copy):
     assert set(listed) | {"manifest.json"} == set(_files(artifacts_copy))
 
 
-@pytest.mark.parametrize("fault", ["truncate", "flip", "delete", "symlink", "swap"])
+@pytest.mark.parametrize("fault", ["truncate-empty", "truncate-half", "truncate-last-byte", "flip", "delete",
+                                   "symlink", "swap"])
 def test_faulty_artifact_is_refused(artifacts_copy, fault):
     for rel in _files(artifacts_copy):
         if rel == "manifest.json":
@@ -165,8 +166,9 @@ def test_faulty_artifact_is_refused(artifacts_copy, fault):
         shutil.copytree(artifacts_copy, folder)
         target = folder / rel
         data = target.read_bytes()
-        if fault == "truncate":
-            target.write_bytes(data[: len(data) // 2])
+        if fault.startswith("truncate"):
+            cut = {"truncate-empty": 0, "truncate-half": len(data) // 2, "truncate-last-byte": len(data) - 1}[fault]
+            target.write_bytes(data[:cut])
         elif fault == "flip":
             target.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
         elif fault == "delete":
