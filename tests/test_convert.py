@@ -15,7 +15,7 @@ import runtime
 from convert.build import build
 from convert.cli import main
 from convert.demo import DemoSpec, write_demo_features
-from convert.errors import MetadataError, ModelFileError, ParityError, StateDictError, UnsafeFileError
+from convert.errors import ParityError, UnsafeFileError
 
 STAMP = DemoSpec().stamp
 
