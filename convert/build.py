@@ -64,22 +64,13 @@ def check_widths(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
 
 
 def read_features_file(path: Path, feature_names: list[str]) -> np.ndarray:
-    """Recorded rows (CSV with a header, or JSON lines) aligned to the training column order."""
-    import json
-    import csv
+    """Recorded rows (CSV with a header, or JSON lines), validated and aligned as `predict` does."""
+    from runtime.features import InputError, read_records, records_to_matrix
 
-    text = path.read_text()
-    if path.suffix in (".jsonl", ".json"):
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        records = list(csv.DictReader(text.splitlines()))
-    missing = [n for n in feature_names if records and n not in records[0]]
-    if missing:
-        raise MetadataError(f"{path}: missing feature column(s) {missing[:5]}.")
     try:
-        return np.array([[float(r[n]) for n in feature_names] for r in records], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise MetadataError(f"{path}: a value is not a number ({exc}).") from exc
+        return records_to_matrix(read_records(path.read_text()), feature_names)
+    except InputError as exc:
+        raise MetadataError(f"{path}: {exc}") from exc
 
 
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None) -> BuildResult:

@@ -9,7 +9,6 @@ build stack is missing.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import sys
@@ -134,43 +133,6 @@ def _as_text(info: Any, indent: int = 0) -> str:
     return f"{pad}{info}"
 
 
-def _read_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) from JSON lines or CSV with a header; CSV cells that look numeric become floats."""
-    from runtime import InputError
-
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise InputError("no rows in the input.")
-    if lines[0][1].lstrip().startswith("{"):
-        rows = []
-        for n, line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {n}: not a JSON object ({exc.msg}).") from None
-            if not isinstance(record, dict):
-                raise InputError(f"line {n}: not a JSON object.")
-            rows.append((n, record))
-        return rows
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader)
-    rows = []
-    for n, cells in enumerate(reader, 2):
-        if not any(c.strip() for c in cells):
-            continue
-        if len(cells) != len(header):
-            raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
-        rows.append((n, {h: _number_or_text(c) for h, c in zip(header, cells)}))
-    return rows
-
-
-def _number_or_text(cell: str) -> Any:
-    try:
-        return float(cell)
-    except ValueError:
-        return cell
-
-
 @main.command()
 @click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_file", type=click.File("r"), default="-", show_default=True,
@@ -180,18 +142,11 @@ def predict(artifacts: Path, input_file: Any, fmt: str) -> None:
     """Score rows with the artifacts alone (no torch, no tree libraries). Refuses the whole input, printing
     nothing, if any row cannot be scored; every bad row is named with its line number."""
     import runtime
+    from runtime.features import read_records, records_to_matrix
 
     ens = runtime.load(artifacts)
-    rows = _read_rows(input_file.read())
-    problems = []
-    for n, record in rows:
-        try:
-            runtime.features.rows_to_matrix(record, ens.feature_names, passthrough=("symbol",))
-        except runtime.InputError as exc:
-            problems.append(f"line {n}: {exc}")
-    if problems:
-        raise runtime.InputError(f"{len(problems)} row(s) refused, nothing scored:\n  " + "\n  ".join(problems))
-    predictions = ens.predict([r for _, r in rows])
+    rows = read_records(input_file.read())
+    predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
     records = [{"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
                 "probabilities": p.probabilities, "members": p.members} for (_, r), p in zip(rows, predictions)]
     if fmt == "jsonl":

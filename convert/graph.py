@@ -24,9 +24,10 @@ ENSEMBLE_OUTPUTS = ("probabilities", "label", "confidence", "member_probabilitie
 IR_VERSION = 8  # the newest IR every onnxruntime >= 1.17 reads; opset 17 needs 8
 
 
-def _scaling(scaler: Scaler | None, prefix: str, helper: Any, numpy_helper: Any) -> tuple[list, list, str]:
+def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, str]:
     """Nodes and initializers that turn float64 features into this scaler's float32 member input."""
     import onnx
+    from onnx import helper, numpy_helper
 
     nodes, inits, current = [], [], ENSEMBLE_INPUT
     if scaler is not None:
@@ -64,7 +65,7 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
         key = member.source.scaler
         if key not in scaled:
             prefix = f"scaler{len(scaled)}" if key is not None else "raw"
-            n, i, scaled[key] = _scaling(scalers[key] if key is not None else None, prefix, helper, numpy_helper)
+            n, i, scaled[key] = _scaling(scalers[key] if key is not None else None, prefix)
             nodes += n
             inits += i
 

@@ -130,9 +130,8 @@ class Check:
 def compare(target: str, output: str, batch_size: int, got: np.ndarray, want: np.ndarray, index: np.ndarray,
             labels: bool = True) -> Check:
     diff = np.abs(got.astype(np.float64) - want)
+    diff[~np.isfinite(diff)] = np.inf  # a NaN output must fail, and NaN compares false to everything
     flat = diff.reshape(len(diff), -1).max(axis=1) if diff.ndim > 1 else diff
-    if not np.all(np.isfinite(got)):
-        flat = np.where(np.isfinite(got.reshape(len(got), -1)).all(axis=1), flat, np.inf)
     worst = int(np.argmax(flat)) if len(flat) else 0
     mismatches = int((got.argmax(axis=-1) != want.argmax(axis=-1)).sum()) if labels and got.ndim == 2 else 0
     return Check(target, output, batch_size, len(got), float(flat.max()) if len(flat) else 0.0,

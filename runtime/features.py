@@ -3,6 +3,9 @@ present exactly once, in the training column order. Errors name the row and the 
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -83,3 +86,52 @@ def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequenc
     if isinstance(rows, (str, bytes)) or (isinstance(rows, Sequence) and any(isinstance(r, Mapping) for r in rows)):
         raise InputError("rows must be a mapping, a list of mappings, a DataFrame or a 2-D array of numbers.")
     return as_matrix(rows, feature_names)
+
+
+def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) from JSON lines or CSV with a header; CSV cells that parse as numbers become floats."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise InputError("no rows in the input.")
+    if lines[0][1].lstrip().startswith("{"):
+        records = []
+        for n, line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"line {n}: not a JSON object ({exc.msg}).") from None
+            if not isinstance(record, dict):
+                raise InputError(f"line {n}: not a JSON object.")
+            records.append((n, record))
+        return records
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    records = []
+    for n, cells in enumerate(reader, 2):
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
+        records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells)}))
+    return records
+
+
+def _number_or_text(cell: str) -> Any:
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],
+                      passthrough: Sequence[str] = ("symbol",)) -> np.ndarray:
+    """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix."""
+    rows, problems = [], []
+    for n, record in records:
+        try:
+            rows.append(rows_to_matrix(record, feature_names, passthrough)[0])
+        except InputError as exc:
+            problems.append(f"line {n}: {exc}")
+    if problems:
+        raise InputError(f"{len(problems)} row(s) refused, nothing scored:\n  " + "\n  ".join(problems))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))

@@ -114,6 +114,18 @@ def test_recorded_parity_data_is_added(demo_models, tmp_path):
     assert result.report["rows"]["recorded"] == 20
 
 
+def test_bad_recorded_parity_data_is_refused_by_line(demo_models, tmp_path):
+    from convert.errors import MetadataError
+
+    data = write_demo_features(tmp_path / "recorded.csv", n_rows=3)
+    lines = data.read_text().splitlines()
+    lines[2] = "nan," + lines[2].split(",", 1)[1]
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MetadataError, match=r"(?s)recorded.csv: .*line 3: .*rsi_14"):
+        build(demo_models, tmp_path / "out", parity_data=data)
+    assert not (tmp_path / "out").exists()
+
+
 # --- ensemble.json -----------------------------------------------------------------------------------------
 
 def test_ensemble_json_with_other_weights_and_a_raw_feature_member(models_cache, tmp_path):

@@ -79,20 +79,18 @@ def floor_float32(t: float) -> float:
     return float(np.nextafter(v, np.float32(-np.inf)) if float(v) > t else v)
 
 
-def onnx_preorder(attrs: dict[str, Any], tree: int) -> list[int]:
-    """Attribute indices of one converted tree's split nodes, in pre-order (true branch first)."""
-    ids = {(t, n): i for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints))}
-    children = {c for i in ids.values() if attrs["nodes_treeids"].ints[i] == tree
-                for c in (attrs["nodes_truenodeids"].ints[i], attrs["nodes_falsenodeids"].ints[i])
-                if attrs["nodes_modes"].strings[i] != b"LEAF"}
-    roots = [n for (t, n) in ids if t == tree and n not in children]
+def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
+    """Attribute indices of one converted tree's split nodes, in pre-order (true branch first).
+    `nodes` maps the tree's node ids to attribute indices."""
+    modes, true_ids, false_ids = attrs["nodes_modes"].strings, attrs["nodes_truenodeids"].ints, attrs["nodes_falsenodeids"].ints
+    children = {c for i in nodes.values() if modes[i] != b"LEAF" for c in (true_ids[i], false_ids[i])}
     order: list[int] = []
-    stack = roots[:1]
+    stack = [n for n in nodes if n not in children][:1]  # the root
     while stack:
-        i = ids[(tree, stack.pop())]
-        if attrs["nodes_modes"].strings[i] != b"LEAF":
+        i = nodes[stack.pop()]
+        if modes[i] != b"LEAF":
             order.append(i)
-            stack += [attrs["nodes_falsenodeids"].ints[i], attrs["nodes_truenodeids"].ints[i]]
+            stack += [false_ids[i], true_ids[i]]
     return order
 
 
@@ -103,9 +101,12 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[in
     threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly."""
     attrs = {a.name: a for a in tree_node(onx).attribute}
     values = attrs["nodes_values"].floats
+    trees: dict[int, dict[int, int]] = {}
+    for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints)):
+        trees.setdefault(t, {})[n] = i
     exact = []
     for tree_index, tree in enumerate(dump["tree_info"]):
-        converted, original = onnx_preorder(attrs, tree_index), list(preorder(tree["tree_structure"]))
+        converted, original = onnx_preorder(attrs, trees.get(tree_index, {})), list(preorder(tree["tree_structure"]))
         if len(converted) != len(original):
             raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted {len(converted)}.")
         for i, node in zip(converted, original):
