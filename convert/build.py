@@ -1,4 +1,5 @@
-"""The convert pipeline, start to end: plan -> members -> ensemble graph -> parity gate -> artifacts/.
+"""The convert pipeline, start to end: plan -> members -> [calibration] -> ensemble graph -> parity gate ->
+artifacts/.
 
 Nothing is written to the output folder unless every step, the parity gate included, succeeded.
 """
@@ -6,6 +7,7 @@ Nothing is written to the output folder unless every step, the parity gate inclu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,15 +15,18 @@ from typing import Any
 import numpy as np
 
 from . import manifest as mf
+from .decision import Decision, expected_calibration_error, fit_temperature, negative_log_likelihood
 from .discover import Plan, make_plan
 from .errors import MetadataError, ParityError
 from .graph import ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, build_ensemble_graph
 from .members import CONTRACT, LoadedMember, get_kind
-from .parity import check_parity, parity_rows, summary, table
+from .parity import BATCH_SIZES, check_parity, parity_rows, summary, table
+from .reference import Reference
 from .scaler import Scaler, load_scaler
 from .stacker import Stacker, load_stacker
 
 log = logging.getLogger(__name__)
+Progress = Callable[[str], None]  # told each step as it starts; the CLI draws it, library use logs it
 
 
 @dataclass
@@ -63,51 +68,111 @@ def check_widths(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
             raise MetadataError(f"{s.file}: scales {s.n_features} features; the ensemble has {n_features}.")
 
 
-def read_features_file(path: Path, feature_names: list[str]) -> np.ndarray:
+def read_features_file(path: Path, feature_names: list[str], passthrough: tuple[str, ...] = ("symbol",)) -> np.ndarray:
     """Recorded rows (CSV with a header, or JSON lines), validated and aligned as `predict` does."""
     from runtime.features import InputError, read_records, records_to_matrix
 
     try:
-        return records_to_matrix(read_records(path.read_text()), feature_names)
+        return records_to_matrix(read_records(path.read_text()), feature_names, passthrough)
     except InputError as exc:
         raise MetadataError(f"{path}: {exc}") from exc
 
 
-def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None) -> BuildResult:
-    plan = make_plan(models_dir, only)
-    for line in plan.describe():
-        log.info(line)
+@dataclass
+class Loaded:
+    """Every member rebuilt and exported, with the framework reference the parity gate holds it to."""
+
+    plan: Plan
+    members: list[LoadedMember]
+    scalers: dict[Path, Scaler]
+    stacker: Stacker | None
+    feature_names: list[str]
+    reference: Reference
+
+
+def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
     scalers = {m.scaler: load_scaler(m.scaler) for m in plan.members if m.scaler is not None}
     members = []
     for source in plan.members:
-        log.info("rebuilding and exporting %s (%s) from %s", source.name, source.kind, source.file.name)
+        progress(f"rebuilding and exporting {source.name} ({source.kind}) from {source.file.name}")
         member = get_kind(source.kind).load(source)
         for note in member.notes:
             log.info("  %s: %s", source.name, note)
         members.append(member)
     feature_names = resolve_feature_names(plan, members, scalers)
-    n_classes = len(plan.classes)
-    check_widths(members, scalers, len(feature_names), n_classes)
-
-    stacker: Stacker | None = None
+    check_widths(members, scalers, len(feature_names), len(plan.classes))
+    stacker = None
     if plan.combine["method"] == "stacking":
-        stacker = load_stacker(plan.combine["file"], len(members) * n_classes, n_classes)
-    ensemble = build_ensemble_graph(members, scalers, len(feature_names), n_classes,
-                                    stacker.onnx_model if stacker else None)
+        stacker = load_stacker(plan.combine["file"], len(members) * len(plan.classes), len(plan.classes))
+    reference = Reference(plan, {m.source.name: m.reference for m in members}, scalers,
+                          stacker.model if stacker else None, plan.decision)
+    return Loaded(plan, members, scalers, stacker, feature_names, reference)
 
-    def combine_reference(refs: list[np.ndarray]) -> np.ndarray:
-        if stacker is not None:
-            return stacker.reference(np.concatenate(refs, axis=1))
-        return sum(m.source.weight * r for m, r in zip(members, refs))
 
-    member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in members}
-    ensemble_bytes = ensemble.SerializeToString()
-    recorded = read_features_file(parity_data, feature_names) if parity_data else None
-    rows = parity_rows(members, scalers, len(feature_names), recorded)
-    log.info("parity gate: %d rows at batch sizes 1, 7, 512", len(rows.raw))
-    report = check_parity(members, scalers, rows, member_bytes, ensemble_bytes, combine_reference)
+def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: bytes, recorded: np.ndarray | None,
+               progress: Progress = log.info) -> dict[str, Any]:
+    rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), recorded)
+    progress(f"parity gate: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
+    report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes)
     for line in table(report):
         log.info(line)
+    return report
+
+
+def calibrate(loaded: Loaded, labelled: Path) -> Decision:
+    """Fit each member's temperature on labelled rows (negative log-likelihood); the report goes into the
+    manifest: per member t and NLL before/after, and the ensemble's calibration error before/after."""
+    from runtime.features import InputError, read_records
+
+    classes = loaded.plan.classes
+    try:
+        records = read_records(labelled.read_text())
+    except InputError as exc:
+        raise MetadataError(f"{labelled}: {exc}") from exc
+    bad = [n for n, r in records if r.get("label") not in classes]
+    if bad:
+        raise MetadataError(f"{labelled}: line(s) {bad[:5]} have no 'label' column naming one of {classes}; "
+                            f"--calibrate needs labelled rows.")
+    labels = np.array([classes.index(r["label"]) for _, r in records])
+    raw = read_features_file(labelled, loaded.feature_names, passthrough=("symbol", "label"))
+    member_probs = loaded.reference.raw_member_probabilities(raw)
+    before = loaded.reference
+    fitted = {name: fit_temperature(p, labels) for name, p in member_probs.items()}
+    after = Decision(fitted, loaded.plan.decision.min_confidence)
+    ens_before = before.combine(before.calibrated(member_probs))
+    ens_after = before.combine({n: after.calibrated(n, p) for n, p in member_probs.items()})
+    report = {
+        "file": labelled.name, "sha256": mf.sha256(labelled.read_bytes()), "rows": len(labels),
+        "members": {n: {"temperature": fitted[n],
+                        "nll_before": negative_log_likelihood(before.decision.calibrated(n, p), labels),
+                        "nll_after": negative_log_likelihood(after.calibrated(n, p), labels)}
+                    for n, p in member_probs.items()},
+        "ensemble_ece_before": expected_calibration_error(ens_before, labels),
+        "ensemble_ece_after": expected_calibration_error(ens_after, labels),
+    }
+    log.info("calibration on %d rows of %s: ensemble calibration error %.4f -> %.4f", len(labels), labelled.name,
+             report["ensemble_ece_before"], report["ensemble_ece_after"])
+    for n, m in report["members"].items():
+        log.info("  %-10s temperature %.3g, NLL %.4f -> %.4f", n, m["temperature"], m["nll_before"], m["nll_after"])
+    return Decision(fitted, loaded.plan.decision.min_confidence, report)
+
+
+def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
+          calibrate_on: Path | None = None, progress: Progress = log.info) -> BuildResult:
+    plan = make_plan(models_dir, only)
+    for line in plan.describe():
+        log.info(line)
+    loaded = load_plan(plan, progress)
+    if calibrate_on is not None:
+        progress(f"calibrating temperatures on {calibrate_on.name}")
+        plan.decision = loaded.reference.decision = calibrate(loaded, calibrate_on)
+    progress("fusing the ensemble graph")
+    ensemble = build_ensemble_graph(loaded.members, loaded.scalers, len(loaded.feature_names), plan.classes,
+                                    plan.decision, loaded.stacker.onnx_model if loaded.stacker else None)
+    member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in loaded.members}
+    ensemble_bytes = ensemble.SerializeToString()
+    recorded = read_features_file(parity_data, loaded.feature_names) if parity_data else None
+    report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress)
     if not report["passed"]:
         failed = out.parent / f"{out.name}.parity-failed.json"
         failed.write_bytes(mf.dumps(report))
@@ -118,12 +183,14 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     files["ensemble.onnx"] = ensemble_bytes
     files["parity.json"] = mf.dumps(report)
     files["README.md"] = mf.ARTIFACTS_README.read_bytes()
+    stacker = loaded.stacker
     manifest = {
         "schema_version": mf.SCHEMA_VERSION,
-        "feature_names": feature_names,
+        "feature_names": loaded.feature_names,
         "classes": plan.classes,
         "combine": {"method": "weighted"} if stacker is None else
                    {"method": "stacking", "source": mf.file_record(stacker.file)},
+        "decision": plan.decision.record(),
         "members": {m.source.name: {
             "kind": m.source.kind,
             "weight": m.source.weight,
@@ -132,15 +199,16 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
             "metadata": mf.file_record(m.source.metadata) if m.source.metadata else None,
             "scaler": mf.file_record(m.source.scaler) if m.source.scaler else None,
             "onnx": {"file": f"members/{m.source.name}.onnx", "sha256": mf.sha256(member_bytes[m.source.name])},
-        } for m in members},
+        } for m in loaded.members},
         "ensemble": {"file": "ensemble.onnx", "input": ENSEMBLE_INPUT, "outputs": list(ENSEMBLE_OUTPUTS),
-                     "members": [m.source.name for m in members]},
+                     "members": [m.source.name for m in loaded.members]},
         "opsets": CONTRACT.opsets,
         "libraries": mf.library_versions(),
         "parity": summary(report),
         "files": {rel: mf.sha256(data) for rel, data in sorted(files.items())},
     }
     files["manifest.json"] = mf.dumps(manifest)
+    progress(f"writing {out}")
     mf.write_atomically(out, files)
     log.info("wrote %s (%d files)", out, len(files))
     return BuildResult(plan, manifest, report)

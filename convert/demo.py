@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+CLASS_NAMES = ("SELL", "HOLD", "BUY")  # class index 0, 1, 2, as DESIGN.md fixes them
 FEATURE_NAMES: tuple[str, ...] = (
     "rsi_14", "macd", "macd_signal", "macd_hist", "bb_width", "bb_position",
     "atr_14", "volume_ratio", "return_1h", "return_4h", "return_24h", "volatility_24h",
@@ -58,19 +59,25 @@ class DemoSpec:
         return list(FEATURE_NAMES) + [f"extra_{i}" for i in range(self.n_features - len(FEATURE_NAMES))]
 
 
-def market_data(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic features on realistic, very different scales, and labels that are ~80% HOLD."""
+def market_data(spec: DemoSpec, held_out: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic features on realistic, very different scales, and labels that are ~80% HOLD.
+
+    `held_out=n`: n fresh rows of the same market (same loadings, centers, scales and label cut-offs), which
+    the models never saw: recorded features for `predict`, labelled rows for `--calibrate`."""
     rng = np.random.default_rng(spec.seed)
     n, f = spec.n_rows, spec.n_features
     signal = rng.standard_normal(n)
     loadings = rng.uniform(-1.0, 1.0, f)
     noise = rng.standard_normal((n, f))
-    z = signal[:, None] * loadings + 0.7 * noise
     centers = rng.choice([0.0, 0.0, 50.0, 1.0, 1e-3, 250.0], f)
     scales = rng.choice([1e-3, 0.02, 1.0, 12.0, 150.0], f)
-    x = centers + scales * z
     future = 0.9 * signal + 0.5 * rng.standard_normal(n)
     lo, hi = np.quantile(future, [0.1, 0.9])
+    if held_out:
+        fresh = np.random.default_rng(spec.seed + 1)
+        signal, noise = fresh.standard_normal(held_out), fresh.standard_normal((held_out, f))
+        future = 0.9 * signal + 0.5 * fresh.standard_normal(held_out)
+    x = centers + scales * (signal[:, None] * loadings + 0.7 * noise)
     y = np.where(future < lo, 0, np.where(future > hi, 2, 1)).astype(np.int64)
     return x, y
 
@@ -234,11 +241,15 @@ def write_demo_models(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     return out
 
 
-def write_demo_features(path: str | Path, spec: DemoSpec = DemoSpec(), n_rows: int = 64) -> Path:
-    """Recorded-looking raw features (CSV with a header), for `--parity-data` and `predict` examples."""
-    x, _ = market_data(DemoSpec(**{**asdict(spec), "seed": spec.seed + 1, "n_rows": n_rows}))
+def write_demo_features(path: str | Path, spec: DemoSpec = DemoSpec(), n_rows: int = 64,
+                        labelled: bool = False) -> Path:
+    """Held-out raw features as a CSV with a header (for `--parity-data` and `predict`); with `labelled`,
+    a `label` column of class names too (for `convert --calibrate`)."""
+    x, y = market_data(spec, held_out=n_rows)
     path = Path(path)
-    lines = [",".join(spec.feature_names)] + [",".join(repr(float(v)) for v in row) for row in x]
+    header = spec.feature_names + (["label"] if labelled else [])
+    lines = [",".join(header)] + [",".join([*(repr(float(v)) for v in row), *([CLASS_NAMES[k]] if labelled else [])])
+                                  for row, k in zip(x, y)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -248,4 +259,6 @@ if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "models")
     write_demo_models(target)
     write_demo_features(target / "sample_features.csv")
-    print(f"wrote the demo model set to {target}/ (and sample_features.csv for --parity-data and predict)")
+    write_demo_features(target / "labelled_features.csv", n_rows=2000, labelled=True)
+    print(f"wrote the demo model set to {target}/, with sample_features.csv (for predict and --parity-data) "
+          f"and labelled_features.csv (for --calibrate)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .decision import Decision, parse_decision
 from .errors import MetadataError, PlanError
 from .loaders import load_json
 from .members import MemberSource, get_kind, known_kinds
@@ -31,6 +32,7 @@ class Plan:
     combine: dict[str, Any]                       # {"method": "weighted"} or {"method": "stacking", "file": Path}
     feature_names: list[str] | None = None        # from ensemble.json; otherwise read from the model files
     notes: list[str] = field(default_factory=list)
+    decision: Decision = field(default_factory=Decision)
 
     def describe(self) -> list[str]:
         lines = [f"plan for {self.models_dir} ({self.combine['method']} combine, classes {', '.join(self.classes)}):"]
@@ -114,9 +116,6 @@ def _existing(models_dir: Path, name: Any, where: str) -> Path:
 def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
     spec = _check_keys(load_json(spec_file, "ensemble.json"),
                        {"feature_names", "classes", "members", "combine", "decision"}, {"members"}, str(spec_file))
-    if "decision" in spec:
-        raise PlanError(f"{spec_file}: field 'decision' (temperature, min_confidence) is not supported by this "
-                        f"version; remove it to build without a decision policy.")
     classes = spec.get("classes", CLASSES)
     if classes != CLASSES:
         raise MetadataError(f"{spec_file}: field 'classes' is {classes}; class index 0, 1, 2 must be {CLASSES}.")
@@ -153,7 +152,12 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
     elif combine != {"method": "weighted"}:
         raise MetadataError(f"{spec_file}: combine must be {{\"method\": \"weighted\"}} or "
                             f"{{\"method\": \"stacking\", \"file\": ...}}, got {combine}.")
-    return Plan(models_dir, _normalized(members, notes), list(classes), combine, names, notes)
+    members = _normalized(members, notes)
+    decision = parse_decision(spec.get("decision", {}), [m.name for m in members], list(classes), str(spec_file))
+    if decision.active:
+        notes.append(f"decision policy: temperature {decision.temperature or 'none'}, "
+                     f"min_confidence {decision.min_confidence or 'none'}")
+    return Plan(models_dir, members, list(classes), combine, names, notes, decision)
 
 
 def make_plan(models_dir: Path, only: list[str] | None = None) -> Plan:

@@ -40,3 +40,7 @@ class ParityError(ConvertError):
     def __init__(self, message: str, report: dict | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class VerifyError(ConvertError):
+    """Existing artifacts do not match the model files they claim to come from, or no longer pass parity."""

@@ -3,10 +3,11 @@
     features (float64 [N, F])
       -> per scaler: (x - mean) / scale in float64, one Cast to float32   (bit-identical to sklearn)
          members on raw features: one Cast to float32
-      -> each member's own graph (prefixed "NAME/")
+      -> each member's own graph (prefixed "NAME/"), then its temperature: softmax(log p / t), if t != 1
       -> member_probabilities [N, M, C]
       -> weighted sum, or the stacker over the concatenated member probabilities
       -> probabilities [N, C], label = argmax, confidence = max
+         with a minimum confidence: a class under its minimum becomes HOLD, confidence is HOLD's probability
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .decision import FALLBACK, Decision
 from .members import CONTRACT, LoadedMember
 from .scaler import Scaler
 
@@ -52,8 +54,48 @@ def _embed(model: Any, prefix: str, input_from: str) -> tuple[list, list, str]:
     return [identity, *renamed.graph.node], list(renamed.graph.initializer), f"{prefix}/{CONTRACT.output_name}"
 
 
+def _temperature(member_output: str, t: float, prefix: str) -> tuple[list, list, str]:
+    from onnx import helper, numpy_helper
+
+    if t == 1.0:
+        return [], [], member_output
+    init = numpy_helper.from_array(np.array(t, dtype=np.float32), f"{prefix}/temperature")
+    return [helper.make_node("Log", [member_output], [f"{prefix}/log_p"], name=f"{prefix}/Log"),
+            helper.make_node("Div", [f"{prefix}/log_p", init.name], [f"{prefix}/cooled"], name=f"{prefix}/Cool"),
+            helper.make_node("Softmax", [f"{prefix}/cooled"], [f"{prefix}/calibrated"], axis=1,
+                             name=f"{prefix}/Calibrated")], [init], f"{prefix}/calibrated"
+
+
+def _label_and_confidence(decision: Decision, classes: list[str]) -> tuple[list, list]:
+    """label and confidence from probabilities: plain argmax / max, or the minimum-confidence policy."""
+    from onnx import helper, numpy_helper
+
+    if not decision.min_confidence:
+        return [helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="Label"),
+                helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0,
+                                 name="Confidence")], []
+    inits = [numpy_helper.from_array(decision.thresholds(classes), "policy/min_confidence"),
+             numpy_helper.from_array(np.array(classes.index(FALLBACK), dtype=np.int64), "policy/fallback")]
+    nodes = [
+        helper.make_node("ArgMax", ["probabilities"], ["policy/top"], axis=1, keepdims=1, name="policy/ArgMax"),
+        helper.make_node("GatherElements", ["probabilities", "policy/top"], ["policy/top_p"], axis=1,
+                         name="policy/TopProbability"),
+        helper.make_node("Squeeze", ["policy/top", "axis1"], ["policy/top_label"], name="policy/SqueezeTop"),
+        helper.make_node("Squeeze", ["policy/top_p", "axis1"], ["policy/top_prob"], name="policy/SqueezeP"),
+        helper.make_node("Gather", ["policy/min_confidence", "policy/top_label"], ["policy/minimum"], axis=0,
+                         name="policy/Minimum"),
+        helper.make_node("Less", ["policy/top_prob", "policy/minimum"], ["policy/unsure"], name="policy/Unsure"),
+        helper.make_node("Where", ["policy/unsure", "policy/fallback", "policy/top_label"], ["label"], name="Label"),
+        helper.make_node("Unsqueeze", ["label", "axis1"], ["policy/label2d"], name="policy/UnsqueezeLabel"),
+        helper.make_node("GatherElements", ["probabilities", "policy/label2d"], ["policy/confidence2d"], axis=1,
+                         name="policy/Chosen"),
+        helper.make_node("Squeeze", ["policy/confidence2d", "axis1"], ["confidence"], name="Confidence"),
+    ]
+    return nodes, inits
+
+
 def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
-                         n_classes: int, stacker_model: Any | None = None) -> Any:
+                         classes: list[str], decision: Decision, stacker_model: Any | None = None) -> Any:
     """The fused ensemble. `stacker_model` (an ONNX classifier over [N, M*C]) replaces the weighted sum."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -71,9 +113,11 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
 
     probs = []
     for member in members:
-        n, i, out = _embed(member.onnx_model, member.source.name, scaled[member.source.scaler])
-        nodes += n
-        inits += i
+        name = member.source.name
+        n, i, out = _embed(member.onnx_model, name, scaled[member.source.scaler])
+        n2, i2, out = _temperature(out, decision.temperature.get(name, 1.0), name)
+        nodes += n + n2
+        inits += i + i2
         probs.append(out)
 
     inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
@@ -90,8 +134,10 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
         n, i, out = _embed(stacker_model, "stacker", "stacker_input")
         nodes += [*n, helper.make_node("Identity", [out], ["probabilities"], name="Combine")]
         inits += i
-    nodes += [helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="Label"),
-              helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0, name="Confidence")]
+    n, i = _label_and_confidence(decision, classes)
+    nodes += n
+    inits += i
+    n_classes = len(classes)
 
     batch = CONTRACT.batch_axis
     graph = helper.make_graph(

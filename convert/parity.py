@@ -4,7 +4,7 @@ Rows: draws from the scaler's statistics; for every tree split, rows whose scale
 threshold and one ulp under and over it; and any recorded features. References: the frameworks themselves
 (sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
 runs at batch sizes other than the export's; every probability must be within tolerance and every label
-identical. All failures are collected and reported together.
+identical, the decision policy's labels included. All failures are collected and reported together.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .members import CONTRACT, LoadedMember
+from .reference import Reference
 from .scaler import Scaler
 
 BATCH_SIZES = (1, 7, 512)
@@ -81,13 +82,6 @@ def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_feat
     return ParityRows(raw, counts)
 
 
-def scale_for(member: LoadedMember, scalers: dict[Path, Scaler], raw: np.ndarray) -> np.ndarray:
-    """The member's float32 input exactly as the service built it: float64 transform, one cast."""
-    if member.source.scaler is None:
-        return raw.astype(np.float32)
-    return scalers[member.source.scaler].transform(raw).astype(np.float32)
-
-
 def run_batched(session: Any, feeds: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
     n = len(next(iter(feeds.values())))
     parts = [session.run(None, {k: v[i:i + batch_size] for k, v in feeds.items()}) for i in range(0, n, batch_size)]
@@ -138,40 +132,42 @@ def compare(target: str, output: str, batch_size: int, got: np.ndarray, want: np
                  int(index[worst]) if len(index) else 0, mismatches, CONTRACT.tolerance)
 
 
-def check_parity(members: list[LoadedMember], scalers: dict[Path, Scaler], rows: ParityRows,
-                 member_onnx: dict[str, bytes], ensemble_onnx: bytes, combine_reference: Any) -> dict[str, Any]:
+def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, bytes],
+                 ensemble_onnx: bytes) -> dict[str, Any]:
     """Run every check; returns the report (`passed` false and `failures` filled when anything is off)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     checks: list[Check] = []
-    member_refs = []
-    for member in members:
-        x32 = scale_for(member, scalers, rows.raw)
-        want = member.reference(x32)
-        member_refs.append(want)
-        session = ort.InferenceSession(member_onnx[member.source.name], options, providers=["CPUExecutionProvider"])
+    raw_refs = reference.raw_member_probabilities(rows.raw)
+    for member in reference.plan.members:  # each member file alone, before any temperature
+        x32 = reference.member_input(member.scaler, rows.raw)
+        session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
         for bs in BATCH_SIZES:
             idx = _rows_for(bs, len(x32))
             (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
-            checks.append(compare(f"member {member.source.name}", "probabilities", bs, got, want[idx], idx))
+            checks.append(compare(f"member {member.name}", "probabilities", bs, got, raw_refs[member.name][idx], idx))
 
-    want_probs = combine_reference(member_refs)
-    want_members = np.stack(member_refs, axis=1)
+    member_refs = reference.calibrated(raw_refs)
+    want_probs = reference.combine(member_refs)
+    want_label, want_confidence = reference.decision.choose(want_probs, reference.plan.classes)
+    want_members = np.stack([member_refs[m.name] for m in reference.plan.members], axis=1)
     session = ort.InferenceSession(ensemble_onnx, options, providers=["CPUExecutionProvider"])
     for bs in BATCH_SIZES:
         idx = _rows_for(bs, len(rows.raw))
         probs, label, confidence, per_member = run_batched(session, {"features": rows.raw[idx]}, bs)
         checks.append(compare("ensemble", "probabilities", bs, probs, want_probs[idx], idx))
         checks.append(compare("ensemble", "member_probabilities", bs, per_member, want_members[idx], idx, labels=False))
-        checks.append(compare("ensemble", "confidence", bs, confidence, want_probs[idx].max(axis=1), idx, labels=False))
-        wrong = np.flatnonzero(label != want_probs[idx].argmax(axis=1))
+        checks.append(compare("ensemble", "confidence", bs, confidence, want_confidence[idx], idx, labels=False))
+        wrong = np.flatnonzero(label != want_label[idx])
         checks.append(Check("ensemble", "label", bs, len(idx), 0.0, int(idx[wrong[0]]) if len(wrong) else 0,
                             len(wrong), CONTRACT.tolerance))
 
     failures = [c.describe() for c in checks if not c.passed]
+    held = np.bincount(want_label, minlength=len(reference.plan.classes))
     return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
+            "labels": dict(zip(reference.plan.classes, map(int, held))),
             "checks": [c.as_dict() for c in checks], "passed": not failures, "failures": failures}
 
 

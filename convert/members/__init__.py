@@ -95,6 +95,8 @@ class MemberKind:
     name: str
     suffixes: tuple[str, ...]
     load: Callable[[MemberSource], LoadedMember]
+    # The original framework's prediction alone (no export): what the service ran, for `bench` and `verify`.
+    reference: Callable[[MemberSource], Callable[[np.ndarray], np.ndarray]]
 
 
 _REGISTRY: dict[str, MemberKind] = {}
@@ -104,8 +106,8 @@ def register(kind: MemberKind) -> None:
     """Add a kind. Refuses to overwrite one: two modules claiming a kind is a bug, not a preference."""
     if kind.name in _REGISTRY:
         raise ValueError(f"member kind '{kind.name}' is already registered")
-    if not callable(kind.load) or not kind.suffixes:
-        raise ValueError(f"member kind '{kind.name}' needs a load function and at least one file suffix")
+    if not callable(kind.load) or not callable(kind.reference) or not kind.suffixes:
+        raise ValueError(f"member kind '{kind.name}' needs load and reference functions and a file suffix")
     _REGISTRY[kind.name] = kind
 
 
@@ -120,15 +122,14 @@ def known_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _lazy(module: str) -> Callable[[MemberSource], LoadedMember]:
-    """The kind's loader, imported when first used: torch and the tree libraries are heavy."""
-    def load(source: MemberSource) -> LoadedMember:
+def _lazy(module: str, function: str) -> Callable[[MemberSource], Any]:
+    """The kind module's function, imported when first used: torch and the tree libraries are heavy."""
+    def call(source: MemberSource) -> Any:
         from importlib import import_module
-        return import_module(f"{__name__}.{module}").load(source)
-    return load
+        return getattr(import_module(f"{__name__}.{module}"), function)(source)
+    return call
 
 
-register(MemberKind("nhits", (".pth", ".pt"), _lazy("nhits")))
-register(MemberKind("patchtst", (".pth", ".pt"), _lazy("patchtst")))
-register(MemberKind("xgboost", (".pkl", ".joblib", ".json", ".ubj"), _lazy("xgboost")))
-register(MemberKind("lightgbm", (".pkl", ".joblib", ".txt"), _lazy("lightgbm")))
+for _kind, _suffixes in (("nhits", (".pth", ".pt")), ("patchtst", (".pth", ".pt")),
+                         ("xgboost", (".pkl", ".joblib", ".json", ".ubj")), ("lightgbm", (".pkl", ".joblib", ".txt"))):
+    register(MemberKind(_kind, _suffixes, _lazy(_kind, "load"), _lazy(_kind, "reference")))

@@ -9,7 +9,7 @@ default direction disagrees with the threshold) are refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -119,6 +119,14 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[in
     return sorted(set(exact))
 
 
+def _proba(predict: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x32: np.asarray(predict(x32), dtype=np.float64)
+
+
+def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
+    return _proba(read_model(source)[1])
+
+
 def load(source: MemberSource) -> LoadedMember:
     from onnxmltools import convert_lightgbm
 
@@ -136,7 +144,7 @@ def load(source: MemberSource) -> LoadedMember:
         hyperparameters={"objective": "multiclass", "trees": len(dump["tree_info"]),
                          "best_iteration": booster.best_iteration, "num_leaves_max": max(
                              t["num_leaves"] for t in dump["tree_info"])},
-        reference=lambda x32: np.asarray(predict(x32), dtype=np.float64),
+        reference=_proba(predict),
         onnx_model=to_contract(onx, "lightgbm"),
         feature_names=None if names == default_names else names,
         notes=[f"{len(dump['tree_info']) // n_classes} boosting rounds"],

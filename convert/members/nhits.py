@@ -5,10 +5,13 @@ state_dict: stacks.{i}.{0,3}.{weight,bias}, fc.{0,3}.{weight,bias} (20 tensors f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from . import LoadedMember, MemberSource
-from .torch_common import Architecture, count_indexed, load_torch_member, tensor_shape
+from .torch_common import Architecture, count_indexed, load_torch_member, rebuild, tensor_shape, torch_reference
 
 
 def build_module(hp: dict[str, Any]) -> Any:
@@ -49,3 +52,7 @@ def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: Membe
 
 def load(source: MemberSource) -> LoadedMember:
     return load_torch_member(source, read_architecture, build_module)
+
+
+def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
+    return torch_reference(rebuild(source, read_architecture, build_module)[0])

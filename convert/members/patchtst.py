@@ -6,11 +6,14 @@ The head count cannot be read off the shapes: it comes from metadata, else the v
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import MetadataError
+import numpy as np
+
+from ..errors import MetadataError, UnsupportedModelError
 from . import LoadedMember, MemberSource
-from .torch_common import Architecture, count_indexed, load_torch_member, tensor_shape
+from .torch_common import Architecture, count_indexed, load_torch_member, rebuild, tensor_shape, torch_reference
 
 V5_HEADS = 8
 
@@ -38,6 +41,54 @@ def build_module(hp: dict[str, Any]) -> Any:
                     hp["num_classes"])
 
 
+def one_token_form(module: Any) -> Any:
+    """The same function as `module`, written for one token, for export (the reference stays `module`).
+
+    With a single token, attention's softmax runs over one key and is exactly 1, so self-attention is
+    out_proj(v_proj(x)): query and key weights never touch the result. That pair of linear maps and the
+    residual around it fold into one matrix, (I + Wo Wv); in the first layer the embedding folds in too.
+    The mean over one token is the token. What is left per layer: one Gemm, LayerNorm, the feed-forward
+    block, LayerNorm. Folding is done in float64 and rounded once; the parity gate is the referee.
+    """
+    import torch
+    import torch.nn as nn
+
+    def linear(weight: Any, bias: Any) -> nn.Linear:
+        out = nn.Linear(weight.shape[1], weight.shape[0])
+        out.weight.data, out.bias.data = weight.float().contiguous(), bias.float().contiguous()
+        return out
+
+    layers = list(module.transformer.layers)
+    for layer in layers:
+        if layer.norm_first or layer.activation_relu_or_gelu != 1:
+            raise UnsupportedModelError("PatchTST: only post-norm ReLU encoder layers (the v5 layout) fold.")
+    d = module.embedding.out_features
+    folded = []
+    w_in, b_in = module.embedding.weight.double(), module.embedding.bias.double()  # what feeds the layer
+    for layer in layers:
+        attn = layer.self_attn
+        w_v, b_v = attn.in_proj_weight[2 * d:].double(), attn.in_proj_bias[2 * d:].double()
+        w_o, b_o = attn.out_proj.weight.double(), attn.out_proj.bias.double()
+        mix = torch.eye(d, dtype=torch.float64) + w_o @ w_v        # x + out_proj(v_proj(x)), bias apart
+        folded.append(linear(mix @ w_in, mix @ b_in + w_o @ b_v + b_o))
+        w_in, b_in = torch.eye(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+
+    class OneTokenPatchTST(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix = nn.ModuleList(folded)
+            self.layers = nn.ModuleList(layers)
+            self.fc = module.fc
+
+        def forward(self, x: Any) -> Any:
+            for mix, layer in zip(self.mix, self.layers):
+                x = layer.norm1(mix(x))
+                x = layer.norm2(x + layer.linear2(torch.relu(layer.linear1(x))))
+            return self.fc(x)
+
+    return OneTokenPatchTST().eval()
+
+
 def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: MemberSource) -> Architecture:
     where = str(source.metadata)
     stated = meta.get("architecture", {})
@@ -57,4 +108,8 @@ def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: Membe
 
 
 def load(source: MemberSource) -> LoadedMember:
-    return load_torch_member(source, read_architecture, build_module)
+    return load_torch_member(source, read_architecture, build_module, one_token_form)
+
+
+def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
+    return torch_reference(rebuild(source, read_architecture, build_module)[0])

@@ -2,7 +2,7 @@
 metadata, strict loading, the reference prediction, and the ONNX export with a softmax head.
 
 A kind module supplies two functions: `read_architecture(state, meta, file) -> Architecture` and
-`build_module(hyperparameters) -> nn.Module`; `load_torch_member` does the rest.
+`build_module(hyperparameters) -> nn.Module`; `load_torch_member` and `rebuild` do the rest.
 """
 
 from __future__ import annotations
@@ -140,12 +140,12 @@ def torch_reference(module: Any) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def load_torch_member(source: MemberSource,
-                      read_architecture: Callable[[dict[str, Any], dict[str, Any], MemberSource], Architecture],
-                      build_module: Callable[[dict[str, Any]], Any]) -> LoadedMember:
+def rebuild(source: MemberSource,
+            read_architecture: Callable[[dict[str, Any], dict[str, Any], MemberSource], Architecture],
+            build_module: Callable[[dict[str, Any]], Any]) -> tuple[Any, Architecture]:
+    """The training script's module with the state_dict loaded strictly, in eval mode."""
     state = load_state_dict(source.file)
-    meta = read_metadata(source)
-    arch = read_architecture(state, meta, source)
+    arch = read_architecture(state, read_metadata(source), source)
     module = build_module(arch.values)
     load_strict(module, state, source.file)
     module.eval()
@@ -153,7 +153,18 @@ def load_torch_member(source: MemberSource,
     if arch.feature_names is not None and len(arch.feature_names) != n_features:
         raise MetadataError(f"{source.metadata}: lists {len(arch.feature_names)} feature_names, but the weights "
                             f"take {n_features} features.")
+    return module, arch
+
+
+def load_torch_member(source: MemberSource,
+                      read_architecture: Callable[[dict[str, Any], dict[str, Any], MemberSource], Architecture],
+                      build_module: Callable[[dict[str, Any]], Any],
+                      export_form: Callable[[Any], Any] | None = None) -> LoadedMember:
+    """`export_form`, when given, rewrites the loaded module into an equivalent one that exports to a
+    smaller graph; the reference is always the module as the training script defines it."""
+    module, arch = rebuild(source, read_architecture, build_module)
+    n_features = arch.values["input_size"]
     return LoadedMember(source=source, n_features=n_features, n_classes=arch.values["num_classes"],
                         hyperparameters=arch.values, reference=torch_reference(module),
-                        onnx_model=export_onnx(module, n_features), feature_names=arch.feature_names,
-                        notes=arch.notes)
+                        onnx_model=export_onnx(export_form(module) if export_form else module, n_features),
+                        feature_names=arch.feature_names, notes=arch.notes)

@@ -8,6 +8,7 @@ to `best_iteration`; the export slices the booster the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,14 @@ def split_thresholds(booster: Any) -> list[tuple[int, float]]:
                    if left != -1})
 
 
+def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x32: model.predict_proba(x32).astype(np.float64)  # stops at best_iteration by itself
+
+
+def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
+    return _proba(read_model(source))
+
+
 def load(source: MemberSource) -> LoadedMember:
     from onnxmltools import convert_xgboost
 
@@ -73,7 +82,7 @@ def load(source: MemberSource) -> LoadedMember:
         source=source, n_features=booster.num_features(), n_classes=n_classes,
         hyperparameters={"objective": objective, "trees": best * n_classes, "best_iteration": best - 1,
                          "boosted_rounds": rounds},
-        reference=lambda x32: model.predict_proba(x32).astype(np.float64),
+        reference=_proba(model),
         onnx_model=to_contract(onx, "xgboost"), feature_names=feature_names,
         notes=[f"{best} of {rounds} boosting rounds (best_iteration)" if best < rounds else f"{rounds} boosting rounds"],
         thresholds=split_thresholds(export))

@@ -1,0 +1,333 @@
+"""`ensemble-onnx bench`: the runtime against the original frameworks, on the same rows, at the same thread
+count, in one run; and this machine's floor beside every figure.
+
+Every measurement runs in a fresh worker process (`python -m convert.bench PIPELINE ...`) with
+OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set before any library loads, so torch, xgboost,
+lightgbm, numpy and onnxruntime all get the same thread count, and so the runtime worker never has torch in
+its address space. Figures are ratios against the frameworks measured in the same run; the JSON keeps the
+machine they came from. Speed is never asserted by a test: this command is where it lives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PIPELINES = ("runtime", "frameworks")
+BATCH_CURVE = (1, 4, 16, 64, 256, 1024)
+THROUGHPUT_BATCH = 256
+ONE_ROW_CALLS = 400        # timed one-row calls per pipeline (after warm-up)
+MIN_CURVE_SECONDS = 0.3    # each point of the batch curve is timed for at least this long
+COLD_STARTS = 5
+
+
+# ----------------------------------------------------------------------------------------------- workers
+# A worker builds one pipeline, measures, and prints one JSON object on stdout.
+
+def _load_pipeline(pipeline: str, artifacts: str, models: str, threads: int) -> Callable[[np.ndarray], Any]:
+    if pipeline == "runtime":
+        import onnxruntime as ort
+
+        import runtime
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        return runtime.load(artifacts, options).predict_proba
+    import torch
+
+    torch.set_num_threads(threads)
+    from .reference import Reference
+    from .verify import plan_from_manifest
+
+    manifest = json.loads((Path(artifacts) / "manifest.json").read_text())  # verified by the parent
+    return Reference.from_plan(plan_from_manifest(manifest, Path(models))).predict_proba
+
+
+def _timings(fn: Callable[[], Any], calls: int = 0, min_seconds: float = 0.0) -> np.ndarray:
+    for _ in range(max(3, calls // 10)):  # warm-up: first calls allocate and pick kernels
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max(calls, 3) or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return np.asarray(times)
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries that across fork and
+    exec, so a worker would report its parent's peak (the parent has torch loaded)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak memory needs Linux")
+
+
+def worker_cold(pipeline: str, artifacts: str, models: str, rows: str, threads: int) -> dict[str, Any]:
+    """Load and make one prediction; the parent times from its spawn to `first_prediction_at`."""
+    predict = _load_pipeline(pipeline, artifacts, models, threads)
+    predict(np.load(rows)[:1])
+    return {"first_prediction_at": time.time(), "peak_rss_mib": _peak_rss_mib()}
+
+
+def worker_warm(pipeline: str, artifacts: str, models: str, rows: str, threads: int) -> dict[str, Any]:
+    predict = _load_pipeline(pipeline, artifacts, models, threads)
+    x = np.load(rows)
+    one = _timings(lambda: predict(x[:1]), calls=ONE_ROW_CALLS)
+    curve = {}
+    for batch in BATCH_CURVE:
+        xb = np.resize(x, (batch, x.shape[1]))
+        curve[str(batch)] = float(np.median(_timings(lambda: predict(xb), min_seconds=MIN_CURVE_SECONDS)))
+    return {"one_row_p50_us": float(np.percentile(one, 50) * 1e6), "one_row_p99_us": float(np.percentile(one, 99) * 1e6),
+            "batch_seconds": curve, "rows_per_second": THROUGHPUT_BATCH / curve[str(THROUGHPUT_BATCH)],
+            "peak_rss_mib": _peak_rss_mib()}
+
+
+def worker_floor(artifacts: str, threads: int) -> dict[str, Any]:
+    """This machine's limits for this ensemble: streaming its weights once, and its FLOPs at the best
+    matrix-multiply rate onnxruntime reaches here (the kernels the runtime itself uses)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight_bytes, flops_per_row = graph_cost(onnx.load(os.path.join(artifacts, "ensemble.onnx")))
+
+    def session(a_rows: int, k: int, n: int) -> tuple[Any, np.ndarray]:
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                                  [helper.make_tensor_value_info("a", TensorProto.FLOAT, [a_rows, k])],
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [a_rows, n])],
+                                  [numpy_helper.from_array(np.random.default_rng(0).random((k, n), np.float32), "b")])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        return ort.InferenceSession(model.SerializeToString(), options), np.ones((a_rows, k), np.float32)
+
+    # Streaming: one row through a single matrix holding as many bytes as the ensemble's weights (the
+    # best onnxruntime does at reading them once), or numpy's dot over them, whichever is faster.
+    k = 128
+    gemv, row = session(1, k, max(1, weight_bytes // (4 * k)))
+    flat = np.random.default_rng(0).random(weight_bytes // 4, dtype=np.float32)
+    stream_seconds = min(float(np.median(_timings(lambda: gemv.run(None, {"a": row}), calls=300))),
+                         float(np.median(_timings(lambda: np.dot(flat, flat), calls=300))) if threads == 1 else np.inf)
+    # Compute: PatchTST's feed-forward shape, the bulk of the work, at the throughput batch.
+    n = 2048
+    gemm, rows = session(THROUGHPUT_BATCH, k, n)
+    flops_per_second = 2 * THROUGHPUT_BATCH * k * n / float(np.median(_timings(lambda: gemm.run(None, {"a": rows}),
+                                                                               calls=200)))
+    return {"weight_bytes": weight_bytes, "flops_per_row": flops_per_row,
+            "stream_bytes_per_second": weight_bytes / stream_seconds, "matmul_flops_per_second": flops_per_second,
+            "one_row_floor_us": max(stream_seconds, flops_per_row / flops_per_second) * 1e6,
+            "batch_floor_rows_per_second": flops_per_second / flops_per_row}
+
+
+def graph_cost(model: Any) -> tuple[int, int]:
+    """(bytes of float weights, multiply-add FLOPs per row of every MatMul/Gemm against a weight)."""
+    from onnx import numpy_helper
+
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    flops = 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            w = next((weights[i] for i in node.input[1:2] if i in weights), None)
+            if w is not None and w.ndim == 2:
+                flops += 2 * w.shape[0] * w.shape[1]
+    return sum(w.nbytes for w in weights.values() if w.dtype == np.float32), flops
+
+
+WORKERS = {"cold": worker_cold, "warm": worker_warm}
+
+
+def _worker_main(argv: list[str]) -> None:
+    mode, *args = argv
+    result = (worker_floor(args[0], int(args[1])) if mode == "floor"
+              else WORKERS[mode](args[0], args[1], args[2], args[3], int(args[4])))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+@dataclass
+class BenchSetup:
+    artifacts: Path
+    models: Path
+    rows: Path
+    threads: int
+
+
+def _spawn(setup: BenchSetup, *args: str) -> tuple[dict[str, Any], float]:
+    """Run a worker with every library held to `setup.threads`; (its JSON, the wall time it was spawned)."""
+    env = dict(os.environ, **{v: str(setup.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                              "MKL_NUM_THREADS")})
+    spawned = time.time()
+    done = subprocess.run([sys.executable, "-m", "convert.bench", *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench worker {args[0]} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), spawned
+
+
+def installed_size_mib() -> dict[str, float]:
+    """Installed bytes of every distribution a runtime-only `pip install ensemble-onnx` pulls in, against
+    `ensemble-onnx[convert]`, read from this environment's package records."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def closure(extras: set[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = [("ensemble-onnx", extras)]
+        while todo:
+            name, wanted = todo.pop()
+            key = name.lower().replace("_", "-")
+            if key in seen:
+                continue
+            seen.add(key)
+            for spec in metadata.requires(name) or []:
+                req = Requirement(spec)
+                if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted or {""}):
+                    todo.append((req.name, set(req.extras)))
+        return seen - {"ensemble-onnx"}
+
+    def size(names: set[str]) -> float:
+        total = 0
+        for name in names:
+            try:
+                total += sum(f.size or 0 for f in metadata.distribution(name).files or [])
+            except metadata.PackageNotFoundError:
+                continue
+        return total / 2**20
+
+    return {"runtime": size(closure(set())), "frameworks": size(closure({"convert"}))}
+
+
+def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[int],
+              progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+    import runtime
+
+    from .scaler import load_scaler
+    from .verify import plan_from_manifest
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = runtime.load(artifacts).manifest  # verified before anything is timed
+    n_features = len(manifest["feature_names"])
+    scaler_file = next((m.scaler for m in plan_from_manifest(manifest, models).members if m.scaler), None)
+    scaler = load_scaler(scaler_file) if scaler_file else None
+    mean = scaler.mean if scaler is not None and scaler.mean is not None else np.zeros(n_features)
+    scale = scaler.scale if scaler is not None and scaler.scale is not None else np.ones(n_features)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = Path(tmp) / "rows.npy"  # the same rows for both pipelines, drawn from the scaler's statistics
+        np.save(rows, mean + scale * np.random.default_rng(0).standard_normal((max(BATCH_CURVE), n_features)))
+        results: dict[str, Any] = {"machine": machine(), "batch_curve": list(BATCH_CURVE),
+                                   "throughput_batch": THROUGHPUT_BATCH, "threads": {}}
+        for threads in thread_counts:
+            setup = BenchSetup(artifacts.resolve(), models.resolve(), rows, threads)
+            entry: dict[str, Any] = {}
+            progress(f"{threads} thread(s): machine floor")
+            entry["floor"] = _spawn(setup, "floor", str(setup.artifacts), str(threads))[0]
+            for pipeline in PIPELINES:
+                args = (pipeline, str(setup.artifacts), str(setup.models), str(rows), str(threads))
+                progress(f"{threads} thread(s): {pipeline}, latency and throughput")
+                warm = _spawn(setup, "warm", *args)[0]
+                cold_seconds, peaks = [], []
+                for i in range(COLD_STARTS):
+                    progress(f"{threads} thread(s): {pipeline}, cold start {i + 1}/{COLD_STARTS}")
+                    cold, spawned = _spawn(setup, "cold", *args)
+                    cold_seconds.append(cold["first_prediction_at"] - spawned)
+                    peaks.append(cold["peak_rss_mib"])
+                entry[pipeline] = {**warm, "cold_start_seconds": float(np.median(cold_seconds)),
+                                   "cold_start_all": cold_seconds, "cold_peak_rss_mib": max(peaks)}
+            entry["ratios"] = ratios(entry)
+            results["threads"][str(threads)] = entry
+    results["installed_mib"] = installed_size_mib()
+    (out_dir / "bench.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out_dir / "bench.md").write_text("\n".join(table(results)) + "\n")
+    plot(results, out_dir / "bench.png")
+    return results
+
+
+def ratios(entry: dict[str, Any]) -> dict[str, float]:
+    """How the runtime compares, each as 'times better' (>1 is the runtime ahead)."""
+    rt, fw, floor = entry["runtime"], entry["frameworks"], entry["floor"]
+    return {"one_row_p50_speedup": fw["one_row_p50_us"] / rt["one_row_p50_us"],
+            "one_row_p50_over_floor": rt["one_row_p50_us"] / floor["one_row_floor_us"],
+            "throughput_ratio": rt["rows_per_second"] / fw["rows_per_second"],
+            "throughput_share_of_floor": rt["rows_per_second"] / floor["batch_floor_rows_per_second"],
+            "cold_start_ratio": rt["cold_start_seconds"] / fw["cold_start_seconds"],
+            "peak_memory_ratio": rt["cold_peak_rss_mib"] / fw["cold_peak_rss_mib"]}
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}.", "",
+             "| threads | figure | runtime | frameworks | runtime vs frameworks | machine floor |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for threads, e in results["threads"].items():
+        rt, fw, fl, r = e["runtime"], e["frameworks"], e["floor"], e["ratios"]
+        rows = [
+            ("one row, p50", f"{rt['one_row_p50_us']:.0f} µs", f"{fw['one_row_p50_us']:.0f} µs",
+             f"{r['one_row_p50_speedup']:.1f}× faster", f"{fl['one_row_floor_us']:.0f} µs "
+             f"(runtime at {r['one_row_p50_over_floor']:.2f}×)"),
+            ("one row, p99", f"{rt['one_row_p99_us']:.0f} µs", f"{fw['one_row_p99_us']:.0f} µs",
+             f"{fw['one_row_p99_us'] / rt['one_row_p99_us']:.1f}× faster", ""),
+            (f"batch {results['throughput_batch']}, rows/s", f"{rt['rows_per_second']:,.0f}",
+             f"{fw['rows_per_second']:,.0f}", f"{r['throughput_ratio']:.2f}×",
+             f"{fl['batch_floor_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_floor']:.0%})"),
+            ("cold start to first prediction", f"{rt['cold_start_seconds']:.2f} s", f"{fw['cold_start_seconds']:.2f} s",
+             f"{r['cold_start_ratio']:.2f} of theirs", ""),
+            ("peak memory (cold process)", f"{rt['cold_peak_rss_mib']:.0f} MiB", f"{fw['cold_peak_rss_mib']:.0f} MiB",
+             f"{r['peak_memory_ratio']:.2f} of theirs", ""),
+        ]
+        lines += [f"| {threads} | " + " | ".join(row) + " |" for row in rows]
+    size = results["installed_mib"]
+    lines += ["", f"Installed size: runtime-only environment {size['runtime']:.0f} MiB, full framework stack "
+                  f"{size['frameworks']:.0f} MiB ({size['runtime'] / size['frameworks']:.2f} of it)."]
+    return lines
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for threads, e in results["threads"].items():
+        for pipeline, style in (("runtime", "-o"), ("frameworks", "--s")):
+            curve = e[pipeline]["batch_seconds"]
+            ax.plot([int(b) for b in curve], [s * 1e3 for s in curve.values()], style,
+                    label=f"{pipeline}, {threads} thread(s)")
+    ax.set(xscale="log", yscale="log", xlabel="rows per call", ylabel="ms per call (median)",
+           title="Latency against batch size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])

@@ -1,0 +1,125 @@
+"""The decision policy: per-member temperature and a minimum confidence for acting, built into the graph.
+
+`ensemble.json` may carry `"decision": {"temperature": {NAME: t}, "min_confidence": {"BUY": 0.6, ...}}`.
+
+- Temperature t divides a member's logits: p' = softmax(log p / t). For a torch member log p is its logits
+  less a constant, so this is softmax(logits / t) exactly as DESIGN.md states it; for a tree member it
+  divides the boosting margin the same way, so every kind can be calibrated. t > 1 softens an
+  over-confident member.
+- A BUY or SELL whose ensemble probability is under its minimum becomes HOLD. `label` follows the policy,
+  `confidence` is the chosen class's probability, `probabilities` stay the ensemble's.
+
+This module is the numpy reference the parity gate holds the graph to, and the temperature fit behind
+`convert --calibrate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import MetadataError
+
+FALLBACK = "HOLD"   # the class a refused BUY or SELL turns into
+TEMPERATURE_RANGE = (0.05, 20.0)
+ECE_BINS = 10
+
+
+@dataclass(frozen=True)
+class Decision:
+    temperature: dict[str, float] = field(default_factory=dict)     # member name -> t; absent means 1
+    min_confidence: dict[str, float] = field(default_factory=dict)  # class name -> minimum probability to act
+    calibration: dict[str, Any] | None = None                       # how the temperatures were fitted, if so
+
+    @property
+    def active(self) -> bool:
+        return bool(self.min_confidence) or any(t != 1.0 for t in self.temperature.values())
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest keeps."""
+        return {"temperature": dict(sorted(self.temperature.items())), "min_confidence": dict(self.min_confidence),
+                "fallback": FALLBACK, "calibration": self.calibration}
+
+    def thresholds(self, classes: list[str]) -> np.ndarray:
+        return np.array([self.min_confidence.get(c, 0.0) for c in classes], dtype=np.float32)
+
+    def calibrated(self, member: str, probs: np.ndarray) -> np.ndarray:
+        return with_temperature(probs, self.temperature.get(member, 1.0))
+
+    def choose(self, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(label, confidence) per row: the argmax, unless its probability is under its minimum."""
+        label = probs.argmax(axis=1)
+        # Compared in float32, as the graph compares, so a row on a threshold goes the same way in both.
+        top = probs.max(axis=1).astype(np.float32)
+        label = np.where(top < self.thresholds(classes)[label], classes.index(FALLBACK), label)
+        return label, probs[np.arange(len(probs)), label]
+
+
+def with_temperature(probs: np.ndarray, t: float) -> np.ndarray:
+    if t == 1.0:
+        return probs
+    with np.errstate(divide="ignore"):  # log 0 = -inf is right here: that class stays at probability 0
+        z = np.log(probs) / t
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _positive(value: Any, where: str, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
+            or (upper is not None and value > upper):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise MetadataError(f"{where} must be a number above 0{bound}, got {value!r}.")
+    return float(value)
+
+
+def parse_decision(obj: Any, members: list[str], classes: list[str], where: str) -> Decision:
+    if not isinstance(obj, dict) or set(obj) - {"temperature", "min_confidence"}:
+        raise MetadataError(f"{where}: 'decision' takes only 'temperature' and 'min_confidence' objects, got "
+                            f"{sorted(obj) if isinstance(obj, dict) else type(obj).__name__}.")
+    temperature, minimum = obj.get("temperature", {}), obj.get("min_confidence", {})
+    if not isinstance(temperature, dict) or not isinstance(minimum, dict):
+        raise MetadataError(f"{where}: decision.temperature and decision.min_confidence must be objects.")
+    for name in temperature:
+        if name not in members:
+            raise MetadataError(f"{where}: decision.temperature names '{name}', which is not a member "
+                                f"({', '.join(members)}).")
+    actionable = [c for c in classes if c != FALLBACK]
+    for name in minimum:
+        if name not in actionable:
+            raise MetadataError(f"{where}: decision.min_confidence names '{name}'; it applies to "
+                                f"{' and '.join(actionable)} (below it the action is {FALLBACK}).")
+    return Decision({n: _positive(t, f"{where}: decision.temperature.{n}") for n, t in temperature.items()},
+                    {c: _positive(v, f"{where}: decision.min_confidence.{c}", 1.0) for c, v in minimum.items()})
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: |accuracy - mean confidence| per confidence bin, weighted by the bin's share of rows."""
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        rows = which == b
+        if rows.any():
+            error += rows.mean() * abs(float((predicted[rows] == labels[rows]).mean()) - float(confidence[rows].mean()))
+    return float(error)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The t in TEMPERATURE_RANGE minimising the negative log-likelihood of softmax(log p / t)."""
+    from scipy.optimize import minimize_scalar
+
+    low, high = np.log(TEMPERATURE_RANGE)
+    result = minimize_scalar(lambda log_t: negative_log_likelihood(with_temperature(probs, float(np.exp(log_t))), labels),
+                             bounds=(low, high), method="bounded", options={"xatol": 1e-4})
+    return float(np.round(np.exp(result.x), 4))  # rounded: the manifest and the graph carry a readable value

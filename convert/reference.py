@@ -1,0 +1,60 @@
+"""The ensemble as the service computed it: each member through its own framework, one call per member.
+
+torch for N-HiTS and PatchTST (rebuilt from their state_dicts), scikit-learn for the scaler and a stacker,
+xgboost and lightgbm for the trees, combined in numpy, then the decision policy. The parity gate holds the
+ONNX graphs to this; `bench` times it as the baseline; `verify` rebuilds it from the model files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .decision import Decision
+from .discover import Plan
+from .loaders import load_pickle
+from .members import get_kind
+from .scaler import Scaler, load_scaler
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # float32 [N, F] scaled -> float64 [N, C]
+
+
+class Reference:
+    def __init__(self, plan: Plan, predictors: dict[str, Predictor], scalers: dict[Path, Scaler],
+                 stacker: Any | None, decision: Decision) -> None:
+        self.plan, self.predictors, self.scalers, self.stacker, self.decision = plan, predictors, scalers, stacker, decision
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> Reference:
+        """Loads each member with its own framework only: no export, as the service did."""
+        scalers = {m.scaler: load_scaler(m.scaler) for m in plan.members if m.scaler is not None}
+        stacker = load_pickle(plan.combine["file"], "stacker") if plan.combine["method"] == "stacking" else None
+        return cls(plan, {m.name: get_kind(m.kind).reference(m) for m in plan.members}, scalers, stacker, plan.decision)
+
+    def member_input(self, scaler: Path | None, raw: np.ndarray) -> np.ndarray:
+        """The float32 input as the service built it: float64 transform, one cast."""
+        return (self.scalers[scaler].transform(raw) if scaler is not None else raw).astype(np.float32)
+
+    def raw_member_probabilities(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        inputs: dict[Path | None, np.ndarray] = {}
+        out = {}
+        for m in self.plan.members:
+            if m.scaler not in inputs:  # scaled once per scaler, as the service did
+                inputs[m.scaler] = self.member_input(m.scaler, raw)
+            out[m.name] = self.predictors[m.name](inputs[m.scaler])
+        return out
+
+    def calibrated(self, raw_member_probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: self.decision.calibrated(name, p) for name, p in raw_member_probs.items()}
+
+    def combine(self, member_probs: dict[str, np.ndarray]) -> np.ndarray:
+        probs = [member_probs[m.name] for m in self.plan.members]
+        if self.stacker is not None:
+            return np.asarray(self.stacker.predict_proba(np.concatenate(probs, axis=1)), dtype=np.float64)
+        return sum(m.weight * p for m, p in zip(self.plan.members, probs))
+
+    def predict_proba(self, raw: np.ndarray) -> np.ndarray:
+        return self.combine(self.calibrated(self.raw_member_probabilities(raw)))

@@ -1,0 +1,85 @@
+"""`ensemble-onnx verify`: does an existing artifacts folder still come from, and still agree with, these
+model files? What a release pipeline runs before promoting a build.
+
+Hashes first (every source file the manifest names must be in MODELS with the same sha256), then numbers:
+the members are rebuilt from those files and the parity gate is run again on the very ONNX bytes in the
+artifacts folder (not on a new export), with recorded features added when given.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import manifest as mf
+from .build import Progress, load_plan, read_features_file, run_parity
+from .decision import Decision
+from .discover import Plan
+from .errors import VerifyError
+from .members import MemberSource
+from .parity import summary
+
+log = logging.getLogger(__name__)
+
+
+def source_files(manifest: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(what it is, {"file", "sha256"}) for every model file the artifacts were built from."""
+    out = [(f"members.{name}.{part}", m[part]) for name, m in manifest["members"].items()
+           for part in ("source", "metadata", "scaler") if m.get(part)]
+    if manifest["combine"]["method"] == "stacking":
+        out.append(("combine.source", manifest["combine"]["source"]))
+    return out
+
+
+def check_sources(manifest: dict[str, Any], models: Path) -> None:
+    """Every source file present in `models` with the sha256 the manifest recorded; VerifyError otherwise."""
+    problems = []
+    for what, record in source_files(manifest):
+        path = models / record["file"]
+        if not path.is_file():
+            problems.append(f"{path}: missing ({what} in manifest.json)")
+        elif mf.sha256(path.read_bytes()) != record["sha256"]:
+            problems.append(f"{path}: sha256 differs from the one the artifacts were built from ({what})")
+    if problems:
+        raise VerifyError(f"the artifacts were not built from {models}:\n  " + "\n  ".join(problems)
+                          + "\nRebuild with `ensemble-onnx convert`, or point --models at the files of that build.")
+
+
+def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
+    def path(record: dict[str, str] | None) -> Path | None:
+        return models / record["file"] if record else None
+
+    members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
+                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
+    members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
+    combine = manifest["combine"]
+    policy = manifest.get("decision") or {}
+    return Plan(models, members, list(manifest["classes"]),
+                {"method": "stacking", "file": path(combine["source"])} if combine["method"] == "stacking"
+                else {"method": "weighted"},
+                list(manifest["feature_names"]), ["from manifest.json"],
+                Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration")))
+
+
+def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info) -> dict[str, Any]:
+    from runtime.artifacts import read_verified
+
+    progress(f"checking {artifacts} and the sha256 of its files")
+    manifest, files = read_verified(artifacts)
+    progress(f"checking the source files in {models}")
+    check_sources(manifest, models)
+    loaded = load_plan(plan_from_manifest(manifest, models), progress)
+    if loaded.feature_names != manifest["feature_names"]:
+        raise VerifyError(f"{models}: the model files name the features {loaded.feature_names[:3]}..., the "
+                          f"artifacts {manifest['feature_names'][:3]}...; rebuild with `ensemble-onnx convert`.")
+    member_bytes = {name: files[m["onnx"]["file"]] for name, m in manifest["members"].items()}
+    recorded = read_features_file(data, loaded.feature_names) if data else None
+    report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress)
+    result = {"artifacts": str(artifacts), "models": str(models), "sources": len(source_files(manifest)),
+              "passed": report["passed"], "parity": summary(report), "failures": report["failures"]}
+    if not report["passed"]:
+        raise VerifyError(f"{artifacts} no longer passes the parity gate against {models}:\n  "
+                          + "\n  ".join(report["failures"]) + "\nRebuild with `ensemble-onnx convert` and look at "
+                          "what changed in the libraries (manifest.json 'libraries').")
+    return result
