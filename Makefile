@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 # The build stack and test tools. torch is pinned in pyproject.toml (the CPU build on the machines).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev]'
 	touch $@
 
 # A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.
@@ -27,6 +27,10 @@ convert: install
 	@if [ ! -d "$(MODELS)" ]; then echo "no $(MODELS): generating the demo model set"; \
 		$(VENV)/bin/python -m convert.demo $(MODELS); fi
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS)
+
+# The runtime against the original frameworks on this machine: table, build/bench/bench.json, bench.png.
+bench: convert
+	$(VENV)/bin/ensemble-onnx bench $(ARTIFACTS) --models $(MODELS) --out build/bench
 
 test: test-full test-slim
 

@@ -30,9 +30,22 @@ log = logging.getLogger(__name__)
 PIPELINES = ("runtime", "frameworks")
 BATCH_CURVE = (1, 4, 16, 64, 256, 1024)
 THROUGHPUT_BATCH = 256
-ONE_ROW_CALLS = 400        # timed one-row calls per pipeline (after warm-up)
-MIN_CURVE_SECONDS = 0.3    # each point of the batch curve is timed for at least this long
-COLD_STARTS = 5
+EFFORT_VARIABLE = "ENSEMBLE_ONNX_BENCH_EFFORT"
+
+
+@dataclass(frozen=True)
+class Effort:
+    one_row_calls: int       # timed one-row calls per pipeline (after warm-up)
+    min_curve_seconds: float  # each point of the batch curve is timed for at least this long
+    cold_starts: int         # fresh processes per pipeline; the median is reported
+
+
+# "quick" only proves the command end to end (tests, a smoke run in CI); its figures are not for quoting.
+EFFORTS = {"full": Effort(400, 0.3, 5), "quick": Effort(10, 0.0, 1)}
+
+
+def effort() -> Effort:
+    return EFFORTS[os.environ.get(EFFORT_VARIABLE, "full")]
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -89,11 +102,11 @@ def worker_cold(pipeline: str, artifacts: str, models: str, rows: str, threads: 
 def worker_warm(pipeline: str, artifacts: str, models: str, rows: str, threads: int) -> dict[str, Any]:
     predict = _load_pipeline(pipeline, artifacts, models, threads)
     x = np.load(rows)
-    one = _timings(lambda: predict(x[:1]), calls=ONE_ROW_CALLS)
+    one = _timings(lambda: predict(x[:1]), calls=effort().one_row_calls)
     curve = {}
     for batch in BATCH_CURVE:
         xb = np.resize(x, (batch, x.shape[1]))
-        curve[str(batch)] = float(np.median(_timings(lambda: predict(xb), min_seconds=MIN_CURVE_SECONDS)))
+        curve[str(batch)] = float(np.median(_timings(lambda: predict(xb), min_seconds=effort().min_curve_seconds)))
     return {"one_row_p50_us": float(np.percentile(one, 50) * 1e6), "one_row_p99_us": float(np.percentile(one, 99) * 1e6),
             "batch_seconds": curve, "rows_per_second": THROUGHPUT_BATCH / curve[str(THROUGHPUT_BATCH)],
             "peak_rss_mib": _peak_rss_mib()}
@@ -168,12 +181,13 @@ class BenchSetup:
     models: Path
     rows: Path
     threads: int
+    effort: str
 
 
 def _spawn(setup: BenchSetup, *args: str) -> tuple[dict[str, Any], float]:
     """Run a worker with every library held to `setup.threads`; (its JSON, the wall time it was spawned)."""
     env = dict(os.environ, **{v: str(setup.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                              "MKL_NUM_THREADS")})
+                                                              "MKL_NUM_THREADS")}, **{EFFORT_VARIABLE: setup.effort})
     spawned = time.time()
     done = subprocess.run([sys.executable, "-m", "convert.bench", *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -216,7 +230,7 @@ def installed_size_mib() -> dict[str, float]:
 
 
 def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[int],
-              progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+              progress: Callable[[str], None] = log.info, quick: bool = False) -> dict[str, Any]:
     import runtime
 
     from .scaler import load_scaler
@@ -232,10 +246,10 @@ def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[
     with tempfile.TemporaryDirectory() as tmp:
         rows = Path(tmp) / "rows.npy"  # the same rows for both pipelines, drawn from the scaler's statistics
         np.save(rows, mean + scale * np.random.default_rng(0).standard_normal((max(BATCH_CURVE), n_features)))
-        results: dict[str, Any] = {"machine": machine(), "batch_curve": list(BATCH_CURVE),
+        results: dict[str, Any] = {"machine": machine(), "batch_curve": list(BATCH_CURVE), "quick": quick,
                                    "throughput_batch": THROUGHPUT_BATCH, "threads": {}}
         for threads in thread_counts:
-            setup = BenchSetup(artifacts.resolve(), models.resolve(), rows, threads)
+            setup = BenchSetup(artifacts.resolve(), models.resolve(), rows, threads, "quick" if quick else "full")
             entry: dict[str, Any] = {}
             progress(f"{threads} thread(s): machine floor")
             entry["floor"] = _spawn(setup, "floor", str(setup.artifacts), str(threads))[0]
@@ -244,8 +258,9 @@ def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[
                 progress(f"{threads} thread(s): {pipeline}, latency and throughput")
                 warm = _spawn(setup, "warm", *args)[0]
                 cold_seconds, peaks = [], []
-                for i in range(COLD_STARTS):
-                    progress(f"{threads} thread(s): {pipeline}, cold start {i + 1}/{COLD_STARTS}")
+                starts = EFFORTS[setup.effort].cold_starts
+                for i in range(starts):
+                    progress(f"{threads} thread(s): {pipeline}, cold start {i + 1}/{starts}")
                     cold, spawned = _spawn(setup, "cold", *args)
                     cold_seconds.append(cold["first_prediction_at"] - spawned)
                     peaks.append(cold["peak_rss_mib"])

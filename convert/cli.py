@@ -143,9 +143,11 @@ def verify(artifacts: Path, models: Path, data: Path | None, as_json: bool, quie
               help="Thread counts to measure at (repeatable); default 1 and this machine's cores.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/bench"),
               show_default=True, help="Where bench.json, bench.md (the table) and bench.png (the plot) go.")
+@click.option("--quick", is_flag=True, help="A fast end-to-end run (few calls, one cold start): proves the "
+                                            "command works; its figures are not for quoting.")
 @AS_JSON
 @QUIET
-def bench(artifacts: Path, models: Path, thread_counts: tuple[int, ...], out_dir: Path, as_json: bool,
+def bench(artifacts: Path, models: Path, thread_counts: tuple[int, ...], out_dir: Path, quick: bool, as_json: bool,
           quiet: bool) -> None:
     """Time the runtime against the original frameworks on the same rows and threads: one-row p50/p99,
     batch-256 throughput, cold start, peak memory, installed size, each beside this machine's floor."""
@@ -158,7 +160,7 @@ def bench(artifacts: Path, models: Path, thread_counts: tuple[int, ...], out_dir
 
     check_sources(runtime.load(artifacts).manifest, models)  # a comparison only means something on one build
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
-    results = run_bench(artifacts, models, out_dir, counts, StepProgress(quiet))
+    results = run_bench(artifacts, models, out_dir, counts, StepProgress(quiet), quick)
     _emit(results, as_json, "\n".join(table(results)) + f"\n\nwritten: {out_dir}/bench.json, bench.md, bench.png")
 
 

@@ -23,7 +23,7 @@ def test_registry_names_known_kinds_and_refuses_overwrite():
     with pytest.raises(PlanError, match="known kinds: lightgbm, nhits, patchtst, xgboost"):
         get_kind("tabnet")
     with pytest.raises(ValueError, match="already registered"):
-        register(MemberKind("nhits", (".pth",), get_kind("nhits").load))
+        register(MemberKind("nhits", (".pth",), get_kind("nhits").load, get_kind("nhits").reference))
 
 
 @pytest.mark.parametrize("kind", ["nhits", "patchtst"])
