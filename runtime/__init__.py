@@ -26,7 +26,7 @@ __all__ = ["load", "Ensemble", "Prediction", "ArtifactError", "InputError"]
 
 @dataclass(frozen=True)
 class Prediction:
-    action: str                                   # the chosen class name: SELL, HOLD or BUY
+    action: str                                   # the chosen class name: SELL, HOLD or BUY (after the decision policy)
     confidence: float                             # the ensemble probability of that class
     probabilities: dict[str, float]               # class name -> ensemble probability
     members: dict[str, dict[str, float]]          # member name -> class name -> probability
@@ -96,7 +96,8 @@ class Ensemble:
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
                                 "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},
-                "files": m["files"], "parity": m.get("parity"), "build_libraries": m.get("libraries"),
+                "decision": m.get("decision"), "files": m["files"], "parity": m.get("parity"),
+                "build_libraries": m.get("libraries"),
                 "onnxruntime": ort.__version__}
 
 
