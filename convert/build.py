@@ -68,12 +68,12 @@ def check_widths(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
             raise MetadataError(f"{s.file}: scales {s.n_features} features; the ensemble has {n_features}.")
 
 
-def read_features_file(path: Path, feature_names: list[str], passthrough: tuple[str, ...] = ("symbol",)) -> np.ndarray:
+def read_features_file(path: Path, feature_names: list[str]) -> np.ndarray:
     """Recorded rows (CSV with a header, or JSON lines), validated and aligned as `predict` does."""
     from runtime.features import InputError, read_records, records_to_matrix
 
     try:
-        return records_to_matrix(read_records(path.read_text()), feature_names, passthrough)
+        return records_to_matrix(read_records(path.read_text()), feature_names)
     except InputError as exc:
         raise MetadataError(f"{path}: {exc}") from exc
 
@@ -123,11 +123,12 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     """Fit the members' temperatures on labelled rows (negative log-likelihood of the ensemble); the report
     goes into the manifest: per member t and NLL before/after, the ensemble's NLL and calibration error
     before/after."""
-    from runtime.features import InputError, read_records
+    from runtime.features import InputError, read_records, records_to_matrix
 
     classes = loaded.plan.classes
     try:
         records = read_records(labelled.read_text())
+        raw = records_to_matrix(records, loaded.feature_names, passthrough=("symbol", "label"))
     except InputError as exc:
         raise MetadataError(f"{labelled}: {exc}") from exc
     bad = [n for n, r in records if r.get("label") not in classes]
@@ -135,7 +136,6 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
         raise MetadataError(f"{labelled}: line(s) {bad[:5]} have no 'label' column naming one of {classes}; "
                             f"--calibrate needs labelled rows.")
     labels = np.array([classes.index(r["label"]) for _, r in records])
-    raw = read_features_file(labelled, loaded.feature_names, passthrough=("symbol", "label"))
     member_probs = loaded.reference.raw_member_probabilities(raw)
     before = loaded.reference
     fitted = fit_temperatures(member_probs, before.combine, labels)
