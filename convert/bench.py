@@ -234,10 +234,11 @@ def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[
     import runtime
 
     from .scaler import load_scaler
-    from .verify import plan_from_manifest
+    from .verify import check_sources, plan_from_manifest
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest = runtime.load(artifacts).manifest  # verified before anything is timed
+    check_sources(manifest, models)  # a comparison only means something against the models of this build
+    out_dir.mkdir(parents=True, exist_ok=True)
     n_features = len(manifest["feature_names"])
     scaler_file = next((m.scaler for m in plan_from_manifest(manifest, models).members if m.scaler), None)
     scaler = load_scaler(scaler_file) if scaler_file else None

@@ -105,7 +105,7 @@ def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
     if plan.combine["method"] == "stacking":
         stacker = load_stacker(plan.combine["file"], len(members) * len(plan.classes), len(plan.classes))
     reference = Reference(plan, {m.source.name: m.reference for m in members}, scalers,
-                          stacker.model if stacker else None, plan.decision)
+                          stacker.model if stacker else None)
     return Loaded(plan, members, scalers, stacker, feature_names, reference)
 
 
@@ -172,7 +172,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     loaded = load_plan(plan, progress)
     if calibrate_on is not None:
         progress(f"calibrating temperatures on {calibrate_on.name}")
-        plan.decision = loaded.reference.decision = calibrate(loaded, calibrate_on)
+        plan.decision = calibrate(loaded, calibrate_on)
     progress("fusing the ensemble graph")
     ensemble = build_ensemble_graph(loaded.members, loaded.scalers, len(loaded.feature_names), plan.classes,
                                     plan.decision, loaded.stacker.onnx_model if loaded.stacker else None)

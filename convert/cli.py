@@ -154,11 +154,6 @@ def bench(artifacts: Path, models: Path, thread_counts: tuple[int, ...], out_dir
     require_build_stack()
     _log_to_stderr(quiet)
     from .bench import run_bench, table
-    from .verify import check_sources
-
-    import runtime
-
-    check_sources(runtime.load(artifacts).manifest, models)  # a comparison only means something on one build
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
     results = run_bench(artifacts, models, out_dir, counts, StepProgress(quiet), quick)
     _emit(results, as_json, "\n".join(table(results)) + f"\n\nwritten: {out_dir}/bench.json, bench.md, bench.png")

@@ -24,15 +24,19 @@ Predictor = Callable[[np.ndarray], np.ndarray]  # float32 [N, F] scaled -> float
 
 class Reference:
     def __init__(self, plan: Plan, predictors: dict[str, Predictor], scalers: dict[Path, Scaler],
-                 stacker: Any | None, decision: Decision) -> None:
-        self.plan, self.predictors, self.scalers, self.stacker, self.decision = plan, predictors, scalers, stacker, decision
+                 stacker: Any | None) -> None:
+        self.plan, self.predictors, self.scalers, self.stacker = plan, predictors, scalers, stacker
+
+    @property
+    def decision(self) -> Decision:
+        return self.plan.decision  # one place holds the policy: calibration replaces it there
 
     @classmethod
     def from_plan(cls, plan: Plan) -> Reference:
         """Loads each member with its own framework only: no export, as the service did."""
         scalers = {m.scaler: load_scaler(m.scaler) for m in plan.members if m.scaler is not None}
         stacker = load_pickle(plan.combine["file"], "stacker") if plan.combine["method"] == "stacking" else None
-        return cls(plan, {m.name: get_kind(m.kind).reference(m) for m in plan.members}, scalers, stacker, plan.decision)
+        return cls(plan, {m.name: get_kind(m.kind).reference(m) for m in plan.members}, scalers, stacker)
 
     def member_input(self, scaler: Path | None, raw: np.ndarray) -> np.ndarray:
         """The float32 input as the service built it: float64 transform, one cast."""
