@@ -94,6 +94,23 @@ def _label_and_confidence(decision: Decision, classes: list[str]) -> tuple[list,
     return nodes, inits
 
 
+def _drop_dead_nodes(graph: Any) -> None:
+    """Remove nodes no graph output depends on (converters leave some: a tree's label, a lightgbm Cast).
+    onnxruntime would run them on every call; its own pass keeps them."""
+    needed = {o.name for o in graph.output}
+    live = []
+    for node in reversed(graph.node):
+        if needed.intersection(node.output):
+            live.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(live))
+    used = {i for node in graph.node for i in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
                          classes: list[str], decision: Decision, stacker_model: Any | None = None) -> Any:
     """The fused ensemble. `stacker_model` (an ONNX classifier over [N, M*C]) replaces the weighted sum."""
@@ -120,24 +137,26 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
         inits += i + i2
         probs.append(out)
 
-    inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
-    nodes += [helper.make_node("Unsqueeze", [p, "axis1"], [f"{p}/unsqueezed"], name=f"{p}/Unsqueeze") for p in probs]
-    nodes.append(helper.make_node("Concat", [f"{p}/unsqueezed" for p in probs], ["member_probabilities"], axis=1,
-                                  name="MemberProbabilities"))
+    # One Concat feeds everything after the members: the weighted sum is a single MatMul against a block of
+    # scaled identities, and member_probabilities is a Reshape of the same tensor (fewer, larger kernels:
+    # at one row each node costs more than its arithmetic).
+    n_members, n_classes = len(members), len(classes)
+    inits += [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+              numpy_helper.from_array(np.array([-1, n_members, n_classes], dtype=np.int64), "member_shape")]
+    nodes += [helper.make_node("Concat", probs, ["member_flat"], axis=1, name="MemberFlat"),
+              helper.make_node("Reshape", ["member_flat", "member_shape"], ["member_probabilities"],
+                               name="MemberProbabilities")]
     if stacker_model is None:
-        weights = np.array([m.source.weight for m in members], dtype=np.float32).reshape(1, -1, 1)
-        inits.append(numpy_helper.from_array(weights, "weights"))
-        nodes += [helper.make_node("Mul", ["member_probabilities", "weights"], ["weighted"], name="Weigh"),
-                  helper.make_node("ReduceSum", ["weighted", "axis1"], ["probabilities"], keepdims=0, name="Combine")]
+        weights = np.concatenate([m.source.weight * np.eye(n_classes, dtype=np.float32) for m in members])
+        inits.append(numpy_helper.from_array(weights.astype(np.float32), "weights"))
+        nodes.append(helper.make_node("MatMul", ["member_flat", "weights"], ["probabilities"], name="Combine"))
     else:
-        nodes.append(helper.make_node("Concat", probs, ["stacker_input"], axis=1, name="StackerInput"))
-        n, i, out = _embed(stacker_model, "stacker", "stacker_input")
+        n, i, out = _embed(stacker_model, "stacker", "member_flat")
         nodes += [*n, helper.make_node("Identity", [out], ["probabilities"], name="Combine")]
         inits += i
     n, i = _label_and_confidence(decision, classes)
     nodes += n
     inits += i
-    n_classes = len(classes)
 
     batch = CONTRACT.batch_axis
     graph = helper.make_graph(
@@ -148,6 +167,7 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
          helper.make_tensor_value_info("confidence", TensorProto.FLOAT, [batch]),
          helper.make_tensor_value_info("member_probabilities", TensorProto.FLOAT, [batch, len(members), n_classes])],
         inits)
+    _drop_dead_nodes(graph)
     model = helper.make_model(graph, producer_name="ensemble-onnx", ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", CONTRACT.opset),
                                              helper.make_opsetid("ai.onnx.ml", CONTRACT.ml_opset)])

@@ -62,8 +62,8 @@ class Ensemble:
         out = dict(zip(self.manifest["ensemble"]["outputs"], self._session.run(None, {self._input: x})))
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name.
-        bad = ~np.isfinite(out["member_probabilities"]).all(axis=2)
-        if bad.any():
+        if not np.isfinite(out["member_probabilities"]).all():
+            bad = ~np.isfinite(out["member_probabilities"]).all(axis=2)
             row, member = np.argwhere(bad)[0]
             raise InputError(f"row {row}: member '{self.member_order[member]}' produced non-finite probabilities "
                              f"({int(bad.any(axis=1).sum())} row(s) affected); the features are far outside the "

@@ -39,9 +39,8 @@ def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
                          f"got shape {arr.shape}." + (" Wrap a single row as [row]." if arr.ndim == 1 else ""))
     if arr.dtype.kind in "iuf":
         out = arr.astype(np.float64)
-        bad = np.argwhere(~np.isfinite(out))
-        if len(bad):
-            r, c = bad[0]
+        if not np.isfinite(out).all():  # the cheap test first: a scored row pays for it on every call
+            r, c = np.argwhere(~np.isfinite(out))[0]
             raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before scoring.")
         return out
     if arr.dtype.kind != "O":
