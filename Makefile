@@ -29,8 +29,10 @@ convert: install
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS)
 
 # The runtime against the original frameworks on this machine: table, build/bench/bench.json, bench.png.
+# Both builds of the same models: the default (fp32) and the explicit int8 option, in one run.
 bench: convert
-	$(VENV)/bin/ensemble-onnx bench $(ARTIFACTS) --models $(MODELS) --out build/bench
+	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
+	$(VENV)/bin/ensemble-onnx bench $(ARTIFACTS) build/artifacts-int8 --models $(MODELS) --out build/bench
 
 test: test-full test-slim
 

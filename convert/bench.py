@@ -27,7 +27,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-PIPELINES = ("runtime", "frameworks")
 BATCH_CURVE = (1, 4, 16, 64, 256, 1024)
 THROUGHPUT_BATCH = 256
 EFFORT_VARIABLE = "ENSEMBLE_ONNX_BENCH_EFFORT"
@@ -150,17 +149,22 @@ def worker_floor(artifacts: str, threads: int) -> dict[str, Any]:
 
 
 def graph_cost(model: Any) -> tuple[int, int]:
-    """(bytes of float weights, multiply-add FLOPs per row of every MatMul/Gemm against a weight)."""
-    from onnx import numpy_helper
+    """(bytes of the weights, in whatever type they are stored: float32, or int8 blocks and their scales;
+    multiply-add FLOPs per row of every MatMul/Gemm/MatMulNBits against a weight)."""
+    from onnx import helper, numpy_helper
 
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     flops = 0
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm"):
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            flops += 2 * attrs["K"] * attrs["N"]
+        elif node.op_type in ("MatMul", "Gemm"):
             w = next((weights[i] for i in node.input[1:2] if i in weights), None)
             if w is not None and w.ndim == 2:
                 flops += 2 * w.shape[0] * w.shape[1]
-    return sum(w.nbytes for w in weights.values() if w.dtype == np.float32), flops
+    # Integer shapes and axes are not weights; everything numeric a kernel reads per call is.
+    return sum(w.nbytes for w in weights.values() if w.dtype != np.int64), flops
 
 
 WORKERS = {"cold": worker_cold, "warm": worker_warm}
@@ -177,7 +181,6 @@ def _worker_main(argv: list[str]) -> None:
 
 @dataclass
 class BenchSetup:
-    artifacts: Path
     models: Path
     rows: Path
     threads: int
@@ -193,6 +196,23 @@ def _spawn(setup: BenchSetup, *args: str) -> tuple[dict[str, Any], float]:
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {args[0]} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1]), spawned
+
+
+def _measure(setup: BenchSetup, pipeline: str, artifacts: Path, label: str,
+             progress: Callable[[str], None]) -> dict[str, Any]:
+    """Latency, throughput and the curve in one warm worker; cold start and peak memory over fresh ones."""
+    args = (pipeline, str(artifacts), str(setup.models), str(setup.rows), str(setup.threads))
+    progress(f"{setup.threads} thread(s): {label}, latency and throughput")
+    warm = _spawn(setup, "warm", *args)[0]
+    cold_seconds, peaks = [], []
+    starts = EFFORTS[setup.effort].cold_starts
+    for i in range(starts):
+        progress(f"{setup.threads} thread(s): {label}, cold start {i + 1}/{starts}")
+        cold, spawned = _spawn(setup, "cold", *args)
+        cold_seconds.append(cold["first_prediction_at"] - spawned)
+        peaks.append(cold["peak_rss_mib"])
+    return {**warm, "cold_start_seconds": float(np.median(cold_seconds)), "cold_start_all": cold_seconds,
+            "cold_peak_rss_mib": max(peaks)}
 
 
 def installed_size_mib() -> dict[str, float]:
@@ -229,45 +249,48 @@ def installed_size_mib() -> dict[str, float]:
     return {"runtime": size(closure(set())), "frameworks": size(closure({"convert"}))}
 
 
-def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[int],
+def build_labels(manifests: list[dict[str, Any]], folders: list[Path]) -> list[str]:
+    """Each build named by its weight precision ("fp32", "int8"); by its folder when two share one."""
+    labels = [(m.get("precision") or {}).get("weights", "fp32") for m in manifests]
+    return [label if labels.count(label) == 1 else folder.name for label, folder in zip(labels, folders)]
+
+
+def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts: list[int],
               progress: Callable[[str], None] = log.info, quick: bool = False) -> dict[str, Any]:
+    """Every build in `artifacts` (say fp32 and int8 of the same models) against the frameworks once."""
     import runtime
 
     from .scaler import load_scaler
     from .verify import check_sources, plan_from_manifest
 
-    manifest = runtime.load(artifacts).manifest  # verified before anything is timed
-    check_sources(manifest, models)  # a comparison only means something against the models of this build
+    manifests = [runtime.load(a).manifest for a in artifacts]  # verified before anything is timed
+    for manifest in manifests:
+        check_sources(manifest, models)  # a comparison only means something against the models of the build
+    labels = build_labels(manifests, artifacts)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_features = len(manifest["feature_names"])
-    scaler_file = next((m.scaler for m in plan_from_manifest(manifest, models).members if m.scaler), None)
+    n_features = len(manifests[0]["feature_names"])
+    scaler_file = next((m.scaler for m in plan_from_manifest(manifests[0], models).members if m.scaler), None)
     scaler = load_scaler(scaler_file) if scaler_file else None
     mean = scaler.mean if scaler is not None and scaler.mean is not None else np.zeros(n_features)
     scale = scaler.scale if scaler is not None and scaler.scale is not None else np.ones(n_features)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = Path(tmp) / "rows.npy"  # the same rows for both pipelines, drawn from the scaler's statistics
+        rows = Path(tmp) / "rows.npy"  # the same rows for every pipeline, drawn from the scaler's statistics
         np.save(rows, mean + scale * np.random.default_rng(0).standard_normal((max(BATCH_CURVE), n_features)))
-        results: dict[str, Any] = {"machine": machine(), "batch_curve": list(BATCH_CURVE), "quick": quick,
-                                   "throughput_batch": THROUGHPUT_BATCH, "threads": {}}
+        results: dict[str, Any] = {
+            "machine": machine(), "batch_curve": list(BATCH_CURVE), "quick": quick,
+            "throughput_batch": THROUGHPUT_BATCH, "threads": {},
+            "builds": {label: {"artifacts": str(a), "precision": m.get("precision") or {"weights": "fp32"}}
+                       for label, a, m in zip(labels, artifacts, manifests)}}
         for threads in thread_counts:
-            setup = BenchSetup(artifacts.resolve(), models.resolve(), rows, threads, "quick" if quick else "full")
-            entry: dict[str, Any] = {}
-            progress(f"{threads} thread(s): machine floor")
-            entry["floor"] = _spawn(setup, "floor", str(setup.artifacts), str(threads))[0]
-            for pipeline in PIPELINES:
-                args = (pipeline, str(setup.artifacts), str(setup.models), str(rows), str(threads))
-                progress(f"{threads} thread(s): {pipeline}, latency and throughput")
-                warm = _spawn(setup, "warm", *args)[0]
-                cold_seconds, peaks = [], []
-                starts = EFFORTS[setup.effort].cold_starts
-                for i in range(starts):
-                    progress(f"{threads} thread(s): {pipeline}, cold start {i + 1}/{starts}")
-                    cold, spawned = _spawn(setup, "cold", *args)
-                    cold_seconds.append(cold["first_prediction_at"] - spawned)
-                    peaks.append(cold["peak_rss_mib"])
-                entry[pipeline] = {**warm, "cold_start_seconds": float(np.median(cold_seconds)),
-                                   "cold_start_all": cold_seconds, "cold_peak_rss_mib": max(peaks)}
-            entry["ratios"] = ratios(entry)
+            setup = BenchSetup(models.resolve(), rows, threads, "quick" if quick else "full")
+            entry: dict[str, Any] = {"builds": {}}
+            entry["frameworks"] = _measure(setup, "frameworks", artifacts[0].resolve(), "frameworks", progress)
+            for label, folder in zip(labels, artifacts):
+                progress(f"{threads} thread(s): {label}, machine floor")
+                build = {"floor": _spawn(setup, "floor", str(folder.resolve()), str(threads))[0],
+                         "runtime": _measure(setup, "runtime", folder.resolve(), f"runtime {label}", progress)}
+                build["ratios"] = ratios(build, entry["frameworks"])
+                entry["builds"][label] = build
             results["threads"][str(threads)] = entry
     results["installed_mib"] = installed_size_mib()
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -276,9 +299,9 @@ def run_bench(artifacts: Path, models: Path, out_dir: Path, thread_counts: list[
     return results
 
 
-def ratios(entry: dict[str, Any]) -> dict[str, float]:
-    """How the runtime compares, each as 'times better' (>1 is the runtime ahead)."""
-    rt, fw, floor = entry["runtime"], entry["frameworks"], entry["floor"]
+def ratios(build: dict[str, Any], fw: dict[str, Any]) -> dict[str, float]:
+    """How one build's runtime compares, each as 'times better' (>1 is the runtime ahead)."""
+    rt, floor = build["runtime"], build["floor"]
     return {"one_row_p50_speedup": fw["one_row_p50_us"] / rt["one_row_p50_us"],
             "one_row_p50_over_floor": rt["one_row_p50_us"] / floor["one_row_floor_us"],
             "throughput_ratio": rt["rows_per_second"] / fw["rows_per_second"],
@@ -299,25 +322,27 @@ def machine() -> dict[str, Any]:
 def table(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}.", "",
-             "| threads | figure | runtime | frameworks | runtime vs frameworks | machine floor |",
-             "|---:|---|---:|---:|---:|---:|"]
+             "| threads | figure | build | runtime | frameworks | runtime vs frameworks | machine floor |",
+             "|---:|---|---|---:|---:|---:|---:|"]
     for threads, e in results["threads"].items():
-        rt, fw, fl, r = e["runtime"], e["frameworks"], e["floor"], e["ratios"]
-        rows = [
-            ("one row, p50", f"{rt['one_row_p50_us']:.0f} µs", f"{fw['one_row_p50_us']:.0f} µs",
-             f"{r['one_row_p50_speedup']:.1f}× faster", f"{fl['one_row_floor_us']:.0f} µs "
-             f"(runtime at {r['one_row_p50_over_floor']:.2f}×)"),
-            ("one row, p99", f"{rt['one_row_p99_us']:.0f} µs", f"{fw['one_row_p99_us']:.0f} µs",
-             f"{fw['one_row_p99_us'] / rt['one_row_p99_us']:.1f}× faster", ""),
-            (f"batch {results['throughput_batch']}, rows/s", f"{rt['rows_per_second']:,.0f}",
-             f"{fw['rows_per_second']:,.0f}", f"{r['throughput_ratio']:.2f}×",
-             f"{fl['batch_floor_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_floor']:.0%})"),
-            ("cold start to first prediction", f"{rt['cold_start_seconds']:.2f} s", f"{fw['cold_start_seconds']:.2f} s",
-             f"{r['cold_start_ratio']:.2f} of theirs", ""),
-            ("peak memory (cold process)", f"{rt['cold_peak_rss_mib']:.0f} MiB", f"{fw['cold_peak_rss_mib']:.0f} MiB",
-             f"{r['peak_memory_ratio']:.2f} of theirs", ""),
-        ]
-        lines += [f"| {threads} | " + " | ".join(row) + " |" for row in rows]
+        fw = e["frameworks"]
+        for label, b in e["builds"].items():
+            rt, fl, r = b["runtime"], b["floor"], b["ratios"]
+            rows = [
+                ("one row, p50", f"{rt['one_row_p50_us']:.0f} µs", f"{fw['one_row_p50_us']:.0f} µs",
+                 f"{r['one_row_p50_speedup']:.1f}× faster", f"{fl['one_row_floor_us']:.0f} µs "
+                 f"(runtime at {r['one_row_p50_over_floor']:.2f}×)"),
+                ("one row, p99", f"{rt['one_row_p99_us']:.0f} µs", f"{fw['one_row_p99_us']:.0f} µs",
+                 f"{fw['one_row_p99_us'] / rt['one_row_p99_us']:.1f}× faster", ""),
+                (f"batch {results['throughput_batch']}, rows/s", f"{rt['rows_per_second']:,.0f}",
+                 f"{fw['rows_per_second']:,.0f}", f"{r['throughput_ratio']:.2f}×",
+                 f"{fl['batch_floor_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_floor']:.0%})"),
+                ("cold start to first prediction", f"{rt['cold_start_seconds']:.2f} s",
+                 f"{fw['cold_start_seconds']:.2f} s", f"{r['cold_start_ratio']:.2f} of theirs", ""),
+                ("peak memory (cold process)", f"{rt['cold_peak_rss_mib']:.0f} MiB", f"{fw['cold_peak_rss_mib']:.0f} MiB",
+                 f"{r['peak_memory_ratio']:.2f} of theirs", ""),
+            ]
+            lines += [f"| {threads} | {row[0]} | {label} | " + " | ".join(row[1:]) + " |" for row in rows]
     size = results["installed_mib"]
     lines += ["", f"Installed size: runtime-only environment {size['runtime']:.0f} MiB, full framework stack "
                   f"{size['frameworks']:.0f} MiB ({size['runtime'] / size['frameworks']:.2f} of it)."]
@@ -332,10 +357,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for threads, e in results["threads"].items():
-        for pipeline, style in (("runtime", "-o"), ("frameworks", "--s")):
-            curve = e[pipeline]["batch_seconds"]
+        pipelines = [(f"runtime {label}", b["runtime"], "-o") for label, b in e["builds"].items()]
+        for name, figures, style in [*pipelines, ("frameworks", e["frameworks"], "--s")]:
+            curve = figures["batch_seconds"]
             ax.plot([int(b) for b in curve], [s * 1e3 for s in curve.values()], style,
-                    label=f"{pipeline}, {threads} thread(s)")
+                    label=f"{name}, {threads} thread(s)")
     ax.set(xscale="log", yscale="log", xlabel="rows per call", ylabel="ms per call (median)",
            title="Latency against batch size")
     ax.grid(True, which="both", alpha=0.3)

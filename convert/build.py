@@ -20,7 +20,8 @@ from .discover import Plan, make_plan
 from .errors import MetadataError, ParityError
 from .graph import ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, build_ensemble_graph
 from .members import CONTRACT, LoadedMember, get_kind
-from .parity import BATCH_SIZES, check_parity, parity_rows, summary, table
+from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
+from .precision import Precision, lower
 from .reference import Reference
 from .scaler import Scaler, load_scaler
 from .stacker import Stacker, load_stacker
@@ -110,13 +111,22 @@ def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
 
 
 def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: bytes, recorded: np.ndarray | None,
-               progress: Progress = log.info) -> dict[str, Any]:
+               progress: Progress = log.info, precision: Precision = Precision()) -> dict[str, Any]:
     rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), recorded)
-    progress(f"parity gate: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
-    report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes)
+    gate = "parity gate" if not precision.lowered else f"agreement gate ({precision.weights} graph)"
+    progress(f"{gate}: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
+    report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes, precision)
     for line in table(report):
         log.info(line)
     return report
+
+
+def _require(report: dict[str, Any], out: Path) -> None:
+    if not report["passed"]:
+        failed = out.parent / f"{out.name}.parity-failed.json"
+        failed.write_bytes(mf.dumps(report))
+        raise ParityError(f"parity gate failed; {out} left untouched; full report in {failed}:\n  "
+                          + "\n  ".join(report["failures"]), report)
 
 
 def calibrate(loaded: Loaded, labelled: Path) -> Decision:
@@ -165,7 +175,8 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
 
 
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
-          calibrate_on: Path | None = None, progress: Progress = log.info) -> BuildResult:
+          calibrate_on: Path | None = None, progress: Progress = log.info,
+          precision: Precision = Precision()) -> BuildResult:
     plan = make_plan(models_dir, only)
     for line in plan.describe():
         log.info(line)
@@ -180,11 +191,14 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     ensemble_bytes = ensemble.SerializeToString()
     recorded = read_features_file(parity_data, loaded.feature_names) if parity_data else None
     report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress)
-    if not report["passed"]:
-        failed = out.parent / f"{out.name}.parity-failed.json"
-        failed.write_bytes(mf.dumps(report))
-        raise ParityError(f"parity gate failed; {out} left untouched; full report in {failed}:\n  "
-                          + "\n  ".join(report["failures"]), report)
+    _require(report, out)  # the float32 export is exact first, whatever precision ships
+    quantized: list[str] = []
+    if precision.lowered:
+        progress(f"lowering the large Linear weights to {precision.weights}")
+        ensemble, quantized = lower(ensemble, precision)
+        ensemble_bytes = ensemble.SerializeToString()
+        report = merged(report, run_parity(loaded, {}, ensemble_bytes, recorded, progress, precision))
+        _require(report, out)
 
     files = {f"members/{name}.onnx": data for name, data in member_bytes.items()}
     files["ensemble.onnx"] = ensemble_bytes
@@ -198,6 +212,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
         "combine": {"method": "weighted"} if stacker is None else
                    {"method": "stacking", "source": mf.file_record(stacker.file)},
         "decision": plan.decision.record(),
+        "precision": precision.record(quantized),
         "members": {m.source.name: {
             "kind": m.source.kind,
             "weight": m.source.weight,
@@ -209,7 +224,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
         } for m in loaded.members},
         "ensemble": {"file": "ensemble.onnx", "input": ENSEMBLE_INPUT, "outputs": list(ENSEMBLE_OUTPUTS),
                      "members": [m.source.name for m in loaded.members]},
-        "opsets": CONTRACT.opsets,
+        "opsets": {imp.domain or "ai.onnx": imp.version for imp in ensemble.opset_import},  # what it needs
         "libraries": mf.library_versions(),
         "parity": summary(report),
         "files": {rel: mf.sha256(data) for rel, data in sorted(files.items())},

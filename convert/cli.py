@@ -97,20 +97,31 @@ def main() -> None:
 @click.option("--calibrate", "calibrate_on", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Labelled rows (features plus a 'label' column of class names): fit each member's temperature "
                    "on them and report the calibration error before and after.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Weights of the shipped ensemble.onnx. int8 stores the large Linear layers in 8 bits (faster "
+                   "one-row calls, needs onnxruntime>=1.22 to serve) and is gated on label agreement instead of "
+                   "the float32 tolerance; the float32 export is still proven exact first.")
+@click.option("--min-agreement", type=click.FloatRange(0.5, 1.0),
+              help="With --precision int8: the share of parity rows whose label must not change (default 0.99).")
 @AS_JSON
 @QUIET
 def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path | None, calibrate_on: Path | None,
-            as_json: bool, quiet: bool) -> None:
+            precision: str, min_agreement: float | None, as_json: bool, quiet: bool) -> None:
     """Rebuild, export and parity-check every member in MODELS; write the artifacts folder.
 
     \b
     Next: `ensemble-onnx predict OUTPUT --input rows.csv` to score rows, or
     `ensemble-onnx verify OUTPUT --models MODELS` in the release pipeline."""
+    if min_agreement is not None and precision == "fp32":
+        raise click.UsageError("--min-agreement applies to a lowered build; add --precision int8 (an fp32 build "
+                               "is held to the float32 tolerance and every label).")
     require_build_stack()
     _log_to_stderr(quiet)
     from .build import build
+    from .precision import DEFAULT_MIN_AGREEMENT, Precision
 
-    result = build(models, output, list(only) or None, parity_data, calibrate_on, StepProgress(quiet))
+    result = build(models, output, list(only) or None, parity_data, calibrate_on, StepProgress(quiet),
+                   Precision(precision, DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement))
     _emit(result.manifest, as_json)
     if not quiet:
         click.echo(f"next: ensemble-onnx predict {output} --input ROWS.csv", err=True)
@@ -137,7 +148,7 @@ def verify(artifacts: Path, models: Path, data: Path | None, as_json: bool, quie
 
 
 @main.command()
-@click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @MODELS
 @click.option("--threads", "thread_counts", type=click.IntRange(min=1), multiple=True,
               help="Thread counts to measure at (repeatable); default 1 and this machine's cores.")
@@ -147,15 +158,18 @@ def verify(artifacts: Path, models: Path, data: Path | None, as_json: bool, quie
                                             "command works; its figures are not for quoting.")
 @AS_JSON
 @QUIET
-def bench(artifacts: Path, models: Path, thread_counts: tuple[int, ...], out_dir: Path, quick: bool, as_json: bool,
-          quiet: bool) -> None:
+def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, ...], out_dir: Path, quick: bool,
+          as_json: bool, quiet: bool) -> None:
     """Time the runtime against the original frameworks on the same rows and threads: one-row p50/p99,
-    batch-256 throughput, cold start, peak memory, installed size, each beside this machine's floor."""
+    batch-256 throughput, cold start, peak memory, installed size, each beside this machine's floor.
+
+    Several ARTIFACTS folders built from the same MODELS (say `--precision fp32` and `int8`) are each
+    measured against one measurement of the frameworks."""
     require_build_stack()
     _log_to_stderr(quiet)
     from .bench import run_bench, table
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
-    results = run_bench(artifacts, models, out_dir, counts, StepProgress(quiet), quick)
+    results = run_bench(list(artifacts), models, out_dir, counts, StepProgress(quiet), quick)
     _emit(results, as_json, "\n".join(table(results)) + f"\n\nwritten: {out_dir}/bench.json, bench.md, bench.png")
 
 

@@ -94,7 +94,7 @@ def _label_and_confidence(decision: Decision, classes: list[str]) -> tuple[list,
     return nodes, inits
 
 
-def _drop_dead_nodes(graph: Any) -> None:
+def drop_dead_nodes(graph: Any) -> None:
     """Remove nodes no graph output depends on (converters leave some: a tree's label, a lightgbm Cast).
     onnxruntime would run them on every call; its own pass keeps them."""
     needed = {o.name for o in graph.output}
@@ -167,7 +167,7 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
          helper.make_tensor_value_info("confidence", TensorProto.FLOAT, [batch]),
          helper.make_tensor_value_info("member_probabilities", TensorProto.FLOAT, [batch, len(members), n_classes])],
         inits)
-    _drop_dead_nodes(graph)
+    drop_dead_nodes(graph)
     model = helper.make_model(graph, producer_name="ensemble-onnx", ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", CONTRACT.opset),
                                              helper.make_opsetid("ai.onnx.ml", CONTRACT.ml_opset)])

@@ -19,6 +19,7 @@ from .discover import Plan
 from .errors import VerifyError
 from .members import MemberSource
 from .parity import summary
+from .precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
                           f"artifacts {manifest['feature_names'][:3]}...; rebuild with `ensemble-onnx convert`.")
     member_bytes = {name: files[m["onnx"]["file"]] for name, m in manifest["members"].items()}
     recorded = read_features_file(data, loaded.feature_names) if data else None
-    report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress)
+    report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress,
+                        Precision.from_record(manifest.get("precision")))
     result = {"artifacts": str(artifacts), "models": str(models), "sources": len(source_files(manifest)),
               "passed": report["passed"], "parity": summary(report), "failures": report["failures"]}
     if not report["passed"]:

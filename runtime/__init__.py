@@ -96,7 +96,8 @@ class Ensemble:
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
                                 "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},
-                "decision": m.get("decision"), "files": m["files"], "parity": m.get("parity"),
+                "decision": m.get("decision"), "precision": m.get("precision") or {"weights": "fp32"},
+                "files": m["files"], "parity": m.get("parity"),
                 "build_libraries": m.get("libraries"),
                 "onnxruntime": ort.__version__}
 

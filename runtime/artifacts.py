@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSIONS = (1,)
-OPSETS = {"ai.onnx": 17, "ai.onnx.ml": 3}  # the newest this runtime's onnxruntime floor (1.17) runs
+# The newest this runtime's onnxruntime floor (1.17) runs; com.microsoft holds MatMulNBits, which only an
+# int8 build uses (and which needs the onnxruntime its manifest names under precision.min_onnxruntime).
+OPSETS = {"ai.onnx": 17, "ai.onnx.ml": 3, "com.microsoft": 1}
 REQUIRED = ("schema_version", "feature_names", "classes", "combine", "members", "ensemble", "opsets", "files")
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
 
@@ -67,6 +69,22 @@ def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel not in listed:
                 raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+    needs = (manifest.get("precision") or {}).get("min_onnxruntime")
+    if needs and _version(onnxruntime_version()) < _version(needs):
+        raise ArtifactError(f"{manifest_path}: field 'precision' says these {manifest['precision']['weights']} "
+                            f"weights need onnxruntime>={needs}; this host has {onnxruntime_version()}. Upgrade "
+                            f"onnxruntime, or serve a --precision fp32 build.")
     if manifest["ensemble"].get("file") not in files:
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
     return manifest, files
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime  # not the distribution's name: onnxruntime-gpu and others install the same module
+
+    return onnxruntime.__version__
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """"1.22.0" -> (1, 22): major and minor are all a requirement here names."""
+    return tuple(int(part) for part in text.split(".")[:2])

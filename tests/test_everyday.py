@@ -199,13 +199,29 @@ def test_bench_quick_run_writes_table_json_and_plot(demo_models, demo_artifacts,
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     entry = figures["threads"]["1"]
-    for pipeline in ("runtime", "frameworks"):
-        assert entry[pipeline]["one_row_p50_us"] > 0 and entry[pipeline]["rows_per_second"] > 0
-        assert entry[pipeline]["cold_start_seconds"] > 0 and entry[pipeline]["cold_peak_rss_mib"] > 0
+    runtime, frameworks = entry["builds"]["fp32"]["runtime"], entry["frameworks"]
+    for pipeline in (runtime, frameworks):
+        assert pipeline["one_row_p50_us"] > 0 and pipeline["rows_per_second"] > 0
+        assert pipeline["cold_start_seconds"] > 0 and pipeline["cold_peak_rss_mib"] > 0
     # The runtime worker must not have the frameworks in its address space.
-    assert entry["runtime"]["cold_peak_rss_mib"] < entry["frameworks"]["cold_peak_rss_mib"]
+    assert runtime["cold_peak_rss_mib"] < frameworks["cold_peak_rss_mib"]
+    assert entry["builds"]["fp32"]["floor"]["one_row_floor_us"] > 0
     assert figures["installed_mib"]["runtime"] < figures["installed_mib"]["frameworks"]
-    assert (tmp_path / "bench.png").stat().st_size > 0 and "| 1 | one row, p50 |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert "| 1 | one row, p50 | fp32 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_names_each_build_and_measures_the_frameworks_once(demo_models, demo_artifacts, tmp_path):
+    """Two builds of the same models: each gets its floor and its ratios against one frameworks figure."""
+    other = shutil.copytree(demo_artifacts, tmp_path / "again")
+    result = invoke("bench", demo_artifacts, other, "--models", demo_models, "--threads", "1", "--quick",
+                    "--out", tmp_path / "bench", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.output)["threads"]["1"]
+    assert sorted(entry["builds"]) == sorted([demo_artifacts.name, "again"])  # both fp32: named by folder
+    for build in entry["builds"].values():
+        assert build["ratios"]["one_row_p50_speedup"] == pytest.approx(
+            entry["frameworks"]["one_row_p50_us"] / build["runtime"]["one_row_p50_us"])
 
 
 def test_bench_refuses_models_the_artifacts_did_not_come_from(models_copy, demo_artifacts, tmp_path):
