@@ -37,10 +37,13 @@ class Effort:
     one_row_calls: int       # timed one-row calls per pipeline (after warm-up)
     min_curve_seconds: float  # each point of the batch curve is timed for at least this long
     cold_starts: int         # fresh processes per pipeline; the median is reported
+    warm_runs: int           # warm workers per pipeline, taken in turns; each figure is their median
 
 
 # "quick" only proves the command end to end (tests, a smoke run in CI); its figures are not for quoting.
-EFFORTS = {"full": Effort(400, 0.3, 5), "quick": Effort(10, 0.0, 1)}
+# Several warm runs in turns, because one process's figures are not another's: the frameworks' one-row time
+# moved by ±20% between single runs here (four libraries' thread pools and allocations land differently).
+EFFORTS = {"full": Effort(400, 0.3, 5, 3), "quick": Effort(10, 0.0, 1, 1)}
 
 
 def effort() -> Effort:
@@ -198,21 +201,42 @@ def _spawn(setup: BenchSetup, *args: str) -> tuple[dict[str, Any], float]:
     return json.loads(done.stdout.strip().splitlines()[-1]), spawned
 
 
-def _measure(setup: BenchSetup, pipeline: str, artifacts: Path, label: str,
-             progress: Callable[[str], None]) -> dict[str, Any]:
-    """Latency, throughput and the curve in one warm worker; cold start and peak memory over fresh ones."""
-    args = (pipeline, str(artifacts), str(setup.models), str(setup.rows), str(setup.threads))
-    progress(f"{setup.threads} thread(s): {label}, latency and throughput")
-    warm = _spawn(setup, "warm", *args)[0]
-    cold_seconds, peaks = [], []
-    starts = EFFORTS[setup.effort].cold_starts
-    for i in range(starts):
-        progress(f"{setup.threads} thread(s): {label}, cold start {i + 1}/{starts}")
-        cold, spawned = _spawn(setup, "cold", *args)
-        cold_seconds.append(cold["first_prediction_at"] - spawned)
-        peaks.append(cold["peak_rss_mib"])
-    return {**warm, "cold_start_seconds": float(np.median(cold_seconds)), "cold_start_all": cold_seconds,
-            "cold_peak_rss_mib": max(peaks)}
+def _measure(setup: BenchSetup, pipelines: dict[str, tuple[str, Path]],
+             progress: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """label -> figures. Warm workers (latency, throughput, the curve) run in turns across the pipelines, so
+    a slow spell on the machine lands on all of them; then cold starts and peak memory in fresh processes."""
+    effort = EFFORTS[setup.effort]
+
+    def args(label: str) -> tuple[str, ...]:
+        pipeline, folder = pipelines[label]
+        return pipeline, str(folder), str(setup.models), str(setup.rows), str(setup.threads)
+
+    warm: dict[str, list[dict[str, Any]]] = {label: [] for label in pipelines}
+    for turn in range(effort.warm_runs):
+        for label in pipelines:
+            progress(f"{setup.threads} thread(s): {label}, latency and throughput ({turn + 1}/{effort.warm_runs})")
+            warm[label].append(_spawn(setup, "warm", *args(label))[0])
+    figures = {}
+    for label in pipelines:
+        cold_seconds, peaks = [], []
+        for i in range(effort.cold_starts):
+            progress(f"{setup.threads} thread(s): {label}, cold start {i + 1}/{effort.cold_starts}")
+            cold, spawned = _spawn(setup, "cold", *args(label))
+            cold_seconds.append(cold["first_prediction_at"] - spawned)
+            peaks.append(cold["peak_rss_mib"])
+        figures[label] = {**_median_of(warm[label]), "cold_start_seconds": float(np.median(cold_seconds)),
+                          "cold_start_all": cold_seconds, "cold_peak_rss_mib": max(peaks)}
+    return figures
+
+
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each timing the median over warm runs (each run's own spread is in its p99); peak memory the max."""
+    out: dict[str, Any] = {key: float(np.median([r[key] for r in runs]))
+                           for key in ("one_row_p50_us", "one_row_p99_us", "rows_per_second")}
+    out["batch_seconds"] = {b: float(np.median([r["batch_seconds"][b] for r in runs])) for b in runs[0]["batch_seconds"]}
+    out["one_row_p50_us_each_run"] = [r["one_row_p50_us"] for r in runs]
+    out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    return out
 
 
 def installed_size_mib() -> dict[str, float]:
@@ -281,14 +305,16 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
             "throughput_batch": THROUGHPUT_BATCH, "threads": {},
             "builds": {label: {"artifacts": str(a), "precision": m.get("precision") or {"weights": "fp32"}}
                        for label, a, m in zip(labels, artifacts, manifests)}}
+        pipelines = {"frameworks": ("frameworks", artifacts[0].resolve()),
+                     **{f"runtime {label}": ("runtime", folder.resolve()) for label, folder in zip(labels, artifacts)}}
         for threads in thread_counts:
             setup = BenchSetup(models.resolve(), rows, threads, "quick" if quick else "full")
-            entry: dict[str, Any] = {"builds": {}}
-            entry["frameworks"] = _measure(setup, "frameworks", artifacts[0].resolve(), "frameworks", progress)
+            figures = _measure(setup, pipelines, progress)
+            entry: dict[str, Any] = {"frameworks": figures["frameworks"], "builds": {}}
             for label, folder in zip(labels, artifacts):
                 progress(f"{threads} thread(s): {label}, machine floor")
                 build = {"floor": _spawn(setup, "floor", str(folder.resolve()), str(threads))[0],
-                         "runtime": _measure(setup, "runtime", folder.resolve(), f"runtime {label}", progress)}
+                         "runtime": figures[f"runtime {label}"]}
                 build["ratios"] = ratios(build, entry["frameworks"])
                 entry["builds"][label] = build
             results["threads"][str(threads)] = entry

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UnsupportedModelError
 from .graph import drop_dead_nodes
 
 PRECISIONS = ("fp32", "int8")
@@ -62,6 +63,10 @@ def lower(model: Any, precision: Precision) -> tuple[Any, list[str]]:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     targets = _linears_as_matmul(model)
+    if not targets:
+        raise UnsupportedModelError(f"--precision {precision.weights}: no member has a Linear layer of at least "
+                                    f"{MIN_WEIGHTS:,} weights, so nothing would be lowered; build with the "
+                                    f"default --precision fp32.")
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in targets]
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=4,
                                      nodes_to_exclude=others)

@@ -117,3 +117,10 @@ def test_agreement_gate_fails_closed():
 def test_min_agreement_without_a_lowered_precision_is_a_usage_error(demo_models, tmp_path):
     result = invoke("convert", demo_models, "-o", tmp_path / "out", "--min-agreement", "0.95")
     assert result.exit_code == 2 and "--precision int8" in result.output
+
+
+def test_int8_with_nothing_large_enough_to_lower_is_refused(demo_models, tmp_path):
+    """N-HiTS alone has no Linear layer that large: an "int8" build would be float32 under another name."""
+    result = invoke("convert", demo_models, "-o", tmp_path / "out", "--only", "nhits", "--precision", "int8")
+    assert result.exit_code == 1 and "nothing would be lowered" in result.output
+    assert not (tmp_path / "out").exists()
