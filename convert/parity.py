@@ -216,9 +216,9 @@ def table(report: dict[str, Any]) -> list[str]:
     for target, t in summary(report)["targets"].items():
         lines.append(f"  {target:<18} {t['max_abs_diff']:>11.3g} {t['label_agreement']:>8.2%}  "
                      f"{', '.join(map(str, report['batch_sizes']))}")
-    precision = report.get("precision", {"weights": "fp32"})
-    if precision["weights"] != "fp32":
-        lines.append(f"  the shipped graph has {precision['weights']} weights: its labels must agree on "
-                     f"{precision['min_agreement']:.2%} of rows; its differences are reported, not gated")
+    precision = Precision.from_record(report.get("precision"))
+    if precision.lowered:
+        lines.append(f"  the shipped graph has {precision.weights} weights: its labels must agree on "
+                     f"{precision.min_agreement:.2%} of rows; its differences are reported, not gated")
     lines.append("  PASSED" if report["passed"] else "  FAILED:\n    " + "\n    ".join(report["failures"]))
     return lines

@@ -36,6 +36,11 @@ class Precision:
     weights: str = "fp32"                        # one of PRECISIONS
     min_agreement: float = DEFAULT_MIN_AGREEMENT  # the gate for anything but fp32
 
+    def __post_init__(self) -> None:
+        if self.weights not in PRECISIONS:  # e.g. a manifest from a newer ensemble-onnx
+            raise UnsupportedModelError(f"precision '{self.weights}': this ensemble-onnx knows {list(PRECISIONS)}; "
+                                        f"upgrade it, or rebuild the artifacts with this version.")
+
     @property
     def lowered(self) -> bool:
         return self.weights != "fp32"

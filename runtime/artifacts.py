@@ -69,22 +69,28 @@ def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel not in listed:
                 raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
-    needs = (manifest.get("precision") or {}).get("min_onnxruntime")
-    if needs and _version(onnxruntime_version()) < _version(needs):
-        raise ArtifactError(f"{manifest_path}: field 'precision' says these {manifest['precision']['weights']} "
-                            f"weights need onnxruntime>={needs}; this host has {onnxruntime_version()}. Upgrade "
-                            f"onnxruntime, or serve a --precision fp32 build.")
+    _check_onnxruntime(manifest, manifest_path)
     if manifest["ensemble"].get("file") not in files:
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
     return manifest, files
 
 
-def onnxruntime_version() -> str:
-    import onnxruntime  # not the distribution's name: onnxruntime-gpu and others install the same module
+def _check_onnxruntime(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """An int8 build names the first onnxruntime with its kernels; an older one is refused here, by field,
+    rather than failing inside InferenceSession."""
+    import onnxruntime  # the module, not a distribution name: onnxruntime-gpu and others install the same one
 
-    return onnxruntime.__version__
-
-
-def _version(text: str) -> tuple[int, ...]:
-    """"1.22.0" -> (1, 22): major and minor are all a requirement here names."""
-    return tuple(int(part) for part in text.split(".")[:2])
+    precision = manifest.get("precision") or {}
+    needs = precision.get("min_onnxruntime")
+    if not needs:
+        return
+    try:
+        # Major and minor are all a requirement here names ("1.22"); "1.32.0rc1" still compares by them.
+        too_old = [int(p) for p in onnxruntime.__version__.split(".")[:2]] < [int(p) for p in str(needs).split(".")[:2]]
+    except ValueError:
+        raise ArtifactError(f"{manifest_path}: field 'precision.min_onnxruntime' is {needs!r}, not a version; "
+                            f"{REBUILD}.") from None
+    if too_old:
+        raise ArtifactError(f"{manifest_path}: field 'precision' says these {precision.get('weights')} weights "
+                            f"need onnxruntime>={needs}; this host has {onnxruntime.__version__}. Upgrade "
+                            f"onnxruntime, or serve a --precision fp32 build.")
