@@ -46,11 +46,11 @@ class Precision:
         return self.weights != "fp32"
 
     def record(self, quantized: list[str] | None = None) -> dict[str, Any]:
-        """The manifest's `precision` block."""
+        """The manifest's `precision` block (with the nodes `lower` quantized); parity.json's, without them."""
         if not self.lowered:
             return {"weights": "fp32"}
         return {"weights": self.weights, "scheme": SCHEME, "min_agreement": self.min_agreement,
-                "min_onnxruntime": MIN_ONNXRUNTIME, "quantized_nodes": quantized or []}
+                "min_onnxruntime": MIN_ONNXRUNTIME, **({"quantized_nodes": quantized} if quantized else {})}
 
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> Precision:
