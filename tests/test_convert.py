@@ -16,6 +16,7 @@ from convert.build import build
 from convert.cli import main
 from convert.demo import DemoSpec, write_demo_features
 from convert.errors import ParityError, UnsafeFileError
+from convert.loaders import load_pickle
 
 STAMP = DemoSpec().stamp
 
@@ -49,9 +50,10 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
     import xgboost  # noqa: F401  (unpickled below)
     from convert.demo import build_torch_model
 
-    scaler = pickle.loads((demo_models / f"scaler_{STAMP}.pkl").read_bytes())
-    xgb = pickle.loads((demo_models / f"xgboost_{STAMP}.pkl").read_bytes())
-    lgbm = pickle.loads((demo_models / f"lightgbm_{STAMP}.pkl").read_bytes())
+    # Read through the allowlisted unpickler like everything else; the predictions below are the frameworks'.
+    scaler = load_pickle(demo_models / f"scaler_{STAMP}.pkl", "scaler")
+    xgb = load_pickle(demo_models / f"xgboost_{STAMP}.pkl", "xgboost")
+    lgbm = load_pickle(demo_models / f"lightgbm_{STAMP}.pkl", "lightgbm")
     spec = DemoSpec()
     torch_models = {}
     for kind in ("nhits", "patchtst"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from convert.demo import DemoSpec
+from convert.loaders import load_pickle
 from convert.discover import make_plan
 from convert.errors import MetadataError, PlanError, StateDictError, UnsafeFileError
 from convert.members import MemberKind, MemberSource, get_kind, known_kinds, register
@@ -74,7 +74,7 @@ def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     from convert.members.lightgbm import floor_float32
 
     member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", demo_models / f"lightgbm_{STAMP}.pkl"))
-    dump = pickle.loads((demo_models / f"lightgbm_{STAMP}.pkl").read_bytes()).booster_.dump_model()
+    dump = load_pickle(demo_models / f"lightgbm_{STAMP}.pkl", "lightgbm").booster_.dump_model()
     doubles = [n["threshold"] for t in dump["tree_info"] for n in _splits(t["tree_structure"])]
     rounded_up = [t for t in doubles if float(np.float32(t)) > t]
     assert rounded_up, "the demo model should have thresholds that float32 rounding moves up"
@@ -138,8 +138,6 @@ def test_ensemble_json_is_validated(models_copy, spec, match):
 @pytest.mark.parametrize("module, name", [("builtins", "eval"), ("builtins", "exec"), ("os", "system"),
                                           ("numpy", "load"), ("sklearn.preprocessing._data", "minmax_scale")])
 def test_globals_outside_the_allowlist_are_refused(tmp_path, module, name):
-    from convert.loaders import load_pickle
-
     path = tmp_path / "x.pkl"
     # protocol-0 GLOBAL + REDUCE: would call module.name("1") if the global were resolved
     path.write_bytes(f"c{module}\n{name}\n(S'1'\ntR.".encode())
