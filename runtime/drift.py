@@ -82,7 +82,7 @@ def parse_statistics(raw: bytes | None, feature_names: tuple[str, ...], where: s
     if not isinstance(stats, dict) or stats.get("statistics_version") != STATISTICS_VERSION:
         raise ArtifactError(f"{where}/{STATISTICS_FILE}: field 'statistics_version' is not {STATISTICS_VERSION}.")
     features = stats.get("features")
-    if not isinstance(features, dict) or list(features) != list(feature_names):
+    if not isinstance(features, dict) or set(features) != set(feature_names):
         raise ArtifactError(f"{where}/{STATISTICS_FILE}: field 'features' does not name the build's features.")
     return stats
 
@@ -134,7 +134,7 @@ def drift_report(x: np.ndarray, stats: dict[str, Any], feature_names: tuple[str,
 def table(report: dict[str, Any]) -> list[str]:
     """The report as aligned text lines, for a terminal."""
     def num(v: Any, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
+        return format(v, fmt) if v is not None else "-".rjust(int(fmt.lstrip("+").split(".")[0]))
 
     lines = [f"drift on {report['rows']} rows: {report['status'].upper()}"
              + (f" (drift: {', '.join(report['drift'])})" if report["drift"] else "")
