@@ -23,7 +23,7 @@ from . import manifest as mf
 from .errors import MetadataError
 from .scaler import Scaler
 
-__all__ = ["STATISTICS_FILE", "statistics_bytes", "read_reference_rows"]
+__all__ = ["STATISTICS_FILE", "read_reference_rows", "statistics_bytes"]
 
 
 def read_reference_rows(path: Path, feature_names: list[str]) -> np.ndarray:

@@ -154,8 +154,8 @@ def html(result: dict[str, Any], failures: Sequence[str] = ()) -> str:
                       [[side, f"{conf[side]['mean']:.3f}", *(f"{v:.3f}" for v in conf[side]["quantiles"].values())]
                        for side in ("old", "new")])
     return page("ensemble-onnx compare", [
-        f"<p>{result['rows']} rows. old: <code>{esc(result['old'])}</code>, new: <code>{esc(result['new'])}</code>. "
-        f"Flip rate <b>{result['flip_rate']:.2%}</b>.</p>", verdict,
+        (f"<p>{result['rows']} rows. old: <code>{esc(result['old'])}</code>, new: <code>{esc(result['new'])}</code>. "
+         f"Flip rate <b>{result['flip_rate']:.2%}</b>.</p>"), verdict,
         "<h2>Actions, old (rows) to new (columns)</h2>", heat_map(classes, classes, result["transitions"]["counts"], "old \\ new"),
         "<h2>Class shares</h2>", share,
         "<h2>Confidence</h2>", histogram(shares, conf["old"]["histogram"]["edges"]), quantiles,

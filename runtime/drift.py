@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ SHIFT_WARN, SHIFT_DRIFT = 0.25, 0.5
 SPREAD_WARN, SPREAD_DRIFT = 1.25, 1.5
 Z_SIGNIFICANT = 3.0
 STATUSES = ("ok", "warn", "drift")
+CHUNK = 65536  # rows binned at once
 THRESHOLDS = {"psi_warn": PSI_WARN, "psi_drift": PSI_DRIFT, "out_of_range_warn": OUT_OF_RANGE_WARN,
               "mean_shift_warn": SHIFT_WARN, "mean_shift_drift": SHIFT_DRIFT, "spread_warn": SPREAD_WARN,
               "spread_drift": SPREAD_DRIFT, "z_significant": Z_SIGNIFICANT}
@@ -63,18 +65,44 @@ def quantile_bins(column: np.ndarray, bins: int = BINS) -> dict[str, Any]:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def psi(expected: np.ndarray, actual: np.ndarray) -> float:
-    """PSI of two count (or share) vectors over the same bins."""
-    e = np.maximum(expected / expected.sum(), PSI_FLOOR)
-    a = np.maximum(actual / actual.sum(), PSI_FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """statistics.json as arrays over the features (training order), read once at load: a batch's drift is
+    then a few vectorised numpy calls, whatever the number of features. NaN / False where a figure is unknown."""
+
+    edges: np.ndarray      # [F, E] inner bin edges, padded with +inf (no finite value reaches a padded bin)
+    expected: np.ndarray   # [F, E + 1] training share per bin, padded with 0
+    has_bins: np.ndarray   # [F] bool
+    reference_rows: np.ndarray  # [F] rows behind the bins
+    low: np.ndarray        # [F] training minimum
+    high: np.ndarray       # [F] training maximum
+    mean: np.ndarray       # [F]
+    scale: np.ndarray      # [F]
+    reference: dict[str, Any] | None
 
 
-def parse_statistics(raw: bytes | None, feature_names: tuple[str, ...], where: str) -> dict[str, Any]:
-    """The verified bytes of statistics.json -> its dict; ArtifactError naming the field when it is unusable."""
+def _feature_arrays(entry: Any, where: str) -> tuple[list[float], list[float], float, float, float, float]:
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{where}: not an object.")
+    bins = entry.get("bins") or {"edges": [], "counts": []}
+    try:
+        edges = [float(e) for e in bins["edges"]]
+        counts = [float(c) for c in bins["counts"]]
+        numbers = [float(entry[k]) if entry.get(k) is not None else math.nan for k in ("min", "max", "mean", "scale")]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{where}: a field is missing or not a number ({exc}).") from None
+    if entry.get("bins") and (len(counts) != len(edges) + 1 or sum(counts) <= 0 or edges != sorted(edges)):
+        raise ArtifactError(f"{where}: field 'bins' needs sorted edges and one count more than edges.")
+    if not numbers[3] > 0:
+        numbers[2] = numbers[3] = math.nan  # a constant feature has no spread to measure shifts in
+    return edges, counts, numbers[0], numbers[1], numbers[2], numbers[3]
+
+
+def parse_statistics(raw: bytes | None, feature_names: tuple[str, ...], where: str) -> TrainingStatistics:
+    """The verified bytes of statistics.json -> arrays; ArtifactError naming the field when it is unusable."""
     if raw is None:
         raise ArtifactError(f"{where}: the build has no {STATISTICS_FILE} (built before training statistics "
-                          f"were recorded); rebuild with `ensemble-onnx convert --reference-data ROWS`.")
+                            f"were recorded); rebuild with `ensemble-onnx convert --reference-data ROWS`.")
     try:
         stats = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -84,52 +112,58 @@ def parse_statistics(raw: bytes | None, feature_names: tuple[str, ...], where: s
     features = stats.get("features")
     if not isinstance(features, dict) or set(features) != set(feature_names):
         raise ArtifactError(f"{where}/{STATISTICS_FILE}: field 'features' does not name the build's features.")
-    return stats
+    parsed = [_feature_arrays(features[n], f"{where}/{STATISTICS_FILE}: features.{n}") for n in feature_names]
+    width = max(len(p[0]) for p in parsed)
+    edges = np.full((len(parsed), width), np.inf)
+    expected = np.zeros((len(parsed), width + 1))
+    for j, (e, c, *_) in enumerate(parsed):
+        edges[j, :len(e)] = e
+        expected[j, :len(c)] = np.asarray(c) / max(sum(c), 1.0)
+    rows = np.array([sum(p[1]) for p in parsed])
+    low, high, mean, scale = (np.array([p[k] for p in parsed]) for k in range(2, 6))
+    return TrainingStatistics(edges, expected, rows > 0, rows, low, high, mean, scale, stats.get("reference"))
 
 
-def _status(*levels: int) -> int:
-    return max(levels, default=0)
+def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[str, ...]) -> dict[str, Any]:
+    """[n, F] validated features in training order -> per feature figures and status (see the module
+    docstring), the names that drifted or warn, and the batch status."""
+    n, f = x.shape
+    width = stats.edges.shape[1] + 1
+    index = np.empty((n, f), dtype=np.int64)
+    for start in range(0, n, CHUNK):  # bin_index for every column at once; chunked to bound the [n, F, E] mask
+        index[start:start + CHUNK] = (x[start:start + CHUNK, :, None] >= stats.edges[None]).sum(axis=2)
+    live = np.bincount((index + np.arange(f) * width).ravel(), minlength=f * width).reshape(f, width) / n
+    e, a = np.maximum(stats.expected, PSI_FLOOR), np.maximum(live, PSI_FLOOR)  # padded bins: both floored, add 0
+    psi = np.where(stats.has_bins, ((a - e) * np.log(a / e)).sum(axis=1), np.nan)
+    noise = (np.count_nonzero(stats.expected, axis=1) - 1) * (1.0 / n + 1.0 / np.maximum(stats.reference_rows, 1))
+    has_range = ~np.isnan(stats.low) & ~np.isnan(stats.high)
+    out_of_range = np.where(has_range, ((x < stats.low) | (x > stats.high)).mean(axis=0), np.nan)
+    has_moments = ~np.isnan(stats.scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = (x.mean(axis=0) - stats.mean) / stats.scale
+        spread = x.std(axis=0) / stats.scale
+        z = shift * math.sqrt(n)
+        big = np.where(np.abs(z) >= Z_SIGNIFICANT, np.abs(shift), 0.0)
+        wide = np.where(spread > 0, np.maximum(spread, 1.0 / spread), np.inf)
+    level = np.maximum.reduce([
+        np.where(stats.has_bins, (psi >= PSI_WARN).astype(int) + (psi >= PSI_DRIFT), 0),
+        np.where(has_range, out_of_range >= OUT_OF_RANGE_WARN, 0).astype(int),
+        np.where(has_moments & ~stats.has_bins, np.maximum((big >= SHIFT_WARN).astype(int) + (big >= SHIFT_DRIFT),
+                                                           (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)), 0)])
+    known = stats.has_bins | has_range | has_moments
 
+    def value(v: np.ndarray, j: int) -> float | None:
+        return None if math.isnan(v[j]) else float(v[j])
 
-def feature_drift(column: np.ndarray, stats: dict[str, Any]) -> dict[str, Any]:
-    """One feature's figures and status (see the module docstring)."""
-    n = len(column)
-    out: dict[str, Any] = {}
-    level = 0
-    bins = stats.get("bins")
-    if bins is not None:
-        edges, counts = np.asarray(bins["edges"], dtype=np.float64), np.asarray(bins["counts"], dtype=np.float64)
-        live = np.bincount(bin_index(column, edges), minlength=len(counts))
-        out["psi"] = psi(counts, live.astype(np.float64))
-        out["psi_noise"] = (len(counts) - 1) * (1.0 / n + 1.0 / counts.sum())
-        level = _status(level, 2 if out["psi"] >= PSI_DRIFT else 1 if out["psi"] >= PSI_WARN else 0)
-    if stats.get("min") is not None and stats.get("max") is not None:
-        out["out_of_range"] = float(np.mean((column < stats["min"]) | (column > stats["max"])))
-        level = _status(level, 1 if out["out_of_range"] >= OUT_OF_RANGE_WARN else 0)
-    if stats.get("mean") is not None and stats.get("scale"):
-        shift = (float(column.mean()) - stats["mean"]) / stats["scale"]
-        spread = float(column.std()) / stats["scale"]
-        out.update(mean_shift=shift, spread_ratio=spread, z=shift * math.sqrt(n))
-        if bins is None:
-            big = abs(shift) if abs(out["z"]) >= Z_SIGNIFICANT else 0.0
-            wide = max(spread, 1.0 / spread) if spread > 0 else math.inf
-            level = _status(level, 2 if big >= SHIFT_DRIFT else 1 if big >= SHIFT_WARN else 0,
-                            2 if wide > SPREAD_DRIFT else 1 if wide > SPREAD_WARN else 0)
-    out["status"] = STATUSES[level] if out else "unknown"
-    return out
-
-
-def drift_report(x: np.ndarray, stats: dict[str, Any], feature_names: tuple[str, ...]) -> dict[str, Any]:
-    """[n, F] validated features in training order -> per feature figures, the drifted/warned names and the
-    batch status."""
-    features = {name: feature_drift(x[:, j], stats["features"][name]) for j, name in enumerate(feature_names)}
-    level = max((STATUSES.index(f["status"]) for f in features.values() if f["status"] in STATUSES), default=0)
-    return {"rows": len(x), "status": STATUSES[level],
-            "drift": [n for n, f in features.items() if f["status"] == "drift"],
-            "warn": [n for n, f in features.items() if f["status"] == "warn"],
-            "features": features, "thresholds": THRESHOLDS,
-            "reference": stats.get("reference")}
-
+    features = {name: {"status": STATUSES[level[j]] if known[j] else "unknown", "psi": value(psi, j),
+                       "psi_noise": float(noise[j]) if stats.has_bins[j] else None,
+                       "out_of_range": value(out_of_range, j), "mean_shift": value(shift, j),
+                       "spread_ratio": value(spread, j), "z": value(z, j)}
+                for j, name in enumerate(feature_names)}
+    return {"rows": n, "status": STATUSES[int(level[known].max(initial=0))],
+            "drift": [name for name, v in features.items() if v["status"] == "drift"],
+            "warn": [name for name, v in features.items() if v["status"] == "warn"],
+            "features": features, "thresholds": THRESHOLDS, "reference": stats.reference}
 
 def table(report: dict[str, Any]) -> list[str]:
     """The report as aligned text lines, for a terminal."""

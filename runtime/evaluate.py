@@ -135,8 +135,8 @@ def text(result: dict[str, Any]) -> list[str]:
 
 def html(result: dict[str, Any]) -> str:
     classes, o = result["classes"], result["overall"]
-    sections = [f"<p>{o['rows']} labelled rows scored by <code>{esc(result['artifacts'])}</code>: accuracy "
-                f"<b>{o['accuracy']:.2%}</b>, calibration error (ECE) <b>{o['ece']:.4f}</b>.</p>",
+    sections = [(f"<p>{o['rows']} labelled rows scored by <code>{esc(result['artifacts'])}</code>: accuracy "
+                 f"<b>{o['accuracy']:.2%}</b>, calibration error (ECE) <b>{o['ece']:.4f}</b>.</p>"),
                 "<h2>Confusion (rows: realised label, columns: action)</h2>",
                 heat_map(classes, classes, o["confusion"], "label \\ action"),
                 table(["class", "precision", "recall", "action share", "label share"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .features import InputError, read_records
@@ -24,7 +24,7 @@ def read_rows(path: str | os.PathLike[str]) -> Records:
             raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
         try:
             table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises its own types for a file that is not Parquet
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
             raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
         return list(enumerate(table.to_pylist(), 1))
     try:
@@ -73,7 +73,7 @@ def heat_map(row_labels: Sequence[str], col_labels: Sequence[str], counts: Seque
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 
 
-def histogram(series: dict[str, Sequence[float]], edges: Sequence[float], width: int = 480, height: int = 180) -> str:
+def histogram(series: Mapping[str, Sequence[float]], edges: Sequence[float], width: int = 480, height: int = 180) -> str:
     """Side-by-side bars of shares per bin, one colour per series, as inline SVG."""
     n_bins, n_series = len(edges) - 1, len(series)
     top = max((max(v) for v in series.values() if len(v)), default=1.0) or 1.0
@@ -93,7 +93,7 @@ def histogram(series: dict[str, Sequence[float]], edges: Sequence[float], width:
             f"{''.join(labels)}{''.join(bars)}{ticks}</svg>")
 
 
-def line_chart(x_labels: Sequence[str], series: dict[str, Sequence[float | None]], width: int = 640,
+def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]], width: int = 640,
                height: int = 220) -> str:
     """Lines over ordered points (say accuracy per window) on a 0..1 scale, as inline SVG."""
     n = max(len(x_labels), 1)

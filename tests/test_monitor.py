@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import spec_with
 
 import runtime
 from convert.cli import main
 from runtime.compare import IncomparableError, class_order
 from runtime.drift import parse_statistics
 from runtime.evaluate import evaluate_arrays, parse_window
-
-from conftest import spec_with
 
 CLASSES = ("SELL", "HOLD", "BUY")
 
@@ -100,6 +99,7 @@ def test_compare_gates(demo_artifacts, demo_spec, seed8, tmp_path, gates, agains
 def test_compare_reads_parquet_and_names_a_missing_feature(demo_artifacts, demo_spec, seed8, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from convert.demo import market_data
 
     x = market_data(demo_spec, held_out=50)[0]
