@@ -354,7 +354,7 @@ def drift(artifacts: Path, input_file: Path, fail_psi: float | None, measure: bo
     from runtime.report import read_rows
 
     ens = runtime.load(artifacts)
-    x = records_to_matrix(read_rows(input_file), ens.feature_names)
+    x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
     report = ens.drift(x)
     click.echo("\n".join(table(report)), err=True)
     if measure:
@@ -374,11 +374,25 @@ def drift(artifacts: Path, input_file: Path, fail_psi: float | None, measure: bo
                                        f"rebuild with `ensemble-onnx convert --reference-data ROWS`.")
 
 
+def _check_window(value: str | None) -> str | None:
+    """A bad --window is a usage error (exit 2), found before any row is read."""
+    from runtime.evaluate import parse_window
+    from runtime.features import InputError
+
+    try:
+        if value is not None:
+            parse_window(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @main.command()
 @click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Features, the realised 'label' (a class name) and optionally a 'timestamp'. " + ROWS_HELP)
-@click.option("--window", help="Also per time window of the timestamps: 1d, 6h, 15m, 1w ...")
+@click.option("--window", callback=lambda ctx, param, value: _check_window(value),
+              help="Also per time window of the timestamps: 1d, 6h, 15m, 1w ...")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML page (confusion heat map, figures per window).")
 @AS_JSON
