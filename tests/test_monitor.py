@@ -114,6 +114,7 @@ def test_compare_reads_parquet_and_names_a_missing_feature(demo_artifacts, demo_
     assert result.exit_code == 1 and "macd" in result.stderr and "Traceback" not in result.output
 
 
+@pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 @pytest.mark.parametrize(("old", "new", "expect"), [
     (CLASSES, CLASSES, [0, 1, 2]),
     (CLASSES, ("BUY", "SELL", "HOLD"), [1, 2, 0]),    # same names, another order: aligned by name
@@ -198,6 +199,7 @@ def test_statistics_json_is_verified_and_holds_the_reference_bins(seed8, artifac
         runtime.load(artifacts_copy)
 
 
+@pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 def test_a_build_without_statistics_is_refused_by_name():
     with pytest.raises(runtime.ArtifactError, match="--reference-data"):
         parse_statistics(None, ("a",), "old-build/")
@@ -222,6 +224,7 @@ def test_raw_feature_members_take_their_moments_from_the_reference_rows(tmp_path
 T0 = 1772445600.0  # 2026-03-02T10:00:00Z
 
 
+@pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 def test_evaluate_matches_a_hand_computation_overall_and_per_window():
     S, H, B = 0, 1, 2
     labels = np.array([H, H, B, S, H, B])
@@ -250,6 +253,7 @@ def test_evaluate_matches_a_hand_computation_overall_and_per_window():
     assert second["action_mix"] == pytest.approx({"SELL": 1 / 3, "HOLD": 2 / 3, "BUY": 0.0})
 
 
+@pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 @pytest.mark.parametrize(("text", "seconds"), [("1d", 86400), ("6h", 21600), ("15m", 900), ("15min", 900),
                                                ("30s", 30), ("1w", 604800), ("0d", None), ("1y", None), ("d", None)])
 def test_windows(text, seconds):
@@ -292,6 +296,7 @@ def test_evaluate_refuses_unlabelled_rows_by_line(demo_artifacts, demo_spec, tmp
     assert result.exit_code == 1 and "line(s) [3]" in result.stderr and "label" in result.stderr
 
 
+@pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 def test_the_monitoring_modules_import_nothing_heavy():
     code = ("import json, sys, runtime, runtime.compare, runtime.evaluate, runtime.report, runtime.drift; "
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
