@@ -114,6 +114,22 @@ def test_compare_reads_parquet_and_names_a_missing_feature(demo_artifacts, demo_
     assert result.exit_code == 1 and "macd" in result.stderr and "Traceback" not in result.output
 
 
+def test_compare_lists_members_found_in_one_build_only(demo_artifacts, demo_models, demo_spec, tmp_path):
+    from convert.build import build
+    from convert.demo import market_data
+
+    build(demo_models, tmp_path / "three", only=["xgboost", "lightgbm", "nhits"])
+    rows = write_csv(tmp_path / "rows.csv", demo_spec.feature_names, market_data(demo_spec, held_out=100)[0])
+    result = invoke("compare", demo_artifacts, tmp_path / "three", "--data", rows, "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["members_only_old"], out["members_only_new"]) == (["patchtst"], [])
+    assert set(out["members"]) == {"xgboost", "lightgbm", "nhits"}
+    # Same models, same scaler: each shared member's probabilities do not move at all.
+    assert all(m["max_abs_move"] == 0.0 for m in out["members"].values())
+    assert "members only in old: patchtst" in result.stderr
+
+
 @pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 @pytest.mark.parametrize(("old", "new", "expect"), [
     (CLASSES, CLASSES, [0, 1, 2]),
