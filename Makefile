@@ -43,7 +43,7 @@ test-full: install
 # The runtime's tests again, where torch, sklearn, xgboost, lightgbm and onnx are not installed at all.
 test-slim: $(SLIM_VENV)/.installed test-full
 	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
-		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -m slim -p no:cacheprovider test_runtime.py
+		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -m slim -p no:cacheprovider test_runtime.py test_monitor.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -25,6 +25,7 @@ from .precision import Precision, lower
 from .reference import Reference
 from .scaler import Scaler, load_scaler
 from .stacker import Stacker, load_stacker
+from .statistics import STATISTICS_FILE, statistics_bytes
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]  # told each step as it starts; the CLI draws it, library use logs it
@@ -176,7 +177,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
 
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
           calibrate_on: Path | None = None, progress: Progress = log.info,
-          precision: Precision = Precision()) -> BuildResult:
+          precision: Precision = Precision(), reference_data: Path | None = None) -> BuildResult:
     plan = make_plan(models_dir, only)
     for line in plan.describe():
         log.info(line)
@@ -204,6 +205,8 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     files["ensemble.onnx"] = ensemble_bytes
     files["parity.json"] = mf.dumps(report)
     files["README.md"] = mf.ARTIFACTS_README.read_bytes()
+    files[STATISTICS_FILE] = statistics_bytes(loaded.feature_names, [m.source.scaler for m in loaded.members],
+                                              loaded.scalers, reference_data or calibrate_on or parity_data)
     stacker = loaded.stacker
     manifest = {
         "schema_version": mf.SCHEMA_VERSION,

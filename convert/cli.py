@@ -103,10 +103,14 @@ def main() -> None:
                    "the float32 tolerance; the float32 export is still proven exact first.")
 @click.option("--min-agreement", type=click.FloatRange(0.5, 1.0),
               help="With --precision int8: the share of parity rows whose label must not change (default 0.99).")
+@click.option("--reference-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Recorded training rows (CSV or JSON lines): their per-feature decile bins, min and max go into "
+                   "statistics.json for `ensemble-onnx drift` (default: the --calibrate, else --parity-data file).")
 @AS_JSON
 @QUIET
 def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path | None, calibrate_on: Path | None,
-            precision: str, min_agreement: float | None, as_json: bool, quiet: bool) -> None:
+            precision: str, min_agreement: float | None, as_json: bool, quiet: bool,
+            reference_data: Path | None = None) -> None:
     """Rebuild, export and parity-check every member in MODELS; write the artifacts folder.
 
     \b
@@ -121,7 +125,8 @@ def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path
     from .precision import DEFAULT_MIN_AGREEMENT, Precision
 
     result = build(models, output, list(only) or None, parity_data, calibrate_on, StepProgress(quiet),
-                   Precision(precision, DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement))
+                   Precision(precision, DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement),
+                   reference_data=reference_data)
     _emit(result.manifest, as_json)
     if not quiet:
         click.echo(f"next: ensemble-onnx predict {output} --input ROWS.csv", err=True)
@@ -249,6 +254,160 @@ def predict(artifacts: Path, input_file: Any, fmt: str) -> None:
     for r in records:
         out.writerow([r["symbol"] or "", r["action"], r["confidence"], *r["probabilities"].values(),
                       *(r["members"][m][c] for m in ens.member_order for c in ens.classes)])
+
+
+# ------------------------------------------------------------------ releasing and watching a build (issue 16)
+
+ROWS_HELP = "CSV with a header, JSON lines, or Parquet (.parquet, needs pyarrow)."
+
+
+def _write_report(path: Path | None, html: str) -> None:
+    if path is not None:
+        path.write_text(html, encoding="utf-8")
+        click.echo(f"report: {path}", err=True)
+
+
+@main.command()
+@click.argument("old", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Recorded feature rows both builds score. " + ROWS_HELP)
+@click.option("--max-flip-rate", type=click.FloatRange(0.0, 1.0),
+              help="Gate: exit 1 if more than this share of rows change action.")
+@click.option("--max-share-shift", type=click.FloatRange(0.0, 1.0),
+              help="Gate: exit 1 if any class's share of actions moves by more than this (absolute, 0.05 = 5 points).")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained HTML page (transition heat map, confidence histograms).")
+@AS_JSON
+def compare(old: Path, new: Path, data: Path, max_flip_rate: float | None, max_share_shift: float | None,
+            report_file: Path | None, as_json: bool) -> None:
+    """Score the rows in --data with the OLD and NEW artifacts and show how the actions move: the transition
+    matrix, flip rates, class shares, confidence, and each member's probability move. The table goes to
+    stderr, --json to stdout; exit 1 past a gate, naming the figures that failed."""
+    import runtime
+    from runtime.compare import compare as run_compare
+    from runtime.compare import gate, html, text
+    from runtime.report import read_rows
+
+    result = run_compare(runtime.load(old), runtime.load(new), read_rows(data))
+    failures = gate(result, max_flip_rate, max_share_shift)
+    result["gates"] = {"max_flip_rate": max_flip_rate, "max_share_shift": max_share_shift, "failures": failures,
+                       "passed": not failures}
+    click.echo("\n".join(text(result)), err=True)
+    _emit(result, as_json)
+    _write_report(report_file, html(result, failures))
+    if failures:
+        raise click.ClickException("gate failed: " + "; ".join(failures))
+
+
+def _cpu() -> str:
+    """The CPU model and the vector instruction sets this host offers, for measured figures."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+        return platform.processor() or "unknown CPU"
+    model = next((x.split(":", 1)[1].strip() for x in info if x.startswith("model name")), "unknown CPU")
+    flags = next((x.split(":", 1)[1].split() for x in info if x.startswith("flags")), [])
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+    return f"{model}, {os.cpu_count()} cores, {' '.join(f for f in wanted if f in flags)}"
+
+
+def _measure_drift(ens: Any, x: Any) -> dict[str, Any]:
+    """Cost per row of drift() beside predict_proba() on the same rows and batch sizes (median of repeats)."""
+    import numpy as np
+
+    figures = {}
+    for batch in (1, 64, 1024):
+        rows = x[np.arange(batch) % len(x)]
+        timed = {}
+        for name, fn in (("drift", ens.drift), ("predict", ens.predict_proba)):
+            fn(rows)  # warm
+            repeats = max(3, 2048 // batch)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn(rows)
+                times.append(time.perf_counter() - start)
+            timed[name] = float(np.median(times)) / batch * 1e6
+        figures[str(batch)] = {"drift_us_per_row": timed["drift"], "predict_us_per_row": timed["predict"],
+                               "drift_over_predict": timed["drift"] / timed["predict"]}
+    return {"cpu": _cpu(), "batches": figures}
+
+
+@main.command()
+@click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Live feature rows. " + ROWS_HELP)
+@click.option("--fail-psi", type=click.FloatRange(min=0.0),
+              help="Exit 1 if any feature's PSI reaches this (0.25 is the usual 'significant shift').")
+@click.option("--measure", is_flag=True, help="Also time drift() against predict() per row at batch sizes 1, 64 "
+                                              "and 1024 on these rows, naming this CPU.")
+@AS_JSON
+def drift(artifacts: Path, input_file: Path, fail_psi: float | None, measure: bool, as_json: bool) -> None:
+    """Compare live feature rows with what the build was trained on (its statistics.json): per feature PSI
+    against the training deciles (or a z-score summary), the share outside the training range, and a status
+    ok / warn / drift. The table goes to stderr, --json to stdout."""
+    import runtime
+    from runtime.drift import table
+    from runtime.features import records_to_matrix
+    from runtime.report import read_rows
+
+    ens = runtime.load(artifacts)
+    x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
+    report = ens.drift(x)
+    click.echo("\n".join(table(report)), err=True)
+    if measure:
+        report["cost"] = _measure_drift(ens, x)
+        click.echo(f"cost per row on {report['cost']['cpu']}:", err=True)
+        for batch, f in report["cost"]["batches"].items():
+            click.echo(f"  batch {batch:>5}: drift {f['drift_us_per_row']:9.2f} us, predict "
+                       f"{f['predict_us_per_row']:9.2f} us ({f['drift_over_predict']:.1%} of predict)", err=True)
+    _emit(report, as_json)
+    if fail_psi is not None:
+        past = {n: f["psi"] for n, f in report["features"].items() if f.get("psi") is not None and f["psi"] >= fail_psi}
+        if past:
+            raise click.ClickException(f"PSI at or past --fail-psi {fail_psi}: "
+                                       + ", ".join(f"{n} {v:.3f}" for n, v in past.items()))
+        if not any(f.get("psi") is not None for f in report["features"].values()):
+            raise click.ClickException(f"--fail-psi: {artifacts} has no training bins to compute PSI against; "
+                                       f"rebuild with `ensemble-onnx convert --reference-data ROWS`.")
+
+
+def _check_window(value: str | None) -> str | None:
+    """A bad --window is a usage error (exit 2), found before any row is read."""
+    from runtime.evaluate import parse_window
+    from runtime.features import InputError
+
+    try:
+        if value is not None:
+            parse_window(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@main.command()
+@click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Features, the realised 'label' (a class name) and optionally a 'timestamp'. " + ROWS_HELP)
+@click.option("--window", callback=lambda ctx, param, value: _check_window(value),
+              help="Also per time window of the timestamps: 1d, 6h, 15m, 1w ...")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained HTML page (confusion heat map, figures per window).")
+@AS_JSON
+def evaluate(artifacts: Path, data: Path, window: str | None, report_file: Path | None, as_json: bool) -> None:
+    """Score labelled rows and report accuracy, per-class precision and recall, the confusion matrix, the
+    calibration error (ECE) and the action mix, overall and per --window. Table on stderr, --json on stdout."""
+    import runtime
+    from runtime.evaluate import evaluate as run_evaluate
+    from runtime.evaluate import html, text
+    from runtime.report import read_rows
+
+    result = run_evaluate(runtime.load(artifacts), read_rows(data), window)
+    click.echo("\n".join(text(result)), err=True)
+    _emit(result, as_json)
+    _write_report(report_file, html(result))
 
 
 if __name__ == "__main__":

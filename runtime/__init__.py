@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifacts import ArtifactError, read_verified
+from .drift import STATISTICS_FILE, drift_report, parse_statistics
 from .features import InputError, as_matrix, rows_to_matrix
 
 __all__ = ["load", "Ensemble", "Prediction", "ArtifactError", "InputError"]
@@ -55,6 +56,9 @@ class Ensemble:
                 or outputs != manifest["ensemble"]["outputs"]):
             raise ArtifactError(f"{os.path.join(path, graph_file)}: inputs/outputs do not match manifest.json.")
         self._input = inputs[0].name
+        # Verified training statistics (absent in builds made before they existed: drift() then says so).
+        raw_statistics = files.get(STATISTICS_FILE)
+        self._statistics = None if raw_statistics is None else parse_statistics(raw_statistics, self.feature_names, path)
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if len(x) == 0:
@@ -88,6 +92,16 @@ class Ensemble:
             members={name: dict(zip(self.classes, map(float, member[i]))) for i, name in enumerate(self.member_order)})
             for label, conf, probs, member in zip(out["label"], out["confidence"], out["probabilities"],
                                                   out["member_probabilities"])]
+
+    def drift(self, rows: Any) -> dict[str, Any]:
+        """Rows as `predict` takes them -> per feature PSI against the training bins (or a z-score summary when
+        the build knows only the scaler's mean and scale), the share out of the training range, and an overall
+        status `ok` / `warn` / `drift`; thresholds in `runtime.drift`. ArtifactError for a build without
+        training statistics."""
+        # Without statistics, parse_statistics(None) raises the ArtifactError that says how to rebuild.
+        stats = self._statistics or parse_statistics(None, self.feature_names, self.path)
+        return drift_report(rows_to_matrix(rows, self.feature_names, passthrough=("symbol",)), stats,
+                            self.feature_names)
 
     def describe(self) -> dict[str, Any]:
         """What is loaded, for start-up logs and health endpoints."""

@@ -1,0 +1,180 @@
+"""Drift of live features against what a build was trained on (its verified `statistics.json`), numpy only.
+
+Per feature, for one batch of rows:
+
+- `psi`: the population stability index of the batch against the training quantile bins,
+  PSI = sum over bins of (live share - training share) * ln(live share / training share), an empty bin's
+  share floored at PSI_FLOOR. The thresholds are the convention of credit-scoring practice: under 0.1 no
+  significant shift, 0.1 to 0.25 a moderate shift worth a look, 0.25 and over a significant shift
+  (N. Siddiqi, *Credit Risk Scorecards*, Wiley 2006; B. Yurdakul, "Statistical Properties of the Population
+  Stability Index", Western Michigan University, 2018). A sample drawn from the training distribution
+  itself has a PSI of about (bins - 1) * (1/n + 1/N) (`psi_noise`): score batches of several hundred rows.
+- `out_of_range`: the share of values under the training minimum or over the training maximum.
+- `mean_shift` (the batch mean minus the training mean, in training standard deviations), `spread_ratio`
+  (the batch's standard deviation over the training one) and `z` (the mean shift in standard errors of the
+  batch mean), from the scaler's mean and scale. When a build recorded no bins (no reference rows were
+  given to `convert`), these decide the status.
+
+Status per feature, the worst of its rules; the batch's status is its worst feature's:
+
+| rule | warn | drift |
+| --- | --- | --- |
+| PSI (when bins are known) | >= 0.1 | >= 0.25 |
+| share out of the training range (when known) | >= 0.05 | - |
+| mean shift, only without bins (and |z| >= 3, so noise in a small batch does not fire) | >= 0.25 sd | >= 0.5 sd |
+| spread ratio, only without bins | outside [0.8, 1.25] | outside [0.67, 1.5] |
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .artifacts import ArtifactError
+
+STATISTICS_FILE = "statistics.json"
+STATISTICS_VERSION = 1
+BINS = 10                  # deciles of the reference rows
+PSI_FLOOR = 1e-4           # the share an empty bin counts as: ln(0) would make any new value infinite drift
+PSI_WARN, PSI_DRIFT = 0.1, 0.25
+OUT_OF_RANGE_WARN = 0.05
+SHIFT_WARN, SHIFT_DRIFT = 0.25, 0.5
+SPREAD_WARN, SPREAD_DRIFT = 1.25, 1.5
+Z_SIGNIFICANT = 3.0
+STATUSES = ("ok", "warn", "drift")
+CHUNK = 65536  # rows binned at once
+THRESHOLDS = {"psi_warn": PSI_WARN, "psi_drift": PSI_DRIFT, "out_of_range_warn": OUT_OF_RANGE_WARN,
+              "mean_shift_warn": SHIFT_WARN, "mean_shift_drift": SHIFT_DRIFT, "spread_warn": SPREAD_WARN,
+              "spread_drift": SPREAD_DRIFT, "z_significant": Z_SIGNIFICANT}
+
+
+def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin i holds edges[i-1] <= v < edges[i]; the outer bins are open (-inf, edges[0]) and [edges[-1], inf),
+    so a value outside the training range still lands in a bin. convert and the runtime both bin with this."""
+    return np.searchsorted(edges, values, side="right")
+
+
+def quantile_bins(column: np.ndarray, bins: int = BINS) -> dict[str, Any]:
+    """The inner decile edges of one reference column (ties merged) and the rows in each bin."""
+    edges = np.unique(np.quantile(column, np.linspace(0.0, 1.0, bins + 1)))[1:-1]
+    counts = np.bincount(bin_index(column, edges), minlength=len(edges) + 1)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+@dataclass(frozen=True)
+class TrainingStatistics:
+    """statistics.json as arrays over the features (training order), read once at load: a batch's drift is
+    then a few vectorised numpy calls, whatever the number of features. NaN / False where a figure is unknown."""
+
+    edges: np.ndarray      # [F, E] inner bin edges, padded with +inf (no finite value reaches a padded bin)
+    expected: np.ndarray   # [F, E + 1] training share per bin, padded with 0
+    has_bins: np.ndarray   # [F] bool
+    reference_rows: np.ndarray  # [F] rows behind the bins
+    low: np.ndarray        # [F] training minimum
+    high: np.ndarray       # [F] training maximum
+    mean: np.ndarray       # [F]
+    scale: np.ndarray      # [F]
+    reference: dict[str, Any] | None
+
+
+def _feature_arrays(entry: Any, where: str) -> tuple[list[float], list[float], float, float, float, float]:
+    if not isinstance(entry, dict):
+        raise ArtifactError(f"{where}: not an object.")
+    bins = entry.get("bins") or {"edges": [], "counts": []}
+    try:
+        edges = [float(e) for e in bins["edges"]]
+        counts = [float(c) for c in bins["counts"]]
+        numbers = [float(entry[k]) if entry.get(k) is not None else math.nan for k in ("min", "max", "mean", "scale")]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{where}: a field is missing or not a number ({exc}).") from None
+    if entry.get("bins") and (len(counts) != len(edges) + 1 or sum(counts) <= 0 or edges != sorted(edges)):
+        raise ArtifactError(f"{where}: field 'bins' needs sorted edges and one count more than edges.")
+    if not numbers[3] > 0:
+        numbers[2] = numbers[3] = math.nan  # a constant feature has no spread to measure shifts in
+    return edges, counts, numbers[0], numbers[1], numbers[2], numbers[3]
+
+
+def parse_statistics(raw: bytes | None, feature_names: tuple[str, ...], where: str) -> TrainingStatistics:
+    """The verified bytes of statistics.json -> arrays; ArtifactError naming the field when it is unusable."""
+    if raw is None:
+        raise ArtifactError(f"{where}: the build has no {STATISTICS_FILE} (built before training statistics "
+                            f"were recorded); rebuild with `ensemble-onnx convert --reference-data ROWS`.")
+    try:
+        stats = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{where}/{STATISTICS_FILE}: not valid JSON ({exc}).") from None
+    if not isinstance(stats, dict) or stats.get("statistics_version") != STATISTICS_VERSION:
+        raise ArtifactError(f"{where}/{STATISTICS_FILE}: field 'statistics_version' is not {STATISTICS_VERSION}.")
+    features = stats.get("features")
+    if not isinstance(features, dict) or set(features) != set(feature_names):
+        raise ArtifactError(f"{where}/{STATISTICS_FILE}: field 'features' does not name the build's features.")
+    parsed = [_feature_arrays(features[n], f"{where}/{STATISTICS_FILE}: features.{n}") for n in feature_names]
+    width = max(len(p[0]) for p in parsed)
+    edges = np.full((len(parsed), width), np.inf)
+    expected = np.zeros((len(parsed), width + 1))
+    for j, (e, c, *_) in enumerate(parsed):
+        edges[j, :len(e)] = e
+        expected[j, :len(c)] = np.asarray(c) / max(sum(c), 1.0)
+    rows = np.array([sum(p[1]) for p in parsed])
+    low, high, mean, scale = (np.array([p[k] for p in parsed]) for k in range(2, 6))
+    return TrainingStatistics(edges, expected, rows > 0, rows, low, high, mean, scale, stats.get("reference"))
+
+
+def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[str, ...]) -> dict[str, Any]:
+    """[n, F] validated features in training order -> per feature figures and status (see the module
+    docstring), the names that drifted or warn, and the batch status."""
+    n, f = x.shape
+    width = stats.edges.shape[1] + 1
+    index = np.empty((n, f), dtype=np.int64)
+    for start in range(0, n, CHUNK):  # bin_index for every column at once; chunked to bound the [n, F, E] mask
+        index[start:start + CHUNK] = (x[start:start + CHUNK, :, None] >= stats.edges[None]).sum(axis=2)
+    live = np.bincount((index + np.arange(f) * width).ravel(), minlength=f * width).reshape(f, width) / n
+    e, a = np.maximum(stats.expected, PSI_FLOOR), np.maximum(live, PSI_FLOOR)  # padded bins: both floored, add 0
+    psi = np.where(stats.has_bins, ((a - e) * np.log(a / e)).sum(axis=1), np.nan)
+    noise = (np.count_nonzero(stats.expected, axis=1) - 1) * (1.0 / n + 1.0 / np.maximum(stats.reference_rows, 1))
+    has_range = ~np.isnan(stats.low) & ~np.isnan(stats.high)
+    out_of_range = np.where(has_range, ((x < stats.low) | (x > stats.high)).mean(axis=0), np.nan)
+    has_moments = ~np.isnan(stats.scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = (x.mean(axis=0) - stats.mean) / stats.scale
+        spread = x.std(axis=0) / stats.scale
+        z = shift * math.sqrt(n)
+        big = np.where(np.abs(z) >= Z_SIGNIFICANT, np.abs(shift), 0.0)
+        wide = np.where(spread > 0, np.maximum(spread, 1.0 / spread), np.inf)
+    level = np.maximum.reduce([
+        np.where(stats.has_bins, (psi >= PSI_WARN).astype(int) + (psi >= PSI_DRIFT), 0),
+        np.where(has_range, out_of_range >= OUT_OF_RANGE_WARN, 0).astype(int),
+        np.where(has_moments & ~stats.has_bins, np.maximum((big >= SHIFT_WARN).astype(int) + (big >= SHIFT_DRIFT),
+                                                           (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)), 0)])
+    known = stats.has_bins | has_range | has_moments
+
+    def value(v: np.ndarray, j: int) -> float | None:
+        return None if math.isnan(v[j]) else float(v[j])
+
+    features = {name: {"status": STATUSES[level[j]] if known[j] else "unknown", "psi": value(psi, j),
+                       "psi_noise": float(noise[j]) if stats.has_bins[j] else None,
+                       "out_of_range": value(out_of_range, j), "mean_shift": value(shift, j),
+                       "spread_ratio": value(spread, j), "z": value(z, j)}
+                for j, name in enumerate(feature_names)}
+    return {"rows": n, "status": STATUSES[int(level[known].max(initial=0))],
+            "drift": [name for name, v in features.items() if v["status"] == "drift"],
+            "warn": [name for name, v in features.items() if v["status"] == "warn"],
+            "features": features, "thresholds": THRESHOLDS, "reference": stats.reference}
+
+def table(report: dict[str, Any]) -> list[str]:
+    """The report as aligned text lines, for a terminal."""
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if v is not None else "-".rjust(int(fmt.lstrip("+").split(".")[0]))
+
+    lines = [f"drift on {report['rows']} rows: {report['status'].upper()}"
+             + (f" (drift: {', '.join(report['drift'])})" if report["drift"] else "")
+             + (f" (warn: {', '.join(report['warn'])})" if report["warn"] else ""),
+             f"{'feature':<16} {'status':<7} {'psi':>8} {'out':>7} {'shift sd':>9} {'spread':>7}"]
+    for name, f in report["features"].items():
+        lines.append(f"{name:<16} {f['status']:<7} {num(f.get('psi'), '8.4f')} {num(f.get('out_of_range'), '7.2%')} "
+                     f"{num(f.get('mean_shift'), '+9.3f')} {num(f.get('spread_ratio'), '7.3f')}")
+    return lines

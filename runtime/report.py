@@ -1,0 +1,118 @@
+"""What the monitoring commands (compare, drift, evaluate) read and draw: rows from CSV, JSON lines or
+Parquet, and a self-contained HTML page (inline SVG and styled tables: no plotting library, no network).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .features import InputError, read_records
+
+Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as runtime.features reads them
+
+
+def read_rows(path: str | os.PathLike[str]) -> Records:
+    """CSV with a header or JSON lines (runtime.features.read_records); Parquet when pyarrow is installed."""
+    path = os.fspath(path)
+    if path.endswith((".parquet", ".pq")):
+        try:
+            import pyarrow.parquet as pq  # optional: a serving host reads CSV and JSON lines without it
+        except ImportError:
+            raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+        try:
+            table = pq.read_table(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
+            raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
+        return list(enumerate(table.to_pylist(), 1))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc}).") from None
+    try:
+        return read_records(text)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def page(title: str, sections: Sequence[str]) -> str:
+    """One HTML document, styles inline, nothing fetched."""
+    style = ("body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+             ".fail{color:#b00;font-weight:bold}.ok{color:#070}h2{margin-top:1.5em}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{style}</style>"
+            f"</head><body><h1>{esc(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
+
+
+def table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def heat_map(row_labels: Sequence[str], col_labels: Sequence[str], counts: Sequence[Sequence[int]],
+             corner: str) -> str:
+    """A table whose cells are shaded by their share of the row's total (count and share printed)."""
+    head = f"<th>{esc(corner)}</th>" + "".join(f"<th>{esc(c)}</th>" for c in col_labels)
+    body = []
+    for label, row in zip(row_labels, counts):
+        total = sum(row) or 1
+        cells = "".join(f"<td style='background:rgba(31,119,180,{c / total:.3f})'>{c}<br><small>{c / total:.1%}"
+                        f"</small></td>" for c in row)
+        body.append(f"<tr><th>{esc(label)}</th>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+
+
+def histogram(series: Mapping[str, Sequence[float]], edges: Sequence[float], width: int = 480, height: int = 180) -> str:
+    """Side-by-side bars of shares per bin, one colour per series, as inline SVG."""
+    n_bins, n_series = len(edges) - 1, len(series)
+    top = max((max(v) for v in series.values() if len(v)), default=1.0) or 1.0
+    slot = (width - 40) / n_bins
+    bars, labels = [], []
+    for s, (name, values) in enumerate(series.items()):
+        for b, v in enumerate(values):
+            h = (height - 30) * v / top
+            x = 30 + b * slot + s * slot / (n_series + 0.5)
+            bars.append(f"<rect x='{x:.1f}' y='{height - 20 - h:.1f}' width='{slot / (n_series + 0.5):.1f}' "
+                        f"height='{h:.1f}' fill='{COLORS[s % len(COLORS)]}'><title>{esc(name)} "
+                        f"[{edges[b]:g}, {edges[b + 1]:g}): {v:.1%}</title></rect>")
+        labels.append(f"<text x='{40 + s * 120}' y='12' fill='{COLORS[s % len(COLORS)]}'>{esc(name)}</text>")
+    ticks = "".join(f"<text x='{30 + b * slot:.1f}' y='{height - 5}' font-size='10'>{edges[b]:g}</text>"
+                    for b in range(0, n_bins + 1, max(1, n_bins // 5)))
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-size='12'>"
+            f"{''.join(labels)}{''.join(bars)}{ticks}</svg>")
+
+
+def line_chart(x_labels: Sequence[str], series: Mapping[str, Sequence[float | None]], width: int = 640,
+               height: int = 220) -> str:
+    """Lines over ordered points (say accuracy per window) on a 0..1 scale, as inline SVG."""
+    n = max(len(x_labels), 1)
+    step = (width - 60) / max(n - 1, 1)
+
+    def y(v: float) -> float:
+        return 20 + (height - 50) * (1.0 - v)
+
+    parts = [f"<line x1='40' y1='{y(v):.1f}' x2='{width - 10}' y2='{y(v):.1f}' stroke='#ddd'/>"
+             f"<text x='5' y='{y(v) + 4:.1f}' font-size='10'>{v:.1f}</text>" for v in (0.0, 0.5, 1.0)]
+    for s, (name, values) in enumerate(series.items()):
+        color = COLORS[s % len(COLORS)]
+        points = [(40 + i * step, y(v)) for i, v in enumerate(values) if v is not None]
+        if len(points) > 1:
+            parts.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' points='"
+                         + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + "'/>")
+        parts += [f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3' fill='{color}'/>" for px, py in points]
+        parts.append(f"<text x='{50 + s * 140}' y='12' fill='{color}'>{esc(name)}</text>")
+    parts += [f"<text x='{40 + i * step:.1f}' y='{height - 8}' font-size='9' text-anchor='middle'>{esc(label)}</text>"
+              for i, label in enumerate(x_labels)]
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-size='12'>"
+            + "".join(parts) + "</svg>")
