@@ -30,7 +30,8 @@ _COMMON = frozenset({
 
 ALLOWED_GLOBALS: dict[str, frozenset[tuple[str, str]]] = {
     "scaler": _COMMON | {("sklearn.preprocessing._data", "StandardScaler")},
-    "xgboost": _COMMON | {("xgboost.sklearn", "XGBClassifier"), ("xgboost.core", "Booster")},
+    "xgboost": _COMMON | {("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
+                          ("xgboost.core", "Booster")},
     "lightgbm": _COMMON | {("lightgbm.sklearn", "LGBMClassifier"), ("lightgbm.basic", "Booster"),
                            ("sklearn.preprocessing._label", "LabelEncoder")},
     "stacker": _COMMON | {("sklearn.linear_model._logistic", "LogisticRegression"),

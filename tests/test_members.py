@@ -71,7 +71,7 @@ def test_unexpected_and_misshapen_tensors_are_named(demo_models, tmp_path):
 
 def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     """LightGBM compares float32 inputs with double thresholds; the export must agree at every boundary."""
-    from convert.members.lightgbm import floor_float32
+    from convert.members.lightgbm import floor_float32, onnx_threshold
 
     member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", demo_models / f"lightgbm_{STAMP}.pkl"))
     dump = load_pickle(demo_models / f"lightgbm_{STAMP}.pkl", "lightgbm").booster_.dump_model()
@@ -81,7 +81,7 @@ def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     for t in rounded_up[:50]:
         v = np.float32(floor_float32(t))
         assert float(v) <= t < float(np.nextafter(v, np.float32(np.inf)))
-    assert {(n["split_feature"], floor_float32(n["threshold"])) for t in dump["tree_info"]
+    assert {(n["split_feature"], onnx_threshold(n["threshold"])) for t in dump["tree_info"]
             for n in _splits(t["tree_structure"])} == set(member.thresholds)
 
 
