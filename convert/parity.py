@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import member_step
 from .members import CONTRACT, LoadedMember
 from .precision import Precision
 from .reference import Reference
@@ -186,10 +187,11 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     raw_refs = reference.raw_member_probabilities(rows.raw)
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature
         x32 = reference.member_input(member.scaler, rows.raw)
-        session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
         for bs in BATCH_SIZES:
             idx = _rows_for(bs, len(x32))
-            (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
+            with member_step(member.name, member.file, f"running its ONNX export at batch size {bs}"):
+                session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
+                (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
             checks.append(compare(f"member {member.name}", "probabilities", bs, got, raw_refs[member.name][idx], idx))
 
     member_refs = reference.calibrated(raw_refs)
