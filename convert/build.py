@@ -155,7 +155,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     member_probs = loaded.reference.raw_member_probabilities(raw)
     before = loaded.reference
     fitted = fit_temperatures(member_probs, before.combine, labels)
-    after = Decision(fitted, loaded.plan.decision.min_confidence)
+    after = Decision(fitted, loaded.plan.decision.min_confidence, fallback=loaded.plan.decision.fallback)
     ens_before = before.combine(before.calibrated(member_probs))
     ens_after = before.combine({n: after.calibrated(n, p) for n, p in member_probs.items()})
     report = {
@@ -177,7 +177,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     if report["ensemble_ece_after"] > report["ensemble_ece_before"]:
         log.warning("calibration: the fitted temperatures lower the ensemble's NLL but raise its top-label "
                     "calibration error; check with more labelled rows, or set temperatures in ensemble.json.")
-    return Decision(fitted, loaded.plan.decision.min_confidence, report)
+    return Decision(fitted, loaded.plan.decision.min_confidence, report, loaded.plan.decision.fallback)
 
 
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,

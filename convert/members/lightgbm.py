@@ -60,10 +60,10 @@ def _has_linear_leaf(node: dict[str, Any]) -> bool:
 
 
 def check_expressible(dump: dict[str, Any], file: Any) -> None:
-    objective = str(dump.get("objective", ""))
-    if not objective.startswith("multiclass ") and objective != "multiclass":
-        raise UnsupportedModelError(f"{file}: objective '{objective}' is not 'multiclass' (softmax); ONNX export "
-                                    f"supports softmax multi-class models only.")
+    objective = str(dump.get("objective", "")).split(" ")[0]
+    if objective not in ("multiclass", "binary"):
+        raise UnsupportedModelError(f"{file}: objective '{objective}' gives no class probabilities the ensemble "
+                                    f"can use ('multiclass' softmax or 'binary' logistic).")
     if any(_has_linear_leaf(tree["tree_structure"]) for tree in dump["tree_info"]):
         raise UnsupportedModelError(f"{file}: linear trees (linear_tree=true) have no ONNX tree equivalent.")
     for node in internal_nodes(dump):
@@ -147,7 +147,11 @@ def average_trees(onx: Any, iterations: int) -> None:
 
 
 def _proba(predict: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x32: np.asarray(predict(x32), dtype=np.float64)
+    def proba(x32: np.ndarray) -> np.ndarray:
+        p = np.asarray(predict(x32), dtype=np.float64)
+        # A binary Booster gives P(class 1) alone; [1 - p, p] is what LGBMClassifier.predict_proba returns.
+        return np.column_stack([1.0 - p, p]) if p.ndim == 1 else p
+    return proba
 
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
@@ -160,7 +164,7 @@ def load(source: MemberSource) -> LoadedMember:
     booster, predict = read_model(source)
     dump = booster.dump_model()  # best_iteration's trees, as predict uses them and as the converter dumps them
     check_expressible(dump, source.file)
-    n_features, n_classes = booster.num_feature(), int(dump["num_class"])
+    n_features, n_classes = booster.num_feature(), max(2, int(dump["num_class"]))  # binary: one score, 2 columns
     onx = convert_lightgbm(booster, name=source.name, initial_types=input_types(n_features),
                            target_opset=ONNXMLTOOLS_OPSET, zipmap=False)
     thresholds = exact_thresholds(onx, dump, source.file)
@@ -170,11 +174,12 @@ def load(source: MemberSource) -> LoadedMember:
     default_names = [f"Column_{i}" for i in range(n_features)]
     return LoadedMember(
         source=source, n_features=n_features, n_classes=n_classes,
-        hyperparameters={"objective": "multiclass", "trees": len(dump["tree_info"]),
+        hyperparameters={"objective": str(dump["objective"]).split(" ")[0], "trees": len(dump["tree_info"]),
                          "best_iteration": booster.best_iteration, "num_leaves_max": max(
                              t["num_leaves"] for t in dump["tree_info"])},
         reference=_proba(predict),
         onnx_model=to_contract(onx, "lightgbm"),
         feature_names=None if names == default_names else names,
-        notes=[f"{len(dump['tree_info']) // n_classes} boosting rounds"],
+        notes=[f"{len(dump['tree_info']) // int(dump['num_tree_per_iteration'])} boosting rounds"
+               + (" (random forest: averaged)" if dump.get("average_output") else "")],
         thresholds=thresholds)
