@@ -101,6 +101,15 @@ VARIANTS: list[Variant] = [
         expect=f"{UNSUPPORTED} zero_as_missing"),
     *_v("lightgbm", "categorical", {}, ("txt",), data="categorical", expect=f"{UNSUPPORTED} categorical"),
     *_v("lightgbm", "linear_tree", {"linear_tree": True}, ("txt",), expect=f"{UNSUPPORTED} linear_tree"),
+    *_v("sklearn", "RandomForestClassifier", {"estimator": "RandomForestClassifier", "n_estimators": 5,
+                                              "max_depth": 4}, ("pkl", "joblib")),
+    *_v("sklearn", "ExtraTreesClassifier", {"estimator": "ExtraTreesClassifier", "n_estimators": 5}, ("pkl",),
+        classes=2),
+    *_v("sklearn", "HistGradientBoostingClassifier", {"estimator": "HistGradientBoostingClassifier",
+                                                      "max_iter": 10}, ("pkl",), data="nan"),
+    *_v("sklearn", "HistGradientBoostingClassifier", {"estimator": "HistGradientBoostingClassifier",
+                                                      "max_iter": 10}, ("joblib",), classes=2),
+    *_v("sklearn", "LogisticRegression", {"estimator": "LogisticRegression"}, ("pkl",), classes=4, scaler=()),
     *_v("scaler", "constant column", {}, ("pkl",), data="constant", scaler=()),
     *_v("scaler", "with_mean=False", {}, ("joblib",), scaler=(("with_mean", False),)),
     *_v("scaler", "with_std=False", {}, ("pkl",), scaler=(("with_std", False),)),
@@ -172,6 +181,18 @@ def _tree_model(variant: Variant, x: np.ndarray, y: np.ndarray) -> Any:
     return model
 
 
+def _sklearn_model(variant: Variant, x: np.ndarray, y: np.ndarray) -> Any:
+    import sklearn.ensemble
+    import sklearn.linear_model
+
+    kwargs = variant.kwargs
+    name = kwargs.pop("estimator")
+    cls = getattr(sklearn.ensemble, name, None) or getattr(sklearn.linear_model, name)
+    if name != "LogisticRegression":
+        kwargs["random_state"] = SEED
+    return cls(**kwargs).fit(x, y)
+
+
 def _save_tree(variant: Variant, model: Any, stem: Path) -> Path:
     path = stem.with_suffix(f".{variant.fmt}")
     if variant.fmt == "pkl":
@@ -234,8 +255,7 @@ def write_variant(variant: Variant, folder: Path) -> Path:
                 (folder / "patchtst_meta.json").write_text(json.dumps({"architecture": {
                     "n_heads": variant.kwargs["n_heads"]}}))
         elif kind == "sklearn":
-            from tests.sklearn_variants import train_sklearn  # noqa: PLC0415
-            file = _save_tree(variant, train_sklearn(variant, x, y), folder / kind)
+            file = _save_tree(variant, _sklearn_model(variant, x, y), folder / kind)
         else:
             file = _save_tree(variant, _tree_model(variant, x, y), folder / kind)
     members = {name: {"kind": kind, "file": file.name,
