@@ -96,7 +96,7 @@ VARIANTS: list[Variant] = [
     *_v("lightgbm", "subsampling", {"subsample": 0.6, "subsample_freq": 1, "colsample_bytree": 0.6}, ("txt",)),
     *_v("lightgbm", "max_bin 7", {"max_bin": 7}, ("txt",)),
     *_v("lightgbm", "early stopping", {}, ("pkl", "txt"), fit=(("early_stopping", 3),)),
-    *_v("lightgbm", "monotone constraints", {"monotone_constraints": [1, 0, 0, 0, 0, 0, 0, -1]}, ("txt",)),
+    *_v("lightgbm", "monotone constraints", {"monotone_constraints": (1, 0, 0, 0, 0, 0, 0, -1)}, ("txt",)),
     *_v("lightgbm", "zero_as_missing", {"zero_as_missing": True}, ("txt",), data="zeros",
         expect=f"{UNSUPPORTED} zero_as_missing"),
     *_v("lightgbm", "categorical", {}, ("txt",), data="categorical", expect=f"{UNSUPPORTED} categorical"),
@@ -288,15 +288,14 @@ def by_id(variant_id: str) -> Variant:
 
 def markdown() -> str:
     """The README's table: one row per framework and option, the formats tried, and the outcome."""
-    rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    rows: dict[tuple[str, str, int, str], list[str]] = {}
     for v in VARIANTS:
-        row = rows.setdefault((v.framework, v.option, v.classes), {"fmts": [], "expect": v.expect})
-        row["fmts"].append(v.fmt)
+        rows.setdefault((v.framework, v.option, v.classes, v.expect), []).append(v.fmt)
     lines = ["| framework | option | classes | formats | outcome |", "|---|---|---|---|---|"]
-    for (framework, option, classes), row in rows.items():
-        outcome = "converts (1e-5, same labels)" if row["expect"] == CONVERTS else \
-            "refused by name: " + row["expect"].replace(UNSUPPORTED, "").strip()
-        lines.append(f"| {framework} | {option} | {classes} | {', '.join(row['fmts'])} | {outcome} |")
+    for (framework, option, classes, expect), fmts in rows.items():
+        outcome = "converts (1e-5, same labels)" if expect == CONVERTS else \
+            "refused: " + expect.replace(UNSUPPORTED, "").strip()
+        lines.append(f"| {framework} | {option} | {classes} | {', '.join(fmts)} | {outcome} |")
     return "\n".join(lines)
 
 
