@@ -58,12 +58,11 @@ def test_debug_shows_the_frameworks_traceback(broken_stacker_folder, tmp_path):
 def test_member_step_names_a_real_framework_error_and_lets_our_own_bugs_through():
     from sklearn.preprocessing import StandardScaler
 
-    with pytest.raises(FrameworkError, match=r"member m \(f.pkl\): sklearn raised while scaling: NotFittedError"):
-        with member_step("m", "f.pkl", "scaling"):
-            StandardScaler().transform(np.zeros((1, 2)))
-    with pytest.raises(KeyError):  # never entered a framework: our bug, not the model's
-        with member_step("m", "f.pkl", "scaling"):
-            {}["missing"]
+    with (pytest.raises(FrameworkError, match=r"member m \(f.pkl\): sklearn raised while scaling: NotFittedError"),
+          member_step("m", "f.pkl", "scaling")):
+        StandardScaler().transform(np.zeros((1, 2)))
+    with pytest.raises(KeyError), member_step("m", "f.pkl", "scaling"):  # never entered a framework: our bug
+        {}["missing"]
 
 
 def test_an_internal_bug_says_so_with_its_traceback(monkeypatch, tmp_path_factory, tmp_path):

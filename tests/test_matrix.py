@@ -14,7 +14,15 @@ import pytest
 from click.testing import CliRunner
 
 from convert.cli import main
-from tests.variants import CONVERTS, README_BEGIN, README_END, VARIANTS, Variant, cached_folder, markdown
+from tests.variants import (
+    CONVERTS,
+    README_BEGIN,
+    README_END,
+    VARIANTS,
+    Variant,
+    cached_folder,
+    markdown,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

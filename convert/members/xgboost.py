@@ -102,7 +102,7 @@ def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[
     """The ai.onnx.ml TreeEnsembleRegressor that sums each group's (class's) tree outputs into its margin."""
     from onnx import helper
 
-    a: dict[str, list[Any]] = {k: [] for k in (
+    a: dict[str, Any] = {k: [] for k in (
         "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes", "nodes_truenodeids",
         "nodes_falsenodeids", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids",
         "target_ids", "target_weights")}
