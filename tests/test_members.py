@@ -125,8 +125,10 @@ def test_discovery_refuses_ties_and_missing_kinds_and_subsets_on_request(models_
     ({"members": {"a": {"kind": "nhits", "file": "nope.pth", "scaler": None}}}, "nope.pth"),
     ({"members": {"a": {"kind": "nhits", "file": f"nhits_{STAMP}.pth"}}}, "'scaler' is required"),
     ({"members": {"a": {"kind": "nhits", "file": f"nhits_{STAMP}.pth", "scaler": None, "weight": -1}}}, "weight"),
-    ({"classes": ["BUY", "HOLD", "SELL"], "members": {}}, "classes"),
-], ids=["typo", "unknown-kind", "missing-file", "no-scaler-field", "negative-weight", "class-order"])
+    ({"classes": ["UP", "UP"], "members": {}}, "at least two distinct class names"),  # any K >= 2 (issue #12)
+    ({"classes": ["UP"], "members": {}}, "at least two distinct class names"),
+], ids=["typo", "unknown-kind", "missing-file", "no-scaler-field", "negative-weight", "class-duplicate",
+        "class-single"])
 def test_ensemble_json_is_validated(models_copy, spec, match):
     (models_copy / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises((MetadataError, PlanError), match=match):
