@@ -17,7 +17,7 @@ import numpy as np
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, make_plan
-from .errors import MetadataError, ParityError
+from .errors import MetadataError, ParityError, member_step
 from .graph import ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, build_ensemble_graph
 from .members import CONTRACT, LoadedMember, get_kind
 from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
@@ -93,11 +93,16 @@ class Loaded:
 
 
 def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
-    scalers = {m.scaler: load_scaler(m.scaler) for m in plan.members if m.scaler is not None}
+    scalers = {}
+    for m in plan.members:
+        if m.scaler is not None and m.scaler not in scalers:
+            with member_step(m.name, m.scaler, "reading its scaler"):
+                scalers[m.scaler] = load_scaler(m.scaler)
     members = []
     for source in plan.members:
         progress(f"rebuilding and exporting {source.name} ({source.kind}) from {source.file.name}")
-        member = get_kind(source.kind).load(source)
+        with member_step(source.name, source.file, "reading and exporting it"):
+            member = get_kind(source.kind).load(source)
         for note in member.notes:
             log.info("  %s: %s", source.name, note)
         members.append(member)
@@ -105,7 +110,8 @@ def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
     check_widths(members, scalers, len(feature_names), len(plan.classes))
     stacker = None
     if plan.combine["method"] == "stacking":
-        stacker = load_stacker(plan.combine["file"], len(members) * len(plan.classes), len(plan.classes))
+        with member_step("stacker", plan.combine["file"], "reading and exporting it"):
+            stacker = load_stacker(plan.combine["file"], len(members) * len(plan.classes), len(plan.classes))
     reference = Reference(plan, {m.source.name: m.reference for m in members}, scalers,
                           stacker.model if stacker else None)
     return Loaded(plan, members, scalers, stacker, feature_names, reference)
@@ -150,7 +156,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     member_probs = loaded.reference.raw_member_probabilities(raw)
     before = loaded.reference
     fitted = fit_temperatures(member_probs, before.combine, labels)
-    after = Decision(fitted, loaded.plan.decision.min_confidence)
+    after = Decision(fitted, loaded.plan.decision.min_confidence, fallback=loaded.plan.decision.fallback)
     ens_before = before.combine(before.calibrated(member_probs))
     ens_after = before.combine({n: after.calibrated(n, p) for n, p in member_probs.items()})
     report = {
@@ -172,7 +178,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     if report["ensemble_ece_after"] > report["ensemble_ece_before"]:
         log.warning("calibration: the fitted temperatures lower the ensemble's NLL but raise its top-label "
                     "calibration error; check with more labelled rows, or set temperatures in ensemble.json.")
-    return Decision(fitted, loaded.plan.decision.min_confidence, report)
+    return Decision(fitted, loaded.plan.decision.min_confidence, report, loaded.plan.decision.fallback)
 
 
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,16 @@ class RefusalsExitOne(click.Group):
         except Exception as exc:
             refused = tuple(getattr(sys.modules[m], c) for m, c in REFUSALS if m in sys.modules)
             if refused and isinstance(exc, refused):
+                if ctx.params.get("debug"):
+                    click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
                 raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-            raise
+            if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
+                raise
+            # Not a refusal: a bug in ensemble-onnx. Say so plainly, with the traceback, and exit 1.
+            click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
+            click.echo(f"internal error: this is a bug in ensemble-onnx {__version__}, not a problem with your "
+                       f"files ({type(exc).__name__}: {exc}). Please report it with the traceback above.", err=True)
+            ctx.exit(1)
 
 
 def require_build_stack() -> None:
@@ -83,7 +92,8 @@ MODELS = click.option("--models", required=True, type=click.Path(exists=True, fi
 
 @click.group(cls=RefusalsExitOne)
 @click.version_option(__version__, prog_name="ensemble-onnx")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="On a refusal, also print the traceback (of the framework's error).")
+def main(debug: bool) -> None:
     """Convert a torch + tree-model ensemble to ONNX behind a parity gate, and score it without torch."""
 
 

@@ -1,13 +1,20 @@
 """The decision policy: per-member temperature and a minimum confidence for acting, built into the graph.
 
-`ensemble.json` may carry `"decision": {"temperature": {NAME: t}, "min_confidence": {"BUY": 0.6, ...}}`.
+`ensemble.json` may carry `"decision": {"temperature": {NAME: t}, "min_confidence": {CLASS: m, ...},
+"fallback": CLASS}`, for any class set of K >= 2.
 
 - Temperature t divides a member's logits: p' = softmax(log p / t). For a torch member log p is its logits
   less a constant, so this is softmax(logits / t) exactly as DESIGN.md states it; for a tree member it
   divides the boosting margin the same way, so every kind can be calibrated. t > 1 softens an
   over-confident member.
-- A BUY or SELL whose ensemble probability is under its minimum becomes HOLD. `label` follows the policy,
-  `confidence` is the chosen class's probability, `probabilities` stay the ensemble's.
+- `fallback` names the class a refused action turns into: HOLD by default when the class set has one,
+  otherwise required as soon as `min_confidence` is used.
+- A minimum on any other class: that class, when most probable but under its minimum, becomes the fallback.
+- A minimum on the fallback itself works the other way ("require > 60% for HOLD instead of argmax"): the
+  fallback, when most probable but under its minimum, becomes the most probable other class, which must
+  then meet its own minimum, if it has one, or the label stays the fallback.
+- `label` follows the policy, `confidence` is the chosen class's probability, `probabilities` stay the
+  ensemble's. Probabilities and minimums are compared in float32, as the graph compares them.
 
 This module is the numpy reference the parity gate holds the graph to, and the temperature fit behind
 `convert --calibrate`.
@@ -23,7 +30,7 @@ import numpy as np
 
 from .errors import MetadataError
 
-FALLBACK = "HOLD"   # the class a refused BUY or SELL turns into
+DEFAULT_FALLBACK = "HOLD"   # the class a refused action turns into, when the class set has it
 TEMPERATURE_RANGE = (0.05, 20.0)
 ECE_BINS = 10
 
@@ -31,8 +38,9 @@ ECE_BINS = 10
 @dataclass(frozen=True)
 class Decision:
     temperature: dict[str, float] = field(default_factory=dict)     # member name -> t; absent means 1
-    min_confidence: dict[str, float] = field(default_factory=dict)  # class name -> minimum probability to act
+    min_confidence: dict[str, float] = field(default_factory=dict)  # class name -> minimum probability
     calibration: dict[str, Any] | None = None                       # how the temperatures were fitted, if so
+    fallback: str | None = DEFAULT_FALLBACK                         # None only for a class set without HOLD
 
     @property
     def active(self) -> bool:
@@ -41,21 +49,32 @@ class Decision:
     def record(self) -> dict[str, Any]:
         """What the manifest keeps."""
         return {"temperature": dict(sorted(self.temperature.items())), "min_confidence": dict(self.min_confidence),
-                "fallback": FALLBACK, "calibration": self.calibration}
+                "fallback": self.fallback, "calibration": self.calibration}
 
     def thresholds(self, classes: list[str]) -> np.ndarray:
-        return np.array([self.min_confidence.get(c, 0.0) for c in classes], dtype=np.float32)
+        """Each class's minimum to act on it (the fallback's own minimum is `fallback_minimum`)."""
+        return np.array([0.0 if c == self.fallback else self.min_confidence.get(c, 0.0) for c in classes],
+                        dtype=np.float32)
+
+    def fallback_minimum(self) -> float:
+        return self.min_confidence.get(self.fallback, 0.0) if self.fallback is not None else 0.0
 
     def calibrated(self, member: str, probs: np.ndarray) -> np.ndarray:
         return with_temperature(probs, self.temperature.get(member, 1.0))
 
     def choose(self, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(label, confidence) per row: the argmax, unless its probability is under its minimum."""
+        """(label, confidence) per row: the argmax, unless the policy above says otherwise."""
+        rows = np.arange(len(probs))
         label = probs.argmax(axis=1)
-        # Compared in float32, as the graph compares, so a row on a threshold goes the same way in both.
-        top = probs.max(axis=1).astype(np.float32)
-        label = np.where(top < self.thresholds(classes)[label], classes.index(FALLBACK), label)
-        return label, probs[np.arange(len(probs)), label]
+        if self.min_confidence:
+            p32 = probs.astype(np.float32)
+            fallback = classes.index(self.fallback)  # parse_decision guarantees a fallback here
+            others = np.where(np.arange(len(classes)) == fallback, -np.inf, probs).argmax(axis=1)
+            unsure_hold = (label == fallback) & (p32[rows, label] < np.float32(self.fallback_minimum()))
+            label = np.where(unsure_hold, others, label)
+            unsure_act = (label != fallback) & (p32[rows, label] < self.thresholds(classes)[label])
+            label = np.where(unsure_act, fallback, label)
+        return label, probs[rows, label]
 
 
 def with_temperature(probs: np.ndarray, t: float) -> np.ndarray:
@@ -77,8 +96,8 @@ def _positive(value: Any, where: str, upper: float | None = None) -> float:
 
 
 def parse_decision(obj: Any, members: list[str], classes: list[str], where: str) -> Decision:
-    if not isinstance(obj, dict) or set(obj) - {"temperature", "min_confidence"}:
-        raise MetadataError(f"{where}: 'decision' takes only 'temperature' and 'min_confidence' objects, got "
+    if not isinstance(obj, dict) or set(obj) - {"temperature", "min_confidence", "fallback"}:
+        raise MetadataError(f"{where}: 'decision' takes only 'temperature', 'min_confidence' and 'fallback', got "
                             f"{sorted(obj) if isinstance(obj, dict) else type(obj).__name__}.")
     temperature, minimum = obj.get("temperature", {}), obj.get("min_confidence", {})
     if not isinstance(temperature, dict) or not isinstance(minimum, dict):
@@ -87,13 +106,20 @@ def parse_decision(obj: Any, members: list[str], classes: list[str], where: str)
         if name not in members:
             raise MetadataError(f"{where}: decision.temperature names '{name}', which is not a member "
                                 f"({', '.join(members)}).")
-    actionable = [c for c in classes if c != FALLBACK]
+    fallback = obj.get("fallback", DEFAULT_FALLBACK if DEFAULT_FALLBACK in classes else None)
+    if fallback is not None and fallback not in classes:
+        raise MetadataError(f"{where}: decision.fallback is {fallback!r}; it must name one of the classes "
+                            f"{classes}.")
+    if minimum and fallback is None:
+        raise MetadataError(f"{where}: decision.min_confidence needs decision.fallback, the class an unsure "
+                            f"action turns into: the classes {classes} have no {DEFAULT_FALLBACK}.")
     for name in minimum:
-        if name not in actionable:
-            raise MetadataError(f"{where}: decision.min_confidence names '{name}'; it applies to "
-                                f"{' and '.join(actionable)} (below it the action is {FALLBACK}).")
+        if name not in classes:
+            raise MetadataError(f"{where}: decision.min_confidence names '{name}', which is not a class "
+                                f"({', '.join(classes)}).")
     return Decision({n: _positive(t, f"{where}: decision.temperature.{n}") for n, t in temperature.items()},
-                    {c: _positive(v, f"{where}: decision.min_confidence.{c}", 1.0) for c, v in minimum.items()})
+                    {c: _positive(v, f"{where}: decision.min_confidence.{c}", 1.0) for c, v in minimum.items()},
+                    fallback=fallback)
 
 
 # ------------------------------------------------------------------------------------------ calibration

@@ -2,7 +2,8 @@
 
 Without ensemble.json: the newest file per kind by its `vYYYYMMDD_HHMMSS_vN` stamp, `<stem>_meta.json`
 beside it, the newest scaler shared by all, and the service's weights. ensemble.json says everything
-discovery cannot: other files, weights, a scaler per member or none, class names, and a stacking combiner.
+discovery cannot: other files, weights, a scaler per member or none, the class names (any K >= 2, by class
+index; discovery assumes SELL, HOLD, BUY), a stacking combiner and the decision policy.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
     spec = _check_keys(load_json(spec_file, "ensemble.json"),
                        {"feature_names", "classes", "members", "combine", "decision"}, {"members"}, str(spec_file))
     classes = spec.get("classes", CLASSES)
-    if classes != CLASSES:
-        raise MetadataError(f"{spec_file}: field 'classes' is {classes}; class index 0, 1, 2 must be {CLASSES}.")
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise MetadataError(f"{spec_file}: field 'classes' must list at least two distinct class names, by class "
+                            f"index (column i of every member is class i), got {classes!r}.")
     names = spec.get("feature_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise MetadataError(f"{spec_file}: field 'feature_names' must be a list of strings.")

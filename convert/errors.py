@@ -1,9 +1,14 @@
 """One exception family per way a build can be refused. Every message names the file, key or field at fault.
 
-The command line turns any `ConvertError` into exit code 1 with the message on stderr.
+The command line turns any `ConvertError` into exit code 1 with the message on stderr (`--debug` adds the
+traceback). `member_step` turns an exception a framework raises while reading, exporting or predicting a
+member into a `FrameworkError` that names the member, the file and the step.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class ConvertError(Exception):
@@ -44,3 +49,43 @@ class ParityError(ConvertError):
 
 class VerifyError(ConvertError):
     """Existing artifacts do not match the model files they claim to come from, or no longer pass parity."""
+
+
+class FrameworkError(ConvertError):
+    """A framework (xgboost, lightgbm, torch, scikit-learn, the ONNX converters) raised while reading,
+    exporting or predicting one member: a problem with that model, named with the member, file and step."""
+
+
+# Packages whose exceptions mean "this model file is a problem", not "ensemble-onnx has a bug". numpy is not
+# among them: an exception that only passes through numpy came from our own arithmetic.
+FRAMEWORKS = ("xgboost", "lightgbm", "sklearn", "torch", "onnx", "onnxruntime", "onnxmltools", "onnxconverter_common",
+              "skl2onnx", "joblib", "scipy", "pandas")
+
+
+def raised_in_framework(exc: BaseException) -> str | None:
+    """The framework whose code the exception came through (innermost first), if any."""
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        if top in FRAMEWORKS:
+            found = top
+        tb = tb.tb_next
+    module = type(exc).__module__.split(".")[0]
+    return found or (module if module in FRAMEWORKS else None)
+
+
+@contextmanager
+def member_step(member: str, file: object, step: str) -> Iterator[None]:
+    """Turn what a framework raises during `step` into a FrameworkError naming the member and file.
+    Refusals pass as they are; an exception that never entered a framework is our bug and passes too."""
+    try:
+        yield
+    except ConvertError:
+        raise
+    except Exception as exc:
+        framework = raised_in_framework(exc)
+        if framework is None:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise FrameworkError(f"member {member} ({file}): {framework} raised while {step}: "
+                             f"{type(exc).__name__}: {first}. Run with --debug for the traceback.") from exc

@@ -7,7 +7,8 @@
       -> member_probabilities [N, M, C]
       -> weighted sum, or the stacker over the concatenated member probabilities
       -> probabilities [N, C], label = argmax, confidence = max
-         with a minimum confidence: a class under its minimum becomes HOLD, confidence is HOLD's probability
+         with a minimum confidence (decision.py states the policy): an action under its minimum becomes the
+         fallback class; the fallback under its own minimum becomes the most probable other class
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .decision import FALLBACK, Decision
+from .decision import Decision
 from .members import CONTRACT, LoadedMember
 from .scaler import Scaler
 
@@ -74,22 +75,40 @@ def _label_and_confidence(decision: Decision, classes: list[str]) -> tuple[list,
         return [helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="Label"),
                 helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0,
                                  name="Confidence")], []
+    if decision.fallback is None:  # parse_decision refuses this; a Decision built by hand must not slip through
+        raise ValueError("a minimum confidence needs a fallback class")
+    fallback = classes.index(decision.fallback)
+    # Probabilities are <= 1: less 2 on the fallback's column, ArgMax finds the most probable other class.
+    not_fallback = -2.0 * (np.arange(len(classes)) == fallback).astype(np.float32)
     inits = [numpy_helper.from_array(decision.thresholds(classes), "policy/min_confidence"),
-             numpy_helper.from_array(np.array(classes.index(FALLBACK), dtype=np.int64), "policy/fallback")]
+             numpy_helper.from_array(np.array(fallback, dtype=np.int64), "policy/fallback"),
+             numpy_helper.from_array(np.array(decision.fallback_minimum(), dtype=np.float32), "policy/fallback_min"),
+             numpy_helper.from_array(not_fallback, "policy/not_fallback")]
+
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> Any:
+        return helper.make_node(op, inputs, [output], name=output, **attrs)
+
+    def probability_of(label: str, out: str) -> list[Any]:
+        return [node("Unsqueeze", [label, "axis1"], f"{out}_2d"),
+                node("GatherElements", ["probabilities", f"{out}_2d"], f"{out}_p2d", axis=1),
+                node("Squeeze", [f"{out}_p2d", "axis1"], out)]
+
     nodes = [
-        helper.make_node("ArgMax", ["probabilities"], ["policy/top"], axis=1, keepdims=1, name="policy/ArgMax"),
-        helper.make_node("GatherElements", ["probabilities", "policy/top"], ["policy/top_p"], axis=1,
-                         name="policy/TopProbability"),
-        helper.make_node("Squeeze", ["policy/top", "axis1"], ["policy/top_label"], name="policy/SqueezeTop"),
-        helper.make_node("Squeeze", ["policy/top_p", "axis1"], ["policy/top_prob"], name="policy/SqueezeP"),
-        helper.make_node("Gather", ["policy/min_confidence", "policy/top_label"], ["policy/minimum"], axis=0,
-                         name="policy/Minimum"),
-        helper.make_node("Less", ["policy/top_prob", "policy/minimum"], ["policy/unsure"], name="policy/Unsure"),
-        helper.make_node("Where", ["policy/unsure", "policy/fallback", "policy/top_label"], ["label"], name="Label"),
-        helper.make_node("Unsqueeze", ["label", "axis1"], ["policy/label2d"], name="policy/UnsqueezeLabel"),
-        helper.make_node("GatherElements", ["probabilities", "policy/label2d"], ["policy/confidence2d"], axis=1,
-                         name="policy/Chosen"),
-        helper.make_node("Squeeze", ["policy/confidence2d", "axis1"], ["confidence"], name="Confidence"),
+        node("ArgMax", ["probabilities"], "policy/top", axis=1, keepdims=0),
+        *probability_of("policy/top", "policy/top_p"),
+        # 1. the fallback on top but under its own minimum: the most probable other class instead
+        node("Add", ["probabilities", "policy/not_fallback"], "policy/others"),
+        node("ArgMax", ["policy/others"], "policy/other", axis=1, keepdims=0),
+        node("Equal", ["policy/top", "policy/fallback"], "policy/top_is_fallback"),
+        node("Less", ["policy/top_p", "policy/fallback_min"], "policy/fallback_unsure"),
+        node("And", ["policy/top_is_fallback", "policy/fallback_unsure"], "policy/leave_fallback"),
+        node("Where", ["policy/leave_fallback", "policy/other", "policy/top"], "policy/candidate"),
+        # 2. an action under its minimum: the fallback
+        *probability_of("policy/candidate", "policy/candidate_p"),
+        node("Gather", ["policy/min_confidence", "policy/candidate"], "policy/minimum", axis=0),
+        node("Less", ["policy/candidate_p", "policy/minimum"], "policy/unsure"),
+        helper.make_node("Where", ["policy/unsure", "policy/fallback", "policy/candidate"], ["label"], name="Label"),
+        *probability_of("label", "confidence"),
     ]
     return nodes, inits
 

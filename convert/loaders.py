@@ -30,9 +30,29 @@ _COMMON = frozenset({
 
 ALLOWED_GLOBALS: dict[str, frozenset[tuple[str, str]]] = {
     "scaler": _COMMON | {("sklearn.preprocessing._data", "StandardScaler")},
-    "xgboost": _COMMON | {("xgboost.sklearn", "XGBClassifier"), ("xgboost.core", "Booster")},
+    "xgboost": _COMMON | {("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
+                          ("xgboost.core", "Booster")},
     "lightgbm": _COMMON | {("lightgbm.sklearn", "LGBMClassifier"), ("lightgbm.basic", "Booster"),
                            ("sklearn.preprocessing._label", "LabelEncoder")},
+    # The fifth kind: the classifiers skl2onnx converts, and what their fitted state pickles.
+    "sklearn": _COMMON | {
+        ("sklearn.ensemble._forest", "RandomForestClassifier"), ("sklearn.ensemble._forest", "ExtraTreesClassifier"),
+        ("sklearn.tree._classes", "DecisionTreeClassifier"), ("sklearn.tree._classes", "ExtraTreeClassifier"),
+        ("sklearn.tree._tree", "Tree"), ("sklearn.linear_model._logistic", "LogisticRegression"),
+        ("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingClassifier"),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor"),
+        ("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper"),
+        ("sklearn._loss.loss", "HalfBinomialLoss"), ("sklearn._loss.loss", "HalfMultinomialLoss"),
+        ("sklearn._loss.link", "LogitLink"), ("sklearn._loss.link", "MultinomialLogit"),
+        ("sklearn._loss.link", "Interval"), ("sklearn._loss._loss", "CyHalfBinomialLoss"),
+        ("sklearn._loss._loss", "CyHalfMultinomialLoss"), ("sklearn._loss._loss", "__pyx_unpickle_CyHalfBinomialLoss"),
+        ("sklearn._loss._loss", "__pyx_unpickle_CyHalfMultinomialLoss"),
+        ("sklearn.preprocessing._label", "LabelEncoder"),
+        # HistGradientBoosting keeps a numpy Generator: these rebuild a bit generator from its saved state.
+        ("numpy.random._pickle", "__generator_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pcg64", "PCG64"), ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+    },
     "stacker": _COMMON | {("sklearn.linear_model._logistic", "LogisticRegression"),
                           ("sklearn.preprocessing._label", "LabelEncoder")},
 }

@@ -1,7 +1,10 @@
 """The parity gate: every member's ONNX and the fused ensemble against the original frameworks.
 
 Rows: draws from the scaler's statistics; for every tree split, rows whose scaled float32 value sits on the
-threshold and one ulp under and over it; and any recorded features. References: the frameworks themselves
+threshold and one ulp under and over it; and any recorded features. Only rows every member can take are
+kept: a split at +-inf or beyond float32 (LightGBM writes 1e300 for a split that parts NaN from every value)
+has no finite row on it, and a raw value that some scaler would push past float32 is not a row the service
+can be handed (the runtime refuses non-finite input). The report counts what was left out, and why. References: the frameworks themselves
 (sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
 runs at batch sizes other than the export's; every probability must be within tolerance and every label
 identical, the decision policy's labels included. All failures are collected and reported together.
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import member_step
 from .members import CONTRACT, LoadedMember
 from .precision import Precision
 from .reference import Reference
@@ -54,27 +58,50 @@ def _raw_values_for(targets: np.ndarray, mean: float, scale: float) -> np.ndarra
     return x
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _takeable(raw: np.ndarray, column: int, scalers: list[Scaler | None]) -> np.ndarray:
+    """Which raw values of `column` are finite, and finite in float32 behind every scaler (and raw)."""
+    ok = np.isfinite(raw)
+    for scaler in scalers:
+        mean, scale = _affine(scaler, column)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok &= np.abs((raw - mean) / scale) <= FLOAT32_MAX
+    return ok
+
+
 def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
                 recorded: np.ndarray | None = None, seed: int = 0) -> ParityRows:
     rng = np.random.default_rng(seed)
+    every_input: list[Scaler | None] = [scalers.get(m.source.scaler) if m.source.scaler is not None else None
+                                        for m in members]
     reference_scaler = next(iter(scalers.values()), None)
     mean, scale = (np.zeros(n_features), np.ones(n_features)) if reference_scaler is None else (
         np.asarray([_affine(reference_scaler, j) for j in range(n_features)]).T)
     base = mean + scale * rng.standard_normal((SCALER_ROWS, n_features))
-    blocks, counts = [base], {"scaler": SCALER_ROWS, "threshold": 0, "threshold_unreachable": 0}
+    blocks, counts = [base], {"scaler": SCALER_ROWS, "threshold": 0, "threshold_unreachable": 0,
+                              "threshold_not_finite": 0}
     for member in members:
         scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
         for column in sorted({f for f, _ in member.thresholds}):
             values = np.array([v for f, v in member.thresholds if f == column], dtype=np.float32)
-            targets = np.concatenate([values, np.nextafter(values, np.float32(-np.inf)),
-                                      np.nextafter(values, np.float32(np.inf))])
+            with np.errstate(over="ignore"):
+                targets = np.concatenate([values, np.nextafter(values, np.float32(-np.inf)),
+                                          np.nextafter(values, np.float32(np.inf))])
+            finite = np.isfinite(targets)  # no row sits on a split at +-inf (nor one ulp past float32's largest)
+            counts["threshold_not_finite"] += int((~finite).sum())
+            targets = targets[finite]
             raw = _raw_values_for(targets, *_affine(scaler, column))
-            ok = ~np.isnan(raw)
+            reachable = ~np.isnan(raw)
+            ok = reachable & _takeable(np.where(reachable, raw, 0.0), column, every_input)
+            counts["threshold_not_finite"] += int((reachable & ~ok).sum())
+            raw[~reachable] = np.nan
             rows = base[np.arange(ok.sum()) % SCALER_ROWS].copy()
             rows[:, column] = raw[ok]
             blocks.append(rows)
             counts["threshold"] += int(ok.sum())
-            counts["threshold_unreachable"] += int((~ok).sum())
+            counts["threshold_unreachable"] += int((~reachable).sum())
     if recorded is not None:
         blocks.append(np.asarray(recorded, dtype=np.float64))
         counts["recorded"] = len(recorded)
@@ -160,10 +187,11 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     raw_refs = reference.raw_member_probabilities(rows.raw)
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature
         x32 = reference.member_input(member.scaler, rows.raw)
-        session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
         for bs in BATCH_SIZES:
             idx = _rows_for(bs, len(x32))
-            (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
+            with member_step(member.name, member.file, f"running its ONNX export at batch size {bs}"):
+                session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
+                (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
             checks.append(compare(f"member {member.name}", "probabilities", bs, got, raw_refs[member.name][idx], idx))
 
     member_refs = reference.calibrated(raw_refs)
@@ -187,6 +215,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     failures = [c.describe() for c in checks if not c.passed]
     held = np.bincount(want_label, minlength=len(reference.plan.classes))
     return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
+            "left_out": {k: {"rows": rows.counts[k], "why": why} for k, why in LEFT_OUT.items() if rows.counts.get(k)},
             "labels": dict(zip(reference.plan.classes, map(int, held))), "precision": precision.record(),
             "checks": [c.as_dict() for c in checks], "passed": not failures, "failures": failures}
 
@@ -210,8 +239,15 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "batch_sizes": report["batch_sizes"], "targets": targets}
 
 
+LEFT_OUT = {"threshold_unreachable": "no float64 raw value scales exactly onto the float32 split value",
+            "threshold_not_finite": "the split value, or its raw row behind some member's scaler, is +-inf or "
+                                    "beyond float32 (rows the runtime refuses)"}
+
+
 def table(report: dict[str, Any]) -> list[str]:
     lines = [f"parity ({report['rows']['total']} rows: {report['rows']}; tolerance {report['tolerance']:g})",
+             *(f"  left out: {report['rows'][k]} threshold rows: {why}" for k, why in LEFT_OUT.items()
+               if report["rows"].get(k)),
              f"  {'target':<18} {'max |diff|':>11} {'labels':>8}  batch sizes"]
     for target, t in summary(report)["targets"].items():
         lines.append(f"  {target:<18} {t['max_abs_diff']:>11.3g} {t['label_agreement']:>8.2%}  "

@@ -15,6 +15,7 @@ import numpy as np
 
 from .decision import Decision
 from .discover import Plan
+from .errors import member_step
 from .loaders import load_pickle
 from .members import get_kind
 from .scaler import Scaler, load_scaler
@@ -36,7 +37,11 @@ class Reference:
         """Loads each member with its own framework only: no export, as the service did."""
         scalers = {m.scaler: load_scaler(m.scaler) for m in plan.members if m.scaler is not None}
         stacker = load_pickle(plan.combine["file"], "stacker") if plan.combine["method"] == "stacking" else None
-        return cls(plan, {m.name: get_kind(m.kind).reference(m) for m in plan.members}, scalers, stacker)
+        predictors = {}
+        for m in plan.members:
+            with member_step(m.name, m.file, "reading it"):
+                predictors[m.name] = get_kind(m.kind).reference(m)
+        return cls(plan, predictors, scalers, stacker)
 
     def member_input(self, scaler: Path | None, raw: np.ndarray) -> np.ndarray:
         """The float32 input as the service built it: float64 transform, one cast."""
@@ -47,8 +52,10 @@ class Reference:
         out = {}
         for m in self.plan.members:
             if m.scaler not in inputs:  # scaled once per scaler, as the service did
-                inputs[m.scaler] = self.member_input(m.scaler, raw)
-            out[m.name] = self.predictors[m.name](inputs[m.scaler])
+                with member_step(m.name, m.scaler, "scaling the parity rows with scikit-learn"):
+                    inputs[m.scaler] = self.member_input(m.scaler, raw)
+            with member_step(m.name, m.file, "predicting the parity rows with its own framework"):
+                out[m.name] = self.predictors[m.name](inputs[m.scaler])
         return out
 
     def calibrated(self, raw_member_probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -57,7 +64,8 @@ class Reference:
     def combine(self, member_probs: dict[str, np.ndarray]) -> np.ndarray:
         probs = [member_probs[m.name] for m in self.plan.members]
         if self.stacker is not None:
-            return np.asarray(self.stacker.predict_proba(np.concatenate(probs, axis=1)), dtype=np.float64)
+            with member_step("stacker", self.plan.combine["file"], "predicting with scikit-learn"):
+                return np.asarray(self.stacker.predict_proba(np.concatenate(probs, axis=1)), dtype=np.float64)
         return sum(m.weight * p for m, p in zip(self.plan.members, probs))
 
     def predict_proba(self, raw: np.ndarray) -> np.ndarray:

@@ -60,7 +60,8 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
                 {"method": "stacking", "file": path(combine["source"])} if combine["method"] == "stacking"
                 else {"method": "weighted"},
                 list(manifest["feature_names"]), ["from manifest.json"],
-                Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration")))
+                Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration"),
+                         policy.get("fallback", "HOLD")))
 
 
 def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info) -> dict[str, Any]:

@@ -27,7 +27,7 @@ __all__ = ["load", "Ensemble", "Prediction", "ArtifactError", "InputError"]
 
 @dataclass(frozen=True)
 class Prediction:
-    action: str                                   # the chosen class name: SELL, HOLD or BUY (after the decision policy)
+    action: str                                   # the chosen class name, one of `classes` (after the decision policy)
     confidence: float                             # the ensemble probability of that class
     probabilities: dict[str, float]               # class name -> ensemble probability
     members: dict[str, dict[str, float]]          # member name -> class name -> probability

@@ -96,9 +96,10 @@ def test_temperature_matches_softmax_of_tempered_logits(policy_build):
 @pytest.mark.parametrize("decision, message", [
     ({"temperature": {"tabnet": 2.0}}, "not a member"),
     ({"temperature": {"nhits": 0}}, "temperature.nhits must be a number above 0"),
-    ({"min_confidence": {"HOLD": 0.5}}, "applies to SELL and BUY"),
+    ({"min_confidence": {"HOLDING": 0.5}}, "'HOLDING', which is not a class"),  # HOLD itself: test_classes.py
     ({"min_confidence": {"BUY": 1.5}}, "at most 1.0"),
-    ({"threshold": 0.5}, "takes only 'temperature' and 'min_confidence'"),
+    ({"threshold": 0.5}, "takes only 'temperature', 'min_confidence' and 'fallback'"),
+    ({"fallback": "WAIT"}, "decision.fallback is 'WAIT'"),
 ])
 def test_bad_decision_policy_is_refused_by_field(models_copy, tmp_path, decision, message):
     write_ensemble_json(models_copy, decision)

@@ -19,8 +19,8 @@ STAMP = DemoSpec().stamp
 
 
 def test_registry_names_known_kinds_and_refuses_overwrite():
-    assert known_kinds() == ["lightgbm", "nhits", "patchtst", "xgboost"]
-    with pytest.raises(PlanError, match="known kinds: lightgbm, nhits, patchtst, xgboost"):
+    assert known_kinds() == ["lightgbm", "nhits", "patchtst", "sklearn", "xgboost"]
+    with pytest.raises(PlanError, match="known kinds: lightgbm, nhits, patchtst, sklearn, xgboost"):
         get_kind("tabnet")
     with pytest.raises(ValueError, match="already registered"):
         register(MemberKind("nhits", (".pth",), get_kind("nhits").load, get_kind("nhits").reference))
@@ -71,7 +71,7 @@ def test_unexpected_and_misshapen_tensors_are_named(demo_models, tmp_path):
 
 def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     """LightGBM compares float32 inputs with double thresholds; the export must agree at every boundary."""
-    from convert.members.lightgbm import floor_float32
+    from convert.members.lightgbm import floor_float32, onnx_threshold
 
     member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", demo_models / f"lightgbm_{STAMP}.pkl"))
     dump = load_pickle(demo_models / f"lightgbm_{STAMP}.pkl", "lightgbm").booster_.dump_model()
@@ -81,7 +81,7 @@ def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     for t in rounded_up[:50]:
         v = np.float32(floor_float32(t))
         assert float(v) <= t < float(np.nextafter(v, np.float32(np.inf)))
-    assert {(n["split_feature"], floor_float32(n["threshold"])) for t in dump["tree_info"]
+    assert {(n["split_feature"], onnx_threshold(n["threshold"])) for t in dump["tree_info"]
             for n in _splits(t["tree_structure"])} == set(member.thresholds)
 
 
@@ -125,8 +125,10 @@ def test_discovery_refuses_ties_and_missing_kinds_and_subsets_on_request(models_
     ({"members": {"a": {"kind": "nhits", "file": "nope.pth", "scaler": None}}}, "nope.pth"),
     ({"members": {"a": {"kind": "nhits", "file": f"nhits_{STAMP}.pth"}}}, "'scaler' is required"),
     ({"members": {"a": {"kind": "nhits", "file": f"nhits_{STAMP}.pth", "scaler": None, "weight": -1}}}, "weight"),
-    ({"classes": ["BUY", "HOLD", "SELL"], "members": {}}, "classes"),
-], ids=["typo", "unknown-kind", "missing-file", "no-scaler-field", "negative-weight", "class-order"])
+    ({"classes": ["UP", "UP"], "members": {}}, "at least two distinct class names"),  # any K >= 2 (issue #12)
+    ({"classes": ["UP"], "members": {}}, "at least two distinct class names"),
+], ids=["typo", "unknown-kind", "missing-file", "no-scaler-field", "negative-weight", "class-duplicate",
+        "class-single"])
 def test_ensemble_json_is_validated(models_copy, spec, match):
     (models_copy / "ensemble.json").write_text(json.dumps(spec))
     with pytest.raises((MetadataError, PlanError), match=match):

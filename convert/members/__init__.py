@@ -131,5 +131,6 @@ def _lazy(module: str, function: str) -> Callable[[MemberSource], Any]:
 
 
 for _kind, _suffixes in (("nhits", (".pth", ".pt")), ("patchtst", (".pth", ".pt")),
-                         ("xgboost", (".pkl", ".joblib", ".json", ".ubj")), ("lightgbm", (".pkl", ".joblib", ".txt"))):
+                         ("xgboost", (".pkl", ".joblib", ".json", ".ubj")), ("lightgbm", (".pkl", ".joblib", ".txt")),
+                         ("sklearn", (".pkl", ".joblib"))):
     register(MemberKind(_kind, _suffixes, _lazy(_kind, "load"), _lazy(_kind, "reference")))

@@ -3,7 +3,10 @@
 LightGBM splits on `x <= t` with a double t, while the ONNX tree operator holds float32 thresholds rounded
 to nearest: a float32 input equal to a threshold that rounded up would go the wrong way. Since every input
 is float32, `x <= t` is exactly `x <= largest float32 not above t`; `exact_thresholds` writes that value
-into each split. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose
+into each split. LightGBM also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts
+splits at +-1e-35 between the negative, zero and positive bins; `onnx_threshold` folds that reading into
+the split value. A random forest (boosting_type="rf") averages its iterations where the converter sums
+them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose
 default direction disagrees with the threshold) are refused.
 """
 
@@ -57,10 +60,10 @@ def _has_linear_leaf(node: dict[str, Any]) -> bool:
 
 
 def check_expressible(dump: dict[str, Any], file: Any) -> None:
-    objective = str(dump.get("objective", ""))
-    if not objective.startswith("multiclass ") and objective != "multiclass":
-        raise UnsupportedModelError(f"{file}: objective '{objective}' is not 'multiclass' (softmax); ONNX export "
-                                    f"supports softmax multi-class models only.")
+    objective = str(dump.get("objective", "")).split(" ")[0]
+    if objective not in ("multiclass", "binary"):
+        raise UnsupportedModelError(f"{file}: objective '{objective}' gives no class probabilities the ensemble "
+                                    f"can use ('multiclass' softmax or 'binary' logistic).")
     if any(_has_linear_leaf(tree["tree_structure"]) for tree in dump["tree_info"]):
         raise UnsupportedModelError(f"{file}: linear trees (linear_tree=true) have no ONNX tree equivalent.")
     for node in internal_nodes(dump):
@@ -75,8 +78,22 @@ def check_expressible(dump: dict[str, Any], file: Any) -> None:
 
 def floor_float32(t: float) -> float:
     """The largest float32 not above t: for float32 x, `x <= t` iff `x <= floor_float32(t)`."""
-    v = np.float32(t)
+    with np.errstate(over="ignore"):  # LightGBM's 1e300 (a split that parts NaN from every value) -> inf
+        v = np.float32(t)
     return float(np.nextafter(v, np.float32(-np.inf)) if float(v) > t else v)
+
+
+ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold: it reads |x| <= this as exactly 0.0
+
+
+def onnx_threshold(t: float) -> float:
+    """The float32 t' with `x <= t'` iff LightGBM sends float32 x left, i.e. `z <= t` for z = 0 when
+    |x| <= kZeroThreshold and z = x otherwise (its dense-row reader drops such values as zeros)."""
+    if -ZERO_THRESHOLD <= t < 0.0:   # the tiny values read as 0 > t: only x < -kZeroThreshold goes left
+        return float(np.nextafter(np.float32(-ZERO_THRESHOLD), np.float32(-np.inf)))
+    if 0.0 <= t < ZERO_THRESHOLD:    # the tiny values read as 0 <= t: everything up to +kZeroThreshold goes left
+        return ZERO_THRESHOLD
+    return floor_float32(t)
 
 
 def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
@@ -111,16 +128,30 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[in
             raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted {len(converted)}.")
         for i, node in zip(converted, original):
             t = float(node["threshold"])
-            if (attrs["nodes_featureids"].ints[i] != node["split_feature"] or np.float32(values[i]) != np.float32(t)
+            with np.errstate(over="ignore"):
+                same = np.float32(values[i]) == np.float32(t)
+            if (attrs["nodes_featureids"].ints[i] != node["split_feature"] or not same
                     or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ"):
                 raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the model.")
-            values[i] = floor_float32(t)
+            values[i] = onnx_threshold(t)
             exact.append((int(node["split_feature"]), values[i]))
     return sorted(set(exact))
 
 
+def average_trees(onx: Any, iterations: int) -> None:
+    """A random forest's score is the mean of its iterations' trees, not their sum: scale every leaf."""
+    attrs = {a.name: a for a in tree_node(onx).attribute}
+    weights = attrs["class_weights"].floats
+    for i, w in enumerate(weights):
+        weights[i] = w / iterations
+
+
 def _proba(predict: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x32: np.asarray(predict(x32), dtype=np.float64)
+    def proba(x32: np.ndarray) -> np.ndarray:
+        p = np.asarray(predict(x32), dtype=np.float64)
+        # A binary Booster gives P(class 1) alone; [1 - p, p] is what LGBMClassifier.predict_proba returns.
+        return np.column_stack([1.0 - p, p]) if p.ndim == 1 else p
+    return proba
 
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
@@ -133,19 +164,22 @@ def load(source: MemberSource) -> LoadedMember:
     booster, predict = read_model(source)
     dump = booster.dump_model()  # best_iteration's trees, as predict uses them and as the converter dumps them
     check_expressible(dump, source.file)
-    n_features, n_classes = booster.num_feature(), int(dump["num_class"])
+    n_features, n_classes = booster.num_feature(), max(2, int(dump["num_class"]))  # binary: one score, 2 columns
     onx = convert_lightgbm(booster, name=source.name, initial_types=input_types(n_features),
                            target_opset=ONNXMLTOOLS_OPSET, zipmap=False)
     thresholds = exact_thresholds(onx, dump, source.file)
+    if dump.get("average_output"):
+        average_trees(onx, len(dump["tree_info"]) // int(dump["num_tree_per_iteration"]))
     names = dump.get("feature_names")
     default_names = [f"Column_{i}" for i in range(n_features)]
     return LoadedMember(
         source=source, n_features=n_features, n_classes=n_classes,
-        hyperparameters={"objective": "multiclass", "trees": len(dump["tree_info"]),
+        hyperparameters={"objective": str(dump["objective"]).split(" ")[0], "trees": len(dump["tree_info"]),
                          "best_iteration": booster.best_iteration, "num_leaves_max": max(
                              t["num_leaves"] for t in dump["tree_info"])},
         reference=_proba(predict),
         onnx_model=to_contract(onx, "lightgbm"),
         feature_names=None if names == default_names else names,
-        notes=[f"{len(dump['tree_info']) // n_classes} boosting rounds"],
+        notes=[f"{len(dump['tree_info']) // int(dump['num_tree_per_iteration'])} boosting rounds"
+               + (" (random forest: averaged)" if dump.get("average_output") else "")],
         thresholds=thresholds)

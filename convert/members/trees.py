@@ -30,7 +30,7 @@ def tree_node(model: Any) -> Any:
 
 
 def check_classes(classes: Any, n_classes: int, file: Any) -> None:
-    """Probability columns must be in class-index order 0..n-1 (SELL, HOLD, BUY)."""
+    """Probability columns must be in class-index order 0..n-1 (the order of ensemble.json's `classes`)."""
     if classes is None:
         return
     if [int(c) if np.issubdtype(type(c), np.integer) else c for c in list(classes)] != list(range(n_classes)):

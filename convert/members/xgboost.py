@@ -1,13 +1,20 @@
-"""XGBoost: an XGBClassifier pickle (allowlisted) or a native .json / .ubj, converted with onnxmltools.
+"""XGBoost: an XGBClassifier / XGBRFClassifier pickle (allowlisted) or a native .json / .ubj, exported from
+the model's own JSON into one ONNX TreeEnsembleRegressor (the margins) and a softmax or sigmoid.
 
-XGBoost trains and predicts on float32 and splits on `x < threshold` with float32 thresholds, so the
-converted TreeEnsembleClassifier is exact. A model trained with early stopping predicts with the trees up
-to `best_iteration`; the export slices the booster the same way.
+The export reads every tree off `save_raw("json")`, which is what XGBoost itself predicts with: each tree's
+class comes from `tree_info` (a random forest, `num_parallel_tree` > 1, grows several trees per class and
+round, which a tree-index-modulo-classes layout would misassign), a dart booster's trees are scaled by their
+`weight_drop`, the base score is the model's own (a probability for binary:logistic, a margin otherwise),
+and a model trained with early stopping keeps the trees up to `best_iteration`, as `predict_proba` does.
+XGBoost splits on `x < threshold` with float32 thresholds, so BRANCH_LT on float32 inputs is exact.
+What ONNX cannot express is refused by name: gblinear, multi-output trees, categorical splits, and a
+`missing` value other than NaN.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,10 +22,9 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import LoadedMember, MemberSource, to_contract
-from .trees import check_classes, input_types
+from . import CONTRACT, LoadedMember, MemberSource, to_contract
 
-SUPPORTED_OBJECTIVES = ("multi:softprob", "multi:softmax")
+SUPPORTED_OBJECTIVES = ("multi:softprob", "multi:softmax", "binary:logistic")
 
 
 def read_model(source: MemberSource) -> Any:
@@ -40,13 +46,114 @@ def read_model(source: MemberSource) -> Any:
     return model
 
 
-def split_thresholds(booster: Any) -> list[tuple[int, float]]:
-    """Every (feature index, float32 threshold) the trees split on, from the model's own JSON."""
-    trees = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
+def _check_expressible(model: Any, config: dict[str, Any], file: Any) -> str:
+    """The objective, once every option ONNX cannot express has been refused by name."""
+    learner = config["learner"]
+    booster = learner["gradient_booster"]["name"]
+    if booster == "gblinear":
+        raise UnsupportedModelError(f"{file}: booster 'gblinear' (a linear model, no trees) is not exported; "
+                                    f"retrain with booster='gbtree' or 'dart'.")
+    if learner.get("learner_train_param", {}).get("multi_strategy") == "multi_output_tree":
+        raise UnsupportedModelError(f"{file}: multi_strategy 'multi_output_tree' (vector leaves) has no ONNX tree "
+                                    f"equivalent here; retrain with multi_strategy='one_output_per_tree'.")
+    missing = getattr(model, "missing", math.nan)
+    if missing is not None and not (isinstance(missing, float) and math.isnan(missing)):
+        raise UnsupportedModelError(f"{file}: trained with missing={missing!r}; XGBoost then treats that value as "
+                                    f"absent, which the ONNX tree operator cannot (it knows only NaN). Retrain "
+                                    f"with the default missing=nan.")
+    objective = learner["objective"]["name"]
+    if objective not in SUPPORTED_OBJECTIVES:
+        raise UnsupportedModelError(f"{file}: objective '{objective}' gives no class probabilities the ensemble "
+                                    f"can use ({', '.join(SUPPORTED_OBJECTIVES)}).")
+    return objective
+
+
+def _tree_model(raw: dict[str, Any]) -> dict[str, Any]:
+    booster = raw["learner"]["gradient_booster"]
+    return booster["gbtree"]["model"] if booster["name"] == "dart" else booster["model"]
+
+
+def _trees(raw: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], list[int], list[float]]:
+    """(trees, class of each tree, weight of each tree) for the first `rounds` boosting rounds."""
+    booster, model = raw["learner"]["gradient_booster"], _tree_model(raw)
+    count = int(model["iteration_indptr"][rounds])
+    weights = booster.get("weight_drop", [1.0] * len(model["trees"]))
+    return model["trees"][:count], [int(c) for c in model["tree_info"][:count]], [float(w) for w in weights[:count]]
+
+
+def split_thresholds(trees: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """Every (feature index, float32 threshold) the trees split on."""
     return sorted({(int(f), float(np.float32(c)))
                    for tree in trees
                    for f, c, left in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"])
                    if left != -1})
+
+
+def _base_margins(raw: dict[str, Any], objective: str, n_groups: int) -> list[float]:
+    text = raw["learner"]["learner_model_param"]["base_score"]
+    values = [float(v) for v in (json.loads(text) if text.startswith("[") else [text])]
+    if objective == "binary:logistic":  # stored as a probability; XGBoost adds its logit to the margin
+        values = [math.log(v / (1.0 - v)) for v in values]
+    return values * n_groups if len(values) == 1 else values
+
+
+def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[float], n_groups: int,
+                  base: list[float], file: Any) -> Any:
+    """The ai.onnx.ml TreeEnsembleRegressor that sums each group's (class's) tree outputs into its margin."""
+    from onnx import helper
+
+    a: dict[str, Any] = {k: [] for k in (
+        "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes", "nodes_truenodeids",
+        "nodes_falsenodeids", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids",
+        "target_ids", "target_weights")}
+    for t, (tree, group, weight) in enumerate(zip(trees, groups, weights)):
+        if int(tree["tree_param"].get("size_leaf_vector", 1)) > 1:  # a saved file forgets multi_strategy
+            raise UnsupportedModelError(f"{file}: tree {t} has vector leaves (multi_strategy='multi_output_tree'); "
+                                        f"the export handles one output per tree. Retrain with "
+                                        f"multi_strategy='one_output_per_tree'.")
+        if any(int(s) != 0 for s in tree.get("split_type", [])):
+            raise UnsupportedModelError(f"{file}: tree {t} has categorical splits (enable_categorical=True); the "
+                                        f"ONNX tree operator has no category sets. Retrain on encoded features.")
+        left, right = tree["left_children"], tree["right_children"]
+        for n, (lc, rc) in enumerate(zip(left, right)):
+            leaf = lc == -1
+            a["nodes_treeids"].append(t)
+            a["nodes_nodeids"].append(n)
+            a["nodes_featureids"].append(0 if leaf else int(tree["split_indices"][n]))
+            a["nodes_values"].append(0.0 if leaf else float(np.float32(tree["split_conditions"][n])))
+            a["nodes_modes"].append("LEAF" if leaf else "BRANCH_LT")
+            a["nodes_truenodeids"].append(0 if leaf else int(lc))
+            a["nodes_falsenodeids"].append(0 if leaf else int(rc))
+            a["nodes_missing_value_tracks_true"].append(0 if leaf else int(tree["default_left"][n]))
+            if leaf:  # dart: XGBoost multiplies in float32, as here
+                a["target_treeids"].append(t)
+                a["target_nodeids"].append(n)
+                a["target_ids"].append(group)
+                a["target_weights"].append(float(np.float32(tree["split_conditions"][n]) * np.float32(weight)))
+    return helper.make_node("TreeEnsembleRegressor", [CONTRACT.input_name], ["margins"], domain="ai.onnx.ml",
+                            name="trees", n_targets=n_groups, aggregate_function="SUM", post_transform="NONE",
+                            base_values=[float(v) for v in base], **a)
+
+
+def export(trees: list[dict[str, Any]], groups: list[int], weights: list[float], objective: str,
+           n_classes: int, base: list[float], n_features: int, name: str, file: Any) -> Any:
+    """float32 [N, F] -> probabilities [N, n_classes]: softmax of the margins, or [1 - p, p] for binary."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_groups = 1 if objective == "binary:logistic" else n_classes
+    nodes = [tree_ensemble(trees, groups, weights, n_groups, base, file)]
+    inits = []
+    if n_groups == 1:
+        inits.append(numpy_helper.from_array(np.ones((1, 1), dtype=np.float32), "one"))
+        nodes += [helper.make_node("Sigmoid", ["margins"], ["p1"], name="Sigmoid"),
+                  helper.make_node("Sub", ["one", "p1"], ["p0"], name="Complement"),
+                  helper.make_node("Concat", ["p0", "p1"], [CONTRACT.output_name], axis=1, name="Probabilities")]
+    else:
+        nodes.append(helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1, name="Probabilities"))
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits)
+    return to_contract(helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset)]), "xgboost")
 
 
 def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -58,31 +165,30 @@ def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def load(source: MemberSource) -> LoadedMember:
-    from onnxmltools import convert_xgboost
-
-    from .trees import ONNXMLTOOLS_OPSET
+    from .trees import check_classes
 
     model = read_model(source)
     booster = model.get_booster()
     config = json.loads(booster.save_config())
-    objective = config["learner"]["objective"]["name"]
-    if objective not in SUPPORTED_OBJECTIVES:
-        raise UnsupportedModelError(f"{source.file}: objective '{objective}' is not a multi-class softmax; the "
-                                    f"ensemble needs class probabilities ({' or '.join(SUPPORTED_OBJECTIVES)}).")
-    n_classes = int(config["learner"]["learner_model_param"]["num_class"])
+    objective = _check_expressible(model, config, source.file)
+    n_classes = max(2, int(config["learner"]["learner_model_param"]["num_class"]))
     check_classes(getattr(model, "classes_", None), n_classes, source.file)
+    raw = json.loads(booster.save_raw("json"))
     rounds = booster.num_boosted_rounds()
     best = int(booster.attr("best_iteration")) + 1 if booster.attr("best_iteration") is not None else rounds
-    export = booster[:best] if best < rounds else booster.copy()
-    feature_names = list(export.feature_names) if export.feature_names else None
-    export.feature_names = None  # the converter reads split features as 'f<index>'
-    onx = convert_xgboost(export, name=source.name, initial_types=input_types(booster.num_features()),
-                          target_opset=ONNXMLTOOLS_OPSET)
+    trees, groups, weights = _trees(raw, best)
+    n_groups = 1 if objective == "binary:logistic" else n_classes
+    onx = export(trees, groups, weights, objective, n_classes, _base_margins(raw, objective, n_groups),
+                 booster.num_features(), source.name, source.file)
+    booster_name = raw["learner"]["gradient_booster"]["name"]
+    parallel = int(_tree_model(raw)["gbtree_model_param"]["num_parallel_tree"])
     return LoadedMember(
         source=source, n_features=booster.num_features(), n_classes=n_classes,
-        hyperparameters={"objective": objective, "trees": best * n_classes, "best_iteration": best - 1,
-                         "boosted_rounds": rounds},
-        reference=_proba(model),
-        onnx_model=to_contract(onx, "xgboost"), feature_names=feature_names,
-        notes=[f"{best} of {rounds} boosting rounds (best_iteration)" if best < rounds else f"{rounds} boosting rounds"],
-        thresholds=split_thresholds(export))
+        hyperparameters={"objective": objective, "booster": booster_name, "trees": len(trees),
+                         "num_parallel_tree": parallel, "best_iteration": best - 1, "boosted_rounds": rounds},
+        reference=_proba(model), onnx_model=onx,
+        feature_names=list(booster.feature_names) if booster.feature_names else None,
+        notes=[f"{best} of {rounds} boosting rounds (best_iteration)" if best < rounds else f"{rounds} boosting rounds",
+               *(["dart: each tree scaled by its weight_drop"] if booster_name == "dart" else []),
+               *([f"random forest: {parallel} trees per class and round"] if parallel > 1 else [])],
+        thresholds=split_thresholds(trees))

@@ -1,0 +1,131 @@
+"""scikit-learn classifiers (random forest, extra trees, HistGradientBoosting, logistic regression): a pickle or
+joblib file read through the allowlist, converted by skl2onnx, held to the same gate as every member.
+
+The fifth kind proves the registry: one module, one `register` line. skl2onnx stores tree thresholds as
+float32, while scikit-learn compares (float32 or float64) inputs with float64 thresholds (`x <= t`); each
+split must hold the largest float32 not above t, which is exact for float32 inputs: recent skl2onnx writes
+that already, and `_floor_thresholds` makes sure of it, split by split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelFileError, UnsupportedModelError
+from ..loaders import load_pickle
+from . import CONTRACT, LoadedMember, MemberSource, to_contract
+from .lightgbm import floor_float32
+from .trees import check_classes
+
+SUPPORTED = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier", "LogisticRegression")
+
+
+def read_model(source: MemberSource) -> Any:
+    model = load_pickle(source.file, "sklearn")
+    if type(model).__name__ not in SUPPORTED or not hasattr(model, "classes_"):
+        raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected a fitted "
+                             f"{', '.join(SUPPORTED)}.")
+    return model
+
+
+def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x32: np.asarray(model.predict_proba(x32), dtype=np.float64)
+
+
+def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
+    return _proba(read_model(source))
+
+
+def exact_thresholds(onx: Any) -> list[tuple[int, float]]:
+    """Every tree split's float32 threshold floored (x <= t for float32 x); the (feature, value) pairs."""
+    found = []
+    for node in onx.graph.node:
+        if not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "nodes_values" not in attrs:
+            raise UnsupportedModelError(f"{node.name}: a tree operator without float thresholds")
+        modes, values, features = attrs["nodes_modes"].strings, attrs["nodes_values"].floats, attrs["nodes_featureids"].ints
+        for i, mode in enumerate(modes):
+            if mode == b"LEAF":
+                continue
+            if mode != b"BRANCH_LEQ":
+                raise UnsupportedModelError(f"{node.name}: split mode {mode.decode()} where x <= t was expected")
+            found.append((int(features[i]), values[i]))
+    return sorted(set(found))
+
+
+@contextmanager
+def _integer_missing_flags() -> Iterator[None]:
+    """skl2onnx (1.20) hands a Python bool as a HistGradientBoosting leaf's missing-value flag, which onnx
+    refuses ('Expected an int, got a boolean'): every such model fails to convert. The flag is cast to int
+    for the length of one conversion; nothing else about the converter changes."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kwargs: Any) -> Any:
+        return original(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
+def load(source: MemberSource) -> LoadedMember:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    model = read_model(source)
+    n_features, n_classes = int(model.n_features_in_), len(model.classes_)
+    check_classes(model.classes_, n_classes, source.file)
+    with _integer_missing_flags():
+        onx = to_onnx(model, initial_types=[(CONTRACT.input_name, FloatTensorType([None, n_features]))],
+                      target_opset={"": CONTRACT.opset, "ai.onnx.ml": CONTRACT.ml_opset},
+                      options={id(model): {"zipmap": False}}, naming=f"{source.name}_")
+    onx = to_contract(onx, str(source.file))
+    _floor_thresholds(onx, model, source.file)
+    trees = (len(model.estimators_) if hasattr(model, "estimators_")
+             else sum(len(p) for p in model._predictors) if hasattr(model, "_predictors") else 0)
+    return LoadedMember(
+        source=source, n_features=n_features, n_classes=n_classes,
+        hyperparameters={"estimator": type(model).__name__, "trees": int(trees)},
+        reference=_proba(model), onnx_model=onx,
+        feature_names=[str(n) for n in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None,
+        notes=[f"{type(model).__name__} via skl2onnx"],
+        thresholds=exact_thresholds(onx))
+
+
+def _floor_thresholds(onx: Any, model: Any, file: Any) -> None:
+    """Replace each float32-rounded split value with the largest float32 not above the model's float64 one.
+    Splits are matched by (tree id, node id) to the model's own arrays, and must agree on the rounded value."""
+    originals = _float64_thresholds(model)
+    if originals is None:
+        return
+    for node in (n for n in onx.graph.node if n.op_type.startswith("TreeEnsemble")):
+        attrs = {a.name: a for a in node.attribute}
+        values = attrs["nodes_values"].floats
+        for i, (tree, nid, mode) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints,
+                                                   attrs["nodes_modes"].strings)):
+            if mode == b"LEAF":
+                continue
+            t = originals[tree][nid] if tree < len(originals) and nid < len(originals[tree]) else np.nan
+            # skl2onnx already floors (recent versions) or rounds to nearest (older ones): either is this split.
+            if np.float32(values[i]) not in (np.float32(t), np.float32(floor_float32(t))):
+                raise UnsupportedModelError(f"{file}: cannot align converted split {nid} of tree {tree} with the model.")
+            values[i] = floor_float32(t)
+
+
+def _float64_thresholds(model: Any) -> list[np.ndarray] | None:
+    """Each tree's float64 split values by node index, in skl2onnx's tree order; None without trees."""
+    if hasattr(model, "estimators_"):
+        return [np.asarray(tree.tree_.threshold, dtype=np.float64) for tree in model.estimators_]
+    if hasattr(model, "_predictors"):
+        return [np.asarray(p.nodes["num_threshold"], dtype=np.float64) for per_iter in model._predictors for p in per_iter]
+    return None
