@@ -44,3 +44,7 @@ class ParityError(ConvertError):
 
 class VerifyError(ConvertError):
     """Existing artifacts do not match the model files they claim to come from, or no longer pass parity."""
+
+
+class SigningError(ConvertError):
+    """A signing key that cannot sign (unreadable, encrypted, not Ed25519), or `[signing]` not installed."""

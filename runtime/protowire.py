@@ -1,0 +1,139 @@
+"""Just enough of the protobuf wire format to read an ONNX model's metadata and find external data, without
+importing onnx (the runtime must stay light) and before onnxruntime sees the bytes.
+
+Why: onnxruntime resolves a tensor stored as external data (`data_location = EXTERNAL`, a `location` path)
+itself, relative to the process's current directory when a model is loaded from bytes: those weights would
+come from outside the verified folder. The runtime refuses any such tensor, wherever it sits (graph
+initializers, sparse initializers, tensor attributes, subgraphs of If/Loop/Scan, function bodies).
+
+Field numbers are onnx.proto3's; a malformed message raises ValueError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+# ModelProto
+_MODEL_GRAPH, _MODEL_METADATA, _MODEL_FUNCTIONS = 7, 14, 25
+# GraphProto
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
+# NodeProto / FunctionProto
+_NODE_ATTRIBUTE, _FUNCTION_NODE = 5, 7
+# AttributeProto
+_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 8, 11, 22, 23
+# SparseTensorProto
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+# TensorProto
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_EXTERNAL = 1
+# StringStringEntryProto
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+    """(field number, wire type, value): an int for varints and fixed values, (start, end) for
+    length-delimited ones (sub-messages, strings, packed arrays), which are skipped, not copied."""
+    end = len(buf) if end is None else end
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        value: int | tuple[int, int]
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = (pos, pos + length), pos + length
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        else:  # groups (3, 4) are not in onnx.proto
+            raise ValueError(f"wire type {wire} of field {number} at byte {pos}")
+        if pos > end or number == 0:
+            raise ValueError(f"field {number} runs past its message (byte {pos} of {end})")
+        yield number, wire, value
+
+
+def _messages(buf: bytes, span: tuple[int, int], wanted: int) -> Iterator[tuple[int, int]]:
+    for number, wire, value in fields(buf, *span):
+        if number == wanted and isinstance(value, tuple):
+            yield value
+
+
+def metadata(model: bytes) -> dict[str, str]:
+    """ModelProto.metadata_props as a dict (as onnxruntime's custom_metadata_map gives it)."""
+    out: dict[str, str] = {}
+    for span in _messages(model, (0, len(model)), _MODEL_METADATA):
+        entry = {n: model[v[0]:v[1]].decode() for n, w, v in fields(model, *span) if w == 2 and isinstance(v, tuple)}
+        out[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
+    return out
+
+
+def _tensor_external(buf: bytes, span: tuple[int, int]) -> str | None:
+    """The tensor's name if it keeps its data outside the model, else None."""
+    name, external = "", False
+    for number, wire, value in fields(buf, *span):
+        if number == _TENSOR_NAME and isinstance(value, tuple):
+            name = buf[value[0]:value[1]].decode(errors="replace")
+        elif (number == _TENSOR_DATA_LOCATION and value == _EXTERNAL) or number == _TENSOR_EXTERNAL_DATA:
+            external = True
+    return (name or "(unnamed)") if external else None
+
+
+def _sparse_external(buf: bytes, span: tuple[int, int]) -> list[str]:
+    found = [_tensor_external(buf, value) for number, _, value in fields(buf, *span)
+             if number in (_SPARSE_VALUES, _SPARSE_INDICES) and isinstance(value, tuple)]
+    return [name for name in found if name]
+
+
+def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[str]:
+    found: list[str] = []
+    for node in _messages(buf, span, node_field):
+        for attr in _messages(buf, node, _NODE_ATTRIBUTE):
+            for number, wire, value in fields(buf, *attr):
+                if wire != 2 or not isinstance(value, tuple):
+                    continue
+                if number in (_ATTR_T, _ATTR_TENSORS) and (name := _tensor_external(buf, value)):
+                    found.append(name)
+                elif number in (_ATTR_SPARSE, _ATTR_SPARSES):
+                    found += _sparse_external(buf, value)
+                elif number in (_ATTR_G, _ATTR_GRAPHS):
+                    found += _graph_external(buf, value)
+    return found
+
+
+def _graph_external(buf: bytes, span: tuple[int, int]) -> list[str]:
+    found: list[str] = []
+    for number, wire, value in fields(buf, *span):
+        if wire != 2 or not isinstance(value, tuple):
+            continue
+        if number == _GRAPH_INITIALIZER and (name := _tensor_external(buf, value)):
+            found.append(name)
+        elif number == _GRAPH_SPARSE_INITIALIZER:
+            found += _sparse_external(buf, value)
+    return found + _nodes_external(buf, span, _GRAPH_NODE)
+
+
+def external_tensors(model: bytes) -> list[str]:
+    """Names of every tensor in the model that stores its data in an external file."""
+    whole = (0, len(model))
+    found: list[str] = []
+    for graph in _messages(model, whole, _MODEL_GRAPH):
+        found += _graph_external(model, graph)
+    for function in _messages(model, whole, _MODEL_FUNCTIONS):
+        found += _nodes_external(model, function, _FUNCTION_NODE)
+    return found
