@@ -98,9 +98,15 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     graph_file = typed.ensemble.file
     if graph_file not in typed.files:
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
-    # The graph first: a manifest that disagrees with it is refused before the other files are hashed.
-    files = {graph_file: _read_listed(root, graph_file, typed.files[graph_file])}
-    _check_bound(manifest, files[graph_file], root / graph_file, manifest_path)
+    # The graph's own record of the manifest first (metadata sits outside the graph field, so it is read
+    # without walking the weights): a manifest edited after the build is refused before any file is hashed.
+    graph = _read_regular(root / graph_file, graph_file)
+    _check_bound(manifest, graph, root / graph_file, manifest_path)
+    if hashlib.sha256(graph).hexdigest() != typed.files[graph_file]:
+        raise ArtifactError(f"{root / graph_file}: sha256 does not match manifest.json (changed, truncated or "
+                            f"swapped); {REBUILD}.")
+    _refuse_external_data(graph, root / graph_file)
+    files = {graph_file: graph}
     for rel, digest in typed.files.items():
         if rel not in files:
             files[rel] = _read_listed(root, rel, digest)
@@ -129,18 +135,24 @@ def _read_listed(root: Path, rel: str, digest: str) -> bytes:
     return data
 
 
-def graph_metadata(graph: bytes, graph_path: Path) -> dict[str, str]:
-    """ensemble.onnx's metadata_props, read off the bytes; ArtifactError if the graph keeps any tensor's data
-    outside them (onnxruntime would read it from the current directory) or is not a protobuf message."""
+def _refuse_external_data(graph: bytes, graph_path: Path) -> None:
+    """onnxruntime resolves a tensor's external data itself, from the current directory for a graph loaded
+    from bytes: outside the verified folder. Such a graph is refused, whatever file it names."""
     try:
         external = protowire.external_tensors(graph)
-        meta = protowire.metadata(graph)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{graph_path}: not a readable ONNX model ({exc}); {REBUILD}.") from None
     if external:
         raise ArtifactError(f"{graph_path}: tensor(s) {external[:5]} keep their data in external files, outside "
                             f"the verified bytes; the runtime serves only self-contained graphs. {REBUILD}.")
-    return meta
+
+
+def graph_metadata(graph: bytes, graph_path: Path) -> dict[str, str]:
+    """An ONNX model's metadata_props, read off its bytes (what onnxruntime's custom_metadata_map gives)."""
+    try:
+        return protowire.metadata(graph)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{graph_path}: not a readable ONNX model ({exc}); {REBUILD}.") from None
 
 
 def _check_bound(manifest: dict[str, Any], graph: bytes, graph_path: Path, manifest_path: Path) -> None:

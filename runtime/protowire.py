@@ -11,7 +11,9 @@ Field numbers are onnx.proto3's; a malformed message raises ValueError.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from functools import lru_cache
 
 # ModelProto
 _MODEL_GRAPH, _MODEL_METADATA, _MODEL_FUNCTIONS = 7, 14, 25
@@ -20,7 +22,8 @@ _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
 # NodeProto / FunctionProto
 _NODE_ATTRIBUTE, _FUNCTION_NODE = 5, 7
 # AttributeProto
-_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 8, 11, 22, 23
+_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
+_ATTR_WANT = frozenset((_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES))
 # SparseTensorProto
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 # TensorProto
@@ -43,33 +46,55 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+@lru_cache(maxsize=256)
+def _run_of(tag: bytes, wire: int) -> re.Pattern[bytes]:
+    """A run of one field's scalar values, each with its tag: onnx.proto is proto2, so a tree's `nodes_*`
+    attributes are tens of thousands of unpacked values. One regex match skips the run at C speed; the
+    last value is captured, as protobuf keeps the last value of a singular field."""
+    value = {0: rb"([\x80-\xff]{0,9}[\x00-\x7f])", 1: rb"(.{8})", 5: rb"(.{4})"}[wire]
+    return re.compile(b"(?:" + re.escape(tag) + value + b")+", re.DOTALL)
+
+
+def fields(buf: bytes, start: int = 0, end: int | None = None,
+           want: frozenset[int] | None = None) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
     """(field number, wire type, value): an int for varints and fixed values, (start, end) for
-    length-delimited ones (sub-messages, strings, packed arrays), which are skipped, not copied."""
+    length-delimited ones (sub-messages, strings, packed arrays), which are skipped, not copied.
+    With `want`, only those fields are yielded, and runs of other short strings are skipped in one loop
+    (a tree's `nodes_modes` holds one string per node)."""
     end = len(buf) if end is None else end
     pos = start
     while pos < end:
+        start = pos
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         value: int | tuple[int, int]
-        if wire == 0:
+        run = _run_of(buf[start:pos], wire).match(buf, start, end) if wire in (0, 1, 5) else None
+        if run is not None:
+            last = run.group(1)
+            value, pos = (_varint(last, 0)[0] if wire == 0 else int.from_bytes(last, "little")), run.end()
+        elif wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
             value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos)
             value, pos = (pos, pos + length), pos + length
+            if want is not None and number not in want and pos - start == length + 2:  # 1-byte tag and length
+                tag = buf[start]
+                while pos + 1 < end and buf[pos] == tag and buf[pos + 1] < 0x80:
+                    pos += 2 + buf[pos + 1]
         elif wire == 5:
             value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
         else:  # groups (3, 4) are not in onnx.proto
             raise ValueError(f"wire type {wire} of field {number} at byte {pos}")
         if pos > end or number == 0:
             raise ValueError(f"field {number} runs past its message (byte {pos} of {end})")
-        yield number, wire, value
+        if want is None or number in want:
+            yield number, wire, value
 
 
 def _messages(buf: bytes, span: tuple[int, int], wanted: int) -> Iterator[tuple[int, int]]:
-    for number, wire, value in fields(buf, *span):
+    for number, wire, value in fields(buf, *span, want=frozenset((wanted,))):
         if number == wanted and isinstance(value, tuple):
             yield value
 
@@ -104,7 +129,7 @@ def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[
     found: list[str] = []
     for node in _messages(buf, span, node_field):
         for attr in _messages(buf, node, _NODE_ATTRIBUTE):
-            for number, wire, value in fields(buf, *attr):
+            for number, wire, value in fields(buf, *attr, want=_ATTR_WANT):
                 if wire != 2 or not isinstance(value, tuple):
                     continue
                 if number in (_ATTR_T, _ATTR_TENSORS) and (name := _tensor_external(buf, value)):

@@ -91,6 +91,13 @@ def verify(manifest: dict[str, Any], signature_file: bytes | None, public_key: K
         raise SignatureError(f"{SIGNATURE_FILE}: not a signature record ({exc}).") from None
     if algorithm != ALGORITHM:
         raise SignatureError(f"{SIGNATURE_FILE}: algorithm {algorithm!r}; this runtime checks {ALGORITHM}.")
+    # Checked only for clearer messages: the signature itself covers the manifest, whatever these say.
+    if record.get("key_sha256") != hashlib.sha256(_raw_public(key)).hexdigest():
+        raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match {where}: the folder was signed by "
+                             f"another key.")
+    if record.get("build_id") != build_id(manifest):
+        raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match manifest.json (signed for build "
+                             f"{record.get('build_id')!r}; the manifest changed after signing).")
     try:
         key.verify(signature, canonical(manifest))
     except Exception:  # cryptography's InvalidSignature; imported lazily, so caught broadly here
