@@ -102,21 +102,14 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
     from runtime.artifacts import read_folder
 
     progress(f"checking {artifacts} and the sha256 of its files")
-    folder = read_folder(artifacts)
+    folder = read_folder(artifacts, public_key=public_key)
     manifest, files = folder.manifest, folder.files
-    if public_key is not None:
-        from runtime.signing import SignatureError
-        from runtime.signing import verify as verify_signature
-
-        try:
-            verify_signature(manifest, folder.signature, public_key)
-        except SignatureError as exc:
-            raise VerifyError(f"{artifacts}: {exc}") from None
     progress(f"checking the source files in {models}")
     check_sources(manifest, models)
-    # Discovery picks one member per kind, in the order it is given (convert --only keeps the user's order).
+    planned = make_plan(models)
     kinds = list(dict.fromkeys(manifest["members"][n]["kind"] for n in manifest["ensemble"]["members"]))
-    planned = make_plan(models, None if (models / "ensemble.json").exists() else kinds)
+    if not (models / "ensemble.json").exists() and sorted(kinds) != sorted(m.kind for m in planned.members):
+        planned = make_plan(models, kinds)  # a `convert --only` build: discovery in the order it was given
     problems = plan_differences(manifest, planned)
     if problems:
         raise VerifyError(f"{artifacts}: manifest.json is not what {models} builds:\n  " + "\n  ".join(problems)

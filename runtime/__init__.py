@@ -116,12 +116,5 @@ def load(path: str | os.PathLike[str], options: ort.SessionOptions | None = None
     expect_build_id: refuse any build but this one (`describe()["build_id"]`, printed by convert).
     public_key: an Ed25519 public key (PEM path or bytes); refuse a folder it did not sign (needs the
     `[signing]` extra)."""
-    verified = read_folder(path, expect_build_id)
-    if public_key is not None:
-        from .signing import SignatureError, verify
-
-        try:
-            verify(verified.manifest, verified.signature, public_key)
-        except SignatureError as exc:
-            raise ArtifactError(f"{os.fspath(path)}: {exc}") from None
+    verified = read_folder(path, expect_build_id, public_key)
     return Ensemble(os.fspath(path), verified, options)

@@ -67,8 +67,10 @@ class Verified:
         return manifest_digest(self.manifest)
 
 
-def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = None) -> Verified:
-    """Every file of the folder verified and bound to ensemble.onnx, or ArtifactError naming what is wrong."""
+def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = None,
+                public_key: str | os.PathLike[str] | bytes | None = None) -> Verified:
+    """Every file of the folder verified and bound to ensemble.onnx, or ArtifactError naming what is wrong.
+    With `expect_build_id`, only that build; with `public_key`, only a folder that key signed."""
     root = Path(folder)
     if not root.is_dir():
         raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
@@ -95,6 +97,15 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     for rel in typed.files:
         if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST_FILE, SIGNATURE_FILE):
             raise ArtifactError(f"{manifest_path}: file entry '{rel}' points outside the folder or at the manifest.")
+    signature_path = root / SIGNATURE_FILE
+    signature = _read_regular(signature_path, SIGNATURE_FILE) if os.path.lexists(signature_path) else None
+    if public_key is not None:
+        from .signing import SignatureError, verify  # cryptography: only for a service that checks signatures
+
+        try:
+            verify(manifest, signature, public_key)
+        except SignatureError as exc:
+            raise ArtifactError(f"{root}: {exc}") from None
     graph_file = typed.ensemble.file
     if graph_file not in typed.files:
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
@@ -116,7 +127,6 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel not in listed:
                 raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
-    signature = _read_regular(root / SIGNATURE_FILE, SIGNATURE_FILE) if os.path.lexists(root / SIGNATURE_FILE) else None
     _check_onnxruntime(manifest, manifest_path)
     return Verified(manifest, typed, files, identity, signature)
 

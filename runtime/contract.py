@@ -13,6 +13,7 @@ Standard library only: `import runtime` stays light.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -133,6 +134,11 @@ def _type_name(tp: Any) -> str:
         tp, getattr(tp, "__name__", str(tp)))
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # evaluates the annotations: once per class, not once per load
+
+
 def _check(value: Any, tp: Any, path: str) -> Any:
     """`value` as type `tp` (dataclasses built from their objects), or FieldError naming `path`."""
     origin = typing.get_origin(tp)
@@ -147,7 +153,7 @@ def _check(value: Any, tp: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise FieldError(path, f"must be an object, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         kwargs = {}
         for f in dataclasses.fields(tp):
             where = f"{path}.{f.name}" if path else f.name
@@ -245,5 +251,5 @@ def first_difference(want: Any, got: Any, path: str = "") -> str | None:
             if found:
                 return found
         return None
-    # 1 and 1.0 compare equal in Python but not in canonical form: compare as the digest does.
-    return None if canonical(want) == canonical(got) else (path or "(top level)")
+    # 1 and 1.0 (or 1 and true) compare equal in Python but not in canonical form: the type decides too.
+    return None if type(want) is type(got) and want == got else (path or "(top level)")
