@@ -11,9 +11,11 @@ Field numbers are onnx.proto3's; a malformed message raises ValueError.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
-from functools import lru_cache
+
+import numpy as np
 
 # ModelProto
 _MODEL_GRAPH, _MODEL_METADATA, _MODEL_FUNCTIONS = 7, 14, 25
@@ -28,7 +30,7 @@ _ATTR_WANT = frozenset((_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPA
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 # TensorProto
 _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
-_EXTERNAL = 1
+_DEFAULT = 0  # data_location: anything else (EXTERNAL = 1, or a repeated field) is refused
 # StringStringEntryProto
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
@@ -46,13 +48,43 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-@lru_cache(maxsize=256)
-def _run_of(tag: bytes, wire: int) -> re.Pattern[bytes]:
-    """A run of one field's scalar values, each with its tag: onnx.proto is proto2, so a tree's `nodes_*`
-    attributes are tens of thousands of unpacked values. One regex match skips the run at C speed; the
-    last value is captured, as protobuf keeps the last value of a singular field."""
-    value = {0: rb"([\x80-\xff]{0,9}[\x00-\x7f])", 1: rb"(.{8})", 5: rb"(.{4})"}[wire]
-    return re.compile(b"(?:" + re.escape(tag) + value + b")+", re.DOTALL)
+RUN = -1  # the value reported for a field repeated back to back: which value counts is not decided here
+
+
+def _run_end(buf: bytes, pos: int, end: int, tag: int, width: int) -> int:
+    """Where a run of scalar fields with the one-byte `tag` that starts at `pos` ends. `width` is the value's
+    size in bytes, 0 for a varint. onnx.proto is proto2, so a tree's `nodes_*` attributes are tens of
+    thousands of unpacked values, each with its tag: numpy checks them in growing windows, not one by one."""
+    window = 512
+    while pos < end:
+        stop = min(end, pos + window)
+        a = np.frombuffer(buf, np.uint8, stop - pos, pos)
+        if width:
+            step = width + 1
+            tags = a[: len(a) // step * step: step]
+            count, complete = int(np.argmin(tags == tag)) if not (tags == tag).all() else len(tags), len(tags)
+            pos += count * step
+        else:
+            low = np.flatnonzero(a < 0x80)  # every tag byte and every varint's last byte
+            ends = low[1::2]
+            tags = low[0::2][: len(ends)]
+            ok = (a[tags] == tag) & (ends - tags <= 10)
+            ok[1:] &= tags[1:] == ends[:-1] + 1
+            count, complete = (int(np.argmin(ok)) if not ok.all() else len(ok)), len(ok)
+            if count:
+                pos += int(ends[count - 1]) + 1
+        if count < complete or count == 0 or stop == end:
+            return pos
+        window *= 4
+    return pos
+
+
+@functools.cache
+def _short_strings(tag: int) -> re.Pattern[bytes]:
+    """A run of length-delimited fields with this one-byte tag, each under 128 bytes (a tree's `nodes_modes`
+    holds one string per node), matched at C speed: one alternative per length byte."""
+    lengths = b"|".join(re.escape(bytes([n])) + b".{%d}" % n for n in range(128))
+    return re.compile(b"(?:" + re.escape(bytes([tag])) + b"(?:" + lengths + b"))+", re.DOTALL)
 
 
 def fields(buf: bytes, start: int = 0, end: int | None = None,
@@ -66,27 +98,25 @@ def fields(buf: bytes, start: int = 0, end: int | None = None,
     while pos < end:
         start = pos
         key, pos = _varint(buf, pos)
-        number, wire = key >> 3, key & 7
+        number, wire, one_byte_tag = key >> 3, key & 7, pos - start == 1
         value: int | tuple[int, int]
-        run = _run_of(buf[start:pos], wire).match(buf, start, end) if wire in (0, 1, 5) else None
-        if run is not None:
-            last = run.group(1)
-            value, pos = (_varint(last, 0)[0] if wire == 0 else int.from_bytes(last, "little")), run.end()
-        elif wire == 0:
+        if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
             value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos)
             value, pos = (pos, pos + length), pos + length
-            if want is not None and number not in want and pos - start == length + 2:  # 1-byte tag and length
-                tag = buf[start]
-                while pos + 1 < end and buf[pos] == tag and buf[pos + 1] < 0x80:
-                    pos += 2 + buf[pos + 1]
+            if want is not None and number not in want and pos - start == length + 2 and pos < end \
+                    and buf[pos] == buf[start]:  # a run of short strings, one-byte tag and length each
+                run = _short_strings(buf[start]).match(buf, pos, end)
+                pos = run.end() if run else pos
         elif wire == 5:
             value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
         else:  # groups (3, 4) are not in onnx.proto
             raise ValueError(f"wire type {wire} of field {number} at byte {pos}")
+        if wire in (0, 1, 5) and one_byte_tag and pos < end and buf[pos] == buf[start]:  # the same tag again
+            pos, value = _run_end(buf, pos, end, buf[start], {0: 0, 1: 8, 5: 4}[wire]), RUN
         if pos > end or number == 0:
             raise ValueError(f"field {number} runs past its message (byte {pos} of {end})")
         if want is None or number in want:
@@ -114,7 +144,7 @@ def _tensor_external(buf: bytes, span: tuple[int, int]) -> str | None:
     for number, wire, value in fields(buf, *span):
         if number == _TENSOR_NAME and isinstance(value, tuple):
             name = buf[value[0]:value[1]].decode(errors="replace")
-        elif (number == _TENSOR_DATA_LOCATION and value == _EXTERNAL) or number == _TENSOR_EXTERNAL_DATA:
+        elif (number == _TENSOR_DATA_LOCATION and value != _DEFAULT) or number == _TENSOR_EXTERNAL_DATA:
             external = True
     return (name or "(unnamed)") if external else None
 

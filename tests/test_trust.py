@@ -295,6 +295,32 @@ def test_the_wire_walker_finds_external_data_wherever_it_sits(where, found):
     assert protowire.external_tensors(_tiny(**where).SerializeToString()) == found
 
 
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out) + bytes([n])
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def test_the_wire_walker_reads_past_long_runs_and_repeated_fields():
+    """A tree-like attribute of 5000 unpacked ints and 300 short strings, with a tensor hidden after them in
+    the same attribute; and a tensor whose data_location is written twice (protobuf keeps the last)."""
+    hidden = helper.make_attribute("nodes_ids", list(range(5000)))
+    hidden.strings.extend([b"BRANCH_LEQ", b"LEAF"] * 150)
+    hidden.floats.extend([0.5] * 700)
+    tensor_field = _field(5, _external(numpy_helper.from_array(np.ones(2, np.float32), "hidden")).SerializeToString())
+    # Written by hand: protobuf itself would serialize field 5 (t) before the runs (fields 7, 8, 9).
+    model = _field(7, _field(1, _field(5, hidden.SerializeToString() + tensor_field)))
+    assert protowire.external_tensors(model) == ["hidden"]
+    tensor = numpy_helper.from_array(np.ones(2, np.float32), "twice").SerializeToString()
+    for suffix, external in ((b"\x70\x00", False), (b"\x70\x00\x70\x01", True), (b"\x70\x01\x70\x00", True)):
+        assert (protowire._tensor_external(tensor + suffix, (0, len(tensor) + len(suffix))) is not None) == external
+
+
 @pytest.mark.parametrize("junk", [b"\x0a\xff", b"\x3b", b"\x08", b"\x80" * 12])
 def test_the_wire_walker_refuses_what_is_no_protobuf(junk):
     with pytest.raises(ValueError):
