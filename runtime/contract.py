@@ -150,7 +150,7 @@ def _check(value: Any, tp: Any, path: str) -> Any:
         return _check(value, inner, path)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise FieldError(path, f"must be an object, got {type(value).__name__}")
         hints = _hints(tp)
@@ -246,7 +246,7 @@ def first_difference(want: Any, got: Any, path: str = "") -> str | None:
     if isinstance(want, list) and isinstance(got, list):
         if len(want) != len(got):
             return path
-        for i, (a, b) in enumerate(zip(want, got)):
+        for i, (a, b) in enumerate(zip(want, got, strict=True)):
             found = first_difference(a, b, f"{path}[{i}]")
             if found:
                 return found

@@ -61,8 +61,8 @@ def _run_end(buf: bytes, pos: int, end: int, tag: int, width: int) -> int:
         a = np.frombuffer(buf, np.uint8, stop - pos, pos)
         if width:
             step = width + 1
-            tags = a[: len(a) // step * step: step]
-            count, complete = int(np.argmin(tags == tag)) if not (tags == tag).all() else len(tags), len(tags)
+            same = a[: len(a) // step * step: step] == tag
+            count, complete = (int(np.argmin(same)) if not same.all() else len(same)), len(same)
             pos += count * step
         else:
             low = np.flatnonzero(a < 0x80)  # every tag byte and every varint's last byte
@@ -124,7 +124,7 @@ def fields(buf: bytes, start: int = 0, end: int | None = None,
 
 
 def _messages(buf: bytes, span: tuple[int, int], wanted: int) -> Iterator[tuple[int, int]]:
-    for number, wire, value in fields(buf, *span, want=frozenset((wanted,))):
+    for number, _, value in fields(buf, *span, want=frozenset((wanted,))):
         if number == wanted and isinstance(value, tuple):
             yield value
 
@@ -141,7 +141,7 @@ def metadata(model: bytes) -> dict[str, str]:
 def _tensor_external(buf: bytes, span: tuple[int, int]) -> str | None:
     """The tensor's name if it keeps its data outside the model, else None."""
     name, external = "", False
-    for number, wire, value in fields(buf, *span):
+    for number, _, value in fields(buf, *span):
         if number == _TENSOR_NAME and isinstance(value, tuple):
             name = buf[value[0]:value[1]].decode(errors="replace")
         elif (number == _TENSOR_DATA_LOCATION and value != _DEFAULT) or number == _TENSOR_EXTERNAL_DATA:
@@ -159,8 +159,8 @@ def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[
     found: list[str] = []
     for node in _messages(buf, span, node_field):
         for attr in _messages(buf, node, _NODE_ATTRIBUTE):
-            for number, wire, value in fields(buf, *attr, want=_ATTR_WANT):
-                if wire != 2 or not isinstance(value, tuple):
+            for number, _, value in fields(buf, *attr, want=_ATTR_WANT):
+                if not isinstance(value, tuple):  # a length-delimited field: the only kind that holds messages
                     continue
                 if number in (_ATTR_T, _ATTR_TENSORS) and (name := _tensor_external(buf, value)):
                     found.append(name)
@@ -173,8 +173,8 @@ def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[
 
 def _graph_external(buf: bytes, span: tuple[int, int]) -> list[str]:
     found: list[str] = []
-    for number, wire, value in fields(buf, *span):
-        if wire != 2 or not isinstance(value, tuple):
+    for number, _, value in fields(buf, *span):
+        if not isinstance(value, tuple):
             continue
         if number == _GRAPH_INITIALIZER and (name := _tensor_external(buf, value)):
             found.append(name)

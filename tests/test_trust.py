@@ -269,7 +269,8 @@ def _tiny(initializer: bool = True, sparse: bool = False, attribute: bool = Fals
         inits.append(w)
     if sparse:
         values = _external(numpy_helper.from_array(np.ones(1, np.float32), "s_values"))
-        sparse_inits.append(helper.make_sparse_tensor(values, numpy_helper.from_array(np.zeros(1, np.int64), "s_i"), [2]))
+        indices = numpy_helper.from_array(np.zeros(1, np.int64), "s_i")
+        sparse_inits.append(helper.make_sparse_tensor(values, indices, [2]))
     if attribute:
         nodes.append(helper.make_node("Constant", [], ["c"], value=_external(numpy_helper.from_array(
             np.ones(2, np.float32), "c_value"))))
