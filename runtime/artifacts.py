@@ -90,6 +90,9 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
         if domain not in OPSETS or version > OPSETS[domain]:
             raise ArtifactError(f"{manifest_path}: field 'opsets' needs {domain} {version}; this runtime runs "
                                 f"{OPSETS}. Rebuild with a matching ensemble-onnx.")
+    # Before the binding: a host too old for the build is told to upgrade (an edit that raises the
+    # requirement is refused either way; one that lowers it fails the binding below).
+    _check_onnxruntime(manifest, manifest_path)
     identity = build_id(manifest)
     if expect_build_id is not None and identity != expect_build_id:
         raise ArtifactError(f"{root}: build {identity}, not the expected build {expect_build_id}; serve the "
@@ -127,7 +130,6 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel not in listed:
                 raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
-    _check_onnxruntime(manifest, manifest_path)
     return Verified(manifest, typed, files, identity, signature)
 
 
