@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract import IR_VERSION, OPSET
+
 log = logging.getLogger(__name__)
 
 BATCH_CURVE = (1, 4, 16, 64, 256, 1024)
@@ -130,7 +132,7 @@ def worker_floor(artifacts: str, threads: int) -> dict[str, Any]:
                                   [numpy_helper.from_array(np.random.default_rng(0).random((k, n), np.float32), "b")])
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
         return ort.InferenceSession(model.SerializeToString(), options), np.ones((a_rows, k), np.float32)
 
     # Streaming: one row through a single matrix holding as many bytes as the ensemble's weights (the

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime import contract
+from runtime.contract import ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, SIGNATURE_FILE
+
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, make_plan
-from .errors import MetadataError, ParityError, member_step
-from .graph import ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, build_ensemble_graph
+from .errors import MetadataError, ParityError, SigningError, member_step
+from .graph import build_ensemble_graph
 from .members import CONTRACT, LoadedMember, get_kind
 from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
 from .precision import Precision, lower
@@ -36,6 +39,7 @@ class BuildResult:
     plan: Plan
     manifest: dict[str, Any]
     report: dict[str, Any]
+    build_id: str = ""      # contract.build_id(manifest): what a service pins
 
 
 def resolve_feature_names(plan: Plan, members: list[LoadedMember], scalers: dict[Path, Scaler]) -> list[str]:
@@ -181,9 +185,40 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     return Decision(fitted, loaded.plan.decision.min_confidence, report, loaded.plan.decision.fallback)
 
 
+def _record(path: Path) -> contract.FileRecord:
+    return contract.FileRecord(**mf.file_record(path))
+
+
+def bind(ensemble: Any, manifest: contract.Manifest) -> bytes:
+    """ensemble.onnx's bytes carrying the manifest (less `files`) it is built for, and that object's digest:
+    the runtime refuses a manifest.json that disagrees with it in any field."""
+    from onnx import helper
+
+    bound = contract.bound_part(manifest.to_json())
+    helper.set_model_props(ensemble, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                                      contract.META_DIGEST: contract.manifest_digest(bound)})
+    data: bytes = ensemble.SerializeToString()
+    return data
+
+
+def _signer(sign_key: Path | None) -> Callable[[dict[str, Any]], bytes] | None:
+    """manifest -> manifest.sig's bytes, with the key checked before the (long) build starts."""
+    if sign_key is None:
+        return None
+    from runtime.signing import SignatureError, sign
+
+    try:
+        sign({}, sign_key)
+    except SignatureError as exc:
+        raise SigningError(f"--sign-key: {exc}") from None
+    return lambda manifest: sign(manifest, sign_key)
+
+
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
           calibrate_on: Path | None = None, progress: Progress = log.info,
-          precision: Precision = Precision(), reference_data: Path | None = None) -> BuildResult:
+          precision: Precision = Precision(), sign_key: Path | None = None,
+          reference_data: Path | None = None) -> BuildResult:
+    signer = _signer(sign_key)
     plan = make_plan(models_dir, only)
     for line in plan.describe():
         log.info(line)
@@ -208,38 +243,42 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
         _require(report, out)
 
     files = {f"members/{name}.onnx": data for name, data in member_bytes.items()}
-    files["ensemble.onnx"] = ensemble_bytes
     files["parity.json"] = mf.dumps(report)
     files["README.md"] = mf.ARTIFACTS_README.read_bytes()
     files[STATISTICS_FILE] = statistics_bytes(loaded.feature_names, [m.source.scaler for m in loaded.members],
                                               loaded.scalers, reference_data or calibrate_on or parity_data)
     stacker = loaded.stacker
-    manifest = {
-        "schema_version": mf.SCHEMA_VERSION,
-        "feature_names": loaded.feature_names,
-        "classes": plan.classes,
-        "combine": {"method": "weighted"} if stacker is None else
-                   {"method": "stacking", "source": mf.file_record(stacker.file)},
-        "decision": plan.decision.record(),
-        "precision": precision.record(quantized),
-        "members": {m.source.name: {
-            "kind": m.source.kind,
-            "weight": m.source.weight,
-            "hyperparameters": m.hyperparameters,
-            "source": mf.file_record(m.source.file),
-            "metadata": mf.file_record(m.source.metadata) if m.source.metadata else None,
-            "scaler": mf.file_record(m.source.scaler) if m.source.scaler else None,
-            "onnx": {"file": f"members/{m.source.name}.onnx", "sha256": mf.sha256(member_bytes[m.source.name])},
-        } for m in loaded.members},
-        "ensemble": {"file": "ensemble.onnx", "input": ENSEMBLE_INPUT, "outputs": list(ENSEMBLE_OUTPUTS),
-                     "members": [m.source.name for m in loaded.members]},
-        "opsets": {imp.domain or "ai.onnx": imp.version for imp in ensemble.opset_import},  # what it needs
-        "libraries": mf.library_versions(),
-        "parity": summary(report),
-        "files": {rel: mf.sha256(data) for rel, data in sorted(files.items())},
-    }
+    typed = contract.Manifest(
+        schema_version=contract.SCHEMA_VERSION,
+        feature_names=loaded.feature_names,
+        classes=list(plan.classes),
+        combine=contract.Combine("weighted") if stacker is None else
+        contract.Combine("stacking", _record(stacker.file)),
+        decision=contract.DecisionRecord(**plan.decision.record()),
+        precision=contract.PrecisionRecord(**precision.record(quantized)),
+        members={m.source.name: contract.MemberRecord(
+            kind=m.source.kind,
+            weight=m.source.weight,
+            hyperparameters=m.hyperparameters,
+            source=_record(m.source.file),
+            metadata=_record(m.source.metadata) if m.source.metadata else None,
+            scaler=_record(m.source.scaler) if m.source.scaler else None,
+            onnx=contract.FileRecord(f"members/{m.source.name}.onnx", mf.sha256(member_bytes[m.source.name])),
+        ) for m in loaded.members},
+        ensemble=contract.EnsembleRecord(ENSEMBLE_FILE, ENSEMBLE_INPUT, list(ENSEMBLE_OUTPUTS),
+                                         [m.source.name for m in loaded.members]),
+        opsets={imp.domain or "ai.onnx": imp.version for imp in ensemble.opset_import},  # what it needs
+        libraries=mf.library_versions(),
+        parity=summary(report),
+        files={},
+    )
+    files[ENSEMBLE_FILE] = bind(ensemble, typed)
+    manifest = replace(typed, files={rel: mf.sha256(data) for rel, data in sorted(files.items())}).to_json()
+    contract.parse_manifest(manifest)  # the builder holds itself to the loader's contract
     files["manifest.json"] = mf.dumps(manifest)
+    if signer is not None:
+        files[SIGNATURE_FILE] = signer(manifest)
     progress(f"writing {out}")
     mf.write_atomically(out, files)
     log.info("wrote %s (%d files)", out, len(files))
-    return BuildResult(plan, manifest, report)
+    return BuildResult(plan, manifest, report, contract.build_id(manifest))

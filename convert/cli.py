@@ -86,6 +86,9 @@ def _emit(result: Any, as_json: bool, text: str | None = None) -> None:
 
 QUIET = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines.")
+PUBLIC_KEY = click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                          help="An Ed25519 public key (PEM): refuse a folder it did not sign (needs "
+                               "'ensemble-onnx[signing]').")
 MODELS = click.option("--models", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
                       help="The models folder the artifacts were built from.")
 
@@ -116,11 +119,14 @@ def main(debug: bool) -> None:
 @click.option("--reference-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded training rows (CSV or JSON lines): their per-feature decile bins, min and max go into "
                    "statistics.json for `ensemble-onnx drift` (default: the --calibrate, else --parity-data file).")
+@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An Ed25519 private key (PEM): sign the folder (manifest.sig inside it; needs "
+                   "'ensemble-onnx[signing]').")
 @AS_JSON
 @QUIET
 def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path | None, calibrate_on: Path | None,
-            precision: str, min_agreement: float | None, as_json: bool, quiet: bool,
-            reference_data: Path | None = None) -> None:
+            precision: str, min_agreement: float | None, reference_data: Path | None, sign_key: Path | None,
+            as_json: bool, quiet: bool) -> None:
     """Rebuild, export and parity-check every member in MODELS; write the artifacts folder.
 
     \b
@@ -136,8 +142,8 @@ def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path
 
     result = build(models, output, list(only) or None, parity_data, calibrate_on, StepProgress(quiet),
                    Precision(precision, DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement),
-                   reference_data=reference_data)
-    _emit(result.manifest, as_json)
+                   sign_key=sign_key, reference_data=reference_data)
+    _emit(result.manifest, as_json, f"build_id: {result.build_id}")
     if not quiet:
         click.echo(f"next: ensemble-onnx predict {output} --input ROWS.csv", err=True)
 
@@ -147,9 +153,11 @@ def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path
 @MODELS
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded features (CSV with a header, or JSON lines) added to the parity set.")
+@PUBLIC_KEY
 @AS_JSON
 @QUIET
-def verify(artifacts: Path, models: Path, data: Path | None, as_json: bool, quiet: bool) -> None:
+def verify(artifacts: Path, models: Path, data: Path | None, public_key: Path | None, as_json: bool,
+           quiet: bool) -> None:
     """Re-run the parity gate of an existing ARTIFACTS folder against the model files it was built from:
     sha256 of every source file first, then the numbers, on the artifacts' own ONNX bytes. Exit 1 if either
     fails. What a release pipeline runs before promoting a build."""
@@ -157,9 +165,10 @@ def verify(artifacts: Path, models: Path, data: Path | None, as_json: bool, quie
     _log_to_stderr(quiet)
     from .verify import verify as run_verify
 
-    result = run_verify(artifacts, models, data, StepProgress(quiet))
-    _emit(result, as_json, None if quiet else f"verified: {artifacts} comes from {models} "
-          f"({result['sources']} files) and passes parity on {result['parity']['rows']} rows.")
+    result = run_verify(artifacts, models, data, StepProgress(quiet), public_key)
+    _emit(result, as_json, (f"build_id: {result['build_id']}" if quiet else f"verified: {artifacts} comes from "
+          f"{models} ({result['sources']} files) and passes parity on {result['parity']['rows']} rows"
+          f"{', signed by the given key' if public_key else ''}.\nbuild_id: {result['build_id']}"))
 
 
 @main.command()
@@ -243,13 +252,16 @@ def _as_text(info: Any, indent: int = 0) -> str:
 @click.option("--input", "input_file", type=click.File("r"), default="-", show_default=True,
               help="Rows as JSON lines or CSV with a header of feature names (any order; 'symbol' passes through).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-def predict(artifacts: Path, input_file: Any, fmt: str) -> None:
+@click.option("--expect-build-id", metavar="SHA256", help="Refuse any build but this one (the build_id that "
+                                                          "convert, inspect and verify print).")
+@PUBLIC_KEY
+def predict(artifacts: Path, input_file: Any, fmt: str, expect_build_id: str | None, public_key: Path | None) -> None:
     """Score rows with the artifacts alone (no torch, no tree libraries). Refuses the whole input, printing
     nothing, if any row cannot be scored; every bad row is named with its line number."""
     import runtime
     from runtime.features import read_records, records_to_matrix
 
-    ens = runtime.load(artifacts)
+    ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     rows = read_records(input_file.read())
     predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
     records = [{"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,

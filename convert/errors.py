@@ -89,3 +89,5 @@ def member_step(member: str, file: object, step: str) -> Iterator[None]:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise FrameworkError(f"member {member} ({file}): {framework} raised while {step}: "
                              f"{type(exc).__name__}: {first}. Run with --debug for the traceback.") from exc
+class SigningError(ConvertError):
+    """A signing key that cannot sign (unreadable, encrypted, not Ed25519), or `[signing]` not installed."""

@@ -18,13 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract import (
+    CONFIDENCE,
+    ENSEMBLE_INPUT,
+    ENSEMBLE_OUTPUTS,
+    IR_VERSION,
+    LABEL,
+    MEMBER_PROBABILITIES,
+    PROBABILITIES,
+)
+
 from .decision import Decision
 from .members import CONTRACT, LoadedMember
 from .scaler import Scaler
 
-ENSEMBLE_INPUT = "features"
-ENSEMBLE_OUTPUTS = ("probabilities", "label", "confidence", "member_probabilities")
-IR_VERSION = 8  # the newest IR every onnxruntime >= 1.17 reads; opset 17 needs 8
+__all__ = ["ENSEMBLE_INPUT", "ENSEMBLE_OUTPUTS", "IR_VERSION", "build_ensemble_graph", "drop_dead_nodes"]
 
 
 def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, str]:
@@ -181,10 +189,10 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
     graph = helper.make_graph(
         nodes, "ensemble",
         [helper.make_tensor_value_info(ENSEMBLE_INPUT, TensorProto.DOUBLE, [batch, n_features])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, n_classes]),
-         helper.make_tensor_value_info("label", TensorProto.INT64, [batch]),
-         helper.make_tensor_value_info("confidence", TensorProto.FLOAT, [batch]),
-         helper.make_tensor_value_info("member_probabilities", TensorProto.FLOAT, [batch, len(members), n_classes])],
+        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [batch, n_classes]),
+         helper.make_tensor_value_info(LABEL, TensorProto.INT64, [batch]),
+         helper.make_tensor_value_info(CONFIDENCE, TensorProto.FLOAT, [batch]),
+         helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [batch, len(members), n_classes])],
         inits)
     drop_dead_nodes(graph)
     model = helper.make_model(graph, producer_name="ensemble-onnx", ir_version=IR_VERSION,

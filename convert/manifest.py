@@ -16,7 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from runtime.contract import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "dumps", "file_record", "library_versions", "sha256", "write_atomically"]
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "xgboost", "lightgbm",
              "numpy", "ensemble-onnx")
 ARTIFACTS_README = Path(__file__).with_name("artifacts_README.md")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract import CONFIDENCE, ENSEMBLE_INPUT, LABEL, MEMBER_PROBABILITIES, PROBABILITIES
+
 from .errors import member_step
 from .members import CONTRACT, LoadedMember
 from .precision import Precision
@@ -192,7 +194,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
             with member_step(member.name, member.file, f"running its ONNX export at batch size {bs}"):
                 session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
                 (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
-            checks.append(compare(f"member {member.name}", "probabilities", bs, got, raw_refs[member.name][idx], idx))
+            checks.append(compare(f"member {member.name}", PROBABILITIES, bs, got, raw_refs[member.name][idx], idx))
 
     member_refs = reference.calibrated(raw_refs)
     want_probs = reference.combine(member_refs)
@@ -202,14 +204,14 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     target = "ensemble" if not precision.lowered else f"ensemble ({precision.weights})"
     for bs in BATCH_SIZES:
         idx = _rows_for(bs, len(rows.raw))
-        probs, label, confidence, per_member = run_batched(session, {"features": rows.raw[idx]}, bs)
-        checks.append(compare(target, "probabilities", bs, probs, want_probs[idx], idx, precision=precision))
-        checks.append(compare(target, "member_probabilities", bs, per_member, want_members[idx], idx, labels=False,
+        probs, label, confidence, per_member = run_batched(session, {ENSEMBLE_INPUT: rows.raw[idx]}, bs)
+        checks.append(compare(target, PROBABILITIES, bs, probs, want_probs[idx], idx, precision=precision))
+        checks.append(compare(target, MEMBER_PROBABILITIES, bs, per_member, want_members[idx], idx, labels=False,
                               precision=precision))
-        checks.append(compare(target, "confidence", bs, confidence, want_confidence[idx], idx, labels=False,
+        checks.append(compare(target, CONFIDENCE, bs, confidence, want_confidence[idx], idx, labels=False,
                               precision=precision))
         wrong = np.flatnonzero(label != want_label[idx])
-        checks.append(Check(target, "label", bs, len(idx), 0.0, int(idx[wrong[0]]) if len(wrong) else 0,
+        checks.append(Check(target, LABEL, bs, len(idx), 0.0, int(idx[wrong[0]]) if len(wrong) else 0,
                             len(wrong), *_gate(precision)))
 
     failures = [c.describe() for c in checks if not c.passed]

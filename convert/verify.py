@@ -1,7 +1,9 @@
 """`ensemble-onnx verify`: does an existing artifacts folder still come from, and still agree with, these
 model files? What a release pipeline runs before promoting a build.
 
-Hashes first (every source file the manifest names must be in MODELS with the same sha256), then numbers:
+Hashes first (every source file the manifest names must be in MODELS with the same sha256), then the plan
+(the manifest's classes, features, members, weights, decision policy and precision must be what these
+sources would build, field by field), then numbers:
 the members are rebuilt from those files and the parity gate is run again on the very ONNX bytes in the
 artifacts folder (not on a new export), with recorded features added when given.
 """
@@ -15,8 +17,8 @@ from typing import Any
 from . import manifest as mf
 from .build import Progress, load_plan, read_features_file, run_parity
 from .decision import Decision
-from .discover import Plan
-from .errors import VerifyError
+from .discover import Plan, make_plan
+from .errors import UnsupportedModelError, VerifyError
 from .members import MemberSource
 from .parity import summary
 from .precision import Precision
@@ -64,13 +66,55 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
                          policy.get("fallback", "HOLD")))
 
 
-def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info) -> dict[str, Any]:
-    from runtime.artifacts import read_verified
+def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
+    """Every manifest field that differs from what `plan` (made from the sources) would build, by path."""
+    out = []
+
+    def differ(path: str, built: Any, planned: Any) -> None:
+        if built != planned:
+            out.append(f"{path}: the artifacts have {built!r}, the sources give {planned!r}")
+
+    differ("classes", manifest["classes"], plan.classes)
+    differ("ensemble.members", manifest["ensemble"]["members"], [m.name for m in plan.members])
+    for m in plan.members:
+        built = manifest["members"].get(m.name, {})
+        differ(f"members.{m.name}.kind", built.get("kind"), m.kind)
+        differ(f"members.{m.name}.weight", built.get("weight"), m.weight)
+        differ(f"members.{m.name}.source.file", (built.get("source") or {}).get("file"), m.file.name)
+    differ("combine.method", manifest["combine"]["method"], plan.combine["method"])
+    decision, planned = manifest.get("decision") or {}, plan.decision.record()
+    # Temperatures fitted by --calibrate come from labelled rows, not from the sources: the parity gate
+    # below holds the graph to the manifest's; a policy written in ensemble.json must match as written.
+    for key in ("min_confidence", "fallback") if decision.get("calibration") else ("temperature", "min_confidence",
+                                                                                  "fallback"):
+        differ(f"decision.{key}", decision.get(key), planned[key])
+    precision = manifest.get("precision") or {"weights": "fp32"}
+    try:
+        known = Precision.from_record(precision).record(precision.get("quantized_nodes"))
+    except UnsupportedModelError as exc:  # a precision this version does not know
+        out.append(f"precision: {exc}")
+    else:
+        differ("precision", precision, known)
+    return out
+
+
+def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info,
+           public_key: Path | None = None) -> dict[str, Any]:
+    from runtime.artifacts import read_folder
 
     progress(f"checking {artifacts} and the sha256 of its files")
-    manifest, files = read_verified(artifacts)
+    folder = read_folder(artifacts, public_key=public_key)
+    manifest, files = folder.manifest, folder.files
     progress(f"checking the source files in {models}")
     check_sources(manifest, models)
+    planned = make_plan(models)
+    kinds = list(dict.fromkeys(manifest["members"][n]["kind"] for n in manifest["ensemble"]["members"]))
+    if not (models / "ensemble.json").exists() and sorted(kinds) != sorted(m.kind for m in planned.members):
+        planned = make_plan(models, kinds)  # a `convert --only` build: discovery in the order it was given
+    problems = plan_differences(manifest, planned)
+    if problems:
+        raise VerifyError(f"{artifacts}: manifest.json is not what {models} builds:\n  " + "\n  ".join(problems)
+                          + "\nRebuild with `ensemble-onnx convert`.")
     loaded = load_plan(plan_from_manifest(manifest, models), progress)
     if loaded.feature_names != manifest["feature_names"]:
         raise VerifyError(f"{models}: the model files name the features {loaded.feature_names[:3]}..., the "
@@ -79,7 +123,8 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
     recorded = read_features_file(data, loaded.feature_names) if data else None
     report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress,
                         Precision.from_record(manifest.get("precision")))
-    result = {"artifacts": str(artifacts), "models": str(models), "sources": len(source_files(manifest)),
+    result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,
+              "signed": public_key is not None, "sources": len(source_files(manifest)),
               "passed": report["passed"], "parity": summary(report), "failures": report["failures"]}
     if not report["passed"]:
         raise VerifyError(f"{artifacts} no longer passes the parity gate against {models}:\n  "

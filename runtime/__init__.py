@@ -2,6 +2,7 @@
 
     import runtime
     ens = runtime.load("artifacts/")          # verifies manifest and sha256 of every file it uses
+    ens = runtime.load("artifacts/", expect_build_id="3f1c...")  # and that it is the build a release promoted
     ens.predict({"rsi_14": 61.2, ...})         # -> [Prediction(action, confidence, probabilities, members)]
 
 Nothing here returns a prediction the ensemble graph did not compute: bad artifacts raise ArtifactError at
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import ArtifactError, read_verified
+from .artifacts import ArtifactError, Verified, read_folder
+from .contract import CONFIDENCE, ENSEMBLE_OUTPUTS, LABEL, MEMBER_PROBABILITIES, META_DIGEST, PROBABILITIES
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
 from .features import InputError, as_matrix, rows_to_matrix
 
@@ -36,38 +38,43 @@ class Prediction:
 class Ensemble:
     """A loaded, verified ensemble. Build it with `runtime.load`."""
 
-    def __init__(self, path: str, manifest: dict[str, Any], files: dict[str, bytes],
-                 options: ort.SessionOptions | None = None) -> None:
+    def __init__(self, path: str, verified: Verified, options: ort.SessionOptions | None = None) -> None:
         self.path = path
-        self.manifest = manifest
-        self.feature_names: tuple[str, ...] = tuple(manifest["feature_names"])
-        self.classes: tuple[str, ...] = tuple(manifest["classes"])
-        self.member_order: tuple[str, ...] = tuple(manifest["ensemble"]["members"])
-        self.members: dict[str, float] = {n: manifest["members"][n]["weight"] for n in self.member_order}
-        graph_file = manifest["ensemble"]["file"]
+        self.manifest = verified.manifest
+        self.build_id = verified.build_id
+        typed = verified.typed
+        self.feature_names: tuple[str, ...] = tuple(typed.feature_names)
+        self.classes: tuple[str, ...] = tuple(typed.classes)
+        self.member_order: tuple[str, ...] = tuple(typed.ensemble.members)
+        self.members: dict[str, float] = {n: typed.members[n].weight for n in self.member_order}
+        graph_file = typed.ensemble.file
+        graph_path = os.path.join(path, graph_file)
         try:
-            self._session = ort.InferenceSession(files[graph_file], options or ort.SessionOptions(),
+            self._session = ort.InferenceSession(verified.files[graph_file], options or ort.SessionOptions(),
                                                  providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for unreadable or unsupported graphs
-            raise ArtifactError(f"{os.path.join(path, graph_file)}: onnxruntime cannot load it ({exc}).") from exc
+            raise ArtifactError(f"{graph_path}: onnxruntime cannot load it ({exc}).") from exc
+        # The digest was checked on the bytes; this confirms onnxruntime read the same metadata from them.
+        if self._session.get_modelmeta().custom_metadata_map.get(META_DIGEST) != verified.manifest_digest:
+            raise ArtifactError(f"{graph_path}: onnxruntime reads another build contract than the file holds.")
         inputs = self._session.get_inputs()
         outputs = [o.name for o in self._session.get_outputs()]
-        if ([i.name for i in inputs] != [manifest["ensemble"]["input"]] or inputs[0].shape[1] != len(self.feature_names)
-                or outputs != manifest["ensemble"]["outputs"]):
-            raise ArtifactError(f"{os.path.join(path, graph_file)}: inputs/outputs do not match manifest.json.")
+        if ([i.name for i in inputs] != [typed.ensemble.input] or inputs[0].shape[1] != len(self.feature_names)
+                or outputs != typed.ensemble.outputs or outputs != list(ENSEMBLE_OUTPUTS)):
+            raise ArtifactError(f"{graph_path}: inputs/outputs do not match manifest.json.")
         self._input = inputs[0].name
         # Verified training statistics (absent in builds made before they existed: drift() then says so).
-        raw_statistics = files.get(STATISTICS_FILE)
+        raw_statistics = verified.files.get(STATISTICS_FILE)
         self._statistics = None if raw_statistics is None else parse_statistics(raw_statistics, self.feature_names, path)
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if len(x) == 0:
             raise InputError("no rows to score.")
-        out = dict(zip(self.manifest["ensemble"]["outputs"], self._session.run(None, {self._input: x})))
+        out = dict(zip(ENSEMBLE_OUTPUTS, self._session.run(None, {self._input: x})))
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name.
-        if not np.isfinite(out["member_probabilities"]).all():
-            bad = ~np.isfinite(out["member_probabilities"]).all(axis=2)
+        if not np.isfinite(out[MEMBER_PROBABILITIES]).all():
+            bad = ~np.isfinite(out[MEMBER_PROBABILITIES]).all(axis=2)
             row, member = np.argwhere(bad)[0]
             raise InputError(f"row {row}: member '{self.member_order[member]}' produced non-finite probabilities "
                              f"({int(bad.any(axis=1).sum())} row(s) affected); the features are far outside the "
@@ -76,11 +83,11 @@ class Ensemble:
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """(n, F) numbers in feature order -> (n, n_classes) ensemble probabilities."""
-        return self._run(as_matrix(x, self.feature_names))["probabilities"]
+        return self._run(as_matrix(x, self.feature_names))[PROBABILITIES]
 
     def member_probabilities(self, x: Any) -> dict[str, np.ndarray]:
         """(n, F) numbers in feature order -> member name -> (n, n_classes)."""
-        per_member = self._run(as_matrix(x, self.feature_names))["member_probabilities"]
+        per_member = self._run(as_matrix(x, self.feature_names))[MEMBER_PROBABILITIES]
         return {name: per_member[:, i] for i, name in enumerate(self.member_order)}
 
     def predict(self, rows: Any) -> list[Prediction]:
@@ -90,8 +97,8 @@ class Ensemble:
             action=self.classes[int(label)], confidence=float(conf),
             probabilities=dict(zip(self.classes, map(float, probs))),
             members={name: dict(zip(self.classes, map(float, member[i]))) for i, name in enumerate(self.member_order)})
-            for label, conf, probs, member in zip(out["label"], out["confidence"], out["probabilities"],
-                                                  out["member_probabilities"])]
+            for label, conf, probs, member in zip(out[LABEL], out[CONFIDENCE], out[PROBABILITIES],
+                                                  out[MEMBER_PROBABILITIES])]
 
     def drift(self, rows: Any) -> dict[str, Any]:
         """Rows as `predict` takes them -> per feature PSI against the training bins (or a z-score summary when
@@ -106,7 +113,7 @@ class Ensemble:
     def describe(self) -> dict[str, Any]:
         """What is loaded, for start-up logs and health endpoints."""
         m = self.manifest
-        return {"path": self.path, "schema_version": m["schema_version"], "classes": list(self.classes),
+        return {"path": self.path, "build_id": self.build_id, "schema_version": m["schema_version"], "classes": list(self.classes),
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
                                 "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},
@@ -116,7 +123,12 @@ class Ensemble:
                 "onnxruntime": ort.__version__}
 
 
-def load(path: str | os.PathLike[str], options: ort.SessionOptions | None = None) -> Ensemble:
-    """Verify and load an artifacts folder; ArtifactError if anything in it cannot be trusted."""
-    manifest, files = read_verified(path)
-    return Ensemble(os.fspath(path), manifest, files, options)
+def load(path: str | os.PathLike[str], options: ort.SessionOptions | None = None, *,
+         expect_build_id: str | None = None, public_key: str | os.PathLike[str] | bytes | None = None) -> Ensemble:
+    """Verify and load an artifacts folder; ArtifactError if anything in it cannot be trusted.
+
+    expect_build_id: refuse any build but this one (`describe()["build_id"]`, printed by convert).
+    public_key: an Ed25519 public key (PEM path or bytes); refuse a folder it did not sign (needs the
+    `[signing]` extra)."""
+    verified = read_folder(path, expect_build_id, public_key)
+    return Ensemble(os.fspath(path), verified, options)

@@ -175,6 +175,16 @@ def test_verify_fails_when_the_onnx_no_longer_agrees(demo_models, artifacts_copy
     (artifacts_copy / "members" / "patchtst.onnx").write_bytes(bad)
     manifest["files"]["members/patchtst.onnx"] = hashlib.sha256(bad).hexdigest()
     manifest["members"]["patchtst"]["onnx"]["sha256"] = manifest["files"]["members/patchtst.onnx"]
+    # ensemble.onnx carries the manifest it was built for: a consistent forger re-embeds it there too.
+    import onnx
+
+    from runtime import contract
+    model = onnx.load(artifacts_copy / "ensemble.onnx")
+    bound = contract.bound_part(manifest)
+    onnx.helper.set_model_props(model, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                                        contract.META_DIGEST: contract.manifest_digest(bound)})
+    (artifacts_copy / "ensemble.onnx").write_bytes(model.SerializeToString())
+    manifest["files"]["ensemble.onnx"] = hashlib.sha256(model.SerializeToString()).hexdigest()
     (artifacts_copy / "manifest.json").write_text(json.dumps(manifest))
     result = invoke("verify", artifacts_copy, "--models", demo_models)
     assert result.exit_code == 1 and "member patchtst" in result.output and "no longer passes" in result.output

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from runtime import contract
+
 from ..errors import PlanError, UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -23,14 +25,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ExportContract:
-    """What every member export must look like, as data (one policy for all kinds)."""
+    """What every member export must look like, as data (one policy for all kinds). Names, axes and opsets
+    come from the artifact contract (`runtime/contract.py`); the tolerance is the build's own."""
 
-    input_name: str = "input"            # float32 [N, F], already scaled
-    output_name: str = "probabilities"   # float32 [N, n_classes]
-    batch_axis: str = "N"
-    opset: int = 17                      # ai.onnx
-    ml_opset: int = 3                    # ai.onnx.ml (TreeEnsembleClassifier)
-    tolerance: float = 1e-5              # absolute, on every probability
+    input_name: str = contract.MEMBER_INPUT    # float32 [N, F], already scaled
+    output_name: str = contract.MEMBER_OUTPUT  # float32 [N, n_classes]
+    batch_axis: str = contract.BATCH_AXIS
+    opset: int = contract.OPSET                # ai.onnx
+    ml_opset: int = contract.ML_OPSET          # ai.onnx.ml (TreeEnsembleClassifier)
+    tolerance: float = 1e-5                    # absolute, on every probability
 
     @property
     def opsets(self) -> dict[str, int]:
@@ -58,7 +61,7 @@ def to_contract(model: Any, what: str) -> Any:
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", CONTRACT.opset),
                                helper.make_opsetid("ai.onnx.ml", CONTRACT.ml_opset)])
-    model.ir_version = 8
+    model.ir_version = contract.IR_VERSION
     onnx.checker.check_model(model, full_check=True)
     return model
 

@@ -1,0 +1,255 @@
+"""The artifact contract, defined once: what `convert` writes and `runtime` reads.
+
+Schema versions, operator sets, the IR version and every tensor name live here; the build imports them
+from here (the build already imports the runtime, never the other way). The manifest is a tree of typed
+dataclasses: `convert/build.py` constructs a `Manifest`, `runtime/artifacts.py` parses manifest.json back
+into one with `parse_manifest`, which type-checks every nested field and names the first bad one by its
+path (`members.nhits.weight`). Unknown fields are kept in the raw JSON and covered by the manifest digest
+(see `manifest_digest`), so a newer build's extra field is bound to the graph without this module knowing it.
+
+Standard library only: `import runtime` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+SCHEMA_VERSION = 1                 # what this version writes
+SCHEMA_VERSIONS = (1,)             # what this version reads
+# The newest this runtime's onnxruntime floor (1.17) runs; com.microsoft holds MatMulNBits, which only an
+# int8 build uses (and which needs the onnxruntime its manifest names under precision.min_onnxruntime).
+OPSET = 17                         # ai.onnx
+ML_OPSET = 3                       # ai.onnx.ml (TreeEnsembleClassifier)
+OPSETS = {"ai.onnx": OPSET, "ai.onnx.ml": ML_OPSET, "com.microsoft": 1}
+IR_VERSION = 8                     # the newest IR every onnxruntime >= 1.17 reads; opset 17 needs 8
+
+# ensemble.onnx
+ENSEMBLE_FILE = "ensemble.onnx"
+ENSEMBLE_INPUT = "features"        # float64 [N, F]
+PROBABILITIES = "probabilities"    # float32 [N, C]
+LABEL = "label"                    # int64 [N], after the decision policy
+CONFIDENCE = "confidence"          # float32 [N]
+MEMBER_PROBABILITIES = "member_probabilities"  # float32 [N, M, C]
+ENSEMBLE_OUTPUTS = (PROBABILITIES, LABEL, CONFIDENCE, MEMBER_PROBABILITIES)
+# members/NAME.onnx
+MEMBER_INPUT = "input"             # float32 [N, F], already scaled
+MEMBER_OUTPUT = PROBABILITIES      # float32 [N, C]
+BATCH_AXIS = "N"
+
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"    # the only file a folder may hold that the manifest does not list
+# ensemble.onnx metadata_props: the manifest (without `files`) the graph was built for, and its digest.
+META_MANIFEST = "ensemble_onnx.manifest"
+META_DIGEST = "ensemble_onnx.manifest_digest"
+
+
+class FieldError(ValueError):
+    """A manifest field that is missing or of the wrong type; `path` names it (`members.nhits.weight`)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"field '{path}' {message}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Combine:
+    method: str                               # "weighted" | "stacking"
+    source: FileRecord | None = None          # the stacker's file, for "stacking"
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    temperature: dict[str, float] = field(default_factory=dict)     # member name -> t
+    min_confidence: dict[str, float] = field(default_factory=dict)  # class name -> minimum probability
+    fallback: str | None = None                                     # the class an unsure row becomes
+    calibration: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PrecisionRecord:
+    weights: str = "fp32"
+    scheme: str | None = None
+    min_agreement: float | None = None
+    min_onnxruntime: str | None = None
+    quantized_nodes: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    kind: str
+    weight: float
+    hyperparameters: dict[str, Any]
+    source: FileRecord
+    onnx: FileRecord
+    metadata: FileRecord | None = None
+    scaler: FileRecord | None = None
+
+
+@dataclass(frozen=True)
+class EnsembleRecord:
+    file: str
+    input: str
+    outputs: list[str]
+    members: list[str]                        # member order in member_probabilities
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    feature_names: list[str]
+    classes: list[str]
+    combine: Combine
+    members: dict[str, MemberRecord]
+    ensemble: EnsembleRecord
+    opsets: dict[str, int]
+    files: dict[str, str]                     # relative path -> sha256 of every other file
+    decision: DecisionRecord | None = None    # absent in folders built before it existed
+    precision: PrecisionRecord | None = None  # absent = fp32
+    libraries: dict[str, str] | None = None
+    parity: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object manifest.json holds: optional precision fields left out when unset."""
+        out = dataclasses.asdict(self)
+        if out["precision"] is not None:
+            out["precision"] = {k: v for k, v in out["precision"].items() if v is not None}
+        return out
+
+
+def _type_name(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # evaluates the annotations: once per class, not once per load
+
+
+def _check(value: Any, tp: Any, path: str) -> Any:
+    """`value` as type `tp` (dataclasses built from their objects), or FieldError naming `path`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _check(value, inner, path)
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise FieldError(path, f"must be an object, got {type(value).__name__}")
+        hints = _hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            where = f"{path}.{f.name}" if path else f.name
+            if f.name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise FieldError(where, "is missing")
+                continue
+            kwargs[f.name] = _check(value[f.name], hints[f.name], where)
+        return tp(**kwargs)
+    if origin is list:
+        if not isinstance(value, list):
+            raise FieldError(path, f"must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_check(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FieldError(path, f"must be an object, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return {k: _check(v, item, f"{path}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(path, f"must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise FieldError(path, f"must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def parse_manifest(obj: Any) -> Manifest:
+    """A typed Manifest from manifest.json's object, or FieldError naming the first bad field."""
+    if not isinstance(obj, dict):
+        raise FieldError("(top level)", f"must be an object, got {type(obj).__name__}")
+    if "schema_version" in obj and obj["schema_version"] not in SCHEMA_VERSIONS:
+        raise FieldError("schema_version", f"is {obj['schema_version']!r}, not one this runtime reads "
+                                           f"({SCHEMA_VERSIONS}); upgrade ensemble-onnx or rebuild with this version")
+    manifest: Manifest = _check(obj, Manifest, "")
+    _check_consistent(manifest)
+    return manifest
+
+
+def _check_consistent(m: Manifest) -> None:
+    """What types cannot say: names that must refer to each other."""
+    for what, names in (("feature_names", m.feature_names), ("classes", m.classes)):
+        if not names or len(set(names)) != len(names):
+            raise FieldError(what, "must be a non-empty list of distinct names")
+    if sorted(m.ensemble.members) != sorted(m.members) or len(set(m.ensemble.members)) != len(m.members):
+        raise FieldError("ensemble.members", f"must name each of members {sorted(m.members)} once")
+    if m.decision is not None:
+        for name in m.decision.min_confidence:
+            if name not in m.classes:
+                raise FieldError(f"decision.min_confidence.{name}", f"names no class of {m.classes}")
+        if m.decision.fallback is not None and m.decision.fallback not in m.classes:
+            raise FieldError("decision.fallback", f"is {m.decision.fallback!r}, not a class of {m.classes}")
+        for name in m.decision.temperature:
+            if name not in m.members:
+                raise FieldError(f"decision.temperature.{name}", "names no member")
+
+
+def canonical(obj: Any) -> bytes:
+    """The one byte form of a JSON value that digests are taken of: sorted keys, no whitespace."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode()
+
+
+def bound_part(obj: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without `files`: what ensemble.onnx carries (it cannot carry its own sha256)."""
+    return {k: v for k, v in obj.items() if k != "files"}
+
+
+def manifest_digest(obj: dict[str, Any]) -> str:
+    """sha256 of the canonical manifest without `files`; the graph's metadata holds it."""
+    return hashlib.sha256(canonical(bound_part(obj))).hexdigest()
+
+
+def build_id(obj: dict[str, Any]) -> str:
+    """sha256 of the canonical manifest, `files` included: it names every byte the folder serves."""
+    return hashlib.sha256(canonical(obj)).hexdigest()
+
+
+def first_difference(want: Any, got: Any, path: str = "") -> str | None:
+    """The path of the first field where two JSON values differ (`members.nhits.weight`), or None."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        for key in sorted(set(want) | set(got)):
+            where = f"{path}.{key}" if path else key
+            if key not in want or key not in got:
+                return where
+            found = first_difference(want[key], got[key], where)
+            if found:
+                return found
+        return None
+    if isinstance(want, list) and isinstance(got, list):
+        if len(want) != len(got):
+            return path
+        for i, (a, b) in enumerate(zip(want, got, strict=True)):
+            found = first_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    # 1 and 1.0 (or 1 and true) compare equal in Python but not in canonical form: the type decides too.
+    return None if type(want) is type(got) and want == got else (path or "(top level)")

@@ -1,0 +1,194 @@
+"""Just enough of the protobuf wire format to read an ONNX model's metadata and find external data, without
+importing onnx (the runtime must stay light) and before onnxruntime sees the bytes.
+
+Why: onnxruntime resolves a tensor stored as external data (`data_location = EXTERNAL`, a `location` path)
+itself, relative to the process's current directory when a model is loaded from bytes: those weights would
+come from outside the verified folder. The runtime refuses any such tensor, wherever it sits (graph
+initializers, sparse initializers, tensor attributes, subgraphs of If/Loop/Scan, function bodies).
+
+Field numbers are onnx.proto3's; a malformed message raises ValueError.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+# ModelProto
+_MODEL_GRAPH, _MODEL_METADATA, _MODEL_FUNCTIONS = 7, 14, 25
+# GraphProto
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
+# NodeProto / FunctionProto
+_NODE_ATTRIBUTE, _FUNCTION_NODE = 5, 7
+# AttributeProto
+_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
+_ATTR_WANT = frozenset((_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES))
+# SparseTensorProto
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+# TensorProto
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_DEFAULT = 0  # data_location: anything else (EXTERNAL = 1, or a repeated field) is refused
+# StringStringEntryProto
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+RUN = -1  # the value reported for a field repeated back to back: which value counts is not decided here
+
+
+def _run_end(buf: bytes, pos: int, end: int, tag: int, width: int) -> int:
+    """Where a run of scalar fields with the one-byte `tag` that starts at `pos` ends. `width` is the value's
+    size in bytes, 0 for a varint. onnx.proto is proto2, so a tree's `nodes_*` attributes are tens of
+    thousands of unpacked values, each with its tag: numpy checks them in growing windows, not one by one."""
+    window = 512
+    while pos < end:
+        stop = min(end, pos + window)
+        a = np.frombuffer(buf, np.uint8, stop - pos, pos)
+        if width:
+            step = width + 1
+            same = a[: len(a) // step * step: step] == tag
+            count, complete = (int(np.argmin(same)) if not same.all() else len(same)), len(same)
+            pos += count * step
+        else:
+            low = np.flatnonzero(a < 0x80)  # every tag byte and every varint's last byte
+            ends = low[1::2]
+            tags = low[0::2][: len(ends)]
+            ok = (a[tags] == tag) & (ends - tags <= 10)
+            ok[1:] &= tags[1:] == ends[:-1] + 1
+            count, complete = (int(np.argmin(ok)) if not ok.all() else len(ok)), len(ok)
+            if count:
+                pos += int(ends[count - 1]) + 1
+        if count < complete or count == 0 or stop == end:
+            return pos
+        window *= 4
+    return pos
+
+
+@functools.cache
+def _short_strings(tag: int) -> re.Pattern[bytes]:
+    """A run of length-delimited fields with this one-byte tag, each under 128 bytes (a tree's `nodes_modes`
+    holds one string per node), matched at C speed: one alternative per length byte."""
+    lengths = b"|".join(re.escape(bytes([n])) + b".{%d}" % n for n in range(128))
+    return re.compile(b"(?:" + re.escape(bytes([tag])) + b"(?:" + lengths + b"))+", re.DOTALL)
+
+
+def fields(buf: bytes, start: int = 0, end: int | None = None,
+           want: frozenset[int] | None = None) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+    """(field number, wire type, value): an int for varints and fixed values, (start, end) for
+    length-delimited ones (sub-messages, strings, packed arrays), which are skipped, not copied.
+    With `want`, only those fields are yielded, and runs of other short strings are skipped in one loop
+    (a tree's `nodes_modes` holds one string per node)."""
+    end = len(buf) if end is None else end
+    pos = start
+    while pos < end:
+        start = pos
+        key, pos = _varint(buf, pos)
+        number, wire, one_byte_tag = key >> 3, key & 7, pos - start == 1
+        value: int | tuple[int, int]
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = (pos, pos + length), pos + length
+            if want is not None and number not in want and pos - start == length + 2 and pos < end \
+                    and buf[pos] == buf[start]:  # a run of short strings, one-byte tag and length each
+                run = _short_strings(buf[start]).match(buf, pos, end)
+                pos = run.end() if run else pos
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        else:  # groups (3, 4) are not in onnx.proto
+            raise ValueError(f"wire type {wire} of field {number} at byte {pos}")
+        if wire in (0, 1, 5) and one_byte_tag and pos < end and buf[pos] == buf[start]:  # the same tag again
+            pos, value = _run_end(buf, pos, end, buf[start], {0: 0, 1: 8, 5: 4}[wire]), RUN
+        if pos > end or number == 0:
+            raise ValueError(f"field {number} runs past its message (byte {pos} of {end})")
+        if want is None or number in want:
+            yield number, wire, value
+
+
+def _messages(buf: bytes, span: tuple[int, int], wanted: int) -> Iterator[tuple[int, int]]:
+    for number, _, value in fields(buf, *span, want=frozenset((wanted,))):
+        if number == wanted and isinstance(value, tuple):
+            yield value
+
+
+def metadata(model: bytes) -> dict[str, str]:
+    """ModelProto.metadata_props as a dict (as onnxruntime's custom_metadata_map gives it)."""
+    out: dict[str, str] = {}
+    for span in _messages(model, (0, len(model)), _MODEL_METADATA):
+        entry = {n: model[v[0]:v[1]].decode() for n, w, v in fields(model, *span) if w == 2 and isinstance(v, tuple)}
+        out[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
+    return out
+
+
+def _tensor_external(buf: bytes, span: tuple[int, int]) -> str | None:
+    """The tensor's name if it keeps its data outside the model, else None."""
+    name, external = "", False
+    for number, _, value in fields(buf, *span):
+        if number == _TENSOR_NAME and isinstance(value, tuple):
+            name = buf[value[0]:value[1]].decode(errors="replace")
+        elif (number == _TENSOR_DATA_LOCATION and value != _DEFAULT) or number == _TENSOR_EXTERNAL_DATA:
+            external = True
+    return (name or "(unnamed)") if external else None
+
+
+def _sparse_external(buf: bytes, span: tuple[int, int]) -> list[str]:
+    found = [_tensor_external(buf, value) for number, _, value in fields(buf, *span)
+             if number in (_SPARSE_VALUES, _SPARSE_INDICES) and isinstance(value, tuple)]
+    return [name for name in found if name]
+
+
+def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[str]:
+    found: list[str] = []
+    for node in _messages(buf, span, node_field):
+        for attr in _messages(buf, node, _NODE_ATTRIBUTE):
+            for number, _, value in fields(buf, *attr, want=_ATTR_WANT):
+                if not isinstance(value, tuple):  # a length-delimited field: the only kind that holds messages
+                    continue
+                if number in (_ATTR_T, _ATTR_TENSORS) and (name := _tensor_external(buf, value)):
+                    found.append(name)
+                elif number in (_ATTR_SPARSE, _ATTR_SPARSES):
+                    found += _sparse_external(buf, value)
+                elif number in (_ATTR_G, _ATTR_GRAPHS):
+                    found += _graph_external(buf, value)
+    return found
+
+
+def _graph_external(buf: bytes, span: tuple[int, int]) -> list[str]:
+    found: list[str] = []
+    for number, _, value in fields(buf, *span):
+        if not isinstance(value, tuple):
+            continue
+        if number == _GRAPH_INITIALIZER and (name := _tensor_external(buf, value)):
+            found.append(name)
+        elif number == _GRAPH_SPARSE_INITIALIZER:
+            found += _sparse_external(buf, value)
+    return found + _nodes_external(buf, span, _GRAPH_NODE)
+
+
+def external_tensors(model: bytes) -> list[str]:
+    """Names of every tensor in the model that stores its data in an external file."""
+    whole = (0, len(model))
+    found: list[str] = []
+    for graph in _messages(model, whole, _MODEL_GRAPH):
+        found += _graph_external(model, graph)
+    for function in _messages(model, whole, _MODEL_FUNCTIONS):
+        found += _nodes_external(model, function, _FUNCTION_NODE)
+    return found

@@ -1,0 +1,105 @@
+"""Signed builds (the optional `[signing]` extra): an ed25519 signature over the canonical manifest.
+
+The manifest lists the sha256 of every other file, and ensemble.onnx carries the digest of the rest of the
+manifest, so one signature over `contract.canonical(manifest)` covers every byte the runtime serves. The
+signature lives inside the folder as `manifest.sig` (JSON: algorithm, build_id, the signing key's sha256,
+the base64 signature): a folder copied whole stays signed, and it is the one file a folder may hold that
+the manifest does not list (the manifest cannot list the signature of itself).
+
+`cryptography` is imported only when a key is given: `import runtime` stays light, and an unsigned service
+never needs it. Keys are PEM files: an Ed25519 private key (PKCS#8) to sign, its public key to verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from typing import Any
+
+from .contract import SIGNATURE_FILE, build_id, canonical
+
+ALGORITHM = "ed25519"
+INSTALL_HINT = "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
+KeySource = str | os.PathLike[str] | bytes  # a PEM file's path, or its bytes
+
+
+class SignatureError(ValueError):
+    """A key or signature that cannot be used; the caller turns it into its own error family."""
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise SignatureError(INSTALL_HINT) from None
+    return serialization, ed25519
+
+
+def _pem(key: KeySource) -> tuple[bytes, str]:
+    if isinstance(key, bytes):
+        return key, "the given key"
+    try:
+        with open(key, "rb") as fh:
+            return fh.read(), os.fspath(key)
+    except OSError as exc:
+        raise SignatureError(f"{os.fspath(key)}: cannot read the key ({exc.strerror}).") from None
+
+
+def _raw_public(public: Any) -> bytes:
+    serialization, _ = _crypto()
+    raw: bytes = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw
+
+
+def sign(manifest: dict[str, Any], private_key: KeySource) -> bytes:
+    """The bytes of manifest.sig for this manifest."""
+    serialization, ed25519 = _crypto()
+    pem, where = _pem(private_key)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"{where}: not an unencrypted PEM private key ({exc}).") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise SignatureError(f"{where}: an {type(key).__name__}; signing takes an Ed25519 key "
+                             f"(openssl genpkey -algorithm ed25519 -out KEY.pem).")
+    record = {"algorithm": ALGORITHM, "build_id": build_id(manifest),
+              "key_sha256": hashlib.sha256(_raw_public(key.public_key())).hexdigest(),
+              "signature": base64.b64encode(key.sign(canonical(manifest))).decode()}
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+
+
+def verify(manifest: dict[str, Any], signature_file: bytes | None, public_key: KeySource) -> None:
+    """SignatureError unless `signature_file` is a valid signature of `manifest` by `public_key`."""
+    serialization, ed25519 = _crypto()
+    pem, where = _pem(public_key)
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"{where}: not a PEM public key ({exc}).") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise SignatureError(f"{where}: an {type(key).__name__}; signed builds use Ed25519 keys.")
+    if signature_file is None:
+        raise SignatureError(f"the folder is not signed (no {SIGNATURE_FILE}) and a public key was given.")
+    try:
+        record = json.loads(signature_file)
+        signature = base64.b64decode(record["signature"], validate=True)
+        algorithm = record["algorithm"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record ({exc}).") from None
+    if algorithm != ALGORITHM:
+        raise SignatureError(f"{SIGNATURE_FILE}: algorithm {algorithm!r}; this runtime checks {ALGORITHM}.")
+    # Checked only for clearer messages: the signature itself covers the manifest, whatever these say.
+    if record.get("key_sha256") != hashlib.sha256(_raw_public(key)).hexdigest():
+        raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match {where}: the folder was signed by "
+                             f"another key.")
+    if record.get("build_id") != build_id(manifest):
+        raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match manifest.json (signed for build "
+                             f"{record.get('build_id')!r}; the manifest changed after signing).")
+    try:
+        key.verify(signature, canonical(manifest))
+    except Exception:  # cryptography's InvalidSignature; imported lazily, so caught broadly here
+        raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match manifest.json under {where} "
+                             f"(signed by another key, or the manifest changed after signing).") from None
