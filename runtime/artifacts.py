@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,8 @@ def _read_regular(path: Path, rel: str) -> bytes:
     return path.read_bytes()
 
 
-def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """(manifest, {relative path: verified bytes}) or ArtifactError."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
-    manifest_path = root / "manifest.json"
-    raw = _read_regular(manifest_path, "manifest.json")
+def parse_manifest(raw: bytes, manifest_path: Path) -> dict[str, Any]:
+    """The manifest's JSON, its required fields, schema version and opsets checked; or ArtifactError."""
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -53,26 +49,61 @@ def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
         if domain not in OPSETS or not isinstance(version, int) or version > OPSETS[domain]:
             raise ArtifactError(f"{manifest_path}: field 'opsets' needs {domain} {version}; this runtime runs "
                                 f"{OPSETS}. Rebuild with a matching ensemble-onnx.")
-
-    files: dict[str, bytes] = {}
-    for rel, digest in manifest["files"].items():
+    for rel in manifest["files"]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ArtifactError(f"{manifest_path}: file entry '{rel}' points outside the folder.")
-        data = _read_regular(root / rel, rel)
-        if hashlib.sha256(data).hexdigest() != digest:
+    return manifest
+
+
+def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<artifacts in memory>"
+                 ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The same checks as `read_verified`, on a {relative path: bytes} mapping that includes manifest.json:
+    what a worker that received the folder's files over the wire (a Ray actor, a worker process) runs before
+    it scores. Every listed file present with its sha256, nothing unlisted. `where` names the source in errors."""
+    root = Path(where)
+    manifest_path = root / "manifest.json"
+    if "manifest.json" not in files:
+        raise ArtifactError(f"{manifest_path}: missing; {REBUILD}.")
+    manifest = parse_manifest(files["manifest.json"], manifest_path)
+    verified: dict[str, bytes] = {}
+    for rel, digest in manifest["files"].items():
+        if rel not in files:
+            raise ArtifactError(f"{root / rel}: missing; {REBUILD}.")
+        if hashlib.sha256(files[rel]).hexdigest() != digest:
             raise ArtifactError(f"{root / rel}: sha256 does not match manifest.json (changed, truncated or "
                                 f"swapped); {REBUILD}.")
-        files[rel] = data
+        verified[rel] = files[rel]
+    for rel in sorted(set(files) - set(manifest["files"]) - {"manifest.json"}):
+        raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+    _check_onnxruntime(manifest, manifest_path)
+    if manifest["ensemble"].get("file") not in verified:
+        raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
+    return manifest, verified
+
+
+def read_files(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+    """manifest.json and every file it lists, as bytes, refusing links, folders and unlisted files; not yet
+    hash-checked (`verify_files` does that, here or wherever the bytes are sent)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
+    raw = _read_regular(root / "manifest.json", "manifest.json")
+    manifest = parse_manifest(raw, root / "manifest.json")
+    files = {"manifest.json": raw}
+    for rel in manifest["files"]:
+        files[rel] = _read_regular(root / rel, rel)
     listed = set(manifest["files"]) | {"manifest.json"}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
             if rel not in listed:
                 raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
-    _check_onnxruntime(manifest, manifest_path)
-    if manifest["ensemble"].get("file") not in files:
-        raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
-    return manifest, files
+    return files
+
+
+def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(manifest, {relative path: verified bytes}) or ArtifactError."""
+    return verify_files(read_files(folder), folder)
 
 
 def _check_onnxruntime(manifest: dict[str, Any], manifest_path: Path) -> None:
