@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 # The build stack and test tools. torch is pinned in pyproject.toml (the CPU build on the machines).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev,backfill,ray]'
 	touch $@
 
 # A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.

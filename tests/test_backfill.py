@@ -228,13 +228,13 @@ print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmH
 
 
 def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens, tmp_path):
-    """Peak RSS scoring 64,000 rows (a 4 KiB passthrough payload each: 260 MB in memory) stays within a
+    """Peak RSS scoring 32,000 rows (an 8 KiB passthrough payload each: 260 MB in memory) stays within a
     64 MiB budget of the peak scoring 1,000 rows: the file streams through, batch by batch."""
     budget_mib = 64
 
     def write(n: int, path: Path) -> int:
         t = history(ens, n, seed=9)
-        payload = pa.array([os.urandom(2048).hex() for _ in range(n)])  # incompressible, 4 KiB a row
+        payload = pa.array([os.urandom(4096).hex() for _ in range(n)])  # incompressible, 8 KiB a row
         pq.write_table(t.append_column("payload", payload), path, row_group_size=1000, compression="none")
         return t.nbytes + payload.nbytes
 
@@ -247,7 +247,7 @@ def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens
         return int(run.stdout.split()[-1])
 
     write(1000, small := tmp_path / "small.parquet")
-    big_bytes = write(64_000, big := tmp_path / "big.parquet")
+    big_bytes = write(32_000, big := tmp_path / "big.parquet")
     assert big_bytes > 4 * budget_mib * 2**20
     assert peak(big) - peak(small) < budget_mib, "memory grew with the input"
 
