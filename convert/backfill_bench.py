@@ -47,12 +47,13 @@ def market_parameters(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return loadings, centers, scales
 
 
-def write_history(path: Path, symbols: int, minutes: int, spec: DemoSpec = DemoSpec(), seed: int = 11,
+def write_history(path: Path, symbols: int, minutes: int, spec: DemoSpec | None = None, seed: int = 11,
                   symbols_per_group: int = 16) -> int:
     """symbols x minutes rows (symbol, timestamp, the features) as Parquet, written a few symbols at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    spec = spec or DemoSpec()
     loadings, centers, scales = market_parameters(spec)
     rng = np.random.default_rng(seed)
     phi = 0.995  # a minute-to-minute AR(1) signal with the training data's N(0, 1) marginal
@@ -107,34 +108,40 @@ def compare(a: Path, b: Path, batch_rows: int = 65536) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- measuring
 
-def _tree_rss_kib(root: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total, stack = 0, [root]
+def _tree(root: int) -> dict[int, tuple[int, int]]:
+    """pid -> (resident KiB, CPU ticks used) for a process and all its descendants, from /proc."""
+    found, stack = {}, [root]
     while stack:
         pid = stack.pop()
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[pid] = (rss, int(fields[11]) + int(fields[12]))  # utime + stime
             for task in Path(f"/proc/{pid}/task").iterdir():
                 stack += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        except (FileNotFoundError, ProcessLookupError, PermissionError, StopIteration):
             continue
-    return total
+    return found
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(seconds, peak MiB of the whole process tree sampled every 50 ms, stdout) of one fresh process."""
+def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak MiB) of one fresh process and its whole tree, sampled every 50 ms,
+    and its stdout. CPU seconds make a per-core figure that a busy shared host does not distort as much
+    as wall time does (each process's last 50 ms can be missed)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    peak = 0
+    peak, ticks = 0, {}
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_kib(proc.pid))
+        tree = _tree(proc.pid)
+        peak = max(peak, sum(rss for rss, _ in tree.values()))
+        for pid, (_, used) in tree.items():
+            ticks[pid] = max(ticks.get(pid, 0), used)
         time.sleep(0.05)
     out, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(argv[:6])}... failed:\n{err[-3000:]}")
-    return time.perf_counter() - start, peak / 1024, out
+    return time.perf_counter() - start, sum(ticks.values()) / os.sysconf("SC_CLK_TCK"), peak / 1024, out
 
 
 SCORE = """
@@ -196,12 +203,9 @@ def bench(artifacts: Path, history: Path, models: Path | None, out: Path, worker
         target = out / f"scores-{name}.parquet"
         args = {"engine": engine, "artifacts": str(artifacts), "input_path": str(history), "output": str(target),
                 "workers": n_workers, "threads": threads, "batch_rows": batch_rows, "force": True}
-        seconds, peak, stdout = _timed([sys.executable, "-c", SCORE, json.dumps(args)], env)
-        inner = json.loads(stdout.strip().splitlines()[-1])
-        runs.append({"pipeline": name, "engine": engine, "workers": n_workers, "threads": threads, "cores": cores,
-                     "rows": inner["rows"], "seconds": inner["seconds"], "process_seconds": seconds,
-                     "rows_per_second": inner["rows"] / inner["seconds"],
-                     "rows_per_second_per_core": inner["rows"] / inner["seconds"] / cores, "peak_rss_mib": peak})
+        seconds, cpu, peak, stdout = _timed([sys.executable, "-c", SCORE, json.dumps(args)], env)
+        runs.append(_figures(name, engine, n_workers, threads, cores, json.loads(stdout.strip().splitlines()[-1]),
+                             seconds, cpu, peak))
         print(json.dumps(runs[-1]), file=sys.stderr)
         return target
 
@@ -220,13 +224,10 @@ def bench(artifacts: Path, history: Path, models: Path | None, out: Path, worker
     if two_threads is not None:
         agreement["runtime-1x2threads vs runtime-1x1"] = compare(reference, two_threads)
     if models is not None:
-        seconds, peak, stdout = _timed([sys.executable, "-c", FRAMEWORKS, str(artifacts), str(models), str(history),
-                                        str(framework_rows)], env)
-        inner = json.loads(stdout.strip().splitlines()[-1])
-        runs.append({"pipeline": "frameworks", "engine": "torch+xgboost+lightgbm+sklearn", "workers": 1,
-                     "threads": 1, "cores": 1, "rows": inner["rows"], "seconds": inner["seconds"],
-                     "process_seconds": seconds, "rows_per_second": inner["rows"] / inner["seconds"],
-                     "rows_per_second_per_core": inner["rows"] / inner["seconds"], "peak_rss_mib": peak})
+        seconds, cpu, peak, stdout = _timed([sys.executable, "-c", FRAMEWORKS, str(artifacts), str(models),
+                                             str(history), str(framework_rows)], env)
+        runs.append(_figures("frameworks", "torch+xgboost+lightgbm+sklearn", 1, 1, 1,
+                             json.loads(stdout.strip().splitlines()[-1]), seconds, cpu, peak))
         print(json.dumps(runs[-1]), file=sys.stderr)
     result = {"machine": machine(), "history_rows": total, "batch_rows": batch_rows, "runs": runs,
               "agreement": agreement}
@@ -235,15 +236,27 @@ def bench(artifacts: Path, history: Path, models: Path | None, out: Path, worker
     return result
 
 
+def _figures(name: str, engine: str, workers: int, threads: int, cores: int, inner: dict[str, Any],
+             seconds: float, cpu: float, peak: float) -> dict[str, Any]:
+    """One run's figures. `inner` is what the process timed itself: scoring only, start-up excluded."""
+    rows = inner["rows"]
+    return {"pipeline": name, "engine": engine, "workers": workers, "threads": threads, "cores": cores,
+            "rows": rows, "seconds": inner["seconds"], "process_seconds": seconds, "cpu_seconds": cpu,
+            "rows_per_second": rows / inner["seconds"], "rows_per_second_per_core": rows / inner["seconds"] / cores,
+            "rows_per_cpu_second": rows / cpu if cpu else None, "peak_rss_mib": peak}
+
+
 def table(result: dict[str, Any]) -> list[str]:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['instruction_sets'])}), Python {m['python']}, "
-             f"onnxruntime {m['onnxruntime']}. History: {result['history_rows']:,} rows.", "",
-             "| pipeline | workers x threads | rows | rows/s | rows/s per core | peak memory (process tree) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [(f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['instruction_sets'])}), Python {m['python']}, "
+              f"onnxruntime {m['onnxruntime']}. History: {result['history_rows']:,} rows."), "",
+             ("| pipeline | workers x threads | rows | rows/s (wall) | rows/s per core (wall) | rows per CPU-second "
+              "(whole process tree, start-up included) | peak memory (process tree) |"),
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
         lines.append(f"| {r['pipeline']} | {r['workers']} x {r['threads']} | {r['rows']:,} | {r['rows_per_second']:,.0f} "
-                     f"| {r['rows_per_second_per_core']:,.0f} | {r['peak_rss_mib']:,.0f} MiB |")
+                     f"| {r['rows_per_second_per_core']:,.0f} | {r['rows_per_cpu_second'] or 0:,.0f} "
+                     f"| {r['peak_rss_mib']:,.0f} MiB |")
     lines += ["", "| compared | identical | rows with any difference | max float32 ulp | label differences |",
               "|---|---|---:|---:|---:|"]
     for name, a in result["agreement"].items():

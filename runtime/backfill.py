@@ -24,6 +24,7 @@ pyarrow is imported inside the functions: `import runtime` never loads it (`pip 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import json
 import os
@@ -138,12 +139,12 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
             raise InputError(f"{where}: column '{name}' is of type {kind}, not numbers; every feature must be numeric.")
         x[:, j] = values
         nulls = col.is_null().to_numpy(zero_copy_only=False)
-        bad = (unparsed | nulls | ~np.isfinite(values)) & (reasons == None)  # noqa: E711 (elementwise)
-        for i in np.flatnonzero(bad):
-            value = col[int(i)].as_py()
-            reasons[i] = (f"column '{name}': missing (null)" if value is None
-                          else f"column '{name}': {value!r} is not a number" if unparsed[i]
-                          else f"column '{name}': {value!r} is not finite; impute it before scoring")
+        bad = (unparsed | nulls | ~np.isfinite(values)) & np.equal(reasons, None)
+        for row in np.flatnonzero(bad):
+            value = col[int(row)].as_py()
+            reasons[row] = (f"column '{name}': missing (null)" if value is None
+                            else f"column '{name}': {value!r} is not a number" if unparsed[row]
+                            else f"column '{name}': {value!r} is not finite; impute it before scoring")
     return x, reasons
 
 
@@ -155,7 +156,7 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
     name the rows (one row or many give the same bits at one thread). A refused row's outputs stay zero and
     are never written."""
     n, n_classes, n_members = len(x), len(ens.classes), len(ens.member_order)
-    out = {"probabilities": np.zeros((n, n_classes), np.float32), "label": np.zeros(n, np.int64),
+    out: dict[str, np.ndarray] = {"probabilities": np.zeros((n, n_classes), np.float32), "label": np.zeros(n, np.int64),
            "confidence": np.zeros(n, np.float32),
            "member_probabilities": np.zeros((n, n_members, n_classes), np.float32)}
     reasons = np.full(n, None, dtype=object)
@@ -178,7 +179,7 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
 
 def score_rows(ens: Any, x: np.ndarray, reasons: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Scores the rows of x that have no reason yet; returns all rows' outputs and every row's reason."""
-    good = np.flatnonzero(reasons == None)  # noqa: E711 (elementwise)
+    good = np.flatnonzeronp.equal(reasons, None)
     scored, refused = score_matrix(ens, x[good])
     out = {k: np.zeros((len(x),) + v.shape[1:], v.dtype) for k, v in scored.items()}
     for key, value in scored.items():
@@ -395,7 +396,7 @@ class TableSink:
                 raise InputError(f"{self.out.target}: a later batch's columns {table.schema.names} do not convert "
                                  f"to the first batch's types ({exc}).") from None
         if self.fmt == "jsonl":
-            self.out.file.write("".join(json.dumps(r) + "\n" for r in table.to_pylist()).encode())
+            self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
         else:
             self.writer.write_table(table)
         self.rows += table.num_rows
@@ -409,10 +410,8 @@ class TableSink:
 
     def abort(self) -> None:
         if self.writer is not None:
-            try:
+            with contextlib.suppress(Exception):  # already failing; the unnamed file goes away below
                 self.writer.close()
-            except Exception:  # already failing; the temp file goes away below
-                pass
         self.out.abort()
 
 

@@ -105,7 +105,7 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR")
+                 log_to_driver=False, logging_level=logging.ERROR)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # output rows in input order

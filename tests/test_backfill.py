@@ -22,8 +22,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pcsv = pytest.importorskip("pyarrow.csv")
 
-from runtime import backfill  # noqa: E402
-from runtime.artifacts import ArtifactError, read_files, verify_files  # noqa: E402
+from runtime import backfill
+from runtime.artifacts import ArtifactError, read_files, verify_files
 
 REPO = Path(__file__).resolve().parent.parent
 
