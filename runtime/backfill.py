@@ -179,7 +179,7 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
 
 def score_rows(ens: Any, x: np.ndarray, reasons: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Scores the rows of x that have no reason yet; returns all rows' outputs and every row's reason."""
-    good = np.flatnonzeronp.equal(reasons, None)
+    good = np.flatnonzero(np.equal(reasons, None))
     scored, refused = score_matrix(ens, x[good])
     out = {k: np.zeros((len(x),) + v.shape[1:], v.dtype) for k, v in scored.items()}
     for key, value in scored.items():
