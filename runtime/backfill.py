@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -429,7 +429,6 @@ class Summary:
     engine: str = "local"
     workers: int = 1
     threads: int = 1
-    counts: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "rows_per_second": self.rows / self.seconds if self.seconds else None}
