@@ -23,6 +23,7 @@ from typing import Any
 
 from . import backfill
 from .artifacts import ArtifactError, read_files, verify_files
+from .backfill_io import file_format, open_batches, require_pyarrow
 from .features import InputError
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'ensemble-onnx[ray]'"
@@ -66,7 +67,7 @@ def cpu_shares(workers: int, cores: int, cluster: bool) -> tuple[float, float]:
 
 
 def _dataset(ray: Any, path: Path, features: tuple[str, ...], read_cpus: float, blocks: int | None) -> Any:
-    fmt = backfill.file_format(path)
+    fmt = file_format(path)
     remote = {"num_cpus": read_cpus, "override_num_blocks": blocks}
     if fmt == "parquet":
         return ray.data.read_parquet(str(path), **remote)
@@ -85,7 +86,7 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
                    threads: int = 1, workers: int = 2, batch_rows: int = 65536, force: bool = False,
                    progress: bool = False) -> backfill.Summary:
     """Score INPUT into OUTPUT with `workers` Ray actors; the same contract as backfill.score_file."""
-    backfill.require_pyarrow()
+    require_pyarrow()
     try:
         import ray
         import ray.data
@@ -94,11 +95,11 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
     input_path, output = Path(input_path), Path(output)
     rejects_path = Path(rejects) if rejects is not None else None
     backfill.check_paths(input_path, output, rejects_path if on_error == "skip" else None)
-    if backfill.file_format(input_path) == "jsonl":
+    if file_format(input_path) == "jsonl":
         raise InputError(f"{input_path}: --engine ray reads Parquet and CSV; score JSON lines with the local engine.")
     files = read_files(artifacts)
     manifest, _ = verify_files(files, artifacts)  # the driver refuses a bad folder before any actor starts
-    columns, total, _batches = backfill.open_batches(input_path, tuple(manifest["feature_names"]), batch_rows)
+    columns, total, _batches = open_batches(input_path, tuple(manifest["feature_names"]), batch_rows)
     layout = backfill.Layout.for_input(manifest, columns, keep, members, str(input_path))
 
     logging.getLogger("ray.data").setLevel(logging.WARNING if progress else logging.ERROR)
