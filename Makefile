@@ -6,14 +6,14 @@ MODELS    ?= models/
 ARTIFACTS ?= artifacts/
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install convert test test-full test-slim bench clean
+.PHONY: install convert test test-full test-slim bench backfill-demo clean
 
 install: $(VENV)/.installed
 
 # The build stack and test tools. torch is pinned in pyproject.toml (the CPU build on the machines).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev]'
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev,backfill,ray]'
 	touch $@
 
 # A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.
@@ -33,6 +33,16 @@ convert: install
 bench: convert
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
 	$(VENV)/bin/ensemble-onnx bench $(ARTIFACTS) build/artifacts-int8 --models $(MODELS) --out build/bench
+
+# A demo history (500 symbols x 4,000 minutes = 2 million rows) scored by both engines, which must agree row
+# for row, then the benchmark: rows/s per core and peak memory of each engine and of the original frameworks.
+HISTORY ?= build/backfill/history.parquet
+backfill-demo: convert
+	@if [ ! -f "$(HISTORY)" ]; then $(VENV)/bin/python -m convert.backfill_bench history $(HISTORY); fi
+	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-local.parquet --force
+	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-ray.parquet --engine ray --force
+	$(VENV)/bin/python -m convert.backfill_bench compare build/backfill/scores-local.parquet build/backfill/scores-ray.parquet
+	$(VENV)/bin/python -m convert.backfill_bench bench $(ARTIFACTS) $(HISTORY) --models $(MODELS) --out build/backfill
 
 test: test-full test-slim
 

@@ -22,7 +22,7 @@ from .decision import Decision, expected_calibration_error, fit_temperatures, ne
 from .discover import Plan, make_plan
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
-from .members import CONTRACT, LoadedMember, get_kind
+from .members import LoadedMember, get_kind
 from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
 from .precision import Precision, lower
 from .reference import Reference

@@ -432,5 +432,60 @@ def evaluate(artifacts: Path, data: Path, window: str | None, report_file: Path 
     _write_report(report_file, html(result))
 
 
+@main.command()
+@click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The scored file: .parquet, .csv or .jsonl (by extension). Written whole or not at all.")
+@click.option("--keep", metavar="COL,COL", help="Passthrough columns copied to the output (default: every "
+              "column that is not a feature). --keep '' keeps none.")
+@click.option("--members", is_flag=True, help="Also each member's probabilities (p_<MEMBER>_<CLASS>).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="A row that cannot be scored fails the run (naming file, row and column), or goes to the "
+                   "rejects file with its reason.")
+@click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --on-error skip: where refused rows go (default OUTPUT's name + .rejects).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine. ray: Ray Data (pip install 'ensemble-onnx[ray]').")
+@click.option("--workers", type=click.IntRange(min=1), help="Scoring processes (local) or actors (ray), one "
+              "intra-op thread each by default; default: this machine's cores.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="onnxruntime intra-op threads per worker. 1 gives batch-invariant, bit-identical answers.")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Rows read per record batch: memory is bounded by a few batches per worker.")
+@click.option("--address", help="With --engine ray: an existing cluster (ray://host:10001 or auto); "
+                                "default: a local Ray sized for this machine.")
+@click.option("--force", is_flag=True, help="Replace an existing OUTPUT (never the input).")
+@AS_JSON
+@QUIET
+def score(artifacts: Path, input_path: Path, output: Path, keep: str | None, members: bool, on_error: str,
+          rejects: Path | None, engine: str, workers: int | None, threads: int, batch_rows: int,
+          address: str | None, force: bool, as_json: bool, quiet: bool) -> None:
+    """Backfill: score a whole history file (Parquet, CSV or JSON lines) with the artifacts, streaming.
+
+    \b
+    Out: the passthrough columns, action, confidence, p_<CLASS> per class (and p_<MEMBER>_<CLASS> with
+    --members), in input order. Progress with rows/s and ETA on a terminal; -q silences it."""
+    if address and engine != "ray":
+        raise click.UsageError("--address applies to --engine ray.")
+    if rejects and on_error != "skip":
+        raise click.UsageError("--rejects applies to --on-error skip.")
+    columns = None if keep is None else [c.strip() for c in keep.split(",") if c.strip()]
+    workers = workers or os.cpu_count() or 1
+    common = dict(keep=columns, members=members, on_error=on_error, rejects=rejects, threads=threads,
+                  workers=workers, batch_rows=batch_rows, force=force, progress=not quiet and not as_json)
+    if engine == "ray":
+        from runtime.ray_engine import score_file_ray
+        summary = score_file_ray(artifacts, input_path, output, address=address, **common)  # type: ignore[arg-type]
+    else:
+        from runtime.backfill import score_file
+        summary = score_file(artifacts, input_path, output, **common)  # type: ignore[arg-type]
+    result = summary.as_dict()
+    _emit(result, as_json, None if quiet else
+          f"scored {summary.scored:,} of {summary.rows:,} rows into {output} in {summary.seconds:.1f}s "
+          f"({result['rows_per_second'] or 0:,.0f} rows/s, {summary.engine}, {summary.workers} worker(s) x "
+          f"{summary.threads} thread(s))" + (f"; {summary.rejected:,} refused -> {summary.rejects_file}"
+                                               if summary.rejected else ""))
+
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class Verified:
     files: dict[str, bytes]
     build_id: str
     signature: bytes | None
+    manifest_bytes: bytes = b""  # as read: what read_files sends on to workers
 
     @property
     def manifest_digest(self) -> str:
@@ -74,8 +76,52 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     root = Path(folder)
     if not root.is_dir():
         raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
+    raw = _read_regular(root / MANIFEST_FILE, MANIFEST_FILE)
+    signature_path = root / SIGNATURE_FILE
+    signature = _read_regular(signature_path, SIGNATURE_FILE) if os.path.lexists(signature_path) else None
+    # Files are read as the checks reach them: an edited manifest is refused before the weights are hashed.
+    verified = _verify(raw, lambda rel: _read_regular(root / rel, rel), signature, root, expect_build_id, public_key)
+    listed = set(verified.typed.files) | {MANIFEST_FILE, SIGNATURE_FILE}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel not in listed:
+                raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+    return verified
+
+
+def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<artifacts in memory>",
+                 expect_build_id: str | None = None,
+                 public_key: str | os.PathLike[str] | bytes | None = None) -> Verified:
+    """The folder reader's checks on a {relative path: bytes} mapping that includes manifest.json (and
+    manifest.sig if signed): what a worker that received the folder's files over the wire (a Ray actor, a
+    worker process) runs before it scores. `where` names the source in errors."""
+    root = Path(where)
+
+    def read(rel: str) -> bytes:
+        if rel not in files:
+            raise ArtifactError(f"{root / rel}: missing; {REBUILD}.")
+        return files[rel]
+
+    verified = _verify(read(MANIFEST_FILE), read, files.get(SIGNATURE_FILE), root, expect_build_id, public_key)
+    for rel in sorted(set(files) - set(verified.typed.files) - {MANIFEST_FILE, SIGNATURE_FILE}):
+        raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+    return verified
+
+
+def read_files(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+    """A folder's verified files as one mapping (manifest.json and manifest.sig included), ready to be sent
+    to workers that check them again with `verify_files`."""
+    verified = read_folder(folder)
+    files = {MANIFEST_FILE: verified.manifest_bytes, **verified.files}
+    if verified.signature is not None:
+        files[SIGNATURE_FILE] = verified.signature
+    return files
+
+
+def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, root: Path,
+            expect_build_id: str | None, public_key: str | os.PathLike[str] | bytes | None) -> Verified:
     manifest_path = root / MANIFEST_FILE
-    raw = _read_regular(manifest_path, MANIFEST_FILE)
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -100,8 +146,6 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     for rel in typed.files:
         if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST_FILE, SIGNATURE_FILE):
             raise ArtifactError(f"{manifest_path}: file entry '{rel}' points outside the folder or at the manifest.")
-    signature_path = root / SIGNATURE_FILE
-    signature = _read_regular(signature_path, SIGNATURE_FILE) if os.path.lexists(signature_path) else None
     if public_key is not None:
         from .signing import SignatureError, verify  # cryptography: only for a service that checks signatures
 
@@ -114,37 +158,23 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
     # The graph's own record of the manifest first (metadata sits outside the graph field, so it is read
     # without walking the weights): a manifest edited after the build is refused before any file is hashed.
-    graph = _read_regular(root / graph_file, graph_file)
+    graph = read(graph_file)
     _check_bound(manifest, graph, root / graph_file, manifest_path)
-    if hashlib.sha256(graph).hexdigest() != typed.files[graph_file]:
-        raise ArtifactError(f"{root / graph_file}: sha256 does not match manifest.json (changed, truncated or "
-                            f"swapped); {REBUILD}.")
-    _refuse_external_data(graph, root / graph_file)
     files = {graph_file: graph}
+    for rel in typed.files:
+        files.setdefault(rel, read(rel))
     for rel, digest in typed.files.items():
-        if rel not in files:
-            files[rel] = _read_listed(root, rel, digest)
-    listed = set(typed.files) | {MANIFEST_FILE, SIGNATURE_FILE}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel not in listed:
-                raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
-    return Verified(manifest, typed, files, identity, signature)
+        if hashlib.sha256(files[rel]).hexdigest() != digest:
+            raise ArtifactError(f"{root / rel}: sha256 does not match manifest.json (changed, truncated or "
+                                f"swapped); {REBUILD}.")
+    _refuse_external_data(graph, root / graph_file)
+    return Verified(manifest, typed, files, identity, signature, raw)
 
 
 def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(manifest, {relative path: verified bytes}) or ArtifactError."""
     verified = read_folder(folder)
     return verified.manifest, verified.files
-
-
-def _read_listed(root: Path, rel: str, digest: str) -> bytes:
-    data = _read_regular(root / rel, rel)
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise ArtifactError(f"{root / rel}: sha256 does not match manifest.json (changed, truncated or "
-                            f"swapped); {REBUILD}.")
-    return data
 
 
 def _refuse_external_data(graph: bytes, graph_path: Path) -> None:

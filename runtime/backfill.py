@@ -1,0 +1,389 @@
+"""Backfill: score a whole history file with the production build, streaming, on one machine.
+
+    from runtime.backfill import score_file
+    summary = score_file("artifacts/", "history.parquet", "scores.parquet", workers=os.cpu_count())
+
+Input is Parquet, CSV (header) or JSON lines, chosen by the file's extension; columns are matched by name.
+It is read in record batches (`batch_rows`), so memory is bounded by a few batches whatever the file's size.
+Out come the passthrough columns (`keep`, default every non-feature column), `action`, `confidence`, one
+`p_<CLASS>` column per class and, with `members=True`, `p_<MEMBER>_<CLASS>` per member, in input order.
+
+A row that cannot be scored (missing, non-numeric, NaN or infinite feature; a member that overflows) stops
+the run with an InputError naming the file, row (1-based, among data rows) and column; with
+`on_error="skip"` it goes to a rejects file with its reason instead. It is never scored with a made-up value.
+Outputs are written atomically (`backfill_io.AtomicOutput`): a run that fails or is killed leaves no output file.
+
+Scoring uses one onnxruntime intra-op thread per process by default and `workers` processes: with one
+thread a row's probabilities are bit-identical whatever batch it is scored in (measured; README), so a
+backfill agrees with the service's one-row calls bit for bit. The Ray engine (`runtime.ray_engine`) shares
+the batch functions below.
+
+pyarrow is imported inside the functions: `import runtime` never loads it (`pip install ensemble-onnx[backfill]`).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import read_files, verify_files
+from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .features import InputError
+
+SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
+REJECT = "__reject__"   # the reason column a scored batch carries between scoring and writing
+
+
+# ------------------------------------------------------------------------------------------- the layout
+
+@dataclass(frozen=True)
+class Layout:
+    """What goes in and what comes out: the features, the passthrough columns, the score columns."""
+
+    features: tuple[str, ...]
+    classes: tuple[str, ...]
+    member_order: tuple[str, ...]
+    keep: tuple[str, ...]
+    members: bool = False
+
+    @property
+    def score_columns(self) -> list[str]:
+        cols = ["action", "confidence", *(f"p_{c}" for c in self.classes)]
+        if self.members:
+            cols += [f"p_{m}_{c}" for m in self.member_order for c in self.classes]
+        return cols
+
+    @classmethod
+    def for_input(cls, manifest: dict[str, Any], columns: list[str], keep: list[str] | None, members: bool,
+                  where: str) -> Layout:
+        """Checks the input's header: every feature present once, `keep` columns present, no name clash."""
+        features = tuple(manifest["feature_names"])
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise InputError(f"{where}: column(s) given more than once: {repeated}.")
+        if missing := [f for f in features if f not in columns]:
+            raise InputError(f"{where}: missing feature column(s) {missing}.")
+        chosen = [c for c in columns if c not in features] if keep is None else keep
+        if unknown := [c for c in chosen if c not in columns]:
+            raise InputError(f"{where}: --keep column(s) {unknown} are not in the input (it has {columns}).")
+        layout = cls(features, tuple(manifest["classes"]), tuple(manifest["ensemble"]["members"]), tuple(chosen),
+                     members)
+        if clash := sorted(set(layout.keep) & set(layout.score_columns + [REJECT])):
+            raise InputError(f"{where}: passthrough column(s) {clash} would clash with the output's own; "
+                             f"rename them or leave them out with --keep.")
+        return layout
+
+
+# --------------------------------------------------------------------------------- one batch, end to end
+
+def unscored(reasons: np.ndarray) -> np.ndarray:
+    """Which rows have no reason against them (yet)."""
+    return np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
+
+
+def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """An Arrow batch -> (float64 [n, F], reasons [n]: None for a good row, else what is wrong and where).
+
+    Numbers are taken as they are; text (CSV, JSON strings) must parse as a number. A null, a NaN, an
+    infinity or text that is not a number makes the row bad; the first bad column names the reason.
+    A feature column of a type that can hold no number at all fails the whole run."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    x = np.empty((n, len(features)), dtype=np.float64)
+    reasons = np.full(n, None, dtype=object)
+    for j, name in enumerate(features):
+        col = batch.column(name)
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        kind = col.type
+        unparsed = np.zeros(n, dtype=bool)
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+            try:
+                values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid:  # some cell is not a number: parse cell by cell to name which
+                values = np.full(n, np.nan)
+                for i, cell in enumerate(col.to_pylist()):
+                    try:
+                        values[i] = float(cell) if cell is not None else np.nan
+                    except ValueError:
+                        unparsed[i] = True
+        else:
+            raise InputError(f"{where}: column '{name}' is of type {kind}, not numbers; every feature must be numeric.")
+        x[:, j] = values
+        nulls = col.is_null().to_numpy(zero_copy_only=False)
+        bad = (unparsed | nulls | ~np.isfinite(values)) & unscored(reasons)
+        for row in np.flatnonzero(bad):
+            value = col[int(row)].as_py()
+            reasons[row] = (f"column '{name}': missing (null)" if value is None
+                            else f"column '{name}': {value!r} is not a number" if unparsed[row]
+                            else f"column '{name}': {value!r} is not finite; impute it before scoring")
+    return x, reasons
+
+
+def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every row of a validated matrix through the ensemble graph, SCORE_CHUNK rows per call.
+
+    Returns the graph's outputs and, per row, None or why it was refused: a member overflowing to a
+    non-finite probability makes `Ensemble` refuse the call, and that chunk is then scored row by row to
+    name the rows (one row or many give the same bits at one thread). A refused row's outputs stay zero and
+    are never written."""
+    n, n_classes, n_members = len(x), len(ens.classes), len(ens.member_order)
+    out: dict[str, np.ndarray] = {"probabilities": np.zeros((n, n_classes), np.float32), "label": np.zeros(n, np.int64),
+           "confidence": np.zeros(n, np.float32),
+           "member_probabilities": np.zeros((n, n_members, n_classes), np.float32)}
+    reasons = np.full(n, None, dtype=object)
+    for start in range(0, n, SCORE_CHUNK):
+        stop = min(start + SCORE_CHUNK, n)
+        try:
+            spans = [(start, stop, ens._run(x[start:stop]))]
+        except InputError:
+            spans = []
+            for i in range(start, stop):
+                try:
+                    spans.append((i, i + 1, ens._run(x[i:i + 1])))
+                except InputError as exc:
+                    reasons[i] = str(exc).removeprefix("row 0: ")
+        for lo, hi, result in spans:
+            for key, array in out.items():
+                array[lo:hi] = result[key]
+    return out, reasons
+
+
+def score_rows(ens: Any, x: np.ndarray, reasons: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Scores the rows of x that have no reason yet; returns all rows' outputs and every row's reason."""
+    good = np.flatnonzero(unscored(reasons))
+    scored, refused = score_matrix(ens, x[good])
+    out = {k: np.zeros((len(x),) + v.shape[1:], v.dtype) for k, v in scored.items()}
+    for key, value in scored.items():
+        out[key][good] = value
+    merged = reasons.copy()
+    merged[good] = refused
+    return out, merged
+
+
+def assemble(layout: Layout, keep: Any, outputs: dict[str, np.ndarray], reasons: np.ndarray) -> Any:
+    """Passthrough columns + score columns + the reason column (null for a scored row) as one Arrow table."""
+    import pyarrow as pa
+
+    refused = ~unscored(reasons)
+    columns: dict[str, Any] = {name: keep.column(name) for name in layout.keep}
+    columns["action"] = pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(),
+                                 mask=refused)
+    columns["confidence"] = pa.array(outputs["confidence"], mask=refused)
+    for k, c in enumerate(layout.classes):
+        columns[f"p_{c}"] = pa.array(outputs["probabilities"][:, k], mask=refused)
+    if layout.members:
+        for m, member in enumerate(layout.member_order):
+            for k, c in enumerate(layout.classes):
+                columns[f"p_{member}_{c}"] = pa.array(outputs["member_probabilities"][:, m, k], mask=refused)
+    columns[REJECT] = pa.array(list(reasons), type=pa.string())
+    return pa.table(columns)
+
+
+def score_batch(ens: Any, layout: Layout, batch: Any, where: str) -> Any:
+    """One Arrow batch in, one assembled table out (bad rows carry their reason, not a score)."""
+    x, reasons = feature_matrix(batch, layout.features, where)
+    return assemble(layout, batch, *score_rows(ens, x, reasons))
+
+
+# ---------------------------------------------------------------------------------------- the driver
+
+@dataclass
+class Summary:
+    input: str
+    output: str
+    rows: int = 0
+    scored: int = 0
+    rejected: int = 0
+    rejects_file: str | None = None
+    seconds: float = 0.0
+    engine: str = "local"
+    workers: int = 1
+    threads: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "rows_per_second": self.rows / self.seconds if self.seconds else None}
+
+
+class Progress:
+    """rows, rows/s and (when the total is known) ETA on one line of stderr, only on a terminal."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled and sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, rows: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.5 and not final):
+            return
+        self.last = now
+        rate = rows / max(now - self.start, 1e-9)
+        line = f"{rows:,} rows  {rate:,.0f} rows/s"
+        if self.total:
+            eta = (self.total - rows) / rate if rate else 0.0
+            line += f"  {100 * rows / self.total:5.1f}%  ETA {eta:,.0f}s"
+        sys.stderr.write(f"\r{line}   " + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+class Outcome:
+    """Splits assembled tables into scored rows (to the output) and refused rows (to rejects, or an error)."""
+
+    def __init__(self, where: Path, layout: Layout, sink: TableSink, rejects: TableSink | None,
+                 summary: Summary) -> None:
+        self.where, self.layout, self.sink, self.rejects, self.summary = where, layout, sink, rejects, summary
+
+    def take(self, table: Any) -> None:
+        import pyarrow.compute as pc
+
+        first_row = self.summary.rows + 1
+        bad = table.column(REJECT).is_valid()
+        n_bad = pc.sum(bad).as_py() or 0
+        if n_bad:
+            if self.rejects is None:
+                i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+                raise InputError(f"{self.where}: row {first_row + i}, {table.column(REJECT)[i].as_py()}. Nothing "
+                                 f"was written; fix the row, or pass --on-error skip to write such rows to a "
+                                 f"rejects file.")
+            import pyarrow as pa
+            refused = table.filter(bad)
+            rows = pa.array(first_row + np.flatnonzero(bad.to_numpy(zero_copy_only=False)), type=pa.int64())
+            self.rejects.write(pa.table({"row": rows, **{k: refused.column(k) for k in self.layout.keep},
+                                         "reason": refused.column(REJECT)}))
+        scored = table.filter(pc.invert(bad)).drop_columns([REJECT]) if n_bad else table.drop_columns([REJECT])
+        self.sink.write(scored)
+        self.summary.rows += table.num_rows
+        self.summary.scored += scored.num_rows
+        self.summary.rejected += n_bad
+
+
+def default_rejects(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.rejects{output.suffix}")
+
+
+def check_paths(input_path: Path, output: Path, rejects: Path | None) -> None:
+    """Refuses what would lose data: writing over the input, or the output and rejects being one file."""
+    for target in (output, rejects):
+        if target is not None and (target.resolve() == input_path.resolve()
+                                   or (target.exists() and os.path.samefile(target, input_path))):
+            raise InputError(f"{target}: is the input file; the output must be another file.")
+    if rejects is not None and rejects.resolve() == output.resolve():
+        raise InputError(f"{rejects}: the rejects file must differ from the output.")
+    file_format(output)
+
+
+def run(input_path: Path, output: Path, layout: Layout, tables: Iterator[Any], force: bool,
+        on_error: str, rejects: Path | None, summary: Summary, progress: Progress) -> Summary:
+    """Drains assembled tables into the output (and rejects) files; commits both only if all went well."""
+    start = time.monotonic()
+    sink = TableSink(output, force)
+    reject_sink = None
+    try:
+        if on_error == "skip":
+            reject_sink = TableSink(rejects or default_rejects(output), force)
+        outcome = Outcome(input_path, layout, sink, reject_sink, summary)
+        for table in tables:
+            outcome.take(table)
+            progress(summary.rows)
+        progress(summary.rows, final=True)
+        if summary.scored == 0:
+            raise InputError(f"{input_path}: no row could be scored ({summary.rows} read, {summary.rejected} refused).")
+        sink.commit()
+        if reject_sink is not None:
+            if summary.rejected:
+                reject_sink.commit()
+                summary.rejects_file = str(reject_sink.out.target)
+            else:
+                reject_sink.abort()
+    except BaseException:
+        sink.abort()
+        if reject_sink is not None:
+            reject_sink.abort()
+        raise
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def load_from_files(files: dict[str, bytes], threads: int, where: str) -> Any:
+    """Verifies received artifact bytes against their manifest, then loads them with `threads` intra-op
+    threads (one by default: batch-invariant answers, and no oversubscription beside other workers)."""
+    import onnxruntime as ort
+
+    from . import Ensemble
+
+    verified = verify_files(files, where)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return Ensemble(where, verified, options)
+
+
+# Worker processes: each verifies the bytes it was sent and keeps its Ensemble for the whole run.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(files: dict[str, bytes], threads: int, where: str) -> None:
+    _WORKER["ens"] = load_from_files(files, threads, where)
+
+
+def _worker_score(x: np.ndarray, reasons: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    return score_rows(_WORKER["ens"], x, reasons)
+
+
+def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[str],
+               output: str | os.PathLike[str], *, keep: list[str] | None = None, members: bool = False,
+               on_error: str = "fail", rejects: str | os.PathLike[str] | None = None, threads: int = 1,
+               workers: int = 1, batch_rows: int = 65536, force: bool = False, progress: bool = False) -> Summary:
+    """Score INPUT with the artifacts into OUTPUT on this machine; see the module docstring."""
+    require_pyarrow()
+    input_path, output = Path(input_path), Path(output)
+    rejects_path = Path(rejects) if rejects is not None else None
+    if on_error not in ("fail", "skip"):
+        raise InputError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
+    check_paths(input_path, output, rejects_path if on_error == "skip" else None)
+    files = read_files(artifacts)
+    ens = load_from_files(files, threads, str(artifacts))
+    columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows)
+    layout = Layout.for_input(ens.manifest, columns, keep, members, str(input_path))
+    summary = Summary(str(input_path), str(output), workers=workers, threads=threads)
+    where = str(input_path)
+
+    def local() -> Iterator[Any]:
+        for batch in batches:
+            yield score_batch(ens, layout, batch, where)
+
+    def pooled() -> Iterator[Any]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: the parent holds onnxruntime's thread pools, which a fork would copy mid-state.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(files, threads, str(artifacts))) as pool:
+            pending: collections.deque[tuple[Any, Any]] = collections.deque()
+            for batch in batches:
+                x, reasons = feature_matrix(batch, layout.features, where)
+                pending.append((batch, pool.submit(_worker_score, x, reasons)))
+                if len(pending) >= 2 * workers:  # bounded: at most two batches per worker in flight
+                    yield _finish(layout, *pending.popleft())
+            while pending:
+                yield _finish(layout, *pending.popleft())
+
+    tables = pooled() if workers > 1 else local()
+    return run(input_path, output, layout, tables, force, on_error, rejects_path, summary,
+               Progress(total, progress))
+
+
+def _finish(layout: Layout, batch: Any, future: Any) -> Any:
+    return assemble(layout, batch, *future.result())

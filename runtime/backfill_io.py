@@ -1,0 +1,241 @@
+"""Backfill's files: Parquet, CSV and JSON lines read in Arrow record batches, and written whole or not at all.
+
+Reading streams (a Parquet file without pre-buffering, CSV through pyarrow's streaming reader, JSON lines a
+batch of lines at a time), so memory follows the batch size, not the file's. Writing goes through
+`AtomicOutput`: an unnamed file linked under its name only once complete. pyarrow is imported inside the
+functions (`pip install 'ensemble-onnx[backfill]'`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .features import InputError
+
+INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "jsonl"}
+
+def require_pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError:
+        raise InputError(INSTALL_HINT) from None
+    return pyarrow
+
+
+def file_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{path}: unknown format '{path.suffix}'; use one of {sorted(FORMATS)}.")
+    return fmt
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+def open_batches(path: Path, features: tuple[str, ...], batch_rows: int) -> tuple[list[str], int | None, Iterator[Any]]:
+    """(column names, total rows if the format knows it, an iterator of Arrow record batches)."""
+    import pyarrow as pa
+
+    fmt = file_format(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            # pre_buffer=False: the default pre-buffering keeps every column chunk it read (measured: the
+            # whole file stayed allocated), which is exactly what a larger-than-memory history cannot afford.
+            pf = pq.ParquetFile(path, pre_buffer=False)
+            return list(pf.schema_arrow.names), pf.metadata.num_rows, pf.iter_batches(batch_size=batch_rows)
+        if fmt == "csv":
+            import pyarrow.csv as pcsv
+
+            # Features are read as text and parsed by feature_matrix, so one bad cell names its row instead
+            # of failing the reader's type inference for the whole block.
+            reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_rows * 256)),
+                                   convert_options=pcsv.ConvertOptions(
+                                       column_types={f: pa.string() for f in features}, strings_can_be_null=True))
+            return list(reader.schema.names), None, iter(reader)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as {fmt} ({exc}).") from None
+    return _jsonl_batches(path, features, batch_rows)
+
+
+def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
+                   ) -> tuple[list[str], int | None, Iterator[Any]]:
+    """JSON lines, one object a line. Features become text for feature_matrix to parse (so a string, a list
+    or a bool there is named, not coerced); other values keep their JSON types."""
+    import pyarrow as pa
+
+    with open(path, encoding="utf-8") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        header = list(json.loads(first)) if first else []
+    except (json.JSONDecodeError, TypeError):
+        raise InputError(f"{path}: row 1 is not a JSON object.") from None
+
+    def text(value: Any) -> str | None:
+        return None if value is None else value if isinstance(value, str) else json.dumps(value)
+
+    def batches() -> Iterator[Any]:
+        rows: list[dict[str, Any]] = []
+        with open(path, encoding="utf-8") as fh:
+            number = 0
+            for line in fh:
+                if not line.strip():
+                    continue
+                number += 1
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}: row {number}: not a JSON object ({exc.msg}).") from None
+                if not isinstance(record, dict) or list(record) != header:
+                    raise InputError(f"{path}: row {number}: not an object with the first row's keys {header}.")
+                rows.append(record)
+                if len(rows) == batch_rows:
+                    yield table(rows)
+                    rows = []
+        if rows:
+            yield table(rows)
+
+    def table(rows: list[dict[str, Any]]) -> Any:
+        columns = {}
+        for name in header:
+            values = [r[name] for r in rows]
+            if name in features:
+                columns[name] = pa.array([text(v) for v in values], type=pa.string())
+            else:
+                try:
+                    columns[name] = pa.array(values)
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    columns[name] = pa.array([text(v) for v in values], type=pa.string())
+        return pa.RecordBatch.from_pydict(columns)
+
+    return header, None, batches()
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+class AtomicOutput:
+    """A file that appears whole or not at all.
+
+    Written to an unnamed file in the target's folder (Linux O_TMPFILE), fsynced, then linked under its
+    name: a run killed at any point (even SIGKILL) leaves nothing behind. Where O_TMPFILE is unsupported, a
+    hidden `.NAME.partial-*` file beside the target is used and removed on any error. An existing target is
+    refused unless `force`; then it is replaced by rename, never truncated in place."""
+
+    def __init__(self, target: Path, force: bool) -> None:
+        self.target, self.force = target, force
+        self.temp_name: Path | None = None
+        folder = target.parent if str(target.parent) else Path(".")
+        if target.exists() and not force:
+            raise InputError(f"{target}: already exists; pass --force to replace it.")
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644)
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise InputError(f"{target}: cannot write in {folder} ({exc.strerror}).") from None
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.partial-")
+            os.fchmod(fd, 0o644)
+            self.temp_name = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        folder = self.target.parent if str(self.target.parent) else Path(".")
+        if self.temp_name is None:
+            if self.force:  # link under a hidden name, then rename over the target: never a half-written target
+                staged = Path(tempfile.mktemp(dir=folder, prefix=f".{self.target.name}.partial-"))
+                _link_fd(self.file.fileno(), staged)
+                os.replace(staged, self.target)
+            else:
+                try:
+                    _link_fd(self.file.fileno(), self.target)
+                except FileExistsError:
+                    self.file.close()
+                    raise InputError(f"{self.target}: appeared while scoring; pass --force to replace it.") from None
+        elif self.force:
+            os.replace(self.temp_name, self.target)
+        else:
+            try:
+                os.link(self.temp_name, self.target)
+            finally:
+                os.unlink(self.temp_name)
+        self.file.close()
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        if self.temp_name is not None and self.temp_name.exists():
+            os.unlink(self.temp_name)
+
+
+def _link_fd(fd: int, target: Path) -> None:
+    """Gives an O_TMPFILE file its name: linkat(AT_SYMLINK_FOLLOW) through /proc/self/fd, as open(2) shows.
+    (os.link without a dir_fd calls link(2), which would link the /proc symlink itself.)"""
+    proc = os.open("/proc/self/fd", os.O_RDONLY)
+    try:
+        os.link(str(fd), target, src_dir_fd=proc, follow_symlinks=True)
+    finally:
+        os.close(proc)
+
+
+class TableSink:
+    """Arrow tables appended to one file in the target's format (Parquet, CSV or JSON lines), atomically."""
+
+    def __init__(self, target: Path, force: bool) -> None:
+        self.fmt = file_format(target)
+        self.out = AtomicOutput(target, force)
+        self.writer: Any = None
+        self.schema: Any = None
+        self.rows = 0
+
+    def write(self, table: Any) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            self.schema = table.schema
+            if self.fmt == "parquet":
+                import pyarrow.parquet as pq
+                self.writer = pq.ParquetWriter(self.out.file, self.schema)
+            elif self.fmt == "csv":
+                import pyarrow.csv as pcsv
+                self.writer = pcsv.CSVWriter(self.out.file, self.schema)
+        elif table.schema != self.schema:
+            try:  # a passthrough column inferred differently in a later CSV block (int, then null...)
+                table = table.cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(f"{self.out.target}: a later batch's columns {table.schema.names} do not convert "
+                                 f"to the first batch's types ({exc}).") from None
+        if self.fmt == "jsonl":
+            self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
+        else:
+            self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        if self.schema is None:
+            raise InputError(f"{self.out.target}: nothing to write.")
+        if self.writer is not None:
+            self.writer.close()
+        self.out.commit()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            with contextlib.suppress(Exception):  # already failing; the unnamed file goes away below
+                self.writer.close()
+        self.out.abort()
+
+
