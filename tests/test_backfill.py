@@ -230,8 +230,9 @@ print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmH
 
 def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens, tmp_path):
     """Peak RSS scoring 36,000 rows (an 8 KiB passthrough payload each: 300 MB in memory) stays within a
-    64 MiB budget of the peak scoring 1,000 rows: the file streams through, batch by batch."""
-    budget_mib = 64
+    128 MiB budget of the peak scoring 1,000 rows: the file streams through, batch by batch. (Alone the growth
+    is ~10 MiB; on a loaded host pyarrow's mimalloc pool was seen holding ~80 MiB of freed batches.)"""
+    budget_mib = 128
 
     def write(n: int, path: Path) -> int:
         t = history(ens, n, seed=9)
@@ -249,7 +250,7 @@ def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens
 
     write(1000, small := tmp_path / "small.parquet")
     big_bytes = write(36_000, big := tmp_path / "big.parquet")
-    assert big_bytes > 4 * budget_mib * 2**20
+    assert big_bytes > 2 * budget_mib * 2**20
     assert peak(big) - peak(small) < budget_mib, "memory grew with the input"
 
 
