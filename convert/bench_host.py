@@ -183,6 +183,10 @@ def run(artifacts: list[Path], thread_counts: list[int], out_dir: Path, quick: b
         progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     import onnxruntime
 
+    import runtime
+
+    for folder in artifacts:  # every folder verified before anything is measured
+        runtime.load(folder)
     started = time.perf_counter()
     host = {**cpu(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "python": sys.version.split()[0]}
