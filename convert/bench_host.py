@@ -41,15 +41,19 @@ from .floors import measure, median_seconds, one_row_floor_us
 BATCH = 256
 
 
+MAX_SECONDS = 2.0  # per configuration, once 200 calls are in: keeps a 16-core run of 5 thread counts < 5 min
+
+
 def _timings(fn: Callable[[], Any], calls: int) -> np.ndarray:
     for _ in range(max(5, calls // 10)):
         fn()
-    times = np.empty(calls)
-    for i in range(calls):
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < calls and (len(times) < min(calls, 200) or time.perf_counter() - started < MAX_SECONDS):
         t = time.perf_counter()
         fn()
-        times[i] = time.perf_counter() - t
-    return times
+        times.append(time.perf_counter() - t)
+    return np.asarray(times)
 
 
 def graph_cost(folder: Path) -> tuple[int, int, str]:

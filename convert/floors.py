@@ -1,7 +1,7 @@
 """This host's physical limits, measured with numpy alone (never with onnxruntime, the kernels they judge):
 
-- streaming read: bytes per second reading a buffer the size of the weights once (a sum, or a dot of the
-  buffer with itself, whichever is faster), warm (the same buffer again: in cache where it fits) and
+- streaming read: bytes per second reading a buffer the size of the weights once (a sum, a dot of the
+  buffer with itself, or at N threads N slices summed at once, whichever is fastest), warm (the same buffer again: in cache where it fits) and
   cold-ish (a different buffer each call, from a pool larger than any last-level cache);
 - matrix-vector product: one row through a float32 matrix holding the weights' bytes (BLAS sgemv, numpy's
   own), at 1 thread and at N: the best a tuned kernel does at reading the weights once for one row;
@@ -46,8 +46,8 @@ def floor_seconds(fn: Callable[[], Any], calls: int, warmup: int = 5) -> float:
     return median_seconds(fn, calls, warmup, percentile=10)
 
 
-def _in_process(weight_bytes: int, quick: bool) -> dict[str, Any]:
-    """The floors at whatever thread count this process's BLAS was given."""
+def _in_process(weight_bytes: int, threads: int, quick: bool) -> dict[str, Any]:
+    """The floors at `threads` (this process's BLAS was given as many)."""
     calls = 20 if quick else 200
     rng = np.random.default_rng(0)
     n = max(MATVEC_COLUMNS, weight_bytes // 4)
@@ -61,6 +61,14 @@ def _in_process(weight_bytes: int, quick: bool) -> dict[str, Any]:
         return floor_seconds(lambda: read(pool[next(turn) % pool_size]), calls)
 
     stream_cold = min(cold(np.sum), cold(lambda v: np.dot(v, v)))
+    if threads > 1:  # numpy's sum runs on one thread; read the buffer in `threads` slices at once
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as workers:
+            def sliced(v: np.ndarray) -> Any:
+                return list(workers.map(np.sum, np.array_split(v, threads)))
+
+            stream_cold = min(stream_cold, cold(sliced))
     pool.clear()  # free the cold pool before the matmul allocates
     w = warm.reshape(-1, MATVEC_COLUMNS) if n % MATVEC_COLUMNS == 0 else warm[: n - n % MATVEC_COLUMNS].reshape(
         -1, MATVEC_COLUMNS)
@@ -99,4 +107,4 @@ def one_row_floor_us(floors: dict[str, Any], weight_bytes: int, flops_per_row: i
 
 
 if __name__ == "__main__":
-    sys.stdout.write(json.dumps(_in_process(int(sys.argv[2]), "--quick" in sys.argv)) + "\n")
+    sys.stdout.write(json.dumps(_in_process(int(sys.argv[2]), int(sys.argv[1]), "--quick" in sys.argv)) + "\n")
