@@ -6,7 +6,7 @@ MODELS    ?= models/
 ARTIFACTS ?= artifacts/
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install convert test test-full test-slim bench clean
+.PHONY: install convert test test-full test-slim bench bench-host clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ convert: install
 bench: convert
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
 	$(VENV)/bin/ensemble-onnx bench $(ARTIFACTS) build/artifacts-int8 --models $(MODELS) --out build/bench
+
+# The runtime alone on this host, per thread count and session configuration, against the physical floors:
+# build/bench-host/bench_host.md. Needs only numpy + onnxruntime (runs on a serving host, see README).
+bench-host: convert
+	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
+	$(VENV)/bin/python -m convert.bench_host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
 
 test: test-full test-slim
 
