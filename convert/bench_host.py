@@ -12,7 +12,10 @@ For every build folder and thread count t it measures, in this process (one sess
 - `members in threads`: each member's own graph (members/*.onnx) in its own session, run concurrently
   from a Python thread pool (onnxruntime drops the GIL), PatchTST given the threads the trees do not use:
   what "members as independent branches" buys with no change to the graph;
-- at 1 thread only: graph optimisation levels, the optimised model saved and reloaded, no spinning.
+- `no spinning`: the pools' idle threads sleep instead of spinning;
+- at 1 thread only: graph optimisation levels, and bare sessions of the shipped graph and of onnxruntime's
+  optimised graph saved and reloaded;
+- from 8 threads: `parallel inter=4, intra=t/4`, the cores split among four concurrent members.
 
 and one-row p50/p99 (`runtime.Ensemble.predict_proba`, the service's call) and batch-256 rows/s for the
 shipped configuration. The floors (convert.floors: streaming read, numpy matvec, peak float32 FMA) run
@@ -75,11 +78,12 @@ def graph_cost(folder: Path) -> tuple[int, int, str]:
     return weight_bytes, flops, "from the graph's initializers"
 
 
-def _options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spinning: bool = True) -> Any:
+def _options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spinning: bool = True,
+             intra: int = 0) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = intra or threads
     options.inter_op_num_threads = parallel or 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     if parallel:
@@ -96,10 +100,12 @@ def configurations(threads: int) -> dict[str, dict[str, Any]]:
     for inter in (2, 4):
         if inter <= max(threads, 2):
             configs[f"parallel inter={inter}"] = {"parallel": inter}
+    if threads >= 8:  # four members at once, the cores split among them rather than each node taking all
+        configs[f"parallel inter=4, intra={threads // 4}"] = {"parallel": 4, "intra": threads // 4}
+    configs["no spinning"] = {"spinning": False}  # idle pool threads sleep: less CPU, a wake-up per node
     if threads == 1:
         configs.update({f"level {level}": {"level": f"ORT_{level}"} for level in ("DISABLE_ALL", "ENABLE_BASIC",
                                                                                    "ENABLE_EXTENDED")})
-        configs["no spinning"] = {"spinning": False}
     return configs
 
 

@@ -126,8 +126,9 @@ def per_matrix(model: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
             candidates["numpy W @ x, cold"] = lambda c=copies, x=x, t=turn: c[next(t) % len(c)] @ x[0]
             for form in GEMM_FORMS:
                 sessions = [_session(_single(form, c, b)) for c in copies]
+                turns = iter(range(1 << 62))
                 candidates[f"{form}, ORT_ENABLE_ALL, cold"] = (
-                    lambda ss=sessions, x=x, t=iter(range(1 << 62)): ss[next(t) % len(ss)].run(None, {"x": x}))
+                    lambda ss=sessions, x=x, t=turns: ss[next(t) % len(ss)].run(None, {"x": x}))
         figures = _in_turns(candidates, rounds, calls)
         out.append({"shape": list(shape), "count": count, "bytes": int(w.nbytes), "one_row_us": figures})
     return out
@@ -196,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__},
                "per_matrix": per_matrix(onnx.load(args.artifacts / "ensemble.onnx"), args.rounds, args.calls),
                "whole_graph": whole(args.artifacts, args.rounds, args.calls)}
-    lines = [f"Host: {results['host']['model']} ({', '.join(results['host']['instruction_sets'])}), onnxruntime "
-             f"{results['host']['onnxruntime']}, 1 thread; median µs per one-row call, candidates timed in turns.", ""]
+    lines = [(f"Host: {results['host']['model']} ({', '.join(results['host']['instruction_sets'])}), onnxruntime "
+              f"{results['host']['onnxruntime']}, 1 thread; median µs per one-row call, candidates timed in turns."), ""]
     for m in results["per_matrix"]:
         lines += [f"**W {m['shape'][0]}×{m['shape'][1]}** ({m['bytes'] / 1e6:.2f} MB, {m['count']} in the graph)", "",
                   "| form | one row |", "|---|---:|", *[f"| {k} | {v:.1f} µs |" for k, v in m["one_row_us"].items()], ""]
