@@ -151,3 +151,22 @@ def test_bench_host_refuses_a_folder_that_is_not_artifacts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "convert.bench_host", str(tmp_path), "--quick", "--threads", "1",
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and str(tmp_path) in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("form", ["Gemm W transposed", "MatMul + Add"])
+def test_layout_study_compares_graphs_that_compute_the_same(demo_artifacts, form):
+    """bench_layouts times each weight-Gemm form of the whole ensemble: each must be the same function."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from convert.bench_layouts import whole_graph_in_form
+
+    model = onnx.load(demo_artifacts / "ensemble.onnx")
+    rewritten = whole_graph_in_form(model, form)
+    assert not [n for n in rewritten.graph.node if n.op_type == "Gemm" and any(
+        a.name == "transB" and a.i == 1 for a in n.attribute)]
+    rows = np.random.default_rng(1).standard_normal((16, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    shipped = ort.InferenceSession(model.SerializeToString()).run(["probabilities"], {"features": rows})[0]
+    other = ort.InferenceSession(rewritten.SerializeToString()).run(["probabilities"], {"features": rows})[0]
+    np.testing.assert_allclose(other, shipped, atol=1e-5)
