@@ -363,7 +363,7 @@ def lowered_warnings(results: dict[str, Any]) -> list[str]:
         for label, build in entry["builds"].items():
             if results["builds"][label]["precision"].get("weights", "fp32") == "fp32":
                 continue
-            for batch, seconds in build["runtime"]["batch_seconds"].items():
+            for batch, seconds in sorted(build["runtime"]["batch_seconds"].items(), key=lambda b: int(b[0])):
                 for other, theirs in (("the fp32 build", fp32), ("the frameworks", fw)):
                     if theirs is not None and seconds > theirs[batch]:
                         warnings.append(f"{label} at {threads} thread(s), batch {batch}: {seconds * 1e6:,.0f} µs, "

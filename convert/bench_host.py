@@ -156,7 +156,8 @@ def bench_build(folder: Path, thread_counts: list[int], quick: bool,
             if name == "sequential" or name.startswith("parallel"):
                 entry[name]["batch_rows_per_second"] = BATCH / median_seconds(batch, 5 if quick else 60)
             del ensemble
-        if threads >= 2:
+        # members/ holds the float32 exports even in an int8 build: only a float32 build's members are its graph.
+        if threads >= 2 and out["precision"].get("weights", "fp32") == "fp32":
             progress(f"{folder.name}: {threads} thread(s), members in threads")
             one = _members_in_threads(folder, manifest, row[:1], threads, calls)
             entry["members in threads"] = {"one_row_p50_us": float(np.percentile(one, 50) * 1e6),

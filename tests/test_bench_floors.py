@@ -102,20 +102,28 @@ def test_bench_flags_an_int8_build_slower_than_fp32_or_the_frameworks(int8_secon
     assert all(w.startswith("int8 at 1 thread(s)") for w in warnings)
 
 
-def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts, tmp_path):
-    result = invoke("bench", demo_artifacts, "--models", demo_models, "--threads", "1", "--quick", "--out", tmp_path,
-                    "--json", "-q")
+def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts, int8_build, tmp_path):
+    result = invoke("bench", demo_artifacts, int8_build, "--models", demo_models, "--threads", "1", "--quick",
+                    "--out", tmp_path, "--json", "-q")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
+    from convert.bench import lowered_warnings
     from runtime.host import cpu
 
     assert figures["machine"]["instruction_sets"] == cpu()["instruction_sets"]
-    build = figures["threads"]["1"]["builds"]["fp32"]
-    assert build["ratios"]["one_row_p50_over_physical"] == pytest.approx(
-        build["runtime"]["one_row_p50_us"] / build["physical_floor"]["floor_us"])
+    builds = figures["threads"]["1"]["builds"]
+    for build in builds.values():
+        assert build["ratios"]["one_row_p50_over_physical"] == pytest.approx(
+            build["runtime"]["one_row_p50_us"] / build["physical_floor"]["floor_us"])
+    assert builds["int8"]["physical_floor"]["compute_us"] == 0  # an 8-bit build's floor is its bytes
+    assert builds["fp32"]["physical_floor"]["peak_fp32_flops_per_second"] >= max(
+        figures["threads"]["1"]["physical"]["peak_fp32_flops_per_second"],
+        builds["fp32"]["floor"]["matmul_flops_per_second"])
+    assert sorted(figures["warnings"]) == sorted(lowered_warnings(figures))  # all this run measured is reported
     table = (tmp_path / "bench.md").read_text()
     assert "physical floor" in table and "numpy matvec" in table
     assert all(name in table for name in cpu()["instruction_sets"])
+    assert all(f"**Warning:** {w}." in table for w in figures["warnings"])
 
 
 def test_bench_host_runs_with_numpy_and_onnxruntime_alone(demo_artifacts, int8_build, tmp_path):
