@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def _in_turns(candidates: dict[str, Callable[[], Any]], rounds: int, calls: int)
                 fn()
                 times[name].append(time.perf_counter() - t)
     return {name: float(np.median(t) * 1e6) for name, t in times.items()}
+
+
+def _rotating(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call per invocation, taking `calls` in turn (each reads its own copy of the weights)."""
+    turn = iter(range(1 << 62))
+
+    def call() -> Any:
+        return calls[next(turn) % len(calls)]()
+
+    return call
 
 
 def _gemm_form(form: str, x: str, w: np.ndarray, b: np.ndarray | None, out: str, prefix: str) -> tuple[list, list]:
@@ -111,24 +122,22 @@ def per_matrix(model: Any, rounds: int, calls: int) -> list[dict[str, Any]]:
     out = []
     for shape, (w, b, count) in sorted(shapes.items(), key=lambda s: -s[1][0].size):
         x = np.random.default_rng(0).standard_normal((1, shape[1])).astype(np.float32)
-        candidates: dict[str, Callable[[], Any]] = {"numpy W @ x": lambda w=w, x=x: w @ x[0]}
+        candidates: dict[str, Callable[[], Any]] = {"numpy W @ x": partial(np.matmul, w, x[0])}
         for form in GEMM_FORMS:
             for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
                 session = _session(_single(form, w, b), level)
-                candidates[f"{form}, {level}"] = lambda s=session, x=x: s.run(None, {"x": x})
+                candidates[f"{form}, {level}"] = partial(session.run, None, {"x": x})
         if w.size >= 1 << 16:
             nbits = _session(_nbits_fp32(w, b))
-            candidates["MatMulNBits 8-bit, float32 compute"] = lambda s=nbits, x=x: s.run(None, {"x": x})
+            candidates["MatMulNBits 8-bit, float32 compute"] = partial(nbits.run, None, {"x": x})
             # Cold: as inside the graph, where the weights of all layers together outgrow the caches, each
             # call reads a different copy of the matrix (COLD_COPIES of them, several times any L2).
             copies = [w + np.float32(i * 1e-3) for i in range(COLD_COPIES)]
-            turn = iter(range(1 << 62))
-            candidates["numpy W @ x, cold"] = lambda c=copies, x=x, t=turn: c[next(t) % len(c)] @ x[0]
+            candidates["numpy W @ x, cold"] = _rotating([partial(np.matmul, c, x[0]) for c in copies])
             for form in GEMM_FORMS:
                 sessions = [_session(_single(form, c, b)) for c in copies]
-                turns = iter(range(1 << 62))
-                candidates[f"{form}, ORT_ENABLE_ALL, cold"] = (
-                    lambda ss=sessions, x=x, t=turns: ss[next(t) % len(ss)].run(None, {"x": x}))
+                candidates[f"{form}, ORT_ENABLE_ALL, cold"] = _rotating([partial(s.run, None, {"x": x})
+                                                                         for s in sessions])
         figures = _in_turns(candidates, rounds, calls)
         out.append({"shape": list(shape), "count": count, "bytes": int(w.nbytes), "one_row_us": figures})
     return out
@@ -173,12 +182,12 @@ def whole(folder: Path, rounds: int, calls: int) -> dict[str, float]:
     for form in GEMM_FORMS:
         for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
             session = _session(whole_graph_in_form(model, form), level)
-            candidates[f"ensemble, {form}, {level}"] = lambda s=session: s.run(None, {"features": row})
+            candidates[f"ensemble, {form}, {level}"] = partial(session.run, None, {"features": row})
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, member in manifest["members"].items():
         session = _session(onnx.load(folder / member["onnx"]["file"]))
         feed = {session.get_inputs()[0].name: row.astype(np.float32)}
-        candidates[f"member {name} alone"] = lambda s=session, f=feed: s.run(None, f)
+        candidates[f"member {name} alone"] = partial(session.run, None, feed)
     return _in_turns(candidates, rounds, calls)
 
 
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from runtime.host import cpu
 
-    results = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__},
+    results: dict[str, Any] = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__},
                "per_matrix": per_matrix(onnx.load(args.artifacts / "ensemble.onnx"), args.rounds, args.calls),
                "whole_graph": whole(args.artifacts, args.rounds, args.calls)}
     lines = [(f"Host: {results['host']['model']} ({', '.join(results['host']['instruction_sets'])}), onnxruntime "
