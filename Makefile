@@ -6,7 +6,7 @@ MODELS    ?= models/
 ARTIFACTS ?= artifacts/
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install convert test test-full test-slim bench backfill-demo clean
+.PHONY: install convert test test-full test-slim bench bench-host backfill-demo clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ backfill-demo: convert
 	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-ray.parquet --engine ray --force
 	$(VENV)/bin/python -m convert.backfill_bench compare build/backfill/scores-local.parquet build/backfill/scores-ray.parquet
 	$(VENV)/bin/python -m convert.backfill_bench bench $(ARTIFACTS) $(HISTORY) --models $(MODELS) --out build/backfill
+
+# The runtime alone on this host, per thread count and session configuration, against the physical floors:
+# build/bench-host/bench_host.md. Needs only numpy + onnxruntime (runs on a serving host, see README).
+bench-host: convert
+	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
+	$(VENV)/bin/python -m convert.bench_host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
 
 test: test-full test-slim
 

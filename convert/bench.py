@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from runtime.contract import IR_VERSION, OPSET
+from .floors import measure as measure_floors
+from .floors import one_row_floor_us
 
 log = logging.getLogger(__name__)
 
@@ -309,17 +311,24 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
                        for label, a, m in zip(labels, artifacts, manifests)}}
         pipelines = {"frameworks": ("frameworks", artifacts[0].resolve()),
                      **{f"runtime {label}": ("runtime", folder.resolve()) for label, folder in zip(labels, artifacts)}}
+        costs = {label: _graph_cost_of(folder) for label, folder in zip(labels, artifacts)}
         for threads in thread_counts:
             setup = BenchSetup(models.resolve(), rows, threads, "quick" if quick else "full")
             figures = _measure(setup, pipelines, progress)
-            entry: dict[str, Any] = {"frameworks": figures["frameworks"], "builds": {}}
-            for label, folder in zip(labels, artifacts):
+            progress(f"{threads} thread(s): physical floors (numpy: streaming read, matvec, peak float32)")
+            physical = measure_floors(max(c[0] for c in costs.values()), threads, quick)
+            entry: dict[str, Any] = {"frameworks": figures["frameworks"], "physical": physical, "builds": {}}
+            for label, folder, manifest in zip(labels, artifacts, manifests):
                 progress(f"{threads} thread(s): {label}, machine floor")
                 build = {"floor": _spawn(setup, "floor", str(folder.resolve()), str(threads))[0],
                          "runtime": figures[f"runtime {label}"]}
+                fp32 = (manifest.get("precision") or {}).get("weights", "fp32") == "fp32"
+                build["physical_floor"] = physical_floor(physical, *costs[label], fp32,
+                                                         build["floor"]["matmul_flops_per_second"])
                 build["ratios"] = ratios(build, entry["frameworks"])
                 entry["builds"][label] = build
             results["threads"][str(threads)] = entry
+    results["warnings"] = lowered_warnings(results)
     results["installed_mib"] = installed_size_mib()
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     (out_dir / "bench.md").write_text("\n".join(table(results)) + "\n")
@@ -327,10 +336,49 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
     return results
 
 
+def _graph_cost_of(folder: Path) -> tuple[int, int]:
+    import onnx
+
+    return graph_cost(onnx.load(folder / "ensemble.onnx"))
+
+
+def physical_floor(physical: dict[str, Any], weight_bytes: int, flops_per_row: int, fp32: bool,
+                   onnxruntime_flops: float = 0.0) -> dict[str, float]:
+    """One build's floors from the host's physical limits: one row (its bytes at the best bandwidth, its
+    multiply-adds at peak float32) and a batch (rows/s at peak float32). The peak is numpy's matmul rate, or
+    onnxruntime's where that is higher: numpy's BLAS is not always the best kernel on a host (OpenBLAS
+    reached half of onnxruntime's MLAS rate on the AVX-512/AMX VM), and a floor a kernel beats is none."""
+    peak = max(physical["peak_fp32_flops_per_second"], onnxruntime_flops)
+    one = one_row_floor_us({**physical, "peak_fp32_flops_per_second": peak}, weight_bytes, flops_per_row, fp32)
+    return {**one, "batch_rows_per_second": peak / flops_per_row, "peak_fp32_flops_per_second": peak}
+
+
+def lowered_warnings(results: dict[str, Any]) -> list[str]:
+    """A line for every measured batch size at which a lowered (int8) build is slower than the float32 build
+    or than the frameworks: a lowered build exists to be faster, and where it is not, the table says so."""
+    warnings = []
+    for threads, entry in results["threads"].items():
+        fw = entry["frameworks"]["batch_seconds"]
+        fp32 = next((b["runtime"]["batch_seconds"] for label, b in entry["builds"].items()
+                     if results["builds"][label]["precision"].get("weights", "fp32") == "fp32"), None)
+        for label, build in entry["builds"].items():
+            if results["builds"][label]["precision"].get("weights", "fp32") == "fp32":
+                continue
+            for batch, seconds in sorted(build["runtime"]["batch_seconds"].items(), key=lambda b: int(b[0])):
+                for other, theirs in (("the fp32 build", fp32), ("the frameworks", fw)):
+                    if theirs is not None and seconds > theirs[batch]:
+                        warnings.append(f"{label} at {threads} thread(s), batch {batch}: {seconds * 1e6:,.0f} µs, "
+                                        f"slower than {other} ({theirs[batch] * 1e6:,.0f} µs)")
+    return warnings
+
+
 def ratios(build: dict[str, Any], fw: dict[str, Any]) -> dict[str, float]:
     """How one build's runtime compares, each as 'times better' (>1 is the runtime ahead)."""
-    rt, floor = build["runtime"], build["floor"]
-    return {"one_row_p50_speedup": fw["one_row_p50_us"] / rt["one_row_p50_us"],
+    rt, floor, physical = build["runtime"], build["floor"], build["physical_floor"]
+    return {"one_row_p50_over_physical": rt["one_row_p50_us"] / physical["floor_us"],
+            "one_row_p50_over_matvec": rt["one_row_p50_us"] / physical["matvec_us"],
+            "throughput_share_of_physical": rt["rows_per_second"] / physical["batch_rows_per_second"],
+            "one_row_p50_speedup": fw["one_row_p50_us"] / rt["one_row_p50_us"],
             "one_row_p50_over_floor": rt["one_row_p50_us"] / floor["one_row_floor_us"],
             "throughput_ratio": rt["rows_per_second"] / fw["rows_per_second"],
             "throughput_share_of_floor": rt["rows_per_second"] / floor["batch_floor_rows_per_second"],
@@ -343,34 +391,50 @@ def machine() -> dict[str, Any]:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    from runtime.host import cpu as host_cpu
+
+    host = host_cpu()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "instruction_sets": host["instruction_sets"], "int8_fast": host["int8_fast"],
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
 def table(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime {m['onnxruntime']}.", "",
-             "| threads | figure | build | runtime | frameworks | runtime vs frameworks | machine floor |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m.get('instruction_sets', [])) or 'no SIMD flags read'}), "
+             f"Python {m['python']}, onnxruntime {m['onnxruntime']}.", "",
+             "| threads | figure | build | runtime | frameworks | runtime vs frameworks | onnxruntime kernel floor "
+             "| physical floor |", "|---:|---|---|---:|---:|---:|---:|---:|"]
     for threads, e in results["threads"].items():
         fw = e["frameworks"]
         for label, b in e["builds"].items():
-            rt, fl, r = b["runtime"], b["floor"], b["ratios"]
+            rt, fl, r, ph = b["runtime"], b["floor"], b["ratios"], b["physical_floor"]
             rows = [
                 ("one row, p50", f"{rt['one_row_p50_us']:.0f} µs", f"{fw['one_row_p50_us']:.0f} µs",
                  f"{r['one_row_p50_speedup']:.1f}× faster", f"{fl['one_row_floor_us']:.0f} µs "
-                 f"(runtime at {r['one_row_p50_over_floor']:.2f}×)"),
+                 f"(runtime at {r['one_row_p50_over_floor']:.2f}×)",
+                 f"{ph['floor_us']:.0f} µs (runtime at {r['one_row_p50_over_physical']:.2f}×; numpy matvec "
+                 f"{ph['matvec_us']:.0f} µs, {r['one_row_p50_over_matvec']:.2f}×)"),
                 ("one row, p99", f"{rt['one_row_p99_us']:.0f} µs", f"{fw['one_row_p99_us']:.0f} µs",
-                 f"{fw['one_row_p99_us'] / rt['one_row_p99_us']:.1f}× faster", ""),
+                 f"{fw['one_row_p99_us'] / rt['one_row_p99_us']:.1f}× faster", "", ""),
                 (f"batch {results['throughput_batch']}, rows/s", f"{rt['rows_per_second']:,.0f}",
                  f"{fw['rows_per_second']:,.0f}", f"{r['throughput_ratio']:.2f}×",
-                 f"{fl['batch_floor_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_floor']:.0%})"),
+                 f"{fl['batch_floor_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_floor']:.0%})",
+                 f"{ph['batch_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_physical']:.0%})"),
                 ("cold start to first prediction", f"{rt['cold_start_seconds']:.2f} s",
-                 f"{fw['cold_start_seconds']:.2f} s", f"{r['cold_start_ratio']:.2f} of theirs", ""),
+                 f"{fw['cold_start_seconds']:.2f} s", f"{r['cold_start_ratio']:.2f} of theirs", "", ""),
                 ("peak memory (cold process)", f"{rt['cold_peak_rss_mib']:.0f} MiB", f"{fw['cold_peak_rss_mib']:.0f} MiB",
-                 f"{r['peak_memory_ratio']:.2f} of theirs", ""),
+                 f"{r['peak_memory_ratio']:.2f} of theirs", "", ""),
             ]
             lines += [f"| {threads} | {row[0]} | {label} | " + " | ".join(row[1:]) + " |" for row in rows]
+    lines += [
+        "", "Physical floors, measured with numpy alone (never with the onnxruntime kernels they judge):", "",
+        "| threads | streaming read, cold (warm) | numpy matvec over the weights | peak float32 (numpy matmul) |",
+        "|---:|---:|---:|---:|", *[
+            f"| {t} | {p['stream_cold_bytes_per_second'] / 1e9:.1f} GB/s ({p['stream_warm_bytes_per_second'] / 1e9:.1f}) "
+            f"| {p['matvec_bytes_per_second'] / 1e9:.1f} GB/s | {p['peak_fp32_flops_per_second'] / 1e9:.0f} GFLOP/s |"
+            for t, p in ((t, e["physical"]) for t, e in results["threads"].items())]]
+    lines += [f"\n**Warning:** {w}." for w in results.get("warnings", [])]
     size = results["installed_mib"]
     lines += ["", f"Installed size: runtime-only environment {size['runtime']:.0f} MiB, full framework stack "
                   f"{size['frameworks']:.0f} MiB ({size['runtime'] / size['frameworks']:.2f} of it)."]

@@ -22,6 +22,8 @@ import numpy as np
 from .errors import UnsupportedModelError
 from .graph import drop_dead_nodes
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("fp32", "int8")
 DEFAULT_MIN_AGREEMENT = 0.99   # share of parity rows whose label (after the decision policy) must not change
 MIN_WEIGHTS = 1 << 16          # smaller layers cost more in per-node work than their weights cost to stream
@@ -49,8 +51,12 @@ class Precision:
         """The manifest's `precision` block (with the nodes `lower` quantized); parity.json's, without them."""
         if not self.lowered:
             return {"weights": "fp32"}
+        from runtime.host import cpu, int8_note
+
+        host = cpu()  # where it was built and gated; describe() says the same of the serving host
         return {"weights": self.weights, "scheme": SCHEME, "min_agreement": self.min_agreement,
-                "min_onnxruntime": MIN_ONNXRUNTIME, **({"quantized_nodes": quantized} if quantized else {})}
+                "min_onnxruntime": MIN_ONNXRUNTIME, **({"quantized_nodes": quantized} if quantized else {}),
+                "build_host": {**host, "int8_note": int8_note(host)}}
 
     @classmethod
     def from_record(cls, record: dict[str, Any] | None) -> Precision:
@@ -66,6 +72,12 @@ def lower(model: Any, precision: Precision) -> tuple[Any, list[str]]:
         return model, []
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from runtime.host import cpu, int8_note
+
+    note = int8_note(cpu())
+    if note:  # the agreement gate still decides; this is about speed, which only a benchmark shows
+        log.warning("--precision %s: this build host %s", precision.weights, note)
 
     targets = _linears_as_matmul(model)
     if not targets:

@@ -120,7 +120,16 @@ class Ensemble:
                 "decision": m.get("decision"), "precision": m.get("precision") or {"weights": "fp32"},
                 "files": m["files"], "parity": m.get("parity"),
                 "build_libraries": m.get("libraries"),
-                "onnxruntime": ort.__version__}
+                "onnxruntime": ort.__version__, "host": self._host()}
+
+    def _host(self) -> dict[str, Any]:
+        """This serving host's CPU; for an int8 build, whether it has the instructions 8-bit needs to pay."""
+        from .host import cpu, int8_note
+
+        host = cpu()
+        if (self.manifest.get("precision") or {}).get("weights", "fp32") != "fp32":
+            host["int8_note"] = int8_note(host)
+        return host
 
 
 def load(path: str | os.PathLike[str], options: ort.SessionOptions | None = None, *,

@@ -85,6 +85,7 @@ class PrecisionRecord:
     min_agreement: float | None = None
     min_onnxruntime: str | None = None
     quantized_nodes: list[str] | None = None
+    build_host: dict[str, Any] | None = None   # the CPU that built and gated it: int8 pays only with VNNI/AMX
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""This host's physical limits, measured with numpy alone (never with onnxruntime, the kernels they judge):
+
+- streaming read: bytes per second reading a buffer the size of the weights once (a sum, a dot of the
+  buffer with itself, or at N threads N slices summed at once, whichever is fastest), warm (the same buffer again: in cache where it fits) and
+  cold-ish (a different buffer each call, from a pool larger than any last-level cache);
+- matrix-vector product: one row through a float32 matrix holding the weights' bytes (BLAS sgemv, numpy's
+  own), at 1 thread and at N: the best a tuned kernel does at reading the weights once for one row;
+- peak float32 multiply-add rate: a large square matmul (BLAS sgemm), at 1 thread and at N.
+
+Each thread count runs in a fresh process (`python -m convert.floors N BYTES [--quick]`) with the BLAS
+thread variables set before numpy loads, so no thread-control package is needed: `convert.bench` and the
+numpy-plus-onnxruntime-only `convert.bench_host` both call `measure`. Needs numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+COLD_POOL_BYTES = 512 << 20  # larger than any last-level cache we expect, so a rotation reads from memory
+MATVEC_COLUMNS = 1024        # sgemv reads W row by row; a long row keeps its loop in its fast path
+
+
+def median_seconds(fn: Callable[[], Any], calls: int, warmup: int = 5, percentile: float = 50) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.percentile(times, percentile))
+
+
+def floor_seconds(fn: Callable[[], Any], calls: int, warmup: int = 5) -> float:
+    """A floor is what the host can do, not what it did while shared: the 10th percentile of the calls."""
+    return median_seconds(fn, calls, warmup, percentile=10)
+
+
+def _in_process(weight_bytes: int, threads: int, quick: bool) -> dict[str, Any]:
+    """The floors at `threads` (this process's BLAS was given as many)."""
+    calls = 20 if quick else 200
+    rng = np.random.default_rng(0)
+    n = max(MATVEC_COLUMNS, weight_bytes // 4)
+    warm = rng.random(n, dtype=np.float32)
+    stream_warm = min(floor_seconds(lambda: warm.sum(), calls), floor_seconds(lambda: np.dot(warm, warm), calls))
+    pool_size = 2 if quick else max(2, COLD_POOL_BYTES // (4 * n))
+    pool = [rng.random(n, dtype=np.float32) for _ in range(pool_size)]
+    turn = iter(range(1 << 62))
+
+    def cold(read: Callable[[np.ndarray], Any]) -> float:
+        return floor_seconds(lambda: read(pool[next(turn) % pool_size]), calls)
+
+    stream_cold = min(cold(np.sum), cold(lambda v: np.dot(v, v)))
+    if threads > 1:  # numpy's sum runs on one thread; read the buffer in `threads` slices at once
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as workers:
+            def sliced(v: np.ndarray) -> Any:
+                return list(workers.map(np.sum, np.array_split(v, threads)))
+
+            stream_cold = min(stream_cold, cold(sliced))
+    pool.clear()  # free the cold pool before the matmul allocates
+    w = warm.reshape(-1, MATVEC_COLUMNS) if n % MATVEC_COLUMNS == 0 else warm[: n - n % MATVEC_COLUMNS].reshape(
+        -1, MATVEC_COLUMNS)
+    x = rng.random(MATVEC_COLUMNS, dtype=np.float32)
+    matvec = floor_seconds(lambda: w @ x, calls)
+    size = 512 if quick else 2048
+    a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
+    matmul = floor_seconds(lambda: a @ b, 5 if quick else 10, warmup=2)
+    return {"stream_warm_bytes_per_second": 4 * n / stream_warm, "stream_cold_bytes_per_second": 4 * n / stream_cold,
+            "matvec_seconds": matvec * (4 * n) / w.nbytes,  # scaled to the weights' bytes exactly
+            "matvec_bytes_per_second": w.nbytes / matvec, "peak_fp32_flops_per_second": 2 * size**3 / matmul,
+            "matmul_size": size}
+
+
+def measure(weight_bytes: int, threads: int, quick: bool = False) -> dict[str, Any]:
+    """The floors at `threads` BLAS threads, in a fresh process (thread pools are fixed when numpy loads)."""
+    env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
+    done = subprocess.run([sys.executable, "-m", "convert.floors", str(threads), str(weight_bytes),
+                           *(["--quick"] if quick else [])], env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"floor worker ({threads} threads) failed:\n{done.stderr[-2000:]}")
+    return {"threads": threads, "weight_bytes": weight_bytes, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def one_row_floor_us(floors: dict[str, Any], weight_bytes: int, flops_per_row: int,
+                     float32: bool = True) -> dict[str, float]:
+    """What one row cannot beat on this host at this thread count: reading the weights once (at the best of
+    the streaming read and the tuned matvec), and, for a float32 build, its multiply-adds at the peak float32
+    rate (8-bit dot products run at another rate, not measured here: an int8 build's floor is its bytes)."""
+    best_bandwidth = max(floors["stream_cold_bytes_per_second"], floors["matvec_bytes_per_second"])
+    memory = weight_bytes / best_bandwidth * 1e6
+    compute = flops_per_row / floors["peak_fp32_flops_per_second"] * 1e6 if float32 else 0.0
+    return {"memory_us": memory, "matvec_us": weight_bytes / floors["matvec_bytes_per_second"] * 1e6,
+            "compute_us": compute, "floor_us": max(memory, compute)}
+
+
+if __name__ == "__main__":
+    sys.stdout.write(json.dumps(_in_process(int(sys.argv[2]), int(sys.argv[1]), "--quick" in sys.argv)) + "\n")

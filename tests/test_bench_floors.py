@@ -1,0 +1,180 @@
+"""The host and its physical floors (issue 17): what the CPU can do, measured with numpy; the many-core script
+that runs with numpy and onnxruntime alone; and no silent trap in `--precision int8`. No timing is asserted:
+only that the figures exist, are consistent with each other, and name their host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from convert.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+# What a bare serving host lacks: bench_host must run without any of these.
+BUILD_STACK = ("click", "torch", "onnx", "sklearn", "xgboost", "lightgbm", "skl2onnx", "onnxmltools", "pandas")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def int8_build(demo_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8-host") / "artifacts"
+    result = invoke("convert", demo_models, "-o", out, "--precision", "int8", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _proc_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads /proc/cpuinfo (Linux)")
+@pytest.mark.parametrize(("flag", "name"), [("avx2", "AVX2"), ("avx512f", "AVX-512F"), ("avx512_vnni", "AVX-512 VNNI"),
+                                            ("avx_vnni", "AVX-VNNI"), ("avx512_bf16", "AVX-512 BF16"),
+                                            ("amx_int8", "AMX-INT8")])
+def test_host_names_exactly_the_instruction_sets_the_kernel_reports(flag, name):
+    from runtime.host import cpu
+
+    assert (name in cpu()["instruction_sets"]) == (flag in _proc_flags())
+
+
+@pytest.mark.parametrize(("int8_fast", "warns"), [(True, False), (False, True), (None, True)])
+def test_int8_note_only_where_the_host_lacks_8_bit_dot_products(int8_fast, warns):
+    from runtime.host import int8_note
+
+    note = int8_note({"model": "Some CPU", "int8_fast": int8_fast})
+    assert (note is not None) == warns
+    if warns:
+        assert "Some CPU" in note
+
+
+def test_int8_build_records_its_build_host_and_describe_its_serving_host(int8_build, demo_artifacts):
+    import runtime
+    from runtime.host import cpu
+
+    manifest = json.loads((int8_build / "manifest.json").read_text())
+    build_host = manifest["precision"]["build_host"]
+    assert build_host["instruction_sets"] == cpu()["instruction_sets"]
+    assert ("int8_note" in build_host) and ((build_host["int8_note"] is None) == bool(cpu()["int8_fast"]))
+    serving = runtime.load(int8_build).describe()["host"]
+    assert serving["model"] == cpu()["model"] and "int8_note" in serving
+    assert "int8_note" not in runtime.load(demo_artifacts).describe()["host"]  # fp32: nothing to warn about
+
+
+def test_floors_are_consistent_with_each_other():
+    from convert.floors import measure, one_row_floor_us
+
+    floors = measure(1 << 20, 1, quick=True)
+    for key in ("stream_cold_bytes_per_second", "stream_warm_bytes_per_second", "matvec_bytes_per_second",
+                "peak_fp32_flops_per_second"):
+        assert floors[key] > 0, key
+    fp32 = one_row_floor_us(floors, 1 << 20, 2 << 18)
+    assert fp32["floor_us"] == max(fp32["memory_us"], fp32["compute_us"])
+    assert fp32["memory_us"] <= fp32["matvec_us"]  # the memory floor is the best of the reads, matvec among them
+    assert one_row_floor_us(floors, 1 << 20, 2 << 18, float32=False)["compute_us"] == 0
+
+
+@pytest.mark.parametrize(("int8_seconds", "expected"), [
+    ({"1": 1.0, "256": 2.0}, []),                                              # faster than both everywhere
+    ({"1": 1.0, "256": 3.5}, ["batch 256", "fp32 build"]),                      # slower than fp32 at 256 only
+    ({"1": 6.0, "256": 2.0}, ["batch 1", "fp32 build", "frameworks"]),          # slower than both at 1 row
+])
+def test_bench_flags_an_int8_build_slower_than_fp32_or_the_frameworks(int8_seconds, expected):
+    from convert.bench import lowered_warnings
+
+    results = {"builds": {"fp32": {"precision": {"weights": "fp32"}}, "int8": {"precision": {"weights": "int8"}}},
+               "threads": {"1": {"frameworks": {"batch_seconds": {"1": 5.0, "256": 4.0}},
+                                 "builds": {"fp32": {"runtime": {"batch_seconds": {"1": 2.0, "256": 3.0}}},
+                                            "int8": {"runtime": {"batch_seconds": int8_seconds}}}}}}
+    warnings = lowered_warnings(results)
+    assert bool(warnings) == bool(expected)
+    assert all(any(word in w for w in warnings) for word in expected)
+    assert all(w.startswith("int8 at 1 thread(s)") for w in warnings)
+
+
+def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts, int8_build, tmp_path):
+    result = invoke("bench", demo_artifacts, int8_build, "--models", demo_models, "--threads", "1", "--quick",
+                    "--out", tmp_path, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    from convert.bench import lowered_warnings
+    from runtime.host import cpu
+
+    assert figures["machine"]["instruction_sets"] == cpu()["instruction_sets"]
+    builds = figures["threads"]["1"]["builds"]
+    for build in builds.values():
+        assert build["ratios"]["one_row_p50_over_physical"] == pytest.approx(
+            build["runtime"]["one_row_p50_us"] / build["physical_floor"]["floor_us"])
+    assert builds["int8"]["physical_floor"]["compute_us"] == 0  # an 8-bit build's floor is its bytes
+    assert builds["fp32"]["physical_floor"]["peak_fp32_flops_per_second"] >= max(
+        figures["threads"]["1"]["physical"]["peak_fp32_flops_per_second"],
+        builds["fp32"]["floor"]["matmul_flops_per_second"])
+    assert sorted(figures["warnings"]) == sorted(lowered_warnings(figures))  # all this run measured is reported
+    table = (tmp_path / "bench.md").read_text()
+    assert "physical floor" in table and "numpy matvec" in table
+    assert all(name in table for name in cpu()["instruction_sets"])
+    assert all(f"**Warning:** {w}." in table for w in figures["warnings"])
+
+
+def test_bench_host_runs_with_numpy_and_onnxruntime_alone(demo_artifacts, int8_build, tmp_path):
+    """A serving host has neither the build stack nor click: block them all and run the module."""
+    blocker = (
+        "import sys, runpy\n"
+        f"BLOCKED = {BUILD_STACK!r}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'{name} is not on a serving host')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['bench_host', *sys.argv[1:]]\n"
+        "runpy.run_module('convert.bench_host', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", blocker, str(demo_artifacts), str(int8_build), "--threads", "1,2",
+                           "--quick", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench_host.json").read_text())
+    assert sorted(results["floors"]) == ["1", "2"]
+    fp32 = results["builds"][demo_artifacts.name]
+    assert "file size" in fp32["cost"]  # onnx was blocked: the estimate, and it says so
+    one, two = fp32["threads"]["1"], fp32["threads"]["2"]
+    assert {"sequential", "level DISABLE_ALL", "bare session, optimised graph saved and reloaded"} <= set(one)
+    assert {"sequential", "parallel inter=2", "members in threads"} <= set(two)
+    assert two["members in threads"]["member_threads"]["patchtst"] == 1  # 2 threads: the rest take one each
+    assert results["builds"]["artifacts"]["precision"]["weights"] == "int8"
+    table = (tmp_path / "bench_host.md").read_text()
+    assert "| 2 | members in threads |" in table and results["host"]["model"] in table
+
+
+def test_bench_host_refuses_a_folder_that_is_not_artifacts(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "convert.bench_host", str(tmp_path), "--quick", "--threads", "1",
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and str(tmp_path) in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("form", ["Gemm W transposed", "MatMul + Add"])
+def test_layout_study_compares_graphs_that_compute_the_same(demo_artifacts, form):
+    """bench_layouts times each weight-Gemm form of the whole ensemble: each must be the same function."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from convert.bench_layouts import whole_graph_in_form
+
+    model = onnx.load(demo_artifacts / "ensemble.onnx")
+    rewritten = whole_graph_in_form(model, form)
+    assert not [n for n in rewritten.graph.node if n.op_type == "Gemm" and any(
+        a.name == "transB" and a.i == 1 for a in n.attribute)]
+    rows = np.random.default_rng(1).standard_normal((16, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    shipped = ort.InferenceSession(model.SerializeToString()).run(["probabilities"], {"features": rows})[0]
+    other = ort.InferenceSession(rewritten.SerializeToString()).run(["probabilities"], {"features": rows})[0]
+    np.testing.assert_allclose(other, shipped, atol=1e-5)
