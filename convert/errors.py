@@ -44,3 +44,8 @@ class ParityError(ConvertError):
 
 class VerifyError(ConvertError):
     """Existing artifacts do not match the model files they claim to come from, or no longer pass parity."""
+
+
+class OutputError(ConvertError):
+    """The output folder may not be replaced: it is not a previous build, or replacing it would delete the
+    models, the current folder, the home folder or an ancestor of one of them."""

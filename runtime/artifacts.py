@@ -5,11 +5,12 @@ or of an unknown schema is an ArtifactError naming the file and saying what to d
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from pathlib import Path
 from typing import Any
+
+from .features import RepeatedKeyError, loads_unique
 
 SCHEMA_VERSIONS = (1,)
 # The newest this runtime's onnxruntime floor (1.17) runs; com.microsoft holds MatMulNBits, which only an
@@ -41,11 +42,16 @@ def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     manifest_path = root / "manifest.json"
     raw = _read_regular(manifest_path, "manifest.json")
     try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc}); {REBUILD}.") from None
+        manifest = loads_unique(raw)
+    except RepeatedKeyError as exc:
+        raise ArtifactError(f"{manifest_path}: key '{exc.key}' is written twice; {REBUILD}.") from None
+    except ValueError as exc:  # malformed, not UTF-8, nested too deeply
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({str(exc)[:200]}); {REBUILD}.") from None
     if not isinstance(manifest, dict) or (missing := [k for k in REQUIRED if k not in manifest]):
         raise ArtifactError(f"{manifest_path}: missing field(s) {missing if isinstance(manifest, dict) else REQUIRED}; {REBUILD}.")
+    for key in ("files", "opsets", "ensemble", "members"):  # the shapes the checks below walk
+        if not isinstance(manifest[key], dict):
+            raise ArtifactError(f"{manifest_path}: field '{key}' must be an object; {REBUILD}.")
     if manifest["schema_version"] not in SCHEMA_VERSIONS:
         raise ArtifactError(f"{manifest_path}: schema_version {manifest['schema_version']!r} is not one this runtime "
                             f"reads ({SCHEMA_VERSIONS}); upgrade ensemble-onnx or rebuild with this version.")
