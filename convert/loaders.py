@@ -26,7 +26,13 @@ from typing import IO, Any
 
 from runtime.features import RepeatedKeyError
 
-from .errors import ConvertError, MetadataError, ModelFileError, StateDictError, UnsafeFileError
+from .errors import (
+    ConvertError,
+    MetadataError,
+    ModelFileError,
+    StateDictError,
+    UnsafeFileError,
+)
 
 # Size limits per category of file, in bytes; each can be raised with ENSEMBLE_ONNX_MAX_<CATEGORY>_BYTES
 # (e.g. ENSEMBLE_ONNX_MAX_MODEL_BYTES=4294967296). Sized to the formats with ample room: metadata,
@@ -254,7 +260,7 @@ def _line_of_repeat(text: str, start: int, key: str) -> int:
 
 def _parse_object(s_and_end: tuple[str, int], *args: Any) -> Any:
     try:
-        return json.decoder.JSONObject(s_and_end, *args)
+        return json.decoder.JSONObject(s_and_end, *args)  # type: ignore[attr-defined]
     except RepeatedKeyError as exc:  # raised by the pairs hook once the innermost object is read
         raise _RepeatedAt(exc.key, _line_of_repeat(s_and_end[0], s_and_end[1], exc.key)) from None
 
@@ -263,7 +269,7 @@ def _unique_decoder() -> json.JSONDecoder:
     from runtime.features import _unique_pairs
 
     decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs)
-    decoder.parse_object = _parse_object  # type: ignore[assignment]
+    decoder.parse_object = _parse_object  # type: ignore[attr-defined]
     # The pure-Python scanner calls parse_object (the C one does not): small files, so speed does not matter.
     decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder
