@@ -75,9 +75,8 @@ def _positive(value: Any, where: str, upper: float | None = None, lower: float =
     except OverflowError:  # an integer of hundreds of digits
         number = math.nan
     if not math.isfinite(number) or number <= 0 or number < lower or (upper is not None and number > upper):
-        bound = f" and at most {upper}" if upper is not None else ""
-        floor = f"at least {lower}" if lower > 0 else "above 0"
-        raise MetadataError(f"{where} must be a number {floor}{bound}, got {str(value)[:40]}.")
+        bound = f", from {lower} to {upper}" if lower > 0 else f" and at most {upper}" if upper is not None else ""
+        raise MetadataError(f"{where} must be a number above 0{bound}, got {str(value)[:40]}.")
     return number
 
 

@@ -5,7 +5,8 @@ byte-identical files. The folder is written beside the target and swapped in who
 build leaves an existing output folder as it was.
 
 The guard (`check_output`) runs before any work and again just before the swap: `convert -o DIR` replaces DIR
-only if it does not exist, is an empty folder, or is provably a previous build (its manifest.json parses,
+only if it does not exist, is an empty folder (or holds only the artifacts README every build ships, as a
+fresh clone's `artifacts/` does), or is provably a previous build (its manifest.json parses,
 has our schema_version, and the folder holds exactly the files it lists). Never the models folder, the
 current folder, `/`, the home folder or an ancestor of any of them. `--force` relaxes only the "exactly the
 files it lists" part, for a folder whose manifest.json still says it is a build.
@@ -129,8 +130,12 @@ def check_output(out: Path, models_dir: Path | None = None, force: bool = False)
         return
     if not target.is_dir():
         raise OutputError(f"{where}: is a file, not a folder; convert replaces only a previous build.")
-    if not any(target.iterdir()):
+    entries = list(target.iterdir())
+    if not entries:
         return
+    if [e.name for e in entries] == ["README.md"] and not entries[0].is_symlink() and entries[0].is_file() \
+            and entries[0].read_bytes() == ARTIFACTS_README.read_bytes():
+        return  # a fresh clone's artifacts/: only the README every build ships, byte for byte
     is_build, why = _listed_build(target)
     if is_build and (not why or force):
         return

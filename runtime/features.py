@@ -57,7 +57,10 @@ def _check_cell(value: Any, row: int, feature: str) -> float:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else f"an integer of {len(str(abs(value)))} digits"
+    """The value for a message, cut short; a huge integer by its size (repr of one over 4,300 digits raises)."""
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

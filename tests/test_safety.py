@@ -159,6 +159,19 @@ def test_force_replaces_only_a_folder_whose_manifest_says_it_is_a_build(demo_art
                 mf.check_output(out, None, force)
 
 
+@pytest.mark.parametrize(("readme", "allowed"), [("shipped", True), ("edited", False)])
+def test_a_fresh_clones_artifacts_folder_is_replaced_only_with_the_shipped_readme(tmp_path, readme, allowed):
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    text = mf.ARTIFACTS_README.read_bytes()
+    (out / "README.md").write_bytes(text if readme == "shipped" else text + b"my notes\n")
+    if allowed:
+        mf.check_output(out)
+    else:
+        with pytest.raises(OutputError, match="holds no manifest.json"):
+            mf.check_output(out)
+
+
 def test_bench_refuses_to_write_into_an_artifacts_or_models_folder(demo_models, artifacts_copy):
     for out in (artifacts_copy, demo_models):
         before = snapshot(out)
@@ -291,7 +304,7 @@ def _spec(models: Path, **changes: object) -> dict:
     ("weight-vanishes", ["weight 0"]),
     ("feature-names-repeated", ["feature_names", "rsi_14", "more than once"]),
     ("member-written-twice", ["line 38", "'xgboost' is written twice"]),
-    ("temperature-1e-300", ["decision.temperature.nhits", "at least 0.01"]),
+    ("temperature-1e-300", ["decision.temperature.nhits", "from 0.01 to 100"]),
     ("deeply-nested", ["nested too deeply"]),
     ("fifo-free-but-folder-meta", ["metadata of member 'nhits'", "a folder"]),
 ])
@@ -410,6 +423,7 @@ def _row(**changes: object) -> dict:
 @pytest.mark.parametrize(("rows", "match"), [
     (_row(rsi_14=10**400), "rsi_14.*too large"),
     ([_row(macd=-(10**400))], "macd.*too large"),
+    ([_row(macd=10**5000)], "macd.*too large"),
     ([[0.5] * (len(FEATURES) - 1) + [10**400]], "adx_14.*too large"),
     (np.ma.masked_array(np.zeros((2, len(FEATURES))), mask=np.eye(2, len(FEATURES), dtype=bool)), "masked"),
     (json.loads("[" * 70 + "1" + "]" * 70),
