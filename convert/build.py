@@ -19,7 +19,7 @@ from runtime.contract import ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, SI
 
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
-from .discover import Plan, make_plan
+from .discover import Plan, check_unique_names, make_plan
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind
@@ -52,6 +52,8 @@ def resolve_feature_names(plan: Plan, members: list[LoadedMember], scalers: dict
     if not sources:
         raise MetadataError(f"{plan.models_dir}: no file names the features; add \"feature_names\": [...] to a "
                             f"member's _meta.json or to ensemble.json, in training column order.")
+    for where, names in sources:
+        check_unique_names(list(names), f"{where}: feature_names")
     first_where, first = sources[0]
     for where, names in sources[1:]:
         if list(names) != list(first):
@@ -74,14 +76,27 @@ def check_widths(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
             raise MetadataError(f"{s.file}: scales {s.n_features} features; the ensemble has {n_features}.")
 
 
-def read_features_file(path: Path, feature_names: list[str]) -> np.ndarray:
-    """Recorded rows (CSV with a header, or JSON lines), validated and aligned as `predict` does."""
+def read_features_file(path: Path, feature_names: list[str], text: str | None = None) -> np.ndarray:
+    """Recorded rows (CSV with a header, or JSON lines), validated and aligned as `predict` does; `text`
+    when the file was already read."""
     from runtime.features import InputError, read_records, records_to_matrix
 
     try:
-        return records_to_matrix(read_records(path.read_text()), feature_names)
+        return records_to_matrix(read_records(read_data_text(path) if text is None else text), feature_names)
     except InputError as exc:
         raise MetadataError(f"{path}: {exc}") from exc
+
+
+def read_data_text(path: Path) -> str:
+    """Recorded rows (--parity-data, --calibrate, verify --data): a regular UTF-8 file within the data limit."""
+    from runtime.features import InputError, decode_input
+
+    from .loaders import read_checked
+
+    try:
+        return decode_input(read_checked(path, "data", "recorded rows", MetadataError), str(path))
+    except InputError as exc:
+        raise MetadataError(str(exc)) from exc
 
 
 @dataclass
@@ -140,15 +155,16 @@ def _require(report: dict[str, Any], out: Path) -> None:
                           + "\n  ".join(report["failures"]), report)
 
 
-def calibrate(loaded: Loaded, labelled: Path) -> Decision:
+def calibrate(loaded: Loaded, labelled: Path, labelled_text: str | None = None) -> Decision:
     """Fit the members' temperatures on labelled rows (negative log-likelihood of the ensemble); the report
     goes into the manifest: per member t and NLL before/after, the ensemble's NLL and calibration error
     before/after."""
     from runtime.features import InputError, read_records, records_to_matrix
 
     classes = loaded.plan.classes
+    labelled_text = read_data_text(labelled) if labelled_text is None else labelled_text
     try:
-        records = read_records(labelled.read_text())
+        records = read_records(labelled_text)
         raw = records_to_matrix(records, loaded.feature_names, passthrough=("symbol", "label"))
     except InputError as exc:
         raise MetadataError(f"{labelled}: {exc}") from exc
@@ -164,7 +180,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     ens_before = before.combine(before.calibrated(member_probs))
     ens_after = before.combine({n: after.calibrated(n, p) for n, p in member_probs.items()})
     report = {
-        "file": labelled.name, "sha256": mf.sha256(labelled.read_bytes()), "rows": len(labels),
+        "file": labelled.name, "sha256": mf.sha256(labelled_text.encode()), "rows": len(labels),
         "members": {n: {"temperature": fitted[n],
                         "nll_before": negative_log_likelihood(before.decision.calibrated(n, p), labels),
                         "nll_after": negative_log_likelihood(after.calibrated(n, p), labels)}
@@ -217,21 +233,25 @@ def _signer(sign_key: Path | None) -> Callable[[dict[str, Any]], bytes] | None:
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
           calibrate_on: Path | None = None, progress: Progress = log.info,
           precision: Precision = Precision(), sign_key: Path | None = None,
-          reference_data: Path | None = None) -> BuildResult:
+          reference_data: Path | None = None, force: bool = False) -> BuildResult:
+    mf.check_output(out, models_dir, force)  # before any work: a refused output costs nothing
     signer = _signer(sign_key)
     plan = make_plan(models_dir, only)
+    # Read before any model is loaded: a FIFO, a folder, an oversized or non-UTF-8 file costs nothing.
+    parity_text = read_data_text(parity_data) if parity_data is not None else None
+    calibrate_text = read_data_text(calibrate_on) if calibrate_on is not None else None
     for line in plan.describe():
         log.info(line)
     loaded = load_plan(plan, progress)
     if calibrate_on is not None:
         progress(f"calibrating temperatures on {calibrate_on.name}")
-        plan.decision = calibrate(loaded, calibrate_on)
+        plan.decision = calibrate(loaded, calibrate_on, calibrate_text)
     progress("fusing the ensemble graph")
     ensemble = build_ensemble_graph(loaded.members, loaded.scalers, len(loaded.feature_names), plan.classes,
                                     plan.decision, loaded.stacker.onnx_model if loaded.stacker else None)
     member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in loaded.members}
     ensemble_bytes = ensemble.SerializeToString()
-    recorded = read_features_file(parity_data, loaded.feature_names) if parity_data else None
+    recorded = read_features_file(parity_data, loaded.feature_names, parity_text) if parity_data else None
     report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress)
     _require(report, out)  # the float32 export is exact first, whatever precision ships
     quantized: list[str] = []
@@ -279,6 +299,6 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     if signer is not None:
         files[SIGNATURE_FILE] = signer(manifest)
     progress(f"writing {out}")
-    mf.write_atomically(out, files)
+    mf.write_atomically(out, files, models_dir, force)
     log.info("wrote %s (%d files)", out, len(files))
     return BuildResult(plan, manifest, report, contract.build_id(manifest))

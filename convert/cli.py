@@ -122,11 +122,14 @@ def main(debug: bool) -> None:
 @click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="An Ed25519 private key (PEM): sign the folder (manifest.sig inside it; needs "
                    "'ensemble-onnx[signing]').")
+@click.option("--force", is_flag=True,
+              help="Replace OUTPUT even if it holds files its manifest.json does not list; only a folder whose "
+                   "manifest.json says it is an ensemble-onnx build, never anything else.")
 @AS_JSON
 @QUIET
 def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path | None, calibrate_on: Path | None,
             precision: str, min_agreement: float | None, reference_data: Path | None, sign_key: Path | None,
-            as_json: bool, quiet: bool) -> None:
+            force: bool, as_json: bool, quiet: bool) -> None:
     """Rebuild, export and parity-check every member in MODELS; write the artifacts folder.
 
     \b
@@ -142,7 +145,7 @@ def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path
 
     result = build(models, output, list(only) or None, parity_data, calibrate_on, StepProgress(quiet),
                    Precision(precision, DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement),
-                   sign_key=sign_key, reference_data=reference_data)
+                   sign_key=sign_key, reference_data=reference_data, force=force)
     _emit(result.manifest, as_json, f"build_id: {result.build_id}")
     if not quiet:
         click.echo(f"next: ensemble-onnx predict {output} --input ROWS.csv", err=True)
@@ -192,9 +195,51 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
     require_build_stack()
     _log_to_stderr(quiet)
     from .bench import run_bench, table
+    _check_bench_out(out_dir, artifacts, models)
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
     results = run_bench(list(artifacts), models, out_dir, counts, StepProgress(quiet), quick)
     _emit(results, as_json, "\n".join(table(results)) + f"\n\nwritten: {out_dir}/bench.json, bench.md, bench.png")
+
+
+def _read_input(name: str) -> str:
+    """The rows as UTF-8 text from a file or stdin; InputError for a closed stdin, an unreadable file or bytes
+    that are not UTF-8."""
+    from runtime.features import InputError, decode_input
+
+    if name == "-":
+        stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
+        if stream is None or stream.closed:
+            raise InputError("stdin is closed; pipe the rows in or pass --input FILE.")
+        try:
+            data = stream.read()
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read stdin ({exc}); pipe the rows in or pass --input FILE.") from None
+        return decode_input(data, "stdin")
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read the input ({exc.strerror}).") from None
+    return decode_input(data, name)
+
+
+def _check_bench_out(out_dir: Path, artifacts: tuple[Path, ...], models: Path) -> None:
+    """bench's files in an artifacts or models folder would break it (an unlisted file fails verification;
+    new files change what discovery sees)."""
+    from .discover import STAMPED
+    from .errors import OutputError
+
+    target = out_dir.resolve()
+    for folder, what in [(a, "an artifacts folder") for a in artifacts] + [(models, "the models folder")]:
+        if target == folder.resolve():
+            raise OutputError(f"--out {out_dir}: is {what}; bench's files would break it. Name another folder.")
+    if target.is_dir():
+        names = [p.name for p in target.iterdir()]
+        if "manifest.json" in names:
+            raise OutputError(f"--out {out_dir}: holds a manifest.json (an artifacts folder); bench's files "
+                              f"would make it fail verification. Name another folder.")
+        if "ensemble.json" in names or any(STAMPED.match(n) for n in names):
+            raise OutputError(f"--out {out_dir}: holds model files (a models folder); name another folder.")
 
 
 @main.command()
@@ -249,20 +294,21 @@ def _as_text(info: Any, indent: int = 0) -> str:
 
 @main.command()
 @click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--input", "input_file", type=click.File("r"), default="-", show_default=True,
+@click.option("--input", "input_file", type=click.Path(dir_okay=False, allow_dash=True, path_type=str), default="-",
+              show_default=True,
               help="Rows as JSON lines or CSV with a header of feature names (any order; 'symbol' passes through).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--expect-build-id", metavar="SHA256", help="Refuse any build but this one (the build_id that "
                                                           "convert, inspect and verify print).")
 @PUBLIC_KEY
-def predict(artifacts: Path, input_file: Any, fmt: str, expect_build_id: str | None, public_key: Path | None) -> None:
+def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | None, public_key: Path | None) -> None:
     """Score rows with the artifacts alone (no torch, no tree libraries). Refuses the whole input, printing
     nothing, if any row cannot be scored; every bad row is named with its line number."""
     import runtime
     from runtime.features import read_records, records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
-    rows = read_records(input_file.read())
+    rows = read_records(_read_input(input_file))
     predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
     records = [{"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
                 "probabilities": p.probabilities, "members": p.members} for (_, r), p in zip(rows, predictions)]

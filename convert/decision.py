@@ -31,7 +31,8 @@ import numpy as np
 from .errors import MetadataError
 
 DEFAULT_FALLBACK = "HOLD"   # the class a refused action turns into, when the class set has it
-TEMPERATURE_RANGE = (0.05, 20.0)
+TEMPERATURE_RANGE = (0.05, 20.0)   # what --calibrate fits within
+TEMPERATURE_LIMITS = (0.01, 100.0)  # what ensemble.json may set: beyond, log p / t overflows or erases a member
 ECE_BINS = 10
 
 
@@ -87,12 +88,15 @@ def with_temperature(probs: np.ndarray, t: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _positive(value: Any, where: str, upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
-            or (upper is not None and value > upper):
-        bound = f" and at most {upper}" if upper is not None else ""
-        raise MetadataError(f"{where} must be a number above 0{bound}, got {value!r}.")
-    return float(value)
+def _positive(value: Any, where: str, upper: float | None = None, lower: float = 0.0) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer of hundreds of digits
+        number = math.nan
+    if not math.isfinite(number) or number <= 0 or number < lower or (upper is not None and number > upper):
+        bound = f", from {lower} to {upper}" if lower > 0 else f" and at most {upper}" if upper is not None else ""
+        raise MetadataError(f"{where} must be a number above 0{bound}, got {str(value)[:40]}.")
+    return number
 
 
 def parse_decision(obj: Any, members: list[str], classes: list[str], where: str) -> Decision:
@@ -117,7 +121,8 @@ def parse_decision(obj: Any, members: list[str], classes: list[str], where: str)
         if name not in classes:
             raise MetadataError(f"{where}: decision.min_confidence names '{name}', which is not a class "
                                 f"({', '.join(classes)}).")
-    return Decision({n: _positive(t, f"{where}: decision.temperature.{n}") for n, t in temperature.items()},
+    return Decision({n: _positive(t, f"{where}: decision.temperature.{n}", TEMPERATURE_LIMITS[1], TEMPERATURE_LIMITS[0])
+                     for n, t in temperature.items()},
                     {c: _positive(v, f"{where}: decision.min_confidence.{c}", 1.0) for c, v in minimum.items()},
                     fallback=fallback)
 

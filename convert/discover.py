@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .decision import Decision, parse_decision
-from .errors import MetadataError, PlanError
-from .loaders import load_json
+from .errors import MetadataError, ModelFileError, PlanError
+from .loaders import check_regular, load_json
 from .members import MemberSource, get_kind, known_kinds
 
 SERVICE_WEIGHTS = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20}
@@ -71,6 +71,13 @@ def _newest(candidates: list[tuple[tuple[str, str, int], Path]], suffixes: tuple
 
 def _normalized(members: list[MemberSource], notes: list[str]) -> list[MemberSource]:
     total = sum(m.weight for m in members)
+    if not math.isfinite(total):  # 1e308 + 1e308: every weight would become 0 and every prediction SELL
+        raise MetadataError(f"member weights {[m.weight for m in members]} sum to {total}; give weights whose "
+                            f"sum is a finite number (only their ratios matter).")
+    degenerate = [m.name for m in members if m.weight / total == 0.0]
+    if degenerate:
+        raise MetadataError(f"member(s) {degenerate} get weight 0 once the weights are normalized (their weight is "
+                            f"below 1e-308 of the total); raise it or leave the member out.")
     if abs(total - 1.0) > 1e-12:
         notes.append(f"weights sum to {total:.6g}; normalized to sum to 1")
         members = [MemberSource(m.name, m.kind, m.file, m.metadata, m.scaler, m.weight / total) for m in members]
@@ -88,7 +95,7 @@ def discover(models_dir: Path, only: list[str] | None = None) -> Plan:
     for kind in kinds:
         file = _newest(found.get(kind, []), get_kind(kind).suffixes, kind, models_dir)
         meta = file.with_name(f"{file.stem}_meta.json")
-        members.append(MemberSource(kind, kind, file, meta if meta.exists() else None, scaler,
+        members.append(MemberSource(kind, kind, file, meta if meta.exists() or meta.is_symlink() else None, scaler,
                                     SERVICE_WEIGHTS.get(kind, 1.0)))
     notes = [f"newest stamp per kind; scaler {scaler.name} shared by all members; the service's weights"]
     return Plan(models_dir, _normalized(members, notes), list(CLASSES), {"method": "weighted"}, notes=notes)
@@ -109,9 +116,9 @@ def _existing(models_dir: Path, name: Any, where: str) -> Path:
     if not isinstance(name, str) or not name:
         raise MetadataError(f"{where} must be a file name.")
     path = models_dir / name
-    if not path.is_file():
+    if not path.exists():
         raise PlanError(f"{where}: file '{name}' not found in {models_dir}.")
-    return path
+    return path  # a folder, FIFO or oversized file is refused by check_plan_files, naming what it is
 
 
 def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
@@ -125,6 +132,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
     names = spec.get("feature_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise MetadataError(f"{spec_file}: field 'feature_names' must be a list of strings.")
+    if names is not None:
+        check_unique_names(names, f"{spec_file}: field 'feature_names'")
     if not isinstance(spec["members"], dict) or not spec["members"]:
         raise MetadataError(f"{spec_file}: field 'members' must name at least one member.")
     members = []
@@ -143,9 +152,13 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
             raise MetadataError(f"{where}: field 'scaler' is required (a file name, or null for raw features).")
         scaler = None if entry["scaler"] is None else _existing(models_dir, entry["scaler"], f"{where}.scaler")
         weight = entry.get("weight", SERVICE_WEIGHTS.get(entry["kind"], 1.0))
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise MetadataError(f"{where}.weight must be a positive number, got {weight!r}.")
-        members.append(MemberSource(name, entry["kind"], file, meta, scaler, float(weight)))
+        try:
+            number = float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else math.nan
+        except OverflowError:  # an integer of hundreds of digits
+            number = math.inf
+        if not math.isfinite(number) or number <= 0:
+            raise MetadataError(f"{where}.weight must be a finite positive number, got {str(weight)[:40]}.")
+        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number))
     combine = _check_keys(spec.get("combine", {"method": "weighted"}), {"method", "file"}, {"method"},
                           f"{spec_file}: combine")
     notes = [f"from {spec_file.name}"]
@@ -163,12 +176,36 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
     return Plan(models_dir, members, list(classes), combine, names, notes, decision)
 
 
+def check_unique_names(names: list[str], where: str) -> None:
+    """A feature named twice would feed one input column into two (the other feature never read)."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise MetadataError(f"{where} names {repeated} more than once; every feature must appear exactly once.")
+
+
+def check_plan_files(plan: Plan) -> None:
+    """Every file the build will read is a regular file within its size limit, before any is opened."""
+    for m in plan.members:
+        check_regular(m.file, "model", f"{m.kind} model file of member '{m.name}'")
+        if m.metadata is not None:
+            check_regular(m.metadata, "json", f"metadata of member '{m.name}'", MetadataError)
+        if m.scaler is not None:
+            json_scaler = m.scaler.suffix == ".json"
+            check_regular(m.scaler, "json" if json_scaler else "model", "scaler",
+                          MetadataError if json_scaler else ModelFileError)
+    if plan.combine["method"] == "stacking":
+        check_regular(plan.combine["file"], "model", "stacker")
+
+
 def make_plan(models_dir: Path, only: list[str] | None = None) -> Plan:
     if not models_dir.is_dir():
         raise PlanError(f"{models_dir}: not a folder. Pass the models folder the training scripts write.")
     spec_file = models_dir / "ensemble.json"
-    if spec_file.exists():
+    if spec_file.exists() or spec_file.is_symlink():
         if only:
             raise PlanError(f"{spec_file} names the members; --only applies to discovery only.")
-        return from_ensemble_json(models_dir, spec_file)
-    return discover(models_dir, only)
+        plan = from_ensemble_json(models_dir, spec_file)
+    else:
+        plan = discover(models_dir, only)
+    check_plan_files(plan)
+    return plan

@@ -89,5 +89,12 @@ def member_step(member: str, file: object, step: str) -> Iterator[None]:
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise FrameworkError(f"member {member} ({file}): {framework} raised while {step}: "
                              f"{type(exc).__name__}: {first}. Run with --debug for the traceback.") from exc
+
+
 class SigningError(ConvertError):
     """A signing key that cannot sign (unreadable, encrypted, not Ed25519), or `[signing]` not installed."""
+
+
+class OutputError(ConvertError):
+    """The output folder may not be replaced: it is not a previous build, or replacing it would delete the
+    models, the current folder, the home folder or an ancestor of one of them."""

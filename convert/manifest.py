@@ -1,24 +1,43 @@
-"""Hashes, the manifest, and the atomic swap of the output folder.
+"""Hashes, the manifest, the output folder guard, and the atomic swap of the output folder.
 
 Output is deterministic: sorted keys, no timestamps, no absolute paths, so the same inputs give
 byte-identical files. The folder is written beside the target and swapped in whole; a failed or killed
 build leaves an existing output folder as it was.
+
+The guard (`check_output`) runs before any work and again just before the swap: `convert -o DIR` replaces DIR
+only if it does not exist, is an empty folder (or holds only the artifacts README every build ships, as a
+fresh clone's `artifacts/` does), or is provably a previous build (its manifest.json parses,
+has our schema_version, and the folder holds exactly the files it lists). Never the models folder, the
+current folder, `/`, the home folder or an ancestor of any of them. `--force` relaxes only the "exactly the
+files it lists" part, for a folder whose manifest.json still says it is a build.
+
+The swap is `renameat2(RENAME_EXCHANGE)` on Linux: the new folder and the old one trade places in one
+step, so a complete, loadable folder is at the path at every instant. Where the call is missing (not Linux,
+glibc < 2.28) or the filesystem refuses it, two renames are used and, between them, the path is briefly
+missing (a kill there leaves the previous build in a hidden `.NAME.old-*` folder beside it).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
+import sys
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import SCHEMA_VERSION
+from runtime.contract import SCHEMA_VERSIONS
 
-__all__ = ["SCHEMA_VERSION", "dumps", "file_record", "library_versions", "sha256", "write_atomically"]
+from .errors import OutputError
+
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "xgboost", "lightgbm",
              "numpy", "ensemble-onnx")
 ARTIFACTS_README = Path(__file__).with_name("artifacts_README.md")
@@ -46,12 +65,140 @@ def dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-def write_atomically(out: Path, files: dict[str, bytes]) -> None:
-    """Write `files` (relative path -> bytes) as the whole content of `out`, swapped in at the end."""
-    out = out.resolve()
+def _folder_mode() -> int:
+    """0o777 less the umask: what `mkdir` would have made (mkdtemp makes 0700)."""
+    mask = os.umask(0o022)  # the only portable way to read it; set straight back
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _listed_build(folder: Path) -> tuple[bool, str]:
+    """(whether `folder` is an ensemble-onnx build whose manifest.json we can read, why it is not exactly one)."""
+    from runtime.features import loads_unique
+
+    manifest_path = folder / "manifest.json"
+    try:
+        info = os.lstat(manifest_path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 64 << 20:
+            return False, "its manifest.json is not a regular file of sensible size"
+        manifest = loads_unique(manifest_path.read_bytes())
+    except FileNotFoundError:
+        return False, "it holds no manifest.json"
+    except (OSError, ValueError) as exc:
+        return False, f"its manifest.json cannot be read as an ensemble-onnx manifest ({str(exc)[:120]})"
+    if not (isinstance(manifest, dict) and manifest.get("schema_version") in SCHEMA_VERSIONS
+            and isinstance(manifest.get("files"), dict)):
+        return False, "its manifest.json is not an ensemble-onnx manifest"
+    listed = {Path(rel).as_posix() for rel in manifest["files"]} | {"manifest.json"}
+    dirs = {p.as_posix() for rel in listed for p in Path(rel).parents if p != Path(".")}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in filenames + dirnames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            mode = os.lstat(path).st_mode
+            ok = rel in listed and stat.S_ISREG(mode) or rel in dirs and stat.S_ISDIR(mode)
+            if not ok:
+                return True, f"'{rel}' is not a file its manifest.json lists"
+    return True, ""
+
+
+def check_output(out: Path, models_dir: Path | None = None, force: bool = False) -> None:
+    """Refuse (OutputError) an output folder `convert` may not replace; see the module docstring."""
+    where = f"-o {out}"
+    if out.is_symlink():
+        raise OutputError(f"{where}: is a symbolic link; name the folder itself.")
+    target = out.resolve()
+    protected: list[tuple[Path, str]] = [(models_dir.resolve(), "the models folder")] if models_dir else []
+    protected += [(Path.cwd().resolve(), "the current folder"), (Path.home().resolve(), "your home folder"),
+                  (Path(target.anchor), "the filesystem root")]
+    for path, what in protected:
+        if _is_within(path, target):
+            relation = what if path == target else f"an ancestor of {what} ({path})"
+            raise OutputError(f"{where}: is {relation}; replacing it would delete it. Name a new folder, "
+                              f"e.g. -o artifacts.")
+    for parent in target.parents:  # the nearest existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{where}: {parent} is a file, not a folder; the output cannot be created there.")
+            break
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise OutputError(f"{where}: is a file, not a folder; convert replaces only a previous build.")
+    entries = list(target.iterdir())
+    if not entries:
+        return
+    if [e.name for e in entries] == ["README.md"] and not entries[0].is_symlink() and entries[0].is_file() \
+            and entries[0].read_bytes() == ARTIFACTS_README.read_bytes():
+        return  # a fresh clone's artifacts/: only the README every build ships, byte for byte
+    is_build, why = _listed_build(target)
+    if is_build and (not why or force):
+        return
+    hint = ("; --force replaces a previous build that holds extra files" if is_build else
+            "; remove it yourself or name a new folder (--force replaces only a folder whose manifest.json "
+            "says it is an ensemble-onnx build)")
+    raise OutputError(f"{where}: {target} is not provably a previous ensemble-onnx build ({why}); refused to "
+                      f"replace it{hint}.")
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+
+
+def _renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        func = libc.renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func  # type: ignore[no-any-return]
+
+
+def _rename(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2(src, dst, flags); False when the platform or filesystem does not offer it."""
+    func = _renameat2()
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # e.g. a filesystem without RENAME_EXCHANGE: fall back to two renames
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None = None,
+                     force: bool = False) -> None:
+    """Write `files` (relative path -> bytes) as the whole content of `out`, swapped in at the end.
+
+    `check_output` runs again just before the swap: the folder may have changed while the build ran."""
+    out = Path(os.path.abspath(out))
+    check_output(out, models_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
+        os.chmod(staging, _folder_mode())
         for rel, data in files.items():
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,13 +206,19 @@ def write_atomically(out: Path, files: dict[str, bytes]) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        retired = None
+        check_output(out, models_dir, force)
         if out.exists():
+            if _rename(staging, out, RENAME_EXCHANGE):  # staging now holds the previous build
+                _fsync_dir(out.parent)
+                shutil.rmtree(staging)
+                return
             retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, retired / out.name)
-        os.rename(staging, out)
-        if retired is not None:
+            os.rename(staging, out)
             shutil.rmtree(retired)
+        elif not _rename(staging, out, RENAME_NOREPLACE):
+            os.rename(staging, out)
+        _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

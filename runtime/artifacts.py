@@ -11,9 +11,9 @@ parses to the same object and changes nothing. `files` is bound by the sha256 of
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,8 @@ from .contract import (
     manifest_digest,
     parse_manifest,
 )
+
+from .features import RepeatedKeyError, loads_unique
 
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
 
@@ -123,11 +125,11 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
             expect_build_id: str | None, public_key: str | os.PathLike[str] | bytes | None) -> Verified:
     manifest_path = root / MANIFEST_FILE
     try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc}); {REBUILD}.") from None
-    except RecursionError:
-        raise ArtifactError(f"{manifest_path}: nested too deeply to be a manifest; {REBUILD}.") from None
+        manifest = loads_unique(raw)
+    except RepeatedKeyError as exc:
+        raise ArtifactError(f"{manifest_path}: key '{exc.key}' is written twice; {REBUILD}.") from None
+    except ValueError as exc:  # malformed, not UTF-8, nested too deeply
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({str(exc)[:200]}); {REBUILD}.") from None
     try:
         typed = parse_manifest(manifest)
     except FieldError as exc:

@@ -18,21 +18,66 @@ class InputError(ValueError):
     """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
 
 
+class RepeatedKeyError(ValueError):
+    """A JSON object names the same key twice: `json` would keep the last silently."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key '{key}' appears more than once in one object")
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RepeatedKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def loads_unique(text: str | bytes) -> Any:
+    """`json.loads` that refuses a repeated key (RepeatedKeyError) and turns nesting too deep for the parser
+    into a ValueError; every failure is a ValueError (JSONDecodeError, UnicodeDecodeError included)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
 def _check_cell(value: Any, row: int, feature: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise InputError(f"row {row}, feature '{feature}': {value!r} is not a number.")
-    number = float(value)
+        raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits: too large for any float
+        raise InputError(f"row {row}, feature '{feature}': {_short(value)} is too large for a float.") from None
     if not math.isfinite(number):
         raise InputError(f"row {row}, feature '{feature}': {value!r} is not finite; impute it before scoring.")
     return number
 
 
+def _short(value: Any) -> str:
+    """The value for a message, cut short; a huge integer by its size (repr of one over 4,300 digits raises)."""
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _refuse_masked(x: Any) -> None:
+    # np.asarray drops a mask silently: the values under it would be scored as if they were data.
+    if isinstance(x, np.ma.MaskedArray):
+        raise InputError("features are a masked array; fill or drop the masked values before scoring "
+                         "(np.asarray would score the values under the mask).")
+
+
 def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
     """A 2-D array-like in feature order -> float64 [n, F], or InputError."""
+    _refuse_masked(x)
     try:
         arr = np.asarray(x)
-    except (ValueError, TypeError) as exc:  # ragged rows
-        raise InputError(f"features must be a rectangular 2-D array ({exc}).") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # ragged rows, nesting too deep
+        raise InputError(f"features must be a rectangular 2-D array ({type(exc).__name__}: {str(exc)[:200]}).") from None
     width = len(feature_names)
     if arr.ndim != 2 or arr.shape[1] != width:
         raise InputError(f"features must have shape (n, {width}) in the order {list(feature_names)[:3]}...; "
@@ -68,6 +113,7 @@ def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequenc
     """A mapping, a list of mappings, a DataFrame (duck-typed: no pandas import) or a 2-D array -> [n, F].
 
     Named inputs are aligned to the training column order; `passthrough` names (e.g. "symbol") are ignored."""
+    _refuse_masked(rows)
     if isinstance(rows, Mapping):
         rows = [rows]
     if hasattr(rows, "columns") and hasattr(rows, "to_numpy"):  # a DataFrame
@@ -96,23 +142,46 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
         records = []
         for n, line in lines:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"line {n}: not a JSON object ({exc.msg}).") from None
+                record = loads_unique(line)
+            except RepeatedKeyError as exc:
+                raise InputError(f"line {n}: feature '{exc.key}' given more than once.") from None
+            except ValueError as exc:  # malformed, nested too deeply, an integer beyond Python's digit limit
+                raise InputError(f"line {n}: not a JSON object ({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
             if not isinstance(record, dict):
                 raise InputError(f"line {n}: not a JSON object.")
             records.append((n, record))
         return records
+    try:
+        return _csv_records(text)
+    except csv.Error as exc:  # a NUL byte, a field over csv's size limit
+        raise InputError(f"CSV input is malformed ({exc}).") from None
+
+
+def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader)
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise InputError(f"line 1: the header names column(s) {repeated} more than once.")
     records = []
-    for n, cells in enumerate(reader, 2):
+    for cells in reader:
+        n = reader.line_num
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
             raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
         records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells)}))
     return records
+
+
+def decode_input(data: bytes, where: str) -> str:
+    """Bytes handed to `predict` (or a build's recorded rows) as UTF-8 text, or InputError naming the byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(f"{where}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                         f"{exc.start}); save the file as UTF-8.") from None
 
 
 def _number_or_text(cell: str) -> Any:

@@ -1,0 +1,536 @@
+"""Careless and hostile use, as issue 11 saw it: each test reproduces one thing that lost data, hung, ate
+memory, scored a wrong answer with exit 0, or escaped as an undocumented exception, and proves it is now
+refused by name (or fixed). Then a fuzz test holds `runtime` and `predict` to their documented errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import runtime
+from convert import manifest as mf
+from convert.cli import main
+from convert.demo import DEFAULT_STAMP, DemoSpec
+from convert.errors import OutputError
+from runtime.artifacts import ArtifactError, read_verified
+from runtime.features import InputError, read_records, records_to_matrix
+
+FEATURES = DemoSpec().feature_names
+REPO = Path(__file__).resolve().parent.parent
+# Runs the CLI in a child and reports its peak resident memory (ru_maxrss, KiB on Linux) on stderr at exit.
+PEAK_RUNNER = textwrap.dedent("""
+    import atexit, resource, sys
+    atexit.register(lambda: sys.stderr.write(
+        f"\\nPEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n"))
+    from convert.cli import main
+    main(sys.argv[1:], prog_name="ensemble-onnx")
+""")
+
+
+def invoke(*args: object, input: str | bytes | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def run_child(*args: object, timeout: float = 120, cwd: Path | None = None) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in MiB) of the CLI in a fresh interpreter; a hang fails the test."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", PEAK_RUNNER, *map(str, args)], capture_output=True, text=True,
+                          check=False, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    peak = [int(line.split("=")[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB=")]
+    return proc.returncode, proc.stderr, peak[-1] // 1024 if peak else -1
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def model_file(models: Path, kind: str) -> Path:
+    return next(models.glob(f"{kind}_{DEFAULT_STAMP}.*[!n]"))  # the model, not its _meta.json
+
+
+def write_ensemble_json(models: Path, kinds: tuple[str, ...] = ("nhits", "patchtst", "xgboost", "lightgbm"),
+                        text: str | None = None, **extra: object) -> Path:
+    spec = {"feature_names": FEATURES, **extra, "members": {
+        k: {"kind": k, "file": model_file(models, k).name, "scaler": f"scaler_{DEFAULT_STAMP}.pkl"} for k in kinds}}
+    path = models / "ensemble.json"
+    path.write_text(text if text is not None else json.dumps(spec, indent=2))
+    return path
+
+
+def refused(result, *names: str) -> str:
+    """The CLI refused with exit 1, a message naming each of `names`, and no traceback."""
+    message = result.output  # click >= 8.2: stdout and stderr interleaved
+    assert result.exit_code == 1, message
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    for name in names:
+        assert name in message, (name, message)
+    return message
+
+
+# --- 1. data loss: `convert -o DIR` replaced whatever DIR was ----------------------------------------------
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("unrelated", "not provably a previous ensemble-onnx build"),
+    ("models", "the models folder"),
+    ("parent", "an ancestor of the models folder"),
+    ("cwd", "the current folder"),
+    ("cwd-parent", "an ancestor of the current folder"),
+    ("home", "your home folder"),
+    ("parent-is-file", "is a file, not a folder"),
+    ("symlink", "symbolic link"),
+])
+def test_convert_refuses_to_replace_what_it_did_not_write(models_copy, tmp_path, monkeypatch, target, why):
+    work = tmp_path / "work"
+    (work / "keep").mkdir(parents=True)
+    (work / "keep" / "notes.txt").write_text("mine")
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
+    (tmp_path / "plain").write_text("a file")
+    (tmp_path / "link").symlink_to(unrelated)
+    monkeypatch.chdir(work / "keep")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
+    out = {"unrelated": unrelated, "models": models_copy, "parent": tmp_path, "cwd": Path("."),
+           "cwd-parent": Path(".."), "home": home,
+           "parent-is-file": tmp_path / "plain" / "artifacts", "symlink": tmp_path / "link"}[target]
+    before = {p: snapshot(p) for p in (models_copy, work, unrelated, home)}
+    started = time.monotonic()
+    result = invoke("convert", models_copy, "-o", out)
+    message = refused(result, "OutputError", why)
+    assert "rebuilding" not in message  # refused before any model was loaded
+    assert time.monotonic() - started < 10
+    assert {p: snapshot(p) for p in before} == before
+    assert (tmp_path / "plain").read_text() == "a file"
+
+
+def test_a_previous_build_is_replaced_and_the_folder_follows_the_umask(demo_models, demo_artifacts, tmp_path):
+    out = Path(shutil.copytree(demo_artifacts, tmp_path / "artifacts"))
+    old = os.umask(0o027)
+    try:
+        result = invoke("convert", demo_models, "-o", out, "-q")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # mkdtemp's 0700 was the bug
+    assert stat.S_IMODE((out / "members").stat().st_mode) == 0o750
+    runtime.load(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".artifacts.")]  # nothing left beside it
+
+
+@pytest.mark.parametrize(("change", "plain", "forced"), [
+    ("extra-file", "not a file its manifest.json lists", None),
+    ("edited-onnx", None, None),                      # a build that no longer verifies is still a build
+    ("foreign-manifest", "not an ensemble-onnx manifest", "not an ensemble-onnx manifest"),
+    ("no-manifest", "holds no manifest.json", "holds no manifest.json"),
+])
+def test_force_replaces_only_a_folder_whose_manifest_says_it_is_a_build(demo_artifacts, tmp_path, change, plain,
+                                                                      forced):
+    out = Path(shutil.copytree(demo_artifacts, tmp_path / "artifacts"))
+    if change == "extra-file":
+        (out / "my-notes.txt").write_text("mine")
+    elif change == "edited-onnx":
+        (out / "ensemble.onnx").write_bytes(b"edited")
+    elif change == "foreign-manifest":
+        (out / "manifest.json").write_text(json.dumps({"name": "my web app", "files": {}}))
+    else:
+        (out / "manifest.json").unlink()
+    for force, expect in ((False, plain), (True, forced)):
+        if expect is None:
+            mf.check_output(out, None, force)
+        else:
+            with pytest.raises(OutputError, match=expect):
+                mf.check_output(out, None, force)
+
+
+@pytest.mark.parametrize(("readme", "allowed"), [("shipped", True), ("edited", False)])
+def test_a_fresh_clones_artifacts_folder_is_replaced_only_with_the_shipped_readme(tmp_path, readme, allowed):
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    text = mf.ARTIFACTS_README.read_bytes()
+    (out / "README.md").write_bytes(text if readme == "shipped" else text + b"my notes\n")
+    if allowed:
+        mf.check_output(out)
+    else:
+        with pytest.raises(OutputError, match="holds no manifest.json"):
+            mf.check_output(out)
+
+
+def test_bench_refuses_to_write_into_an_artifacts_or_models_folder(demo_models, artifacts_copy):
+    for out in (artifacts_copy, demo_models):
+        before = snapshot(out)
+        refused(invoke("bench", artifacts_copy, "--models", demo_models, "--out", out, "--quick", "-q"),
+                "OutputError", str(out))
+        assert snapshot(out) == before
+    runtime.load(artifacts_copy)
+
+
+# --- 7. the swap keeps a loadable folder at the path at every instant --------------------------------------
+
+READER = textwrap.dedent("""
+    # Looks at the folder in a tight loop: opens it, then reads its manifest through that handle. Counts
+    # which build it saw, and every instant the path held no folder, or a folder without its manifest.
+    import hashlib, json, os, sys, time
+    out, stop, a, b = sys.argv[1:5]
+    seen = {a: 0, b: 0, "missing": 0, "other": 0, "retired-while-read": 0}
+    while not os.path.exists(stop):
+        try:
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            seen["missing"] += 1
+            continue
+        try:
+            mfd = os.open("manifest.json", os.O_RDONLY, dir_fd=fd)
+            with os.fdopen(mfd, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            seen[digest if digest in seen else "other"] += 1
+        except FileNotFoundError:
+            # The folder this handle holds was swapped out and is being deleted: the path itself held the
+            # new build all along. A folder still at the path without its manifest is the failure.
+            try:
+                still_there = os.fstat(fd).st_ino == os.stat(out).st_ino
+            except FileNotFoundError:
+                still_there = True  # nothing at the path at all
+            seen["missing" if still_there else "retired-while-read"] += 1
+        finally:
+            os.close(fd)
+    print(json.dumps(seen))
+""")
+
+
+def _variant(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Another valid build: parity.json changed, manifest re-hashed."""
+    files = dict(files)
+    files["parity.json"] = files["parity.json"].replace(b"{", b'{"variant": true, ', 1)
+    manifest = json.loads(files["manifest.json"])
+    manifest["files"]["parity.json"] = hashlib.sha256(files["parity.json"]).hexdigest()
+    files["manifest.json"] = mf.dumps(manifest)
+    return files
+
+
+def test_swap_keeps_a_loadable_folder_at_the_path_at_every_instant(demo_artifacts, tmp_path):
+    old = snapshot(demo_artifacts)
+    new = _variant(old)
+    out, stop = tmp_path / "artifacts", tmp_path / "stop"
+    mf.write_atomically(out, old)
+    digest = {name: hashlib.sha256(files["manifest.json"]).hexdigest() for name, files in (("old", old), ("new", new))}
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(out), str(stop), digest["old"], digest["new"]],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)  # the reader is looping before the first swap
+        for i in range(40):
+            files = new if i % 2 == 0 else old
+            mf.write_atomically(out, files)
+            # What a service loading now gets: exactly the build just written, verified.
+            ens = runtime.load(out) if i % 10 == 0 else None
+            manifest, _ = read_verified(out)
+            assert mf.dumps(manifest) == files["manifest.json"]
+            assert ens is None or ens.manifest == manifest
+    finally:
+        stop.touch()
+        counts = json.loads(reader.communicate(timeout=60)[0])
+    assert counts["missing"] == 0 and counts["other"] == 0, counts
+    assert counts[digest["old"]] > 0 and counts[digest["new"]] > 0, counts  # it did watch both builds
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".artifacts.")]
+
+
+def test_without_renameat2_the_two_renames_still_leave_a_complete_build(demo_artifacts, tmp_path, monkeypatch):
+    """The documented fallback (not Linux, or a filesystem refusing RENAME_EXCHANGE) still swaps whole."""
+    monkeypatch.setattr(mf, "_renameat2", lambda: None)
+    old = snapshot(demo_artifacts)
+    out = tmp_path / "artifacts"
+    mf.write_atomically(out, old)
+    mf.write_atomically(out, _variant(old))
+    assert snapshot(out) == _variant(old)
+    runtime.load(out)
+
+
+# --- 2. repeated fields were scored last-wins --------------------------------------------------------------
+
+def _row_text(repeat: str | None = None) -> str:
+    fields = [f'"{n}": {i / 10}' for i, n in enumerate(FEATURES)]
+    if repeat:
+        fields.append(f'"{repeat}": 99.0')
+    return "{" + ", ".join(fields) + "}\n"
+
+
+def test_a_feature_repeated_in_a_json_line_is_refused_naming_it_and_the_line(demo_artifacts):
+    text = _row_text() + _row_text("rsi_14")
+    refused(invoke("predict", demo_artifacts, input=text), "InputError", "line 2", "rsi_14")
+    with pytest.raises(InputError, match="line 2.*rsi_14"):
+        read_records(text)
+
+
+def test_a_column_repeated_in_a_csv_header_is_refused(demo_artifacts):
+    header = ",".join(FEATURES + ["rsi_14"])
+    text = header + "\n" + ",".join(["0.5"] * (len(FEATURES) + 1)) + "\n"
+    refused(invoke("predict", demo_artifacts, "--format", "csv", input=text), "line 1", "rsi_14")
+
+
+def test_a_key_repeated_in_manifest_json_is_refused(artifacts_copy):
+    path = artifacts_copy / "manifest.json"
+    path.write_text(path.read_text().replace('"classes": [', '"classes": ["BUY", "HOLD", "SELL"],\n  "classes": [', 1))
+    with pytest.raises(ArtifactError, match="'classes' is written twice"):
+        runtime.load(artifacts_copy)
+
+
+# --- 3. configurations that passed the gate and served nonsense ---------------------------------------------
+
+def _spec(models: Path, **changes: object) -> dict:
+    spec = json.loads(write_ensemble_json(models).read_text())
+    spec.update(changes)
+    return spec
+
+
+@pytest.mark.parametrize(("case", "names"), [
+    ("weights-overflow", ["sum to inf"]),
+    ("weight-400-digits", ["members.nhits.weight"]),
+    ("weight-vanishes", ["weight 0"]),
+    ("feature-names-repeated", ["feature_names", "rsi_14", "more than once"]),
+    ("member-written-twice", ["line 38", "'xgboost' is written twice"]),
+    ("temperature-1e-300", ["decision.temperature.nhits", "from 0.01 to 100"]),
+    ("deeply-nested", ["nested too deeply"]),
+    ("fifo-free-but-folder-meta", ["metadata of member 'nhits'", "a folder"]),
+])
+def test_bad_ensemble_json_is_refused_before_any_model_is_loaded(models_copy, tmp_path, case, names):
+    spec = _spec(models_copy)
+    text = None
+    if case == "weights-overflow":
+        spec["members"]["nhits"]["weight"] = spec["members"]["patchtst"]["weight"] = 1e308
+    elif case == "weight-400-digits":
+        text = json.dumps(spec).replace('"kind": "nhits",', '"kind": "nhits", "weight": ' + "9" * 400 + ",")
+    elif case == "weight-vanishes":
+        spec["members"]["nhits"]["weight"], spec["members"]["patchtst"]["weight"] = 1e-320, 1e10
+    elif case == "feature-names-repeated":
+        spec["feature_names"] = [*FEATURES[:-1], "rsi_14"]
+    elif case == "member-written-twice":
+        text = json.dumps(spec, indent=2).replace('"lightgbm": {', '"xgboost": {', 1)
+    elif case == "temperature-1e-300":
+        spec["decision"] = {"temperature": {"nhits": 1e-300}}
+    elif case == "deeply-nested":
+        text = '{"members": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    else:
+        meta = models_copy / f"nhits_{DEFAULT_STAMP}_meta.json"
+        meta.unlink()
+        meta.mkdir()
+    write_ensemble_json(models_copy, text=text if text is not None else json.dumps(spec, indent=2))
+    started = time.monotonic()
+    message = refused(invoke("convert", models_copy, "-o", tmp_path / "out"), *names)
+    assert "rebuilding" not in message and time.monotonic() - started < 10, message
+    assert not (tmp_path / "out").exists()
+
+
+def test_feature_names_repeated_in_member_metadata_are_refused(models_copy, tmp_path):
+    meta = models_copy / f"nhits_{DEFAULT_STAMP}_meta.json"
+    data = json.loads(meta.read_text())
+    data["feature_names"] = [*FEATURES[:-1], "rsi_14"]
+    meta.write_text(json.dumps(data))
+    refused(invoke("convert", models_copy, "-o", tmp_path / "out", "--only", "nhits"),
+            "MetadataError", meta.name, "rsi_14", "more than once")
+
+
+def test_a_key_repeated_in_metadata_is_refused_with_its_line(models_copy, tmp_path):
+    meta = models_copy / f"nhits_{DEFAULT_STAMP}_meta.json"
+    meta.write_text('{\n  "num_features": 18,\n  "num_features": 30000\n}\n')
+    refused(invoke("convert", models_copy, "-o", tmp_path / "out", "--only", "nhits"),
+            meta.name, "line 3", "'num_features' is written twice")
+
+
+def test_a_zero_tree_xgboost_is_a_named_build_error(tmp_path):
+    import xgboost
+
+    models = tmp_path / "models"
+    models.mkdir()
+    rng = np.random.default_rng(0)
+    data = xgboost.DMatrix(rng.standard_normal((60, len(FEATURES))), label=rng.integers(0, 3, 60))
+    xgboost.train({"objective": "multi:softprob", "num_class": 3}, data, num_boost_round=0).save_model(
+        models / "zero.json")
+    (models / "ensemble.json").write_text(json.dumps({"feature_names": FEATURES, "members": {
+        "xgb": {"kind": "xgboost", "file": "zero.json", "scaler": None}}}))
+    refused(invoke("convert", models, "-o", tmp_path / "out"), "zero.json")
+
+
+# --- 4 and 5. hangs and memory bombs ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["ensemble.json", "metadata", "parity-data", "calibrate", "model"])
+def test_a_fifo_is_refused_not_waited_on(models_copy, tmp_path, where):
+    fifo = {"ensemble.json": models_copy / "ensemble.json",
+            "metadata": models_copy / f"nhits_{DEFAULT_STAMP}_meta.json",
+            "parity-data": tmp_path / "rows.csv", "calibrate": tmp_path / "labelled.csv",
+            "model": models_copy / f"nhits_{DEFAULT_STAMP}.pth"}[where]
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    extra = {"parity-data": ["--parity-data", fifo], "calibrate": ["--calibrate", fifo]}.get(where, [])
+    code, err, _ = run_child("convert", models_copy, "-o", tmp_path / "out", *extra, timeout=60)
+    assert code == 1 and "a FIFO" in err and fifo.name in err and "Traceback" not in err, err
+
+
+def test_a_stride_0_tensor_is_refused_before_any_module_is_built(models_copy, tmp_path):
+    import torch
+
+    pth = models_copy / f"nhits_{DEFAULT_STAMP}.pth"
+    state = torch.load(pth, weights_only=True)
+    state["stacks.0.0.weight"] = torch.zeros(1).expand(30000, len(FEATURES))  # 2.9 KB on disk
+    torch.save(state, pth)
+    code, err, peak_mib = run_child("convert", models_copy, "-o", tmp_path / "out", "--only", "nhits")
+    assert code == 1 and "StateDictError" in err and "stacks.0.0.weight" in err and "stride" in err, err
+    assert 0 < peak_mib < 1024, peak_mib  # torch itself is ~400 MiB; the 30,000-wide N-HiTS needed gigabytes
+
+
+@pytest.mark.parametrize(("kind", "suffix"), [("lightgbm", ".txt"), ("nhits", ".pth")])
+def test_a_huge_model_file_is_refused_by_size_without_being_read(models_copy, tmp_path, kind, suffix):
+    big = models_copy / f"{kind}_v29990101_000000_v1{suffix}"  # the newest stamp: discovery picks it
+    with open(big, "wb") as fh:
+        fh.truncate(2 << 30)  # sparse: 2 GiB long, nothing on disk
+    started = time.monotonic()
+    code, err, peak_mib = run_child("convert", models_copy, "-o", tmp_path / "out")
+    assert code == 1 and big.name in err and "limit" in err and "ENSEMBLE_ONNX_MAX_MODEL_BYTES" in err, err
+    assert time.monotonic() - started < 60 and 0 < peak_mib < 1024, peak_mib
+
+
+def test_the_size_limit_is_configurable(models_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", "10")
+    refused(invoke("convert", models_copy, "-o", tmp_path / "out"), "_meta.json", "10-byte limit")
+
+
+# --- 6. undocumented exceptions ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ens(demo_artifacts):
+    return runtime.load(demo_artifacts)
+
+
+def _row(**changes: object) -> dict:
+    return {**{n: 0.5 for n in FEATURES}, **changes}
+
+
+@pytest.mark.parametrize(("rows", "match"), [
+    (_row(rsi_14=10**400), "rsi_14.*too large"),
+    ([_row(macd=-(10**400))], "macd.*too large"),
+    ([_row(macd=10**5000)], "macd.*too large"),
+    ([[0.5] * (len(FEATURES) - 1) + [10**400]], "adx_14.*too large"),
+    (np.ma.masked_array(np.zeros((2, len(FEATURES))), mask=np.eye(2, len(FEATURES), dtype=bool)), "masked"),
+    (json.loads("[" * 70 + "1" + "]" * 70),
+     "shape|2-D|rectangular"),
+])
+def test_runtime_raises_only_input_error(ens, rows, match):
+    with pytest.raises(InputError, match=match):
+        ens.predict(rows)
+    named = isinstance(rows, dict) or isinstance(rows[0], dict)
+    with pytest.raises(InputError, match="shape" if named else match):  # predict_proba takes arrays only
+        ens.predict_proba(rows)
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    (_row_text().replace('"rsi_14": 0.0', '"rsi_14": ' + "9" * 400), ["line 1", "rsi_14", "too large"]),
+    ('{"rsi_14": ' + "9" * 5000 + "}\n", ["line 1"]),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n", ["line 1", "nested too deeply"]),
+    ("rsi_14,macd\n1,\x002\n", []),
+])
+def test_predict_exits_1_on_hostile_text(demo_artifacts, text, names):
+    refused(invoke("predict", demo_artifacts, input=text), "InputError", *names)
+
+
+def test_predict_refuses_a_non_utf8_csv(demo_artifacts, tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes(",".join(FEATURES).encode() + b"\n" + b"\xe9t\xe9," * (len(FEATURES) - 1) + b"1\n")
+    refused(invoke("predict", demo_artifacts, "--input", rows, "--format", "csv"), "not UTF-8", "line 2")
+    refused(invoke("predict", demo_artifacts, input=rows.read_bytes()), "stdin", "not UTF-8")
+
+
+def test_parity_data_that_is_not_utf8_is_refused_before_loading(models_copy, tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes(b"\xff\xfe" + ",".join(FEATURES).encode("utf-16-le"))
+    message = refused(invoke("convert", models_copy, "-o", tmp_path / "out", "--parity-data", rows),
+                      "MetadataError", "rows.csv", "not UTF-8")
+    assert "rebuilding" not in message
+
+
+def test_predict_with_stdin_closed_exits_1(demo_artifacts):
+    proc = subprocess.run([sys.executable, "-m", "convert.cli", "predict", str(demo_artifacts)], capture_output=True,
+                          text=True, check=False, timeout=60, preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 1 and "stdin is closed" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: {**m, "files": list(m["files"])}, "'files' must be an object"),
+    (lambda m: {**m, "opsets": 17}, "'opsets' must be an object"),
+    (lambda m: {**m, "ensemble": ["ensemble.onnx"]}, "'ensemble' must be an object"),
+])
+def test_a_malformed_manifest_is_an_artifact_error(artifacts_copy, edit, match):
+    path = artifacts_copy / "manifest.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(ArtifactError, match=match):
+        runtime.load(artifacts_copy)
+
+
+def test_a_deeply_nested_manifest_is_an_artifact_error(artifacts_copy):
+    (artifacts_copy / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="nested too deeply"):
+        runtime.load(artifacts_copy)
+    refused(invoke("predict", artifacts_copy, input=_row_text()), "ArtifactError", "manifest.json")
+
+
+# --- the fuzz test: arbitrary JSON and CSV get a prediction or a documented error ----------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300) | st.floats()
+    | st.text(max_size=8) | st.sampled_from(FEATURES),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FEATURES) | st.text(max_size=6),
+                                                                 inner, max_size=4),
+    max_leaves=30)
+rowlike = st.fixed_dictionaries({n: st.floats(-1e6, 1e6) for n in FEATURES}) | st.lists(
+    st.fixed_dictionaries({n: st.floats() | st.integers() for n in FEATURES}), min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=json_values | rowlike)
+def test_fuzz_runtime_raises_only_documented_errors(ens, rows):
+    for call in (ens.predict, ens.predict_proba):
+        try:
+            out = call(rows)
+        except InputError:
+            continue
+        assert len(out) >= 1
+
+
+cell = st.one_of(st.floats().map(repr), st.integers().map(str), st.text(max_size=6),
+                 st.just("9" * 400), st.just("\x00"), st.just('"'))
+csv_text = st.builds(lambda header, rows: "\n".join([",".join(header)] + [",".join(r) for r in rows]),
+                     st.lists(st.sampled_from(FEATURES) | st.text(max_size=5), min_size=1, max_size=20),
+                     st.lists(st.lists(cell, min_size=0, max_size=20), max_size=3))
+jsonl_text = st.lists(json_values.map(json.dumps) | st.text(max_size=30), min_size=1, max_size=3).map("\n".join)
+valid_csv = st.lists(st.lists(st.floats(-1e3, 1e3), min_size=len(FEATURES), max_size=len(FEATURES)),
+                     min_size=1, max_size=3).map(
+    lambda rows: "\n".join([",".join(FEATURES)] + [",".join(map(repr, r)) for r in rows]))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=csv_text | jsonl_text | valid_csv | st.binary(max_size=60).map(lambda b: b.decode("latin-1")))
+def test_fuzz_predict_reads_any_text_into_rows_or_input_error(ens, demo_artifacts, text):
+    try:
+        predictions = ens.predict(records_to_matrix(read_records(text), ens.feature_names))
+    except InputError:
+        predictions = None
+    result = invoke("predict", demo_artifacts, input=text.encode("utf-8"))
+    assert result.exit_code in (0, 1) and isinstance(result.exception, (SystemExit, type(None))), (
+        repr(result.exception), result.output)
+    assert (result.exit_code == 0) == (predictions is not None), result.output
+    if predictions is not None:
+        assert [json.loads(line)["action"] for line in result.output.splitlines()] == [p.action for p in predictions]
