@@ -20,6 +20,7 @@ from .discover import Plan, make_plan
 from .errors import MetadataError, ParityError
 from .graph import ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, build_ensemble_graph
 from .members import CONTRACT, LoadedMember, get_kind
+from .members.torch_common import one_thread
 from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
 from .precision import Precision, lower
 from .reference import Reference
@@ -174,6 +175,7 @@ def calibrate(loaded: Loaded, labelled: Path) -> Decision:
     return Decision(fitted, loaded.plan.decision.min_confidence, report)
 
 
+@one_thread()  # the same inputs give byte-identical files whatever the thread count
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
           calibrate_on: Path | None = None, progress: Progress = log.info,
           precision: Precision = Precision()) -> BuildResult:

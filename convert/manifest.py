@@ -7,6 +7,8 @@ build leaves an existing output folder as it was.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -57,8 +59,11 @@ def write_atomically(out: Path, files: dict[str, bytes]) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        if out.exists() and _exchange(staging, out):
+            shutil.rmtree(staging)  # it now holds the previous build
+            return
         retired = None
-        if out.exists():
+        if out.exists():  # no atomic exchange here: a short window where `out` is missing
             retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, retired / out.name)
         os.rename(staging, out)
@@ -67,3 +72,19 @@ def write_atomically(out: Path, files: dict[str, bytes]) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): at every instant `b` is a whole folder,
+    the old one or the new one. False where the system cannot; OSError when it can and failed."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL):  # an old kernel, or a filesystem without exchange
+        return False
+    raise OSError(code, os.strerror(code), str(b))

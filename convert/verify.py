@@ -18,6 +18,7 @@ from .decision import Decision
 from .discover import Plan
 from .errors import VerifyError
 from .members import MemberSource
+from .members.torch_common import one_thread
 from .parity import summary
 from .precision import Precision
 
@@ -63,6 +64,7 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
                 Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration")))
 
 
+@one_thread()  # the figures a build recorded, reproduced under the same conditions
 def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info) -> dict[str, Any]:
     from runtime.artifacts import read_verified
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -207,17 +207,121 @@ def test_column_order_of_named_rows_never_matters(ens, x, perm):
 
 
 # --- a build killed at any moment leaves the previous artifacts intact --------------------------------------
+#
+# The build runs in a child process whose audit hook stops it before every filesystem change it makes beside
+# the output folder (a file opened for writing, mkdir, rename, remove, rmtree, and any ctypes call given such
+# a path, e.g. renameat2): a SIGKILL can land exactly there, and between two changes nothing else happens.
+# The parent looks at the output path at each stop, and kills the child at chosen stops. The previous folder
+# is a different build (N-HiTS alone), so "old" and "new" are told apart by their manifest bytes.
 
-@pytest.mark.parametrize("delay", [0.5, 2.0, 4.0, 5.5])
-def test_killed_build_leaves_previous_artifacts_loadable(demo_models, demo_artifacts, tmp_path, delay):
-    import shutil
+REPO = Path(__file__).resolve().parent.parent
+PAUSED_CHILD = r"""
+import os, runpy, sys
 
-    out = Path(shutil.copytree(demo_artifacts, tmp_path / "artifacts"))
-    before = (out / "manifest.json").read_bytes()
-    proc = subprocess.Popen([sys.executable, "-m", "convert.cli", "convert", str(demo_models), "-o", str(out), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    runtime.load(out)  # intact and verified, whether the kill landed before or after the swap
-    assert json.loads((out / "manifest.json").read_bytes()) == json.loads(before)
+where, events, go = os.path.realpath(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+MUTATING = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "shutil.move", "os.symlink",
+            "os.link", "os.truncate", "os.chmod", "os.utime", "os.chown"}
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+def here(args):
+    return any(isinstance(a, (str, bytes, os.PathLike)) and os.fsdecode(a).startswith(where) for a in args)
+
+def hook(event, args):
+    if event in MUTATING:
+        stop = here(args)
+    elif event == "open":
+        path, mode, flags = args
+        stop = here((path,)) and bool((mode and set(mode) & set("wax+")) or (flags or 0) & WRITE_FLAGS)
+    elif event == "ctypes.call_function":
+        stop = here(args[1])
+    else:
+        return
+    if stop:
+        os.write(events, (event + " " + repr(args)[:300].replace(chr(10), " ") + chr(10)).encode())
+        os.read(go, 1)  # the parent looks at the folder (or kills this process) before the change happens
+
+sys.addaudithook(hook)
+sys.argv = ["convert.cli"] + sys.argv[4:]
+runpy.run_module("convert.cli", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def old_and_new(demo_models, demo_artifacts, tmp_path_factory):
+    """(a previous build of other content, the manifest bytes the rebuild must end with)."""
+    from convert.build import build
+
+    old = tmp_path_factory.mktemp("previous") / "artifacts"
+    build(demo_models, old, only=["nhits"])
+    return old, (demo_artifacts / "manifest.json").read_bytes()
+
+
+def _state(out: Path, old_manifest: bytes, new_manifest: bytes) -> str:
+    try:
+        runtime.load(out)
+    except runtime.ArtifactError as exc:
+        return f"not loadable: {exc}"
+    manifest = (out / "manifest.json").read_bytes()
+    return {old_manifest: "old", new_manifest: "new"}.get(manifest, "loadable but neither build")
+
+
+def _paused_build(models: Path, out: Path, old_manifest: bytes, new_manifest: bytes,
+                  kill_at: int | None = None) -> tuple[list[tuple[str, str]], str]:
+    """[(filesystem change about to happen, state of `out` just before it)], and the state at the end."""
+    events_r, events_w = os.pipe()
+    go_r, go_w = os.pipe()
+    log = out.parent / "child.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", PAUSED_CHILD, str(out.parent), str(events_w), str(go_r),
+                                 "convert", str(models), "-o", str(out), "-q"],
+                                pass_fds=(events_w, go_r), cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+    os.close(events_w)
+    os.close(go_r)
+    seen = []
+    try:
+        with os.fdopen(events_r, "r") as events:
+            for line in events:
+                seen.append((line.strip(), _state(out, old_manifest, new_manifest)))
+                if kill_at is not None and len(seen) - 1 == kill_at:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                os.write(go_w, b"c")
+    finally:
+        os.close(go_w)
+        proc.wait(timeout=600)
+    if kill_at is None:
+        assert proc.returncode == 0, log.read_text()[-3000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL, f"the build ended before its kill point: {log.read_text()[-3000:]}"
+    return seen, _state(out, old_manifest, new_manifest)
+
+
+@pytest.fixture(scope="module")
+def unkilled_rebuild(demo_models, old_and_new, tmp_path_factory):
+    old, new_manifest = old_and_new
+    out = Path(shutil.copytree(old, tmp_path_factory.mktemp("rebuild") / "artifacts"))
+    return _paused_build(demo_models, out, (old / "manifest.json").read_bytes(), new_manifest)
+
+
+def test_rebuild_holds_a_loadable_build_at_every_filesystem_change(unkilled_rebuild, demo_artifacts):
+    seen, final = unkilled_rebuild
+    files = json.loads((demo_artifacts / "manifest.json").read_text())["files"]
+    assert len(seen) > len(files), f"the hook saw too few changes to have watched the write: {seen}"
+    states = [state for _, state in seen] + [final]
+    assert set(states) <= {"old", "new"}, [(e, s) for e, s in seen if s not in ("old", "new")] or final
+    assert final == "new" and states == sorted(states, key=["old", "new"].index), states  # old, then new only
+
+
+@pytest.mark.parametrize("where", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_killed_build_leaves_previous_artifacts_loadable(demo_models, old_and_new, unkilled_rebuild, tmp_path, where):
+    """SIGKILL at a filesystem change spread over the whole write (0: before the first one, 1: before the
+    last): the path holds the previous build or the new one, whole."""
+    old, new_manifest = old_and_new
+    n_events = len(unkilled_rebuild[0])
+    out = Path(shutil.copytree(old, tmp_path / "artifacts"))
+    seen, final = _paused_build(demo_models, out, (old / "manifest.json").read_bytes(), new_manifest,
+                                kill_at=round(where * (n_events - 1)))
+    assert final in ("old", "new"), final
+    assert all(state in ("old", "new") for _, state in seen), seen
+    if where == 0.0:
+        assert final == "old"  # killed before it changed anything
