@@ -101,8 +101,30 @@ def test_other_model_folders_convert(models_cache, spec, tmp_path):
 
 def test_same_inputs_convert_to_byte_identical_files(demo_models, demo_artifacts, tmp_path):
     build(demo_models, tmp_path / "again")
-    for rel in ("ensemble.onnx", "manifest.json", "parity.json", "members/patchtst.onnx"):
+    for rel in ("ensemble.onnx", "manifest.json", "parity.json", "README.md", "members/patchtst.onnx",
+                "members/nhits.onnx", "members/xgboost.onnx", "members/lightgbm.onnx"):
         assert (tmp_path / "again" / rel).read_bytes() == (demo_artifacts / rel).read_bytes(), rel
+
+
+def test_another_process_with_another_thread_count_converts_to_the_same_bytes(demo_models, demo_artifacts, tmp_path):
+    """torch and onnxruntime split reductions by thread count; the build must not let that reach its bytes."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    threads = torch.get_num_threads() + 2  # whatever this process uses, the child uses another count
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[3])); from pathlib import Path; "
+            "from convert.build import build; build(Path(sys.argv[1]), Path(sys.argv[2]))")
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    subprocess.run([sys.executable, "-c", code, demo_models, tmp_path / "child", str(threads)], check=True, env=env,
+                   cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    files = sorted(p.relative_to(demo_artifacts).as_posix() for p in demo_artifacts.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "child").as_posix()
+                           for p in (tmp_path / "child").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "child" / rel).read_bytes() == (demo_artifacts / rel).read_bytes(), rel
 
 
 def test_artifacts_readme_in_repo_is_the_one_convert_writes(demo_artifacts):
