@@ -61,11 +61,25 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
         module.load_state_dict(torch.load(demo_models / f"{kind}_{STAMP}.pth", weights_only=True))
         torch_models[kind] = module.eval()
     rng = np.random.default_rng(11)
-    raw = scaler.mean_ + scaler.scale_ * rng.standard_normal((300, 18))
-    # put a LightGBM split threshold, exactly, on the scaled value of a feature
-    dump = lgbm.booster_.dump_model()["tree_info"][0]["tree_structure"]
-    raw[:100, dump["split_feature"]] = dump["threshold"] * scaler.scale_[dump["split_feature"]] + scaler.mean_[dump["split_feature"]]
+    # LightGBM sends x <= t left, t a double. Where float32(t) rounded *up*, a float32 input equal to float32(t)
+    # is above t and goes right; a converter that rounds thresholds to nearest sends it left. One row per
+    # such split, its scaled float32 value placed exactly on float32(t), plus 100 ordinary rows.
+    splits = [(n["split_feature"], n["threshold"]) for t in lgbm.booster_.dump_model()["tree_info"]
+              for n in _splits(t["tree_structure"]) if float(np.float32(n["threshold"])) > n["threshold"]]
+    assert len(splits) > 20
+    raw = scaler.mean_ + scaler.scale_ * rng.standard_normal((100 + len(splits), 18))
+    for row, (feature, threshold) in enumerate(splits, 100):
+        target = np.float32(threshold)
+        value = float(target) * scaler.scale_[feature] + scaler.mean_[feature]
+        for _ in range(64):  # nudge the raw value until the scaler's float64 result casts to the target exactly
+            got = np.float32((value - scaler.mean_[feature]) / scaler.scale_[feature])
+            if got == target:
+                break
+            value = np.nextafter(value, np.inf if got < target else -np.inf)
+        raw[row, feature] = value
     x32 = scaler.transform(raw).astype(np.float32)
+    placed = x32[np.arange(100, len(raw)), [f for f, _ in splits]]
+    assert (placed == np.float32([t for _, t in splits])).mean() > 0.9  # on float32(t), above the double t
     with torch.no_grad():
         refs = {"xgboost": xgb.predict_proba(x32), "lightgbm": lgbm.predict_proba(x32),
                 **{k: torch.softmax(m(torch.from_numpy(x32)), -1).numpy() for k, m in torch_models.items()}}
@@ -76,6 +90,13 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
     assert (got.argmax(1) == want.argmax(1)).all()
     for name, probs in ens.member_probabilities(raw).items():
         assert np.abs(probs - refs[name]).max() < 1e-5, name
+
+
+def _splits(node):
+    if "split_index" in node:
+        yield node
+        yield from _splits(node["left_child"])
+        yield from _splits(node["right_child"])
 
 
 @pytest.mark.parametrize("spec", [

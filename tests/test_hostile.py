@@ -117,17 +117,53 @@ def test_inexpressible_lightgbm_is_refused(tmp_path, params, match):
 
 
 def test_lightgbm_zero_as_missing_converts_only_when_zero_goes_the_threshold_way(tmp_path):
+    import lightgbm
+    import onnxruntime as ort
+
+    from convert.members import CONTRACT
     from convert.members.lightgbm import check_expressible
 
     path = _lightgbm_file(tmp_path, zero_as_missing=True)
-    import lightgbm
-    dump = lightgbm.Booster(model_file=str(path)).dump_model()
+    booster = lightgbm.Booster(model_file=str(path))
+    dump = booster.dump_model()
     zero_nodes = [n for t in dump["tree_info"] for n in _splits(t["tree_structure"]) if n["missing_type"] == "Zero"]
     assert zero_nodes, "training with zero_as_missing should produce zero-as-missing splits"
+    # Training leaves some splits sending zero against their threshold; set each split's default direction
+    # (bit 1 of decision_type in the model file) to where its threshold sends 0.0. That model LightGBM still
+    # reads and scores with zero-as-missing; it converts, and computes LightGBM's answer, zeros included, on
+    # every feature a zero-as-missing split reads.
+    expressible = tmp_path / "expressible" / path.name
+    expressible.parent.mkdir()
+    expressible.write_text(_zero_goes_the_threshold_way(path.read_text()))
+    booster = lightgbm.Booster(model_file=str(expressible))
+    assert any(n["missing_type"] == "Zero" for t in booster.dump_model()["tree_info"]
+               for n in _splits(t["tree_structure"]))
+    check_expressible(booster.dump_model(), expressible)
+    member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", expressible))
+    x, _ = market_data(DemoSpec(n_rows=300))
+    x = x.astype(np.float32)
+    for i, feature in enumerate(sorted({n["split_feature"] for n in zero_nodes})):
+        x[i::4, feature] = 0.0
+    session = ort.InferenceSession(member.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {CONTRACT.input_name: x})
+    np.testing.assert_allclose(got, booster.predict(x), rtol=0, atol=1e-5)
+    assert (got.argmax(1) == booster.predict(x).argmax(1)).all()
     node = zero_nodes[0]
     node["default_left"] = not (0.0 <= node["threshold"])  # make 0.0 go against the threshold
     with pytest.raises(UnsupportedModelError, match="zero-as-missing"):
         check_expressible(dump, path)
+
+
+def _zero_goes_the_threshold_way(model_text: str) -> str:
+    lines, thresholds = model_text.splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith("threshold="):
+            thresholds = [float(t) for t in line.split("=", 1)[1].split()]
+        elif line.startswith("decision_type="):
+            types = [int(d) for d in line.split("=", 1)[1].split()]
+            types = [(d | 2 if 0.0 <= t else d & ~2) if (d >> 2) & 3 == 1 else d for d, t in zip(types, thresholds)]
+            lines[i] = "decision_type=" + " ".join(map(str, types))
+    return "\n".join(lines) + "\n"
 
 
 def _splits(node):
