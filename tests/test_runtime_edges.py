@@ -273,3 +273,44 @@ def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
     with pytest.raises(InputError, match="line 2: row 0: unknown feature"):
         records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES)
     assert records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES, passthrough=("label",)).tolist() == [[1, 2, 3]]
+
+
+# --- found by `make mutation`: the overflow refusal, exact messages, an int8 manifest's precision -------------
+
+def test_rows_a_member_overflows_on_are_refused_naming_the_first_and_counting_them(ens):
+    rows = np.full((4, len(ens.feature_names)), 0.5)
+    rows[[1, 3]] = 1e38  # finite in float64, past what the members' float32 activations hold
+    with pytest.raises(InputError) as err:
+        ens.predict_proba(rows)
+    message = str(err.value)
+    assert re.fullmatch(r"row 1: member '(\w+)' produced non-finite probabilities \(2 row\(s\) affected\); the "
+                        r"features are far outside the range the models were trained on\.", message), message
+    assert re.search(r"member '(\w+)'", message).group(1) in ens.member_order
+    assert ens.predict_proba(rows[[0, 2]]).shape == (2, 3)  # the other rows score alone
+
+
+@pytest.mark.parametrize(("x", "message"), [
+    (np.zeros((2, 17)), "features must have shape (n, 18) in the order ['rsi_14', 'macd', 'macd_signal']...; got "
+                        "shape (2, 17)."),
+    (np.zeros(18), "features must have shape (n, 18) in the order ['rsi_14', 'macd', 'macd_signal']...; got "
+                   "shape (18,). Wrap a single row as [row]."),
+    ([[1.0] * 18, [1.0] * 17], None),
+    (np.zeros((1, 18), dtype=bool), "features must be numbers; got an array of dtype bool."),
+])
+def test_array_refusals_say_exactly_what_is_wrong(ens, x, message):
+    with pytest.raises(InputError) as err:
+        ens.predict_proba(x)
+    if message is None:
+        assert str(err.value).startswith("features must be a rectangular 2-D array (")
+    else:
+        assert str(err.value) == message
+
+
+def test_describe_reports_a_lowered_builds_precision(folder):
+    precision = {"weights": "int8", "scheme": "test", "min_agreement": 0.99, "min_onnxruntime": "1.22"}
+    edit_manifest(folder, precision=precision)
+    assert runtime.load(folder).describe()["precision"] == precision
+
+
+def test_json_lines_may_start_with_spaces():
+    assert read_records('  {"a": 1}\n') == [(1, {"a": 1})]
