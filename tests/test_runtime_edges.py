@@ -285,7 +285,8 @@ def test_rows_a_member_overflows_on_are_refused_naming_the_first_and_counting_th
     message = str(err.value)
     assert re.fullmatch(r"row 1: member '(\w+)' produced non-finite probabilities \(2 row\(s\) affected\); the "
                         r"features are far outside the range the models were trained on\.", message), message
-    assert re.search(r"member '(\w+)'", message).group(1) in ens.member_order
+    # The first fault in member order: trees never overflow, N-HiTS comes before PatchTST (both overflow here).
+    assert re.search(r"member '(\w+)'", message).group(1) == "nhits"
     assert ens.predict_proba(rows[[0, 2]]).shape == (2, 3)  # the other rows score alone
 
 
