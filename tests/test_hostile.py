@@ -300,7 +300,8 @@ def test_any_array_gets_the_frameworks_answer_or_a_deserved_input_error(ens, fra
     the members can compute, refused otherwise."""
     outcomes = []
 
-    @settings(max_examples=150, deadline=None, database=None, derandomize=True)  # the same rows every run
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True,  # the same rows every run
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # a loaded CI host
     @given(x=any_array())
     def check(x):
         names = list(ens.feature_names)
@@ -334,7 +335,8 @@ def test_any_named_row_gets_the_frameworks_answer_or_a_deserved_input_error(ens,
     outcomes = []
     ordinary = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.integers(-1000, 1000))
 
-    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(values=st.lists(ordinary, min_size=18, max_size=18),
            odd=st.dictionaries(st.integers(0, 17), anything, max_size=2),
            drop=st.sets(st.integers(0, 17), max_size=2),
