@@ -6,7 +6,7 @@ MODELS    ?= models/
 ARTIFACTS ?= artifacts/
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install convert test test-full test-slim bench bench-host backfill-demo clean
+.PHONY: install convert test test-full test-slim bench bench-host backfill-demo clean mutation
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,16 @@ test-full: install
 test-slim: $(SLIM_VENV)/.installed test-full
 	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
 		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -m slim -p no:cacheprovider test_runtime.py test_monitor.py
+
+# Mutation testing, not part of `make test` (tens of minutes on 2 cores): mutmut changes runtime/ and the parity
+# gate's comparison one small edit at a time and runs the fast runtime tests against each; docs/mutation.md
+# records the score and every survivor. The tests run against build/test-artifacts (built here if missing).
+MUTANTS ?= runtime.* convert.parity.x_compare* convert.parity.x_*gate* convert.parity.x*Check*
+mutation: install
+	test -f build/test-artifacts/manifest.json || $(VENV)/bin/python -m pytest -q tests/test_runtime.py
+	rm -rf mutants
+	ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts $(VENV)/bin/mutmut run $(MUTANTS)
+	$(VENV)/bin/mutmut results
 
 clean:
 	rm -rf build .pytest_cache

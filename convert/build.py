@@ -23,6 +23,7 @@ from .discover import Plan, check_unique_names, make_plan
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind
+from .members.torch_common import one_thread
 from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
 from .precision import Precision, lower
 from .reference import Reference
@@ -230,6 +231,7 @@ def _signer(sign_key: Path | None) -> Callable[[dict[str, Any]], bytes] | None:
     return lambda manifest: sign(manifest, sign_key)
 
 
+@one_thread()  # the same inputs give byte-identical files whatever the thread count
 def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_data: Path | None = None,
           calibrate_on: Path | None = None, progress: Progress = log.info,
           precision: Precision = Precision(), sign_key: Path | None = None,

@@ -185,6 +185,10 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # One thread: how onnxruntime splits a kernel across threads can move the last bit of a result, and the
+    # report's figures are part of the build's bytes (parity.json, the manifest's summary).
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     checks: list[Check] = []
     raw_refs = reference.raw_member_probabilities(rows.raw)
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature

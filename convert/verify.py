@@ -20,6 +20,7 @@ from .decision import Decision
 from .discover import Plan, make_plan
 from .errors import UnsupportedModelError, VerifyError
 from .members import MemberSource
+from .members.torch_common import one_thread
 from .parity import summary
 from .precision import Precision
 
@@ -94,10 +95,13 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
     except UnsupportedModelError as exc:  # a precision this version does not know
         out.append(f"precision: {exc}")
     else:
-        differ("precision", precision, known)
+        # build_host records where it was built: another host verifying it computes its own.
+        differ("precision", {k: v for k, v in precision.items() if k != "build_host"},
+               {k: v for k, v in known.items() if k != "build_host"})
     return out
 
 
+@one_thread()  # the figures a build recorded, reproduced under the same conditions
 def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info,
            public_key: Path | None = None) -> dict[str, Any]:
     from runtime.artifacts import read_folder

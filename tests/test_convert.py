@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -29,7 +30,27 @@ def convert_and_check(models: Path, out: Path, **kwargs):
     return result
 
 
-def test_demo_converts_with_every_member_within_tolerance(demo_artifacts):
+def test_demo_converts_with_every_member_within_tolerance(demo_models, demo_artifacts):
+    """What parity.json claims, and then the same claim checked here: each members/NAME.onnx file against its
+    own framework on rows the gate never saw, at batch sizes 1, 7 and 512."""
+    import onnxruntime as ort
+
+    from convert.discover import make_plan
+    from convert.reference import Reference
+
+    frameworks = Reference.from_plan(make_plan(demo_models))
+    scaler = next(iter(frameworks.scalers.values()))
+    raw = scaler.mean + scaler.scale * np.random.default_rng(99).standard_normal((512, 18)) * 1.5
+    for member in frameworks.plan.members:
+        x32 = frameworks.member_input(member.scaler, raw)
+        want = frameworks.predictors[member.name](x32)
+        session = ort.InferenceSession(str(demo_artifacts / "members" / f"{member.name}.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        for batch in (1, 7, 512):
+            got = np.vstack([session.run(None, {"input": x32[i:i + batch]})[0] for i in range(0, 64 if batch == 1
+                                                                                          else 512, batch)])
+            assert np.abs(got - want[:len(got)]).max() <= 1e-5, (member.name, batch)
+            assert (got.argmax(1) == want[:len(got)].argmax(1)).all(), (member.name, batch)
     manifest = json.loads((demo_artifacts / "manifest.json").read_text())
     assert manifest["ensemble"]["members"] == ["xgboost", "lightgbm", "nhits", "patchtst"]
     assert manifest["opsets"] == {"ai.onnx": 17, "ai.onnx.ml": 3}
@@ -61,11 +82,25 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
         module.load_state_dict(torch.load(demo_models / f"{kind}_{STAMP}.pth", weights_only=True))
         torch_models[kind] = module.eval()
     rng = np.random.default_rng(11)
-    raw = scaler.mean_ + scaler.scale_ * rng.standard_normal((300, 18))
-    # put a LightGBM split threshold, exactly, on the scaled value of a feature
-    dump = lgbm.booster_.dump_model()["tree_info"][0]["tree_structure"]
-    raw[:100, dump["split_feature"]] = dump["threshold"] * scaler.scale_[dump["split_feature"]] + scaler.mean_[dump["split_feature"]]
+    # LightGBM sends x <= t left, t a double. Where float32(t) rounded *up*, a float32 input equal to float32(t)
+    # is above t and goes right; a converter that rounds thresholds to nearest sends it left. One row per
+    # such split, its scaled float32 value placed exactly on float32(t), plus 100 ordinary rows.
+    splits = [(n["split_feature"], n["threshold"]) for t in lgbm.booster_.dump_model()["tree_info"]
+              for n in _splits(t["tree_structure"]) if float(np.float32(n["threshold"])) > n["threshold"]]
+    assert len(splits) > 20
+    raw = scaler.mean_ + scaler.scale_ * rng.standard_normal((100 + len(splits), 18))
+    for row, (feature, threshold) in enumerate(splits, 100):
+        target = np.float32(threshold)
+        value = float(target) * scaler.scale_[feature] + scaler.mean_[feature]
+        for _ in range(64):  # nudge the raw value until the scaler's float64 result casts to the target exactly
+            got = np.float32((value - scaler.mean_[feature]) / scaler.scale_[feature])
+            if got == target:
+                break
+            value = np.nextafter(value, np.inf if got < target else -np.inf)
+        raw[row, feature] = value
     x32 = scaler.transform(raw).astype(np.float32)
+    placed = x32[np.arange(100, len(raw)), [f for f, _ in splits]]
+    assert (placed == np.float32([t for _, t in splits])).mean() > 0.9  # on float32(t), above the double t
     with torch.no_grad():
         refs = {"xgboost": xgb.predict_proba(x32), "lightgbm": lgbm.predict_proba(x32),
                 **{k: torch.softmax(m(torch.from_numpy(x32)), -1).numpy() for k, m in torch_models.items()}}
@@ -76,6 +111,13 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
     assert (got.argmax(1) == want.argmax(1)).all()
     for name, probs in ens.member_probabilities(raw).items():
         assert np.abs(probs - refs[name]).max() < 1e-5, name
+
+
+def _splits(node):
+    if "split_index" in node:
+        yield node
+        yield from _splits(node["left_child"])
+        yield from _splits(node["right_child"])
 
 
 @pytest.mark.parametrize("spec", [
@@ -101,8 +143,30 @@ def test_other_model_folders_convert(models_cache, spec, tmp_path):
 
 def test_same_inputs_convert_to_byte_identical_files(demo_models, demo_artifacts, tmp_path):
     build(demo_models, tmp_path / "again")
-    for rel in ("ensemble.onnx", "manifest.json", "parity.json", "members/patchtst.onnx"):
+    for rel in ("ensemble.onnx", "manifest.json", "parity.json", "README.md", "members/patchtst.onnx",
+                "members/nhits.onnx", "members/xgboost.onnx", "members/lightgbm.onnx"):
         assert (tmp_path / "again" / rel).read_bytes() == (demo_artifacts / rel).read_bytes(), rel
+
+
+def test_another_process_with_another_thread_count_converts_to_the_same_bytes(demo_models, demo_artifacts, tmp_path):
+    """torch and onnxruntime split reductions by thread count; the build must not let that reach its bytes."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    threads = torch.get_num_threads() + 2  # whatever this process uses, the child uses another count
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[3])); from pathlib import Path; "
+            "from convert.build import build; build(Path(sys.argv[1]), Path(sys.argv[2]))")
+    env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    subprocess.run([sys.executable, "-c", code, demo_models, tmp_path / "child", str(threads)], check=True, env=env,
+                   cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+    files = sorted(p.relative_to(demo_artifacts).as_posix() for p in demo_artifacts.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "child").as_posix()
+                           for p in (tmp_path / "child").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "child" / rel).read_bytes() == (demo_artifacts / rel).read_bytes(), rel
 
 
 def test_artifacts_readme_in_repo_is_the_one_convert_writes(demo_artifacts):
@@ -239,7 +303,9 @@ def test_refused_builds_exit_1_and_leave_output_untouched(models_copy, demo_arti
     expected = breaker(models_copy)
     result = CliRunner().invoke(main, ["convert", str(models_copy), "-o", str(out)])
     assert result.exit_code == 1, result.output
-    assert expected in result.output
+    # The refusal itself names it (the plan printed before it lists every file name too).
+    refusal = result.output[re.search(r"(?m)^Error: ", result.output).start():]
+    assert expected in refusal, refusal
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert not (models_copy / "PWNED").exists()  # the payload never ran
     runtime.load(out)

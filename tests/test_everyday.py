@@ -62,12 +62,28 @@ def test_min_confidence_turns_unsure_buys_and_sells_into_hold(policy_build, demo
     assert np.array_equal(confidence, probs[np.arange(len(probs)), chosen])  # the chosen class's probability
 
 
-def test_parity_gate_checks_the_policy_labels(policy_build):
-    _, artifacts, manifest = policy_build
-    report = json.loads((artifacts / "parity.json").read_text())
-    labels = [c for c in report["checks"] if c["target"] == "ensemble" and c["output"] == "label"]
-    assert [c["batch_size"] for c in labels] == report["batch_sizes"] and all(c["passed"] for c in labels)
-    assert report["labels"]["HOLD"] > 0 and manifest["decision"]["temperature"] == {"patchtst": 1.5, "xgboost": 0.7}
+def test_parity_gate_checks_the_policy_labels(policy_build, tmp_path, monkeypatch):
+    """A real build whose graph applies another minimum confidence (0.6) than the policy (0.55): every
+    probability still agrees with the frameworks, only the policy's labels differ, and the gate fails it."""
+    import convert.build
+    from convert.decision import Decision
+    from convert.errors import ParityError
+
+    models, _, _ = policy_build
+    real = convert.build.build_ensemble_graph
+
+    def graph_with_another_policy(members, scalers, n_features, classes, decision, stacker=None):
+        return real(members, scalers, n_features, classes, Decision(decision.temperature, {"BUY": 0.6, "SELL": 0.6}),
+                    stacker)
+    monkeypatch.setattr(convert.build, "build_ensemble_graph", graph_with_another_policy)
+    out = tmp_path / "out"
+    with pytest.raises(ParityError, match="ensemble label at batch") as failed:
+        convert.build.build(models, out)
+    assert not out.exists()
+    report = json.loads((tmp_path / "out.parity-failed.json").read_text())
+    ensemble = [c for c in report["checks"] if c["target"] == "ensemble"]
+    assert all(c["passed"] for c in ensemble if c["output"] in ("probabilities", "member_probabilities"))
+    assert [c["batch_size"] for c in ensemble if c["output"] == "label" and not c["passed"]] == report["batch_sizes"]
 
 
 def test_temperature_matches_softmax_of_tempered_logits(policy_build):
@@ -188,6 +204,35 @@ def test_verify_fails_when_the_onnx_no_longer_agrees(demo_models, artifacts_copy
     (artifacts_copy / "manifest.json").write_text(json.dumps(manifest))
     result = invoke("verify", artifacts_copy, "--models", demo_models)
     assert result.exit_code == 1 and "member patchtst" in result.output and "no longer passes" in result.output
+
+
+def _served_graph_swapped_and_rehashed(artifacts_copy, policy_build):
+    """ensemble.onnx replaced by another build's (same inputs and outputs, other temperatures and policy), its
+    sha256 fixed in manifest.json: every hash checks out, and the folder now serves something else."""
+    import hashlib
+
+    other = (policy_build[1] / "ensemble.onnx").read_bytes()
+    assert other != (artifacts_copy / "ensemble.onnx").read_bytes()
+    (artifacts_copy / "ensemble.onnx").write_bytes(other)
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    manifest["files"]["ensemble.onnx"] = hashlib.sha256(other).hexdigest()
+    (artifacts_copy / "manifest.json").write_text(json.dumps(manifest))
+    return artifacts_copy
+
+
+def test_verify_fails_when_the_served_graph_is_swapped_and_rehashed(demo_models, artifacts_copy, policy_build):
+    folder = _served_graph_swapped_and_rehashed(artifacts_copy, policy_build)
+    result = invoke("verify", folder, "--models", demo_models)
+    # The swapped graph carries the manifest it was built for: refused at the binding, before any parity.
+    assert result.exit_code == 1 and "ensemble.onnx" in result.output
+
+
+def test_runtime_refuses_a_served_graph_swapped_and_rehashed(artifacts_copy, policy_build):
+    import runtime
+
+    folder = _served_graph_swapped_and_rehashed(artifacts_copy, policy_build)
+    with pytest.raises(runtime.ArtifactError):
+        runtime.load(folder)
 
 
 def test_verify_refuses_tampered_artifacts(demo_models, artifacts_copy):

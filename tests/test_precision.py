@@ -44,7 +44,9 @@ def test_int8_build_records_its_precision_and_passes_both_gates(int8_build, demo
         assert member["onnx"]["sha256"] == fp32["members"][name]["onnx"]["sha256"]
 
 
-def test_int8_graph_streams_under_a_third_of_the_float32_weights(int8_build, demo_artifacts):
+def test_int8_graph_streams_9_of_32_bytes_for_each_lowered_weight(int8_build, demo_artifacts):
+    """Each lowered weight: one byte, plus a float32 scale per block of 32 (and at most a one-byte zero point
+    per block); everything else as in float32. Counted from the hyperparameters, not from the quantizer."""
     import onnx
 
     from convert.bench import graph_cost
@@ -52,7 +54,11 @@ def test_int8_graph_streams_under_a_third_of_the_float32_weights(int8_build, dem
     int8_bytes, int8_flops = graph_cost(onnx.load(int8_build[0] / "ensemble.onnx"))
     fp32_bytes, fp32_flops = graph_cost(onnx.load(demo_artifacts / "ensemble.onnx"))
     assert int8_flops == fp32_flops  # same arithmetic, fewer bytes
-    assert int8_bytes < fp32_bytes / 2.5
+    hp = json.loads((demo_artifacts / "manifest.json").read_text())["members"]["patchtst"]["hyperparameters"]
+    lowered = hp["n_layers"] * 2 * hp["d_model"] * hp["dim_feedforward"]  # the feed-forward matrices
+    least = fp32_bytes - lowered * (4 - 1 - 4 / 32)
+    assert least <= int8_bytes <= least + lowered / 32
+    assert 0.33 < int8_bytes / fp32_bytes < 0.36  # what the README says: about 35% of the float32 bytes
     ops = {n.op_type for n in onnx.load(int8_build[0] / "ensemble.onnx").graph.node}
     assert "MatMulNBits" in ops and "Add" in ops  # residual Adds stay; each layer's bias Add is folded
 
@@ -100,18 +106,57 @@ def test_runtime_refuses_an_int8_build_its_onnxruntime_cannot_serve(int8_build, 
         runtime.load(out)
 
 
-def test_agreement_gate_fails_closed():
-    """Below the minimum agreement, or any non-finite output, fails even with differences not gated."""
-    from convert.parity import Check
+def _rows_near_ties(models, n_pairs: int = 120, margin: float = 2e-5) -> np.ndarray:
+    """Rows whose top two ensemble classes (as the frameworks compute them) are `margin` apart: far above
+    float32 rounding (~1e-7), well under the int8 graph's differences (~1e-4). Found by bisecting between
+    rows the frameworks label differently (the trees make some segments jump over the tie: those are dropped)."""
+    from convert.discover import make_plan
+    from convert.reference import Reference
 
-    def check(diff: float, mismatches: int) -> Check:
-        return Check("ensemble (int8)", "label", 1, 1000, diff, 0, mismatches, float("inf"), 0.99)
+    frameworks = Reference.from_plan(make_plan(models))
+    scaler = next(iter(frameworks.scalers.values()))
+    rng = np.random.default_rng(7)
+    a, b = (scaler.mean + scaler.scale * rng.standard_normal((10 * n_pairs, len(scaler.mean))) for _ in range(2))
+    pa, pb = frameworks.predict_proba(a), frameworks.predict_proba(b)
+    keep = np.flatnonzero(pa.argmax(1) != pb.argmax(1))[:n_pairs]
+    a, b, top, other = a[keep], b[keep], pa[keep].argmax(1), pb[keep].argmax(1)
+    lo, hi = np.zeros(len(keep)), np.ones(len(keep))
+    for _ in range(60):  # the point where p[top] - p[other] == margin, along each segment
+        t = (lo + hi) / 2
+        p = frameworks.predict_proba(a + t[:, None] * (b - a))
+        above = p[np.arange(len(t)), top] - p[np.arange(len(t)), other] > margin
+        lo, hi = np.where(above, t, lo), np.where(above, hi, t)
+    rows = a + lo[:, None] * (b - a)
+    p = np.sort(frameworks.predict_proba(rows), axis=1)
+    near = rows[(p[:, -1] - p[:, -2] > margin / 2) & (p[:, -1] - p[:, -2] < 2 * margin)]
+    assert len(near) >= 10, len(near)
+    return near
 
-    assert check(0.02, 10).passed
-    assert not check(0.02, 11).passed
-    assert not check(float("inf"), 0).passed  # what compare() makes of a NaN
-    strict = Check("ensemble", "probabilities", 1, 1000, 2e-5, 0, 0, 1e-5)
-    assert not strict.passed
+
+def test_agreement_gate_fails_closed(demo_models, tmp_path):
+    """A real int8 build held to full agreement on rows near ties: the float32 export still passes the strict
+    gate on them, the int8 graph flips some labels, and the build fails with nothing written."""
+    import csv
+
+    from convert.demo import DemoSpec
+
+    rows = _rows_near_ties(demo_models)
+    data = tmp_path / "near_ties.csv"
+    with open(data, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(DemoSpec().feature_names)
+        writer.writerows(rows.tolist())
+    out = tmp_path / "out"
+    result = invoke("convert", demo_models, "-o", out, "--precision", "int8", "--min-agreement", "1.0",
+                    "--parity-data", data)
+    assert result.exit_code == 1, result.output
+    assert "ensemble (int8)" in result.output and "labels must agree on 100.00%" in result.output
+    assert not out.exists()
+    report = json.loads((tmp_path / "out.parity-failed.json").read_text())
+    assert report["rows"]["recorded"] == len(rows)
+    strict = [c for c in report["checks"] if not c["target"].endswith("(int8)")]
+    assert strict and all(c["passed"] for c in strict)  # the float32 export agreed on every label
+    assert any(not c["passed"] for c in report["checks"] if c["target"] == "ensemble (int8)")
 
 
 def test_min_agreement_without_a_lowered_precision_is_a_usage_error(demo_models, tmp_path):

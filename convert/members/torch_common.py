@@ -102,6 +102,22 @@ def _no_transformer_fast_path() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the duration: how a float reduction is split across threads decides
+    how it rounds, so a build run with other thread counts (another process, OMP_NUM_THREADS, a bigger
+    machine) would fold, export and measure parity to other last bits. One thread makes the same inputs give
+    the same bytes anywhere. Usable as a decorator."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def export_onnx(module: Any, n_features: int) -> Any:
     """Export `softmax(module(x))` with a dynamic batch axis, as the contract says."""
     import onnx

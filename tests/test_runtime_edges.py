@@ -1,0 +1,317 @@
+"""The runtime's edges, each pinned by a test a small deliberate bug would fail: what `make mutation` found
+the runtime tests did not check. Runtime only (numpy + onnxruntime): marked `slim` like test_runtime.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import runtime
+from runtime.artifacts import _check_onnxruntime
+from runtime.features import InputError, read_records, records_to_matrix, rows_to_matrix
+
+pytestmark = pytest.mark.slim
+
+
+@pytest.fixture(scope="module")
+def ens(demo_artifacts):
+    return runtime.load(demo_artifacts)
+
+
+@pytest.fixture
+def folder(demo_artifacts, tmp_path):
+    return Path(shutil.copytree(demo_artifacts, tmp_path / "artifacts"))
+
+
+def edit_manifest(folder: Path, **changes) -> Path:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = manifest
+        for p in parents:
+            target = target[p]
+        target[key] = value
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def test_describe_reports_exactly_what_the_manifest_says(ens, demo_artifacts):
+    m = json.loads((demo_artifacts / "manifest.json").read_text())
+    assert ens.describe() == {
+        "path": str(demo_artifacts), "schema_version": m["schema_version"], "classes": m["classes"],
+        "feature_names": m["feature_names"], "combine": m["combine"]["method"],
+        "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
+                        "source_sha256": m["members"][n]["source"]["sha256"]} for n in m["ensemble"]["members"]},
+        "decision": m["decision"], "precision": m["precision"], "files": m["files"], "parity": m["parity"],
+        "build_libraries": m["libraries"], "onnxruntime": ort.__version__}
+    assert list(ens.describe()["members"]) == m["ensemble"]["members"]
+
+
+def test_describe_of_a_folder_written_before_precision_existed_says_fp32(folder):
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["precision"], manifest["decision"]
+    path.write_text(json.dumps(manifest))
+    info = runtime.load(folder).describe()
+    assert info["precision"] == {"weights": "fp32"} and info["decision"] is None
+
+
+def test_load_keeps_the_path_and_the_callers_session_options(demo_artifacts):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 1
+    ens = runtime.load(demo_artifacts, options)
+    assert ens.path == str(demo_artifacts)
+    assert ens._session.get_session_options().intra_op_num_threads == 1
+    assert ens._session.get_session_options().log_severity_level == 1
+    assert ens._session.get_providers() == ["CPUExecutionProvider"]
+    default = ort.SessionOptions().log_severity_level
+    assert runtime.load(demo_artifacts)._session.get_session_options().log_severity_level == default
+
+
+def test_an_ensemble_graph_onnxruntime_cannot_load_is_named(folder):
+    graph = b"not an onnx graph"
+    (folder / "ensemble.onnx").write_bytes(graph)
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["ensemble.onnx"] = hashlib.sha256(graph).hexdigest()
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{folder / 'ensemble.onnx'}: onnxruntime cannot load it")):
+        runtime.load(folder)
+
+
+@pytest.mark.parametrize(("field", "value"), [("input", "x"), ("outputs", ["probabilities", "label"])])
+def test_a_graph_whose_inputs_or_outputs_differ_from_the_manifest_is_named(folder, field, value):
+    edit_manifest(folder, **{f"ensemble__{field}": value})
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{folder / 'ensemble.onnx'}: inputs/outputs do not match")):
+        runtime.load(folder)
+
+
+def test_zero_rows_are_refused_by_name(ens):
+    with pytest.raises(runtime.InputError, match="^no rows to score.$"):
+        ens.predict_proba(np.zeros((0, len(ens.feature_names))))
+
+
+# --- read_verified: each refusal names the file or field -----------------------------------------------------
+
+def test_a_path_that_is_no_folder_is_named(tmp_path):
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{tmp_path / 'nowhere'}: not an artifacts folder")):
+        runtime.load(tmp_path / "nowhere")
+
+
+def test_a_symlinked_manifest_is_refused_by_name(folder):
+    (folder / "manifest.json").rename(folder.parent / "elsewhere.json")
+    (folder / "manifest.json").symlink_to(folder.parent / "elsewhere.json")
+    with pytest.raises(runtime.ArtifactError, match="'manifest.json' is not a regular file"):
+        runtime.load(folder)
+
+
+def test_a_symlinked_member_file_is_refused_by_its_manifest_name(folder):
+    (folder / "members" / "nhits.onnx").rename(folder.parent / "n.onnx")
+    (folder / "members" / "nhits.onnx").symlink_to(folder.parent / "n.onnx")
+    with pytest.raises(runtime.ArtifactError, match="'members/nhits.onnx' is not a regular file"):
+        runtime.load(folder)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("[1, 2]", r"missing field\(s\) \('schema_version', 'feature_names'"),
+    ('{"schema_version": 1}', r"missing field\(s\) \['feature_names', 'classes'"),
+])
+def test_a_manifest_without_its_fields_names_them(folder, text, match):
+    (folder / "manifest.json").write_text(text)
+    with pytest.raises(runtime.ArtifactError, match=re.escape(str(folder / "manifest.json")) + ": " + match):
+        runtime.load(folder)
+
+
+@pytest.mark.parametrize("opsets", [{"ai.onnx": 17, "ai.onnx.ml": 3, "com.example": 1}, {"ai.onnx": "17"}])
+def test_an_unknown_opset_domain_or_version_is_refused(folder, opsets):
+    edit_manifest(folder, opsets=opsets)
+    with pytest.raises(runtime.ArtifactError, match="field 'opsets'"):
+        runtime.load(folder)
+
+
+@pytest.mark.parametrize("entry", ["/etc/hostname", "../outside.json", "members/../../outside.json"])
+def test_a_file_entry_outside_the_folder_is_refused(folder, entry):
+    (folder.parent / "outside.json").write_text("{}")
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][entry] = hashlib.sha256(b"{}").hexdigest()
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"file entry '{entry}' points outside the folder")):
+        runtime.load(folder)
+
+
+def test_an_ensemble_file_that_is_not_verified_is_refused(folder):
+    edit_manifest(folder, ensemble__file="members/absent.onnx")
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{folder / 'manifest.json'}: field 'ensemble.file'")):
+        runtime.load(folder)
+
+
+# --- the onnxruntime a build needs ----------------------------------------------------------------------------
+
+HERE = ".".join(ort.__version__.split(".")[:2])
+NEXT = f"{ort.__version__.split('.')[0]}.{int(ort.__version__.split('.')[1]) + 1}"
+
+
+@pytest.mark.parametrize("needs", [None, "", HERE, f"{HERE}.9", "1.0"])
+def test_an_onnxruntime_at_or_above_the_requirement_serves(needs):
+    _check_onnxruntime({"precision": {"weights": "int8", "min_onnxruntime": needs}}, Path("m.json"))
+    _check_onnxruntime({}, Path("m.json"))
+
+
+@pytest.mark.parametrize("needs", [NEXT, "99.0", f"{int(HERE.split('.')[0]) + 1}.0"])
+def test_an_onnxruntime_below_the_requirement_is_refused_by_field(needs):
+    with pytest.raises(runtime.ArtifactError, match=re.escape(
+            f"m.json: field 'precision' says these int8 weights need onnxruntime>={needs}; this host has "
+            f"{ort.__version__}. Upgrade onnxruntime, or serve a --precision fp32 build.")):
+        _check_onnxruntime({"precision": {"weights": "int8", "min_onnxruntime": needs}}, Path("m.json"))
+
+
+def test_a_requirement_that_is_no_version_is_refused_by_field(folder):
+    edit_manifest(folder, precision={"weights": "int8", "min_onnxruntime": "one.two"})
+    with pytest.raises(runtime.ArtifactError, match=re.escape(
+            f"{folder / 'manifest.json'}: field 'precision.min_onnxruntime' is 'one.two', not a version")):
+        runtime.load(folder)
+
+
+def test_load_checks_the_requirement_and_names_the_manifest(folder):
+    edit_manifest(folder, precision={"weights": "int8", "min_onnxruntime": "99.0"})
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{folder / 'manifest.json'}: field 'precision'")):
+        runtime.load(folder)
+
+
+# --- rows_to_matrix and the records the command line reads -------------------------------------------------
+
+NAMES = ("a", "b", "c")
+
+
+class Frame:
+    """Just enough of a DataFrame: `columns`, `to_numpy` and column selection (what the runtime duck-types)."""
+
+    def __init__(self, columns, values):
+        self.columns, self.values = list(columns), np.asarray(values, dtype=object)
+
+    def __getitem__(self, columns):
+        return Frame(columns, self.values[:, [self.columns.index(c) for c in columns]])
+
+    def to_numpy(self):
+        return self.values
+
+
+def test_a_frame_is_aligned_by_name_and_passthrough_columns_dropped():
+    frame = Frame(["c", "symbol", "a", "b"], [[3.0, "BTC", 1.0, 2.0]])
+    out = rows_to_matrix(frame, NAMES, passthrough=("symbol",))
+    assert out.dtype == np.float64 and out.tolist() == [[1.0, 2.0, 3.0]]
+    with pytest.raises(InputError, match=r"^DataFrame: missing feature\(s\) \['b'\]"):
+        rows_to_matrix(Frame(["a", "c"], [[1.0, 3.0]]), NAMES)
+
+
+def test_an_object_with_columns_but_no_to_numpy_is_not_taken_for_a_frame():
+    class ColumnsOnly(list):
+        columns = ["a", "b", "c"]
+    assert rows_to_matrix(ColumnsOnly([[1, 2, 3]]), NAMES).tolist() == [[1.0, 2.0, 3.0]]
+
+
+def test_mappings_are_aligned_into_float64_rows_and_faults_name_row_and_feature():
+    out = rows_to_matrix([{"c": 3, "b": 2, "a": 1}, {"a": 4, "b": 5, "c": 6, "symbol": "X"}], NAMES,
+                         passthrough=("symbol",))
+    assert out.dtype == np.float64 and out.tolist() == [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(InputError, match=r"^row 1: missing feature\(s\) \['c'\]"):
+        rows_to_matrix([{"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 2}], NAMES)
+    with pytest.raises(InputError, match="^row 1, feature 'b': 'x' is not a number"):
+        rows_to_matrix([{"a": 1, "b": 2, "c": 3}, {"a": 1, "b": "x", "c": 3}], NAMES)
+    big = rows_to_matrix([{"a": 2**60 + 1, "b": 0.1, "c": -1}], NAMES)
+    assert big[0, 0] == float(2**60 + 1) and big[0, 1] == 0.1
+
+
+@pytest.mark.parametrize("rows", ["a,b,c", b"1,2,3", [{"a": 1, "b": 2, "c": 3}, [1, 2, 3]], [[1, 2, 3], {"a": 1}]])
+def test_text_and_mixed_lists_are_refused(rows):
+    with pytest.raises(InputError, match="^rows must be a mapping, a list of mappings, a DataFrame or a 2-D array"):
+        rows_to_matrix(rows, NAMES)
+
+
+def test_an_empty_list_is_an_array_of_no_rows():
+    with pytest.raises(InputError, match=r"shape \(n, 3\)"):
+        rows_to_matrix([], NAMES)
+
+
+def test_read_records_takes_json_lines_and_csv_with_line_numbers():
+    assert read_records('\n{"a": 1, "s": "x"}\n\n{"a": 2.5}\n') == [(2, {"a": 1, "s": "x"}), (4, {"a": 2.5})]
+    assert read_records("a,s\n1,x\n\n 2.5 ,y\n") == [(2, {"a": 1.0, "s": "x"}), (4, {"a": 2.5, "s": "y"})]
+    assert read_records("a,s\n,\n1,x\n") == [(3, {"a": 1.0, "s": "x"})]
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("", "^no rows in the input.$"), ("\n  \n", "^no rows in the input.$"),
+    ('{"a": 1}\n{"a": \n', r"^line 2: not a JSON object \("),
+    ('{"a": 1}\n[1, 2]\n', "^line 2: not a JSON object.$"),
+    ("a,b\n1,2\n1,2,3\n", "^line 3: 3 cells under a header of 2.$"),
+])
+def test_unreadable_records_are_refused_by_line(text, match):
+    with pytest.raises(InputError, match=match):
+        read_records(text)
+
+
+def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
+    records = read_records("c,a,b,symbol\n3,1,2,X\n6,4,5,Y\n")
+    out = records_to_matrix(records, NAMES)
+    assert out.dtype == np.float64 and out.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert records_to_matrix([], NAMES).shape == (0, 3)
+    bad = read_records("a,b,c\n1,2,3\nx,2,3\n1,2,nan\n")
+    with pytest.raises(InputError) as err:
+        records_to_matrix(bad, NAMES)
+    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 3: row 0, feature 'a': 'x' is not a number.\n"
+                              "  line 4: row 0, feature 'c': nan is not finite; impute it before scoring.")
+    with pytest.raises(InputError, match="line 2: row 0: unknown feature"):
+        records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES)
+    assert records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES, passthrough=("label",)).tolist() == [[1, 2, 3]]
+
+
+# --- found by `make mutation`: the overflow refusal, exact messages, an int8 manifest's precision -------------
+
+def test_rows_a_member_overflows_on_are_refused_naming_the_first_and_counting_them(ens):
+    rows = np.full((4, len(ens.feature_names)), 0.5)
+    rows[[1, 3]] = 1e38  # finite in float64, past what the members' float32 activations hold
+    with pytest.raises(InputError) as err:
+        ens.predict_proba(rows)
+    message = str(err.value)
+    assert re.fullmatch(r"row 1: member '(\w+)' produced non-finite probabilities \(2 row\(s\) affected\); the "
+                        r"features are far outside the range the models were trained on\.", message), message
+    # The first fault in member order: trees never overflow, N-HiTS comes before PatchTST (both overflow here).
+    assert re.search(r"member '(\w+)'", message).group(1) == "nhits"
+    assert ens.predict_proba(rows[[0, 2]]).shape == (2, 3)  # the other rows score alone
+
+
+@pytest.mark.parametrize(("x", "message"), [
+    (np.zeros((2, 17)), "features must have shape (n, 18) in the order ['rsi_14', 'macd', 'macd_signal']...; got "
+                        "shape (2, 17)."),
+    (np.zeros(18), "features must have shape (n, 18) in the order ['rsi_14', 'macd', 'macd_signal']...; got "
+                   "shape (18,). Wrap a single row as [row]."),
+    ([[1.0] * 18, [1.0] * 17], None),
+    (np.zeros((1, 18), dtype=bool), "features must be numbers; got an array of dtype bool."),
+])
+def test_array_refusals_say_exactly_what_is_wrong(ens, x, message):
+    with pytest.raises(InputError) as err:
+        ens.predict_proba(x)
+    if message is None:
+        assert str(err.value).startswith("features must be a rectangular 2-D array (")
+    else:
+        assert str(err.value) == message
+
+
+def test_describe_reports_a_lowered_builds_precision(folder):
+    precision = {"weights": "int8", "scheme": "test", "min_agreement": 0.99, "min_onnxruntime": "1.22"}
+    edit_manifest(folder, precision=precision)
+    assert runtime.load(folder).describe()["precision"] == precision
+
+
+def test_json_lines_may_start_with_spaces():
+    assert read_records('  {"a": 1}\n') == [(1, {"a": 1})]
