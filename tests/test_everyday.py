@@ -77,7 +77,7 @@ def test_parity_gate_checks_the_policy_labels(policy_build, tmp_path, monkeypatc
                     stacker)
     monkeypatch.setattr(convert.build, "build_ensemble_graph", graph_with_another_policy)
     out = tmp_path / "out"
-    with pytest.raises(ParityError, match="ensemble label at batch") as failed:
+    with pytest.raises(ParityError, match="ensemble label at batch"):
         convert.build.build(models, out)
     assert not out.exists()
     report = json.loads((tmp_path / "out.parity-failed.json").read_text())
