@@ -31,11 +31,15 @@ from runtime.features import InputError, read_records, records_to_matrix
 
 FEATURES = DemoSpec().feature_names
 REPO = Path(__file__).resolve().parent.parent
-# Runs the CLI in a child and reports its peak resident memory (ru_maxrss, KiB on Linux) on stderr at exit.
+# Runs the CLI in a child and reports its peak resident memory on stderr at exit: VmHWM of its own address
+# space. (Not ru_maxrss: Linux carries it across exec, so a child of a large pytest process reports the
+# parent's size at fork.)
 PEAK_RUNNER = textwrap.dedent("""
-    import atexit, resource, sys
-    atexit.register(lambda: sys.stderr.write(
-        f"\\nPEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n"))
+    import atexit, sys
+    def _peak():
+        kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+        sys.stderr.write(f"\\nPEAK_RSS_KB={kb}\\n")
+    atexit.register(_peak)
     from convert.cli import main
     main(sys.argv[1:], prog_name="ensemble-onnx")
 """)
