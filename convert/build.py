@@ -242,6 +242,9 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     # Read before any model is loaded: a FIFO, a folder, an oversized or non-UTF-8 file costs nothing.
     parity_text = read_data_text(parity_data) if parity_data is not None else None
     calibrate_text = read_data_text(calibrate_on) if calibrate_on is not None else None
+    reference_file = reference_data or calibrate_on or parity_data  # the rows statistics.json bins
+    reference_text = (read_data_text(reference_data) if reference_data is not None
+                      else calibrate_text if calibrate_on is not None else parity_text)
     for line in plan.describe():
         log.info(line)
     loaded = load_plan(plan, progress)
@@ -268,7 +271,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     files["parity.json"] = mf.dumps(report)
     files["README.md"] = mf.ARTIFACTS_README.read_bytes()
     files[STATISTICS_FILE] = statistics_bytes(loaded.feature_names, [m.source.scaler for m in loaded.members],
-                                              loaded.scalers, reference_data or calibrate_on or parity_data)
+                                              loaded.scalers, reference_file, reference_text)
     stacker = loaded.stacker
     typed = contract.Manifest(
         schema_version=contract.SCHEMA_VERSION,

@@ -26,12 +26,13 @@ from .scaler import Scaler
 __all__ = ["STATISTICS_FILE", "read_reference_rows", "statistics_bytes"]
 
 
-def read_reference_rows(path: Path, feature_names: list[str]) -> np.ndarray:
-    """Recorded rows as `predict` reads them; a label, symbol or timestamp column may ride along."""
+def read_reference_rows(path: Path, feature_names: list[str], text: str | None = None) -> np.ndarray:
+    """Recorded rows as `predict` reads them (`text`: the file already read through the build's checks); a
+    label, symbol or timestamp column may ride along."""
     from runtime.features import InputError, read_records, records_to_matrix
 
     try:
-        return records_to_matrix(read_records(path.read_text()), feature_names,
+        return records_to_matrix(read_records(path.read_text() if text is None else text), feature_names,
                                  passthrough=("symbol", "label", "timestamp"))
     except InputError as exc:
         raise MetadataError(f"{path}: {exc}") from exc
@@ -48,10 +49,10 @@ def _shared_moments(scaler_of_member: list[Path | None], scalers: dict[Path, Sca
 
 
 def statistics_bytes(feature_names: list[str], scaler_of_member: list[Path | None], scalers: dict[Path, Scaler],
-                     reference: Path | None) -> bytes:
+                     reference: Path | None, reference_text: str | None = None) -> bytes:
     """statistics.json for a build: `scaler_of_member` is each member's scaler file (None = raw features)."""
     moments = _shared_moments(scaler_of_member, scalers)
-    rows = read_reference_rows(reference, feature_names) if reference is not None else None
+    rows = read_reference_rows(reference, feature_names, reference_text) if reference is not None else None
     features: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(feature_names):
         entry: dict[str, Any] = {}
