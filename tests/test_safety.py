@@ -372,15 +372,16 @@ def test_a_zero_tree_xgboost_is_a_named_build_error(tmp_path):
 
 # --- 4 and 5. hangs and memory bombs ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["ensemble.json", "metadata", "parity-data", "calibrate", "model"])
+@pytest.mark.parametrize("where", ["ensemble.json", "metadata", "parity-data", "calibrate", "reference-data", "model"])
 def test_a_fifo_is_refused_not_waited_on(models_copy, tmp_path, where):
     fifo = {"ensemble.json": models_copy / "ensemble.json",
             "metadata": models_copy / f"nhits_{DEFAULT_STAMP}_meta.json",
             "parity-data": tmp_path / "rows.csv", "calibrate": tmp_path / "labelled.csv",
-            "model": models_copy / f"nhits_{DEFAULT_STAMP}.pth"}[where]
+            "reference-data": tmp_path / "reference.csv", "model": models_copy / f"nhits_{DEFAULT_STAMP}.pth"}[where]
     fifo.unlink(missing_ok=True)
     os.mkfifo(fifo)
-    extra = {"parity-data": ["--parity-data", fifo], "calibrate": ["--calibrate", fifo]}.get(where, [])
+    extra = {"parity-data": ["--parity-data", fifo], "calibrate": ["--calibrate", fifo],
+             "reference-data": ["--reference-data", fifo]}.get(where, [])
     code, err, _ = run_child("convert", models_copy, "-o", tmp_path / "out", *extra, timeout=60)
     assert code == 1 and "a FIFO" in err and fifo.name in err and "Traceback" not in err, err
 
