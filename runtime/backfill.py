@@ -108,7 +108,9 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         kind = col.type
         unparsed = np.zeros(n, dtype=bool)
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+            # safe=False: an integer past 2**53 rounds to the nearest float64 (as numpy and predict do) rather
+            # than failing the run with ArrowInvalid.
+            values = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
             try:
                 values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
@@ -288,6 +290,10 @@ def run(input_path: Path, output: Path, layout: Layout, tables: Iterator[Any], f
         on_error: str, rejects: Path | None, summary: Summary, progress: Progress) -> Summary:
     """Drains assembled tables into the output (and rejects) files; commits both only if all went well."""
     start = time.monotonic()
+    if on_error == "skip" and (taken := sorted(set(layout.keep) & {"row", "reason"})):
+        # The rejects file's own columns: a passthrough column of that name would overwrite the row number.
+        raise InputError(f"{input_path}: passthrough column(s) {taken} would clash with the rejects file's own "
+                         f"'row' and 'reason'; rename them or leave them out with --keep.")
     sink = TableSink(output, force)
     reject_sink = None
     try:
@@ -352,7 +358,7 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
     rejects_path = Path(rejects) if rejects is not None else None
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
-    check_paths(input_path, output, rejects_path if on_error == "skip" else None)
+    check_paths(input_path, output, (rejects_path or default_rejects(output)) if on_error == "skip" else None)
     files = read_files(artifacts)
     ens = load_from_files(files, threads, str(artifacts))
     columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .features import InputError
+from .features import InputError, RepeatedKeyError, loads_unique
 
 INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -73,34 +73,49 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
     or a bool there is named, not coerced); other values keep their JSON types."""
     import pyarrow as pa
 
-    with open(path, encoding="utf-8") as fh:
-        first = next((line for line in fh if line.strip()), "")
-    try:
-        header = list(json.loads(first)) if first else []
-    except (json.JSONDecodeError, TypeError):
-        raise InputError(f"{path}: row 1 is not a JSON object.") from None
+    def parse(line: str, number: int) -> Any:
+        # loads_unique: a key written twice is refused (json keeps the last silently), nesting too deep is a
+        # ValueError, not a RecursionError.
+        try:
+            return loads_unique(line)
+        except RepeatedKeyError as exc:
+            raise InputError(f"{path}: row {number}: key '{exc.key}' given more than once.") from None
+        except ValueError as exc:
+            raise InputError(f"{path}: row {number}: not a JSON object ({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
+
+    def lines() -> Iterator[tuple[int, str]]:
+        """(row number among non-blank lines, line); text that is not UTF-8 is refused by line."""
+        with open(path, "rb") as fh:
+            number = 0
+            for line_number, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{path}: line {line_number}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                                     f"save the file as UTF-8.") from None
+                if line.strip():
+                    number += 1
+                    yield number, line
+
+    first = next(lines(), None)
+    header_record = parse(first[1], 1) if first else {}
+    if not isinstance(header_record, dict):
+        raise InputError(f"{path}: row 1 is not a JSON object.")
+    header = list(header_record)
 
     def text(value: Any) -> str | None:
         return None if value is None else value if isinstance(value, str) else json.dumps(value)
 
     def batches() -> Iterator[Any]:
         rows: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as fh:
-            number = 0
-            for line in fh:
-                if not line.strip():
-                    continue
-                number += 1
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}: row {number}: not a JSON object ({exc.msg}).") from None
-                if not isinstance(record, dict) or list(record) != header:
-                    raise InputError(f"{path}: row {number}: not an object with the first row's keys {header}.")
-                rows.append(record)
-                if len(rows) == batch_rows:
-                    yield table(rows)
-                    rows = []
+        for number, line in lines():
+            record = parse(line, number)
+            if not isinstance(record, dict) or list(record) != header:
+                raise InputError(f"{path}: row {number}: not an object with the first row's keys {header}.")
+            rows.append(record)
+            if len(rows) == batch_rows:
+                yield table(rows)
+                rows = []
         if rows:
             yield table(rows)
 

@@ -45,3 +45,113 @@ def test_deeply_nested_subgraphs_are_refused_not_a_recursion_error():
     with pytest.raises(ArtifactError, match="g.onnx: not a readable ONNX model"):
         _refuse_external_data(model, Path("g.onnx"))
     assert protowire.external_tensors(_nested_model(protowire.MAX_GRAPH_DEPTH)) == []
+
+
+# ----------------------------------------------------------------------------------- score: odd inputs
+
+def _score(artifacts: Path, input_path: Path, output: Path, *args: str):
+    from click.testing import CliRunner
+
+    from convert.cli import main
+
+    return CliRunner().invoke(main, ["score", str(artifacts), str(input_path), "-o", str(output), "-q",
+                                     "--workers", "1", *args])
+
+
+def _columns(artifacts: Path, n: int = 6) -> dict:
+    import numpy as np
+
+    import runtime
+
+    features = runtime.load(artifacts).feature_names
+    rng = np.random.default_rng(3)
+    return {f: rng.normal(size=n) for f in features}
+
+
+def _refused(result, *named: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output, result.output
+    for text in named:
+        assert text in result.output, result.output
+
+
+@pytest.mark.parametrize("arrow_type, value", [("int64", 2**53 + 1), ("uint64", 2**64 - 1)])
+def test_integers_past_float_precision_are_scored_as_their_nearest_float(demo_artifacts, tmp_path, arrow_type, value):
+    # Found: pyarrow's safe cast refused 2**53 + 1 with ArrowInvalid: an internal error, not a score.
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import runtime
+
+    cols = _columns(demo_artifacts)
+    first = next(iter(cols))
+    cols[first] = pa.array([value] * len(cols[first]), type=getattr(pa, arrow_type)())
+    pq.write_table(pa.table(cols), tmp_path / "in.parquet")
+    result = _score(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert result.exit_code == 0, result.output
+    ens = runtime.load(demo_artifacts)
+    x = np.column_stack([np.asarray(cols[f].to_pylist() if f == first else cols[f], dtype=np.float64)
+                         for f in ens.feature_names])
+    out = pq.read_table(tmp_path / "out.parquet")
+    expected = ens.predict_proba(x)
+    for k, c in enumerate(ens.classes):
+        np.testing.assert_array_equal(out.column(f"p_{c}").to_numpy(), expected[:, k])
+
+
+@pytest.mark.parametrize("content, named", [
+    (b'GOOD\n{"x": "\xe9"}\n', "line 2: not UTF-8"),
+    (b"[" * 100_000 + b"\n", "row 1: not a JSON object (nested too deeply"),
+    (b"REPEATED\n", "row 1: key 'FIRST' given more than once"),
+    (b"GOOD\n\nREPEATED\n", "row 2: key 'FIRST' given more than once"),
+])
+def test_hostile_json_lines_are_refused_by_line(demo_artifacts, tmp_path, content, named):
+    # Found: a non-UTF-8 byte raised UnicodeDecodeError, deep nesting RecursionError (both internal errors),
+    # and a repeated key was scored with its last value, silently.
+    import json
+
+    cols = _columns(demo_artifacts, 1)
+    first = next(iter(cols))
+    good = json.dumps({f: float(v[0]) for f, v in cols.items()}).encode()
+    repeated = good[:-1] + b', "%s": 2.0}' % first.encode()
+    (tmp_path / "in.jsonl").write_bytes(content.replace(b"GOOD", good).replace(b"REPEATED", repeated))
+    result = _score(demo_artifacts, tmp_path / "in.jsonl", tmp_path / "out.parquet")
+    _refused(result, "in.jsonl", named.replace("FIRST", first))
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_the_default_rejects_file_is_never_the_input(demo_artifacts, tmp_path):
+    # Found: scoring `x.rejects.parquet` into `x.parquet` with --on-error skip --force wrote the rejects over
+    # the input (the default rejects path was not checked against it).
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = _columns(demo_artifacts)
+    next(iter(cols.values()))[2] = np.nan
+    source = tmp_path / "x.rejects.parquet"
+    pq.write_table(pa.table(cols), source)
+    before = source.read_bytes()
+    result = _score(demo_artifacts, source, tmp_path / "x.parquet", "--on-error", "skip", "--force")
+    _refused(result, "x.rejects.parquet: is the input file")
+    assert source.read_bytes() == before
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_passthrough_column_named_row_or_reason_cannot_overwrite_the_rejects_row_number(demo_artifacts, tmp_path):
+    # Found: an input column `row` replaced the rejects file's row numbers with its own values, silently.
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"row": list(range(100, 106)), **_columns(demo_artifacts)}
+    cols[next(iter(_columns(demo_artifacts)))][3] = np.nan
+    pq.write_table(pa.table(cols), tmp_path / "in.parquet")
+    result = _score(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet", "--on-error", "skip")
+    _refused(result, "in.parquet", "['row']", "--keep")
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.rejects.parquet").exists()
+    # Left out with --keep, the same file scores and the rejects name row 4.
+    result = _score(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet", "--on-error", "skip",
+                    "--keep", "")
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "out.rejects.parquet").column("row").to_pylist() == [4]
