@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import ArtifactError
+from .features import InputError
 
 STATISTICS_FILE = "statistics.json"
 STATISTICS_VERSION = 1
@@ -128,6 +129,8 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
     """[n, F] validated features in training order -> per feature figures and status (see the module
     docstring), the names that drifted or warn, and the batch status."""
     n, f = x.shape
+    if n == 0:  # every share below would divide by zero
+        raise InputError("no rows to check for drift.")
     width = stats.edges.shape[1] + 1
     index = np.empty((n, f), dtype=np.int64)
     for start in range(0, n, CHUNK):  # bin_index for every column at once; chunked to bound the [n, F, E] mask

@@ -155,3 +155,19 @@ def test_a_passthrough_column_named_row_or_reason_cannot_overwrite_the_rejects_r
                     "--keep", "")
     assert result.exit_code == 0, result.output
     assert pq.read_table(tmp_path / "out.rejects.parquet").column("row").to_pylist() == [4]
+
+
+# ------------------------------------------------------------------------------- the Ensemble's methods
+
+@pytest.mark.parametrize("rows", ["array", "dataframe"])
+def test_drift_on_no_rows_is_refused(demo_artifacts, rows):
+    # Found: ens.drift(np.empty((0, F))) raised ZeroDivisionError (and warned of 0/0) instead of InputError.
+    import numpy as np
+    import pandas as pd
+
+    import runtime
+
+    ens = runtime.load(demo_artifacts)
+    empty = np.empty((0, len(ens.feature_names)))
+    with pytest.raises(runtime.InputError, match="no rows"):
+        ens.drift(empty if rows == "array" else pd.DataFrame(empty, columns=list(ens.feature_names)))
