@@ -331,7 +331,10 @@ ROWS_HELP = "CSV with a header, JSON lines, or Parquet (.parquet, needs pyarrow)
 
 def _write_report(path: Path | None, html: str) -> None:
     if path is not None:
-        path.write_text(html, encoding="utf-8")
+        try:
+            path.write_text(html, encoding="utf-8")
+        except OSError as exc:  # a folder that does not exist, a read-only one
+            raise click.ClickException(f"{path}: cannot write the report ({exc.strerror}).") from None
         click.echo(f"report: {path}", err=True)
 
 

@@ -171,3 +171,82 @@ def test_drift_on_no_rows_is_refused(demo_artifacts, rows):
     empty = np.empty((0, len(ens.feature_names)))
     with pytest.raises(runtime.InputError, match="no rows"):
         ens.drift(empty if rows == "array" else pd.DataFrame(empty, columns=list(ens.feature_names)))
+
+
+def test_one_row_at_the_training_mean_is_no_drift_but_a_constant_feed_is(demo_artifacts):
+    # Found: without bins, a single row (standard deviation 0) made every feature 'drift' by its spread
+    # ratio: a service checking each bar it scores was always alarmed. The spread now needs significance.
+    import numpy as np
+
+    import runtime
+
+    ens = runtime.load(demo_artifacts)
+    stats = ens._statistics
+    assert stats is not None and not stats.has_bins.any()  # the demo build: mean and scale only
+    one = ens.drift(stats.mean[None, :])
+    assert one["status"] == "ok", one["drift"]
+    assert all(f["spread_ratio"] == 0.0 for f in one["features"].values())
+    stuck = ens.drift(np.repeat(stats.mean[None, :], 200, axis=0))  # a feed stuck at one value
+    assert stuck["status"] == "drift" and stuck["drift"] == list(ens.feature_names)
+
+
+def test_drift_json_is_strict_json_when_values_overflow(demo_artifacts, tmp_path):
+    # Found: rows near the float maximum overflowed the batch mean, and `drift --json` printed `Infinity`,
+    # which no strict JSON parser reads.
+    import json
+
+    from click.testing import CliRunner
+
+    import runtime
+    from convert.cli import main
+
+    features = runtime.load(demo_artifacts).feature_names
+    (tmp_path / "rows.csv").write_text(",".join(features) + "\n" + ("\n".join([",".join(["1e308"] * len(features))] * 3)))
+    result = CliRunner().invoke(main, ["drift", str(demo_artifacts), "--input",
+                                      str(tmp_path / "rows.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    report = json.loads(result.stdout, parse_constant=refuse)
+    assert report["status"] == "drift"
+
+
+@pytest.mark.parametrize("command", ["compare", "drift", "evaluate"])
+@pytest.mark.parametrize("layout", ["header.csv", "zero.parquet"])
+def test_monitoring_commands_refuse_a_file_without_rows_by_name(demo_artifacts, tmp_path, command, layout):
+    # Found: `compare` on a CSV with a header and no rows raised IndexError (an internal error).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    import runtime
+    from convert.cli import main
+
+    features = list(runtime.load(demo_artifacts).feature_names)
+    data = tmp_path / layout
+    if layout.endswith(".csv"):
+        data.write_text(",".join(features + ["label"]) + "\n")
+    else:
+        pq.write_table(pa.table({**{f: pa.array([], pa.float64()) for f in features}, "label": pa.array([], pa.string())}), data)
+    args = {"compare": ["compare", str(demo_artifacts), str(demo_artifacts), "--data", str(data)],
+            "drift": ["drift", str(demo_artifacts), "--input", str(data)],
+            "evaluate": ["evaluate", str(demo_artifacts), "--data", str(data)]}[command]
+    _refused(CliRunner().invoke(main, args), f"{data}: no rows in the input")
+
+
+def test_compare_report_into_a_missing_folder_is_refused_by_name(demo_artifacts, tmp_path):
+    # Found: FileNotFoundError from the report writer, reported as an internal error.
+    from click.testing import CliRunner
+
+    import runtime
+    from convert.cli import main
+
+    features = runtime.load(demo_artifacts).feature_names
+    data = tmp_path / "rows.csv"
+    data.write_text(",".join(features) + "\n" + ",".join(["0.5"] * len(features)) + "\n")
+    report = tmp_path / "missing" / "report.html"
+    result = CliRunner().invoke(main, ["compare", str(demo_artifacts), str(demo_artifacts), "--data", str(data),
+                                       "--report", str(report)])
+    _refused(result, f"{report}: cannot write the report")
