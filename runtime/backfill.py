@@ -36,7 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
-from .features import InputError
+from .features import InputError, parse_number
 
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
 REJECT = "__reject__"   # the reason column a scored batch carries between scoring and writing
@@ -118,7 +118,7 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
                 values = np.full(n, np.nan)
                 for i, cell in enumerate(col.to_pylist()):
                     try:
-                        values[i] = float(cell) if cell is not None else np.nan
+                        values[i] = parse_number(cell) if cell is not None else np.nan
                     except ValueError:
                         unparsed[i] = True
         else:

@@ -89,7 +89,7 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
             number = 0
             for line_number, raw in enumerate(fh, 1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8").removeprefix("\ufeff" if line_number == 1 else "")  # a BOM is no key
                 except UnicodeDecodeError as exc:
                     raise InputError(f"{path}: line {line_number}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
                                      f"save the file as UTF-8.") from None

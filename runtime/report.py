@@ -29,7 +29,7 @@ def read_rows(path: str | os.PathLike[str]) -> Records:
         records: Records = list(enumerate(table.to_pylist(), 1))
     else:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is not part of a column name
                 text = fh.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: cannot read it ({exc}).") from None

@@ -250,3 +250,57 @@ def test_compare_report_into_a_missing_folder_is_refused_by_name(demo_artifacts,
     result = CliRunner().invoke(main, ["compare", str(demo_artifacts), str(demo_artifacts), "--data", str(data),
                                        "--report", str(report)])
     _refused(result, f"{report}: cannot write the report")
+
+
+# ------------------------------------------------------------------------------- text a careless user saves
+
+def _csv_text(artifacts: Path, first_cell: str = "0.5") -> str:
+    import runtime
+
+    features = runtime.load(artifacts).feature_names
+    return ",".join(features) + "\n" + ",".join([first_cell] + ["0.5"] * (len(features) - 1)) + "\n"
+
+
+def test_predict_reads_a_csv_saved_with_a_byte_order_mark(demo_artifacts):
+    # Found: Excel's "CSV UTF-8" starts with a BOM; the first feature was then reported missing.
+    from click.testing import CliRunner
+
+    from convert.cli import main
+
+    text = _csv_text(demo_artifacts)
+    plain = CliRunner().invoke(main, ["predict", str(demo_artifacts)], input=text)
+    marked = CliRunner().invoke(main, ["predict", str(demo_artifacts)], input="\ufeff" + text)
+    assert plain.exit_code == 0 and marked.exit_code == 0, marked.output
+    assert marked.stdout == plain.stdout
+
+
+def test_score_reads_json_lines_saved_with_a_byte_order_mark(demo_artifacts, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    import runtime
+
+    features = runtime.load(demo_artifacts).feature_names
+    line = json.dumps({f: 0.5 for f in features}) + "\n"
+    (tmp_path / "plain.jsonl").write_text(line * 3, encoding="utf-8")
+    (tmp_path / "marked.jsonl").write_text("\ufeff" + line * 3, encoding="utf-8")
+    for name in ("plain", "marked"):
+        result = _score(demo_artifacts, tmp_path / f"{name}.jsonl", tmp_path / f"{name}.parquet")
+        assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "marked.parquet").equals(pq.read_table(tmp_path / "plain.parquet"))
+
+
+@pytest.mark.parametrize("cell", ["1_0", "\u0661"])  # Python's float reads both: 10.0 and 1.0
+def test_a_cell_python_but_no_file_format_reads_as_a_number_is_refused(demo_artifacts, tmp_path, cell):
+    # Found: `predict` scored "1_0" as 10.0; `score` did too when another cell of the column was bad.
+    from click.testing import CliRunner
+
+    from convert.cli import main
+
+    result = CliRunner().invoke(main, ["predict", str(demo_artifacts)], input=_csv_text(demo_artifacts, cell))
+    _refused(result, "line 2", f"{cell!r} is not a number")
+    (tmp_path / "in.csv").write_text(_csv_text(demo_artifacts, cell) + _csv_text(demo_artifacts, "x").split("\n", 1)[1],
+                                     encoding="utf-8")
+    result = _score(demo_artifacts, tmp_path / "in.csv", tmp_path / "out.parquet")
+    _refused(result, "in.csv: row 1", f"{cell!r} is not a number")
