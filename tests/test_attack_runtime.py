@@ -304,3 +304,20 @@ def test_a_cell_python_but_no_file_format_reads_as_a_number_is_refused(demo_arti
                                      encoding="utf-8")
     result = _score(demo_artifacts, tmp_path / "in.csv", tmp_path / "out.parquet")
     _refused(result, "in.csv: row 1", f"{cell!r} is not a number")
+
+
+# -------------------------------------------------------------------------- bytes sent to workers
+
+@pytest.mark.parametrize("damage", ["value None", "value memoryview", "key int"])
+def test_verify_files_refuses_what_is_not_names_to_bytes(demo_artifacts, damage):
+    # Found: a None value, a memoryview or an int key raised TypeError deep inside the checks.
+    from runtime.artifacts import read_files, verify_files
+
+    files = read_files(demo_artifacts)
+    graph = next(rel for rel in files if rel.endswith(".onnx"))
+    sent = {"value None": {**files, graph: None}, "value memoryview": {**files, graph: memoryview(files[graph])},
+            "key int": {**files, 1: b""}}[damage]
+    with pytest.raises(ArtifactError, match="worker-0"):
+        verify_files(sent, "worker-0")
+    assert verify_files({k: bytearray(v) for k, v in files.items()}, "worker-0").build_id == \
+        verify_files(files, "worker-0").build_id
