@@ -321,3 +321,46 @@ def test_verify_files_refuses_what_is_not_names_to_bytes(demo_artifacts, damage)
         verify_files(sent, "worker-0")
     assert verify_files({k: bytearray(v) for k, v in files.items()}, "worker-0").build_id == \
         verify_files(files, "worker-0").build_id
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+def _labelled(artifacts: Path, path: Path, timestamp: str) -> Path:
+    import runtime
+
+    ens = runtime.load(artifacts)
+    path.write_text(",".join([*ens.feature_names, "label", "timestamp"]) + "\n"
+                    + ",".join(["0.5"] * len(ens.feature_names) + [ens.classes[0], timestamp]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("timestamp, window, named", [
+    ("1e20", "1d", "line 2, column 'timestamp': 1e+20 is outside the years 1 to 9999"),
+    ("0001-01-01T00:00:00+01:00", "1d", "line 2, column 'timestamp': '0001-01-01T00:00:00+01:00' is outside"),
+    ("2026-01-01", "1" + "0" * 400 + "d", "longer than 1000 years"),
+])
+def test_evaluate_refuses_times_no_date_has(demo_artifacts, tmp_path, timestamp, window, named):
+    # Found: OverflowError / ValueError from datetime and float arithmetic, reported as internal errors.
+    from click.testing import CliRunner
+
+    from convert.cli import main
+
+    data = _labelled(demo_artifacts, tmp_path / "rows.csv", timestamp)
+    result = CliRunner().invoke(main, ["evaluate", str(demo_artifacts), "--data", str(data), "--window", window])
+    assert result.exit_code in (1, 2), result.output
+    assert "internal error" not in result.output and named in result.output, result.output
+
+
+def test_a_window_reaching_back_before_year_one_is_named_by_its_first_row(demo_artifacts, tmp_path):
+    # Found: a 1000-week window over a row of 0001-01-02 started in year -5: ValueError, an internal error.
+    from click.testing import CliRunner
+
+    from convert.cli import main
+
+    data = _labelled(demo_artifacts, tmp_path / "rows.csv", "0001-01-02")
+    result = CliRunner().invoke(main, ["evaluate", str(demo_artifacts), "--data", str(data), "--window", "1000w",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert [w["start"] for w in json.loads(result.stdout)["windows"]] == ["0001-01-02T00:00:00+00:00"]
