@@ -364,3 +364,36 @@ def test_a_window_reaching_back_before_year_one_is_named_by_its_first_row(demo_a
     import json
 
     assert [w["start"] for w in json.loads(result.stdout)["windows"]] == ["0001-01-02T00:00:00+00:00"]
+
+
+# ------------------------------------------------------------------------------------- huge batches
+
+class _Recording:
+    """The real onnxruntime session, with the row count of every call noted."""
+
+    def __init__(self, session) -> None:
+        self.session, self.rows = session, []
+
+    def run(self, names, feeds):
+        self.rows.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds)
+
+
+def test_a_huge_batch_is_run_in_bounded_chunks_and_errors_name_the_global_row(demo_artifacts, monkeypatch):
+    # Found: predict_proba sent the caller's whole array to onnxruntime in one call: about 11 KB of
+    # intermediates a row (530 MB peak at 40,000 rows), so a million-row backtest array needed ~11 GB.
+    import numpy as np
+
+    import runtime
+
+    ens = runtime.load(demo_artifacts)
+    whole = ens._session.run(None, {ens._session.get_inputs()[0].name: np.full((12, len(ens.feature_names)), 0.25)})
+    monkeypatch.setattr(runtime, "RUN_CHUNK", 5)
+    ens._session = recording = _Recording(ens._session)
+    x = np.full((12, len(ens.feature_names)), 0.25)
+    probabilities = ens.predict_proba(x)
+    assert recording.rows == [5, 5, 2]
+    np.testing.assert_allclose(probabilities, whole[0], rtol=0, atol=1e-6)
+    x[8] = 1e308  # overflows a member: the refusal names the row among all 12, not within its chunk
+    with pytest.raises(runtime.InputError, match=r"^row 8: member"):
+        ens.predict_proba(x)
