@@ -275,9 +275,13 @@ def default_rejects(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects{output.suffix}")
 
 
-def check_paths(input_path: Path, output: Path, rejects: Path | None) -> None:
-    """Refuses what would lose data: writing over the input, or the output and rejects being one file."""
+def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts: Path | None = None) -> None:
+    """Refuses what would lose data: writing over the input, or the output and rejects being one file, or
+    writing into the artifacts folder (a file there replaces a verified one, or is refused at the next load
+    as unlisted: the build would no longer serve)."""
     for target in (output, rejects):
+        if target is not None and artifacts is not None and target.resolve().is_relative_to(artifacts.resolve()):
+            raise InputError(f"{target}: is inside the artifacts folder {artifacts}; write the scores elsewhere.")
         if target is not None and (target.resolve() == input_path.resolve()
                                    or (target.exists() and os.path.samefile(target, input_path))):
             raise InputError(f"{target}: is the input file; the output must be another file.")
@@ -358,7 +362,8 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
     rejects_path = Path(rejects) if rejects is not None else None
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
-    check_paths(input_path, output, (rejects_path or default_rejects(output)) if on_error == "skip" else None)
+    check_paths(input_path, output, (rejects_path or default_rejects(output)) if on_error == "skip" else None,
+                Path(artifacts))
     files = read_files(artifacts)
     ens = load_from_files(files, threads, str(artifacts))
     columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows)

@@ -397,3 +397,22 @@ def test_a_huge_batch_is_run_in_bounded_chunks_and_errors_name_the_global_row(de
     x[8] = 1e308  # overflows a member: the refusal names the row among all 12, not within its chunk
     with pytest.raises(runtime.InputError, match=r"^row 8: member"):
         ens.predict_proba(x)
+
+
+@pytest.mark.parametrize("target, args", [("parity.json", ["--force"]), ("scores.parquet", []),
+                                          ("scores.parquet", ["--on-error", "skip", "--rejects", "ARTIFACTS/r.csv"])])
+def test_score_never_writes_into_the_artifacts_folder(artifacts_copy, tmp_path, target, args):
+    # Found: `-o ARTIFACTS/parity.json --force` replaced a verified file with scores, and any new file there
+    # made the next runtime.load refuse the folder as unlisted: the production build stopped serving.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import runtime
+
+    before = {p.name: p.read_bytes() for p in artifacts_copy.iterdir() if p.is_file()}
+    pq.write_table(pa.table(_columns(artifacts_copy)), tmp_path / "in.parquet")
+    output = (artifacts_copy / target) if "--rejects" not in args else (tmp_path / target)
+    args = [a.replace("ARTIFACTS", str(artifacts_copy)) for a in args]
+    _refused(_score(artifacts_copy, tmp_path / "in.parquet", output, *args), "inside the artifacts folder")
+    assert {p.name: p.read_bytes() for p in artifacts_copy.iterdir() if p.is_file()} == before
+    runtime.load(artifacts_copy)  # still serves
