@@ -227,6 +227,10 @@ class TableSink:
                 self.writer = pq.ParquetWriter(self.out.file, self.schema)
             elif self.fmt == "csv":
                 import pyarrow.csv as pcsv
+                # CSV holds flat values only; pyarrow's writer would raise ArrowInvalid on a list or a struct.
+                if nested := [f.name for f in self.schema if pa.types.is_nested(f.type)]:
+                    raise InputError(f"{self.out.target}: passthrough column(s) {nested} hold lists or objects, "
+                                     f"which CSV cannot; write .parquet or .jsonl, or leave them out with --keep.")
                 self.writer = pcsv.CSVWriter(self.out.file, self.schema)
         elif table.schema != self.schema:
             try:  # a passthrough column inferred differently in a later CSV block (int, then null...)
@@ -236,6 +240,13 @@ class TableSink:
                                  f"to the first batch's types ({exc}).") from None
         if self.fmt == "jsonl":
             self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
+        elif self.fmt == "csv":
+            try:
+                self.writer.write_table(table)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # bytes that are not UTF-8 text
+                binary = [f.name for f in self.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+                raise InputError(f"{self.out.target}: CSV cannot hold passthrough column(s) {binary or ''} ({exc}); "
+                                 f"write .parquet, or leave them out with --keep.") from None
         else:
             self.writer.write_table(table)
         self.rows += table.num_rows

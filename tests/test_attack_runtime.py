@@ -416,3 +416,24 @@ def test_score_never_writes_into_the_artifacts_folder(artifacts_copy, tmp_path, 
     _refused(_score(artifacts_copy, tmp_path / "in.parquet", output, *args), "inside the artifacts folder")
     assert {p.name: p.read_bytes() for p in artifacts_copy.iterdir() if p.is_file()} == before
     runtime.load(artifacts_copy)  # still serves
+
+
+@pytest.mark.parametrize("source, named", [("lists.jsonl", "['tags'] hold lists or objects"),
+                                           ("latin1.csv", "CSV cannot hold passthrough column(s) ['sym']")])
+def test_a_passthrough_csv_cannot_hold_is_refused_naming_the_column(demo_artifacts, tmp_path, source, named):
+    # Found: a list passthrough (JSON lines) or a column of non-UTF-8 bytes (a Latin-1 CSV) raised ArrowInvalid
+    # from pyarrow's CSV writer: an internal error.
+    import json
+
+    import runtime
+
+    features = runtime.load(demo_artifacts).feature_names
+    if source.endswith(".jsonl"):
+        (tmp_path / source).write_text(json.dumps({**{f: 0.1 for f in features}, "tags": [1, 2]}) + "\n")
+    else:
+        (tmp_path / source).write_bytes((",".join([*features, "sym"]) + "\n").encode()
+                                        + (",".join(["0.1"] * len(features)) + ",Z\xfcrich\n").encode("latin-1"))
+    result = _score(demo_artifacts, tmp_path / source, tmp_path / "out.csv")
+    _refused(result, "out.csv", named)
+    assert not (tmp_path / "out.csv").exists()
+    assert _score(demo_artifacts, tmp_path / source, tmp_path / "out.parquet").exit_code == 0  # Parquet holds them
