@@ -368,6 +368,9 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
     ens = load_from_files(files, threads, str(artifacts))
     columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows)
     layout = Layout.for_input(ens.manifest, columns, keep, members, str(input_path))
+    # More processes than cores only queue: each holds its own Ensemble and up to two batches in flight
+    # (--workers 1000 on a long file asked for 2,000 pending batches, ~19 GB at the default batch size).
+    workers = max(1, min(workers, os.cpu_count() or 1))
     summary = Summary(str(input_path), str(output), workers=workers, threads=threads)
     where = str(input_path)
 

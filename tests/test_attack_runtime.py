@@ -437,3 +437,18 @@ def test_a_passthrough_csv_cannot_hold_is_refused_naming_the_column(demo_artifac
     _refused(result, "out.csv", named)
     assert not (tmp_path / "out.csv").exists()
     assert _score(demo_artifacts, tmp_path / source, tmp_path / "out.parquet").exit_code == 0  # Parquet holds them
+
+
+def test_more_workers_than_cores_are_capped_at_the_cores(demo_artifacts, tmp_path):
+    # Found: --workers 1000 started a process per pending batch and kept 2,000 batches in flight (about
+    # 19 GB of features at the default batch size): a careless flag could take the host down.
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from runtime.backfill import score_file
+
+    pq.write_table(pa.table(_columns(demo_artifacts, 10)), tmp_path / "in.parquet")
+    summary = score_file(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet", workers=1000)
+    assert summary.workers == (os.cpu_count() or 1) and summary.scored == 10
