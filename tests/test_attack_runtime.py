@@ -452,3 +452,22 @@ def test_more_workers_than_cores_are_capped_at_the_cores(demo_artifacts, tmp_pat
     pq.write_table(pa.table(_columns(demo_artifacts, 10)), tmp_path / "in.parquet")
     summary = score_file(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet", workers=1000)
     assert summary.workers == (os.cpu_count() or 1) and summary.scored == 10
+
+
+@pytest.mark.parametrize("gate", [["compare", "--max-flip-rate"], ["compare", "--max-share-shift"],
+                                  ["drift", "--fail-psi"]])
+def test_a_gate_of_nan_is_a_usage_error(demo_artifacts, tmp_path, gate):
+    # Found: click's FloatRange let `nan` through, and `flip_rate > nan` is false: the gate passed every build.
+    from click.testing import CliRunner
+
+    import runtime
+    from convert.cli import main
+
+    features = runtime.load(demo_artifacts).feature_names
+    data = tmp_path / "rows.csv"
+    data.write_text(",".join(features) + "\n" + ",".join(["0.5"] * len(features)) + "\n")
+    command, option = gate
+    args = ([command, str(demo_artifacts), str(demo_artifacts), "--data", str(data)] if command == "compare"
+            else [command, str(demo_artifacts), "--input", str(data)])
+    result = CliRunner().invoke(main, [*args, option, "nan"])
+    assert result.exit_code == 2 and "a gate of nan would never fail" in result.output, result.output
