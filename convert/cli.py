@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -84,6 +85,17 @@ def _emit(result: Any, as_json: bool, text: str | None = None) -> None:
         click.echo(text)
 
 
+class GateRange(click.FloatRange):
+    """click.FloatRange that also refuses nan: every comparison with nan is false, so a gate of nan would
+    pass every build (click's range check lets it through for the same reason)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number; a gate of nan would never fail.", param, ctx)
+        return number
+
+
 QUIET = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines.")
 PUBLIC_KEY = click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -114,7 +126,7 @@ def main(debug: bool) -> None:
               help="Weights of the shipped ensemble.onnx. int8 stores the large Linear layers in 8 bits (faster "
                    "one-row calls, needs onnxruntime>=1.22 to serve) and is gated on label agreement instead of "
                    "the float32 tolerance; the float32 export is still proven exact first.")
-@click.option("--min-agreement", type=click.FloatRange(0.5, 1.0),
+@click.option("--min-agreement", type=GateRange(0.5, 1.0),
               help="With --precision int8: the share of parity rows whose label must not change (default 0.99).")
 @click.option("--reference-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded training rows (CSV or JSON lines): their per-feature decile bins, min and max go into "
@@ -331,7 +343,10 @@ ROWS_HELP = "CSV with a header, JSON lines, or Parquet (.parquet, needs pyarrow)
 
 def _write_report(path: Path | None, html: str) -> None:
     if path is not None:
-        path.write_text(html, encoding="utf-8")
+        try:
+            path.write_text(html, encoding="utf-8")
+        except OSError as exc:  # a folder that does not exist, a read-only one
+            raise click.ClickException(f"{path}: cannot write the report ({exc.strerror}).") from None
         click.echo(f"report: {path}", err=True)
 
 
@@ -340,9 +355,9 @@ def _write_report(path: Path | None, html: str) -> None:
 @click.argument("new", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded feature rows both builds score. " + ROWS_HELP)
-@click.option("--max-flip-rate", type=click.FloatRange(0.0, 1.0),
+@click.option("--max-flip-rate", type=GateRange(0.0, 1.0),
               help="Gate: exit 1 if more than this share of rows change action.")
-@click.option("--max-share-shift", type=click.FloatRange(0.0, 1.0),
+@click.option("--max-share-shift", type=GateRange(0.0, 1.0),
               help="Gate: exit 1 if any class's share of actions moves by more than this (absolute, 0.05 = 5 points).")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML page (transition heat map, confidence histograms).")
@@ -407,7 +422,7 @@ def _measure_drift(ens: Any, x: Any) -> dict[str, Any]:
 @click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Live feature rows. " + ROWS_HELP)
-@click.option("--fail-psi", type=click.FloatRange(min=0.0),
+@click.option("--fail-psi", type=GateRange(min=0.0),
               help="Exit 1 if any feature's PSI reaches this (0.25 is the usual 'significant shift').")
 @click.option("--measure", is_flag=True, help="Also time drift() against predict() per row at batch sizes 1, 64 "
                                               "and 1024 on these rows, naming this CPU.")

@@ -99,11 +99,18 @@ def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<a
     manifest.sig if signed): what a worker that received the folder's files over the wire (a Ray actor, a
     worker process) runs before it scores. `where` names the source in errors."""
     root = Path(where)
+    if not isinstance(files, Mapping):
+        raise ArtifactError(f"{root}: the artifacts sent are a {type(files).__name__}, not a mapping of file names "
+                            f"to bytes.")
+    for rel, data in files.items():  # what came over the wire is checked before any of it is used
+        if not isinstance(rel, str) or not isinstance(data, (bytes, bytearray)):
+            raise ArtifactError(f"{root}: entry {rel!r} of the artifacts sent is a {type(rel).__name__} -> "
+                                f"{type(data).__name__}, not a file name -> bytes.")
 
     def read(rel: str) -> bytes:
         if rel not in files:
             raise ArtifactError(f"{root / rel}: missing; {REBUILD}.")
-        return files[rel]
+        return bytes(files[rel])
 
     verified = _verify(read(MANIFEST_FILE), read, files.get(SIGNATURE_FILE), root, expect_build_id, public_key)
     for rel in sorted(set(files) - set(verified.typed.files) - {MANIFEST_FILE, SIGNATURE_FILE}):

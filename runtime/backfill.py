@@ -36,7 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
-from .features import InputError
+from .features import InputError, parse_number
 
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
 REJECT = "__reject__"   # the reason column a scored batch carries between scoring and writing
@@ -108,7 +108,9 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         kind = col.type
         unparsed = np.zeros(n, dtype=bool)
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-            values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+            # safe=False: an integer past 2**53 rounds to the nearest float64 (as numpy and predict do) rather
+            # than failing the run with ArrowInvalid.
+            values = pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
             try:
                 values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
@@ -116,7 +118,7 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
                 values = np.full(n, np.nan)
                 for i, cell in enumerate(col.to_pylist()):
                     try:
-                        values[i] = float(cell) if cell is not None else np.nan
+                        values[i] = parse_number(cell) if cell is not None else np.nan
                     except ValueError:
                         unparsed[i] = True
         else:
@@ -273,9 +275,13 @@ def default_rejects(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects{output.suffix}")
 
 
-def check_paths(input_path: Path, output: Path, rejects: Path | None) -> None:
-    """Refuses what would lose data: writing over the input, or the output and rejects being one file."""
+def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts: Path | None = None) -> None:
+    """Refuses what would lose data: writing over the input, or the output and rejects being one file, or
+    writing into the artifacts folder (a file there replaces a verified one, or is refused at the next load
+    as unlisted: the build would no longer serve)."""
     for target in (output, rejects):
+        if target is not None and artifacts is not None and target.resolve().is_relative_to(artifacts.resolve()):
+            raise InputError(f"{target}: is inside the artifacts folder {artifacts}; write the scores elsewhere.")
         if target is not None and (target.resolve() == input_path.resolve()
                                    or (target.exists() and os.path.samefile(target, input_path))):
             raise InputError(f"{target}: is the input file; the output must be another file.")
@@ -288,6 +294,10 @@ def run(input_path: Path, output: Path, layout: Layout, tables: Iterator[Any], f
         on_error: str, rejects: Path | None, summary: Summary, progress: Progress) -> Summary:
     """Drains assembled tables into the output (and rejects) files; commits both only if all went well."""
     start = time.monotonic()
+    if on_error == "skip" and (taken := sorted(set(layout.keep) & {"row", "reason"})):
+        # The rejects file's own columns: a passthrough column of that name would overwrite the row number.
+        raise InputError(f"{input_path}: passthrough column(s) {taken} would clash with the rejects file's own "
+                         f"'row' and 'reason'; rename them or leave them out with --keep.")
     sink = TableSink(output, force)
     reject_sink = None
     try:
@@ -352,11 +362,15 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
     rejects_path = Path(rejects) if rejects is not None else None
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
-    check_paths(input_path, output, rejects_path if on_error == "skip" else None)
+    check_paths(input_path, output, (rejects_path or default_rejects(output)) if on_error == "skip" else None,
+                Path(artifacts))
     files = read_files(artifacts)
     ens = load_from_files(files, threads, str(artifacts))
     columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows)
     layout = Layout.for_input(ens.manifest, columns, keep, members, str(input_path))
+    # More processes than cores only queue: each holds its own Ensemble and up to two batches in flight
+    # (--workers 1000 on a long file asked for 2,000 pending batches, ~19 GB at the default batch size).
+    workers = max(1, min(workers, os.cpu_count() or 1))
     summary = Summary(str(input_path), str(output), workers=workers, threads=threads)
     where = str(input_path)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .features import InputError
+from .features import InputError, RepeatedKeyError, loads_unique
 
 INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -73,34 +73,49 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
     or a bool there is named, not coerced); other values keep their JSON types."""
     import pyarrow as pa
 
-    with open(path, encoding="utf-8") as fh:
-        first = next((line for line in fh if line.strip()), "")
-    try:
-        header = list(json.loads(first)) if first else []
-    except (json.JSONDecodeError, TypeError):
-        raise InputError(f"{path}: row 1 is not a JSON object.") from None
+    def parse(line: str, number: int) -> Any:
+        # loads_unique: a key written twice is refused (json keeps the last silently), nesting too deep is a
+        # ValueError, not a RecursionError.
+        try:
+            return loads_unique(line)
+        except RepeatedKeyError as exc:
+            raise InputError(f"{path}: row {number}: key '{exc.key}' given more than once.") from None
+        except ValueError as exc:
+            raise InputError(f"{path}: row {number}: not a JSON object ({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
+
+    def lines() -> Iterator[tuple[int, str]]:
+        """(row number among non-blank lines, line); text that is not UTF-8 is refused by line."""
+        with open(path, "rb") as fh:
+            number = 0
+            for line_number, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8").removeprefix("\ufeff" if line_number == 1 else "")  # a BOM is no key
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{path}: line {line_number}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                                     f"save the file as UTF-8.") from None
+                if line.strip():
+                    number += 1
+                    yield number, line
+
+    first = next(lines(), None)
+    header_record = parse(first[1], 1) if first else {}
+    if not isinstance(header_record, dict):
+        raise InputError(f"{path}: row 1 is not a JSON object.")
+    header = list(header_record)
 
     def text(value: Any) -> str | None:
         return None if value is None else value if isinstance(value, str) else json.dumps(value)
 
     def batches() -> Iterator[Any]:
         rows: list[dict[str, Any]] = []
-        with open(path, encoding="utf-8") as fh:
-            number = 0
-            for line in fh:
-                if not line.strip():
-                    continue
-                number += 1
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}: row {number}: not a JSON object ({exc.msg}).") from None
-                if not isinstance(record, dict) or list(record) != header:
-                    raise InputError(f"{path}: row {number}: not an object with the first row's keys {header}.")
-                rows.append(record)
-                if len(rows) == batch_rows:
-                    yield table(rows)
-                    rows = []
+        for number, line in lines():
+            record = parse(line, number)
+            if not isinstance(record, dict) or list(record) != header:
+                raise InputError(f"{path}: row {number}: not an object with the first row's keys {header}.")
+            rows.append(record)
+            if len(rows) == batch_rows:
+                yield table(rows)
+                rows = []
         if rows:
             yield table(rows)
 
@@ -212,6 +227,10 @@ class TableSink:
                 self.writer = pq.ParquetWriter(self.out.file, self.schema)
             elif self.fmt == "csv":
                 import pyarrow.csv as pcsv
+                # CSV holds flat values only; pyarrow's writer would raise ArrowInvalid on a list or a struct.
+                if nested := [f.name for f in self.schema if pa.types.is_nested(f.type)]:
+                    raise InputError(f"{self.out.target}: passthrough column(s) {nested} hold lists or objects, "
+                                     f"which CSV cannot; write .parquet or .jsonl, or leave them out with --keep.")
                 self.writer = pcsv.CSVWriter(self.out.file, self.schema)
         elif table.schema != self.schema:
             try:  # a passthrough column inferred differently in a later CSV block (int, then null...)
@@ -221,6 +240,13 @@ class TableSink:
                                  f"to the first batch's types ({exc}).") from None
         if self.fmt == "jsonl":
             self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
+        elif self.fmt == "csv":
+            try:
+                self.writer.write_table(table)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # bytes that are not UTF-8 text
+                binary = [f.name for f in self.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+                raise InputError(f"{self.out.target}: CSV cannot hold passthrough column(s) {binary or ''} ({exc}); "
+                                 f"write .parquet, or leave them out with --keep.") from None
         else:
             self.writer.write_table(table)
         self.rows += table.num_rows

@@ -22,7 +22,7 @@ Status per feature, the worst of its rules; the batch's status is its worst feat
 | PSI (when bins are known) | >= 0.1 | >= 0.25 |
 | share out of the training range (when known) | >= 0.05 | - |
 | mean shift, only without bins (and |z| >= 3, so noise in a small batch does not fire) | >= 0.25 sd | >= 0.5 sd |
-| spread ratio, only without bins | outside [0.8, 1.25] | outside [0.67, 1.5] |
+| spread ratio, only without bins (and |ln ratio| * sqrt(2 (n - 1)) >= 3) | outside [0.8, 1.25] | outside [0.67, 1.5] |
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import ArtifactError
+from .features import InputError
 
 STATISTICS_FILE = "statistics.json"
 STATISTICS_VERSION = 1
@@ -128,6 +129,8 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
     """[n, F] validated features in training order -> per feature figures and status (see the module
     docstring), the names that drifted or warn, and the batch status."""
     n, f = x.shape
+    if n == 0:  # every share below would divide by zero
+        raise InputError("no rows to check for drift.")
     width = stats.edges.shape[1] + 1
     index = np.empty((n, f), dtype=np.int64)
     for start in range(0, n, CHUNK):  # bin_index for every column at once; chunked to bound the [n, F, E] mask
@@ -139,12 +142,16 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
     has_range = ~np.isnan(stats.low) & ~np.isnan(stats.high)
     out_of_range = np.where(has_range, ((x < stats.low) | (x > stats.high)).mean(axis=0), np.nan)
     has_moments = ~np.isnan(stats.scale)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         shift = (x.mean(axis=0) - stats.mean) / stats.scale
         spread = x.std(axis=0) / stats.scale
         z = shift * math.sqrt(n)
         big = np.where(np.abs(z) >= Z_SIGNIFICANT, np.abs(shift), 0.0)
-        wide = np.where(spread > 0, np.maximum(spread, 1.0 / spread), np.inf)
+        # The spread gets the same significance gate as the mean: ln(sample sd / sd) has a standard error of
+        # about 1 / sqrt(2 (n - 1)), so one row (no spread at all) or a handful never fire on noise.
+        spread_z = np.abs(np.log(spread)) * math.sqrt(2 * max(n - 1, 0))
+        wide = np.where(spread_z >= Z_SIGNIFICANT, np.where(spread > 0, np.maximum(spread, 1.0 / spread), np.inf),
+                        1.0)
     level = np.maximum.reduce([
         np.where(stats.has_bins, (psi >= PSI_WARN).astype(int) + (psi >= PSI_DRIFT), 0),
         np.where(has_range, out_of_range >= OUT_OF_RANGE_WARN, 0).astype(int),
@@ -153,7 +160,9 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
     known = stats.has_bins | has_range | has_moments
 
     def value(v: np.ndarray, j: int) -> float | None:
-        return None if math.isnan(v[j]) else float(v[j])
+        # Not finite (a mean of values near the float maximum overflows): null, as JSON has no Infinity; the
+        # status above was decided on the arrays.
+        return float(v[j]) if math.isfinite(v[j]) else None
 
     features = {name: {"status": STATUSES[level[j]] if known[j] else "unknown", "psi": value(psi, j),
                        "psi_noise": float(noise[j]) if stats.has_bins[j] else None,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 ECE_BINS = 10
 UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_WINDOW = 1000 * 365 * 86400  # seconds
 
 
 def parse_window(text: str) -> int:
@@ -39,7 +40,11 @@ def parse_window(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+)\s*(s|min|m|h|d|w)\s*", text)
     if not match or int(match.group(1)) == 0:
         raise InputError(f"window {text!r}: expected a positive count and a unit, one of {list(UNITS)} (say 1d or 6h).")
-    return int(match.group(1)) * UNITS[match.group(2)]
+    seconds = int(match.group(1)) * UNITS[match.group(2)]
+    if seconds > MAX_WINDOW:  # windows are float arithmetic on timestamps: a 400-digit count overflows it
+        raise InputError(f"window {text!r}: longer than {MAX_WINDOW // (365 * 86400)} years; one window covers "
+                         f"any history then, so leave --window out.")
+    return seconds
 
 
 def parse_timestamp(value: Any, line: int) -> float:
@@ -47,7 +52,7 @@ def parse_timestamp(value: Any, line: int) -> float:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-        return float(value)
+        return _as_date(float(value), value, line)
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -55,7 +60,27 @@ def parse_timestamp(value: Any, line: int) -> float:
             raise InputError(f"line {line}, column 'timestamp': {value!r} is not an ISO 8601 time.") from None
     else:
         raise InputError(f"line {line}, column 'timestamp': {value!r} is not a time.")
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    try:
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    except (OverflowError, ValueError):  # 0001-01-01 in a zone east of UTC is in year 0
+        raise InputError(f"line {line}, column 'timestamp': {value!r} is outside the years 1 to 9999.") from None
+    return _as_date(seconds, value, line)
+
+
+def _as_date(seconds: float, value: Any, line: int) -> float:
+    """Seconds that name a date (windows are printed as dates), or InputError by line."""
+    try:
+        datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise InputError(f"line {line}, column 'timestamp': {value!r} is outside the years 1 to 9999.") from None
+    return seconds
+
+
+def _window_start(start: float, timestamps: np.ndarray) -> str:
+    try:
+        return datetime.fromtimestamp(start, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):  # a window reaching back before year 1: named by its first row
+        return datetime.fromtimestamp(float(timestamps.min()), timezone.utc).isoformat()
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -91,7 +116,7 @@ def evaluate_arrays(labels: np.ndarray, actions: np.ndarray, probabilities: np.n
     if window is not None and timestamps is not None:
         start = np.floor(timestamps / window) * window
         result["window_seconds"] = window
-        result["windows"] = [{"start": datetime.fromtimestamp(float(s), timezone.utc).isoformat(),
+        result["windows"] = [{"start": _window_start(float(s), timestamps[start == s]),
                               **metrics(labels[start == s], actions[start == s], probabilities[start == s], classes)}
                              for s in np.unique(start)]
     return result

@@ -177,16 +177,25 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
 def decode_input(data: bytes, where: str) -> str:
     """Bytes handed to `predict` (or a build's recorded rows) as UTF-8 text, or InputError naming the byte."""
     try:
-        return data.decode("utf-8")
+        # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise InputError(f"{where}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
                          f"{exc.start}); save the file as UTF-8.") from None
 
 
+def parse_number(cell: str) -> float:
+    """float(cell), but only for numbers as data files write them: Python's float also reads digit-group
+    underscores ('1_0' is 10.0) and non-ASCII digits, which a file never means. ValueError otherwise."""
+    if "_" in cell or not cell.isascii():
+        raise ValueError(f"not a number: {cell!r}")
+    return float(cell)
+
+
 def _number_or_text(cell: str) -> Any:
     try:
-        return float(cell)
+        return parse_number(cell)
     except ValueError:
         return cell
 

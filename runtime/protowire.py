@@ -33,6 +33,9 @@ _TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
 _DEFAULT = 0  # data_location: anything else (EXTERNAL = 1, or a repeated field) is refused
 # StringStringEntryProto
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
+# Subgraphs nested deeper than this are refused: protobuf's own parser stops at 100 message levels (each
+# subgraph is graph -> node -> attribute -> graph, 3 levels), and a crafted model must not exhaust the stack.
+MAX_GRAPH_DEPTH = 40
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -155,7 +158,9 @@ def _sparse_external(buf: bytes, span: tuple[int, int]) -> list[str]:
     return [name for name in found if name]
 
 
-def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[str]:
+def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int, depth: int = 0) -> list[str]:
+    if depth > MAX_GRAPH_DEPTH:
+        raise ValueError(f"subgraphs nested more than {MAX_GRAPH_DEPTH} deep")
     found: list[str] = []
     for node in _messages(buf, span, node_field):
         for attr in _messages(buf, node, _NODE_ATTRIBUTE):
@@ -167,11 +172,11 @@ def _nodes_external(buf: bytes, span: tuple[int, int], node_field: int) -> list[
                 elif number in (_ATTR_SPARSE, _ATTR_SPARSES):
                     found += _sparse_external(buf, value)
                 elif number in (_ATTR_G, _ATTR_GRAPHS):
-                    found += _graph_external(buf, value)
+                    found += _graph_external(buf, value, depth + 1)
     return found
 
 
-def _graph_external(buf: bytes, span: tuple[int, int]) -> list[str]:
+def _graph_external(buf: bytes, span: tuple[int, int], depth: int = 0) -> list[str]:
     found: list[str] = []
     for number, _, value in fields(buf, *span):
         if not isinstance(value, tuple):
@@ -180,7 +185,7 @@ def _graph_external(buf: bytes, span: tuple[int, int]) -> list[str]:
             found.append(name)
         elif number == _GRAPH_SPARSE_INITIALIZER:
             found += _sparse_external(buf, value)
-    return found + _nodes_external(buf, span, _GRAPH_NODE)
+    return found + _nodes_external(buf, span, _GRAPH_NODE, depth)
 
 
 def external_tensors(model: bytes) -> list[str]:

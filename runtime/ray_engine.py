@@ -94,7 +94,8 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
         raise InputError(INSTALL_HINT) from None
     input_path, output = Path(input_path), Path(output)
     rejects_path = Path(rejects) if rejects is not None else None
-    backfill.check_paths(input_path, output, rejects_path if on_error == "skip" else None)
+    backfill.check_paths(input_path, output, (rejects_path or backfill.default_rejects(output))
+                         if on_error == "skip" else None, Path(artifacts))
     if file_format(input_path) == "jsonl":
         raise InputError(f"{input_path}: --engine ray reads Parquet and CSV; score JSON lines with the local engine.")
     files = read_files(artifacts)

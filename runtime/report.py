@@ -26,16 +26,20 @@ def read_rows(path: str | os.PathLike[str]) -> Records:
             table = pq.read_table(path)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSErrors
             raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
-        return list(enumerate(table.to_pylist(), 1))
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read it ({exc}).") from None
-    try:
-        return read_records(text)
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
+        records: Records = list(enumerate(table.to_pylist(), 1))
+    else:
+        try:
+            with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is not part of a column name
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read it ({exc}).") from None
+        try:
+            records = read_records(text)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    if not records:  # a header alone, a zero-row Parquet: every figure would divide by zero
+        raise InputError(f"{path}: no rows in the input.")
+    return records
 
 
 def esc(value: Any) -> str:
