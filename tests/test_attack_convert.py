@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -190,3 +191,46 @@ def test_verify_compares_the_scaler_and_metadata_files_the_sources_name(demo_art
     write_spec(models_copy, spec)
     problems = plan_differences(manifest, make_plan(models_copy))
     assert [p.split(":")[0] for p in problems] == ["members.nhits.metadata.file"], problems
+
+
+# --- XGBoost JSON: libxgboost indexes with the file's ids unchecked (heap corruption, endless loops), and
+# out-of-range best_iteration, base_score or split features ended in an internal error
+
+
+def _xgb_case(models: Path, tmp_path: Path, change) -> Path:
+    import joblib
+
+    pkl = next(p for p in models.iterdir() if p.name.startswith("xgboost_v") and p.suffix == ".pkl")
+    folder = tmp_path / "xgb"
+    folder.mkdir()
+    joblib.load(pkl).get_booster().save_model(folder / "m.json")
+    raw = json.loads((folder / "m.json").read_text())
+    change(raw)
+    (folder / "m.json").write_text(json.dumps(raw))
+    (folder / "ensemble.json").write_text(json.dumps({"members": {"x": {"kind": "xgboost", "file": "m.json",
+                                                                         "scaler": None}}}))
+    return folder
+
+
+def _model(raw: dict) -> dict:
+    return raw["learner"]["gradient_booster"]["model"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda r: _model(r)["tree_info"].__setitem__(0, -5), r"tree_info\[0\] is -5"),
+    (lambda r: _model(r)["tree_info"].__setitem__(0, 99), r"tree_info\[0\] is 99"),
+    (lambda r: _model(r)["trees"][0]["left_children"].__setitem__(0, 0), "tree 0, node 0"),
+    (lambda r: _model(r)["trees"][0]["split_indices"].__setitem__(0, 10 ** 6), "split feature 1000000"),
+    (lambda r: r["learner"]["learner_model_param"].__setitem__("base_score", "[NaN,NaN,NaN]"), "base_score"),
+    (lambda r: r["learner"]["attributes"].__setitem__("best_iteration", "100000"), "best_iteration 100000"),
+], ids=["tree-id-negative", "tree-id-beyond-classes", "child-cycle", "split-feature", "base-score-nan",
+        "best-iteration"])
+def test_a_corrupt_xgboost_json_is_refused_by_name(demo_models, tmp_path, change, message):
+    folder = _xgb_case(demo_models, tmp_path, change)
+    done = subprocess.run([sys.executable, "-m", "convert.cli", "convert", str(folder), "-o",
+                           str(tmp_path / "out"), "-q"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done.stderr[-2000:]  # was: abort (heap corruption), a hang, or internal error
+    assert "ModelFileError" in done.stderr and "m.json" in done.stderr, done.stderr[-2000:]
+    assert re.search(message, done.stderr), done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
