@@ -231,8 +231,14 @@ def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None
             os.rename(out, retired / out.name)
             os.rename(staging, out)
             shutil.rmtree(retired)
-        elif not _rename(staging, out, RENAME_NOREPLACE):
-            os.rename(staging, out)
+        else:
+            try:
+                renamed = _rename(staging, out, RENAME_NOREPLACE)
+            except FileExistsError:  # another convert (or anyone) created it after the check: theirs stays
+                raise OutputError(f"-o {out}: appeared while this build ran (another convert to the same "
+                                  f"folder?); left as it is. Run again to replace it.") from None
+            if not renamed:
+                os.rename(staging, out)
         _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

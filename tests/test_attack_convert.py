@@ -234,3 +234,22 @@ def test_a_corrupt_xgboost_json_is_refused_by_name(demo_models, tmp_path, change
     assert "ModelFileError" in done.stderr and "m.json" in done.stderr, done.stderr[-2000:]
     assert re.search(message, done.stderr), done.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_appears_during_the_swap_is_left_alone(tmp_path, monkeypatch):
+    """Two converts to one new -o: the second to swap found the folder the first had just made (after its
+    own check) and died with an internal error; it must refuse and leave the other's folder as it is."""
+    out = tmp_path / "artifacts"
+    real = mf._rename
+
+    def racing(src: Path, dst: Path, flags: int) -> bool:
+        if flags == mf.RENAME_NOREPLACE:  # the other build lands between our check and our rename
+            dst.mkdir()
+            (dst / "theirs.txt").write_text("theirs")
+        return real(src, dst, flags)
+
+    monkeypatch.setattr(mf, "_rename", racing)
+    with pytest.raises(OutputError, match="appeared while this build ran"):
+        mf.write_atomically(out, {"ensemble.onnx": b"ours"})
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging folder left beside it
