@@ -74,6 +74,9 @@ def check_json_trees(file: Any) -> None:
         raise ModelFileError(f"{file}: not an XGBoost JSON model (no learner.gradient_booster).") from None
     if not isinstance(model, dict) or "trees" not in model:
         return  # gblinear and others: refused by name once loaded
+    if any(str((t.get("tree_param") or {}).get("size_leaf_vector", "1")) not in ("0", "1")
+           for t in (model["trees"] if isinstance(model["trees"], list) else []) if isinstance(t, dict)):
+        return  # vector leaves (multi_output_tree), laid out otherwise: refused by name once loaded
     groups = max(1, _int(param.get("num_class")) or 0, _int(param.get("num_target")) or 0)
     n_features = _int(param.get("num_feature"))
     trees, info = model.get("trees"), model.get("tree_info")
