@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
 from .loaders import check_regular, load_json
@@ -22,6 +24,7 @@ from .members import MemberSource, get_kind, known_kinds
 SERVICE_WEIGHTS = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20}
 CLASSES = ["SELL", "HOLD", "BUY"]
 SCALER_SUFFIXES = (".pkl", ".joblib", ".json")
+MEMBER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")
 STAMPED = re.compile(r"^(?P<kind>[a-z0-9]+)_v(?P<date>\d{8})_(?P<time>\d{6})_v(?P<n>\d+)(?P<ext>\.\w+)$")
 
 
@@ -74,10 +77,12 @@ def _normalized(members: list[MemberSource], notes: list[str]) -> list[MemberSou
     if not math.isfinite(total):  # 1e308 + 1e308: every weight would become 0 and every prediction SELL
         raise MetadataError(f"member weights {[m.weight for m in members]} sum to {total}; give weights whose "
                             f"sum is a finite number (only their ratios matter).")
-    degenerate = [m.name for m in members if m.weight / total == 0.0]
+    # The graph holds the weights in float32: a ratio that is 0 there drops the member while the manifest
+    # reports a weight (5e-324 beside 1 is not 0 in float64).
+    degenerate = [m.name for m in members if float(np.float32(m.weight / total)) == 0.0]
     if degenerate:
-        raise MetadataError(f"member(s) {degenerate} get weight 0 once the weights are normalized (their weight is "
-                            f"below 1e-308 of the total); raise it or leave the member out.")
+        raise MetadataError(f"member(s) {degenerate} get weight 0 once the weights are normalized and stored in "
+                            f"float32 (their weight is below 1e-45 of the total); raise it or leave the member out.")
     if abs(total - 1.0) > 1e-12:
         notes.append(f"weights sum to {total:.6g}; normalized to sum to 1")
         members = [MemberSource(m.name, m.kind, m.file, m.metadata, m.scaler, m.weight / total) for m in members]
@@ -115,6 +120,11 @@ def _check_keys(obj: Any, allowed: set[str], required: set[str], where: str) -> 
 def _existing(models_dir: Path, name: Any, where: str) -> Path:
     if not isinstance(name, str) or not name:
         raise MetadataError(f"{where} must be a file name.")
+    # The manifest records a source by its name alone and `verify` looks for it in the models folder: a path
+    # elsewhere ('../x', '/abs/x', 'sub/x') would build a folder that can never be verified.
+    if name != Path(name).name or name in (".", "..") or "\0" in name:
+        raise MetadataError(f"{where}: {name[:120]!r} must be the name of a file in {models_dir}, not a path; "
+                            f"copy or link the file into the models folder.")
     path = models_dir / name
     if not path.exists():
         raise PlanError(f"{where}: file '{name}' not found in {models_dir}.")
@@ -138,6 +148,10 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
         raise MetadataError(f"{spec_file}: field 'members' must name at least one member.")
     members = []
     for name, entry in spec["members"].items():
+        if not MEMBER_NAME.match(name):  # it becomes members/<name>.onnx: '../x' would write outside the folder
+            raise MetadataError(f"{spec_file}: members: member name {name[:80]!r} must be letters, digits, '_', "
+                                f"'-' or '.' (at most 64, not starting with '.'); it names the file "
+                                f"members/<name>.onnx.")
         where = f"{spec_file}: members.{name}"
         _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
         if entry["kind"] not in known_kinds():
@@ -157,7 +171,7 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
         except OverflowError:  # an integer of hundreds of digits
             number = math.inf
         if not math.isfinite(number) or number <= 0:
-            raise MetadataError(f"{where}.weight must be a finite positive number, got {str(weight)[:40]}.")
+            raise MetadataError(f"{where}.weight must be a finite positive number, got {repr(weight)[:40]}.")
         members.append(MemberSource(name, entry["kind"], file, meta, scaler, number))
     combine = _check_keys(spec.get("combine", {"method": "weighted"}), {"method", "file"}, {"method"},
                           f"{spec_file}: combine")

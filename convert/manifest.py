@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import SCHEMA_VERSIONS
+from runtime.contract import ENSEMBLE_FILE, SCHEMA_VERSIONS, SIGNATURE_FILE
 
 from .errors import OutputError
 
@@ -93,7 +93,20 @@ def _listed_build(folder: Path) -> tuple[bool, str]:
     if not (isinstance(manifest, dict) and manifest.get("schema_version") in SCHEMA_VERSIONS
             and isinstance(manifest.get("files"), dict)):
         return False, "its manifest.json is not an ensemble-onnx manifest"
-    listed = {Path(rel).as_posix() for rel in manifest["files"]} | {"manifest.json"}
+    # A build's files are plain relative paths, ensemble.onnx among them and present: a
+    # manifest.json written by hand ({"schema_version": 1, "files": {}}) does not make a folder a build.
+    rels = [rel for rel in manifest["files"] if isinstance(rel, str)]
+    if (len(rels) != len(manifest["files"]) or ENSEMBLE_FILE not in rels
+            or any(Path(rel).is_absolute() or ".." in Path(rel).parts or rel in ("", ".") for rel in rels)):
+        return False, "its manifest.json does not list a build's files (ensemble.onnx, plain relative paths)"
+    try:
+        has_graph = stat.S_ISREG(os.lstat(folder / ENSEMBLE_FILE).st_mode)
+    except OSError:
+        has_graph = False
+    if not has_graph:
+        return False, f"it holds no {ENSEMBLE_FILE}, which its manifest.json lists"
+    # manifest.sig is the one file a signed build holds that its manifest cannot list.
+    listed = {Path(rel).as_posix() for rel in rels} | {"manifest.json", SIGNATURE_FILE}
     dirs = {p.as_posix() for rel in listed for p in Path(rel).parents if p != Path(".")}
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in filenames + dirnames:
@@ -200,6 +213,8 @@ def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None
     try:
         os.chmod(staging, _folder_mode())
         for rel, data in files.items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:  # never a byte outside the new folder
+                raise OutputError(f"refused to write '{rel}': not a path inside the output folder.")
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as fh:
@@ -216,8 +231,14 @@ def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None
             os.rename(out, retired / out.name)
             os.rename(staging, out)
             shutil.rmtree(retired)
-        elif not _rename(staging, out, RENAME_NOREPLACE):
-            os.rename(staging, out)
+        else:
+            try:
+                renamed = _rename(staging, out, RENAME_NOREPLACE)
+            except FileExistsError:  # another convert (or anyone) created it after the check: theirs stays
+                raise OutputError(f"-o {out}: appeared while this build ran (another convert to the same "
+                                  f"folder?); left as it is. Run again to replace it.") from None
+            if not renamed:
+                os.rename(staging, out)
         _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

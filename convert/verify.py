@@ -82,7 +82,13 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
         differ(f"members.{m.name}.kind", built.get("kind"), m.kind)
         differ(f"members.{m.name}.weight", built.get("weight"), m.weight)
         differ(f"members.{m.name}.source.file", (built.get("source") or {}).get("file"), m.file.name)
+        # The manifest's metadata and scaler are what verify rebuilds from: they must be the ones planned.
+        for part, planned_file in (("metadata", m.metadata), ("scaler", m.scaler)):
+            differ(f"members.{m.name}.{part}.file", (built.get(part) or {}).get("file"),
+                   planned_file.name if planned_file else None)
     differ("combine.method", manifest["combine"]["method"], plan.combine["method"])
+    if plan.combine["method"] == "stacking":
+        differ("combine.source.file", (manifest["combine"].get("source") or {}).get("file"), plan.combine["file"].name)
     decision, planned = manifest.get("decision") or {}, plan.decision.record()
     # Temperatures fitted by --calibrate come from labelled rows, not from the sources: the parity gate
     # below holds the graph to the manifest's; a policy written in ensemble.json must match as written.

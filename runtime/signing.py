@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from typing import Any
 
 from .contract import SIGNATURE_FILE, build_id, canonical
@@ -38,14 +39,30 @@ def _crypto() -> Any:
     return serialization, ed25519
 
 
+MAX_KEY_BYTES = 64 << 10  # a PEM key is a few hundred bytes; anything far larger is not a key
+
+
 def _pem(key: KeySource) -> tuple[bytes, str]:
     if isinstance(key, bytes):
         return key, "the given key"
+    where = os.fspath(key)
     try:
-        with open(key, "rb") as fh:
-            return fh.read(), os.fspath(key)
+        # O_NONBLOCK and fstat on the descriptor: a FIFO (or device) named as the key would block the read
+        # forever, and a huge file would be read whole.
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise SignatureError(f"{os.fspath(key)}: cannot read the key ({exc.strerror}).") from None
+        raise SignatureError(f"{where}: cannot read the key ({exc.strerror}).") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SignatureError(f"{where}: the key is not a regular file (a folder, FIFO or device); name the "
+                                 f"PEM file.")
+        if info.st_size > MAX_KEY_BYTES:
+            raise SignatureError(f"{where}: {info.st_size} bytes is not a PEM key (limit {MAX_KEY_BYTES}).")
+        try:
+            return fh.read(MAX_KEY_BYTES + 1), where
+        except OSError as exc:
+            raise SignatureError(f"{where}: cannot read the key ({exc.strerror}).") from None
 
 
 def _raw_public(public: Any) -> bytes:

@@ -31,6 +31,8 @@ def read_model(source: MemberSource) -> Any:
     import xgboost
 
     if source.file.suffix in (".json", ".ubj"):
+        if source.file.suffix == ".json":
+            check_json_trees(source.file)  # libxgboost trusts the file: a bad tree id corrupts its heap
         model = xgboost.XGBClassifier()
         try:
             model.load_model(source.file)
@@ -44,6 +46,64 @@ def read_model(source: MemberSource) -> Any:
     if not isinstance(model, xgboost.XGBClassifier):
         raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected an XGBClassifier.")
     return model
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if not isinstance(value, bool) and float(value) == int(value) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def check_json_trees(file: Any) -> None:
+    """The tree structure of an XGBoost JSON model, checked before libxgboost reads it: it indexes its
+    arrays with the file's tree ids and child ids unchecked (a negative `tree_info` aborts the process with
+    heap corruption; a child pointing back up loops forever)."""
+    from ..loaders import read_checked
+
+    try:  # the C parser: model files run to many megabytes; the model-file size limit applies
+        raw = json.loads(read_checked(file, "model", "XGBoost JSON model"))
+    except (ValueError, RecursionError):
+        return  # not JSON at all: xgboost's own reader refuses it with its message
+    try:
+        learner = raw["learner"]
+        param = learner["learner_model_param"]
+        booster = learner["gradient_booster"]
+        model = booster["gbtree"]["model"] if booster.get("name") == "dart" else booster.get("model")
+    except (KeyError, TypeError):
+        raise ModelFileError(f"{file}: not an XGBoost JSON model (no learner.gradient_booster).") from None
+    if not isinstance(model, dict) or "trees" not in model:
+        return  # gblinear and others: refused by name once loaded
+    if any(str((t.get("tree_param") or {}).get("size_leaf_vector", "1")) not in ("0", "1")
+           for t in (model["trees"] if isinstance(model["trees"], list) else []) if isinstance(t, dict)):
+        return  # vector leaves (multi_output_tree), laid out otherwise: refused by name once loaded
+    groups = max(1, _int(param.get("num_class")) or 0, _int(param.get("num_target")) or 0)
+    n_features = _int(param.get("num_feature"))
+    trees, info = model.get("trees"), model.get("tree_info")
+    if not isinstance(trees, list) or not isinstance(info, list) or len(info) != len(trees):
+        raise ModelFileError(f"{file}: gradient_booster: 'trees' and 'tree_info' must be lists of one length.")
+    for t, group in enumerate(info):
+        if _int(group) is None or not 0 <= int(group) < groups:
+            raise ModelFileError(f"{file}: tree_info[{t}] is {str(group)[:40]}; it must be a class index from 0 to "
+                                 f"{groups - 1}.")
+    for t, tree in enumerate(trees):
+        try:
+            left, right, split = tree["left_children"], tree["right_children"], tree["split_indices"]
+            n = len(left)
+            ok = isinstance(left, list) and len(right) == n and len(split) == n and n > 0
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ModelFileError(f"{file}: tree {t}: left_children, right_children and split_indices must be lists "
+                                 f"of one length.")
+        for node, (lc, rc, f) in enumerate(zip(left, right, split)):
+            lc, rc, f = _int(lc), _int(rc), _int(f)
+            leaf = lc == -1 and rc == -1
+            # XGBoost numbers a node's children after the node itself: anything else is a cycle or out of range.
+            if not leaf and not (lc is not None and rc is not None and node < lc < n and node < rc < n
+                                 and f is not None and 0 <= f and (n_features is None or f < n_features)):
+                raise ModelFileError(f"{file}: tree {t}, node {node}: children ({left[node]}, {right[node]}) or "
+                                     f"split feature {split[node]} out of range; the file is corrupt.")
 
 
 def _check_expressible(model: Any, config: dict[str, Any], file: Any) -> str:
@@ -176,9 +236,19 @@ def load(source: MemberSource) -> LoadedMember:
     raw = json.loads(booster.save_raw("json"))
     rounds = booster.num_boosted_rounds()
     best = int(booster.attr("best_iteration")) + 1 if booster.attr("best_iteration") is not None else rounds
+    if not 1 <= best <= rounds:
+        raise ModelFileError(f"{source.file}: best_iteration {best - 1} is outside the {rounds} boosting rounds the "
+                             f"model holds.")
     trees, groups, weights = _trees(raw, best)
     n_groups = 1 if objective == "binary:logistic" else n_classes
-    onx = export(trees, groups, weights, objective, n_classes, _base_margins(raw, objective, n_groups),
+    base = _base_margins(raw, objective, n_groups)
+    if not all(math.isfinite(b) for b in base) or len(base) != n_groups:
+        raise ModelFileError(f"{source.file}: base_score {raw['learner']['learner_model_param']['base_score']!r} "
+                             f"gives no finite margin for each of the {n_groups} output(s).")
+    if any(f >= booster.num_features() for f, _ in split_thresholds(trees)):
+        raise ModelFileError(f"{source.file}: a tree splits on a feature index beyond the model's "
+                             f"{booster.num_features()} features; the file is corrupt.")
+    onx = export(trees, groups, weights, objective, n_classes, base,
                  booster.num_features(), source.name, source.file)
     booster_name = raw["learner"]["gradient_booster"]["name"]
     parallel = int(_tree_model(raw)["gbtree_model_param"]["num_parallel_tree"])

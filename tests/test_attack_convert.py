@@ -1,0 +1,255 @@
+"""Attacks on the build side and the file-facing commands, each reproducing what it found first.
+
+Every case is refused before any model is loaded (or checks one function against the shared demo build),
+so the file stays fast: the session's demo models and demo artifacts are reused, never rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from convert import manifest as mf
+from convert.cli import main
+from convert.discover import make_plan
+from convert.errors import MetadataError, OutputError
+from convert.verify import plan_differences
+from runtime.signing import sign
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def tree_spec(models: Path, **members_changes: dict) -> dict:
+    """An ensemble.json naming the demo's xgboost and lightgbm members with the shared scaler."""
+    def one(kind: str) -> dict:
+        file = next(p.name for p in models.iterdir() if p.name.startswith(f"{kind}_v") and p.suffix == ".pkl")
+        scaler = next(p.name for p in models.iterdir() if p.name.startswith("scaler_v"))
+        return {"kind": kind, "file": file, "scaler": scaler, "metadata": None}
+    members = {"xgboost": one("xgboost"), "lightgbm": one("lightgbm")}
+    for name, change in members_changes.items():
+        members[name] = {**members.get(name, one("xgboost")), **change}
+    return {"members": members}
+
+
+def write_spec(models: Path, spec: dict) -> None:
+    (models / "ensemble.json").write_text(json.dumps(spec))
+
+
+def everything_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+# --- signing keys: a FIFO or device named as the key blocked `convert --sign-key` and `verify --public-key`
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_key_that_is_not_a_regular_file_is_refused_not_read_forever(tmp_path, kind):
+    key = tmp_path / "key.pem"
+    if kind == "fifo":
+        os.mkfifo(key)
+    else:
+        key = Path("/dev/zero")
+    code = ("import sys\nfrom runtime.signing import SignatureError, sign, verify\n"
+            "for call in (lambda: sign({}, sys.argv[1]), lambda: verify({}, b'', sys.argv[1])):\n"
+            "    try:\n        call()\n    except SignatureError as exc:\n        print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(key)], check=False, capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("refused:") == 2 and "not a regular file" in done.stdout, done.stdout
+
+
+# --- a member name is a file name inside the output folder: '../../evil' wrote members/../../evil.onnx outside
+
+
+@pytest.mark.parametrize("name", ["../../evil", "a/b", "a\x00b", "", ".hidden", "x" * 65])
+def test_a_member_name_that_is_not_a_plain_name_is_refused(models_copy, tmp_path, name):
+    spec = tree_spec(models_copy)
+    spec["members"][name] = spec["members"].pop("xgboost")
+    write_spec(models_copy, spec)
+    before = everything_under(tmp_path)
+    result = invoke("convert", models_copy, "-o", tmp_path / "out" / "artifacts", "-q")
+    assert result.exit_code == 1, result.output
+    assert "MetadataError" in result.output and "member name" in result.output
+    assert everything_under(tmp_path) == before  # nothing written anywhere, inside or beside the output
+
+
+def test_the_writer_never_writes_outside_the_new_folder(tmp_path):
+    out = tmp_path / "out" / "artifacts"
+    with pytest.raises(OutputError, match="not a path inside the output folder"):
+        mf.write_atomically(out, {"ensemble.onnx": b"x", "members/../../evil.onnx": b"evil"})
+    assert not (tmp_path / "out" / "evil.onnx").exists() and not out.exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # the staging folder is gone too
+
+
+# --- a source outside the models folder built a folder that `verify` could never find again
+
+
+@pytest.mark.parametrize("where", ["dotdot", "absolute", "subfolder"])
+def test_a_member_file_outside_the_models_folder_is_refused(models_copy, tmp_path, where):
+    spec = tree_spec(models_copy)
+    original = models_copy / spec["members"]["xgboost"]["file"]
+    if where == "dotdot":
+        shutil.copy(original, tmp_path / original.name)
+        spec["members"]["xgboost"]["file"] = f"../{original.name}"
+    elif where == "absolute":
+        spec["members"]["xgboost"]["file"] = str(original)
+    else:
+        (models_copy / "sub").mkdir()
+        shutil.copy(original, models_copy / "sub" / original.name)
+        spec["members"]["xgboost"]["file"] = f"sub/{original.name}"
+    write_spec(models_copy, spec)
+    with pytest.raises(MetadataError, match=r"members\.xgboost\.file: .* must be the name of a file in"):
+        make_plan(models_copy)
+
+
+# --- weights: 5e-324 beside 1 is not 0 in float64 but is 0 in the float32 graph
+
+
+def test_a_weight_that_is_zero_in_float32_is_refused(models_copy):
+    spec = tree_spec(models_copy)
+    spec["members"]["xgboost"]["weight"] = 5e-324
+    spec["members"]["lightgbm"]["weight"] = 1
+    write_spec(models_copy, spec)
+    with pytest.raises(MetadataError, match=r"\['xgboost'\] get weight 0 .* float32"):
+        make_plan(models_copy)
+
+
+def test_a_weight_written_as_a_string_is_named_as_a_string(models_copy):
+    spec = tree_spec(models_copy)
+    spec["members"]["xgboost"]["weight"] = "1"
+    write_spec(models_copy, spec)
+    with pytest.raises(MetadataError, match="got '1'"):
+        make_plan(models_copy)
+
+
+# --- the output guard: a hand-written manifest.json is not a build; a signed build is one
+
+
+@pytest.mark.parametrize("manifest", [
+    {"schema_version": 1, "files": {"../../x": "ab"}},
+    {"schema_version": 1, "files": {}},
+    {"schema_version": 1, "files": {"ensemble.onnx": "ab"}},        # listed, but no such file
+    {"schema_version": 1, "files": {"ensemble.onnx": "ab", "/etc/passwd": "ab"}},
+])
+def test_force_does_not_replace_a_folder_whose_manifest_was_written_by_hand(tmp_path, manifest):
+    out = tmp_path / "notes"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "data.txt").write_text("precious")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    for force in (False, True):
+        with pytest.raises(OutputError, match="not provably a previous ensemble-onnx build"):
+            mf.check_output(out, None, force)
+    assert (out / "sub" / "data.txt").read_text() == "precious"
+
+
+def test_a_signed_build_is_replaced_without_force(artifacts_copy, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = tmp_path / "key.pem"
+    key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    (artifacts_copy / "manifest.sig").write_bytes(sign(manifest, key))
+    mf.check_output(artifacts_copy, None, False)  # was refused: 'manifest.sig' is not a file its manifest lists
+    (artifacts_copy / "manifest.sig").unlink()
+    (artifacts_copy / "manifest.sig").mkdir()     # a folder of that name is still not part of a build
+    with pytest.raises(OutputError, match="manifest.sig"):
+        mf.check_output(artifacts_copy, None, False)
+
+
+# --- verify: the manifest's scaler and metadata were not compared with what the sources name
+
+
+def test_verify_compares_the_scaler_and_metadata_files_the_sources_name(demo_artifacts, models_copy):
+    manifest = json.loads((demo_artifacts / "manifest.json").read_text())
+    scaler = manifest["members"]["xgboost"]["scaler"]["file"]
+    shutil.copy(models_copy / scaler, models_copy / "other_scaler.pkl")
+    spec = {"members": {}}
+    for name in manifest["ensemble"]["members"]:  # what discovery built, written out, but one scaler changed
+        m = manifest["members"][name]
+        spec["members"][name] = {"kind": m["kind"], "file": m["source"]["file"], "weight": m["weight"],
+                                 "metadata": (m.get("metadata") or {}).get("file"),
+                                 "scaler": "other_scaler.pkl" if name == "xgboost" else m["scaler"]["file"]}
+    write_spec(models_copy, spec)
+    problems = plan_differences(manifest, make_plan(models_copy))
+    assert [p.split(":")[0] for p in problems] == ["members.xgboost.scaler.file"], problems
+    spec["members"]["xgboost"]["scaler"] = scaler
+    spec["members"]["nhits"]["metadata"] = None
+    write_spec(models_copy, spec)
+    problems = plan_differences(manifest, make_plan(models_copy))
+    assert [p.split(":")[0] for p in problems] == ["members.nhits.metadata.file"], problems
+
+
+# --- XGBoost JSON: libxgboost indexes with the file's ids unchecked (heap corruption, endless loops), and
+# out-of-range best_iteration, base_score or split features ended in an internal error
+
+
+def _xgb_case(models: Path, tmp_path: Path, change) -> Path:
+    import joblib
+
+    pkl = next(p for p in models.iterdir() if p.name.startswith("xgboost_v") and p.suffix == ".pkl")
+    folder = tmp_path / "xgb"
+    folder.mkdir()
+    joblib.load(pkl).get_booster().save_model(folder / "m.json")
+    raw = json.loads((folder / "m.json").read_text())
+    change(raw)
+    (folder / "m.json").write_text(json.dumps(raw))
+    (folder / "ensemble.json").write_text(json.dumps({"members": {"x": {"kind": "xgboost", "file": "m.json",
+                                                                         "scaler": None}}}))
+    return folder
+
+
+def _model(raw: dict) -> dict:
+    return raw["learner"]["gradient_booster"]["model"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda r: _model(r)["tree_info"].__setitem__(0, -5), r"tree_info\[0\] is -5"),
+    (lambda r: _model(r)["tree_info"].__setitem__(0, 99), r"tree_info\[0\] is 99"),
+    (lambda r: _model(r)["trees"][0]["left_children"].__setitem__(0, 0), "tree 0, node 0"),
+    (lambda r: _model(r)["trees"][0]["split_indices"].__setitem__(0, 10 ** 6), "split feature 1000000"),
+    (lambda r: r["learner"]["learner_model_param"].__setitem__("base_score", "[NaN,NaN,NaN]"), "base_score"),
+    (lambda r: r["learner"]["attributes"].__setitem__("best_iteration", "100000"), "best_iteration 100000"),
+], ids=["tree-id-negative", "tree-id-beyond-classes", "child-cycle", "split-feature", "base-score-nan",
+        "best-iteration"])
+def test_a_corrupt_xgboost_json_is_refused_by_name(demo_models, tmp_path, change, message):
+    folder = _xgb_case(demo_models, tmp_path, change)
+    done = subprocess.run([sys.executable, "-m", "convert.cli", "convert", str(folder), "-o",
+                           str(tmp_path / "out"), "-q"], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done.stderr[-2000:]  # was: abort (heap corruption), a hang, or internal error
+    assert "ModelFileError" in done.stderr and "m.json" in done.stderr, done.stderr[-2000:]
+    assert re.search(message, done.stderr), done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_appears_during_the_swap_is_left_alone(tmp_path, monkeypatch):
+    """Two converts to one new -o: the second to swap found the folder the first had just made (after its
+    own check) and died with an internal error; it must refuse and leave the other's folder as it is."""
+    out = tmp_path / "artifacts"
+    real = mf._rename
+
+    def racing(src: Path, dst: Path, flags: int) -> bool:
+        if flags == mf.RENAME_NOREPLACE:  # the other build lands between our check and our rename
+            dst.mkdir()
+            (dst / "theirs.txt").write_text("theirs")
+        return real(src, dst, flags)
+
+    monkeypatch.setattr(mf, "_rename", racing)
+    with pytest.raises(OutputError, match="appeared while this build ran"):
+        mf.write_atomically(out, {"ensemble.onnx": b"ours"})
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging folder left beside it
