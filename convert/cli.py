@@ -20,24 +20,22 @@ from typing import Any
 
 import click
 
-from . import __version__
+from runtime.errors import EnsembleOnnxError
 
-# Exceptions that mean "refused": shown as one message, exit 1. Looked up only if their module is loaded,
-# so that handling them never imports the build stack or onnxruntime.
-REFUSALS = (("convert.errors", "ConvertError"), ("runtime.artifacts", "ArtifactError"),
-            ("runtime.features", "InputError"))
+from . import __version__
 
 
 class RefusalsExitOne(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except EnsembleOnnxError as exc:  # a refusal: one message and its exit code
+            if ctx.params.get("debug"):
+                click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
+            refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
+            refusal.exit_code = exc.exit_code
+            raise refusal from exc
         except Exception as exc:
-            refused = tuple(getattr(sys.modules[m], c) for m, c in REFUSALS if m in sys.modules)
-            if refused and isinstance(exc, refused):
-                if ctx.params.get("debug"):
-                    click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
-                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
             if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
                 raise
             # Not a refusal: a bug in ensemble-onnx. Say so plainly, with the traceback, and exit 1.

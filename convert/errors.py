@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from runtime.errors import EnsembleOnnxError
 
-class ConvertError(Exception):
+
+class ConvertError(EnsembleOnnxError):
     """A build that was refused. Subclasses say which family of problem it was."""
 
 

@@ -22,9 +22,10 @@ import onnxruntime as ort
 from .artifacts import ArtifactError, Verified, read_folder
 from .contract import CONFIDENCE, ENSEMBLE_OUTPUTS, LABEL, MEMBER_PROBABILITIES, META_DIGEST, PROBABILITIES
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
+from .errors import EnsembleOnnxError
 from .features import InputError, as_matrix, rows_to_matrix
 
-__all__ = ["load", "Ensemble", "Prediction", "ArtifactError", "InputError"]
+__all__ = ["load", "Ensemble", "Prediction", "EnsembleOnnxError", "ArtifactError", "InputError"]
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,13 @@ from .contract import (
     parse_manifest,
 )
 
+from .errors import EnsembleOnnxError
 from .features import RepeatedKeyError, loads_unique
 
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
 
 
-class ArtifactError(Exception):
+class ArtifactError(EnsembleOnnxError):
     """Artifacts that cannot be trusted or run: missing, corrupt, tampered with, or incompatible."""
 
 

@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EnsembleOnnxError
 
-class InputError(ValueError):
+
+class InputError(EnsembleOnnxError, ValueError):
     """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
 
 
-class RepeatedKeyError(ValueError):
+class RepeatedKeyError(EnsembleOnnxError, ValueError):
     """A JSON object names the same key twice: `json` would keep the last silently."""
 
     def __init__(self, key: str) -> None:
