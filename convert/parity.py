@@ -21,7 +21,8 @@ import numpy as np
 from runtime.contract import CONFIDENCE, ENSEMBLE_INPUT, LABEL, MEMBER_PROBABILITIES, PROBABILITIES
 
 from .errors import member_step
-from .members import CONTRACT, LoadedMember
+from .members import LoadedMember
+from .members.export import CONTRACT
 from .precision import Precision
 from .reference import Reference
 from .scaler import Scaler

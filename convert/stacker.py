@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import ModelFileError, UnsupportedModelError
 from .loaders import load_pickle
-from .members import CONTRACT, to_contract
+from .members.export import CONTRACT, to_contract
 
 
 @dataclass

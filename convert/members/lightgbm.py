@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import LoadedMember, MemberSource, to_contract
+from . import LoadedMember, MemberKind, MemberSource, register
+from .export import to_contract
 from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
 
 
@@ -183,3 +184,6 @@ def load(source: MemberSource) -> LoadedMember:
         notes=[f"{len(dump['tree_info']) // int(dump['num_tree_per_iteration'])} boosting rounds"
                + (" (random forest: averaged)" if dump.get("average_output") else "")],
         thresholds=thresholds)
+
+
+register(MemberKind("lightgbm", (".pkl", ".joblib", ".txt"), load, reference))

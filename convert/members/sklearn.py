@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import CONTRACT, LoadedMember, MemberSource, to_contract
+from . import LoadedMember, MemberKind, MemberSource, register
+from .export import CONTRACT, to_contract
 from .lightgbm import floor_float32
 from .trees import check_classes
 
@@ -129,3 +130,6 @@ def _float64_thresholds(model: Any) -> list[np.ndarray] | None:
     if hasattr(model, "_predictors"):
         return [np.asarray(p.nodes["num_threshold"], dtype=np.float64) for per_iter in model._predictors for p in per_iter]
     return None
+
+
+register(MemberKind("sklearn", (".pkl", ".joblib"), load, reference))

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import MetadataError, StateDictError
 from ..loaders import load_json, load_state_dict
-from . import CONTRACT, LoadedMember, MemberSource
+from . import LoadedMember, MemberSource
+from .export import CONTRACT
 
 EXPORT_BATCH = 3  # parity runs at 1, 7 and 512: none of them is the traced size
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from . import CONTRACT
+from .export import CONTRACT
 
 ONNXMLTOOLS_OPSET = 15  # the highest ai.onnx opset onnxmltools' tree converters accept
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import CONTRACT, LoadedMember, MemberSource, to_contract
+from . import LoadedMember, MemberKind, MemberSource, register
+from .export import CONTRACT, to_contract
 
 SUPPORTED_OBJECTIVES = ("multi:softprob", "multi:softmax", "binary:logistic")
 
@@ -192,3 +193,6 @@ def load(source: MemberSource) -> LoadedMember:
                *(["dart: each tree scaled by its weight_drop"] if booster_name == "dart" else []),
                *([f"random forest: {parallel} trees per class and round"] if parallel > 1 else [])],
         thresholds=split_thresholds(trees))
+
+
+register(MemberKind("xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference))
