@@ -10,6 +10,7 @@ machine they came from. Speed is never asserted by a test: this command is where
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from runtime.contract import IR_VERSION, OPSET
+
 from .floors import measure as measure_floors
 from .floors import one_row_floor_us
 
@@ -112,8 +114,10 @@ def worker_warm(pipeline: str, artifacts: str, models: str, rows: str, threads: 
     curve = {}
     for batch in BATCH_CURVE:
         xb = np.resize(x, (batch, x.shape[1]))
-        curve[str(batch)] = float(np.median(_timings(lambda: predict(xb), min_seconds=effort().min_curve_seconds)))
-    return {"one_row_p50_us": float(np.percentile(one, 50) * 1e6), "one_row_p99_us": float(np.percentile(one, 99) * 1e6),
+        curve[str(batch)] = float(np.median(_timings(functools.partial(predict, xb),
+                                                     min_seconds=effort().min_curve_seconds)))
+    return {"one_row_p50_us": float(np.percentile(one, 50) * 1e6),
+            "one_row_p99_us": float(np.percentile(one, 99) * 1e6),
             "batch_seconds": curve, "rows_per_second": THROUGHPUT_BATCH / curve[str(THROUGHPUT_BATCH)],
             "peak_rss_mib": _peak_rss_mib()}
 
@@ -237,7 +241,8 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each timing the median over warm runs (each run's own spread is in its p99); peak memory the max."""
     out: dict[str, Any] = {key: float(np.median([r[key] for r in runs]))
                            for key in ("one_row_p50_us", "one_row_p99_us", "rows_per_second")}
-    out["batch_seconds"] = {b: float(np.median([r["batch_seconds"][b] for r in runs])) for b in runs[0]["batch_seconds"]}
+    out["batch_seconds"] = {b: float(np.median([r["batch_seconds"][b] for r in runs]))
+                            for b in runs[0]["batch_seconds"]}
     out["one_row_p50_us_each_run"] = [r["one_row_p50_us"] for r in runs]
     out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
     return out
@@ -280,7 +285,7 @@ def installed_size_mib() -> dict[str, float]:
 def build_labels(manifests: list[dict[str, Any]], folders: list[Path]) -> list[str]:
     """Each build named by its weight precision ("fp32", "int8"); by its folder when two share one."""
     labels = [(m.get("precision") or {}).get("weights", "fp32") for m in manifests]
-    return [label if labels.count(label) == 1 else folder.name for label, folder in zip(labels, folders)]
+    return [label if labels.count(label) == 1 else folder.name for label, folder in zip(labels, folders, strict=True)]
 
 
 def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts: list[int],
@@ -308,17 +313,18 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
             "machine": machine(), "batch_curve": list(BATCH_CURVE), "quick": quick,
             "throughput_batch": THROUGHPUT_BATCH, "threads": {},
             "builds": {label: {"artifacts": str(a), "precision": m.get("precision") or {"weights": "fp32"}}
-                       for label, a, m in zip(labels, artifacts, manifests)}}
+                       for label, a, m in zip(labels, artifacts, manifests, strict=True)}}
         pipelines = {"frameworks": ("frameworks", artifacts[0].resolve()),
-                     **{f"runtime {label}": ("runtime", folder.resolve()) for label, folder in zip(labels, artifacts)}}
-        costs = {label: _graph_cost_of(folder) for label, folder in zip(labels, artifacts)}
+                     **{f"runtime {label}": ("runtime", folder.resolve())
+                        for label, folder in zip(labels, artifacts, strict=True)}}
+        costs = {label: _graph_cost_of(folder) for label, folder in zip(labels, artifacts, strict=True)}
         for threads in thread_counts:
             setup = BenchSetup(models.resolve(), rows, threads, "quick" if quick else "full")
             figures = _measure(setup, pipelines, progress)
             progress(f"{threads} thread(s): physical floors (numpy: streaming read, matvec, peak float32)")
             physical = measure_floors(max(c[0] for c in costs.values()), threads, quick)
             entry: dict[str, Any] = {"frameworks": figures["frameworks"], "physical": physical, "builds": {}}
-            for label, folder, manifest in zip(labels, artifacts, manifests):
+            for label, folder, manifest in zip(labels, artifacts, manifests, strict=True):
                 progress(f"{threads} thread(s): {label}, machine floor")
                 build = {"floor": _spawn(setup, "floor", str(folder.resolve()), str(threads))[0],
                          "runtime": figures[f"runtime {label}"]}
@@ -401,7 +407,8 @@ def machine() -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m.get('instruction_sets', [])) or 'no SIMD flags read'}), "
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores "
+             f"({', '.join(m.get('instruction_sets', [])) or 'no SIMD flags read'}), "
              f"Python {m['python']}, onnxruntime {m['onnxruntime']}.", "",
              "| threads | figure | build | runtime | frameworks | runtime vs frameworks | onnxruntime kernel floor "
              "| physical floor |", "|---:|---|---|---:|---:|---:|---:|---:|"]
@@ -423,7 +430,8 @@ def table(results: dict[str, Any]) -> list[str]:
                  f"{ph['batch_rows_per_second']:,.0f} (runtime at {r['throughput_share_of_physical']:.0%})"),
                 ("cold start to first prediction", f"{rt['cold_start_seconds']:.2f} s",
                  f"{fw['cold_start_seconds']:.2f} s", f"{r['cold_start_ratio']:.2f} of theirs", "", ""),
-                ("peak memory (cold process)", f"{rt['cold_peak_rss_mib']:.0f} MiB", f"{fw['cold_peak_rss_mib']:.0f} MiB",
+                ("peak memory (cold process)", f"{rt['cold_peak_rss_mib']:.0f} MiB",
+                 f"{fw['cold_peak_rss_mib']:.0f} MiB",
                  f"{r['peak_memory_ratio']:.2f} of theirs", "", ""),
             ]
             lines += [f"| {threads} | {row[0]} | {label} | " + " | ".join(row[1:]) + " |" for row in rows]
@@ -431,7 +439,8 @@ def table(results: dict[str, Any]) -> list[str]:
         "", "Physical floors, measured with numpy alone (never with the onnxruntime kernels they judge):", "",
         "| threads | streaming read, cold (warm) | numpy matvec over the weights | peak float32 (numpy matmul) |",
         "|---:|---:|---:|---:|", *[
-            f"| {t} | {p['stream_cold_bytes_per_second'] / 1e9:.1f} GB/s ({p['stream_warm_bytes_per_second'] / 1e9:.1f}) "
+            f"| {t} | {p['stream_cold_bytes_per_second'] / 1e9:.1f} GB/s "
+            f"({p['stream_warm_bytes_per_second'] / 1e9:.1f}) "
             f"| {p['matvec_bytes_per_second'] / 1e9:.1f} GB/s | {p['peak_fp32_flops_per_second'] / 1e9:.0f} GFLOP/s |"
             for t, p in ((t, e["physical"]) for t, e in results["threads"].items())]]
     lines += [f"\n**Warning:** {w}." for w in results.get("warnings", [])]

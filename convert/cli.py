@@ -33,7 +33,7 @@ class RefusalsExitOne(click.Group):
             if ctx.params.get("debug"):
                 click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
             refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
-            refusal.exit_code = exc.exit_code
+            refusal.exit_code = exc.exit_code  # type: ignore[misc]  # click declares it per class; ours is per error
             raise refusal from exc
         except Exception as exc:
             if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
@@ -102,7 +102,8 @@ def main(debug: bool) -> None:
 @click.argument("models", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"),
               show_default=True, help="Folder to write; replaced whole, only if the parity gate passes.")
-@click.option("--only", multiple=True, metavar="KIND", help="Convert a subset of the kinds (discovery only); repeatable.")
+@click.option("--only", multiple=True, metavar="KIND",
+              help="Convert a subset of the kinds (discovery only); repeatable.")
 @click.option("--parity-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded features (CSV with a header, or JSON lines) added to the parity set.")
 @click.option("--calibrate", "calibrate_on", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -308,8 +309,10 @@ def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | N
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     rows = read_records(_read_input(input_file))
     predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
-    records = [{"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
-                "probabilities": p.probabilities, "members": p.members} for (_, r), p in zip(rows, predictions)]
+    records: list[dict[str, Any]] = [
+        {"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
+         "probabilities": p.probabilities, "members": p.members}
+        for (_, r), p in zip(rows, predictions, strict=True)]
     if fmt == "jsonl":
         for record in records:
             click.echo(json.dumps(record))

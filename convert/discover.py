@@ -141,7 +141,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
         where = f"{spec_file}: members.{name}"
         _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
         if entry["kind"] not in known_kinds():
-            raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: {', '.join(known_kinds())}.")
+            raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: "
+                                f"{', '.join(known_kinds())}.")
         file = _existing(models_dir, entry["file"], f"{where}.file")
         if "metadata" in entry:
             meta = None if entry["metadata"] is None else _existing(models_dir, entry["metadata"], f"{where}.metadata")
@@ -163,7 +164,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
                           f"{spec_file}: combine")
     notes = [f"from {spec_file.name}"]
     if combine["method"] == "stacking":
-        combine = {"method": "stacking", "file": _existing(models_dir, combine.get("file"), f"{spec_file}: combine.file")}
+        combine = {"method": "stacking",
+                   "file": _existing(models_dir, combine.get("file"), f"{spec_file}: combine.file")}
         notes.append("stacking: member weights are not used; the stacker combines the member probabilities")
     elif combine != {"method": "weighted"}:
         raise MetadataError(f"{spec_file}: combine must be {{\"method\": \"weighted\"}} or "

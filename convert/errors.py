@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from runtime.errors import EnsembleOnnxError
 
@@ -44,7 +45,7 @@ class UnsupportedModelError(ConvertError):
 class ParityError(ConvertError):
     """The ONNX export does not reproduce the original framework within tolerance."""
 
-    def __init__(self, message: str, report: dict | None = None) -> None:
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.report = report
 

@@ -1,7 +1,8 @@
 """This host's physical limits, measured with numpy alone (never with onnxruntime, the kernels they judge):
 
 - streaming read: bytes per second reading a buffer the size of the weights once (a sum, a dot of the
-  buffer with itself, or at N threads N slices summed at once, whichever is fastest), warm (the same buffer again: in cache where it fits) and
+  buffer with itself, or at N threads N slices summed at once, whichever is fastest), warm (the same
+  buffer again: in cache where it fits) and
   cold-ish (a different buffer each call, from a pool larger than any last-level cache);
 - matrix-vector product: one row through a float32 matrix holding the weights' bytes (BLAS sgemv, numpy's
   own), at 1 thread and at N: the best a tuned kernel does at reading the weights once for one row;

@@ -66,12 +66,13 @@ class Ensemble:
         self._input = inputs[0].name
         # Verified training statistics (absent in builds made before they existed: drift() then says so).
         raw_statistics = verified.files.get(STATISTICS_FILE)
-        self._statistics = None if raw_statistics is None else parse_statistics(raw_statistics, self.feature_names, path)
+        self._statistics = (None if raw_statistics is None
+                            else parse_statistics(raw_statistics, self.feature_names, path))
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if len(x) == 0:
             raise InputError("no rows to score.")
-        out = dict(zip(ENSEMBLE_OUTPUTS, self._session.run(None, {self._input: x})))
+        out = dict(zip(ENSEMBLE_OUTPUTS, self._session.run(None, {self._input: x}), strict=True))
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name.
         if not np.isfinite(out[MEMBER_PROBABILITIES]).all():
@@ -96,10 +97,11 @@ class Ensemble:
         out = self._run(rows_to_matrix(rows, self.feature_names, passthrough=("symbol",)))
         return [Prediction(
             action=self.classes[int(label)], confidence=float(conf),
-            probabilities=dict(zip(self.classes, map(float, probs))),
-            members={name: dict(zip(self.classes, map(float, member[i]))) for i, name in enumerate(self.member_order)})
+            probabilities=dict(zip(self.classes, map(float, probs), strict=True)),
+            members={name: dict(zip(self.classes, map(float, member[i]),
+                                    strict=True)) for i, name in enumerate(self.member_order)})
             for label, conf, probs, member in zip(out[LABEL], out[CONFIDENCE], out[PROBABILITIES],
-                                                  out[MEMBER_PROBABILITIES])]
+                                                  out[MEMBER_PROBABILITIES], strict=True)]
 
     def drift(self, rows: Any) -> dict[str, Any]:
         """Rows as `predict` takes them -> per feature PSI against the training bins (or a z-score summary when
@@ -114,7 +116,8 @@ class Ensemble:
     def describe(self) -> dict[str, Any]:
         """What is loaded, for start-up logs and health endpoints."""
         m = self.manifest
-        return {"path": self.path, "build_id": self.build_id, "schema_version": m["schema_version"], "classes": list(self.classes),
+        return {"path": self.path, "build_id": self.build_id, "schema_version": m["schema_version"],
+                "classes": list(self.classes),
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
                                 "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},

@@ -48,6 +48,7 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
     """Independent of the gate's own code: rebuild the service's pipeline by hand and compare."""
     import torch
     import xgboost  # noqa: F401  (unpickled below)
+
     from convert.demo import build_torch_model
 
     # Read through the allowlisted unpickler like everything else; the predictions below are the frameworks'.
@@ -64,7 +65,8 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
     raw = scaler.mean_ + scaler.scale_ * rng.standard_normal((300, 18))
     # put a LightGBM split threshold, exactly, on the scaled value of a feature
     dump = lgbm.booster_.dump_model()["tree_info"][0]["tree_structure"]
-    raw[:100, dump["split_feature"]] = dump["threshold"] * scaler.scale_[dump["split_feature"]] + scaler.mean_[dump["split_feature"]]
+    feature = dump["split_feature"]
+    raw[:100, feature] = dump["threshold"] * scaler.scale_[feature] + scaler.mean_[feature]
     x32 = scaler.transform(raw).astype(np.float32)
     with torch.no_grad():
         refs = {"xgboost": xgb.predict_proba(x32), "lightgbm": lgbm.predict_proba(x32),
@@ -132,6 +134,7 @@ def test_bad_recorded_parity_data_is_refused_by_line(demo_models, tmp_path):
 
 def test_ensemble_json_with_other_weights_and_a_raw_feature_member(models_cache, tmp_path):
     import lightgbm
+
     from convert.demo import market_data
 
     spec = DemoSpec()
@@ -204,6 +207,7 @@ def _break_truncated_pth(models):
 
 def _break_tree_width(models):
     import xgboost
+
     from convert.demo import market_data
     x, y = market_data(DemoSpec())
     small = xgboost.XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(x[:, :17], y)
@@ -263,6 +267,7 @@ def test_pickle_payload_is_refused_before_it_runs(tmp_path):
 
 def test_whole_module_pth_is_refused(tmp_path):
     import torch
+
     from convert.loaders import load_state_dict
 
     path = tmp_path / "model.pth"
@@ -317,7 +322,7 @@ def test_cli_usage_error_exits_2(tmp_path):
 
 def test_cli_predict_jsonl_and_csv(demo_artifacts, tmp_path):
     ens = runtime.load(demo_artifacts)
-    rows = [dict(zip(ens.feature_names, [0.1 * i] * 18), symbol=f"S{i}") for i in range(3)]
+    rows = [dict(zip(ens.feature_names, [0.1 * i] * 18, strict=True), symbol=f"S{i}") for i in range(3)]
     text = "\n".join(json.dumps(r) for r in rows)
     result = CliRunner().invoke(main, ["predict", str(demo_artifacts)], input=text)
     assert result.exit_code == 0, result.output

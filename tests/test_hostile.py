@@ -185,7 +185,7 @@ def test_any_numeric_array_gets_a_prediction_or_input_error(ens, x):
 @given(values=st.lists(anything, min_size=18, max_size=18), drop=st.sets(st.integers(0, 17), max_size=2),
        extra=st.sets(st.sampled_from(["rsi_41", "RSI_14", "macd ", "symbol"]), max_size=2))
 def test_any_named_row_gets_a_prediction_or_input_error(ens, values, drop, extra):
-    row = {n: v for i, (n, v) in enumerate(zip(ens.feature_names, values)) if i not in drop}
+    row = {n: v for i, (n, v) in enumerate(zip(ens.feature_names, values, strict=True)) if i not in drop}
     row.update({e: 1.0 for e in extra})
     try:
         (p,) = ens.predict(row)
@@ -194,7 +194,7 @@ def test_any_named_row_gets_a_prediction_or_input_error(ens, values, drop, extra
     # It scored: then the row was complete, numeric and finite, and the answer is the array path's answer.
     assert not drop and not (extra - {"symbol"})
     x = np.array([[float(row[n]) for n in ens.feature_names]])
-    assert p.probabilities == dict(zip(ens.classes, map(float, ens.predict_proba(x)[0])))
+    assert p.probabilities == dict(zip(ens.classes, map(float, ens.predict_proba(x)[0]), strict=True))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

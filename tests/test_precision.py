@@ -82,7 +82,7 @@ def test_int8_build_serves_and_verifies_like_any_build(int8_build, demo_models):
     out, _ = int8_build
     ens = runtime.load(out)
     assert ens.describe()["precision"]["weights"] == "int8"
-    (prediction,) = ens.predict(dict(zip(ens.feature_names, [0.1] * len(ens.feature_names))))
+    (prediction,) = ens.predict(dict(zip(ens.feature_names, [0.1] * len(ens.feature_names), strict=True)))
     assert prediction.action in ens.classes
     result = invoke("verify", out, "--models", demo_models, "--json", "-q")
     assert result.exit_code == 0, result.output

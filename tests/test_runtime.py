@@ -32,7 +32,7 @@ def rows(ens):
 
 
 def as_dict(ens, row):
-    return dict(zip(ens.feature_names, map(float, row)))
+    return dict(zip(ens.feature_names, map(float, row), strict=True))
 
 
 def test_import_runtime_pulls_in_nothing_heavy():
@@ -63,7 +63,7 @@ def test_predict_mapping_matches_predict_proba_and_members(ens, rows):
         assert p.action == ens.classes[int(np.argmax(probs[i]))]
         assert p.confidence == pytest.approx(float(probs[i].max()))
         assert list(p.probabilities) == list(ens.classes)
-        assert p.members["nhits"] == pytest.approx(dict(zip(ens.classes, members["nhits"][i].tolist())))
+        assert p.members["nhits"] == pytest.approx(dict(zip(ens.classes, members["nhits"][i].tolist(), strict=True)))
 
 
 def test_named_inputs_are_aligned_to_training_order(ens, rows):
@@ -131,7 +131,8 @@ def test_shared_ensemble_is_consistent_across_threads(ens, rows):
     """8 threads x 1000 calls, mixed batch sizes: each call gives exactly what the same call gave sequentially.
     (Results may differ in the last bit between batch sizes, as BLAS kernels do; never between threads.)"""
     rng = np.random.default_rng(0)
-    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 8 * 1000) for s in [rng.integers(0, len(rows) - n + 1)]]
+    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 8 * 1000)
+             for s in [rng.integers(0, len(rows) - n + 1)]]
     sequential = [ens.predict_proba(rows[s:s + n]) for s, n in calls]
 
     def work(offset):
@@ -181,7 +182,8 @@ def test_faulty_artifact_is_refused(artifacts_copy, fault):
             a, b = target.read_bytes(), other.read_bytes()
             target.write_bytes(b)
             other.write_bytes(a)
-        with pytest.raises(runtime.ArtifactError, match=rel.split("/")[-1] if fault != "symlink" else "regular file|elsewhere"):
+        with pytest.raises(runtime.ArtifactError,
+                           match=rel.split("/")[-1] if fault != "symlink" else "regular file|elsewhere"):
             runtime.load(folder)
 
 

@@ -81,7 +81,8 @@ def one_token_form(module: Any) -> Any:
             self.fc = module.fc
 
         def forward(self, x: Any) -> Any:
-            for mix, layer in zip(self.mix, self.layers):
+            layer: Any  # a TransformerEncoderLayer; torch types a submodule's attributes as Tensor | Module
+            for mix, layer in zip(self.mix, self.layers, strict=True):
                 x = layer.norm1(mix(x))
                 x = layer.norm2(x + layer.linear2(torch.relu(layer.linear1(x))))
             return self.fc(x)

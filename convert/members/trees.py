@@ -35,4 +35,5 @@ def check_classes(classes: Any, n_classes: int, file: Any) -> None:
         return
     if [int(c) if np.issubdtype(type(c), np.integer) else c for c in list(classes)] != list(range(n_classes)):
         raise UnsupportedModelError(f"{file}: trained on classes {list(classes)}; the ensemble needs integer "
-                                    f"labels 0..{n_classes - 1} so that column i is class i. Retrain with encoded labels.")
+                                    f"labels 0..{n_classes - 1} so that column i is class i. Retrain with encoded "
+                                    "labels.")

@@ -86,7 +86,8 @@ def split_thresholds(trees: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """Every (feature index, float32 threshold) the trees split on."""
     return sorted({(int(f), float(np.float32(c)))
                    for tree in trees
-                   for f, c, left in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"])
+                   for f, c, left in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"],
+                                         strict=True)
                    if left != -1})
 
 
@@ -107,7 +108,7 @@ def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[
         "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes", "nodes_truenodeids",
         "nodes_falsenodeids", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids",
         "target_ids", "target_weights")}
-    for t, (tree, group, weight) in enumerate(zip(trees, groups, weights)):
+    for t, (tree, group, weight) in enumerate(zip(trees, groups, weights, strict=True)):
         if int(tree["tree_param"].get("size_leaf_vector", 1)) > 1:  # a saved file forgets multi_strategy
             raise UnsupportedModelError(f"{file}: tree {t} has vector leaves (multi_strategy='multi_output_tree'); "
                                         f"the export handles one output per tree. Retrain with "
@@ -116,7 +117,7 @@ def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[
             raise UnsupportedModelError(f"{file}: tree {t} has categorical splits (enable_categorical=True); the "
                                         f"ONNX tree operator has no category sets. Retrain on encoded features.")
         left, right = tree["left_children"], tree["right_children"]
-        for n, (lc, rc) in enumerate(zip(left, right)):
+        for n, (lc, rc) in enumerate(zip(left, right, strict=True)):
             leaf = lc == -1
             a["nodes_treeids"].append(t)
             a["nodes_nodeids"].append(n)
