@@ -26,7 +26,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "atr_14", "volume_ratio", "return_1h", "return_4h", "return_24h", "volatility_24h",
     "ema_9_dist", "ema_21_dist", "sma_50_dist", "stoch_k", "stoch_d", "adx_14",
 )
-CLASSES: tuple[str, ...] = ("SELL", "HOLD", "BUY")
 DEFAULT_STAMP = "v20260205_231109_v5"
 
 

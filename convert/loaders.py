@@ -44,7 +44,6 @@ FILE_LIMITS = {
 }
 # The most tensor elements a state_dict may hold in all (ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS): 1 GiB of float32.
 MAX_TENSOR_ELEMENTS = 1 << 28
-MAX_JSON_BYTES = FILE_LIMITS["json"]  # kept for callers of the old name
 
 
 def _env_limit(name: str, default: int) -> int:
