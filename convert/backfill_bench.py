@@ -163,7 +163,7 @@ import numpy as np, pyarrow.parquet as pq, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from convert.reference import Reference
-from convert.verify import plan_from_manifest
+from convert.discover import plan_from_manifest
 artifacts, models, history, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
 ref = Reference.from_plan(plan_from_manifest(manifest, Path(models)))

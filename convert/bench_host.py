@@ -70,7 +70,7 @@ def graph_cost(folder: Path) -> tuple[int, int, str]:
     try:
         import onnx
 
-        from .bench import graph_cost as exact
+        from .bench_workers import graph_cost as exact
     except ImportError:
         size = path.stat().st_size
         return size, 2 * size // 4, "estimated from the file size (no onnx here)"

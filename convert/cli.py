@@ -193,7 +193,8 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
     measured against one measurement of the frameworks."""
     require_build_stack()
     _log_to_stderr(quiet)
-    from .bench import run_bench, table
+    from .bench import run_bench
+    from .bench_report import table
     _check_bench_out(out_dir, artifacts, models)
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
     results = run_bench(list(artifacts), models, out_dir, counts, StepProgress(quiet), quick)

@@ -46,6 +46,25 @@ class Plan:
         return lines + [f"  note: {n}" for n in self.notes]
 
 
+def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
+    """The plan a (verified) manifest was built from, its files named under `models`: what `verify`,
+    `bench` and the backfill benchmark rebuild the frameworks' predictions from."""
+    def path(record: dict[str, str] | None) -> Path | None:
+        return models / record["file"] if record else None
+
+    members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
+                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
+    members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
+    combine = manifest["combine"]
+    policy = manifest.get("decision") or {}
+    return Plan(models, members, list(manifest["classes"]),
+                {"method": "stacking", "file": path(combine["source"])} if combine["method"] == "stacking"
+                else {"method": "weighted"},
+                list(manifest["feature_names"]), ["from manifest.json"],
+                Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration"),
+                         policy.get("fallback", "HOLD")))
+
+
 def _stamped_files(models_dir: Path) -> dict[str, list[tuple[tuple[str, str, int], Path]]]:
     found: dict[str, list[tuple[tuple[str, str, int], Path]]] = {}
     for path in sorted(models_dir.iterdir()):

@@ -246,7 +246,7 @@ def test_graph_cost_counts_every_weight_of_the_exported_members(demo_models, dem
     import onnx
     import torch
 
-    from convert.bench import graph_cost
+    from convert.bench_workers import graph_cost
     from convert.members import MemberSource, nhits
 
     weight_bytes, flops = graph_cost(onnx.load(demo_artifacts / "members" / "nhits.onnx"))

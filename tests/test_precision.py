@@ -47,7 +47,7 @@ def test_int8_build_records_its_precision_and_passes_both_gates(int8_build, demo
 def test_int8_graph_streams_under_a_third_of_the_float32_weights(int8_build, demo_artifacts):
     import onnx
 
-    from convert.bench import graph_cost
+    from convert.bench_workers import graph_cost
 
     int8_bytes, int8_flops = graph_cost(onnx.load(int8_build[0] / "ensemble.onnx"))
     fp32_bytes, fp32_flops = graph_cost(onnx.load(demo_artifacts / "ensemble.onnx"))
