@@ -20,8 +20,6 @@ from typing import Any
 
 import click
 
-from runtime.errors import EnsembleOnnxError
-
 from . import __version__
 
 
@@ -29,15 +27,18 @@ class RefusalsExitOne(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except EnsembleOnnxError as exc:  # a refusal: one message and its exit code
-            if ctx.params.get("debug"):
-                click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
-            refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
-            refusal.exit_code = exc.exit_code  # type: ignore[misc]  # click declares it per class; ours is per error
-            raise refusal from exc
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except Exception as exc:
-            if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
-                raise
+            # Imported at the failure, not at the top: `--help` and `--version` load neither numpy nor onnxruntime.
+            from runtime.errors import EnsembleOnnxError
+
+            if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
+                if ctx.params.get("debug"):
+                    click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
+                refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
+                refusal.exit_code = exc.exit_code  # type: ignore[misc]  # click declares it per class; ours is per error
+                raise refusal from exc
             # Not a refusal: a bug in ensemble-onnx. Say so plainly, with the traceback, and exit 1.
             click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
             click.echo(f"internal error: this is a bug in ensemble-onnx {__version__}, not a problem with your "

@@ -156,15 +156,20 @@ def test_on_error_skip_writes_refused_rows_to_rejects_with_their_reason(demo_art
                                   ens.predict_proba(features_of(ens, table.take(keep)))[:, 2])
 
 
-@pytest.mark.parametrize(("existing", "flags", "code", "message"), [
-    ("out", [], 1, "already exists; pass --force"),
-    ("input", ["--force"], 1, "is the input file"),
+def _precious_output(parquet_in: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "o.parquet"
+    target.write_bytes(b"precious")
+    return target
+
+
+# (the file -o names, given the input and a scratch folder), flags, exit code, what the refusal says
+@pytest.mark.parametrize(("target_of", "flags", "code", "message"), [
+    pytest.param(_precious_output, [], 1, "already exists; pass --force", id="out"),
+    pytest.param(lambda parquet_in, tmp_path: parquet_in, ["--force"], 1, "is the input file", id="input"),
 ])
-def test_refuses_to_overwrite_what_it_did_not_write(demo_artifacts, parquet_in, tmp_path, existing, flags, code,
+def test_refuses_to_overwrite_what_it_did_not_write(demo_artifacts, parquet_in, tmp_path, target_of, flags, code,
                                                     message):
-    target = parquet_in if existing == "input" else tmp_path / "o.parquet"
-    if existing == "out":
-        target.write_bytes(b"precious")
+    target = target_of(parquet_in, tmp_path)
     before = target.read_bytes()
     result = cli("score", demo_artifacts, parquet_in, "-o", target, "--workers", "1", *flags)
     assert result.exit_code == code and message in result.output

@@ -4,6 +4,12 @@ code, never a traceback."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -59,3 +65,12 @@ def test_a_refusal_on_the_command_line_exits_1_with_its_message(tmp_path, comman
     assert result.exit_code == 1, result.output
     assert f"Error: {error}: " in result.output and names in result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
+
+
+def test_the_command_line_loads_no_numeric_stack_until_a_command_runs():
+    """The refusal handler imports the error family when an error happens, so `--help` stays light."""
+    root = Path(__file__).resolve().parents[1]
+    code = "import convert.cli, json, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                           cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).stdout))
+    assert not {"numpy", "onnxruntime", "runtime"} & loaded

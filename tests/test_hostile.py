@@ -60,17 +60,23 @@ def _payloads(marker: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("case", ["os.system", "subprocess", "builtins.eval", "builtins.exec", "__reduce_ex__",
                                   "nested-in-allowed-object"])
-@pytest.mark.parametrize("container", ["pickle", "joblib", "joblib-compressed"])
-def test_hostile_pickle_is_refused_before_anything_runs(tmp_path, case, container):
-    import joblib
+def _joblib(compress: int):
+    def write(payload: object, path: Path) -> None:
+        import joblib
 
+        joblib.dump(payload, path, compress=compress)
+    return write
+
+
+@pytest.mark.parametrize(("container", "file", "write"), [
+    ("pickle", "model.pkl", lambda payload, path: path.write_bytes(pickle.dumps(payload))),
+    ("joblib", "model.joblib", _joblib(0)),
+    ("joblib-compressed", "model.joblib", _joblib(3)),
+], ids=["pickle", "joblib", "joblib-compressed"])
+def test_hostile_pickle_is_refused_before_anything_runs(tmp_path, case, container, file, write):
     marker = tmp_path / MARKER
-    payload = _payloads(marker)[case]
-    path = tmp_path / ("model.pkl" if container == "pickle" else "model.joblib")
-    if container == "pickle":
-        path.write_bytes(pickle.dumps(payload))
-    else:
-        joblib.dump(payload, path, compress=3 if container == "joblib-compressed" else 0)
+    path = tmp_path / file
+    write(_payloads(marker)[case], path)
     for role in ("scaler", "xgboost", "lightgbm", "stacker"):
         with pytest.raises(UnsafeFileError, match="refused to unpickle global"):
             load_pickle(path, role)
