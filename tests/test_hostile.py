@@ -58,8 +58,6 @@ def _payloads(marker: Path) -> dict[str, object]:
             "__reduce_ex__": ReduceEx(), "nested-in-allowed-object": nested}
 
 
-@pytest.mark.parametrize("case", ["os.system", "subprocess", "builtins.eval", "builtins.exec", "__reduce_ex__",
-                                  "nested-in-allowed-object"])
 def _joblib(compress: int):
     def write(payload: object, path: Path) -> None:
         import joblib
@@ -68,6 +66,8 @@ def _joblib(compress: int):
     return write
 
 
+@pytest.mark.parametrize("case", ["os.system", "subprocess", "builtins.eval", "builtins.exec", "__reduce_ex__",
+                                  "nested-in-allowed-object"])
 @pytest.mark.parametrize(("container", "file", "write"), [
     ("pickle", "model.pkl", lambda payload, path: path.write_bytes(pickle.dumps(payload))),
     ("joblib", "model.joblib", _joblib(0)),
