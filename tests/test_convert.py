@@ -278,16 +278,19 @@ def test_whole_module_pth_is_refused(tmp_path):
 
 def test_parity_failure_fails_the_build(demo_models, tmp_path, monkeypatch):
     """A member whose export is wrong by more than the tolerance is caught, and nothing is written."""
-    import convert.members.nhits as nhits
+    import dataclasses
 
-    real = nhits.load
+    import convert.members as members
+
+    real = members.get_kind("nhits")
 
     def skewed(source):
-        member = real(source)
+        member = real.load(source)
         reference = member.reference
         member.reference = lambda x: reference(x) * (1 + 1e-3)  # the export no longer matches
         return member
-    monkeypatch.setattr(nhits, "load", skewed)
+    # The registry holds each kind's functions as the kind module registered them: swap the entry.
+    monkeypatch.setitem(members._REGISTRY, "nhits", dataclasses.replace(real, load=skewed))
     with pytest.raises(ParityError, match="member nhits"):
         build(demo_models, tmp_path / "out")
     assert not (tmp_path / "out").exists()
