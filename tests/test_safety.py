@@ -31,11 +31,20 @@ from runtime.features import InputError, read_records, records_to_matrix
 
 FEATURES = DemoSpec().feature_names
 REPO = Path(__file__).resolve().parent.parent
-# Runs the CLI in a child and reports its peak resident memory (ru_maxrss, KiB on Linux) on stderr at exit.
+# Runs the CLI in a child and reports its peak resident memory (KiB) on stderr at exit: VmHWM, the high-water
+# mark of the child's own memory. Not ru_maxrss: Linux carries that across fork and exec, so a child of a large
+# pytest process reports the parent's size.
 PEAK_RUNNER = textwrap.dedent("""
     import atexit, resource, sys
-    atexit.register(lambda: sys.stderr.write(
-        f"\\nPEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n"))
+
+    def peak_kb():
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    atexit.register(lambda: sys.stderr.write(f"\\nPEAK_RSS_KB={peak_kb()}\\n"))
     from convert.cli import main
     main(sys.argv[1:], prog_name="ensemble-onnx")
 """)
