@@ -6,7 +6,7 @@ MODELS    ?= models/
 ARTIFACTS ?= artifacts/
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install convert test test-full test-slim bench bench-host backfill-demo clean mutation
+.PHONY: install convert lint test test-full test-slim bench bench-host backfill-demo clean mutation
 
 install: $(VENV)/.installed
 
@@ -50,7 +50,13 @@ bench-host: convert
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
 	$(VENV)/bin/python -m convert.bench_host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
 
-test: test-full test-slim
+test: lint test-full test-slim
+
+# The style the tools hold: ruff (pyflakes, bugbear, import order, pyupgrade, line length) on everything,
+# mypy strict on runtime/ and checked on convert/ (pyproject.toml says which is which).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The whole suite with the real frameworks; it also leaves build/test-artifacts for test-slim.
 test-full: install

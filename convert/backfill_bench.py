@@ -2,7 +2,8 @@
 
     python -m convert.backfill_bench history build/backfill/history.parquet --symbols 500 --minutes 4000
     python -m convert.backfill_bench compare A.parquet B.parquet
-    python -m convert.backfill_bench bench artifacts/ build/backfill/history.parquet --models models/ --out build/backfill
+    python -m convert.backfill_bench bench artifacts/ build/backfill/history.parquet \
+        --models models/ --out build/backfill
 
 `history` writes symbols x minutes of features drawn from the demo market (`convert.demo.market_data`: the
 same loadings, centers and scales the demo models were trained on), with each symbol's market signal a
@@ -93,14 +94,15 @@ def compare(a: Path, b: Path, batch_rows: int = 65536) -> dict[str, Any]:
     prob_cols = [c for c in fa.schema_arrow.names if c.startswith("p_")]
     rows = differing_rows = label_diffs = max_ulp = 0
     identical = True
-    for x, y in zip(fa.iter_batches(batch_rows), fb.iter_batches(batch_rows)):
+    for x, y in zip(fa.iter_batches(batch_rows), fb.iter_batches(batch_rows), strict=False):
         identical = identical and x.equals(y)
         pa_ = np.column_stack([x.column(c).to_numpy(zero_copy_only=False) for c in prob_cols]).astype(np.float32)
         pb = np.column_stack([y.column(c).to_numpy(zero_copy_only=False) for c in prob_cols]).astype(np.float32)
         ulps = np.abs(pa_.view(np.int32).astype(np.int64) - pb.view(np.int32).astype(np.int64))
         max_ulp = max(max_ulp, int(ulps.max(initial=0)))
         differing_rows += int((ulps > 0).any(axis=1).sum())
-        label_diffs += sum(u != v for u, v in zip(x.column("action").to_pylist(), y.column("action").to_pylist()))
+        label_diffs += sum(u != v for u, v in zip(x.column("action").to_pylist(), y.column("action").to_pylist(),
+                                                  strict=True))
         rows += x.num_rows
     return {"identical": identical, "rows": rows, "rows_with_any_difference": differing_rows,
             "max_ulp": max_ulp, "label_differences": label_diffs}
@@ -131,7 +133,7 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, s
     as wall time does (each process's last 50 ms can be missed)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    peak, ticks = 0, {}
+    peak, ticks = 0, dict[int, float]()
     while proc.poll() is None:
         tree = _tree(proc.pid)
         peak = max(peak, sum(rss for rss, _ in tree.values()))
@@ -161,7 +163,7 @@ import numpy as np, pyarrow.parquet as pq, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from convert.reference import Reference
-from convert.verify import plan_from_manifest
+from convert.discover import plan_from_manifest
 artifacts, models, history, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
 ref = Reference.from_plan(plan_from_manifest(manifest, Path(models)))
@@ -220,7 +222,8 @@ def bench(artifacts: Path, history: Path, models: Path | None, out: Path, worker
         agreement[f"ray-{n}actors vs runtime-1x1"] = compare(reference, target)
     for n in workers:
         if n > 1:
-            agreement[f"runtime-{n}workers vs runtime-1x1"] = compare(reference, out / f"scores-runtime-{n}workers.parquet")
+            agreement[f"runtime-{n}workers vs runtime-1x1"] = compare(reference,
+                                                                      out / f"scores-runtime-{n}workers.parquet")
     if two_threads is not None:
         agreement["runtime-1x2threads vs runtime-1x1"] = compare(reference, two_threads)
     if models is not None:
@@ -254,7 +257,8 @@ def table(result: dict[str, Any]) -> list[str]:
               "(whole process tree, start-up included) | peak memory (process tree) |"),
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
-        lines.append(f"| {r['pipeline']} | {r['workers']} x {r['threads']} | {r['rows']:,} | {r['rows_per_second']:,.0f} "
+        lines.append(f"| {r['pipeline']} | {r['workers']} x {r['threads']} | {r['rows']:,} | "
+                     f"{r['rows_per_second']:,.0f} "
                      f"| {r['rows_per_second_per_core']:,.0f} | {r['rows_per_cpu_second'] or 0:,.0f} "
                      f"| {r['peak_rss_mib']:,.0f} MiB |")
     lines += ["", "| compared | identical | rows with any difference | max float32 ulp | label differences |",

@@ -70,7 +70,7 @@ def graph_cost(folder: Path) -> tuple[int, int, str]:
     try:
         import onnx
 
-        from .bench import graph_cost as exact
+        from .bench_workers import graph_cost as exact
     except ImportError:
         size = path.stat().st_size
         return size, 2 * size // 4, "estimated from the file size (no onnx here)"
@@ -188,11 +188,13 @@ def _saved_optimised(folder: Path, row: np.ndarray, calls: int) -> dict[str, dic
         load_seconds = time.perf_counter() - started
         plain = ort.InferenceSession(str(folder / "ensemble.onnx"), _options(1))
         feed = {session.get_inputs()[0].name: row}
-        saved, shipped = _timings(lambda: session.run(None, feed), calls), _timings(lambda: plain.run(None, feed), calls)
+        saved = _timings(lambda: session.run(None, feed), calls)
+        shipped = _timings(lambda: plain.run(None, feed), calls)
     return {"bare session, shipped graph": {"one_row_p50_us": float(np.median(shipped) * 1e6),
                                             "one_row_p99_us": float(np.percentile(shipped, 99) * 1e6)},
             "bare session, optimised graph saved and reloaded": {
-                "one_row_p50_us": float(np.median(saved) * 1e6), "one_row_p99_us": float(np.percentile(saved, 99) * 1e6),
+                "one_row_p50_us": float(np.median(saved) * 1e6),
+                "one_row_p99_us": float(np.percentile(saved, 99) * 1e6),
                 "load_seconds": load_seconds}}
 
 
@@ -243,7 +245,8 @@ def table(results: dict[str, Any]) -> list[str]:
     for t, f in results["floors"].items():
         lines.append(f"| {t} | {f['stream_cold_bytes_per_second'] / 1e9:.1f} GB/s (warm "
                      f"{f['stream_warm_bytes_per_second'] / 1e9:.1f}) | {f['matvec_seconds'] * 1e6:.0f} µs "
-                     f"({f['matvec_bytes_per_second'] / 1e9:.1f} GB/s) | {f['peak_fp32_flops_per_second'] / 1e9:.0f} GFLOP/s |")
+                     f"({f['matvec_bytes_per_second'] / 1e9:.1f} GB/s) | {f['peak_fp32_flops_per_second'] / 1e9:.0f} "
+                     "GFLOP/s |")
     for label, b in results["builds"].items():
         lines += ["", f"**{label}** ({b['precision'].get('weights', 'fp32')}, {b['weight_bytes'] / 1e6:.1f} MB of "
                   f"weights, {b['cost']})" + (f". Note: {b['int8_note']}" if b.get("int8_note") else ""), "",

@@ -207,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
                "per_matrix": per_matrix(onnx.load(args.artifacts / "ensemble.onnx"), args.rounds, args.calls),
                "whole_graph": whole(args.artifacts, args.rounds, args.calls)}
     lines = [(f"Host: {results['host']['model']} ({', '.join(results['host']['instruction_sets'])}), onnxruntime "
-              f"{results['host']['onnxruntime']}, 1 thread; median µs per one-row call, candidates timed in turns."), ""]
+              f"{results['host']['onnxruntime']}, 1 thread; median µs per one-row call, candidates timed in turns."),
+             ""]
     for m in results["per_matrix"]:
         lines += [f"**W {m['shape'][0]}×{m['shape'][1]}** ({m['bytes'] / 1e6:.2f} MB, {m['count']} in the graph)", "",
-                  "| form | one row |", "|---|---:|", *[f"| {k} | {v:.1f} µs |" for k, v in m["one_row_us"].items()], ""]
+                  "| form | one row |", "|---|---:|", *[f"| {k} | {v:.1f} µs |" for k, v in m["one_row_us"].items()],
+                  ""]
     lines += ["**Whole graph**", "", "| graph | one row |", "|---|---:|",
               *[f"| {k} | {v:.1f} µs |" for k, v in results["whole_graph"].items()]]
     args.out.mkdir(parents=True, exist_ok=True)

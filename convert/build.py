@@ -58,7 +58,8 @@ def resolve_feature_names(plan: Plan, members: list[LoadedMember], scalers: dict
     first_where, first = sources[0]
     for where, names in sources[1:]:
         if list(names) != list(first):
-            pos = next((i for i, (a, b) in enumerate(zip(first, names)) if a != b), min(len(first), len(names)))
+            pos = next((i for i, (a, b) in enumerate(zip(first, names, strict=False)) if a != b),
+                       min(len(first), len(names)))
             raise MetadataError(f"feature names disagree: {first_where} and {where} differ at position {pos} "
                                 f"({first[pos] if pos < len(first) else 'end'!r} vs "
                                 f"{names[pos] if pos < len(names) else 'end'!r}); {len(first)} vs {len(names)} names.")
@@ -180,7 +181,7 @@ def calibrate(loaded: Loaded, labelled: Path, labelled_text: str | None = None) 
     after = Decision(fitted, loaded.plan.decision.min_confidence, fallback=loaded.plan.decision.fallback)
     ens_before = before.combine(before.calibrated(member_probs))
     ens_after = before.combine({n: after.calibrated(n, p) for n, p in member_probs.items()})
-    report = {
+    report: dict[str, Any] = {
         "file": labelled.name, "sha256": mf.sha256(labelled_text.encode()), "rows": len(labels),
         "members": {n: {"temperature": fitted[n],
                         "nll_before": negative_log_likelihood(before.decision.calibrated(n, p), labels),

@@ -23,24 +23,23 @@ import click
 
 from . import __version__
 
-# Exceptions that mean "refused": shown as one message, exit 1. Looked up only if their module is loaded,
-# so that handling them never imports the build stack or onnxruntime.
-REFUSALS = (("convert.errors", "ConvertError"), ("runtime.artifacts", "ArtifactError"),
-            ("runtime.features", "InputError"))
-
 
 class RefusalsExitOne(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except Exception as exc:
-            refused = tuple(getattr(sys.modules[m], c) for m, c in REFUSALS if m in sys.modules)
-            if refused and isinstance(exc, refused):
+            # Imported at the failure, not at the top: `--help` and `--version` load neither numpy nor onnxruntime.
+            from runtime.errors import EnsembleOnnxError
+
+            if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
                 if ctx.params.get("debug"):
                     click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
-                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
-            if isinstance(exc, click.ClickException | click.exceptions.Exit | click.exceptions.Abort):
-                raise
+                refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
+                refusal.exit_code = exc.exit_code  # type: ignore[misc]  # click declares it per class; ours is per error
+                raise refusal from exc
             # Not a refusal: a bug in ensemble-onnx. Say so plainly, with the traceback, and exit 1.
             click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
             click.echo(f"internal error: this is a bug in ensemble-onnx {__version__}, not a problem with your "
@@ -116,7 +115,8 @@ def main(debug: bool) -> None:
 @click.argument("models", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"),
               show_default=True, help="Folder to write; replaced whole, only if the parity gate passes.")
-@click.option("--only", multiple=True, metavar="KIND", help="Convert a subset of the kinds (discovery only); repeatable.")
+@click.option("--only", multiple=True, metavar="KIND",
+              help="Convert a subset of the kinds (discovery only); repeatable.")
 @click.option("--parity-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded features (CSV with a header, or JSON lines) added to the parity set.")
 @click.option("--calibrate", "calibrate_on", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -206,7 +206,8 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
     measured against one measurement of the frameworks."""
     require_build_stack()
     _log_to_stderr(quiet)
-    from .bench import run_bench, table
+    from .bench import run_bench
+    from .bench_report import table
     _check_bench_out(out_dir, artifacts, models)
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
     results = run_bench(list(artifacts), models, out_dir, counts, StepProgress(quiet), quick)
@@ -322,8 +323,10 @@ def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | N
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     rows = read_records(_read_input(input_file))
     predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
-    records = [{"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
-                "probabilities": p.probabilities, "members": p.members} for (_, r), p in zip(rows, predictions)]
+    records: list[dict[str, Any]] = [
+        {"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
+         "probabilities": p.probabilities, "members": p.members}
+        for (_, r), p in zip(rows, predictions, strict=True)]
     if fmt == "jsonl":
         for record in records:
             click.echo(json.dumps(record))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class Decision:
         label = probs.argmax(axis=1)
         if self.min_confidence:
             p32 = probs.astype(np.float32)
-            fallback = classes.index(self.fallback)  # parse_decision guarantees a fallback here
+            fallback = classes.index(cast(str, self.fallback))  # parse_decision guarantees a fallback here
             others = np.where(np.arange(len(classes)) == fallback, -np.inf, probs).argmax(axis=1)
             unsure_hold = (label == fallback) & (p32[rows, label] < np.float32(self.fallback_minimum()))
             label = np.where(unsure_hold, others, label)
@@ -155,10 +155,10 @@ def fit_temperatures(member_probs: dict[str, np.ndarray], combine: Any, labels: 
     names = list(member_probs)
 
     def loss(log_t: np.ndarray) -> float:
-        tempered = {n: with_temperature(member_probs[n], float(np.exp(v))) for n, v in zip(names, log_t)}
+        tempered = {n: with_temperature(member_probs[n], float(np.exp(v))) for n, v in zip(names, log_t, strict=True)}
         return negative_log_likelihood(combine(tempered), labels)
 
     bounds = [tuple(np.log(TEMPERATURE_RANGE))] * len(names)
     result = minimize(loss, np.zeros(len(names)), method="L-BFGS-B", bounds=bounds)
     # Rounded: the manifest and the graph carry a readable value; the parity gate checks the rounded one.
-    return {n: float(np.round(np.exp(v), 4)) for n, v in zip(names, result.x)}
+    return {n: float(np.round(np.exp(v), 4)) for n, v in zip(names, result.x, strict=True)}

@@ -26,7 +26,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "atr_14", "volume_ratio", "return_1h", "return_4h", "return_24h", "volatility_24h",
     "ema_9_dist", "ema_21_dist", "sma_50_dist", "stoch_k", "stoch_d", "adx_14",
 )
-CLASSES: tuple[str, ...] = ("SELL", "HOLD", "BUY")
 DEFAULT_STAMP = "v20260205_231109_v5"
 
 
@@ -46,7 +45,8 @@ class DemoSpec:
     patchtst_ff: int = 2048
     epochs: int = 2
     n_trees: int = 40
-    tree_format: str = "pkl"          # "pkl" | "native" (xgboost .json, lightgbm .txt) | "ubj" (xgboost .ubj, lightgbm .txt)
+    # tree_format: "pkl" | "native" (xgboost .json, lightgbm .txt) | "ubj" (xgboost .ubj, lightgbm .txt)
+    tree_format: str = "pkl"
     scaler_format: str = "pkl"        # "pkl" | "joblib" | "json"
     early_stopping: bool = False      # what many training scripts do; predict_proba then uses best_iteration
     full_metadata: bool = True        # False: metadata states only what the shapes cannot tell
@@ -174,7 +174,8 @@ def _train_trees(spec: DemoSpec, x: np.ndarray, y: np.ndarray) -> dict:
         with warnings.catch_warnings():  # 4.7 renames eval_set; older 4.x only know eval_set
             warnings.simplefilter("ignore", category=FutureWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            lgbm.fit(fit_x, fit_y, eval_set=[val], callbacks=callbacks)
+            # lightgbm types `callbacks` as an invariant list of callables; its own callback objects are what it takes.
+            lgbm.fit(fit_x, fit_y, eval_set=[val], callbacks=callbacks)  # type: ignore[arg-type]
         models["lightgbm"] = lgbm
     return models
 
@@ -249,7 +250,7 @@ def write_demo_features(path: str | Path, spec: DemoSpec = DemoSpec(), n_rows: i
     path = Path(path)
     header = spec.feature_names + (["label"] if labelled else [])
     lines = [",".join(header)] + [",".join([*(repr(float(v)) for v in row), *([CLASS_NAMES[k]] if labelled else [])])
-                                  for row, k in zip(x, y)]
+                                  for row, k in zip(x, y, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -49,6 +49,25 @@ class Plan:
         return lines + [f"  note: {n}" for n in self.notes]
 
 
+def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
+    """The plan a (verified) manifest was built from, its files named under `models`: what `verify`,
+    `bench` and the backfill benchmark rebuild the frameworks' predictions from."""
+    def path(record: dict[str, str] | None) -> Path | None:
+        return models / record["file"] if record else None
+
+    members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
+                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
+    members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
+    combine = manifest["combine"]
+    policy = manifest.get("decision") or {}
+    return Plan(models, members, list(manifest["classes"]),
+                {"method": "stacking", "file": path(combine["source"])} if combine["method"] == "stacking"
+                else {"method": "weighted"},
+                list(manifest["feature_names"]), ["from manifest.json"],
+                Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration"),
+                         policy.get("fallback", "HOLD")))
+
+
 def _stamped_files(models_dir: Path) -> dict[str, list[tuple[tuple[str, str, int], Path]]]:
     found: dict[str, list[tuple[tuple[str, str, int], Path]]] = {}
     for path in sorted(models_dir.iterdir()):
@@ -155,7 +174,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
         where = f"{spec_file}: members.{name}"
         _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
         if entry["kind"] not in known_kinds():
-            raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: {', '.join(known_kinds())}.")
+            raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: "
+                                f"{', '.join(known_kinds())}.")
         file = _existing(models_dir, entry["file"], f"{where}.file")
         if "metadata" in entry:
             meta = None if entry["metadata"] is None else _existing(models_dir, entry["metadata"], f"{where}.metadata")
@@ -177,7 +197,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
                           f"{spec_file}: combine")
     notes = [f"from {spec_file.name}"]
     if combine["method"] == "stacking":
-        combine = {"method": "stacking", "file": _existing(models_dir, combine.get("file"), f"{spec_file}: combine.file")}
+        combine = {"method": "stacking",
+                   "file": _existing(models_dir, combine.get("file"), f"{spec_file}: combine.file")}
         notes.append("stacking: member weights are not used; the stacker combines the member probabilities")
     elif combine != {"method": "weighted"}:
         raise MetadataError(f"{spec_file}: combine must be {{\"method\": \"weighted\"}} or "

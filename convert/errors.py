@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from runtime.errors import EnsembleOnnxError
 
 
-class ConvertError(Exception):
+class ConvertError(EnsembleOnnxError):
     """A build that was refused. Subclasses say which family of problem it was."""
 
 
@@ -42,7 +45,7 @@ class UnsupportedModelError(ConvertError):
 class ParityError(ConvertError):
     """The ONNX export does not reproduce the original framework within tolerance."""
 
-    def __init__(self, message: str, report: dict | None = None) -> None:
+    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.report = report
 

@@ -1,7 +1,8 @@
 """This host's physical limits, measured with numpy alone (never with onnxruntime, the kernels they judge):
 
 - streaming read: bytes per second reading a buffer the size of the weights once (a sum, a dot of the
-  buffer with itself, or at N threads N slices summed at once, whichever is fastest), warm (the same buffer again: in cache where it fits) and
+  buffer with itself, or at N threads N slices summed at once, whichever is fastest), warm (the same
+  buffer again: in cache where it fits) and
   cold-ish (a different buffer each call, from a pool larger than any last-level cache);
 - matrix-vector product: one row through a float32 matrix holding the weights' bytes (BLAS sgemv, numpy's
   own), at 1 thread and at N: the best a tuned kernel does at reading the weights once for one row;
@@ -108,3 +109,14 @@ def one_row_floor_us(floors: dict[str, Any], weight_bytes: int, flops_per_row: i
 
 if __name__ == "__main__":
     sys.stdout.write(json.dumps(_in_process(int(sys.argv[2]), int(sys.argv[1]), "--quick" in sys.argv)) + "\n")
+
+
+def physical_floor(physical: dict[str, Any], weight_bytes: int, flops_per_row: int, fp32: bool,
+                   onnxruntime_flops: float = 0.0) -> dict[str, float]:
+    """One build's floors from the host's physical limits: one row (its bytes at the best bandwidth, its
+    multiply-adds at peak float32) and a batch (rows/s at peak float32). The peak is numpy's matmul rate, or
+    onnxruntime's where that is higher: numpy's BLAS is not always the best kernel on a host (OpenBLAS
+    reached half of onnxruntime's MLAS rate on the AVX-512/AMX VM), and a floor a kernel beats is none."""
+    peak = max(physical["peak_fp32_flops_per_second"], onnxruntime_flops)
+    one = one_row_floor_us({**physical, "peak_fp32_flops_per_second": peak}, weight_bytes, flops_per_row, fp32)
+    return {**one, "batch_rows_per_second": peak / flops_per_row, "peak_fp32_flops_per_second": peak}

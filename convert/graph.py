@@ -29,7 +29,8 @@ from runtime.contract import (
 )
 
 from .decision import Decision
-from .members import CONTRACT, LoadedMember
+from .members import LoadedMember
+from .members.export import CONTRACT
 from .scaler import Scaler
 
 __all__ = ["ENSEMBLE_INPUT", "ENSEMBLE_OUTPUTS", "IR_VERSION", "build_ensemble_graph", "drop_dead_nodes"]

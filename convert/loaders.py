@@ -44,7 +44,6 @@ FILE_LIMITS = {
 }
 # The most tensor elements a state_dict may hold in all (ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS): 1 GiB of float32.
 MAX_TENSOR_ELEMENTS = 1 << 28
-MAX_JSON_BYTES = FILE_LIMITS["json"]  # kept for callers of the old name
 
 
 def _env_limit(name: str, default: int) -> int:
@@ -232,7 +231,7 @@ def check_tensors(state: Mapping[str, Any], path: Path) -> None:
     for name, t in state.items():
         if t.layout != torch.strided:
             raise StateDictError(f"{path}: tensor '{name}' has layout {t.layout}; a state_dict holds dense tensors.")
-        if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+        if any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride(), strict=True)):
             raise StateDictError(f"{path}: tensor '{name}' of shape {tuple(t.shape)} repeats one stored value "
                                  f"(stride {t.stride()}); a saved state_dict holds real weights, not expanded views.")
         if not t.is_contiguous():

@@ -172,7 +172,7 @@ def _renameat2() -> Callable[..., int] | None:
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     func.restype = ctypes.c_int
-    return func  # type: ignore[no-any-return]
+    return func
 
 
 def _rename(src: Path, dst: Path, flags: int) -> bool:

@@ -4,7 +4,8 @@ Rows: draws from the scaler's statistics; for every tree split, rows whose scale
 threshold and one ulp under and over it; and any recorded features. Only rows every member can take are
 kept: a split at +-inf or beyond float32 (LightGBM writes 1e300 for a split that parts NaN from every value)
 has no finite row on it, and a raw value that some scaler would push past float32 is not a row the service
-can be handed (the runtime refuses non-finite input). The report counts what was left out, and why. References: the frameworks themselves
+can be handed (the runtime refuses non-finite input). The report counts what was left out, and why.
+References: the frameworks themselves
 (sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
 runs at batch sizes other than the export's; every probability must be within tolerance and every label
 identical, the decision policy's labels included. All failures are collected and reported together.
@@ -21,7 +22,8 @@ import numpy as np
 from runtime.contract import CONFIDENCE, ENSEMBLE_INPUT, LABEL, MEMBER_PROBABILITIES, PROBABILITIES
 
 from .errors import member_step
-from .members import CONTRACT, LoadedMember
+from .members import LoadedMember
+from .members.export import CONTRACT
 from .precision import Precision
 from .reference import Reference
 from .scaler import Scaler
@@ -222,7 +224,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     held = np.bincount(want_label, minlength=len(reference.plan.classes))
     return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
             "left_out": {k: {"rows": rows.counts[k], "why": why} for k, why in LEFT_OUT.items() if rows.counts.get(k)},
-            "labels": dict(zip(reference.plan.classes, map(int, held))), "precision": precision.record(),
+            "labels": dict(zip(reference.plan.classes, map(int, held), strict=True)), "precision": precision.record(),
             "checks": [c.as_dict() for c in checks], "passed": not failures, "failures": failures}
 
 

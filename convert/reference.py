@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class Reference:
         if self.stacker is not None:
             with member_step("stacker", self.plan.combine["file"], "predicting with scikit-learn"):
                 return np.asarray(self.stacker.predict_proba(np.concatenate(probs, axis=1)), dtype=np.float64)
-        return sum(m.weight * p for m, p in zip(self.plan.members, probs))
+        return cast(np.ndarray, sum(m.weight * p for m, p in zip(self.plan.members, probs, strict=True)))
 
     def predict_proba(self, raw: np.ndarray) -> np.ndarray:
         return self.combine(self.calibrated(self.raw_member_probabilities(raw)))

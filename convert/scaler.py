@@ -26,7 +26,8 @@ class Scaler:
 
     @property
     def n_features(self) -> int:
-        return len(self.mean if self.mean is not None else self.scale)
+        # An identity scaler (neither mean nor scale) has no width to tell: len(None) raises, as it always did.
+        return len(self.mean if self.mean is not None else self.scale)  # type: ignore[arg-type]
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """float64 in, float64 out, exactly as the service scaled."""
@@ -55,7 +56,8 @@ def load_scaler(file: Path) -> Scaler:
         data = load_json(file, "scaler")
         for key in ("mean", "scale"):
             if key not in data:
-                raise MetadataError(f"{file}: scaler JSON lacks field '{key}' (expected {{\"mean\": [...], \"scale\": [...]}}).")
+                raise MetadataError(f"{file}: scaler JSON lacks field '{key}' (expected {{\"mean\": [...], \"scale\": "
+                                    f"[...]}}).")
         mean, scale = _vector(data["mean"], file, "mean"), _vector(data["scale"], file, "scale")
         if mean.shape != scale.shape or np.any(scale <= 0):
             raise MetadataError(f"{file}: 'mean' and 'scale' must have equal length and every scale must be > 0.")

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import ModelFileError, UnsupportedModelError
 from .loaders import load_pickle
-from .members import CONTRACT, to_contract
+from .members.export import CONTRACT, to_contract
 
 
 @dataclass
@@ -19,9 +17,6 @@ class Stacker:
     file: Path
     model: Any
     onnx_model: Any  # input float32 [N, n_inputs] -> "probabilities" float32 [N, n_classes]
-
-    def reference(self, member_probs: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(member_probs), dtype=np.float64)
 
 
 def load_stacker(file: Path, n_inputs: int, n_classes: int) -> Stacker:

@@ -16,10 +16,8 @@ from typing import Any
 
 from . import manifest as mf
 from .build import Progress, load_plan, read_features_file, run_parity
-from .decision import Decision
-from .discover import Plan, make_plan
+from .discover import Plan, make_plan, plan_from_manifest
 from .errors import UnsupportedModelError, VerifyError
-from .members import MemberSource
 from .members.torch_common import one_thread
 from .parity import summary
 from .precision import Precision
@@ -48,23 +46,6 @@ def check_sources(manifest: dict[str, Any], models: Path) -> None:
     if problems:
         raise VerifyError(f"the artifacts were not built from {models}:\n  " + "\n  ".join(problems)
                           + "\nRebuild with `ensemble-onnx convert`, or point --models at the files of that build.")
-
-
-def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
-    def path(record: dict[str, str] | None) -> Path | None:
-        return models / record["file"] if record else None
-
-    members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
-                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
-    members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
-    combine = manifest["combine"]
-    policy = manifest.get("decision") or {}
-    return Plan(models, members, list(manifest["classes"]),
-                {"method": "stacking", "file": path(combine["source"])} if combine["method"] == "stacking"
-                else {"method": "weighted"},
-                list(manifest["feature_names"]), ["from manifest.json"],
-                Decision(policy.get("temperature", {}), policy.get("min_confidence", {}), policy.get("calibration"),
-                         policy.get("fallback", "HOLD")))
 
 
 def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:

@@ -22,13 +22,14 @@ import onnxruntime as ort
 from .artifacts import ArtifactError, Verified, read_folder
 from .contract import CONFIDENCE, ENSEMBLE_OUTPUTS, LABEL, MEMBER_PROBABILITIES, META_DIGEST, PROBABILITIES
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
+from .errors import EnsembleOnnxError
 from .features import InputError, as_matrix, rows_to_matrix
 
 # Rows per onnxruntime call: the graph's intermediates take about 11 KB a row (PatchTST's 2048-wide layer;
 # measured 530 MB peak for one call of 40,000 rows), so a caller's million-row array would need ~11 GB at once.
 RUN_CHUNK = 4096
 
-__all__ = ["load", "Ensemble", "Prediction", "ArtifactError", "InputError"]
+__all__ = ["load", "Ensemble", "Prediction", "EnsembleOnnxError", "ArtifactError", "InputError"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ class Ensemble:
         self._input = inputs[0].name
         # Verified training statistics (absent in builds made before they existed: drift() then says so).
         raw_statistics = verified.files.get(STATISTICS_FILE)
-        self._statistics = None if raw_statistics is None else parse_statistics(raw_statistics, self.feature_names, path)
+        self._statistics = (None if raw_statistics is None
+                            else parse_statistics(raw_statistics, self.feature_names, path))
 
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if len(x) == 0:
@@ -101,10 +103,11 @@ class Ensemble:
         out = self._run(rows_to_matrix(rows, self.feature_names, passthrough=("symbol",)))
         return [Prediction(
             action=self.classes[int(label)], confidence=float(conf),
-            probabilities=dict(zip(self.classes, map(float, probs))),
-            members={name: dict(zip(self.classes, map(float, member[i]))) for i, name in enumerate(self.member_order)})
+            probabilities=dict(zip(self.classes, map(float, probs), strict=True)),
+            members={name: dict(zip(self.classes, map(float, member[i]),
+                                    strict=True)) for i, name in enumerate(self.member_order)})
             for label, conf, probs, member in zip(out[LABEL], out[CONFIDENCE], out[PROBABILITIES],
-                                                  out[MEMBER_PROBABILITIES])]
+                                                  out[MEMBER_PROBABILITIES], strict=True)]
 
     def drift(self, rows: Any) -> dict[str, Any]:
         """Rows as `predict` takes them -> per feature PSI against the training bins (or a z-score summary when
@@ -119,7 +122,8 @@ class Ensemble:
     def describe(self) -> dict[str, Any]:
         """What is loaded, for start-up logs and health endpoints."""
         m = self.manifest
-        return {"path": self.path, "build_id": self.build_id, "schema_version": m["schema_version"], "classes": list(self.classes),
+        return {"path": self.path, "build_id": self.build_id, "schema_version": m["schema_version"],
+                "classes": list(self.classes),
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
                                 "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},

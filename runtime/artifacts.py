@@ -11,9 +11,9 @@ parses to the same object and changes nothing. `files` is bound by the sha256 of
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +34,13 @@ from .contract import (
     manifest_digest,
     parse_manifest,
 )
-
+from .errors import EnsembleOnnxError
 from .features import RepeatedKeyError, loads_unique
 
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
 
 
-class ArtifactError(Exception):
+class ArtifactError(EnsembleOnnxError):
     """Artifacts that cannot be trusted or run: missing, corrupt, tampered with, or incompatible."""
 
 

@@ -81,7 +81,8 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
         except RepeatedKeyError as exc:
             raise InputError(f"{path}: row {number}: key '{exc.key}' given more than once.") from None
         except ValueError as exc:
-            raise InputError(f"{path}: row {number}: not a JSON object ({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
+            reason = getattr(exc, "msg", None) or str(exc)[:200]
+            raise InputError(f"{path}: row {number}: not a JSON object ({reason}).") from None
 
     def lines() -> Iterator[tuple[int, str]]:
         """(row number among non-blank lines, line); text that is not UTF-8 is refused by line."""

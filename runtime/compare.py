@@ -53,7 +53,8 @@ def class_order(old: Sequence[str], new: Sequence[str], old_path: str, new_path:
 def confidence_summary(confidence: np.ndarray) -> dict[str, Any]:
     counts, _ = np.histogram(confidence, bins=HIST_EDGES)
     return {"mean": float(confidence.mean()),
-            "quantiles": {f"p{round(q * 100):02d}": float(v) for q, v in zip(QUANTILES, np.quantile(confidence, QUANTILES))},
+            "quantiles": {f"p{round(q * 100):02d}": float(v)
+                          for q, v in zip(QUANTILES, np.quantile(confidence, QUANTILES), strict=True)},
             "histogram": {"edges": list(HIST_EDGES), "counts": [int(c) for c in counts]}}
 
 
@@ -86,7 +87,8 @@ def compare(old: Ensemble, new: Ensemble, records: Records) -> dict[str, Any]:
         "flip_rate": float(flips.mean()),
         "flip_rate_by_class": {c: (float(flips[old_label == i].mean()) if (old_label == i).any() else None)
                                for i, c in enumerate(classes)},
-        "share": {c: {"old": float(old_share[i]), "new": float(new_share[i]), "shift": float(new_share[i] - old_share[i])}
+        "share": {c: {"old": float(old_share[i]), "new": float(new_share[i]),
+                      "shift": float(new_share[i] - old_share[i])}
                   for i, c in enumerate(classes)},
         "confidence": {"old": confidence_summary(a["confidence"]), "new": confidence_summary(b["confidence"])},
         "ensemble": {"mean_abs_move": float(ensemble_move.mean()), "max_abs_move": float(ensemble_move.max())},
@@ -117,9 +119,11 @@ def text(result: dict[str, Any]) -> list[str]:
              f"{corner:<{width}}" + "".join(f"{c:>{width + 7}}" for c in classes)]
     for i, c in enumerate(classes):
         lines.append(f"{c:<{width}}" + "".join(f"{n:>{width}} {r:>6.1%}" for n, r in
-                                                zip(result["transitions"]["counts"][i], result["transitions"]["rates"][i])))
+                                                zip(result["transitions"]["counts"][i],
+                                                    result["transitions"]["rates"][i], strict=True)))
     lines.append(f"flip rate {result['flip_rate']:.2%}; by old class: "
-                 + ", ".join(f"{c} {'-' if v is None else format(v, '.2%')}" for c, v in result["flip_rate_by_class"].items()))
+                 + ", ".join(f"{c} {'-' if v is None else format(v, '.2%')}"
+                             for c, v in result["flip_rate_by_class"].items()))
     lines.append("share old -> new: " + ", ".join(f"{c} {s['old']:.1%} -> {s['new']:.1%} ({s['shift']:+.1%})"
                                                   for c, s in result["share"].items()))
     for side in ("old", "new"):
@@ -134,7 +138,8 @@ def text(result: dict[str, Any]) -> list[str]:
         if result[f"members_only_{side}"]:
             lines.append(f"  members only in {side}: {', '.join(result[f'members_only_{side}'])}")
     if result["features"]["only_old"] or result["features"]["only_new"]:
-        lines.append(f"features only in old: {result['features']['only_old']}, only in new: {result['features']['only_new']}")
+        lines.append(f"features only in old: {result['features']['only_old']}, only in new: "
+                     f"{result['features']['only_new']}")
     return lines
 
 
@@ -156,7 +161,8 @@ def html(result: dict[str, Any], failures: Sequence[str] = ()) -> str:
     return page("ensemble-onnx compare", [
         (f"<p>{result['rows']} rows. old: <code>{esc(result['old'])}</code>, new: <code>{esc(result['new'])}</code>. "
          f"Flip rate <b>{result['flip_rate']:.2%}</b>.</p>"), verdict,
-        "<h2>Actions, old (rows) to new (columns)</h2>", heat_map(classes, classes, result["transitions"]["counts"], "old \\ new"),
+        "<h2>Actions, old (rows) to new (columns)</h2>",
+        heat_map(classes, classes, result["transitions"]["counts"], "old \\ new"),
         "<h2>Class shares</h2>", share,
         "<h2>Confidence</h2>", histogram(shares, conf["old"]["histogram"]["edges"]), quantiles,
         "<h2>How far the probabilities moved</h2>", members])

@@ -21,6 +21,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .errors import EnsembleOnnxError
+
 SCHEMA_VERSION = 1                 # what this version writes
 SCHEMA_VERSIONS = (1,)             # what this version reads
 # The newest this runtime's onnxruntime floor (1.17) runs; com.microsoft holds MatMulNBits, which only an
@@ -50,7 +52,7 @@ META_MANIFEST = "ensemble_onnx.manifest"
 META_DIGEST = "ensemble_onnx.manifest_digest"
 
 
-class FieldError(ValueError):
+class FieldError(EnsembleOnnxError, ValueError):
     """A manifest field that is missing or of the wrong type; `path` names it (`members.nhits.weight`)."""
 
     def __init__(self, path: str, message: str) -> None:

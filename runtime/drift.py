@@ -156,7 +156,8 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
         np.where(stats.has_bins, (psi >= PSI_WARN).astype(int) + (psi >= PSI_DRIFT), 0),
         np.where(has_range, out_of_range >= OUT_OF_RANGE_WARN, 0).astype(int),
         np.where(has_moments & ~stats.has_bins, np.maximum((big >= SHIFT_WARN).astype(int) + (big >= SHIFT_DRIFT),
-                                                           (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)), 0)])
+                                                           (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)),
+                 0)])
     known = stats.has_bins | has_range | has_moments
 
     def value(v: np.ndarray, j: int) -> float | None:

@@ -91,7 +91,8 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
                      for b in range(bins) if (which == b).any()))
 
 
-def metrics(labels: np.ndarray, actions: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def metrics(labels: np.ndarray, actions: np.ndarray, probabilities: np.ndarray,
+            classes: Sequence[str]) -> dict[str, Any]:
     """The figures of one set of rows (see the module docstring); labels and actions are class indices."""
     k, n = len(classes), len(labels)
     confusion = np.zeros((k, k), dtype=np.int64)
@@ -147,11 +148,12 @@ def _pct(v: float | None) -> str:
 def text(result: dict[str, Any]) -> list[str]:
     classes, o = result["classes"], result["overall"]
     lines = [f"{o['rows']} labelled rows: accuracy {o['accuracy']:.2%}, calibration error (ECE) {o['ece']:.4f}",
-             "  " + ", ".join(f"{c}: precision {_pct(o['precision'][c])} recall {_pct(o['recall'][c])}" for c in classes),
+             "  " + ", ".join(f"{c}: precision {_pct(o['precision'][c])} recall {_pct(o['recall'][c])}"
+                             for c in classes),
              "  action mix " + ", ".join(f"{c} {o['action_mix'][c]:.1%}" for c in classes)
              + "; label mix " + ", ".join(f"{c} {o['label_mix'][c]:.1%}" for c in classes),
              "  confusion (rows: label, columns: action): " + "  ".join(
-                 f"{c}={row}" for c, row in zip(classes, o["confusion"]))]
+                 f"{c}={row}" for c, row in zip(classes, o["confusion"], strict=True))]
     for w in result.get("windows", []):
         lines.append(f"{w['start']}  rows {w['rows']:>6}  accuracy {w['accuracy']:.2%}  ece {w['ece']:.4f}  "
                      + " ".join(f"{c} {w['action_mix'][c]:.1%}" for c in classes))
@@ -175,6 +177,7 @@ def html(result: dict[str, Any]) -> str:
                                          "ECE": [w["ece"] for w in windows],
                                          **{f"{c} share": [w["action_mix"][c] for w in windows] for c in classes}}),
                      table(["window", "rows", "accuracy", "ece", *(f"{c} recall" for c in classes)],
-                           [[s, w["rows"], _pct(w["accuracy"]), f"{w['ece']:.4f}", *(_pct(w["recall"][c]) for c in classes)]
-                            for s, w in zip(starts, windows)])]
+                           [[s, w["rows"], _pct(w["accuracy"]), f"{w['ece']:.4f}",
+                             *(_pct(w["recall"][c]) for c in classes)]
+                            for s, w in zip(starts, windows, strict=True)])]
     return page("ensemble-onnx evaluate", sections)

@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EnsembleOnnxError
 
-class InputError(ValueError):
+
+class InputError(EnsembleOnnxError, ValueError):
     """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
 
 
-class RepeatedKeyError(ValueError):
+class RepeatedKeyError(EnsembleOnnxError, ValueError):
     """A JSON object names the same key twice: `json` would keep the last silently."""
 
     def __init__(self, key: str) -> None:
@@ -77,7 +79,8 @@ def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # ragged rows, nesting too deep
-        raise InputError(f"features must be a rectangular 2-D array ({type(exc).__name__}: {str(exc)[:200]}).") from None
+        raise InputError(f"features must be a rectangular 2-D array "
+                         f"({type(exc).__name__}: {str(exc)[:200]}).") from None
     width = len(feature_names)
     if arr.ndim != 2 or arr.shape[1] != width:
         raise InputError(f"features must have shape (n, {width}) in the order {list(feature_names)[:3]}...; "
@@ -86,7 +89,8 @@ def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
         out = arr.astype(np.float64)
         if not np.isfinite(out).all():  # the cheap test first: a scored row pays for it on every call
             r, c = np.argwhere(~np.isfinite(out))[0]
-            raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before scoring.")
+            raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before "
+                             "scoring.")
         return out
     if arr.dtype.kind != "O":
         raise InputError(f"features must be numbers; got an array of dtype {arr.dtype}.")
@@ -146,7 +150,8 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
             except RepeatedKeyError as exc:
                 raise InputError(f"line {n}: feature '{exc.key}' given more than once.") from None
             except ValueError as exc:  # malformed, nested too deeply, an integer beyond Python's digit limit
-                raise InputError(f"line {n}: not a JSON object ({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
+                raise InputError(f"line {n}: not a JSON object "
+                                 f"({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
             if not isinstance(record, dict):
                 raise InputError(f"line {n}: not a JSON object.")
             records.append((n, record))
@@ -170,7 +175,7 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
             continue
         if len(cells) != len(header):
             raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
-        records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells)}))
+        records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells, strict=True)}))
     return records
 
 

@@ -66,7 +66,7 @@ def heat_map(row_labels: Sequence[str], col_labels: Sequence[str], counts: Seque
     """A table whose cells are shaded by their share of the row's total (count and share printed)."""
     head = f"<th>{esc(corner)}</th>" + "".join(f"<th>{esc(c)}</th>" for c in col_labels)
     body = []
-    for label, row in zip(row_labels, counts):
+    for label, row in zip(row_labels, counts, strict=True):
         total = sum(row) or 1
         cells = "".join(f"<td style='background:rgba(31,119,180,{c / total:.3f})'>{c}<br><small>{c / total:.1%}"
                         f"</small></td>" for c in row)
@@ -77,7 +77,8 @@ def heat_map(row_labels: Sequence[str], col_labels: Sequence[str], counts: Seque
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 
 
-def histogram(series: Mapping[str, Sequence[float]], edges: Sequence[float], width: int = 480, height: int = 180) -> str:
+def histogram(series: Mapping[str, Sequence[float]], edges: Sequence[float], width: int = 480,
+              height: int = 180) -> str:
     """Side-by-side bars of shares per bin, one colour per series, as inline SVG."""
     n_bins, n_series = len(edges) - 1, len(series)
     top = max((max(v) for v in series.values() if len(v)), default=1.0) or 1.0

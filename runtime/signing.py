@@ -20,13 +20,14 @@ import stat
 from typing import Any
 
 from .contract import SIGNATURE_FILE, build_id, canonical
+from .errors import EnsembleOnnxError
 
 ALGORITHM = "ed25519"
 INSTALL_HINT = "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
 KeySource = str | os.PathLike[str] | bytes  # a PEM file's path, or its bytes
 
 
-class SignatureError(ValueError):
+class SignatureError(EnsembleOnnxError, ValueError):
     """A key or signature that cannot be used; the caller turns it into its own error family."""
 
 

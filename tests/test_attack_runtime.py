@@ -201,7 +201,8 @@ def test_drift_json_is_strict_json_when_values_overflow(demo_artifacts, tmp_path
     from convert.cli import main
 
     features = runtime.load(demo_artifacts).feature_names
-    (tmp_path / "rows.csv").write_text(",".join(features) + "\n" + ("\n".join([",".join(["1e308"] * len(features))] * 3)))
+    huge_row = ",".join(["1e308"] * len(features))
+    (tmp_path / "rows.csv").write_text(",".join(features) + "\n" + "\n".join([huge_row] * 3))
     result = CliRunner().invoke(main, ["drift", str(demo_artifacts), "--input",
                                       str(tmp_path / "rows.csv"), "--json"])
     assert result.exit_code == 0, result.output
@@ -229,7 +230,8 @@ def test_monitoring_commands_refuse_a_file_without_rows_by_name(demo_artifacts, 
     if layout.endswith(".csv"):
         data.write_text(",".join(features + ["label"]) + "\n")
     else:
-        pq.write_table(pa.table({**{f: pa.array([], pa.float64()) for f in features}, "label": pa.array([], pa.string())}), data)
+        empty = {**{f: pa.array([], pa.float64()) for f in features}, "label": pa.array([], pa.string())}
+        pq.write_table(pa.table(empty), data)
     args = {"compare": ["compare", str(demo_artifacts), str(demo_artifacts), "--data", str(data)],
             "drift": ["drift", str(demo_artifacts), "--input", str(data)],
             "evaluate": ["evaluate", str(demo_artifacts), "--data", str(data)]}[command]

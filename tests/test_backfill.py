@@ -22,8 +22,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pcsv = pytest.importorskip("pyarrow.csv")
 
-from runtime import backfill
-from runtime.artifacts import ArtifactError, read_files, verify_files
+from runtime import backfill  # noqa: E402  (after the skip: these tests need pyarrow)
+from runtime.artifacts import ArtifactError, read_files, verify_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,8 @@ def test_scores_are_the_runtimes_own_in_input_order(ens, demo_artifacts, table, 
     out = tmp_path / f"out{suffix}"
     summary = backfill.score_file(demo_artifacts, source, out, members=True, workers=workers, batch_rows=512)
     got = pq.read_table(out) if suffix == ".parquet" else (
-        pcsv.read_csv(out) if suffix == ".csv" else pa.Table.from_pylist([json.loads(s) for s in out.read_text().splitlines()]))
+        pcsv.read_csv(out) if suffix == ".csv"
+        else pa.Table.from_pylist([json.loads(s) for s in out.read_text().splitlines()]))
     want = ens.predict_proba(features_of(ens, table))
     members = ens.member_probabilities(features_of(ens, table))
     assert summary.rows == summary.scored == len(table)
@@ -108,7 +109,8 @@ def test_a_rows_probabilities_do_not_depend_on_its_batch(ens, table):
 
 def test_keep_chooses_the_passthrough_columns(demo_artifacts, parquet_in, tmp_path):
     out = tmp_path / "o.parquet"
-    assert cli("score", demo_artifacts, parquet_in, "-o", out, "--keep", "timestamp", "--workers", "1", "-q").exit_code == 0
+    assert cli("score", demo_artifacts, parquet_in, "-o", out, "--keep", "timestamp", "--workers", "1",
+               "-q").exit_code == 0
     assert pq.read_schema(out).names == ["timestamp", "action", "confidence", "p_SELL", "p_HOLD", "p_BUY"]
     result = cli("score", demo_artifacts, parquet_in, "-o", tmp_path / "x.parquet", "--keep", "venue")
     assert result.exit_code == 1 and "venue" in result.output and not (tmp_path / "x.parquet").exists()
@@ -139,7 +141,8 @@ def test_on_error_skip_writes_refused_rows_to_rejects_with_their_reason(demo_art
     source = tmp_path / "bad.parquet"
     pq.write_table(with_bad_rows(table), source)
     out = tmp_path / "o.parquet"
-    result = cli("score", demo_artifacts, source, "-o", out, "--on-error", "skip", "--workers", "1", "--batch-rows", "7")
+    result = cli("score", demo_artifacts, source, "-o", out, "--on-error", "skip", "--workers", "1", "--batch-rows",
+                 "7")
     assert result.exit_code == 0, result.output
     rejects = pq.read_table(tmp_path / "o.rejects.parquet").to_pylist()
     assert [(r["row"], r["symbol"]) for r in rejects] == [(5, "SYM4"), (9, "SYM8"), (12, "SYM11")]
@@ -153,14 +156,20 @@ def test_on_error_skip_writes_refused_rows_to_rejects_with_their_reason(demo_art
                                   ens.predict_proba(features_of(ens, table.take(keep)))[:, 2])
 
 
-@pytest.mark.parametrize(("existing", "flags", "code", "message"), [
-    ("out", [], 1, "already exists; pass --force"),
-    ("input", ["--force"], 1, "is the input file"),
+def _precious_output(parquet_in: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "o.parquet"
+    target.write_bytes(b"precious")
+    return target
+
+
+# (the file -o names, given the input and a scratch folder), flags, exit code, what the refusal says
+@pytest.mark.parametrize(("target_of", "flags", "code", "message"), [
+    pytest.param(_precious_output, [], 1, "already exists; pass --force", id="out"),
+    pytest.param(lambda parquet_in, tmp_path: parquet_in, ["--force"], 1, "is the input file", id="input"),
 ])
-def test_refuses_to_overwrite_what_it_did_not_write(demo_artifacts, parquet_in, tmp_path, existing, flags, code, message):
-    target = parquet_in if existing == "input" else tmp_path / "o.parquet"
-    if existing == "out":
-        target.write_bytes(b"precious")
+def test_refuses_to_overwrite_what_it_did_not_write(demo_artifacts, parquet_in, tmp_path, target_of, flags, code,
+                                                    message):
+    target = target_of(parquet_in, tmp_path)
     before = target.read_bytes()
     result = cli("score", demo_artifacts, parquet_in, "-o", target, "--workers", "1", *flags)
     assert result.exit_code == code and message in result.output
@@ -210,7 +219,8 @@ def test_artifacts_sent_as_bytes_are_verified_before_any_row(demo_artifacts, ens
     from runtime.ray_engine import RayScorer
 
     got = RayScorer(files, layout, 1, "sent")(table.slice(0, 50))
-    np.testing.assert_array_equal(got.column("p_HOLD").to_numpy(), ens.predict_proba(features_of(ens, table.slice(0, 50)))[:, 1])
+    np.testing.assert_array_equal(got.column("p_HOLD").to_numpy(),
+                                  ens.predict_proba(features_of(ens, table.slice(0, 50)))[:, 1])
     tampered = dict(files)
     graph = manifest["ensemble"]["file"]
     tampered[graph] = files[graph][:-1] + bytes([files[graph][-1] ^ 1])

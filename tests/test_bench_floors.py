@@ -90,7 +90,7 @@ def test_floors_are_consistent_with_each_other():
     ({"1": 6.0, "256": 2.0}, ["batch 1", "fp32 build", "frameworks"]),          # slower than both at 1 row
 ])
 def test_bench_flags_an_int8_build_slower_than_fp32_or_the_frameworks(int8_seconds, expected):
-    from convert.bench import lowered_warnings
+    from convert.bench_report import lowered_warnings
 
     results = {"builds": {"fp32": {"precision": {"weights": "fp32"}}, "int8": {"precision": {"weights": "int8"}}},
                "threads": {"1": {"frameworks": {"batch_seconds": {"1": 5.0, "256": 4.0}},
@@ -107,7 +107,7 @@ def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts,
                     "--out", tmp_path, "--json", "-q")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
-    from convert.bench import lowered_warnings
+    from convert.bench_report import lowered_warnings
     from runtime.host import cpu
 
     assert figures["machine"]["instruction_sets"] == cpu()["instruction_sets"]

@@ -127,7 +127,8 @@ def test_any_class_set_converts_and_serves_the_policy(root, tmp_path, variant_id
     actions = [p.action for p in ens.predict(rows())]
     assert actions == want
     assert set(want) - {classes[fallback]}, "some rows must act"
-    assert any(a != classes[int(p.argmax())] for a, p in zip(actions, probs)), "the policy must change some labels"
+    assert any(a != classes[int(p.argmax())] for a, p in zip(actions, probs, strict=True)), \
+        "the policy must change some labels"
 
 
 @pytest.mark.parametrize(("variant_ids", "classes"), [(FIVE_MEMBERS[:2], FIVE), (TWO_MEMBERS[:2], CLASS_SETS[2])])
@@ -143,7 +144,7 @@ def test_stacking_and_calibration_for_any_k(root, tmp_path, variant_ids, classes
     x, y = training_data(by_id(variant_ids[0]))
     labelled = tmp_path / "labelled.csv"
     labelled.write_text(",".join(FEATURES) + ",label\n" + "".join(
-        ",".join(map(str, row.tolist())) + f",{classes[c]}\n" for row, c in zip(x[:200], y[:200])))
+        ",".join(map(str, row.tolist())) + f",{classes[c]}\n" for row, c in zip(x[:200], y[:200], strict=True)))
     result = convert(folder, tmp_path / "out", "--calibrate", str(labelled))
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)

@@ -69,6 +69,7 @@ def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_a
     """Independent of the gate's own code: rebuild the service's pipeline by hand and compare."""
     import torch
     import xgboost  # noqa: F401  (unpickled below)
+
     from convert.demo import build_torch_model
 
     # Read through the allowlisted unpickler like everything else; the predictions below are the frameworks'.
@@ -196,6 +197,7 @@ def test_bad_recorded_parity_data_is_refused_by_line(demo_models, tmp_path):
 
 def test_ensemble_json_with_other_weights_and_a_raw_feature_member(models_cache, tmp_path):
     import lightgbm
+
     from convert.demo import market_data
 
     spec = DemoSpec()
@@ -268,6 +270,7 @@ def _break_truncated_pth(models):
 
 def _break_tree_width(models):
     import xgboost
+
     from convert.demo import market_data
     x, y = market_data(DemoSpec())
     small = xgboost.XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(x[:, :17], y)
@@ -329,6 +332,7 @@ def test_pickle_payload_is_refused_before_it_runs(tmp_path):
 
 def test_whole_module_pth_is_refused(tmp_path):
     import torch
+
     from convert.loaders import load_state_dict
 
     path = tmp_path / "model.pth"
@@ -339,16 +343,19 @@ def test_whole_module_pth_is_refused(tmp_path):
 
 def test_parity_failure_fails_the_build(demo_models, tmp_path, monkeypatch):
     """A member whose export is wrong by more than the tolerance is caught, and nothing is written."""
-    import convert.members.nhits as nhits
+    import dataclasses
 
-    real = nhits.load
+    import convert.members as members
+
+    real = members.get_kind("nhits")
 
     def skewed(source):
-        member = real(source)
+        member = real.load(source)
         reference = member.reference
         member.reference = lambda x: reference(x) * (1 + 1e-3)  # the export no longer matches
         return member
-    monkeypatch.setattr(nhits, "load", skewed)
+    # The registry holds each kind's functions as the kind module registered them: swap the entry.
+    monkeypatch.setitem(members._REGISTRY, "nhits", dataclasses.replace(real, load=skewed))
     with pytest.raises(ParityError, match="member nhits"):
         build(demo_models, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -383,7 +390,7 @@ def test_cli_usage_error_exits_2(tmp_path):
 
 def test_cli_predict_jsonl_and_csv(demo_artifacts, tmp_path):
     ens = runtime.load(demo_artifacts)
-    rows = [dict(zip(ens.feature_names, [0.1 * i] * 18), symbol=f"S{i}") for i in range(3)]
+    rows = [dict(zip(ens.feature_names, [0.1 * i] * 18, strict=True), symbol=f"S{i}") for i in range(3)]
     text = "\n".join(json.dumps(r) for r in rows)
     result = CliRunner().invoke(main, ["predict", str(demo_artifacts)], input=text)
     assert result.exit_code == 0, result.output

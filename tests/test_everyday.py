@@ -291,11 +291,12 @@ def test_graph_cost_counts_every_weight_of_the_exported_members(demo_models, dem
     import onnx
     import torch
 
-    from convert.bench import graph_cost
+    from convert.bench_workers import graph_cost
     from convert.members import MemberSource, nhits
 
     weight_bytes, flops = graph_cost(onnx.load(demo_artifacts / "members" / "nhits.onnx"))
-    source = MemberSource("nhits", "nhits", demo_models / f"nhits_{STAMP}.pth", demo_models / f"nhits_{STAMP}_meta.json")
+    source = MemberSource("nhits", "nhits", demo_models / f"nhits_{STAMP}.pth",
+                          demo_models / f"nhits_{STAMP}_meta.json")
     module, _ = nhits.rebuild(source, nhits.read_architecture, nhits.build_module)
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     assert flops == sum(2 * m.weight.numel() for m in linears)

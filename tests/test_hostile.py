@@ -58,19 +58,25 @@ def _payloads(marker: Path) -> dict[str, object]:
             "__reduce_ex__": ReduceEx(), "nested-in-allowed-object": nested}
 
 
+def _joblib(compress: int):
+    def write(payload: object, path: Path) -> None:
+        import joblib
+
+        joblib.dump(payload, path, compress=compress)
+    return write
+
+
 @pytest.mark.parametrize("case", ["os.system", "subprocess", "builtins.eval", "builtins.exec", "__reduce_ex__",
                                   "nested-in-allowed-object"])
-@pytest.mark.parametrize("container", ["pickle", "joblib", "joblib-compressed"])
-def test_hostile_pickle_is_refused_before_anything_runs(tmp_path, case, container):
-    import joblib
-
+@pytest.mark.parametrize(("container", "file", "write"), [
+    ("pickle", "model.pkl", lambda payload, path: path.write_bytes(pickle.dumps(payload))),
+    ("joblib", "model.joblib", _joblib(0)),
+    ("joblib-compressed", "model.joblib", _joblib(3)),
+], ids=["pickle", "joblib", "joblib-compressed"])
+def test_hostile_pickle_is_refused_before_anything_runs(tmp_path, case, container, file, write):
     marker = tmp_path / MARKER
-    payload = _payloads(marker)[case]
-    path = tmp_path / ("model.pkl" if container == "pickle" else "model.joblib")
-    if container == "pickle":
-        path.write_bytes(pickle.dumps(payload))
-    else:
-        joblib.dump(payload, path, compress=3 if container == "joblib-compressed" else 0)
+    path = tmp_path / file
+    write(_payloads(marker)[case], path)
     for role in ("scaler", "xgboost", "lightgbm", "stacker"):
         with pytest.raises(UnsafeFileError, match="refused to unpickle global"):
             load_pickle(path, role)
@@ -161,7 +167,8 @@ def _zero_goes_the_threshold_way(model_text: str) -> str:
             thresholds = [float(t) for t in line.split("=", 1)[1].split()]
         elif line.startswith("decision_type="):
             types = [int(d) for d in line.split("=", 1)[1].split()]
-            types = [(d | 2 if 0.0 <= t else d & ~2) if (d >> 2) & 3 == 1 else d for d, t in zip(types, thresholds)]
+            types = [(d | 2 if 0.0 <= t else d & ~2) if (d >> 2) & 3 == 1 else d
+                     for d, t in zip(types, thresholds, strict=True)]
             lines[i] = "decision_type=" + " ".join(map(str, types))
     return "\n".join(lines) + "\n"
 
@@ -344,7 +351,7 @@ def test_any_named_row_gets_the_frameworks_answer_or_a_deserved_input_error(ens,
     def check(values, odd, drop, extra):
         names = list(ens.feature_names)
         values = [odd.get(i, v) for i, v in enumerate(values)]
-        row = {n: v for i, (n, v) in enumerate(zip(names, values)) if i not in drop}
+        row = {n: v for i, (n, v) in enumerate(zip(names, values, strict=True)) if i not in drop}
         row.update({e: 1.0 for e in extra})
         missing = [names[i] for i in drop]
         unknown = sorted(extra - {"symbol"})

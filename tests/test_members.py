@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from convert.demo import DemoSpec
-from convert.loaders import load_pickle
 from convert.discover import make_plan
 from convert.errors import MetadataError, PlanError, StateDictError, UnsafeFileError
+from convert.loaders import load_pickle
 from convert.members import MemberKind, MemberSource, get_kind, known_kinds, register
 
 STAMP = DemoSpec().stamp
@@ -30,6 +30,7 @@ def test_registry_names_known_kinds_and_refuses_overwrite():
 def test_rebuilt_torch_module_equals_the_training_sides(demo_models, kind):
     """The converter's rebuild, loaded from the bare state_dict, computes what the trained class computes."""
     import torch
+
     from convert.demo import build_torch_model
 
     path = demo_models / f"{kind}_{STAMP}.pth"

@@ -30,7 +30,8 @@ CLASSES = ("SELL", "HOLD", "BUY")
 def write_csv(path: Path, names: list[str], x: np.ndarray, extra: dict[str, list[str]] | None = None) -> Path:
     extra = extra or {}
     lines = [",".join([*names, *extra])]
-    lines += [",".join([*(repr(float(v)) for v in row), *(col[i] for col in extra.values())]) for i, row in enumerate(x)]
+    lines += [",".join([*(repr(float(v)) for v in row),
+                        *(col[i] for col in extra.values())]) for i, row in enumerate(x)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -67,9 +68,9 @@ def test_compare_prints_the_matrix_json_and_html(demo_artifacts, demo_spec, seed
     # The transition counts, recounted from each build's own predict().
     old = [p.action for p in runtime.load(demo_artifacts).predict(x)]
     new = [p.action for p in runtime.load(seed8[1]).predict(x)]
-    pairs = Counter(zip(old, new))
+    pairs = Counter(zip(old, new, strict=True))
     assert out["transitions"]["counts"] == [[pairs[(a, b)] for b in CLASSES] for a in CLASSES]
-    assert out["flip_rate"] == pytest.approx(sum(a != b for a, b in zip(old, new)) / 300)
+    assert out["flip_rate"] == pytest.approx(sum(a != b for a, b in zip(old, new, strict=True)) / 300)
     assert out["share"]["HOLD"]["shift"] == pytest.approx((new.count("HOLD") - old.count("HOLD")) / 300)
     assert set(out["members"]) == {"xgboost", "lightgbm", "nhits", "patchtst"}
     assert "old \\ new" in result.stderr and all(c in result.stderr for c in CLASSES)
@@ -209,7 +210,8 @@ def test_statistics_json_is_verified_and_holds_the_reference_bins(seed8, artifac
 
     scaler = load_scaler(next(demo_models.glob("scaler_*")))
     demo = json.loads((artifacts_copy / "statistics.json").read_text())
-    assert scaler.mean is not None and demo["features"]["macd"]["mean"] == scaler.mean[1] and "bins" not in demo["features"]["macd"]
+    assert scaler.mean is not None and demo["features"]["macd"]["mean"] == scaler.mean[1]
+    assert "bins" not in demo["features"]["macd"]
     (artifacts_copy / "statistics.json").write_text(json.dumps(demo).replace('"mean"', '"meen"', 1))
     with pytest.raises(runtime.ArtifactError, match="statistics.json"):
         runtime.load(artifacts_copy)
@@ -298,7 +300,7 @@ def test_evaluate_command_on_a_labelled_file_per_day(demo_artifacts, demo_spec, 
     assert out["overall"]["accuracy"] == pytest.approx(5 / 8)
     assert [(w["start"][:10], w["rows"], w["accuracy"]) for w in out["windows"]] == [
         ("2026-03-01", 4, 1.0), ("2026-03-02", 4, 0.25)]
-    pairs = Counter(zip(labels, actions))
+    pairs = Counter(zip(labels, actions, strict=True))
     assert out["overall"]["confusion"] == [[pairs[(a, b)] for b in CLASSES] for a in CLASSES]
     assert "<svg" in report.read_text() and "accuracy" in result.stderr
 

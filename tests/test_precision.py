@@ -49,7 +49,7 @@ def test_int8_graph_streams_9_of_32_bytes_for_each_lowered_weight(int8_build, de
     per block); everything else as in float32. Counted from the hyperparameters, not from the quantizer."""
     import onnx
 
-    from convert.bench import graph_cost
+    from convert.bench_workers import graph_cost
 
     int8_bytes, int8_flops = graph_cost(onnx.load(int8_build[0] / "ensemble.onnx"))
     fp32_bytes, fp32_flops = graph_cost(onnx.load(demo_artifacts / "ensemble.onnx"))
@@ -88,7 +88,7 @@ def test_int8_build_serves_and_verifies_like_any_build(int8_build, demo_models):
     out, _ = int8_build
     ens = runtime.load(out)
     assert ens.describe()["precision"]["weights"] == "int8"
-    (prediction,) = ens.predict(dict(zip(ens.feature_names, [0.1] * len(ens.feature_names))))
+    (prediction,) = ens.predict(dict(zip(ens.feature_names, [0.1] * len(ens.feature_names), strict=True)))
     assert prediction.action in ens.classes
     result = invoke("verify", out, "--models", demo_models, "--json", "-q")
     assert result.exit_code == 0, result.output

@@ -33,13 +33,12 @@ def rows(ens):
 
 
 def as_dict(ens, row):
-    return dict(zip(ens.feature_names, map(float, row)))
+    return dict(zip(ens.feature_names, map(float, row), strict=True))
 
 
 def test_import_runtime_pulls_in_nothing_heavy():
-    code = "import runtime, sys; print(sorted({m.split('.')[0] for m in sys.modules}))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code.replace("print(", "import json; print(json.dumps(")
-                                        + ")"], capture_output=True, text=True, check=True).stdout)
+    code = "import json, runtime, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert not set(HEAVY) & set(loaded), f"import runtime pulled in {set(HEAVY) & set(loaded)}"
     assert "onnxruntime" in loaded and "numpy" in loaded
 
@@ -64,7 +63,7 @@ def test_predict_mapping_matches_predict_proba_and_members(ens, rows):
         assert p.action == ens.classes[int(np.argmax(probs[i]))]
         assert p.confidence == pytest.approx(float(probs[i].max()))
         assert list(p.probabilities) == list(ens.classes)
-        assert p.members["nhits"] == pytest.approx(dict(zip(ens.classes, members["nhits"][i].tolist())))
+        assert p.members["nhits"] == pytest.approx(dict(zip(ens.classes, members["nhits"][i].tolist(), strict=True)))
 
 
 def test_named_inputs_are_aligned_to_training_order(ens, rows):
@@ -87,28 +86,31 @@ def test_predict_takes_a_real_dataframe_in_any_column_order(ens, rows):
     np.testing.assert_allclose(got, ens.predict_proba(rows[:5]), atol=1e-7)
 
 
-@pytest.mark.parametrize("case", ["missing", "unknown", "nan", "inf", "string", "bool", "duplicate-in-frame"])
-def test_bad_named_input_is_refused_naming_the_feature(ens, rows, case):
-    row = as_dict(ens, rows[0])
-    name = ens.feature_names[3]
-    if case == "missing":
-        del row[name]
-    elif case == "unknown":
-        row["rsi_41"] = 1.0
-        name = "rsi_41"
-    elif case == "nan":
-        row[name] = math.nan
-    elif case == "inf":
-        row[name] = -math.inf
-    elif case == "string":
-        row[name] = "61.2"
-    elif case == "bool":
-        row[name] = True
-    else:
-        pd = pytest.importorskip("pandas")
-        row = pd.DataFrame([list(rows[0]) + [1.0]], columns=list(ens.feature_names) + [name])
+# (how a good row of named features is spoiled, given the row and a feature's name) -> (the row, the name
+# the refusal must mention)
+BAD_ROWS = [
+    pytest.param(lambda row, name: ({k: v for k, v in row.items() if k != name}, name), id="missing"),
+    pytest.param(lambda row, name: ({**row, "rsi_41": 1.0}, "rsi_41"), id="unknown"),
+    pytest.param(lambda row, name: ({**row, name: math.nan}, name), id="nan"),
+    pytest.param(lambda row, name: ({**row, name: -math.inf}, name), id="inf"),
+    pytest.param(lambda row, name: ({**row, name: "61.2"}, name), id="string"),
+    pytest.param(lambda row, name: ({**row, name: True}, name), id="bool"),
+]
+
+
+@pytest.mark.parametrize("spoil", BAD_ROWS)
+def test_bad_named_input_is_refused_naming_the_feature(ens, rows, spoil):
+    row, name = spoil(as_dict(ens, rows[0]), ens.feature_names[3])
     with pytest.raises(runtime.InputError, match=name):
         ens.predict(row)
+
+
+def test_a_frame_with_a_repeated_column_is_refused_naming_it(ens, rows):
+    pd = pytest.importorskip("pandas")
+    name = ens.feature_names[3]
+    frame = pd.DataFrame([list(rows[0]) + [1.0]], columns=list(ens.feature_names) + [name])
+    with pytest.raises(runtime.InputError, match=name):
+        ens.predict(frame)
 
 
 @pytest.mark.parametrize("shape", [(2, 17), (2, 19), (18,), (0, 18), (2, 3, 18)])
@@ -132,7 +134,8 @@ def test_shared_ensemble_is_consistent_across_threads(ens, rows):
     """8 threads x 1000 calls, mixed batch sizes: each call gives exactly what the same call gave sequentially.
     (Results may differ in the last bit between batch sizes, as BLAS kernels do; never between threads.)"""
     rng = np.random.default_rng(0)
-    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 8 * 1000) for s in [rng.integers(0, len(rows) - n + 1)]]
+    calls = [(int(s), int(n)) for n in rng.integers(1, len(rows), 8 * 1000)
+             for s in [rng.integers(0, len(rows) - n + 1)]]
     sequential = [ens.predict_proba(rows[s:s + n]) for s, n in calls]
 
     def work(offset):
@@ -156,44 +159,48 @@ def test_every_artifact_is_verified(artifacts_copy):
     assert set(listed) | {"manifest.json"} == set(_files(artifacts_copy))
 
 
-@pytest.mark.parametrize("fault", ["truncate-empty", "truncate-half", "truncate-last-byte", "flip", "delete",
-                                   "symlink", "swap"])
-def test_faulty_artifact_is_refused(artifacts_copy, fault):
+def _replace_by_link(target, folder, rel):
+    os.rename(target, folder / "elsewhere")
+    target.symlink_to(folder / "elsewhere")
+
+
+def _swap(target, folder, rel):
+    other = folder / ("ensemble.onnx" if rel != "ensemble.onnx" else "members/nhits.onnx")
+    a, b = target.read_bytes(), other.read_bytes()
+    target.write_bytes(b)
+    other.write_bytes(a)
+
+
+# fault -> (what it does to one listed file, the reason the refusal gives after naming the file; None: its sha256)
+FAULTS = [
+    ("truncate-empty", lambda target, folder, rel: target.write_bytes(b""), None),
+    ("truncate-half", lambda target, folder, rel: target.write_bytes(target.read_bytes()[:target.stat().st_size // 2]),
+     None),
+    ("truncate-last-byte", lambda target, folder, rel: target.write_bytes(target.read_bytes()[:-1]), None),
+    ("flip", lambda target, folder, rel: target.write_bytes(
+        (lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])(target.read_bytes())), None),
+    ("delete", lambda target, folder, rel: target.unlink(), "missing"),
+    ("symlink", _replace_by_link, "'[^']+' is not a regular file"),
+    ("swap", _swap, None),
+]
+
+
+@pytest.mark.parametrize(("fault", "damage", "names"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_faulty_artifact_is_refused(artifacts_copy, fault, damage, names):
+    import shutil
+
     for i, rel in enumerate(_files(artifacts_copy)):
         if rel == "manifest.json":
             continue
         folder = artifacts_copy.parent / f"{fault}-{i}"  # a name that cannot itself match the file's name
-        import shutil
         shutil.copytree(artifacts_copy, folder)
-        target = folder / rel
-        data = target.read_bytes()
-        if fault.startswith("truncate"):
-            cut = {"truncate-empty": 0, "truncate-half": len(data) // 2, "truncate-last-byte": len(data) - 1}[fault]
-            target.write_bytes(data[:cut])
-        elif fault == "flip":
-            target.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
-        elif fault == "delete":
-            target.unlink()
-        elif fault == "symlink":
-            os.rename(target, folder / "elsewhere")
-            target.symlink_to(folder / "elsewhere")
-        else:
-            other = folder / ("ensemble.onnx" if rel != "ensemble.onnx" else "members/nhits.onnx")
-            a, b = target.read_bytes(), other.read_bytes()
-            target.write_bytes(b)
-            other.write_bytes(a)
-        if fault == "symlink":
-            named = re.escape(f"{target}: '{rel}' is not a regular file")
-        elif fault == "swap":  # both files changed: whichever is read first is named (the graph: maybe unreadable)
-            named = "|".join(re.escape(f"{p}: ") + "(sha256|carries no build contract|its build contract|not a readable)"
-                             for p in (target, other))
-        elif rel == "ensemble.onnx" and fault != "delete":
-            # The graph's own record of the manifest is read first: a damaged graph may fail that binding
-            # (or not parse) before its sha256 is compared; either way the file is named.
-            named = re.escape(f"{target}: ") + "(sha256|carries no build contract|its build contract|not a readable)"
-        else:
-            named = re.escape(f"{target}: " + ("missing" if fault == "delete" else "sha256"))
-        with pytest.raises(runtime.ArtifactError, match=named):
+        damage(folder / rel, folder, rel)
+        # The graph's own record of its build is read before its sha256 is compared: a damaged graph may fail
+        # that first (or not parse). A swap changes two files: whichever is read first is named.
+        graph = "(sha256|carries no build contract|its build contract|not a readable)"
+        reason = names or (graph if rel == "ensemble.onnx" or fault == "swap" else "sha256")
+        named = {rel} | ({"ensemble.onnx", "members/nhits.onnx"} if fault == "swap" else set())
+        with pytest.raises(runtime.ArtifactError, match="|".join(re.escape(f"{folder / r}: ") + reason for r in named)):
             runtime.load(folder)
 
 

@@ -88,7 +88,8 @@ def test_an_ensemble_graph_onnxruntime_cannot_load_is_named(folder):
     manifest["files"]["ensemble.onnx"] = hashlib.sha256(graph).hexdigest()
     path.write_text(json.dumps(manifest))
     # Not even protobuf: refused while reading the graph's own record of its build, before onnxruntime sees it.
-    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{folder / 'ensemble.onnx'}: not a readable ONNX model")):
+    graph_path = folder / "ensemble.onnx"
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{graph_path}: not a readable ONNX model")):
         runtime.load(folder)
 
 
@@ -278,7 +279,8 @@ def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
                               "  line 4: row 0, feature 'c': nan is not finite; impute it before scoring.")
     with pytest.raises(InputError, match="line 2: row 0: unknown feature"):
         records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES)
-    assert records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES, passthrough=("label",)).tolist() == [[1, 2, 3]]
+    rows = records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES, passthrough=("label",))
+    assert rows.tolist() == [[1, 2, 3]]
 
 
 # --- found by `make mutation`: the overflow refusal, exact messages, an int8 manifest's precision -------------

@@ -31,15 +31,20 @@ from runtime.features import InputError, read_records, records_to_matrix
 
 FEATURES = DemoSpec().feature_names
 REPO = Path(__file__).resolve().parent.parent
-# Runs the CLI in a child and reports its peak resident memory on stderr at exit: VmHWM of its own address
-# space. (Not ru_maxrss: Linux carries it across exec, so a child of a large pytest process reports the
-# parent's size at fork.)
+# Runs the CLI in a child and reports its peak resident memory (KiB) on stderr at exit: VmHWM, the high-water
+# mark of the child's own memory. Not ru_maxrss: Linux carries that across fork and exec, so a child of a large
+# pytest process reports the parent's size.
 PEAK_RUNNER = textwrap.dedent("""
-    import atexit, sys
-    def _peak():
-        kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-        sys.stderr.write(f"\\nPEAK_RSS_KB={kb}\\n")
-    atexit.register(_peak)
+    import atexit, resource, sys
+
+    def peak_kb():
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    atexit.register(lambda: sys.stderr.write(f"\\nPEAK_RSS_KB={peak_kb()}\\n"))
     from convert.cli import main
     main(sys.argv[1:], prog_name="ensemble-onnx")
 """)
@@ -139,22 +144,19 @@ def test_a_previous_build_is_replaced_and_the_folder_follows_the_umask(demo_mode
 
 
 @pytest.mark.parametrize(("change", "plain", "forced"), [
-    ("extra-file", "not a file its manifest.json lists", None),
-    ("edited-onnx", None, None),                      # a build that no longer verifies is still a build
-    ("foreign-manifest", "not an ensemble-onnx manifest", "not an ensemble-onnx manifest"),
-    ("no-manifest", "holds no manifest.json", "holds no manifest.json"),
+    pytest.param(lambda out: (out / "my-notes.txt").write_text("mine"),
+                 "not a file its manifest.json lists", None, id="extra-file"),
+    pytest.param(lambda out: (out / "ensemble.onnx").write_bytes(b"edited"),
+                 None, None, id="edited-onnx"),  # a build that no longer verifies is still a build
+    pytest.param(lambda out: (out / "manifest.json").write_text(json.dumps({"name": "my web app", "files": {}})),
+                 "not an ensemble-onnx manifest", "not an ensemble-onnx manifest", id="foreign-manifest"),
+    pytest.param(lambda out: (out / "manifest.json").unlink(),
+                 "holds no manifest.json", "holds no manifest.json", id="no-manifest"),
 ])
 def test_force_replaces_only_a_folder_whose_manifest_says_it_is_a_build(demo_artifacts, tmp_path, change, plain,
                                                                       forced):
     out = Path(shutil.copytree(demo_artifacts, tmp_path / "artifacts"))
-    if change == "extra-file":
-        (out / "my-notes.txt").write_text("mine")
-    elif change == "edited-onnx":
-        (out / "ensemble.onnx").write_bytes(b"edited")
-    elif change == "foreign-manifest":
-        (out / "manifest.json").write_text(json.dumps({"name": "my web app", "files": {}}))
-    else:
-        (out / "manifest.json").unlink()
+    change(out)
     for force, expect in ((False, plain), (True, forced)):
         if expect is None:
             mf.check_output(out, None, force)
@@ -302,38 +304,39 @@ def _spec(models: Path, **changes: object) -> dict:
     return spec
 
 
-@pytest.mark.parametrize(("case", "names"), [
-    ("weights-overflow", ["sum to inf"]),
-    ("weight-400-digits", ["members.nhits.weight"]),
-    ("weight-vanishes", ["weight 0"]),
-    ("feature-names-repeated", ["feature_names", "rsi_14", "more than once"]),
-    ("member-written-twice", ["line 38", "'xgboost' is written twice"]),
-    ("temperature-1e-300", ["decision.temperature.nhits", "from 0.01 to 100"]),
-    ("deeply-nested", ["nested too deeply"]),
-    ("fifo-free-but-folder-meta", ["metadata of member 'nhits'", "a folder"]),
+def _weights(nhits: float, patchtst: float):
+    def edit(spec: dict, models: Path) -> str:
+        spec["members"]["nhits"]["weight"], spec["members"]["patchtst"]["weight"] = nhits, patchtst
+        return json.dumps(spec, indent=2)
+    return edit
+
+
+def _meta_as_folder(spec: dict, models: Path) -> str:
+    meta = models / f"nhits_{DEFAULT_STAMP}_meta.json"
+    meta.unlink()
+    meta.mkdir()
+    return json.dumps(spec, indent=2)
+
+
+# (how ensemble.json is spoiled: the spec and the models folder -> the text written) -> what the refusal names
+@pytest.mark.parametrize(("edit", "names"), [
+    pytest.param(_weights(1e308, 1e308), ["sum to inf"], id="weights-overflow"),
+    pytest.param(lambda spec, models: json.dumps(spec).replace('"kind": "nhits",',
+                                                               '"kind": "nhits", "weight": ' + "9" * 400 + ","),
+                 ["members.nhits.weight"], id="weight-400-digits"),
+    pytest.param(_weights(1e-320, 1e10), ["weight 0"], id="weight-vanishes"),
+    pytest.param(lambda spec, models: json.dumps({**spec, "feature_names": [*FEATURES[:-1], "rsi_14"]}, indent=2),
+                 ["feature_names", "rsi_14", "more than once"], id="feature-names-repeated"),
+    pytest.param(lambda spec, models: json.dumps(spec, indent=2).replace('"lightgbm": {', '"xgboost": {', 1),
+                 ["line 38", "'xgboost' is written twice"], id="member-written-twice"),
+    pytest.param(lambda spec, models: json.dumps({**spec, "decision": {"temperature": {"nhits": 1e-300}}}, indent=2),
+                 ["decision.temperature.nhits", "from 0.01 to 100"], id="temperature-1e-300"),
+    pytest.param(lambda spec, models: '{"members": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 ["nested too deeply"], id="deeply-nested"),
+    pytest.param(_meta_as_folder, ["metadata of member 'nhits'", "a folder"], id="fifo-free-but-folder-meta"),
 ])
-def test_bad_ensemble_json_is_refused_before_any_model_is_loaded(models_copy, tmp_path, case, names):
-    spec = _spec(models_copy)
-    text = None
-    if case == "weights-overflow":
-        spec["members"]["nhits"]["weight"] = spec["members"]["patchtst"]["weight"] = 1e308
-    elif case == "weight-400-digits":
-        text = json.dumps(spec).replace('"kind": "nhits",', '"kind": "nhits", "weight": ' + "9" * 400 + ",")
-    elif case == "weight-vanishes":
-        spec["members"]["nhits"]["weight"], spec["members"]["patchtst"]["weight"] = 1e-320, 1e10
-    elif case == "feature-names-repeated":
-        spec["feature_names"] = [*FEATURES[:-1], "rsi_14"]
-    elif case == "member-written-twice":
-        text = json.dumps(spec, indent=2).replace('"lightgbm": {', '"xgboost": {', 1)
-    elif case == "temperature-1e-300":
-        spec["decision"] = {"temperature": {"nhits": 1e-300}}
-    elif case == "deeply-nested":
-        text = '{"members": ' + "[" * 100_000 + "]" * 100_000 + "}"
-    else:
-        meta = models_copy / f"nhits_{DEFAULT_STAMP}_meta.json"
-        meta.unlink()
-        meta.mkdir()
-    write_ensemble_json(models_copy, text=text if text is not None else json.dumps(spec, indent=2))
+def test_bad_ensemble_json_is_refused_before_any_model_is_loaded(models_copy, tmp_path, edit, names):
+    write_ensemble_json(models_copy, text=edit(_spec(models_copy), models_copy))
     started = time.monotonic()
     message = refused(invoke("convert", models_copy, "-o", tmp_path / "out"), *names)
     assert "rebuilding" not in message and time.monotonic() - started < 10, message

@@ -2,8 +2,8 @@
 
 Every kind turns a `MemberSource` (files named by the plan) into a `LoadedMember`: the original framework's
 prediction function (the parity reference), the ONNX export that must reproduce it, and what was learnt
-about the model on the way (hyperparameters, the tree split thresholds). Adding a kind is one module here,
-one `register` line below, and its tests.
+about the model on the way (hyperparameters, the tree split thresholds). Adding a kind is one module here
+that ends with its `register(...)` line, its name in the import at the end of this file, and its tests.
 """
 
 from __future__ import annotations
@@ -15,55 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime import contract
-
-from ..errors import PlanError, UnsupportedModelError
+from ..errors import PlanError
 
 if TYPE_CHECKING:
     import onnx
-
-
-@dataclass(frozen=True)
-class ExportContract:
-    """What every member export must look like, as data (one policy for all kinds). Names, axes and opsets
-    come from the artifact contract (`runtime/contract.py`); the tolerance is the build's own."""
-
-    input_name: str = contract.MEMBER_INPUT    # float32 [N, F], already scaled
-    output_name: str = contract.MEMBER_OUTPUT  # float32 [N, n_classes]
-    batch_axis: str = contract.BATCH_AXIS
-    opset: int = contract.OPSET                # ai.onnx
-    ml_opset: int = contract.ML_OPSET          # ai.onnx.ml (TreeEnsembleClassifier)
-    tolerance: float = 1e-5                    # absolute, on every probability
-
-    @property
-    def opsets(self) -> dict[str, int]:
-        return {"ai.onnx": self.opset, "ai.onnx.ml": self.ml_opset}
-
-
-CONTRACT = ExportContract()
-
-
-def to_contract(model: Any, what: str) -> Any:
-    """Keep only the probabilities output of a converter's graph and lift it to the contract's opsets."""
-    import onnx
-    from onnx import helper
-
-    graph = model.graph
-    keep = [o for o in graph.output if o.name == CONTRACT.output_name]
-    if len(keep) != 1:
-        raise UnsupportedModelError(f"{what}: the converter produced outputs {[o.name for o in graph.output]}, "
-                                    f"without a '{CONTRACT.output_name}' tensor.")
-    del graph.output[:]
-    graph.output.extend(keep)
-    # onnxmltools stops at opset 15 (ml 1). The ops it emits (Identity, Cast, Mul, TreeEnsembleClassifier)
-    # mean the same on float tensors up to opset 17 and ml opset 3, so the imports are raised as they are;
-    # the checker and the parity gate confirm the result.
-    del model.opset_import[:]
-    model.opset_import.extend([helper.make_opsetid("", CONTRACT.opset),
-                               helper.make_opsetid("ai.onnx.ml", CONTRACT.ml_opset)])
-    model.ir_version = contract.IR_VERSION
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 @dataclass(frozen=True)
@@ -125,15 +80,6 @@ def known_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _lazy(module: str, function: str) -> Callable[[MemberSource], Any]:
-    """The kind module's function, imported when first used: torch and the tree libraries are heavy."""
-    def call(source: MemberSource) -> Any:
-        from importlib import import_module
-        return getattr(import_module(f"{__name__}.{module}"), function)(source)
-    return call
-
-
-for _kind, _suffixes in (("nhits", (".pth", ".pt")), ("patchtst", (".pth", ".pt")),
-                         ("xgboost", (".pkl", ".joblib", ".json", ".ubj")), ("lightgbm", (".pkl", ".joblib", ".txt")),
-                         ("sklearn", (".pkl", ".joblib"))):
-    register(MemberKind(_kind, _suffixes, _lazy(_kind, "load"), _lazy(_kind, "reference")))
+# Each kind module registers itself at its end; importing them here fills the registry. They import only the
+# standard library and numpy at module level (torch and the tree libraries inside their functions).
+from . import lightgbm, nhits, patchtst, sklearn, xgboost  # noqa: E402, F401

@@ -6,8 +6,8 @@ is float32, `x <= t` is exactly `x <= largest float32 not above t`; `exact_thres
 into each split. LightGBM also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts
 splits at +-1e-35 between the negative, zero and positive bins; `onnx_threshold` folds that reading into
 the split value. A random forest (boosting_type="rf") averages its iterations where the converter sums
-them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose
-default direction disagrees with the threshold) are refused.
+them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits, linear trees,
+zero-as-missing splits whose default direction disagrees with the threshold) are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import LoadedMember, MemberSource, to_contract
+from . import LoadedMember, MemberKind, MemberSource, register
+from .export import to_contract
 from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
 
 
@@ -73,7 +74,8 @@ def check_expressible(dump: dict[str, Any], file: Any) -> None:
         if node["missing_type"] == "Zero" and node["default_left"] != (0.0 <= node["threshold"]):
             raise UnsupportedModelError(
                 f"{file}: a zero-as-missing split on feature {node['split_feature']} sends 0.0 the other way "
-                f"than its threshold {node['threshold']}; ONNX has no zero-as-missing. Retrain with zero_as_missing=false.")
+                f"than its threshold {node['threshold']}; ONNX has no zero-as-missing. Retrain with "
+                "zero_as_missing=false.")
 
 
 def floor_float32(t: float) -> float:
@@ -99,7 +101,8 @@ def onnx_threshold(t: float) -> float:
 def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
     """Attribute indices of one converted tree's split nodes, in pre-order (true branch first).
     `nodes` maps the tree's node ids to attribute indices."""
-    modes, true_ids, false_ids = attrs["nodes_modes"].strings, attrs["nodes_truenodeids"].ints, attrs["nodes_falsenodeids"].ints
+    modes = attrs["nodes_modes"].strings
+    true_ids, false_ids = attrs["nodes_truenodeids"].ints, attrs["nodes_falsenodeids"].ints
     children = {c for i in nodes.values() if modes[i] != b"LEAF" for c in (true_ids[i], false_ids[i])}
     order: list[int] = []
     stack = [n for n in nodes if n not in children][:1]  # the root
@@ -119,20 +122,22 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[in
     attrs = {a.name: a for a in tree_node(onx).attribute}
     values = attrs["nodes_values"].floats
     trees: dict[int, dict[int, int]] = {}
-    for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints)):
+    for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, strict=True)):
         trees.setdefault(t, {})[n] = i
     exact = []
     for tree_index, tree in enumerate(dump["tree_info"]):
         converted, original = onnx_preorder(attrs, trees.get(tree_index, {})), list(preorder(tree["tree_structure"]))
         if len(converted) != len(original):
-            raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted {len(converted)}.")
-        for i, node in zip(converted, original):
+            raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted "
+                                        f"{len(converted)}.")
+        for i, node in zip(converted, original, strict=True):
             t = float(node["threshold"])
             with np.errstate(over="ignore"):
                 same = np.float32(values[i]) == np.float32(t)
             if (attrs["nodes_featureids"].ints[i] != node["split_feature"] or not same
                     or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ"):
-                raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the model.")
+                raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the "
+                                            "model.")
             values[i] = onnx_threshold(t)
             exact.append((int(node["split_feature"]), values[i]))
     return sorted(set(exact))
@@ -183,3 +188,6 @@ def load(source: MemberSource) -> LoadedMember:
         notes=[f"{len(dump['tree_info']) // int(dump['num_tree_per_iteration'])} boosting rounds"
                + (" (random forest: averaged)" if dump.get("average_output") else "")],
         thresholds=thresholds)
+
+
+register(MemberKind("lightgbm", (".pkl", ".joblib", ".txt"), load, reference))

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import LoadedMember, MemberSource
+from . import LoadedMember, MemberKind, MemberSource, register
 from .torch_common import Architecture, count_indexed, load_torch_member, rebuild, tensor_shape, torch_reference
 
 
@@ -56,3 +56,6 @@ def load(source: MemberSource) -> LoadedMember:
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
     return torch_reference(rebuild(source, read_architecture, build_module)[0])
+
+
+register(MemberKind("nhits", (".pth", ".pt"), load, reference))

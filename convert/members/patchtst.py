@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MetadataError, UnsupportedModelError
-from . import LoadedMember, MemberSource
+from . import LoadedMember, MemberKind, MemberSource, register
 from .torch_common import Architecture, count_indexed, load_torch_member, rebuild, tensor_shape, torch_reference
 
 V5_HEADS = 8
@@ -81,7 +81,8 @@ def one_token_form(module: Any) -> Any:
             self.fc = module.fc
 
         def forward(self, x: Any) -> Any:
-            for mix, layer in zip(self.mix, self.layers):
+            layer: Any  # a TransformerEncoderLayer; torch types a submodule's attributes as Tensor | Module
+            for mix, layer in zip(self.mix, self.layers, strict=True):
                 x = layer.norm1(mix(x))
                 x = layer.norm2(x + layer.linear2(torch.relu(layer.linear1(x))))
             return self.fc(x)
@@ -113,3 +114,6 @@ def load(source: MemberSource) -> LoadedMember:
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
     return torch_reference(rebuild(source, read_architecture, build_module)[0])
+
+
+register(MemberKind("patchtst", (".pth", ".pt"), load, reference))

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import CONTRACT, LoadedMember, MemberSource, to_contract
+from . import LoadedMember, MemberKind, MemberSource, register
+from .export import CONTRACT, to_contract
 from .lightgbm import floor_float32
 from .trees import check_classes
 
@@ -49,7 +50,8 @@ def exact_thresholds(onx: Any) -> list[tuple[int, float]]:
         attrs = {a.name: a for a in node.attribute}
         if "nodes_values" not in attrs:
             raise UnsupportedModelError(f"{node.name}: a tree operator without float thresholds")
-        modes, values, features = attrs["nodes_modes"].strings, attrs["nodes_values"].floats, attrs["nodes_featureids"].ints
+        modes = attrs["nodes_modes"].strings
+        values, features = attrs["nodes_values"].floats, attrs["nodes_featureids"].ints
         for i, mode in enumerate(modes):
             if mode == b"LEAF":
                 continue
@@ -112,13 +114,14 @@ def _floor_thresholds(onx: Any, model: Any, file: Any) -> None:
         attrs = {a.name: a for a in node.attribute}
         values = attrs["nodes_values"].floats
         for i, (tree, nid, mode) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints,
-                                                   attrs["nodes_modes"].strings)):
+                                                   attrs["nodes_modes"].strings, strict=True)):
             if mode == b"LEAF":
                 continue
             t = originals[tree][nid] if tree < len(originals) and nid < len(originals[tree]) else np.nan
             # skl2onnx already floors (recent versions) or rounds to nearest (older ones): either is this split.
             if np.float32(values[i]) not in (np.float32(t), np.float32(floor_float32(t))):
-                raise UnsupportedModelError(f"{file}: cannot align converted split {nid} of tree {tree} with the model.")
+                raise UnsupportedModelError(f"{file}: cannot align converted split {nid} of tree {tree} with the "
+                                            "model.")
             values[i] = floor_float32(t)
 
 
@@ -127,5 +130,9 @@ def _float64_thresholds(model: Any) -> list[np.ndarray] | None:
     if hasattr(model, "estimators_"):
         return [np.asarray(tree.tree_.threshold, dtype=np.float64) for tree in model.estimators_]
     if hasattr(model, "_predictors"):
-        return [np.asarray(p.nodes["num_threshold"], dtype=np.float64) for per_iter in model._predictors for p in per_iter]
+        return [np.asarray(p.nodes["num_threshold"], dtype=np.float64)
+                for per_iter in model._predictors for p in per_iter]
     return None
+
+
+register(MemberKind("sklearn", (".pkl", ".joblib"), load, reference))

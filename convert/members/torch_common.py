@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import MetadataError, StateDictError
 from ..loaders import load_json, load_state_dict
-from . import CONTRACT, LoadedMember, MemberSource
+from . import LoadedMember, MemberSource
+from .export import CONTRACT
 
 EXPORT_BATCH = 3  # parity runs at 1, 7 and 512: none of them is the traced size
 
@@ -44,7 +45,8 @@ class Architecture:
     def stated_or_default(self, name: str, stated: Any, default: Any) -> None:
         """A value the shapes cannot tell: metadata, else the v5 default, and the plan says which."""
         self.values[name] = default if stated is None else stated
-        self.notes.append(f"{name}={self.values[name]} ({'v5 default, not in metadata' if stated is None else 'from metadata'})")
+        self.notes.append(f"{name}={self.values[name]} "
+                          f"({'v5 default, not in metadata' if stated is None else 'from metadata'})")
 
 
 def tensor_shape(state: dict[str, Any], key: str, file: Path) -> tuple[int, ...]:
@@ -140,7 +142,8 @@ def export_onnx(module: Any, n_features: int) -> Any:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         # The TorchScript exporter: deterministic bytes, no onnxscript dependency, stable since torch 1.x.
-        torch.onnx.export(WithSoftmax(module).eval(), (example,), buffer, dynamo=False,
+        # torch types `f` as a path; the TorchScript exporter writes to any binary file object.
+        torch.onnx.export(WithSoftmax(module).eval(), (example,), buffer, dynamo=False,  # type: ignore[arg-type]
                           opset_version=CONTRACT.opset, input_names=[CONTRACT.input_name],
                           output_names=[CONTRACT.output_name], dynamic_axes=axes, do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())

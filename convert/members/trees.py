@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedModelError
-from . import CONTRACT
+from .export import CONTRACT
 
 ONNXMLTOOLS_OPSET = 15  # the highest ai.onnx opset onnxmltools' tree converters accept
 
@@ -35,4 +35,5 @@ def check_classes(classes: Any, n_classes: int, file: Any) -> None:
         return
     if [int(c) if np.issubdtype(type(c), np.integer) else c for c in list(classes)] != list(range(n_classes)):
         raise UnsupportedModelError(f"{file}: trained on classes {list(classes)}; the ensemble needs integer "
-                                    f"labels 0..{n_classes - 1} so that column i is class i. Retrain with encoded labels.")
+                                    f"labels 0..{n_classes - 1} so that column i is class i. Retrain with encoded "
+                                    "labels.")

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import CONTRACT, LoadedMember, MemberSource, to_contract
+from . import LoadedMember, MemberKind, MemberSource, register
+from .export import CONTRACT, to_contract
 
 SUPPORTED_OBJECTIVES = ("multi:softprob", "multi:softmax", "binary:logistic")
 
@@ -96,7 +97,7 @@ def check_json_trees(file: Any) -> None:
         if not ok:
             raise ModelFileError(f"{file}: tree {t}: left_children, right_children and split_indices must be lists "
                                  f"of one length.")
-        for node, (lc, rc, f) in enumerate(zip(left, right, split)):
+        for node, (lc, rc, f) in enumerate(zip(left, right, split, strict=True)):
             lc, rc, f = _int(lc), _int(rc), _int(f)
             leaf = lc == -1 and rc == -1
             # XGBoost numbers a node's children after the node itself: anything else is a cycle or out of range.
@@ -145,7 +146,8 @@ def split_thresholds(trees: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """Every (feature index, float32 threshold) the trees split on."""
     return sorted({(int(f), float(np.float32(c)))
                    for tree in trees
-                   for f, c, left in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"])
+                   for f, c, left in zip(tree["split_indices"], tree["split_conditions"], tree["left_children"],
+                                         strict=True)
                    if left != -1})
 
 
@@ -166,7 +168,7 @@ def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[
         "nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values", "nodes_modes", "nodes_truenodeids",
         "nodes_falsenodeids", "nodes_missing_value_tracks_true", "target_treeids", "target_nodeids",
         "target_ids", "target_weights")}
-    for t, (tree, group, weight) in enumerate(zip(trees, groups, weights)):
+    for t, (tree, group, weight) in enumerate(zip(trees, groups, weights, strict=True)):
         if int(tree["tree_param"].get("size_leaf_vector", 1)) > 1:  # a saved file forgets multi_strategy
             raise UnsupportedModelError(f"{file}: tree {t} has vector leaves (multi_strategy='multi_output_tree'); "
                                         f"the export handles one output per tree. Retrain with "
@@ -175,7 +177,7 @@ def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[
             raise UnsupportedModelError(f"{file}: tree {t} has categorical splits (enable_categorical=True); the "
                                         f"ONNX tree operator has no category sets. Retrain on encoded features.")
         left, right = tree["left_children"], tree["right_children"]
-        for n, (lc, rc) in enumerate(zip(left, right)):
+        for n, (lc, rc) in enumerate(zip(left, right, strict=True)):
             leaf = lc == -1
             a["nodes_treeids"].append(t)
             a["nodes_nodeids"].append(n)
@@ -262,3 +264,6 @@ def load(source: MemberSource) -> LoadedMember:
                *(["dart: each tree scaled by its weight_drop"] if booster_name == "dart" else []),
                *([f"random forest: {parallel} trees per class and round"] if parallel > 1 else [])],
         thresholds=split_thresholds(trees))
+
+
+register(MemberKind("xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference))
