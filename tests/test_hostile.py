@@ -126,7 +126,7 @@ def test_lightgbm_zero_as_missing_converts_only_when_zero_goes_the_threshold_way
     import lightgbm
     import onnxruntime as ort
 
-    from convert.members import CONTRACT
+    from convert.members.export import CONTRACT
     from convert.members.lightgbm import check_expressible
 
     path = _lightgbm_file(tmp_path, zero_as_missing=True)
