@@ -253,3 +253,27 @@ def test_an_output_folder_that_appears_during_the_swap_is_left_alone(tmp_path, m
         mf.write_atomically(out, {"ensemble.onnx": b"ours"})
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["artifacts"]  # no staging folder left beside it
+
+
+# --- LightGBM text: its parser aborts the whole process on some malformed trees ("terminate called without
+# an active exception"), which ended convert with no message at all
+
+
+@pytest.mark.parametrize(("field", "value"), [("split_feature", "999"), ("left_child", "77")])
+def test_a_lightgbm_text_that_crashes_its_reader_is_refused_by_name(demo_models, tmp_path, field, value):
+    import joblib
+
+    pkl = next(p for p in demo_models.iterdir() if p.name.startswith("lightgbm_v") and p.suffix == ".pkl")
+    folder = tmp_path / "lgb"
+    folder.mkdir()
+    joblib.load(pkl).booster_.save_model(folder / "m.txt")
+    text = (folder / "m.txt").read_text()
+    (folder / "m.txt").write_text(re.sub(rf"{field}=-?\d+", f"{field}={value}", text, count=1))
+    (folder / "ensemble.json").write_text(json.dumps({"members": {"l": {"kind": "lightgbm", "file": "m.txt",
+                                                                         "scaler": None}}}))
+    done = subprocess.run([sys.executable, "-m", "convert.cli", "convert", str(folder), "-o",
+                           str(tmp_path / "out"), "-q"], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done.stderr[-2000:]  # was: killed by SIGABRT inside LightGBM, no message
+    assert "ModelFileError" in done.stderr and "m.txt" in done.stderr and "crashed reading it" in done.stderr
+    assert not (tmp_path / "out").exists()

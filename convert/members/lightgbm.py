@@ -13,6 +13,7 @@ zero-as-missing splits whose default direction disagrees with the threshold) are
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,38 @@ from . import LoadedMember, MemberKind, MemberSource, register
 from .export import to_contract
 from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
 
+PROBE_TIMEOUT_S = 120
+# Read in a child: LightGBM's text parser aborts its process on some malformed files (an out-of-range
+# split_feature or left_child: "terminate called without an active exception") and loops on a child cycle.
+_PROBE = ("import sys, numpy, lightgbm; b = lightgbm.Booster(model_file=sys.argv[1]); b.dump_model(); "
+          "b.predict(numpy.zeros((1, b.num_feature())))")
+
+
+def probe_text_model(file: Path) -> None:
+    """Refuse, by name, a .txt that kills or hangs the process reading it, before this process reads it.
+    A file LightGBM merely refuses (a Python exception in the child) is left to the in-process read, which
+    reports LightGBM's own message."""
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(file)], capture_output=True,
+                              timeout=PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise ModelFileError(f"{file}: LightGBM did not finish reading it in {PROBE_TIMEOUT_S} s (a malformed "
+                             f"tree, e.g. a cycle of children); re-save it with Booster.save_model.") from None
+    if done.returncode < 0 or (done.returncode != 0 and b"Traceback" not in done.stderr):
+        said = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-2:]
+        raise ModelFileError(f"{file}: LightGBM crashed reading it (exit {done.returncode}: {' / '.join(said)}); "
+                             f"the file is malformed or truncated. Re-save it with Booster.save_model.")
+
 
 def read_model(source: MemberSource) -> tuple[Any, Any]:
     """(booster, predict_proba) from a .txt or an LGBMClassifier pickle."""
     import lightgbm
 
     if source.file.suffix == ".txt":
+        probe_text_model(source.file)
         try:
             booster = lightgbm.Booster(model_file=str(source.file))
         except lightgbm.basic.LightGBMError as exc:
