@@ -74,7 +74,7 @@ MUTANTS ?= runtime.* convert.parity.x_compare* convert.parity.x_*gate* convert.p
 mutation: install
 	test -f build/test-artifacts/manifest.json || $(VENV)/bin/python -m pytest -q tests/test_runtime.py
 	rm -rf mutants
-	ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts $(VENV)/bin/mutmut run $(MUTANTS)
+	ENSEMBLE_ONNX_MUTATION=1 ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts $(VENV)/bin/mutmut run $(MUTANTS)
 	$(VENV)/bin/mutmut results
 
 clean:

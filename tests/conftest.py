@@ -68,3 +68,15 @@ def artifacts_copy(demo_artifacts, tmp_path) -> Path:
 
 def spec_with(spec, **changes):
     return replace(spec, **changes)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `make mutation` (ENSEMBLE_ONNX_MUTATION=1) the referee is every selected test that needs no
+    training: a test whose fixtures train models would spend seconds per mutant on the frameworks, not on the
+    runtime line the mutant changed. Those tests still run in `make test`."""
+    if not os.environ.get("ENSEMBLE_ONNX_MUTATION"):
+        return
+    keep = [item for item in items if "models_cache" not in getattr(item, "fixturenames", ())]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
