@@ -46,7 +46,7 @@ FILE_LIMITS = {
 MAX_TENSOR_ELEMENTS = 1 << 28
 
 
-def _env_limit(name: str, default: int) -> int:
+def env_limit(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -60,7 +60,7 @@ def _env_limit(name: str, default: int) -> int:
 
 
 def file_limit(category: str) -> int:
-    return _env_limit(f"ENSEMBLE_ONNX_MAX_{category.upper()}_BYTES", FILE_LIMITS[category])
+    return env_limit(f"ENSEMBLE_ONNX_MAX_{category.upper()}_BYTES", FILE_LIMITS[category])
 
 
 def _not_regular(mode: int) -> str:
@@ -226,7 +226,7 @@ def check_tensors(state: Mapping[str, Any], path: Path) -> None:
     architecture is read off the shapes, so it would build (and allocate) a module of that size."""
     import torch
 
-    limit = _env_limit("ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS", MAX_TENSOR_ELEMENTS)
+    limit = env_limit("ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS", MAX_TENSOR_ELEMENTS)
     total = 0
     for name, t in state.items():
         if t.layout != torch.strided:

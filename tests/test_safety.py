@@ -542,3 +542,20 @@ def test_fuzz_predict_reads_any_text_into_rows_or_input_error(ens, demo_artifact
     assert (result.exit_code == 0) == (predictions is not None), result.output
     if predictions is not None:
         assert [json.loads(line)["action"] for line in result.output.splitlines()] == [p.action for p in predictions]
+
+
+def test_predict_refuses_an_endless_input_instead_of_reading_it_all(demo_artifacts):
+    """`--input /dev/zero` used to read until the memory ran out; now it stops one byte past the limit."""
+    env = {**os.environ, "ENSEMBLE_ONNX_MAX_INPUT_BYTES": "4096"}
+    proc = subprocess.run([sys.executable, "-m", "convert.cli", "predict", str(demo_artifacts), "--input", "/dev/zero"],
+                          capture_output=True, text=True, check=False, timeout=60, env=env, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "/dev/zero: more than 4,096 bytes" in proc.stderr and "ensemble-onnx score" in proc.stderr
+
+
+@pytest.mark.parametrize(("limit", "refused_at"), [(len(b'{"x": 1}\n') - 1, True), (len(b'{"x": 1}\n'), False)])
+def test_predict_input_limit_is_exact_and_raisable(demo_artifacts, monkeypatch, limit, refused_at):
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", str(limit))
+    result = invoke("predict", demo_artifacts, input='{"x": 1}\n')
+    assert result.exit_code == 1
+    assert ("stdin: more than" in result.output) == refused_at, result.output  # else: the row's features are named
