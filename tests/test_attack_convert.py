@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -276,4 +278,32 @@ def test_a_lightgbm_text_that_crashes_its_reader_is_refused_by_name(demo_models,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr[-2000:]  # was: killed by SIGABRT inside LightGBM, no message
     assert "ModelFileError" in done.stderr and "m.txt" in done.stderr and "crashed reading it" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _with_model_text(pickle_bytes: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """An LGBMClassifier pickle whose embedded model text (one BINUNICODE string, written outside any pickle
+    frame for its size) is edited, its length prefix kept true, so the unpickler itself reads it fine."""
+    start = pickle_bytes.index(b"tree\nversion=")
+    assert pickle_bytes[start - 5:start - 4] == b"X"  # BINUNICODE: opcode, 4-byte little-endian length
+    (n,) = struct.unpack("<I", pickle_bytes[start - 4:start])
+    text = edit(pickle_bytes[start:start + n])
+    return pickle_bytes[:start - 4] + struct.pack("<I", len(text)) + text + pickle_bytes[start + n:]
+
+
+@pytest.mark.parametrize(("field", "value"), [("split_feature", "999"), ("left_child", "77")])
+def test_a_lightgbm_pickle_whose_text_crashes_its_reader_is_refused_by_name(demo_models, tmp_path, field, value):
+    """The same malformed text inside an allowlisted LGBMClassifier pickle aborted convert while unpickling."""
+    pkl = next(p for p in demo_models.iterdir() if p.name.startswith("lightgbm_v") and p.suffix == ".pkl")
+    folder = tmp_path / "lgb"
+    folder.mkdir()
+    (folder / "m.pkl").write_bytes(_with_model_text(
+        pkl.read_bytes(), lambda text: re.sub(rf"{field}=-?\d+".encode(), f"{field}={value}".encode(), text, count=1)))
+    (folder / "ensemble.json").write_text(json.dumps({"members": {"l": {"kind": "lightgbm", "file": "m.pkl",
+                                                                         "scaler": None}}}))
+    done = subprocess.run([sys.executable, "-m", "convert.cli", "convert", str(folder), "-o",
+                           str(tmp_path / "out"), "-q"], check=False, capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done.stderr[-2000:]  # was: killed by SIGABRT inside LightGBM while unpickling
+    assert "ModelFileError" in done.stderr and "m.pkl" in done.stderr and "crashed reading it" in done.stderr
     assert not (tmp_path / "out").exists()

@@ -25,29 +25,35 @@ from .export import to_contract
 from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
 
 PROBE_TIMEOUT_S = 120
-# Read in a child: LightGBM's text parser aborts its process on some malformed files (an out-of-range
+# Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
 # split_feature or left_child: "terminate called without an active exception") and loops on a child cycle.
-_PROBE = ("import sys, numpy, lightgbm; b = lightgbm.Booster(model_file=sys.argv[1]); b.dump_model(); "
-          "b.predict(numpy.zeros((1, b.num_feature())))")
+# An LGBMClassifier pickle carries the same text and parses it while unpickling, so it is probed too, through
+# the same allowlisted unpickler as the real read.
+_CHECK_BOOSTER = "b.dump_model(); b.predict(numpy.zeros((1, b.num_feature())))"
+_PROBES = {
+    "text": f"import sys, numpy, lightgbm; b = lightgbm.Booster(model_file=sys.argv[1]); {_CHECK_BOOSTER}",
+    "pickle": ("import sys, numpy, pathlib; from convert.loaders import load_pickle; "
+               f"b = load_pickle(pathlib.Path(sys.argv[1]), 'lightgbm').booster_; {_CHECK_BOOSTER}"),
+}
 
 
-def probe_text_model(file: Path) -> None:
-    """Refuse, by name, a .txt that kills or hangs the process reading it, before this process reads it.
-    A file LightGBM merely refuses (a Python exception in the child) is left to the in-process read, which
-    reports LightGBM's own message."""
+def probe_model_file(file: Path, form: str) -> None:
+    """Refuse, by name, a .txt or pickle (`form`) that kills or hangs the process reading it, before this
+    process reads it. A file merely refused (a Python exception in the child) is left to the in-process read,
+    which reports its own message."""
     import subprocess
     import sys
 
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE, str(file)], capture_output=True,
+        done = subprocess.run([sys.executable, "-c", _PROBES[form], str(file)], capture_output=True,
                               timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         raise ModelFileError(f"{file}: LightGBM did not finish reading it in {PROBE_TIMEOUT_S} s (a malformed "
-                             f"tree, e.g. a cycle of children); re-save it with Booster.save_model.") from None
+                             f"tree, e.g. a cycle of children); re-save the model from LightGBM.") from None
     if done.returncode < 0 or (done.returncode != 0 and b"Traceback" not in done.stderr):
         said = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-2:]
         raise ModelFileError(f"{file}: LightGBM crashed reading it (exit {done.returncode}: {' / '.join(said)}); "
-                             f"the file is malformed or truncated. Re-save it with Booster.save_model.")
+                             f"the file is malformed or truncated. Re-save the model from LightGBM.")
 
 
 def read_model(source: MemberSource) -> tuple[Any, Any]:
@@ -55,12 +61,13 @@ def read_model(source: MemberSource) -> tuple[Any, Any]:
     import lightgbm
 
     if source.file.suffix == ".txt":
-        probe_text_model(source.file)
+        probe_model_file(source.file, "text")
         try:
             booster = lightgbm.Booster(model_file=str(source.file))
         except lightgbm.basic.LightGBMError as exc:
             raise ModelFileError(f"{source.file}: not a readable LightGBM model ({exc}).") from exc
         return booster, booster.predict
+    probe_model_file(source.file, "pickle")
     model = load_pickle(source.file, "lightgbm")
     if not isinstance(model, lightgbm.LGBMClassifier):
         raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected an LGBMClassifier.")
