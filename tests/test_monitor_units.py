@@ -13,6 +13,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from runtime.report import esc, heat_map, histogram, line_chart, page, read_rows
 from runtime.report import table as html_table
 
 WHERE = "build/statistics.json"
+BINS_NEED = "field 'bins' needs sorted edges and one count more than edges, each count a whole number of rows."
 
 
 def statistics_bytes(features: dict[str, Any], **top: Any) -> bytes:
@@ -176,12 +178,15 @@ def test_an_unusable_statistics_file_is_refused_by_field(raw, message):
     ({"min": "low"}, "a field is missing or not a number (could not convert string to float: 'low')."),
     ({"bins": {"edges": [0.0], "counts": [None, 1]}},
      "a field is missing or not a number (float() argument must be a string or a real number, not 'NoneType')."),
-    ({"bins": {"edges": [0.0], "counts": [1, 1, 1]}}, "field 'bins' needs sorted edges and one count more than edges."),
+    ({"bins": {"edges": [0.0], "counts": [1, 1, 1]}}, BINS_NEED),
     ({"bins": {"edges": [0.0, 1.0], "counts": [1, 1]}},
-     "field 'bins' needs sorted edges and one count more than edges."),
-    ({"bins": {"edges": [0.0], "counts": [0, 0]}}, "field 'bins' needs sorted edges and one count more than edges."),
+     BINS_NEED),
+    ({"bins": {"edges": [0.0], "counts": [0, 0]}}, BINS_NEED),
     ({"bins": {"edges": [1.0, 0.0], "counts": [1, 1, 1]}},
-     "field 'bins' needs sorted edges and one count more than edges."),
+     BINS_NEED),
+    ({"bins": {"edges": [0.0], "counts": [-1, 3]}}, BINS_NEED),
+    ({"bins": {"edges": [0.0], "counts": [0.5, 0.5]}}, BINS_NEED),
+    ({"bins": {"edges": [0.0], "counts": [2, 2.5]}}, BINS_NEED),
 ])
 def test_an_unusable_feature_entry_is_refused_naming_the_feature(entry, problem):
     with pytest.raises(ArtifactError) as info:
@@ -238,6 +243,20 @@ def test_batches_longer_than_one_chunk_are_binned_whole():
     report = drift_of({"a": {"bins": {"edges": [0.0], "counts": [1, 1]}}}, x)
     assert report["features"]["a"]["psi"] == pytest.approx(psi([4 / 7, 3 / 7], [0.5, 0.5]))
     assert report["rows"] == 70_000
+
+
+# PSI exactly on a threshold: 2^52 reference rows give shares fine enough to land the sum on 0.1 or 0.25 to
+# the last bit (found by a search; each log's argument sits far from a rounding boundary, so any libm agrees).
+@pytest.mark.parametrize(("below", "rows", "counts", "threshold", "status"), [
+    (16, 27, [3335940371456376, 1167659255914120], 0.1, "warn"),
+    (25, 28, [4461949235647522, 41650391722974], 0.25, "drift"),
+])
+def test_a_psi_exactly_on_a_threshold_takes_the_status_it_names(below, rows, counts, threshold, status):
+    expected = [c / 2 ** 52 for c in counts]
+    assert psi([below / rows, (rows - below) / rows], expected) == threshold  # the premise, in plain Python
+    x = column(*([-1.0] * below + [1.0] * (rows - below)))
+    figures = drift_of({"a": {"bins": {"edges": [0.0], "counts": counts}}}, x)["features"]["a"]
+    assert (figures["psi"], figures["status"]) == (threshold, status)
 
 
 def test_with_bins_the_scaler_moments_do_not_decide():
@@ -323,6 +342,29 @@ def test_the_spread_ratio_decides_once_it_is_significant(sd, n, status):
     assert figures["spread_ratio"] == pytest.approx(sd)
     assert figures["mean_shift"] == pytest.approx(0.0, abs=1e-12)
     assert figures["status"] == status
+
+
+def test_a_spread_exactly_on_the_significance_gate_counts():
+    # 15 rows (-1, 1, then 13 zeros): sd sqrt(2 / 15); over this scale a ratio of about 1.763, whose log times
+    # sqrt(2 * 14) is 3 to the last bit (the log's argument sits far from a rounding boundary).
+    x = column(-1.0, 1.0, *[0.0] * 13)
+    scale = 0.20713216322103545
+    assert abs(math.log(float(x.std()) / scale)) * math.sqrt(28) == 3.0  # the premise, in plain Python
+    figures = drift_of({"a": {"mean": 0.0, "scale": scale}}, x)["features"]["a"]
+    assert figures["spread_ratio"] == pytest.approx(1.7628762524941748, rel=1e-15)
+    assert figures["status"] == "drift"
+
+
+@pytest.mark.parametrize(("features", "x"), [
+    ({"a": MOMENTS}, [[10.0]]),                                          # one row: log(0) * 0
+    ({"a": MOMENTS}, np.full((5, 1), 10.0)),                             # no spread: log(0), 1 / 0
+    ({"a": {"mean": 0.0, "scale": 1.0}}, np.full((4, 1), 1e308)),        # the mean overflows
+    ({"a": {"mean": 0.0, "scale": 0.0}, "b": {}}, [[1.0, 2.0], [3.0, 4.0]]),  # nothing known
+])
+def test_the_edge_cases_of_the_figures_raise_no_numpy_warnings(features, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drift_of(features, x)
 
 
 def test_one_row_has_no_spread_and_does_not_drift_on_it():
@@ -427,6 +469,14 @@ def test_the_table_aligns_every_figure_and_dashes_the_unknown():
         "c                warn           -       -         -       -",
         "long_feature_name unknown        -       -         -       -",
     ]
+
+
+def test_the_table_prints_figures_that_are_not_finite_as_python_writes_them():
+    # drift_report sends null for these; a report made elsewhere still prints, in lower case.
+    report = {"rows": 1, "status": "ok", "drift": [], "warn": [], "features": {
+        "a": {"status": "ok", "psi": math.inf, "out_of_range": math.nan, "mean_shift": -math.inf,
+              "spread_ratio": math.nan}}}
+    assert table(report)[2] == "a                ok           inf    nan%      -inf     nan"
 
 
 @pytest.mark.parametrize(("drift", "warn", "title"), [
