@@ -92,8 +92,10 @@ def _feature_arrays(entry: Any, where: str) -> tuple[list[float], list[float], f
         numbers = [float(entry[k]) if entry.get(k) is not None else math.nan for k in ("min", "max", "mean", "scale")]
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{where}: a field is missing or not a number ({exc}).") from None
-    if entry.get("bins") and (len(counts) != len(edges) + 1 or sum(counts) <= 0 or edges != sorted(edges)):
-        raise ArtifactError(f"{where}: field 'bins' needs sorted edges and one count more than edges.")
+    if entry.get("bins") and (len(counts) != len(edges) + 1 or sum(counts) <= 0 or edges != sorted(edges)
+                              or any(c < 0 or not c.is_integer() for c in counts)):
+        raise ArtifactError(f"{where}: field 'bins' needs sorted edges and one count more than edges, "
+                            f"each count a whole number of rows.")
     if not numbers[3] > 0:
         numbers[2] = numbers[3] = math.nan  # a constant feature has no spread to measure shifts in
     return edges, counts, numbers[0], numbers[1], numbers[2], numbers[3]
@@ -178,7 +180,7 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
 def table(report: dict[str, Any]) -> list[str]:
     """The report as aligned text lines, for a terminal."""
     def num(v: Any, fmt: str) -> str:
-        return format(v, fmt) if v is not None else "-".rjust(int(fmt.lstrip("+").split(".")[0]))
+        return format(v, fmt) if v is not None else "-".rjust(int(fmt.split(".")[0]))  # int("+9") is 9
 
     lines = [f"drift on {report['rows']} rows: {report['status'].upper()}"
              + (f" (drift: {', '.join(report['drift'])})" if report["drift"] else "")
