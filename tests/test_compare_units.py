@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -349,6 +350,13 @@ def test_compare_text_widens_the_columns_for_a_long_class_and_lists_what_one_bui
                                          "features only in old: [], only in new: ['bb_pos_v2']"]
 
 
+def test_compare_text_refuses_a_matrix_whose_counts_and_rates_disagree():
+    result = hand_result()
+    result["transitions"]["rates"][1] = [0.125, 0.375]  # a row cut short: printing it would drop a column
+    with pytest.raises(ValueError, match="zip"):
+        compare_text(result)
+
+
 def test_compare_html_holds_the_verdict_heat_map_shares_histogram_and_moves():
     result = hand_result()
     result["members_only_new"] = ["xgb2"]
@@ -441,6 +449,25 @@ def test_a_timestamp_that_names_no_date_is_refused_by_line(value, says):
     assert str(info.value) == says
 
 
+@pytest.fixture
+def host_far_east(monkeypatch: pytest.MonkeyPatch):
+    """The host's local time 14 hours ahead of UTC (POSIX TZ writes the offset with the sign inverted)."""
+    monkeypatch.setenv("TZ", "UTC-14")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("2026-03-02 10:00:00", T0), (datetime(2026, 3, 2, 10), T0),
+    (253402300799, 253402300799.0), ("9999-12-31T23:59:59", 253402300799.0),  # the last second of 9999, UTC
+])
+def test_naive_times_are_utc_whatever_the_host_zone(host_far_east, value, seconds):
+    assert datetime.fromtimestamp(T0).hour == 0  # 10:00 UTC is midnight in the host's zone
+    assert parse_timestamp(value, 7) == seconds
+
+
 # Seven rows, one per bin of the top probability except bin 9, which holds two (1.0 wrong, 0.95 right).
 ECE_PROBABILITIES = np.array([[0.05, 0.03, 0.02], [0.15, 0.10, 0.10], [0.25, 0.30, 0.45], [0.20, 0.50, 0.30],
                               [0.10, 0.05, 0.85], [0.00, 1.00, 0.00], [0.95, 0.03, 0.02]])
@@ -464,7 +491,7 @@ def test_metrics_name_no_precision_for_an_action_never_given_and_no_recall_for_a
     out = metrics(labels, actions, ECE_PROBABILITIES[:6], classes)
     assert out["rows"] == 6
     assert out["accuracy"] == pytest.approx(3 / 6)
-    assert out["confusion"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]]
+    assert json.dumps(out["confusion"]) == "[[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]]"  # counts
     assert out["precision"] == {"A": 0.5, "B": pytest.approx(2 / 3), "C": None, "D": 0.0}
     assert out["recall"] == {"A": 0.5, "B": 1.0, "C": 0.0, "D": None}
     assert out["action_mix"] == pytest.approx({"A": 2 / 6, "B": 3 / 6, "C": 0.0, "D": 1 / 6})
@@ -633,6 +660,13 @@ def test_evaluate_text_prints_the_overall_figures_then_one_line_per_window():
     ]
 
 
+def test_evaluate_text_refuses_a_confusion_matrix_short_of_a_class():
+    result = hand_evaluation(windows=False)
+    result["overall"]["confusion"] = [[1, 0, 0], [1, 3, 1]]
+    with pytest.raises(ValueError, match="zip"):
+        evaluate_text(result)
+
+
 def test_evaluate_html_holds_the_confusion_the_class_table_and_the_trend_per_window():
     plain = evaluate_html(hand_evaluation(windows=False))
     assert plain.startswith("<!DOCTYPE html>") and "<title>ensemble-onnx evaluate</title>" in plain
@@ -645,6 +679,7 @@ def test_evaluate_html_holds_the_confusion_the_class_table_and_the_trend_per_win
                   ["BUY", "-", "0.0%", "12.5%", "25.0%"]]) in plain
     assert "<svg" not in plain and "Per window" not in plain
     paged = evaluate_html(hand_evaluation(windows=True))
+    assert paged.startswith(plain.removesuffix("\n</body></html>\n"))  # the same overall part, windows after it
     assert "<h2>Per window of 1d</h2>" in paged
     starts = ["2026-03-01 00:00", "2026-03-02 00:00"]
     assert line_chart(starts, {"accuracy": [1.0, 0.4], "ECE": [0.1, 0.25], "SELL share": [1 / 3, 0.2],
