@@ -377,9 +377,13 @@ def test_compare_html_holds_the_verdict_heat_map_shares_histogram_and_moves():
                   ["new", "0.600", "0.410", "0.500", "0.600", "0.700", "0.790"]]) in page
     assert table(["member", "mean |move|", "max |move|"],
                  [["xgboost", "0.0100", "0.2000"], ["nhits", "0.0000", "0.0000"], ["xgb2", "only in new", ""]]) in page
-    assert [h for h in ("<h2>Actions, old (rows) to new (columns)</h2>", "<h2>Class shares</h2>",
-                        "<h2>Confidence</h2>", "<h2>How far the probabilities moved</h2>") if h not in page] == []
-    assert "class='fail'" not in compare_html(result)
+    headings = ("<h2>Actions, old (rows) to new (columns)</h2>", "<h2>Class shares</h2>", "<h2>Confidence</h2>",
+                "<h2>How far the probabilities moved</h2>")
+    assert [h for h in headings if f"\n{h}\n" not in page] == []  # each heading a line of its own
+    assert "Flip rate <b>37.50%</b>.</p>\n<p class='fail'>" in page
+    promoted = compare_html(result)  # no failures: an empty line where the verdict was
+    assert "Flip rate <b>37.50%</b>.</p>\n\n<h2>Actions, old (rows) to new (columns)</h2>\n" in promoted
+    assert "class='fail'" not in promoted
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -672,7 +676,7 @@ def test_evaluate_html_holds_the_confusion_the_class_table_and_the_trend_per_win
     assert plain.startswith("<!DOCTYPE html>") and "<title>ensemble-onnx evaluate</title>" in plain
     assert ("<p>8 labelled rows scored by <code>builds/&lt;a&gt;</code>: accuracy <b>62.50%</b>, calibration error "
             "(ECE) <b>0.0432</b>.</p>") in plain
-    assert "<h2>Confusion (rows: realised label, columns: action)</h2>" in plain
+    assert "</p>\n<h2>Confusion (rows: realised label, columns: action)</h2>\n<table>" in plain
     assert heat_map(list(CLASSES), list(CLASSES), [[1, 0, 0], [1, 3, 1], [0, 1, 0]], "label \\ action") in plain
     assert table(["class", "precision", "recall", "action share", "label share"],
                  [["SELL", "50.0%", "100.0%", "25.0%", "12.5%"], ["HOLD", "75.0%", "60.0%", "50.0%", "62.5%"],
