@@ -60,8 +60,8 @@ def parse_timestamp(value: Any, line: int) -> float:
             raise InputError(f"line {line}, column 'timestamp': {value!r} is not an ISO 8601 time.") from None
     else:
         raise InputError(f"line {line}, column 'timestamp': {value!r} is not a time.")
-    # An aware time's timestamp() is arithmetic on its fields and never raises; one that names no date
-    # (0001-01-01 in a zone east of UTC is in year 0) is refused by _as_date.
+    # An aware time's timestamp() is arithmetic on its fields and its UTC offset (which datetime keeps within a
+    # day): it raises for no date. One that names no date (0001-01-01 east of UTC is in year 0): _as_date.
     seconds = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
     return _as_date(seconds, value, line)
 
