@@ -60,10 +60,9 @@ def parse_timestamp(value: Any, line: int) -> float:
             raise InputError(f"line {line}, column 'timestamp': {value!r} is not an ISO 8601 time.") from None
     else:
         raise InputError(f"line {line}, column 'timestamp': {value!r} is not a time.")
-    try:
-        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
-    except (OverflowError, ValueError):  # 0001-01-01 in a zone east of UTC is in year 0
-        raise InputError(f"line {line}, column 'timestamp': {value!r} is outside the years 1 to 9999.") from None
+    # An aware time's timestamp() is arithmetic on its fields and its UTC offset (which datetime keeps within a
+    # day): it raises for no date. One that names no date (0001-01-01 east of UTC is in year 0): _as_date.
+    seconds = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
     return _as_date(seconds, value, line)
 
 
