@@ -248,7 +248,7 @@ def first_difference(want: Any, got: Any, path: str = "") -> str | None:
         return None
     if isinstance(want, list) and isinstance(got, list):
         if len(want) != len(got):
-            return path
+            return path or "(top level)"
         for i, (a, b) in enumerate(zip(want, got, strict=True)):
             found = first_difference(a, b, f"{path}[{i}]")
             if found:
