@@ -361,6 +361,7 @@ RUN = protowire.RUN
     (fixed64(2, 7) * 2 + fixed32(3, 1), [(2, 1, RUN), (3, 5, 1)]),
     (fixed32(3, 9) + fixed64(3, 9), [(3, 5, 9), (3, 1, 9)]),           # the same number, another wire type
     (vint(1, 5) + vint(1, 6) + b"\x88\x08\x07", [(1, 0, RUN), (129, 0, 7)]),  # field 129's tag ends in 0x08
+    (vint(1, 1) * 257 + b"\x88\x08\x07", [(1, 0, RUN), (129, 0, 7)]),  # ... and starts the run's second window
     (b"".join(vint(1, i) for i in range(3000)) + vint(2, 7), [(1, 0, RUN), (2, 0, 7)]),
     (vint(1, -1) * 400 + vint(2, 7), [(1, 0, RUN), (2, 0, 7)]),         # ten-byte varints, past the first window
     (fixed32(3, 1) * 700 + vint(2, 7), [(3, 5, RUN), (2, 0, 7)]),
