@@ -49,8 +49,8 @@ def _pem(key: KeySource) -> tuple[bytes, str]:
     where = os.fspath(key)
     try:
         # O_NONBLOCK and fstat on the descriptor: a FIFO (or device) named as the key would block the read
-        # forever, and a huge file would be read whole.
-        fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        # forever, and a huge file would be read whole. (os.open's descriptors are close-on-exec already.)
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise SignatureError(f"{where}: cannot read the key ({exc.strerror}).") from None
     info = os.fstat(fd)

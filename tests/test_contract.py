@@ -424,6 +424,11 @@ def test_fields_with_want_yields_only_those_and_skips_runs_of_short_strings():
     assert list(protowire.fields(nested, len(inner), want=frozenset({1}))) == [(1, 0, 9)]
 
 
+def test_a_run_of_short_strings_that_is_wanted_is_read_field_by_field():
+    buf = ld(7, b"ab") * 3 + ld(8, b"c")
+    assert list(protowire.fields(buf, want=frozenset({7}))) == [(7, 2, (2, 4)), (7, 2, (6, 8)), (7, 2, (10, 12))]
+
+
 def test_a_run_of_two_byte_tags_or_lengths_is_read_field_by_field():
     strings = ld(16, b"ab") * 3 + vint(1, 9)
     assert list(protowire.fields(strings, want=frozenset({1}))) == [(1, 0, 9)]
@@ -734,7 +739,7 @@ def test_what_is_not_a_pem_key_is_refused_with_the_reason(keys, crypto):
         assert str(caught.value).startswith("the given key: not an unencrypted PEM private key (")
 
 
-def test_a_key_path_that_is_no_regular_file_is_refused_without_blocking(keys, tmp_path):
+def test_a_key_path_that_is_no_regular_file_is_refused_without_blocking(crypto, tmp_path):
     from runtime.signing import sign
 
     fifo = tmp_path / "key.fifo"
@@ -754,7 +759,7 @@ def test_a_key_path_that_is_no_regular_file_is_refused_without_blocking(keys, tm
 
 
 @pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux only: /proc/self/mem fails its read")
-def test_a_key_file_that_fails_its_read_is_refused():
+def test_a_key_file_that_fails_its_read_is_refused(crypto):
     assert _refusal(MANIFEST, b"{}", "/proc/self/mem") == "/proc/self/mem: cannot read the key (Input/output error)."
 
 
@@ -763,8 +768,9 @@ def test_a_key_file_of_the_size_limit_is_read_whole_and_one_byte_more_is_refused
 
     assert MAX_KEY_BYTES == 64 * 1024
     padded = tmp_path / "padded.pub.pem"
-    # Text before the PEM armour is ignored by the reader: the key's last line is the limit's last byte.
-    padded.write_bytes(b"#" * (MAX_KEY_BYTES - len(keys["public"]) - 1) + b"\n" + keys["public"])
+    # Text before the PEM armour is ignored by the reader.
+    pem = keys["public"].rstrip(b"\n")  # so that the limit's last byte is the armour's last '-'
+    padded.write_bytes(b"#" * (MAX_KEY_BYTES - len(pem) - 1) + b"\n" + pem)
     assert padded.stat().st_size == MAX_KEY_BYTES
     assert verify(MANIFEST, sign(MANIFEST, keys["private"]), padded) is None
     padded.write_bytes(b"#" + padded.read_bytes())
