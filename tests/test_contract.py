@@ -360,6 +360,7 @@ RUN = protowire.RUN
     (fixed32(3, 1) * 2 + fixed32(4, 1) + fixed32(3, 1), [(3, 5, RUN), (4, 5, 1), (3, 5, 1)]),
     (fixed64(2, 7) * 2 + fixed32(3, 1), [(2, 1, RUN), (3, 5, 1)]),
     (fixed32(3, 9) + fixed64(3, 9), [(3, 5, 9), (3, 1, 9)]),           # the same number, another wire type
+    (fixed64(2, 5) + vint(1, 1), [(2, 1, 5), (1, 0, 1)]),
     (vint(1, 5) + vint(1, 6) + b"\x88\x08\x07", [(1, 0, RUN), (129, 0, 7)]),  # field 129's tag ends in 0x08
     (vint(1, 1) * 257 + b"\x88\x08\x07", [(1, 0, RUN), (129, 0, 7)]),  # ... and starts the run's second window
     (b"".join(vint(1, i) for i in range(3000)) + vint(2, 7), [(1, 0, RUN), (2, 0, 7)]),
@@ -435,6 +436,8 @@ def test_a_run_of_two_byte_tags_or_lengths_is_read_field_by_field():
     assert [n for n, _, _ in protowire.fields(strings, want=frozenset({16}))] == [16] * 3
     long = ld(7, b"a" * 200) * 2 + vint(1, 9)
     assert list(protowire.fields(long, want=frozenset({1}))) == [(1, 0, 9)]
+    short_then_long = ld(7, b"ab") + ld(7, b"c" * 200) + vint(1, 9)
+    assert list(protowire.fields(short_then_long, want=frozenset({1}))) == [(1, 0, 9)]
 
 
 # ONNX messages, by field number (onnx.proto3), written out by hand.
@@ -498,6 +501,11 @@ EXT = tensor(b"ext", location=1)
     (model(graph((node(attribute(ld(6, graph(initializers=(EXT,))))),))), ["ext"]),
     (model(graph((node(attribute(ld(11, graph(sparse=(sparse_tensor(EXT, EXT),))))),))), ["ext", "ext"]),
     (model(graph((node(attribute(vint(5, 1), ld(10, EXT))),))), ["ext"]),          # a varint where a tensor goes
+    (model(graph(initializers=(EXT,), sparse=(sparse_tensor(tensor(b"v", location=1), tensor(b"i")),))),
+     ["ext", "v"]),
+    (model(graph((node(attribute(ld(5, EXT), ld(22, sparse_tensor(tensor(b"v", location=1), tensor(b"i"))),
+                             ld(6, graph(initializers=(tensor(b"g", location=1),))), ld(10, EXT))),))),
+     ["ext", "v", "g", "ext"]),
     (model(graph((node(attribute(ld(3, EXT), ld(8, EXT))),))), []),                  # strings, not tensors
     (model(graph((node(attribute(fixed32(2, 0), ld(5, EXT))),))), ["ext"]),
     (model(vint(5, 1) + graph(initializers=(EXT,))), ["ext"]),
