@@ -134,7 +134,7 @@ class Manifest:
 
 def _type_name(tp: Any) -> str:
     # float never gets here (_check words its own message); whatever does passed isinstance, so it is a class.
-    return {str: "a string", int: "an integer", bool: "true or false"}.get(tp, tp.__name__)
+    return str({str: "a string", int: "an integer", bool: "true or false"}.get(tp, tp.__name__))
 
 
 @functools.cache
