@@ -133,8 +133,8 @@ class Manifest:
 
 
 def _type_name(tp: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+    # float never gets here (_check words its own message); whatever does passed isinstance, so it is a class.
+    return str({str: "a string", int: "an integer", bool: "true or false"}.get(tp, tp.__name__))
 
 
 @functools.cache
@@ -248,7 +248,7 @@ def first_difference(want: Any, got: Any, path: str = "") -> str | None:
         return None
     if isinstance(want, list) and isinstance(got, list):
         if len(want) != len(got):
-            return path
+            return path or "(top level)"
         for i, (a, b) in enumerate(zip(want, got, strict=True)):
             found = first_difference(a, b, f"{path}[{i}]")
             if found:

@@ -22,15 +22,15 @@ INSTRUCTION_SETS = {
 # The instructions onnxruntime's 8-bit MatMulNBits kernels (accuracy_level 4) need to beat float32: without
 # one of them an int8 dot product is emulated with wider multiplies and the "faster" build can be slower.
 INT8_FAST = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+CPUINFO = Path("/proc/cpuinfo")  # a module constant, so a test can hand it another host's file
 
 
 def _cpuinfo() -> dict[str, str]:
     """The first processor block of /proc/cpuinfo, key -> value ({} where there is none)."""
-    path = Path("/proc/cpuinfo")
-    if not path.exists():
+    if not CPUINFO.exists():
         return {}
     info: dict[str, str] = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in CPUINFO.read_text(errors="replace").splitlines():
         if not line.strip():
             if info:
                 break

@@ -72,7 +72,9 @@ def _run_end(buf: bytes, pos: int, end: int, tag: int, width: int) -> int:
             ends = low[1::2]
             tags = low[0::2][: len(ends)]
             ok = (a[tags] == tag) & (ends - tags <= 10)
-            ok[1:] &= tags[1:] == ends[:-1] + 1
+            # Each tag right after the value before it, the first at `pos`: a later window can start on the
+            # first byte of a two-byte tag, whose second byte may equal `tag`.
+            ok &= tags == np.concatenate(([0], ends[:-1] + 1))
             count, complete = (int(np.argmin(ok)) if not ok.all() else len(ok)), len(ok)
             if count:
                 pos += int(ends[count - 1]) + 1

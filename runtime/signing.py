@@ -49,15 +49,16 @@ def _pem(key: KeySource) -> tuple[bytes, str]:
     where = os.fspath(key)
     try:
         # O_NONBLOCK and fstat on the descriptor: a FIFO (or device) named as the key would block the read
-        # forever, and a huge file would be read whole.
-        fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        # forever, and a huge file would be read whole. (os.open's descriptors are close-on-exec already.)
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise SignatureError(f"{where}: cannot read the key ({exc.strerror}).") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which raises IsADirectoryError for a folder
+        os.close(fd)
+        raise SignatureError(f"{where}: the key is not a regular file (a folder, FIFO or device); name the "
+                             f"PEM file.")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SignatureError(f"{where}: the key is not a regular file (a folder, FIFO or device); name the "
-                                 f"PEM file.")
         if info.st_size > MAX_KEY_BYTES:
             raise SignatureError(f"{where}: {info.st_size} bytes is not a PEM key (limit {MAX_KEY_BYTES}).")
         try:
