@@ -739,6 +739,12 @@ def test_json_lines_features_become_text_and_other_values_keep_their_types(tmp_p
     assert batch.column(3).to_pylist() == ["a", "3", None]  # a passthrough of mixed types: as text
 
 
+def test_a_json_lines_feature_that_is_null_in_every_row_is_still_text(tmp_path):
+    _, _, batches = open_batches(jsonl(tmp_path, '{"f": null, "id": null}\n{"f": null, "id": null}\n'), ("f",), 10)
+    (batch,) = list(batches)
+    assert batch.schema.field("f").type == pa.string() and batch.column(0).to_pylist() == [None, None]
+
+
 def test_json_lines_are_batched_by_row(tmp_path):
     path = jsonl(tmp_path, "".join(json.dumps({"f": i}) + "\n" for i in range(5)))
     _, _, batches = open_batches(path, ("f",), 2)
@@ -761,6 +767,7 @@ def test_an_empty_json_lines_file_has_no_columns_and_no_rows(tmp_path):
     ('{"f": 1}\n\ufeff{"f": 1}\n'.encode(),
      "row 2: not a JSON object (Unexpected UTF-8 BOM (decode using utf-8-sig))."),
     (b'{"f": 1}\n\n{"f": "\xe9"}\n', "line 3: not UTF-8 text (byte 0xe9); save the file as UTF-8."),
+    (b'{"f": 1}\nXXXX{"f": 1}\n', "row 2: not a JSON object (Expecting value)."),  # only row 1 loses a prefix (a BOM)
     (b"[" * 100_000 + b"\n", "row 1: not a JSON object (nested too deeply to parse)."),
 ])
 def test_json_lines_refusals_name_the_row_or_line(tmp_path, content, message):
@@ -916,6 +923,21 @@ def test_a_sink_with_nothing_written_refuses_to_commit(tmp_path):
     with pytest.raises(InputError) as err:
         sink.commit()
     assert str(err.value) == f"{tmp_path}/o.parquet: nothing to write."
+
+
+def test_an_aborted_parquet_sink_closes_its_writer(tmp_path):
+    sink = TableSink(tmp_path / "o.parquet", False)
+    sink.write(sample([1]))
+    sink.abort()
+    assert not sink.writer.is_open
+
+
+def test_an_abort_after_the_file_itself_failed_still_removes_it_quietly(tmp_path, how):
+    sink = TableSink(tmp_path / "o.parquet", False)
+    sink.write(sample([1]))
+    sink.out.file.close()  # as a failed disk leaves it: the writer's own close cannot write its footer
+    sink.abort()
+    assert names(tmp_path) == []
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
