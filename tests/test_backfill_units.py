@@ -299,6 +299,18 @@ def test_assemble_writes_passthrough_scores_members_and_the_reason_with_nulls_fo
     assert table.schema.field(REJECT).type == pa.string()
 
 
+@pytest.mark.parametrize("n", [0, 2])
+def test_assemble_keeps_text_columns_text_for_an_empty_or_clean_batch(ens, n):
+    """Ray Data concatenates the actors' tables and the sink casts later batches to the first's schema: an empty
+    or all-scored batch must not turn `action` or the reason column into Arrow's null type."""
+    outputs = {"probabilities": np.zeros((n, 3), np.float32), "label": np.zeros(n, np.int64),
+               "confidence": np.zeros(n, np.float32), "member_probabilities": np.zeros((n, 4, 3), np.float32)}
+    table = backfill.assemble(layout_of(ens), pa.RecordBatch.from_pydict({"f": [0.5] * n}), outputs,
+                              np.full(n, None, dtype=object))
+    assert table.schema.field("action").type == pa.string() and table.schema.field(REJECT).type == pa.string()
+    assert table.column("action").to_pylist() == ["SELL"] * n
+
+
 def test_score_batch_is_the_batch_scored_with_its_passthrough(ens):
     x = rows(4, len(ens.feature_names), seed=9)
     batch = batch_of(x, ens.feature_names, sym=["a", "b", "c", "d"])
