@@ -441,6 +441,16 @@ def test_run_writes_scored_rows_and_rejects_numbered_across_batches(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "o.parquet"]
 
 
+def test_run_with_force_replaces_both_files(tmp_path):
+    out, rejects = tmp_path / "o.csv", tmp_path / "r.csv"
+    out.write_text("old\n")
+    rejects.write_text("old\n")
+    backfill.run(Path("in"), out, small_layout(), iter([scored_table([1, 2], ["why", None])]), True, "skip", rejects,
+                 Summary("in", str(out)), Progress(None, False))
+    assert pcsv.read_csv(out).column("id").to_pylist() == [2]
+    assert pcsv.read_csv(rejects).to_pylist() == [{"row": 1, "id": 1, "reason": "why"}]
+
+
 def test_run_with_no_refused_row_leaves_no_rejects_file(tmp_path):
     out = tmp_path / "o.jsonl"
     summary = backfill.run(Path("in"), out, small_layout(), iter([scored_table([1, 2], [None, None])]), False,
