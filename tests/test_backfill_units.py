@@ -592,6 +592,13 @@ def test_load_from_files_runs_the_asked_threads_and_one_inter_op_thread(demo_art
     assert loaded.path == "sent" and loaded.feature_names == runtime.load(demo_artifacts).feature_names
 
 
+def test_load_from_files_refuses_tampered_bytes_naming_where_they_came_from(demo_artifacts):
+    files = read_files(demo_artifacts)
+    files["ensemble.onnx"] = files["ensemble.onnx"][:-1] + bytes([files["ensemble.onnx"][-1] ^ 1])
+    with pytest.raises(ArtifactError, match="^sent/ensemble.onnx: "):
+        backfill.load_from_files(files, 1, "sent")
+
+
 def test_a_worker_scores_with_the_ensemble_it_verified(demo_artifacts, ens, monkeypatch):
     monkeypatch.setattr(backfill, "_WORKER", {})
     backfill._worker_init(read_files(demo_artifacts), 1, "sent")
