@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import sys
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -855,6 +857,23 @@ def test_an_existing_target_is_refused_unless_forced_then_replaced_whole(tmp_pat
     assert target.read_bytes() == b"old"
     out.commit()
     assert target.read_bytes() == b"new" and names(tmp_path) == ["o.csv"]
+
+
+def test_a_forced_replace_stages_its_file_beside_the_target_not_in_the_temp_folder(tmp_path):
+    """A link cannot cross filesystems: the staged name must be in the target's own folder (here a tmpfs)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == Path(tempfile.gettempdir()).stat().st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the temp folder")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        target = folder / "o.csv"
+        target.write_bytes(b"old")
+        out = AtomicOutput(target, True)
+        out.file.write(b"new")
+        out.commit()
+        assert target.read_bytes() == b"new" and names(folder) == ["o.csv"]
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_a_target_that_appears_while_writing_is_refused_and_kept(tmp_path, how):
