@@ -358,10 +358,11 @@ def terminal(monkeypatch) -> Any:
     """`terminal()` inside a test (pytest's capture resets sys.stderr between setup and call): stderr becomes a
     terminal that keeps what is written, and time.monotonic a clock the test moves."""
 
-    def attach() -> tuple[Terminal, Clock]:
+    def attach(frozen: bool = True) -> tuple[Terminal, Clock]:
         screen, clock = Terminal(), Clock()
         monkeypatch.setattr(sys, "stderr", screen)
-        monkeypatch.setattr(time, "monotonic", clock)
+        if frozen:  # not where a process pool may run: its waits read the clock
+            monkeypatch.setattr(time, "monotonic", clock)
         return screen, clock
     return attach
 
@@ -621,7 +622,7 @@ def write_parquet(path: Path, ens: runtime.Ensemble, n: int, seed: int = 3, bad:
 
 
 def test_score_file_defaults_one_local_worker_one_thread_no_members(demo_artifacts, ens, tmp_path, terminal):
-    screen, _ = terminal()
+    screen, _ = terminal(frozen=False)
     source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     x = write_parquet(source, ens, 5)
     summary = backfill.score_file(demo_artifacts, source, out)
