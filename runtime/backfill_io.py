@@ -149,7 +149,7 @@ class AtomicOutput:
     def __init__(self, target: Path, force: bool) -> None:
         self.target, self.force = target, force
         self.temp_name: Path | None = None
-        folder = target.parent if str(target.parent) else Path(".")
+        folder = target.parent  # Path("o.csv").parent is Path("."): never empty
         if target.exists() and not force:
             raise InputError(f"{target}: already exists; pass --force to replace it.")
         try:
@@ -165,7 +165,7 @@ class AtomicOutput:
     def commit(self) -> None:
         self.file.flush()
         os.fsync(self.file.fileno())
-        folder = self.target.parent if str(self.target.parent) else Path(".")
+        folder = self.target.parent
         if self.temp_name is None:
             if self.force:  # link under a hidden name, then rename over the target: never a half-written target
                 staged = Path(tempfile.mktemp(dir=folder, prefix=f".{self.target.name}.partial-"))
@@ -182,6 +182,9 @@ class AtomicOutput:
         else:
             try:
                 os.link(self.temp_name, self.target)
+            except FileExistsError:
+                self.file.close()
+                raise InputError(f"{self.target}: appeared while scoring; pass --force to replace it.") from None
             finally:
                 os.unlink(self.temp_name)
         self.file.close()

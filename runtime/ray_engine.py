@@ -27,21 +27,28 @@ from .backfill_io import file_format, open_batches, require_pyarrow
 from .features import InputError
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'ensemble-onnx[ray]'"
+SENT_ARGS = "sent_args"  # an actor's refusal's own args, kept beside those Ray Data annotates
 
 
 class RayScorer:
-    """One per actor: verified artifacts loaded once, then Arrow batch in, assembled table out."""
+    """One per actor: verified artifacts loaded once, then Arrow batch in, assembled table out. An artifact
+    refusal names `where` (the artifacts folder), a row's refusal names `source` (the input file)."""
 
-    def __init__(self, files: Any, layout: backfill.Layout, threads: int, where: str) -> None:
+    def __init__(self, files: Any, layout: backfill.Layout, threads: int, where: str, source: str) -> None:
         import ray
 
         if isinstance(files, ray.ObjectRef):
             files = ray.get(files)
-        self.layout, self.where = layout, where
+        self.layout, self.source = layout, source
         self.ens = backfill.load_from_files(files, threads, where)  # verify_files before anything is scored
 
     def __call__(self, batch: Any) -> Any:
-        return backfill.score_batch(self.ens, self.layout, batch, self.where)
+        try:
+            return backfill.score_batch(self.ens, self.layout, batch, self.source)
+        except InputError as exc:
+            # Ray Data appends its retry advice to args on the way to the driver; _refusal rebuilds from these.
+            vars(exc)[SENT_ARGS] = exc.args
+            raise
 
 
 def _refusal(exc: BaseException) -> Exception | None:
@@ -51,9 +58,12 @@ def _refusal(exc: BaseException) -> Exception | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (InputError, ArtifactError)):
-            return type(current)(*current.args)
-        current = getattr(current, "cause", None) or current.__cause__
+        # A RayTaskError(InputError) is an InputError too, with Ray's traceback text for its message: the
+        # refusal itself is its `cause`.
+        cause = getattr(current, "cause", None)
+        if cause is None and isinstance(current, (InputError, ArtifactError)):
+            return type(current)(*vars(current).get(SENT_ARGS, current.args))
+        current = cause or current.__cause__
     return None
 
 
@@ -112,13 +122,17 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # output rows in input order
         context.enable_progress_bars = False  # ours: one line, on a terminal only
+        # An actor's InputError as itself, not a UserCodeException: Ray does not pickle __cause__, so the wrapped
+        # refusal would reach the driver as text only (_refusal could not name the file and row).
+        context.raise_original_map_exception = True
         files_ref = ray.put(files)
         read_cpus, per_actor = cpu_shares(workers, os.cpu_count() or 1, cluster=address is not None)
         # Blocks of about batch_rows rows (where the row count is known), so every actor gets work.
         blocks = max(workers, -(-total // batch_rows)) if total else None
         scored = _dataset(ray, input_path, layout.features, read_cpus, blocks).map_batches(
-            RayScorer, fn_constructor_args=(files_ref, layout, threads, str(artifacts)), batch_size=batch_rows,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=per_actor)
+            RayScorer, fn_constructor_args=(files_ref, layout, threads, str(artifacts), str(input_path)),
+            batch_size=batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=per_actor)
         warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")
         tables = (batch for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None))
         summary = backfill.Summary(str(input_path), str(output), engine="ray", workers=workers, threads=threads)

@@ -218,14 +218,14 @@ def test_artifacts_sent_as_bytes_are_verified_before_any_row(demo_artifacts, ens
     layout = backfill.Layout.for_input(manifest, table.column_names, None, False, "t")
     from runtime.ray_engine import RayScorer
 
-    got = RayScorer(files, layout, 1, "sent")(table.slice(0, 50))
+    got = RayScorer(files, layout, 1, "sent", "t")(table.slice(0, 50))
     np.testing.assert_array_equal(got.column("p_HOLD").to_numpy(),
                                   ens.predict_proba(features_of(ens, table.slice(0, 50)))[:, 1])
     tampered = dict(files)
     graph = manifest["ensemble"]["file"]
     tampered[graph] = files[graph][:-1] + bytes([files[graph][-1] ^ 1])
     with pytest.raises(ArtifactError, match=f"sent/{graph}: "):
-        RayScorer(tampered, layout, 1, "sent")
+        RayScorer(tampered, layout, 1, "sent", "t")
     with pytest.raises(ArtifactError, match="not listed"):
         verify_files({**files, "extra.onnx": b"x"}, "sent")
 
