@@ -137,39 +137,62 @@ def test_a_graph_whose_widths_differ_from_the_manifest_is_refused_at_load(demo_a
     assert str(err.value) == f"{folder / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
 
 
-def _ragged_graph(n_features: int) -> bytes:
-    """The ensemble's inputs and outputs as the builder declares them, but one label whatever the rows: what a
-    hand-made graph may compute."""
+def _crafted_graph(n_features: int, probability_columns: int, member_columns: int, labels: int | None) -> bytes:
+    """The ensemble's inputs and outputs declared as the builder declares them (3 classes, 4 members), computing
+    what a hand-made graph may: `probability_columns` and `member_columns` wide, and `labels` labels whatever the
+    rows (None: one a row). Every value is a feature, the label class 0."""
     onnx = pytest.importorskip("onnx")
     h, tp = onnx.helper, onnx.TensorProto
-    ints = {name: h.make_tensor(name, tp.INT64, [len(v)], v) for name, v in
-            {"zero": [0], "three": [3], "one": [1]}.items()}
-    nodes = [h.make_node("Slice", ["features", "zero", "three", "one"], ["head"]),
-             h.make_node("Cast", ["head"], ["probabilities"], to=tp.FLOAT),
-             h.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0),
-             h.make_node("Constant", [], ["label"], value=h.make_tensor("l", tp.INT64, [1], [0])),
-             h.make_node("Unsqueeze", ["probabilities", "one"], ["one_member"]),
-             h.make_node("Concat", ["one_member"] * 4, ["member_probabilities"], axis=1)]
-    graph = h.make_graph(nodes, "ragged", [h.make_tensor_value_info("features", tp.DOUBLE, ["N", n_features])],
+    ints = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in
+            {"zero": 0, "one": 1, "p": probability_columns, "m": member_columns}.items()]
+    # The widths depend on the data (int(min(features)) + width, 0 here), so shape inference cannot see them and
+    # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
+    nodes = [h.make_node("ReduceMin", ["features"], ["low"], keepdims=0),
+             h.make_node("Cast", ["low"], ["offset"], to=tp.INT64),
+             h.make_node("Add", ["offset", "p"], ["p_end"]),
+             h.make_node("Add", ["offset", "m"], ["m_end"]),
+             h.make_node("Slice", ["features", "zero", "p_end", "one"], ["p64"]),
+             h.make_node("Cast", ["p64"], ["probabilities"], to=tp.FLOAT),
+             h.make_node("Slice", ["features", "zero", "m_end", "one"], ["m64"]),
+             h.make_node("Cast", ["m64"], ["m32"], to=tp.FLOAT),
+             h.make_node("Unsqueeze", ["m32", "one"], ["one_member"]),
+             h.make_node("Concat", ["one_member"] * 4, ["member_probabilities"], axis=1),
+             h.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0)]
+    if labels is None:
+        nodes.append(h.make_node("ArgMin", ["zero_column"], ["label"], axis=1, keepdims=0))
+        nodes.insert(0, h.make_node("Slice", ["features", "zero", "one", "one"], ["zero_column"]))
+    else:
+        nodes.append(h.make_node("Constant", [], ["label"], value=h.make_tensor("l", tp.INT64, [labels], [0] * labels)))
+    graph = h.make_graph(nodes, "crafted", [h.make_tensor_value_info("features", tp.DOUBLE, ["N", n_features])],
                          [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", 3]),
                           h.make_tensor_value_info("label", tp.INT64, ["N"]),
                           h.make_tensor_value_info("confidence", tp.FLOAT, ["N"]),
-                          h.make_tensor_value_info("member_probabilities", tp.FLOAT, ["N", 4, 3])],
-                         list(ints.values()))
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
-    return model.SerializeToString()
+                          h.make_tensor_value_info("member_probabilities", tp.FLOAT, ["N", 4, 3])], ints)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
-def test_outputs_of_different_row_counts_are_never_paired_short(artifacts_copy):
+@pytest.mark.parametrize(("probability_columns", "member_columns", "labels"), [
+    (3, 3, None),  # what it declares: served
+    (4, 3, None), (2, 3, None), (3, 4, None), (3, 2, None), (3, 3, 1)])
+def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
+        artifacts_copy, probability_columns, member_columns, labels):
+    # onnxruntime only warns when an output's shape differs from the declared one, and the load check sees only
+    # the declared one: Prediction pairs classes, members and rows strictly, so a column or a row too many or
+    # too few fails instead of being dropped.
     manifest = json.loads((artifacts_copy / "manifest.json").read_text())
-    (artifacts_copy / "ensemble.onnx").write_bytes(_ragged_graph(len(manifest["feature_names"])))
+    graph = _crafted_graph(len(manifest["feature_names"]), probability_columns, member_columns, labels)
+    (artifacts_copy / "ensemble.onnx").write_bytes(graph)
     bound = contract.bound_part(manifest)  # bound to the manifest as it is: a consistent forgery
     _with_graph_props(artifacts_copy, {contract.META_MANIFEST: contract.canonical(bound).decode(),
                                        contract.META_DIGEST: contract.manifest_digest(bound)})
     ens = runtime.load(artifacts_copy)
-    assert ens.predict(features(ens, 1))[0].action == "SELL"  # one row: one label, as it should be
-    with pytest.raises(ValueError, match="zip"):
-        ens.predict(features(ens, 3))
+    x = np.full((3, len(ens.feature_names)), 0.25)
+    if (probability_columns, member_columns, labels) == (3, 3, None):
+        assert [p.action for p in ens.predict(x)] == ["SELL"] * 3
+        assert ens.predict(x)[0].members["nhits"] == {"SELL": 0.25, "HOLD": 0.25, "BUY": 0.25}
+    else:
+        with pytest.raises(ValueError, match="zip"):
+            ens.predict(x)
 
 
 def test_drift_aligns_named_rows_and_ignores_the_symbol(builds):
