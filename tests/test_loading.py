@@ -506,3 +506,46 @@ def test_input_bytes_are_decoded_as_utf8_without_a_byte_order_mark_or_refused_na
     with pytest.raises(runtime.InputError) as err:
         decode_input(b"a,b\n1,2\n3,\xff\n", "in.csv")
     assert str(err.value) == "in.csv: line 3: not UTF-8 text (byte 0xff at offset 10); save the file as UTF-8."
+
+
+class FailsToMaterialize:
+    """An array-like whose conversion fails with a long message (a lazy frame whose source went away)."""
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise ValueError("source gone: " + "x" * 300)
+
+
+def test_a_failing_conversion_is_refused_with_its_complaint_cut_at_200_characters():
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.as_matrix(FailsToMaterialize(), NAMES)
+    assert str(err.value) == f"features must be a rectangular 2-D array (ValueError: source gone: {'x' * 187})."
+
+
+def test_a_non_finite_number_in_an_array_is_refused_naming_row_and_feature():
+    x = np.zeros((3, 3))
+    x[2, 1] = np.inf
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.as_matrix(x, NAMES)
+    assert str(err.value) == "row 2, feature 'b': inf is not finite; impute it before scoring."
+
+
+class MaskedFrame(np.ma.MaskedArray):
+    """A masked array that also looks like a DataFrame (`columns`, `to_numpy`)."""
+
+    columns = ["a", "b", "c"]
+
+    def to_numpy(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+def test_a_masked_array_is_refused_even_when_it_passes_for_a_frame():
+    rows = MaskedFrame(np.zeros((1, 3)), mask=[[0, 1, 0]])
+    with pytest.raises(runtime.InputError, match="^features are a masked array; fill or drop the masked values"):
+        runtime.features.rows_to_matrix(rows, NAMES)
+
+
+@pytest.mark.parametrize("cell", ["1_0", "\u0661"])  # Python's float reads both: 10.0 and 1.0
+def test_parse_number_refuses_what_a_data_file_never_means_naming_the_cell(cell):
+    with pytest.raises(ValueError) as err:
+        runtime.features.parse_number(cell)
+    assert str(err.value) == f"not a number: {cell!r}"
