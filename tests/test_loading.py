@@ -549,3 +549,47 @@ def test_parse_number_refuses_what_a_data_file_never_means_naming_the_cell(cell)
     with pytest.raises(ValueError) as err:
         runtime.features.parse_number(cell)
     assert str(err.value) == f"not a number: {cell!r}"
+
+
+def test_a_graph_onnxruntime_cannot_load_is_named_with_its_reason(artifacts_copy):
+    onnx = pytest.importorskip("onnx")
+    h, tp = onnx.helper, onnx.TensorProto
+    graph = h.make_graph([h.make_node("NoSuchOperator", ["features"], ["probabilities"])], "unknown",
+                         [h.make_tensor_value_info("features", tp.DOUBLE, ["N", 18])],
+                         [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", 3])])
+    (artifacts_copy / "ensemble.onnx").write_bytes(
+        h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    bound = _bound(artifacts_copy)
+    graph_path = _with_graph_props(artifacts_copy, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                                                    contract.META_DIGEST: contract.manifest_digest(bound)})
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert re.fullmatch(re.escape(f"{graph_path}: onnxruntime cannot load it (") + ".*NoSuchOperator.*" + r"\)\.",
+                        str(err.value), re.DOTALL), str(err.value)
+
+
+def test_the_wire_reader_checks_the_pinned_build_and_the_signature_too(demo_artifacts, signed):
+    from runtime.artifacts import read_files, verify_files
+
+    sent = read_files(demo_artifacts)
+    identity = runtime.load(demo_artifacts).build_id
+    assert verify_files(sent, expect_build_id=identity).build_id == identity
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files(sent, expect_build_id="0" * 64)
+    assert str(err.value) == (f"<artifacts in memory>: build {identity}, not the expected build {'0' * 64}; serve "
+                              f"the folder of that build, or change the pinned build id.")
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files(sent, public_key=signed[1])
+    assert str(err.value) == ("<artifacts in memory>: the folder is not signed (no manifest.sig) and a public key "
+                              "was given.")
+
+
+@pytest.mark.parametrize("rows", [5, 10, 11])  # one chunk, exactly two, and three
+def test_rows_are_scored_in_chunks_that_add_up_to_the_whole(builds, monkeypatch, rows):
+    ens = builds["demo"]
+    x = features(ens, rows)
+    whole = ens._session.run(None, {ens._session.get_inputs()[0].name: x})
+    monkeypatch.setattr(runtime, "RUN_CHUNK", 5)
+    out = ens.predict_proba(x)
+    assert out.shape == (rows, 3)
+    np.testing.assert_allclose(out, whole[0], rtol=0, atol=1e-6)
