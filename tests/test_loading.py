@@ -137,7 +137,8 @@ def test_a_graph_whose_widths_differ_from_the_manifest_is_refused_at_load(demo_a
     assert str(err.value) == f"{folder / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
 
 
-def _crafted_graph(n_features: int, probability_columns: int, member_columns: int, labels: int | None) -> bytes:
+def _crafted_graph(n_features: int, probability_columns: int, member_columns: int, labels: int | None,
+                   declared_classes: int = 3) -> bytes:
     """The ensemble's inputs and outputs declared as the builder declares them (3 classes, 4 members), computing
     what a hand-made graph may: `probability_columns` and `member_columns` wide, and `labels` labels whatever the
     rows (None: one a row). Every value is a feature, the label class 0."""
@@ -164,7 +165,7 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
     else:
         nodes.append(h.make_node("Constant", [], ["label"], value=h.make_tensor("l", tp.INT64, [labels], [0] * labels)))
     graph = h.make_graph(nodes, "crafted", [h.make_tensor_value_info("features", tp.DOUBLE, ["N", n_features])],
-                         [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", 3]),
+                         [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", declared_classes]),
                           h.make_tensor_value_info("label", tp.INT64, ["N"]),
                           h.make_tensor_value_info("confidence", tp.FLOAT, ["N"]),
                           h.make_tensor_value_info("member_probabilities", tp.FLOAT, ["N", 4, 3])], ints)
@@ -593,3 +594,38 @@ def test_rows_are_scored_in_chunks_that_add_up_to_the_whole(builds, monkeypatch,
     out = ens.predict_proba(x)
     assert out.shape == (rows, 3)
     np.testing.assert_allclose(out, whole[0], rtol=0, atol=1e-6)
+
+
+def _bind_crafted(folder: Path, **shape: Any) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "ensemble.onnx").write_bytes(_crafted_graph(len(manifest["feature_names"]), 3, 3, None, **shape))
+    bound = contract.bound_part(manifest)
+    _with_graph_props(folder, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                               contract.META_DIGEST: contract.manifest_digest(bound)})
+
+
+def _input_named_x(m: dict[str, Any]) -> None:
+    m["ensemble"]["input"] = "x"
+
+
+def _one_feature_more(m: dict[str, Any]) -> None:
+    m["feature_names"].append("extra_feature")
+
+
+def _one_output_more(m: dict[str, Any]) -> None:
+    m["ensemble"]["outputs"].append("extra")
+
+
+@pytest.mark.parametrize("edit", [_input_named_x, _one_feature_more, _one_output_more])
+def test_a_graph_whose_input_or_outputs_differ_from_a_consistent_manifest_is_refused(demo_artifacts, tmp_path, edit):
+    folder = rebound(demo_artifacts, tmp_path / "edited", edit)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == f"{folder / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
+
+
+def test_a_graph_declaring_other_class_columns_than_its_members_is_refused(artifacts_copy):
+    _bind_crafted(artifacts_copy, declared_classes=4)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{artifacts_copy / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
