@@ -146,12 +146,14 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
     h, tp = onnx.helper, onnx.TensorProto
     ints = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in
             {"zero": 0, "one": 1, "p": probability_columns, "m": member_columns}.items()]
-    # The widths depend on the data (int(min(features)) + width, 0 here), so shape inference cannot see them and
+    # The widths depend on the data (int(min or max of the features) + width), so shape inference cannot see them and
     # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
     nodes = [h.make_node("ReduceMin", ["features"], ["low"], keepdims=0),
              h.make_node("Cast", ["low"], ["offset"], to=tp.INT64),
              h.make_node("Add", ["offset", "p"], ["p_end"]),
-             h.make_node("Add", ["offset", "m"], ["m_end"]),
+             h.make_node("ReduceMax", ["features"], ["high"], keepdims=0),  # 0.25 in the tests
+             h.make_node("Cast", ["high"], ["member_offset"], to=tp.INT64),
+             h.make_node("Add", ["member_offset", "m"], ["m_end"]),
              h.make_node("Slice", ["features", "zero", "p_end", "one"], ["p64"]),
              h.make_node("Cast", ["p64"], ["probabilities"], to=tp.FLOAT),
              h.make_node("Slice", ["features", "zero", "m_end", "one"], ["m64"]),
@@ -629,3 +631,39 @@ def test_a_graph_declaring_other_class_columns_than_its_members_is_refused(artif
     with pytest.raises(runtime.ArtifactError) as err:
         runtime.load(artifacts_copy)
     assert str(err.value) == f"{artifacts_copy / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
+
+
+def test_a_manifest_writing_a_key_twice_is_refused_naming_it(artifacts_copy):
+    path = artifacts_copy / "manifest.json"
+    path.write_text(path.read_text().replace('"classes": [', '"classes": ["UP"], "classes": [', 1))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{path}: key 'classes' is written twice; {REBUILD}."
+
+
+def test_a_bound_graph_keeping_data_outside_is_refused_by_its_path(artifacts_copy):
+    onnx = pytest.importorskip("onnx")
+    graph_path = artifacts_copy / "ensemble.onnx"
+    model = onnx.load_from_string(graph_path.read_bytes())
+    tensor = onnx.helper.make_tensor("outside", onnx.TensorProto.FLOAT, [1], b"\0\0\0\0", raw=True)
+    onnx.external_data_helper.set_external_data(tensor, location="outside.bin")
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    model.graph.initializer.append(tensor)
+    graph_path.write_bytes(model.SerializeToString())
+    _with_graph_props(artifacts_copy, {p.key: p.value for p in model.metadata_props})  # re-hashed, still bound
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == (f"{graph_path}: tensor(s) ['outside'] keep their data in external files, outside the "
+                              f"verified bytes; the runtime serves only self-contained graphs. {REBUILD}.")
+
+
+def test_unusable_training_statistics_are_refused_at_load_naming_the_file(artifacts_copy):
+    statistics = b'{"statistics_version": 99}'
+    (artifacts_copy / "statistics.json").write_bytes(statistics)
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    manifest["files"]["statistics.json"] = hashlib.sha256(statistics).hexdigest()
+    _write_manifest(artifacts_copy, manifest)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{artifacts_copy}/statistics.json: field 'statistics_version' is not 1."
