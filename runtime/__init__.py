@@ -63,9 +63,13 @@ class Ensemble:
         if self._session.get_modelmeta().custom_metadata_map.get(META_DIGEST) != verified.manifest_digest:
             raise ArtifactError(f"{graph_path}: onnxruntime reads another build contract than the file holds.")
         inputs = self._session.get_inputs()
-        outputs = [o.name for o in self._session.get_outputs()]
+        shapes = {o.name: o.shape[1:] for o in self._session.get_outputs()}
+        outputs = list(shapes)
+        # The widths too: a graph of 3 classes under a manifest of 4 would otherwise be served 3 columns.
         if ([i.name for i in inputs] != [typed.ensemble.input] or inputs[0].shape[1] != len(self.feature_names)
-                or outputs != typed.ensemble.outputs or outputs != list(ENSEMBLE_OUTPUTS)):
+                or outputs != typed.ensemble.outputs or outputs != list(ENSEMBLE_OUTPUTS)
+                or shapes[PROBABILITIES] != [len(self.classes)]
+                or shapes[MEMBER_PROBABILITIES] != [len(self.member_order), len(self.classes)]):
             raise ArtifactError(f"{graph_path}: inputs/outputs do not match manifest.json.")
         self._input = inputs[0].name
         # Verified training statistics (absent in builds made before they existed: drift() then says so).

@@ -30,6 +30,7 @@ from .contract import (
     Manifest,
     bound_part,
     build_id,
+    canonical,
     first_difference,
     manifest_digest,
     parse_manifest,
@@ -133,9 +134,10 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
     manifest_path = root / MANIFEST_FILE
     try:
         manifest = loads_unique(raw)
+        canonical(manifest)  # NaN and Infinity parse, but no digest can be taken of them
     except RepeatedKeyError as exc:
         raise ArtifactError(f"{manifest_path}: key '{exc.key}' is written twice; {REBUILD}.") from None
-    except ValueError as exc:  # malformed, not UTF-8, nested too deeply
+    except ValueError as exc:  # malformed, not UTF-8, nested too deeply, NaN or Infinity
         raise ArtifactError(f"{manifest_path}: not valid JSON ({str(exc)[:200]}); {REBUILD}.") from None
     try:
         typed = parse_manifest(manifest)
@@ -214,7 +216,8 @@ def _check_bound(manifest: dict[str, Any], graph: bytes, graph_path: Path, manif
                             f"ensemble-onnx or by hand. {REBUILD}.")
     try:
         built_for = json.loads(meta[META_MANIFEST])
-    except (json.JSONDecodeError, RecursionError) as exc:
+        canonical(built_for)  # NaN and Infinity parse, but no digest can be taken of them
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise ArtifactError(f"{graph_path}: its build contract is not JSON ({exc}); {REBUILD}.") from None
     if not isinstance(built_for, dict) or manifest_digest(built_for) != meta[META_DIGEST]:
         raise ArtifactError(f"{graph_path}: its build contract does not match its own digest; {REBUILD}.")

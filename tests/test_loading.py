@@ -1,1 +1,669 @@
-"""placeholder"""
+"""Loading and serving, pinned where `make mutation` found the runtime tests silent: `runtime/__init__.py`
+(Ensemble, load), `runtime/artifacts.py` (the verified folder and wire readers), `runtime/features.py` (what
+callers hand in) and the parity gate's comparison.
+
+Builds that differ from the demo build in their manifest are made the way a careful forger (or an older
+builder) would make them: the edited manifest is bound into ensemble.onnx's metadata again and re-hashed, so
+the folder is consistent and loads; what the runtime does with it is the promise under test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import runtime
+import runtime.features
+from runtime import contract
+from runtime.features import RepeatedKeyError, loads_unique
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def rebound(demo_artifacts: Path, where: Path, edit: Edit) -> Path:
+    """A copy of the demo build whose manifest `edit` changed, bound into ensemble.onnx again and re-hashed."""
+    onnx = pytest.importorskip("onnx")
+    folder = Path(shutil.copytree(demo_artifacts, where))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
+    bound = contract.bound_part(manifest)
+    onnx.helper.set_model_props(model, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                                        contract.META_DIGEST: contract.manifest_digest(bound)})
+    graph = model.SerializeToString()
+    (folder / "ensemble.onnx").write_bytes(graph)
+    manifest["files"]["ensemble.onnx"] = hashlib.sha256(graph).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def _without_precision(m: dict[str, Any]) -> None:
+    del m["precision"]
+
+
+def _int8(m: dict[str, Any]) -> None:
+    m["precision"] = {"weights": "int8", "scheme": "test"}
+
+
+def _precision_without_weights(m: dict[str, Any]) -> None:
+    m["precision"] = {"scheme": "test"}
+
+
+def _four_classes(m: dict[str, Any]) -> None:
+    m["classes"] = ["SELL", "HOLD", "BUY", "WAIT"]
+
+
+EDITS: dict[str, Edit] = {"no precision": _without_precision, "int8": _int8,
+                          "precision without weights": _precision_without_weights}
+
+
+class Builds(dict[str, runtime.Ensemble]):
+    """The demo build and consistent variants of it (EDITS), each made and loaded once, when first asked for."""
+
+    def __init__(self, demo_artifacts: Path, where: Path) -> None:
+        super().__init__()
+        self.demo_artifacts, self.where = demo_artifacts, where
+
+    def __missing__(self, name: str) -> runtime.Ensemble:
+        folder = (self.demo_artifacts if name == "demo"
+                  else rebound(self.demo_artifacts, self.where / name.replace(" ", "-"), EDITS[name]))
+        self[name] = runtime.load(folder)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def builds(demo_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    return Builds(demo_artifacts, tmp_path_factory.mktemp("builds"))
+
+
+def features(ens: runtime.Ensemble, n: int = 3) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((n, len(ens.feature_names)))
+
+
+# ----------------------------------------------------------------------------- describe() and the host
+
+@pytest.mark.parametrize(("build", "precision"), [
+    ("demo", {"weights": "fp32"}),
+    ("no precision", {"weights": "fp32"}),     # folders written before `precision` existed are fp32
+    ("int8", {"weights": "int8", "scheme": "test"}),
+    ("precision without weights", {"scheme": "test"}),
+])
+def test_describe_reports_the_precision_block_or_fp32_without_one(builds, build, precision):
+    assert builds[build].describe()["precision"] == precision
+
+
+FAKE_CPUINFO = {"model name": "Test CPU 9000", "flags": "fpu avx2 fma sse4_2"}
+NO_VNNI_NOTE = ("Test CPU 9000 has none of AVX-512 VNNI, AVX-VNNI, AMX-INT8 (or NEON dot product): onnxruntime's "
+                "8-bit kernels emulate them, and an int8 build can be slower than fp32 here. Benchmark both on the "
+                "serving host (`ensemble-onnx bench FP32 INT8 --models ...`).")
+
+
+@pytest.mark.parametrize(("build", "note"), [
+    ("demo", None), ("no precision", None), ("precision without weights", None), ("int8", NO_VNNI_NOTE)])
+def test_only_an_int8_build_warns_a_host_without_8_bit_dot_products(builds, monkeypatch, build, note):
+    import os
+
+    import runtime.host
+
+    monkeypatch.setattr(runtime.host, "_cpuinfo", lambda: dict(FAKE_CPUINFO))
+    host = {"model": "Test CPU 9000", "cores": os.cpu_count(), "instruction_sets": ["AVX2", "FMA"],
+            "int8_fast": False}
+    want = host if note is None else {**host, "int8_note": note}
+    assert builds[build].describe()["host"] == want
+
+
+# ----------------------------------------------------------------------------- predict and drift
+
+def _three_members(m: dict[str, Any]) -> None:
+    del m["members"]["patchtst"]
+    m["ensemble"]["members"].remove("patchtst")
+    m["decision"]["temperature"].pop("patchtst", None)
+
+
+@pytest.mark.parametrize("edit", [_four_classes, _three_members])
+def test_a_graph_whose_widths_differ_from_the_manifest_is_refused_at_load(demo_artifacts, tmp_path, edit):
+    # Found: a (consistently rebound) manifest of 4 classes over the demo's 3-class graph loaded, predict_proba
+    # served 3 columns under 4 names, and predict failed on a zip: a bad artifact must fail at load.
+    folder = rebound(demo_artifacts, tmp_path / "edited", edit)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == f"{folder / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
+
+
+def _crafted_graph(n_features: int, probability_columns: int, member_columns: int, labels: int | None,
+                   declared_classes: int = 3) -> bytes:
+    """The ensemble's inputs and outputs declared as the builder declares them (3 classes, 4 members), computing
+    what a hand-made graph may: `probability_columns` and `member_columns` wide, and `labels` labels whatever the
+    rows (None: one a row). Every value is a feature, the label class 0."""
+    onnx = pytest.importorskip("onnx")
+    h, tp = onnx.helper, onnx.TensorProto
+    ints = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in
+            {"zero": 0, "one": 1, "p": probability_columns, "m": member_columns}.items()]
+    # The widths depend on the data (int(min or max of the features) + width), so shape inference cannot see them and
+    # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
+    nodes = [h.make_node("ReduceMin", ["features"], ["low"], keepdims=0),
+             h.make_node("Cast", ["low"], ["offset"], to=tp.INT64),
+             h.make_node("Add", ["offset", "p"], ["p_end"]),
+             h.make_node("ReduceMax", ["features"], ["high"], keepdims=0),  # 0.25 in the tests
+             h.make_node("Cast", ["high"], ["member_offset"], to=tp.INT64),
+             h.make_node("Add", ["member_offset", "m"], ["m_end"]),
+             h.make_node("Slice", ["features", "zero", "p_end", "one"], ["p64"]),
+             h.make_node("Cast", ["p64"], ["probabilities"], to=tp.FLOAT),
+             h.make_node("Slice", ["features", "zero", "m_end", "one"], ["m64"]),
+             h.make_node("Cast", ["m64"], ["m32"], to=tp.FLOAT),
+             h.make_node("Unsqueeze", ["m32", "one"], ["one_member"]),
+             h.make_node("Concat", ["one_member"] * 4, ["member_probabilities"], axis=1),
+             h.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0)]
+    if labels is None:
+        nodes.append(h.make_node("ArgMin", ["zero_column"], ["label"], axis=1, keepdims=0))
+        nodes.insert(0, h.make_node("Slice", ["features", "zero", "one", "one"], ["zero_column"]))
+    else:
+        nodes.append(h.make_node("Constant", [], ["label"], value=h.make_tensor("l", tp.INT64, [labels], [0] * labels)))
+    graph = h.make_graph(nodes, "crafted", [h.make_tensor_value_info("features", tp.DOUBLE, ["N", n_features])],
+                         [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", declared_classes]),
+                          h.make_tensor_value_info("label", tp.INT64, ["N"]),
+                          h.make_tensor_value_info("confidence", tp.FLOAT, ["N"]),
+                          h.make_tensor_value_info("member_probabilities", tp.FLOAT, ["N", 4, 3])], ints)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+@pytest.mark.parametrize(("probability_columns", "member_columns", "labels"), [
+    (3, 3, None),  # what it declares: served
+    (4, 3, None), (2, 3, None), (3, 4, None), (3, 2, None), (3, 3, 1)])
+def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
+        artifacts_copy, probability_columns, member_columns, labels):
+    # onnxruntime only warns when an output's shape differs from the declared one, and the load check sees only
+    # the declared one: Prediction pairs classes, members and rows strictly, so a column or a row too many or
+    # too few fails instead of being dropped.
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    graph = _crafted_graph(len(manifest["feature_names"]), probability_columns, member_columns, labels)
+    (artifacts_copy / "ensemble.onnx").write_bytes(graph)
+    bound = contract.bound_part(manifest)  # bound to the manifest as it is: a consistent forgery
+    _with_graph_props(artifacts_copy, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                                       contract.META_DIGEST: contract.manifest_digest(bound)})
+    ens = runtime.load(artifacts_copy)
+    x = np.full((3, len(ens.feature_names)), 0.25)
+    if (probability_columns, member_columns, labels) == (3, 3, None):
+        assert [p.action for p in ens.predict(x)] == ["SELL"] * 3
+        assert ens.predict(x)[0].members["nhits"] == {"SELL": 0.25, "HOLD": 0.25, "BUY": 0.25}
+    else:
+        with pytest.raises(ValueError, match="zip"):
+            ens.predict(x)
+
+
+def test_drift_aligns_named_rows_and_ignores_the_symbol(builds):
+    ens = builds["demo"]
+    x = features(ens, 30)
+    named = [{"symbol": "BTCUSDT", **dict(reversed(list(zip(ens.feature_names, map(float, row), strict=True))))}
+             for row in x]
+    assert ens.drift(named) == ens.drift(x)
+
+
+def test_drift_without_training_statistics_says_how_to_rebuild(artifacts_copy):
+    (artifacts_copy / "statistics.json").unlink()
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    del manifest["files"]["statistics.json"]  # `files` is bound by the hashes it lists, not by the graph
+    (artifacts_copy / "manifest.json").write_text(json.dumps(manifest))
+    ens = runtime.load(artifacts_copy)
+    with pytest.raises(runtime.ArtifactError) as err:
+        ens.drift(features(ens))
+    assert str(err.value) == (f"{artifacts_copy}: the build has no statistics.json (built before training statistics "
+                              f"were recorded); rebuild with `ensemble-onnx convert --reference-data ROWS`.")
+
+
+# ----------------------------------------------------------------------------- features
+
+def test_a_repeated_json_key_is_refused_naming_it():
+    with pytest.raises(RepeatedKeyError) as err:
+        loads_unique('{"a": 1, "b": {"c": 2, "c": 3}}')
+    assert (str(err.value), err.value.key) == ("key 'c' appears more than once in one object", "c")
+
+
+def test_the_verified_reader_returns_the_manifest_and_every_listed_file(demo_artifacts):
+    from runtime.artifacts import read_verified
+
+    manifest, files = read_verified(demo_artifacts)
+    assert manifest == json.loads((demo_artifacts / "manifest.json").read_text())
+    assert files == {rel: (demo_artifacts / rel).read_bytes() for rel in manifest["files"]}
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{demo_artifacts / 'nowhere'}: not an artifacts")):
+        read_verified(demo_artifacts / "nowhere")
+
+
+# ----------------------------------------------------------------------------- features: what callers hand in
+
+NAMES = ("a", "b", "c")
+
+
+class DigitsOnly(int):
+    """An integer no float can hold, whatever its size: what a decimal type with a huge exponent looks like."""
+
+    def __float__(self) -> float:
+        raise OverflowError("too large")
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    (10**400, "an integer of about 401 digits is too large for a float."),           # 1329 bits
+    (-(10**400), "an integer of about 401 digits is too large for a float."),
+    (DigitsOnly(10**40), "an integer of about 41 digits is too large for a float."),  # the first one told by size
+    (DigitsOnly(10**40 - 1), f"{10**40 - 1} is too large for a float."),           # the last one written out
+    (DigitsOnly(500), "500 is too large for a float."),
+    ("x" * 78, f"'{'x' * 78}' is not a number."),                                     # a repr of 80 characters
+    ("x" * 79, f"'{'x' * 76}... is not a number."),                                   # 81: cut to 77 and '...'
+])
+def test_a_cell_refusal_shows_the_value_cut_short_or_a_huge_integer_by_its_size(value, says):
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.rows_to_matrix({"a": 1.0, "b": value, "c": 2.0}, NAMES)
+    assert str(err.value) == f"row 0, feature 'b': {says}"
+
+
+@pytest.mark.parametrize("convert", ["as_matrix", "rows_to_matrix"])
+def test_a_masked_array_is_refused_not_scored_under_its_mask(convert):
+    masked = np.ma.masked_array(np.zeros((2, 3)), mask=[[0, 1, 0], [0, 0, 0]])
+    with pytest.raises(runtime.InputError) as err:
+        getattr(runtime.features, convert)(masked, NAMES)
+    assert str(err.value) == ("features are a masked array; fill or drop the masked values before scoring "
+                              "(np.asarray would score the values under the mask).")
+
+
+def test_a_ragged_array_is_refused_naming_numpys_complaint():
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.as_matrix([[1.0, 2.0, 3.0], [1.0, 2.0]], NAMES)
+    assert re.fullmatch(r"features must be a rectangular 2-D array \(ValueError: setting an array element with a "
+                        r"sequence\..*\)\.", str(err.value)), str(err.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"a": 1}\n{"a": 2, "a": 3}\n', "line 2: feature 'a' given more than once."),
+    ('{"a": 1}\n{"a": \n', "line 2: not a JSON object (Expecting value)."),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1: not a JSON object (nested too deeply to parse)."),
+    ("a,b,a\n1,2,3\n", "line 1: the header names column(s) ['a'] more than once."),
+    ("a,b\n" + "x" * 131_073 + ",1\n", f"CSV input is malformed (field larger than field limit ({131_072}))."),
+])
+def test_unreadable_records_are_refused_with_exactly_what_is_wrong(text, message):
+    import csv
+
+    assert csv.field_size_limit() == 131_072  # the standard library's default, which the last row goes past
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.read_records(text)
+    assert str(err.value) == message
+
+
+# ----------------------------------------------------------------------------- artifacts: the folder reader
+
+REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_manifest_holding_nan_or_infinity_is_refused_as_not_json(artifacts_copy, constant):
+    # Found: Python's json reads NaN and Infinity, but no digest can be taken of them: runtime.load raised a bare
+    # ValueError from the build id instead of ArtifactError.
+    path = artifacts_copy / "manifest.json"
+    path.write_text(path.read_text().replace('"parity": {', f'"parity": {{"extra": {constant}, ', 1))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{path}: not valid JSON (Out of range float values are not JSON compliant); {REBUILD}."
+
+
+@pytest.mark.parametrize("entry", ["manifest.json", "manifest.sig"])
+def test_a_file_entry_naming_the_manifest_or_its_signature_is_refused(artifacts_copy, entry):
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    manifest["files"][entry] = hashlib.sha256(b"{}").hexdigest()
+    path = _write_manifest(artifacts_copy, manifest)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{path}: file entry '{entry}' points outside the folder or at the manifest."
+
+
+def test_a_linked_folder_inside_the_artifacts_is_refused_as_unlisted(artifacts_copy, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (artifacts_copy / "members" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == (f"{artifacts_copy / 'members' / 'more'}: not listed in manifest.json; remove it or "
+                              f"{REBUILD}.")
+
+
+# ----------------------------------------------------------------------------- artifacts: the graph's contract
+
+def _with_graph_props(folder: Path, props: dict[str, str]) -> Path:
+    """ensemble.onnx with exactly these metadata props, re-hashed into manifest.json; the graph's path."""
+    onnx = pytest.importorskip("onnx")
+    graph_path = folder / "ensemble.onnx"
+    model = onnx.load_from_string(graph_path.read_bytes())
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    graph = model.SerializeToString()
+    graph_path.write_bytes(graph)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["ensemble.onnx"] = hashlib.sha256(graph).hexdigest()
+    _write_manifest(folder, manifest)
+    return graph_path
+
+
+def _bound(folder: Path) -> dict[str, Any]:
+    return contract.bound_part(json.loads((folder / "manifest.json").read_text()))
+
+
+# what the graph's metadata says -> how the refusal continues after the graph's path
+CONTRACTS: list[Any] = [
+    pytest.param(lambda b: {contract.META_DIGEST: contract.manifest_digest(b)},
+                 f": carries no build contract ({contract.META_DIGEST}); it was built by an older ensemble-onnx or "
+                 f"by hand. {REBUILD}.", id="digest only"),
+    pytest.param(lambda b: {contract.META_MANIFEST: contract.canonical(b).decode()},
+                 f": carries no build contract ({contract.META_DIGEST}); it was built by an older ensemble-onnx or "
+                 f"by hand. {REBUILD}.", id="manifest only"),
+    pytest.param(lambda b: {contract.META_MANIFEST: "{not json", contract.META_DIGEST: contract.manifest_digest(b)},
+                 f": its build contract is not JSON (Expecting property name enclosed in double quotes: line 1 column "
+                 f"2 (char 1)); {REBUILD}.", id="not json"),
+    pytest.param(lambda b: {contract.META_MANIFEST: '{"a": NaN}', contract.META_DIGEST: contract.manifest_digest(b)},
+                 f": its build contract is not JSON (Out of range float values are not JSON compliant); {REBUILD}.",
+                 id="nan"),
+    pytest.param(lambda b: {contract.META_MANIFEST: "[]", contract.META_DIGEST: contract.manifest_digest(b)},
+                 f": its build contract does not match its own digest; {REBUILD}.", id="a list"),
+    pytest.param(lambda b: {contract.META_MANIFEST: contract.canonical(b).decode(),
+                            contract.META_DIGEST: contract.manifest_digest({**b, "schema_version": 7})},
+                 f": its build contract does not match its own digest; {REBUILD}.", id="another digest"),
+]
+
+
+@pytest.mark.parametrize(("props", "says"), CONTRACTS)
+def test_a_graph_whose_build_contract_is_absent_or_unreadable_is_refused(artifacts_copy, props, says):
+    graph_path = _with_graph_props(artifacts_copy, props(_bound(artifacts_copy)))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{graph_path}{says}"
+
+
+def test_a_manifest_that_differs_from_the_graphs_only_in_encoding_is_named_so(demo_artifacts, tmp_path):
+    folder = rebound(demo_artifacts, tmp_path / "zero", lambda m: m["parity"].update(zero=0.0))
+    path = folder / "manifest.json"
+    path.write_text(path.read_text().replace('"zero": 0.0', '"zero": -0.0'))  # equal as numbers, not as bytes
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == (f"{path}: field '(encoding)' differs from the build ensemble.onnx was made for (edited "
+                              f"after the build, or swapped with another build's); {REBUILD}.")
+
+
+def test_external_data_is_refused_naming_the_first_five_tensors():
+    onnx = pytest.importorskip("onnx")
+    from runtime.artifacts import _refuse_external_data
+
+    tensors = []
+    for i in range(6):
+        tensor = onnx.helper.make_tensor(f"w{i}", onnx.TensorProto.FLOAT, [1], b"\0\0\0\0", raw=True)
+        onnx.external_data_helper.set_external_data(tensor, location=f"w{i}.bin")
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensors.append(tensor)
+    graph = onnx.helper.make_graph([], "g", [], [], initializer=tensors)
+    with pytest.raises(runtime.ArtifactError) as err:
+        _refuse_external_data(onnx.helper.make_model(graph).SerializeToString(), Path("g.onnx"))
+    assert str(err.value) == ("g.onnx: tensor(s) ['w0', 'w1', 'w2', 'w3', 'w4'] keep their data in external files, "
+                              f"outside the verified bytes; the runtime serves only self-contained graphs. {REBUILD}.")
+
+
+# ----------------------------------------------------------------------------- artifacts: signed builds, the wire
+
+@pytest.fixture(scope="module")
+def signed(demo_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """(a copy of the demo build signed with a fresh Ed25519 key, that key's public PEM)"""
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from runtime.signing import sign
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    folder = Path(shutil.copytree(demo_artifacts, tmp_path_factory.mktemp("signed") / "artifacts"))
+    (folder / "manifest.sig").write_bytes(sign(json.loads((folder / "manifest.json").read_text()), private))
+    return folder, public
+
+
+def test_a_signed_folder_is_read_with_its_signature_and_sent_with_it(signed):
+    from runtime.artifacts import read_files, read_folder, verify_files
+
+    folder, public = signed
+    assert runtime.load(folder, public_key=public).build_id == runtime.load(folder).build_id
+    assert read_folder(folder, public_key=public).signature == (folder / "manifest.sig").read_bytes()
+    sent = read_files(folder)
+    assert sent == {rel: (folder / rel).read_bytes() for rel in [*json.loads((folder / "manifest.json").read_text())[
+        "files"], "manifest.json", "manifest.sig"]}
+    assert verify_files(sent, public_key=public).signature == (folder / "manifest.sig").read_bytes()
+
+
+def test_an_unsigned_folder_is_sent_without_a_signature(demo_artifacts):
+    from runtime.artifacts import read_files
+
+    sent = read_files(demo_artifacts)
+    assert "manifest.sig" not in sent and sent["manifest.json"] == (demo_artifacts / "manifest.json").read_bytes()
+
+
+def test_a_signature_refusal_names_the_folder(signed, tmp_path):
+    folder, _ = signed
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    (copy / "manifest.sig").unlink()
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(copy, public_key=signed[1])
+    assert str(err.value) == f"{copy}: the folder is not signed (no manifest.sig) and a public key was given."
+
+
+def test_a_linked_signature_is_refused_by_name(signed, tmp_path):
+    copy = Path(shutil.copytree(signed[0], tmp_path / "copy"))
+    (copy / "manifest.sig").rename(tmp_path / "sig")
+    (copy / "manifest.sig").symlink_to(tmp_path / "sig")
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(copy)
+    assert str(err.value) == (f"{copy / 'manifest.sig'}: 'manifest.sig' is not a regular file (a link or a folder); "
+                              f"{REBUILD}.")
+
+
+@pytest.mark.parametrize(("sent", "says"), [
+    ([("manifest.json", b"{}")], "the artifacts sent are a list, not a mapping of file names to bytes."),
+    ({"manifest.json": "{}"}, "entry 'manifest.json' of the artifacts sent is a str -> str, not a file name -> bytes."),
+    ({1: b"{}"}, "entry 1 of the artifacts sent is a int -> bytes, not a file name -> bytes."),
+])
+def test_what_is_not_names_to_bytes_is_refused_by_entry(sent, says):
+    from runtime.artifacts import verify_files
+
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files(sent)
+    assert str(err.value) == f"<artifacts in memory>: {says}"
+
+
+def test_the_wire_reader_names_a_missing_and_an_unlisted_file_under_its_source(demo_artifacts):
+    from runtime.artifacts import read_files, verify_files
+
+    sent = read_files(demo_artifacts)
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files({k: v for k, v in sent.items() if k != "members/nhits.onnx"})
+    assert str(err.value) == f"<artifacts in memory>/members/nhits.onnx: missing; {REBUILD}."
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files({**sent, "notes.txt": b"x"}, where="worker-3")
+    assert str(err.value) == f"worker-3/notes.txt: not listed in manifest.json; remove it or {REBUILD}."
+    # bytearrays are taken, and handed on as the bytes they hold
+    files = verify_files({**sent, "members/nhits.onnx": bytearray(sent["members/nhits.onnx"])}).files
+    assert files == {k: v for k, v in sent.items() if k != "manifest.json"}
+    assert type(files["members/nhits.onnx"]) is bytes
+
+
+def test_input_bytes_are_decoded_as_utf8_without_a_byte_order_mark_or_refused_naming_the_byte():
+    from runtime.features import decode_input
+
+    assert decode_input("\ufeffa,b\n1,\u00e9\n".encode(), "in.csv") == "a,b\n1,\u00e9\n"
+    with pytest.raises(runtime.InputError) as err:
+        decode_input(b"a,b\n1,2\n3,\xff\n", "in.csv")
+    assert str(err.value) == "in.csv: line 3: not UTF-8 text (byte 0xff at offset 10); save the file as UTF-8."
+
+
+class FailsToMaterialize:
+    """An array-like whose conversion fails with a long message (a lazy frame whose source went away)."""
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise ValueError("source gone: " + "x" * 300)
+
+
+def test_a_failing_conversion_is_refused_with_its_complaint_cut_at_200_characters():
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.as_matrix(FailsToMaterialize(), NAMES)
+    assert str(err.value) == f"features must be a rectangular 2-D array (ValueError: source gone: {'x' * 187})."
+
+
+def test_a_non_finite_number_in_an_array_is_refused_naming_row_and_feature():
+    x = np.zeros((3, 3))
+    x[2, 1] = np.inf
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.as_matrix(x, NAMES)
+    assert str(err.value) == "row 2, feature 'b': inf is not finite; impute it before scoring."
+
+
+class MaskedFrame(np.ma.MaskedArray):
+    """A masked array that also looks like a DataFrame (`columns`, `to_numpy`)."""
+
+    columns = ["a", "b", "c"]
+
+    def to_numpy(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+def test_a_masked_array_is_refused_even_when_it_passes_for_a_frame():
+    rows = MaskedFrame(np.zeros((1, 3)), mask=[[0, 1, 0]])
+    with pytest.raises(runtime.InputError, match="^features are a masked array; fill or drop the masked values"):
+        runtime.features.rows_to_matrix(rows, NAMES)
+
+
+@pytest.mark.parametrize("cell", ["1_0", "\u0661"])  # Python's float reads both: 10.0 and 1.0
+def test_parse_number_refuses_what_a_data_file_never_means_naming_the_cell(cell):
+    with pytest.raises(ValueError) as err:
+        runtime.features.parse_number(cell)
+    assert str(err.value) == f"not a number: {cell!r}"
+
+
+def test_a_graph_onnxruntime_cannot_load_is_named_with_its_reason(artifacts_copy):
+    onnx = pytest.importorskip("onnx")
+    h, tp = onnx.helper, onnx.TensorProto
+    graph = h.make_graph([h.make_node("NoSuchOperator", ["features"], ["probabilities"])], "unknown",
+                         [h.make_tensor_value_info("features", tp.DOUBLE, ["N", 18])],
+                         [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", 3])])
+    (artifacts_copy / "ensemble.onnx").write_bytes(
+        h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    bound = _bound(artifacts_copy)
+    graph_path = _with_graph_props(artifacts_copy, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                                                    contract.META_DIGEST: contract.manifest_digest(bound)})
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert re.fullmatch(re.escape(f"{graph_path}: onnxruntime cannot load it (") + ".*NoSuchOperator.*" + r"\)\.",
+                        str(err.value), re.DOTALL), str(err.value)
+
+
+def test_the_wire_reader_checks_the_pinned_build_and_the_signature_too(demo_artifacts, signed):
+    from runtime.artifacts import read_files, verify_files
+
+    sent = read_files(demo_artifacts)
+    identity = runtime.load(demo_artifacts).build_id
+    assert verify_files(sent, expect_build_id=identity).build_id == identity
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files(sent, expect_build_id="0" * 64)
+    assert str(err.value) == (f"<artifacts in memory>: build {identity}, not the expected build {'0' * 64}; serve "
+                              f"the folder of that build, or change the pinned build id.")
+    with pytest.raises(runtime.ArtifactError) as err:
+        verify_files(sent, public_key=signed[1])
+    assert str(err.value) == ("<artifacts in memory>: the folder is not signed (no manifest.sig) and a public key "
+                              "was given.")
+
+
+@pytest.mark.parametrize("rows", [5, 10, 11])  # one chunk, exactly two, and three
+def test_rows_are_scored_in_chunks_that_add_up_to_the_whole(builds, monkeypatch, rows):
+    ens = builds["demo"]
+    x = features(ens, rows)
+    whole = ens._session.run(None, {ens._session.get_inputs()[0].name: x})
+    monkeypatch.setattr(runtime, "RUN_CHUNK", 5)
+    out = ens.predict_proba(x)
+    assert out.shape == (rows, 3)
+    np.testing.assert_allclose(out, whole[0], rtol=0, atol=1e-6)
+
+
+def _bind_crafted(folder: Path, **shape: Any) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "ensemble.onnx").write_bytes(_crafted_graph(len(manifest["feature_names"]), 3, 3, None, **shape))
+    bound = contract.bound_part(manifest)
+    _with_graph_props(folder, {contract.META_MANIFEST: contract.canonical(bound).decode(),
+                               contract.META_DIGEST: contract.manifest_digest(bound)})
+
+
+def _input_named_x(m: dict[str, Any]) -> None:
+    m["ensemble"]["input"] = "x"
+
+
+def _one_feature_more(m: dict[str, Any]) -> None:
+    m["feature_names"].append("extra_feature")
+
+
+def _one_output_more(m: dict[str, Any]) -> None:
+    m["ensemble"]["outputs"].append("extra")
+
+
+@pytest.mark.parametrize("edit", [_input_named_x, _one_feature_more, _one_output_more])
+def test_a_graph_whose_input_or_outputs_differ_from_a_consistent_manifest_is_refused(demo_artifacts, tmp_path, edit):
+    folder = rebound(demo_artifacts, tmp_path / "edited", edit)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == f"{folder / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
+
+
+def test_a_graph_declaring_other_class_columns_than_its_members_is_refused(artifacts_copy):
+    _bind_crafted(artifacts_copy, declared_classes=4)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{artifacts_copy / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
+
+
+def test_a_manifest_writing_a_key_twice_is_refused_naming_it(artifacts_copy):
+    path = artifacts_copy / "manifest.json"
+    path.write_text(path.read_text().replace('"classes": [', '"classes": ["UP"], "classes": [', 1))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{path}: key 'classes' is written twice; {REBUILD}."
+
+
+def test_a_bound_graph_keeping_data_outside_is_refused_by_its_path(artifacts_copy):
+    onnx = pytest.importorskip("onnx")
+    graph_path = artifacts_copy / "ensemble.onnx"
+    model = onnx.load_from_string(graph_path.read_bytes())
+    tensor = onnx.helper.make_tensor("outside", onnx.TensorProto.FLOAT, [1], b"\0\0\0\0", raw=True)
+    onnx.external_data_helper.set_external_data(tensor, location="outside.bin")
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    model.graph.initializer.append(tensor)
+    graph_path.write_bytes(model.SerializeToString())
+    _with_graph_props(artifacts_copy, {p.key: p.value for p in model.metadata_props})  # re-hashed, still bound
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == (f"{graph_path}: tensor(s) ['outside'] keep their data in external files, outside the "
+                              f"verified bytes; the runtime serves only self-contained graphs. {REBUILD}.")
+
+
+def test_unusable_training_statistics_are_refused_at_load_naming_the_file(artifacts_copy):
+    statistics = b'{"statistics_version": 99}'
+    (artifacts_copy / "statistics.json").write_bytes(statistics)
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    manifest["files"]["statistics.json"] = hashlib.sha256(statistics).hexdigest()
+    _write_manifest(artifacts_copy, manifest)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{artifacts_copy}/statistics.json: field 'statistics_version' is not 1."
