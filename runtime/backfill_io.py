@@ -211,6 +211,19 @@ def _link_fd(fd: int, target: Path) -> None:
         os.close(proc)
 
 
+def _not_text(table: Any) -> list[str]:
+    """The columns CSV's writer cannot turn into text (bytes that are not UTF-8, an interval...), by name."""
+    import pyarrow as pa
+
+    failing = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            column.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            failing.append(name)
+    return failing
+
+
 class TableSink:
     """Arrow tables appended to one file in the target's format (Parquet, CSV or JSON lines), atomically."""
 
@@ -247,10 +260,9 @@ class TableSink:
         elif self.fmt == "csv":
             try:
                 self.writer.write_table(table)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # bytes that are not UTF-8 text
-                binary = [f.name for f in self.schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-                raise InputError(f"{self.out.target}: CSV cannot hold passthrough column(s) {binary or ''} ({exc}); "
-                                 f"write .parquet, or leave them out with --keep.") from None
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # bytes not UTF-8, a type with no text
+                raise InputError(f"{self.out.target}: CSV cannot hold passthrough column(s) {_not_text(table)} "
+                                 f"({exc}); write .parquet, or leave them out with --keep.") from None
         else:
             self.writer.write_table(table)
         self.rows += table.num_rows

@@ -1162,3 +1162,14 @@ def test_refusal_rebuilds_an_actors_refusal_from_its_own_args_not_rays_annotated
     sent.args = ("in.csv: column 'f' is of type bool\nFailed to apply UDF transform after 1/1 attempts.",)
     got = ray_engine._refusal(sent)
     assert type(got) is InputError and got.args == ("in.csv: column 'f' is of type bool",)
+
+
+def test_csv_names_a_passthrough_column_with_no_text_form(tmp_path):
+    """An interval column is neither nested nor binary: the refusal named no column at all before."""
+    sink = TableSink(tmp_path / "o.csv", False)
+    interval = pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval())
+    with pytest.raises(InputError) as err:
+        sink.write(pa.table({"id": [1], "span": interval}))
+    assert str(err.value).startswith(f"{tmp_path}/o.csv: CSV cannot hold passthrough column(s) ['span'] (")
+    sink.abort()
+    assert names(tmp_path) == []
