@@ -8,22 +8,18 @@ index arithmetic of `compare`) or from arithmetic in this file, never from the f
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
+from forge import rebound
 
 import runtime
-from runtime import contract
 from runtime.compare import (
     HIST_EDGES,
     IncomparableError,
@@ -55,30 +51,6 @@ Row = dict[str, float]
 
 # ------------------------------------------------------------------------------------------ builds and rows
 
-def rebuilt(source: Path, folder: Path, edit: Callable[[dict[str, Any]], None],
-            edit_statistics: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A copy of `source` whose manifest `edit` changed, bound to ensemble.onnx again and re-hashed: the same
-    graph, served under other names (so what each output means is known without running anything new)."""
-    shutil.copytree(source, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    edit(manifest)
-    if edit_statistics is not None:
-        statistics = json.loads((folder / "statistics.json").read_text())
-        edit_statistics(statistics)
-        data = json.dumps(statistics).encode()
-        (folder / "statistics.json").write_bytes(data)
-        manifest["files"]["statistics.json"] = hashlib.sha256(data).hexdigest()
-    model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
-    bound = contract.bound_part(manifest)
-    onnx.helper.set_model_props(model, {contract.META_MANIFEST: contract.canonical(bound).decode(),
-                                        contract.META_DIGEST: contract.manifest_digest(bound)})
-    graph = model.SerializeToString()
-    (folder / "ensemble.onnx").write_bytes(graph)
-    manifest["files"]["ensemble.onnx"] = hashlib.sha256(graph).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
 def _other_names(manifest: dict[str, Any]) -> None:
     """Classes in another order, members in another order and one renamed, two features swapped (the graph
     now reads each one's column as the other's) and one renamed."""
@@ -105,7 +77,7 @@ def old(demo_artifacts: Path) -> runtime.Ensemble:
 
 @pytest.fixture(scope="module")
 def other(demo_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> runtime.Ensemble:
-    return runtime.load(rebuilt(demo_artifacts, tmp_path_factory.mktemp("other") / "b", _other_names,
+    return runtime.load(rebound(demo_artifacts, tmp_path_factory.mktemp("other") / "b", _other_names,
                                 _other_statistics))
 
 
@@ -256,7 +228,7 @@ def test_builds_are_matched_by_class_member_and_feature_name(old, other, mixed, 
 
 
 def test_builds_with_other_class_sets_are_refused_naming_both(old, mixed, demo_artifacts, tmp_path):
-    long = runtime.load(rebuilt(demo_artifacts, tmp_path / "long", _long_class))
+    long = runtime.load(rebound(demo_artifacts, tmp_path / "long", _long_class))
     with pytest.raises(IncomparableError) as info:
         compare(old, long, as_records(mixed))
     assert str(info.value) == (f"{old.path} predicts ['SELL', 'HOLD', 'BUY'], {long.path} predicts ['SELL', "

@@ -17,10 +17,12 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forge import set_path
 
 from runtime import contract, host, protowire
 from runtime.contract import FieldError
@@ -129,17 +131,8 @@ def test_an_empty_decision_and_precision_take_their_field_defaults():
     assert typed.precision == contract.PrecisionRecord("fp32", None, None, None, None, None)
 
 
-def _edit(path: str, value: object):
-    def apply(manifest: dict[str, Any]) -> None:
-        *parents, last = path.split("/")
-        obj: Any = manifest
-        for key in parents:
-            obj = obj[key]
-        if value is KeyError:
-            del obj[last]
-        else:
-            obj[last] = value
-    return apply
+def _edit(path: str, value: object) -> Callable[[dict[str, Any]], None]:
+    return lambda manifest: set_path(manifest, path, value)
 
 
 @pytest.mark.parametrize(("path", "value", "message"), [

@@ -12,36 +12,17 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from forge import Edit, rebound
 
 import runtime
 import runtime.features
 from runtime import contract
 from runtime.features import RepeatedKeyError, loads_unique
-
-Edit = Callable[[dict[str, Any]], None]
-
-
-def rebound(demo_artifacts: Path, where: Path, edit: Edit) -> Path:
-    """A copy of the demo build whose manifest `edit` changed, bound into ensemble.onnx again and re-hashed."""
-    onnx = pytest.importorskip("onnx")
-    folder = Path(shutil.copytree(demo_artifacts, where))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    edit(manifest)
-    model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
-    bound = contract.bound_part(manifest)
-    onnx.helper.set_model_props(model, {contract.META_MANIFEST: contract.canonical(bound).decode(),
-                                        contract.META_DIGEST: contract.manifest_digest(bound)})
-    graph = model.SerializeToString()
-    (folder / "ensemble.onnx").write_bytes(graph)
-    manifest["files"]["ensemble.onnx"] = hashlib.sha256(graph).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def _without_precision(m: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from forge import set_path
 from onnx import external_data_helper, helper, numpy_helper
 
 import runtime
@@ -74,15 +75,6 @@ def scores(ens: runtime.Ensemble, rows: np.ndarray) -> tuple[bytes, ...]:
 
 # --------------------------------------------------------------------------------- the typed manifest
 
-def _set(obj: dict, path: str, value: object) -> None:
-    *parents, last = path.split("/")
-    for key in parents:
-        obj = obj[key]
-    if value is KeyError:
-        del obj[last]
-    else:
-        obj[last] = value
-
 
 @pytest.mark.parametrize(("path", "value", "named", "says"), [
     ("members.nhits.weight", KeyError, "members.nhits.weight", "is missing"),
@@ -111,7 +103,7 @@ def _set(obj: dict, path: str, value: object) -> None:
 ])
 def test_a_malformed_manifest_is_refused_naming_the_field(artifacts_copy, path, value, named, says):
     manifest = read_manifest(artifacts_copy)
-    _set(manifest, path.replace(".", "/") if "/" not in path else path, value)
+    set_path(manifest, path.replace(".", "/") if "/" not in path else path, value)
     write_manifest(artifacts_copy, manifest)
     with pytest.raises(runtime.ArtifactError, match=re.escape(f"field '{named}' {says}")) as caught:
         runtime.load(artifacts_copy)
