@@ -214,37 +214,26 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
     _emit(results, as_json, "\n".join(table(results)) + f"\n\nwritten: {out_dir}/bench.json, bench.md, bench.png")
 
 
-# predict reads its rows whole; past this many bytes (ENSEMBLE_ONNX_MAX_INPUT_BYTES raises it) the input is
-# refused, so `--input /dev/zero` or a runaway pipe ends with a message instead of filling the memory.
-MAX_INPUT_BYTES = 64 << 20
-
-
 def _read_input(name: str) -> str:
     """The rows as UTF-8 text from a file or stdin; InputError for a closed stdin, an unreadable file, an input
-    past MAX_INPUT_BYTES or bytes that are not UTF-8."""
-    from runtime.features import InputError, decode_input
+    past ENSEMBLE_ONNX_MAX_INPUT_BYTES or bytes that are not UTF-8."""
+    from runtime.features import InputError, decode_input, read_limited
 
-    from .loaders import env_limit
-
-    limit = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES)
     if name == "-":
         stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
         if stream is None or stream.closed:
             raise InputError("stdin is closed; pipe the rows in or pass --input FILE.")
         try:
-            data = stream.read(limit + 1)
+            return decode_input(read_limited(stream, "stdin"), "stdin")
         except (OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(f"cannot read stdin ({exc}); pipe the rows in or pass --input FILE.") from None
-        name = "stdin"
-    else:
-        try:
-            with open(name, "rb") as fh:
-                data = fh.read(limit + 1)
-        except OSError as exc:
-            raise InputError(f"{name}: cannot read the input ({exc.strerror}).") from None
-    if len(data) > limit:
-        raise InputError(f"{name}: more than {limit:,} bytes of rows; predict reads its input whole: score large "
-                         f"inputs with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_INPUT_BYTES.")
+    try:
+        with open(name, "rb") as fh:
+            data = read_limited(fh, name)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read the input ({exc.strerror}).") from None
     return decode_input(data, name)
 
 

@@ -179,7 +179,10 @@ def _check(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise FieldError(path, f"must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past float's range
+            raise FieldError(path, f"must be a finite number, got an integer of {len(str(value))} digits") from None
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise FieldError(path, f"must be {_type_name(tp)}, got {value!r}")
     return value

@@ -82,19 +82,36 @@ class TrainingStatistics:
     reference: dict[str, Any] | None
 
 
+def _real(value: Any) -> float:
+    """A JSON number as a float; bool, text and integers past float's range are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r} is not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"an integer of {len(str(value))} digits is out of range") from None
+
+
+def _reals(values: Any) -> list[float]:
+    if not isinstance(values, list):
+        raise TypeError(f"{type(values).__name__} is not a list of numbers")
+    return [_real(v) for v in values]
+
+
 def _feature_arrays(entry: Any, where: str) -> tuple[list[float], list[float], float, float, float, float]:
     if not isinstance(entry, dict):
         raise ArtifactError(f"{where}: not an object.")
     bins = entry.get("bins") or {"edges": [], "counts": []}
     try:
-        edges = [float(e) for e in bins["edges"]]
-        counts = [float(c) for c in bins["counts"]]
-        numbers = [float(entry[k]) if entry.get(k) is not None else math.nan for k in ("min", "max", "mean", "scale")]
+        edges, counts = _reals(bins["edges"]), _reals(bins["counts"])
+        numbers = [_real(entry[k]) if entry.get(k) is not None else math.nan for k in ("min", "max", "mean", "scale")]
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{where}: a field is missing or not a number ({exc}).") from None
-    if entry.get("bins") and (len(counts) != len(edges) + 1 or sum(counts) <= 0 or edges != sorted(edges)
+    # Finite edges in order, whole finite counts with a finite positive total: else every share is wrong.
+    if entry.get("bins") and (len(counts) != len(edges) + 1 or not all(map(math.isfinite, edges + counts))
+                              or not 0 < sum(counts) < math.inf or edges != sorted(edges)
                               or any(c < 0 or not c.is_integer() for c in counts)):
-        raise ArtifactError(f"{where}: field 'bins' needs sorted edges and one count more than edges, "
+        raise ArtifactError(f"{where}: field 'bins' needs sorted finite edges and one count more than edges, "
                             f"each count a whole number of rows.")
     if not numbers[3] > 0:
         numbers[2] = numbers[3] = math.nan  # a constant feature has no spread to measure shifts in
@@ -108,7 +125,7 @@ def parse_statistics(raw: bytes | None, feature_names: tuple[str, ...], where: s
                             f"were recorded); rebuild with `ensemble-onnx convert --reference-data ROWS`.")
     try:
         stats = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # also a UnicodeDecodeError, and an integer past Python's digit limit
         raise ArtifactError(f"{where}/{STATISTICS_FILE}: not valid JSON ({exc}).") from None
     if not isinstance(stats, dict) or stats.get("statistics_version") != STATISTICS_VERSION:
         raise ArtifactError(f"{where}/{STATISTICS_FILE}: field 'statistics_version' is not {STATISTICS_VERSION}.")

@@ -8,8 +8,9 @@ import io
 import json
 import math
 import numbers
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -177,6 +178,40 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
             raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
         records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells, strict=True)}))
     return records
+
+
+# Commands that read their rows whole (predict, compare, drift, evaluate) stop one byte past this many
+# (ENSEMBLE_ONNX_MAX_INPUT_BYTES raises it): `--input /dev/zero` ends with a message, not with the memory.
+MAX_INPUT_BYTES = 64 << 20
+_CHUNK = 1 << 20
+
+
+def max_input_bytes() -> int:
+    raw = os.environ.get("ENSEMBLE_ONNX_MAX_INPUT_BYTES")
+    if raw is None:
+        return MAX_INPUT_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(f"environment variable ENSEMBLE_ONNX_MAX_INPUT_BYTES={raw!r} is not a whole number.") from None
+    if value <= 0:
+        raise InputError(f"environment variable ENSEMBLE_ONNX_MAX_INPUT_BYTES={raw!r} must be above 0.")
+    return value
+
+
+def read_limited(stream: BinaryIO, where: str) -> bytes:
+    """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
+    limit, parts, size = max_input_bytes(), [], 0
+    while size <= limit:
+        chunk = stream.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise InputError(f"{where}: more than {limit:,} bytes of rows; this command reads its input whole: score "
+                         f"large inputs with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_INPUT_BYTES.")
+    return b"".join(parts)
 
 
 def decode_input(data: bytes, where: str) -> str:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .features import InputError, read_records
+from .features import InputError, read_limited, read_records
 
 Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as runtime.features reads them
 
@@ -29,9 +29,13 @@ def read_rows(path: str | os.PathLike[str]) -> Records:
         records: Records = list(enumerate(table.to_pylist(), 1))
     else:
         try:
-            with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is not part of a column name
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(path, "rb") as fh:
+                data = read_limited(fh, path)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read it ({exc}).") from None
+        try:  # a byte-order mark is not part of a column name
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
             raise InputError(f"{path}: cannot read it ({exc}).") from None
         try:
             records = read_records(text)

@@ -682,6 +682,40 @@ def test_score_file_reads_batches_of_the_asked_size(demo_artifacts, ens, tmp_pat
     assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(3)] == [2, 2, 1]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_score_file_names_the_input_for_a_feature_column_of_another_type(demo_artifacts, ens, tmp_path, workers):
+    source = tmp_path / "in.parquet"
+    columns = {name: pa.array([0.5, 1.5]) for name in ens.feature_names}
+    columns[ens.feature_names[4]] = pa.array([True, False])
+    pq.write_table(pa.table(columns), source)
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, tmp_path / "o.parquet", workers=workers)
+    assert str(err.value) == (f"{source}: column '{ens.feature_names[4]}' is of type bool, not numbers; every feature "
+                              f"must be numeric.")
+
+
+def test_score_file_names_the_input_for_a_missing_feature(demo_artifacts, ens, tmp_path):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({name: pa.array([0.5]) for name in ens.feature_names[1:]}), source)
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, tmp_path / "o.parquet")
+    assert str(err.value) == f"{source}: missing feature column(s) ['{ens.feature_names[0]}']."
+
+
+def test_score_file_reports_the_threads_it_ran(demo_artifacts, ens, tmp_path):
+    source = tmp_path / "in.parquet"
+    write_parquet(source, ens, 2)
+    assert backfill.score_file(demo_artifacts, source, tmp_path / "o.parquet", threads=2).threads == 2
+
+
+def test_score_file_reads_65536_rows_a_batch_by_default(demo_artifacts, ens, tmp_path):
+    source, out = tmp_path / "in.parquet", tmp_path / "o.parquet"
+    write_parquet(source, ens, 65_537)
+    backfill.score_file(demo_artifacts, source, out)
+    meta = pq.ParquetFile(out).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [65_536, 1]
+
+
 # ------------------------------------------------------------------------------------ formats and readers
 
 def test_require_pyarrow_returns_it_or_says_how_to_install_it(monkeypatch):

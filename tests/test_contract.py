@@ -878,3 +878,10 @@ def test_this_host_is_reported_from_its_own_cpuinfo():
 ])
 def test_int8_note_warns_where_8_bit_weights_do_not_pay(report, note):
     assert host.int8_note(report) == note
+
+
+def test_an_integer_past_floats_range_is_a_field_error_not_an_overflow():
+    with pytest.raises(contract.FieldError) as info:
+        contract._check(10**400, float, "decision.min_confidence.BUY")
+    assert str(info.value) == ("field 'decision.min_confidence.BUY' must be a finite number, got an integer of 401 "
+                               "digits")

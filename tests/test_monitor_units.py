@@ -38,7 +38,8 @@ from runtime.report import esc, heat_map, histogram, line_chart, page, read_rows
 from runtime.report import table as html_table
 
 WHERE = "build/statistics.json"
-BINS_NEED = "field 'bins' needs sorted edges and one count more than edges, each count a whole number of rows."
+BINS_NEED = ("field 'bins' needs sorted finite edges and one count more than edges, each count a whole number "
+             "of rows.")
 
 
 def statistics_bytes(features: dict[str, Any], **top: Any) -> bytes:
@@ -175,9 +176,15 @@ def test_an_unusable_statistics_file_is_refused_by_field(raw, message):
     ([1, 2], "not an object."),
     ({"bins": {"counts": [1, 1]}}, "a field is missing or not a number ('edges')."),
     ({"bins": {"edges": [0.0]}}, "a field is missing or not a number ('counts')."),
-    ({"min": "low"}, "a field is missing or not a number (could not convert string to float: 'low')."),
-    ({"bins": {"edges": [0.0], "counts": [None, 1]}},
-     "a field is missing or not a number (float() argument must be a string or a real number, not 'NoneType')."),
+    ({"min": "low"}, "a field is missing or not a number ('low' is not a number)."),
+    ({"bins": {"edges": [0.0], "counts": [None, 1]}}, "a field is missing or not a number (None is not a number)."),
+    ({"bins": {"edges": [0.0], "counts": [True, True]}}, "a field is missing or not a number (True is not a number)."),
+    ({"bins": {"edges": "4", "counts": [1, 1]}}, "a field is missing or not a number (str is not a list of numbers)."),
+    ({"bins": {"edges": ["4"], "counts": [1, 1]}}, "a field is missing or not a number ('4' is not a number)."),
+    ({"mean": 10**400}, "a field is missing or not a number (an integer of 401 digits is out of range)."),
+    ({"bins": {"edges": [math.nan], "counts": [1, 1]}}, BINS_NEED),
+    ({"bins": {"edges": [-math.inf], "counts": [1, 1]}}, BINS_NEED),
+    ({"bins": {"edges": [0.0], "counts": [1e308, 1e308]}}, BINS_NEED),
     ({"bins": {"edges": [0.0], "counts": [1, 1, 1]}}, BINS_NEED),
     ({"bins": {"edges": [0.0, 1.0], "counts": [1, 1]}},
      BINS_NEED),
@@ -664,3 +671,32 @@ def test_a_line_chart_with_one_label_starts_at_the_axis():
     svg = line_chart(["only"], {"a": [0.0, 1.0]})
     assert "points='40.0,190.0 620.0,20.0'" in svg
     assert "<text x='40.0' y='212' font-size='9' text-anchor='middle'>only</text>" in svg
+
+
+def test_statistics_with_an_integer_past_pythons_digit_limit_are_refused_as_json():
+    raw = b'{"statistics_version": 1, "features": {"rsi": {"min": ' + b"9" * 5000 + b"}}}"
+    with pytest.raises(ArtifactError) as info:
+        parse_statistics(raw, ("rsi",), "build")
+    assert str(info.value).startswith(f"{WHERE}: not valid JSON (")
+
+
+@pytest.mark.parametrize("command", [["drift", "--input"], ["evaluate", "--data"]])
+def test_commands_that_read_rows_whole_stop_past_the_input_limit(demo_artifacts, monkeypatch, command):
+    from click.testing import CliRunner
+
+    from convert.cli import main
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", "4096")
+    result = CliRunner().invoke(main, [command[0], str(demo_artifacts), command[1], "/dev/zero"])
+    assert result.exit_code == 1 and "/dev/zero: more than 4,096 bytes of rows" in result.output, result.output
+
+
+def test_a_huge_input_limit_reserves_nothing(demo_artifacts, monkeypatch, tmp_path):
+    """read(limit + 1) used to reserve the whole limit up front: OverflowError or MemoryError for a huge value."""
+    from click.testing import CliRunner
+
+    from convert.cli import main
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", str(10**30))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("{}\n")
+    result = CliRunner().invoke(main, ["predict", str(demo_artifacts), "--input", str(rows)])
+    assert result.exit_code == 1 and "missing" in result.output and "internal error" not in result.output, result.output
