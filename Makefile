@@ -67,7 +67,7 @@ test-slim: $(SLIM_VENV)/.installed test-full
 	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
 		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -m slim -p no:cacheprovider test_runtime.py test_monitor.py
 
-# Mutation testing, not part of `make test` (tens of minutes on 2 cores): mutmut changes runtime/ and the parity
+# Mutation testing, not part of `make test` (about five hours of one core for all ~5,000 mutants): mutmut changes runtime/ and the parity
 # gate's comparison one small edit at a time and runs the fast runtime tests against each; docs/mutation.md
 # records the score and every survivor. The tests run against build/test-artifacts (built here if missing).
 MUTANTS ?= runtime.* convert.parity.x_compare* convert.parity.x_*gate* convert.parity.x*Check*
