@@ -224,11 +224,12 @@ def _read_input(name: str) -> str:
         if stream is None or stream.closed:
             raise InputError("stdin is closed; pipe the rows in or pass --input FILE.")
         try:
-            return decode_input(read_limited(stream, "stdin"), "stdin")
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, InputError):
-                raise
+            data = read_limited(stream, "stdin")
+        except InputError:
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
             raise InputError(f"cannot read stdin ({exc}); pipe the rows in or pass --input FILE.") from None
+        return decode_input(data, "stdin")
     try:
         with open(name, "rb") as fh:
             data = read_limited(fh, name)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.features import RepeatedKeyError
+from runtime.features import RepeatedKeyError, env_limit
 
 from .errors import (
     ConvertError,
@@ -46,21 +46,8 @@ FILE_LIMITS = {
 MAX_TENSOR_ELEMENTS = 1 << 28
 
 
-def env_limit(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConvertError(f"environment variable {name}={raw!r} is not a whole number.") from None
-    if value <= 0:
-        raise ConvertError(f"environment variable {name}={raw!r} must be above 0.")
-    return value
-
-
 def file_limit(category: str) -> int:
-    return env_limit(f"ENSEMBLE_ONNX_MAX_{category.upper()}_BYTES", FILE_LIMITS[category])
+    return env_limit(f"ENSEMBLE_ONNX_MAX_{category.upper()}_BYTES", FILE_LIMITS[category], ConvertError)
 
 
 def _not_regular(mode: int) -> str:
@@ -226,7 +213,7 @@ def check_tensors(state: Mapping[str, Any], path: Path) -> None:
     architecture is read off the shapes, so it would build (and allocate) a module of that size."""
     import torch
 
-    limit = env_limit("ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS", MAX_TENSOR_ELEMENTS)
+    limit = env_limit("ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS", MAX_TENSOR_ELEMENTS, ConvertError)
     total = 0
     for name, t in state.items():
         if t.layout != torch.strided:

@@ -186,22 +186,24 @@ MAX_INPUT_BYTES = 64 << 20
 _CHUNK = 1 << 20
 
 
-def max_input_bytes() -> int:
-    raw = os.environ.get("ENSEMBLE_ONNX_MAX_INPUT_BYTES")
+def env_limit(name: str, default: int, error: type[Exception] = InputError) -> int:
+    """A positive whole number from environment variable `name` (a size limit someone raised), else `default`;
+    `error` (the caller's family: InputError here, ConvertError for the build) names a value that is not one."""
+    raw = os.environ.get(name)
     if raw is None:
-        return MAX_INPUT_BYTES
+        return default
     try:
         value = int(raw)
     except ValueError:
-        raise InputError(f"environment variable ENSEMBLE_ONNX_MAX_INPUT_BYTES={raw!r} is not a whole number.") from None
+        raise error(f"environment variable {name}={raw!r} is not a whole number.") from None
     if value <= 0:
-        raise InputError(f"environment variable ENSEMBLE_ONNX_MAX_INPUT_BYTES={raw!r} must be above 0.")
+        raise error(f"environment variable {name}={raw!r} must be above 0.")
     return value
 
 
 def read_limited(stream: BinaryIO, where: str) -> bytes:
     """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
-    limit, parts, size = max_input_bytes(), [], 0
+    limit, parts, size = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES), [], 0
     while size <= limit:
         chunk = stream.read(min(_CHUNK, limit + 1 - size))
         if not chunk:
