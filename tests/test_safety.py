@@ -5,8 +5,10 @@ refused by name (or fixed). Then a fuzz test holds `runtime` and `predict` to th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -559,3 +561,18 @@ def test_predict_input_limit_is_exact_and_raisable(demo_artifacts, monkeypatch, 
     result = invoke("predict", demo_artifacts, input='{"x": 1}\n')
     assert result.exit_code == 1
     assert ("stdin: more than" in result.output) == refused_at, result.output  # else: the row's features are named
+
+
+@pytest.mark.parametrize(("raw", "problem"), [("abc", "is not a whole number"), ("1e3", "is not a whole number"),
+                                              ("0", "must be above 0"), ("-5", "must be above 0")])
+def test_a_size_limit_that_is_not_a_positive_whole_number_is_refused_in_each_family(monkeypatch, raw, problem):
+    from convert.errors import ConvertError
+    from convert.loaders import file_limit
+    from runtime.features import read_limited
+
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_MODEL_BYTES", raw)
+    with pytest.raises(ConvertError, match=f"ENSEMBLE_ONNX_MAX_MODEL_BYTES='{re.escape(raw)}' {problem}"):
+        file_limit("model")
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
+    with pytest.raises(InputError, match=f"ENSEMBLE_ONNX_MAX_INPUT_BYTES='{re.escape(raw)}' {problem}"):
+        read_limited(io.BytesIO(b"{}\n"), "rows")
