@@ -27,6 +27,7 @@ Status per feature, the worst of its rules; the batch's status is its worst feat
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -87,9 +88,12 @@ def _real(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{value!r} is not a number")
     try:
-        return float(value)
+        number = float(value)
     except OverflowError:
         raise ValueError(f"an integer of {len(str(value))} digits is out of range") from None
+    if not math.isfinite(number):  # JSON's NaN and Infinity tokens: convert writes neither
+        raise ValueError(f"{value!r} is not finite")
+    return number
 
 
 def _reals(values: Any) -> list[float]:
@@ -101,18 +105,22 @@ def _reals(values: Any) -> list[float]:
 def _feature_arrays(entry: Any, where: str) -> tuple[list[float], list[float], float, float, float, float]:
     if not isinstance(entry, dict):
         raise ArtifactError(f"{where}: not an object.")
-    bins = entry.get("bins") or {"edges": [], "counts": []}
+    has_bins = entry.get("bins") is not None
+    bins = entry["bins"] if has_bins else {"edges": [], "counts": []}
     try:
         edges, counts = _reals(bins["edges"]), _reals(bins["counts"])
         numbers = [_real(entry[k]) if entry.get(k) is not None else math.nan for k in ("min", "max", "mean", "scale")]
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{where}: a field is missing or not a number ({exc}).") from None
-    # Finite edges in order, whole finite counts with a finite positive total: else every share is wrong.
-    if entry.get("bins") and (len(counts) != len(edges) + 1 or not all(map(math.isfinite, edges + counts))
-                              or not 0 < sum(counts) < math.inf or edges != sorted(edges)
-                              or any(c < 0 or not c.is_integer() for c in counts)):
-        raise ArtifactError(f"{where}: field 'bins' needs sorted finite edges and one count more than edges, "
+    # Strictly increasing edges (quantile_bins merges ties), whole counts with a finite positive total: else
+    # a bin no live value can reach, or every share, is wrong.
+    if has_bins and (len(counts) != len(edges) + 1 or not 0 < sum(counts) < math.inf
+                     or any(b <= a for a, b in itertools.pairwise(edges))
+                     or any(c < 0 or not c.is_integer() for c in counts)):
+        raise ArtifactError(f"{where}: field 'bins' needs strictly increasing edges and one count more than edges, "
                             f"each count a whole number of rows.")
+    if numbers[0] > numbers[1]:
+        raise ArtifactError(f"{where}: field 'min' is above field 'max'.")
     if not numbers[3] > 0:
         numbers[2] = numbers[3] = math.nan  # a constant feature has no spread to measure shifts in
     return edges, counts, numbers[0], numbers[1], numbers[2], numbers[3]

@@ -38,8 +38,8 @@ from runtime.report import esc, heat_map, histogram, line_chart, page, read_rows
 from runtime.report import table as html_table
 
 WHERE = "build/statistics.json"
-BINS_NEED = ("field 'bins' needs sorted finite edges and one count more than edges, each count a whole number "
-             "of rows.")
+BINS_NEED = ("field 'bins' needs strictly increasing edges and one count more than edges, each count a whole "
+             "number of rows.")
 
 
 def statistics_bytes(features: dict[str, Any], **top: Any) -> bytes:
@@ -182,8 +182,13 @@ def test_an_unusable_statistics_file_is_refused_by_field(raw, message):
     ({"bins": {"edges": "4", "counts": [1, 1]}}, "a field is missing or not a number (str is not a list of numbers)."),
     ({"bins": {"edges": ["4"], "counts": [1, 1]}}, "a field is missing or not a number ('4' is not a number)."),
     ({"mean": 10**400}, "a field is missing or not a number (an integer of 401 digits is out of range)."),
-    ({"bins": {"edges": [math.nan], "counts": [1, 1]}}, BINS_NEED),
-    ({"bins": {"edges": [-math.inf], "counts": [1, 1]}}, BINS_NEED),
+    ({"bins": {"edges": [math.nan], "counts": [1, 1]}}, "a field is missing or not a number (nan is not finite)."),
+    ({"bins": {"edges": [-math.inf], "counts": [1, 1]}}, "a field is missing or not a number (-inf is not finite)."),
+    ({"scale": math.inf}, "a field is missing or not a number (inf is not finite)."),
+    ({"mean": math.nan}, "a field is missing or not a number (nan is not finite)."),
+    ({"bins": []}, "a field is missing or not a number (list indices must be integers or slices, not str)."),
+    ({"bins": {"edges": [-0.0, 0.0], "counts": [1, 1, 1]}}, BINS_NEED),
+    ({"min": 10, "max": -10}, "field 'min' is above field 'max'."),
     ({"bins": {"edges": [0.0], "counts": [1e308, 1e308]}}, BINS_NEED),
     ({"bins": {"edges": [0.0], "counts": [1, 1, 1]}}, BINS_NEED),
     ({"bins": {"edges": [0.0, 1.0], "counts": [1, 1]}},
