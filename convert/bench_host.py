@@ -79,7 +79,7 @@ def graph_cost(folder: Path) -> tuple[int, int, str]:
 
 
 def _options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spinning: bool = True,
-             intra: int = 0) -> Any:
+             intra: int = 0, spin_us: int = 0, pinned: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -91,6 +91,12 @@ def _options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spi
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spin_us:  # how long an idle pool thread spins before it sleeps (onnxruntime >= 1.26)
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(spin_us))
+        options.add_session_config_entry("session.inter_op.spin_duration_us", str(spin_us))
+    if pinned and (intra or threads) > 1:  # each worker on its own logical processor 2..t (1-based); caller unpinned
+        options.add_session_config_entry("session.intra_op_thread_affinities",
+                                         ";".join(str(cpu) for cpu in range(2, (intra or threads) + 1)))
     return options
 
 

@@ -178,3 +178,53 @@ def test_layout_study_compares_graphs_that_compute_the_same(demo_artifacts, form
     shipped = ort.InferenceSession(model.SerializeToString()).run(["probabilities"], {"features": rows})[0]
     other = ort.InferenceSession(rewritten.SerializeToString()).run(["probabilities"], {"features": rows})[0]
     np.testing.assert_allclose(other, shipped, atol=1e-5)
+
+
+@pytest.mark.parametrize(("form", "k"), [("blocks", 8), ("blocks", 16), ("branches", 4)])
+def test_manycore_study_rewrites_the_feed_forward_blocks_into_the_same_function(demo_artifacts, form, k):
+    """bench_manycore times PatchTST's feed-forward blocks split k ways: every block must be rewritten, and the
+    ensemble must compute what the shipped graph computes."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from convert.bench_manycore import feed_forward_split
+
+    model = onnx.load(demo_artifacts / "ensemble.onnx")
+    blocks = 4  # PatchTST's four layers; no other Gemm -> Relu -> Gemm block of the demo holds 65,536 weights
+    rewritten = feed_forward_split(model, k, form)
+    onnx.checker.check_model(rewritten)
+    ops = [n.op_type for n in rewritten.graph.node]
+    if form == "blocks":
+        assert ops.count("ReduceSum") == blocks
+    else:
+        assert ops.count("Sum") == blocks and ops.count("Gemm") == 24 - 2 * blocks + blocks * 2 * k
+    rows = np.random.default_rng(2).standard_normal((33, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    names = ["probabilities", "member_probabilities"]
+    shipped = ort.InferenceSession(model.SerializeToString()).run(names, {"features": rows})
+    other = ort.InferenceSession(rewritten.SerializeToString()).run(names, {"features": rows})
+    for a, b in zip(other, shipped, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_manycore_study_refuses_an_unknown_form(demo_artifacts):
+    import onnx
+
+    from convert.bench_manycore import feed_forward_split
+
+    with pytest.raises(ValueError, match="blocks, branches"):
+        feed_forward_split(onnx.load(demo_artifacts / "ensemble.onnx"), 4, "diagonal")
+
+
+def test_manycore_study_runs_and_writes_its_table(demo_artifacts, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(demo_artifacts), "--threads", "1,2",
+                           "--quick", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "manycore.json").read_text())
+    assert set(results["threads"]) == {"1", "2"}
+    assert {"shipped, default", "blocks 16, default", "shipped, spin 1 ms",
+            "runtime.predict_proba, default"} <= set(results["threads"]["2"])
+    assert "| 2 | shipped, workers pinned |" in (tmp_path / "manycore.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(tmp_path), "--quick"], cwd=REPO,
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and str(tmp_path) in bad.stderr and "Traceback" not in bad.stderr
