@@ -95,9 +95,23 @@ class GateRange(click.FloatRange):
         return number
 
 
+class KeyPath(click.Path):
+    """A key file (exists=True, dir_okay=False), except that a symbolic link that cannot be resolved (a loop, or
+    a link to nothing), which click would call missing, is passed on: `runtime.signing` refuses it for what it
+    is, as it refuses every other unusable key (exit 1)."""
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (str, os.PathLike)) and os.path.islink(value) and not os.path.exists(value):
+            return Path(value)
+        return super().convert(value, param, ctx)
+
+
 QUIET = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines.")
-PUBLIC_KEY = click.option("--public-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+PUBLIC_KEY = click.option("--public-key", type=KeyPath(),
                           help="An Ed25519 public key (PEM): refuse a folder it did not sign (needs "
                                "'ensemble-onnx[signing]').")
 MODELS = click.option("--models", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -131,7 +145,7 @@ def main(debug: bool) -> None:
 @click.option("--reference-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Recorded training rows (CSV or JSON lines): their per-feature decile bins, min and max go into "
                    "statistics.json for `ensemble-onnx drift` (default: the --calibrate, else --parity-data file).")
-@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--sign-key", type=KeyPath(),
               help="An Ed25519 private key (PEM): sign the folder (manifest.sig inside it; needs "
                    "'ensemble-onnx[signing]').")
 @click.option("--force", is_flag=True,

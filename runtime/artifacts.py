@@ -10,6 +10,7 @@ parses to the same object and changes nothing. `files` is bound by the sha256 of
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -55,6 +56,104 @@ def _read_regular(path: Path, rel: str) -> bytes:
     return path.read_bytes()
 
 
+# Reading relative to one descriptor of the folder needs openat(2) and friends; elsewhere files are read by path.
+_AT = (os.open in os.supports_dir_fd and os.stat in os.supports_dir_fd and hasattr(os, "fwalk")
+       and hasattr(os, "O_DIRECTORY") and hasattr(os, "O_NOFOLLOW"))
+
+
+class _Folder:
+    """An artifacts folder opened once, when the load begins (a symlinked folder is resolved then), with every
+    file read relative to that descriptor: a release that renames a new build over the folder, or re-points
+    a link to it, while a load runs cannot hand that load files of two builds; it reads the build it opened,
+    whole. Only regular files are read, and no link on the way to one is followed. Errors name files by path.
+    Where the platform has no dir_fd (`_AT` false), files are read by path, as `_read_regular` does."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fd: int | None = None
+        if not _AT:
+            if not root.is_dir():
+                raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
+            return
+        try:
+            self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.") from None
+        except OSError as exc:  # a link loop, no permission
+            raise ArtifactError(f"{root}: cannot open the artifacts folder ({exc.strerror}).") from None
+
+    def __enter__(self) -> _Folder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def lexists(self, rel: str) -> bool:
+        if self.fd is None:
+            return os.path.lexists(self.root / rel)
+        try:
+            os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def read(self, rel: str) -> bytes:
+        path = self.root / rel
+        if self.fd is None:
+            return _read_regular(path, rel)
+        *parents, name = Path(rel).parts
+        at, opened = self.fd, []
+        try:
+            for depth, part in enumerate(parents, 1):
+                try:
+                    at = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW on a link, or a file
+                        raise  # missing or unreadable: said below
+                    prefix = "/".join(parents[:depth])
+                    raise ArtifactError(f"{self.root / prefix}: '{prefix}' (on the way to '{rel}') is not a "
+                                        f"folder (a link or a file); {REBUILD}.") from None
+                opened.append(at)
+            # O_NONBLOCK: a FIFO put in the folder would block the open; fstat below refuses it.
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=at)
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: missing; {REBUILD}.") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW on a link: ELOOP (EMLINK on some BSDs)
+                raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link or a folder); "
+                                    f"{REBUILD}.") from None
+            raise ArtifactError(f"{path}: cannot read it ({exc.strerror}).") from None
+        finally:
+            for each in opened:
+                os.close(each)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link or a folder); {REBUILD}.")
+            return fh.read()
+
+    def entries(self) -> list[str]:
+        """Every file and every linked folder in the folder, as relative paths (linked folders are not entered)."""
+        found: list[str] = []
+        if self.fd is None:
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                found += [(Path(dirpath) / name).relative_to(self.root).as_posix() for name in
+                          filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]]
+            return found
+        for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=self.fd):
+            links = [d for d in dirnames if _is_link(d, dirfd)]
+            found += [(Path(dirpath) / name).as_posix() for name in filenames + links]
+        return found
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:  # gone since it was listed: as Path.is_symlink says
+        return False
+
+
 @dataclass(frozen=True)
 class Verified:
     """An artifacts folder whose every byte was checked: the manifest as read and as typed, the files it
@@ -77,17 +176,13 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     """Every file of the folder verified and bound to ensemble.onnx, or ArtifactError naming what is wrong.
     With `expect_build_id`, only that build; with `public_key`, only a folder that key signed."""
     root = Path(folder)
-    if not root.is_dir():
-        raise ArtifactError(f"{root}: not an artifacts folder; {REBUILD}.")
-    raw = _read_regular(root / MANIFEST_FILE, MANIFEST_FILE)
-    signature_path = root / SIGNATURE_FILE
-    signature = _read_regular(signature_path, SIGNATURE_FILE) if os.path.lexists(signature_path) else None
-    # Files are read as the checks reach them: an edited manifest is refused before the weights are hashed.
-    verified = _verify(raw, lambda rel: _read_regular(root / rel, rel), signature, root, expect_build_id, public_key)
-    listed = set(verified.typed.files) | {MANIFEST_FILE, SIGNATURE_FILE}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+    with _Folder(root) as opened:
+        raw = opened.read(MANIFEST_FILE)
+        signature = opened.read(SIGNATURE_FILE) if opened.lexists(SIGNATURE_FILE) else None
+        # Files are read as the checks reach them: an edited manifest is refused before the weights are hashed.
+        verified = _verify(raw, opened.read, signature, root, expect_build_id, public_key)
+        listed = set(verified.typed.files) | {MANIFEST_FILE, SIGNATURE_FILE}
+        for rel in opened.entries():
             if rel not in listed:
                 raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
     return verified

@@ -13,6 +13,7 @@ never needs it. Keys are PEM files: an Ed25519 private key (PKCS#8) to sign, its
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from .errors import EnsembleOnnxError
 ALGORITHM = "ed25519"
 INSTALL_HINT = "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
 KeySource = str | os.PathLike[str] | bytes  # a PEM file's path, or its bytes
+RECORD_FIELDS = ("algorithm", "signature", "key_sha256", "build_id")  # manifest.sig's, all written by `sign`
+SIGNATURE_BYTES = 64  # an Ed25519 signature's length
 
 
 class SignatureError(EnsembleOnnxError, ValueError):
@@ -52,6 +55,10 @@ def _pem(key: KeySource) -> tuple[bytes, str]:
         # forever, and a huge file would be read whole. (os.open's descriptors are close-on-exec already.)
         fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
+        if os.path.islink(where) and exc.errno in (errno.ELOOP, errno.ENOENT):
+            raise SignatureError(f"{where}: the key is a symbolic link that cannot be resolved ("
+                                 f"{'a loop of links' if exc.errno == errno.ELOOP else 'it leads to no file'}); "
+                                 f"name the PEM file.") from None
         raise SignatureError(f"{where}: cannot read the key ({exc.strerror}).") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):  # before fdopen, which raises IsADirectoryError for a folder
@@ -102,23 +109,55 @@ def verify(manifest: dict[str, Any], signature_file: bytes | None, public_key: K
         raise SignatureError(f"{where}: an {type(key).__name__}; signed builds use Ed25519 keys.")
     if signature_file is None:
         raise SignatureError(f"the folder is not signed (no {SIGNATURE_FILE}) and a public key was given.")
-    try:
-        record = json.loads(signature_file)
-        signature = base64.b64decode(record["signature"], validate=True)
-        algorithm = record["algorithm"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record ({exc}).") from None
+    record = _record(signature_file)
+    algorithm, signature = record["algorithm"], _signature_bytes(record["signature"])
     if algorithm != ALGORITHM:
         raise SignatureError(f"{SIGNATURE_FILE}: algorithm {algorithm!r}; this runtime checks {ALGORITHM}.")
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field 'signature' holds {len(signature)} "
+                             f"bytes, not the {SIGNATURE_BYTES} of an {ALGORITHM} signature).")
     # Checked only for clearer messages: the signature itself covers the manifest, whatever these say.
-    if record.get("key_sha256") != hashlib.sha256(_raw_public(key)).hexdigest():
+    if record["key_sha256"] != hashlib.sha256(_raw_public(key)).hexdigest():
         raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match {where}: the folder was signed by "
                              f"another key.")
-    if record.get("build_id") != build_id(manifest):
+    if record["build_id"] != build_id(manifest):
         raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match manifest.json (signed for build "
-                             f"{record.get('build_id')!r}; the manifest changed after signing).")
+                             f"{record['build_id'][:80]!r}; the manifest changed after signing).")
     try:
         key.verify(signature, canonical(manifest))
     except Exception:  # cryptography's InvalidSignature; imported lazily, so caught broadly here
         raise SignatureError(f"{SIGNATURE_FILE}: the signature does not match manifest.json under {where} "
                              f"(signed by another key, or the manifest changed after signing).") from None
+
+
+def _record(signature_file: bytes) -> dict[str, Any]:
+    """manifest.sig parsed, with every field `sign` writes present and a string, or SignatureError naming the
+    file and the field in words (never a bare KeyError's "'signature'")."""
+    try:
+        record = json.loads(signature_file)
+    except (ValueError, RecursionError) as exc:  # malformed, not UTF-8 (JSONDecodeError, UnicodeDecodeError)
+        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (not JSON: {str(exc)[:200]}).") from None
+    if not isinstance(record, dict):
+        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (a JSON {_json_type(record)}, not an "
+                             f"object).")
+    for field in RECORD_FIELDS:
+        if field not in record:
+            raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field '{field}' is missing).")
+        if not isinstance(record[field], str):
+            raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field '{field}' is a JSON "
+                                 f"{_json_type(record[field])}, not a string).")
+    return record
+
+
+def _signature_bytes(text: str) -> bytes:
+    """The `signature` field's base64 (standard alphabet, padded), decoded; SignatureError naming the field."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or a character outside ASCII
+        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field 'signature' is not base64: "
+                             f"{text[:40]!r}).") from None
+
+
+def _json_type(value: object) -> str:
+    return {bool: "boolean", int: "number", float: "number", list: "array", dict: "object",
+            type(None): "null"}.get(type(value), type(value).__name__)

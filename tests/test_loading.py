@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +446,38 @@ def test_a_signature_refusal_names_the_folder(signed, tmp_path):
     assert str(err.value) == f"{copy}: the folder is not signed (no manifest.sig) and a public key was given."
 
 
+def _sig_with(record: dict[str, Any], field: str, value: object) -> bytes:
+    return json.dumps({**record, field: value} if value is not KeyError
+                      else {k: v for k, v in record.items() if k != field}).encode()
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda r: _sig_with(r, "signature", KeyError), "field 'signature' is missing"),
+    (lambda r: _sig_with(r, "algorithm", KeyError), "field 'algorithm' is missing"),
+    (lambda r: _sig_with(r, "key_sha256", KeyError), "field 'key_sha256' is missing"),
+    (lambda r: _sig_with(r, "build_id", KeyError), "field 'build_id' is missing"),
+    (lambda r: _sig_with(r, "signature", 12), "field 'signature' is a JSON number, not a string"),
+    (lambda r: _sig_with(r, "signature", None), "field 'signature' is a JSON null, not a string"),
+    (lambda r: _sig_with(r, "signature", ["AAAA"]), "field 'signature' is a JSON array, not a string"),
+    (lambda r: _sig_with(r, "algorithm", {"name": "ed25519"}), "field 'algorithm' is a JSON object, not a string"),
+    (lambda r: _sig_with(r, "build_id", True), "field 'build_id' is a JSON boolean, not a string"),
+    (lambda r: _sig_with(r, "signature", "not base64!"), "field 'signature' is not base64: 'not base64!'"),
+    (lambda r: _sig_with(r, "signature", r["signature"].rstrip("=")), "field 'signature' is not base64: "),
+    (lambda r: _sig_with(r, "signature", "AAAA"), "field 'signature' holds 3 bytes, not the 64 of an ed25519 "
+                                                  "signature"),
+    (lambda r: json.dumps([r]).encode(), "a JSON array, not an object"),
+    (lambda r: b"\xff{", "not JSON: "),
+])
+def test_a_signature_record_missing_a_field_or_of_the_wrong_type_is_refused_naming_it(signed, tmp_path, edit, says):
+    copy = Path(shutil.copytree(signed[0], tmp_path / "copy"))
+    record = json.loads((copy / "manifest.sig").read_text())
+    (copy / "manifest.sig").write_bytes(edit(record))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(copy, public_key=signed[1])
+    assert str(err.value).startswith(f"{copy}: manifest.sig: not a signature record ({says}"), str(err.value)
+    assert str(err.value).endswith(").")
+
+
 def test_a_linked_signature_is_refused_by_name(signed, tmp_path):
     copy = Path(shutil.copytree(signed[0], tmp_path / "copy"))
     (copy / "manifest.sig").rename(tmp_path / "sig")
@@ -452,6 +486,59 @@ def test_a_linked_signature_is_refused_by_name(signed, tmp_path):
         runtime.load(copy)
     assert str(err.value) == (f"{copy / 'manifest.sig'}: 'manifest.sig' is not a regular file (a link or a folder); "
                               f"{REBUILD}.")
+
+
+class _KeySwapping(os.PathLike[str]):
+    """A public key's path that, when the load first asks for it (manifest.json and manifest.sig read, no other
+    file yet), runs a real release swap on the filesystem: the rest of the load reads after the swap."""
+
+    def __init__(self, key: Path, swap: Callable[[], None]) -> None:
+        self.key, self.swap = key, swap
+
+    def __fspath__(self) -> str:
+        swap, self.swap = self.swap, lambda: None
+        swap()
+        return str(self.key)
+
+
+def _two_builds(signed: tuple[Path, bytes], where: Path) -> tuple[Path, Path, Path]:
+    """(build A: the signed demo copy, build B: A consistently re-bound with its classes reversed, A's key)"""
+    a = Path(shutil.copytree(signed[0], where / "a"))
+    b = rebound(a, where / "b", lambda m: m.update(classes=m["classes"][::-1]))
+    key = where / "public.pem"
+    key.write_bytes(signed[1])
+    return a, b, key
+
+
+def test_a_folder_renamed_away_mid_load_is_read_whole_from_the_build_opened(signed, tmp_path):
+    from runtime.artifacts import read_folder
+
+    a, b, key = _two_builds(signed, tmp_path)
+    aside = tmp_path / "a-old"
+    release = _KeySwapping(key, lambda: (os.rename(a, aside), os.rename(b, a)))  # mv a a-old && mv b a
+    verified = read_folder(a, public_key=release)
+    assert not aside.joinpath("ensemble.onnx").samefile(a / "ensemble.onnx")  # the swap did happen
+    listed = json.loads((aside / "manifest.json").read_text())
+    assert verified.manifest == listed and verified.manifest["classes"] != json.loads(
+        (a / "manifest.json").read_text())["classes"]
+    assert verified.files == {rel: (aside / rel).read_bytes() for rel in listed["files"]}
+    assert verified.signature == (aside / "manifest.sig").read_bytes()
+
+
+def test_a_link_re_pointed_mid_load_yields_the_build_it_named_when_the_load_began(signed, tmp_path):
+    a, b, key = _two_builds(signed, tmp_path)
+    live = tmp_path / "live"
+    live.symlink_to(a, target_is_directory=True)
+
+    def repoint() -> None:  # ln -s b live.new && mv -T live.new live: the atomic re-point
+        (tmp_path / "live.new").symlink_to(b, target_is_directory=True)
+        os.replace(tmp_path / "live.new", live)
+
+    ens = runtime.load(live, public_key=_KeySwapping(key, repoint))
+    assert live.resolve() == b.resolve()
+    assert ens.manifest == json.loads((a / "manifest.json").read_text())
+    assert ens.classes == tuple(json.loads((a / "manifest.json").read_text())["classes"])
+    assert ens.path == str(live)
 
 
 @pytest.mark.parametrize(("sent", "says"), [

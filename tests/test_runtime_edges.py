@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import runtime
-from runtime.artifacts import _check_onnxruntime
+from runtime.artifacts import REBUILD, _check_onnxruntime
 from runtime.features import InputError, read_records, records_to_matrix, rows_to_matrix
 
 pytestmark = pytest.mark.slim
@@ -126,6 +126,34 @@ def test_a_symlinked_member_file_is_refused_by_its_manifest_name(folder):
     (folder / "members" / "nhits.onnx").symlink_to(folder.parent / "n.onnx")
     with pytest.raises(runtime.ArtifactError, match="'members/nhits.onnx' is not a regular file"):
         runtime.load(folder)
+
+
+def test_a_linked_folder_on_the_way_to_a_listed_file_is_refused_by_name(folder):
+    (folder / "members").rename(folder.parent / "members-elsewhere")
+    (folder / "members").symlink_to(folder.parent / "members-elsewhere", target_is_directory=True)
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    # Refused when first reached, before any file under the link is read (the fallback without dir_fd reads
+    # through the link, then refuses the link as unlisted).
+    assert re.fullmatch(re.escape(f"{folder / 'members'}: 'members' (on the way to 'members/") + r"\w+\.onnx'\) is "
+                        + re.escape(f"not a folder (a link or a file); {REBUILD}."), str(err.value)), str(err.value)
+
+
+def test_without_dir_fd_files_are_read_by_path_with_the_same_refusals(folder, monkeypatch, tmp_path):
+    import runtime.artifacts
+
+    expected = runtime.load(folder).manifest
+    monkeypatch.setattr(runtime.artifacts, "_AT", False)  # what a platform without openat(2) runs
+    assert runtime.load(folder).manifest == expected
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(tmp_path / "nowhere")
+    assert str(err.value) == f"{tmp_path / 'nowhere'}: not an artifacts folder; {REBUILD}."
+    (folder / "members" / "nhits.onnx").rename(folder.parent / "n.onnx")
+    (folder / "members" / "nhits.onnx").symlink_to(folder.parent / "n.onnx")
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == (f"{folder / 'members' / 'nhits.onnx'}: 'members/nhits.onnx' is not a regular file (a "
+                              f"link or a folder); {REBUILD}.")
 
 
 @pytest.mark.parametrize(("text", "match"), [

@@ -433,6 +433,35 @@ def test_convert_refuses_a_key_that_cannot_sign_before_building(demo_models, tmp
         assert not (tmp_path / "out").exists()
 
 
+def _unresolvable(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """{kind: (a key path that is a symbolic link that cannot be resolved, the reason named)}"""
+    loop, dangling = tmp_path / "loop.pem", tmp_path / "dangling.pem"
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "nowhere.pem")
+    return {"loop": (loop, "a loop of links"), "dangling": (dangling, "it leads to no file")}
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_a_key_that_is_a_link_that_cannot_be_resolved_is_refused_for_what_it_is(demo_artifacts, tmp_path, kind):
+    key, reason = _unresolvable(tmp_path)[kind]
+    says = f"{key}: the key is a symbolic link that cannot be resolved ({reason}); name the PEM file."
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(demo_artifacts, public_key=key)
+    assert str(err.value) == f"{demo_artifacts}: {says}"
+    predicted = CliRunner().invoke(main, ["predict", str(demo_artifacts), "--public-key", str(key)], input="")
+    assert predicted.exit_code == 1 and predicted.output.strip().endswith(says), predicted.output
+    assert "Traceback" not in predicted.output
+
+
+def test_a_sign_key_that_is_a_link_that_cannot_be_resolved_is_refused_before_building(tmp_path):
+    key, reason = _unresolvable(tmp_path)["loop"]
+    signed = invoke("convert", tmp_path, "-o", tmp_path / "out", "--sign-key", key, "-q")
+    assert signed.exit_code == 1 and signed.output.strip().endswith(
+        f"--sign-key: {key}: the key is a symbolic link that cannot be resolved ({reason}); name the PEM file."), \
+        signed.output
+    assert "Traceback" not in signed.output and not (tmp_path / "out").exists()
+
+
 def test_the_runtime_imports_cryptography_only_for_a_public_key(demo_artifacts):
     import subprocess
     import sys
