@@ -283,6 +283,19 @@ def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
     assert rows.tolist() == [[1, 2, 3]]
 
 
+def test_json_lines_are_aligned_by_key_line_by_line_whatever_their_order_or_the_first_lines():
+    # predict, compare, drift and evaluate read each JSON line on its own: no line's key order (the first
+    # line's included) decides where another line's values go; a missing or an unknown key names its line.
+    records = read_records('{"c": 3, "a": 1, "b": 2, "symbol": "X"}\n{"b": 5, "symbol": "Y", "c": 6, "a": 4}\n'
+                           '{"a": 7, "b": 8, "c": 9}\n')
+    assert records_to_matrix(records, NAMES).tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    text = '{"a": 1, "b": 2, "c": 3}\n{"c": 3, "a": 1}\n{"b": 2, "a": 1, "c": 3, "d": 4}\n'
+    with pytest.raises(InputError) as err:
+        records_to_matrix(read_records(text), NAMES)
+    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 2: row 0: missing feature(s) ['b'].\n"
+                              "  line 3: row 0: unknown feature(s) ['d']; expected exactly ['a', 'b', 'c'].")
+
+
 # --- found by `make mutation`: the overflow refusal, exact messages, an int8 manifest's precision -------------
 
 def test_rows_a_member_overflows_on_are_refused_naming_the_first_and_counting_them(ens):
