@@ -334,11 +334,14 @@ def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | N
     """Score rows with the artifacts alone (no torch, no tree libraries). Refuses the whole input, printing
     nothing, if any row cannot be scored; every bad row is named with its line number."""
     import runtime
-    from runtime.features import read_records, records_to_matrix
+    from runtime.features import InputError, at_line, read_records, records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     rows = read_records(_read_input(input_file))
-    predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
+    try:
+        predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
+    except InputError as exc:  # a row a member overflows on, named by its line like every other bad row
+        raise at_line(exc, rows) from None
     records: list[dict[str, Any]] = [
         {"symbol": r.get("symbol"), "action": p.action, "confidence": p.confidence,
          "probabilities": p.probabilities, "members": p.members}

@@ -84,13 +84,18 @@ class Ensemble:
         out = {name: parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
                for k, name in enumerate(ENSEMBLE_OUTPUTS)}
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
-        # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name.
+        # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name. Only a
+        # refused call pays for naming the row's largest feature.
         if not np.isfinite(out[MEMBER_PROBABILITIES]).all():
             bad = ~np.isfinite(out[MEMBER_PROBABILITIES]).all(axis=2)
-            row, member = np.argwhere(bad)[0]
-            raise InputError(f"row {row}: member '{self.member_order[member]}' produced non-finite probabilities "
-                             f"({int(bad.any(axis=1).sum())} row(s) affected); the features are far outside the "
-                             f"range the models were trained on.")
+            row, member = (int(i) for i in np.argwhere(bad)[0])
+            largest = int(np.argmax(np.abs(x[row])))
+            error = InputError(f"row {row}: member '{self.member_order[member]}' produced non-finite probabilities "
+                               f"({int(bad.any(axis=1).sum())} row(s) affected): the row's features are too large "
+                               f"for its float32 arithmetic (largest: '{self.feature_names[largest]}' = "
+                               f"{x[row, largest]:.6g}), far outside the range the models were trained on.")
+            error.row = row
+            raise error
         return out
 
     def predict_proba(self, x: Any) -> np.ndarray:

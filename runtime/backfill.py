@@ -156,7 +156,7 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
                 try:
                     spans.append((i, i + 1, ens._run(x[i:i + 1])))
                 except InputError as exc:
-                    reasons[i] = str(exc).removeprefix("row 0: ")
+                    reasons[i] = str(exc).removeprefix("row 0: ").removesuffix(".")  # a reason is no sentence
         for lo, hi, result in spans:
             for key, array in out.items():
                 array[lo:hi] = result[key]
@@ -366,7 +366,7 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
                 Path(artifacts))
     files = read_files(artifacts)
     ens = load_from_files(files, threads, str(artifacts))
-    columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows)
+    columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows, keep)
     layout = Layout.for_input(ens.manifest, columns, keep, members, str(input_path))
     # More processes than cores only queue: each holds its own Ensemble and up to two batches in flight
     # (--workers 1000 on a long file asked for 2,000 pending batches, ~19 GB at the default batch size).

@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,11 @@ def file_format(path: Path) -> str:
 
 # --------------------------------------------------------------------------------------------- reading
 
-def open_batches(path: Path, features: tuple[str, ...], batch_rows: int) -> tuple[list[str], int | None, Iterator[Any]]:
-    """(column names, total rows if the format knows it, an iterator of Arrow record batches)."""
+def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: Sequence[str] | None = None
+                 ) -> tuple[list[str], int | None, Iterator[Any]]:
+    """(column names, total rows if the format knows it, an iterator of Arrow record batches).
+
+    `keep`: the passthrough columns the caller chose (None: every column), which JSON lines need to know."""
     import pyarrow as pa
 
     fmt = file_format(path)
@@ -64,13 +67,18 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int) -> tupl
             return list(reader.schema.names), None, iter(reader)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: cannot be read as {fmt} ({exc}).") from None
-    return _jsonl_batches(path, features, batch_rows)
+    return _jsonl_batches(path, features, batch_rows, keep)
 
 
-def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
+def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: Sequence[str] | None
                    ) -> tuple[list[str], int | None, Iterator[Any]]:
     """JSON lines, one object a line. Features become text for feature_matrix to parse (so a string, a list
-    or a bool there is named, not coerced); other values keep their JSON types."""
+    or a bool there is named, not coerced); other values keep their JSON types.
+
+    The first line's keys name the columns, and every line is read by key, in whatever order it writes
+    them (a JSON object's keys have none). A key a later line lacks reads as null, like an empty CSV cell (a
+    feature's row is then refused as missing). A key the first line lacks cannot be written, so it is
+    refused by row unless `keep` was chosen (then only the kept columns, all in the first line, pass)."""
     import pyarrow as pa
 
     def parse(line: str, number: int) -> Any:
@@ -103,6 +111,7 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
     if not isinstance(header_record, dict):
         raise InputError(f"{path}: row 1 is not a JSON object.")
     header = list(header_record)
+    columns = set(header)
 
     def text(value: Any) -> str | None:
         return None if value is None else value if isinstance(value, str) else json.dumps(value)
@@ -111,8 +120,12 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
         rows: list[dict[str, Any]] = []
         for number, line in lines():
             record = parse(line, number)
-            if not isinstance(record, dict) or list(record) != header:
-                raise InputError(f"{path}: row {number}: not an object with the first row's keys {header}.")
+            if not isinstance(record, dict):
+                raise InputError(f"{path}: row {number}: not a JSON object.")
+            if keep is None and record.keys() - columns:
+                raise InputError(f"{path}: row {number}: key(s) {sorted(record.keys() - columns)} are not in the "
+                                 f"first row, whose keys name the columns {header}; add them to the first row "
+                                 f"(null where a row has none), or choose the passthrough columns with --keep.")
             rows.append(record)
             if len(rows) == batch_rows:
                 yield table(rows)
@@ -123,7 +136,7 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int
     def table(rows: list[dict[str, Any]]) -> Any:
         columns = {}
         for name in header:
-            values = [r[name] for r in rows]
+            values = [r.get(name) for r in rows]  # by key, never by position: null where a row lacks it
             if name in features:
                 columns[name] = pa.array([text(v) for v in values], type=pa.string())
             else:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .artifacts import ArtifactError
-from .features import records_to_matrix
+from .features import InputError, at_line, records_to_matrix
 from .report import Records, esc, heat_map, histogram, page, table
 
 if TYPE_CHECKING:
@@ -37,7 +37,12 @@ def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | 
     if passthrough is None:
         passthrough = sorted({str(k) for _, r in records for k in r} - set(ens.feature_names))
     x = records_to_matrix(records, ens.feature_names, passthrough)
-    parts = [ens._run(x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)]
+    parts = []
+    for i in range(0, len(x), CHUNK):
+        try:
+            parts.append(ens._run(x[i:i + CHUNK]))
+        except InputError as exc:  # a row a member overflows on: its line, not its place in the chunk
+            raise at_line(exc, records, i) from None
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -20,6 +20,10 @@ from .errors import EnsembleOnnxError
 class InputError(EnsembleOnnxError, ValueError):
     """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
 
+    # The 0-based row of the scored matrix at fault, where the refusal is about one row the caller may know
+    # by another number (a line of its file, a row of the whole input scored in chunks).
+    row: int | None = None
+
 
 class RepeatedKeyError(EnsembleOnnxError, ValueError):
     """A JSON object names the same key twice: `json` would keep the last silently."""
@@ -240,6 +244,14 @@ def _number_or_text(cell: str) -> Any:
         return parse_number(cell)
     except ValueError:
         return cell
+
+
+def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 0) -> InputError:
+    """A refusal of one row of the matrix built from `records[first:]`, restated at that record's line (the
+    matrix's row number means nothing to whoever wrote the file); any other refusal as it is."""
+    if error.row is None:
+        return error
+    return InputError(f"line {records[first + error.row][0]}: {str(error).removeprefix(f'row {error.row}: ')}")
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],

@@ -281,6 +281,97 @@ def test_a_lightgbm_text_that_crashes_its_reader_is_refused_by_name(demo_models,
     assert not (tmp_path / "out").exists()
 
 
+# A one-tree binary LightGBM model written by hand (LightGBM reads it; no training needed).
+HAND_MODEL = """tree
+version=v4
+num_class=1
+num_tree_per_iteration=1
+label_index=0
+max_feature_idx=1
+objective=binary sigmoid:1
+feature_names=a b
+feature_infos=[-1:1] [-1:1]
+
+Tree=0
+num_leaves=2
+num_cat=0
+split_feature=0
+split_gain=1
+threshold=0
+decision_type=2
+left_child=-1
+right_child=-2
+leaf_value=0.1 -0.1
+leaf_weight=1 1
+leaf_count=1 1
+internal_value=0
+internal_weight=2
+internal_count=2
+is_linear=0
+shrinkage=1
+
+
+end of trees
+"""
+
+
+def lightgbm_folder(tmp_path: Path, name: str, content: bytes) -> Path:
+    folder = tmp_path / "lgb"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    (folder / "ensemble.json").write_text(json.dumps({"members": {"l": {"kind": "lightgbm", "file": name,
+                                                                         "scaler": None}}}))
+    return folder
+
+
+def tiny_lgbm_classifier_pickle(model_text: bytes) -> bytes:
+    """A real LGBMClassifier (one tree, fitted on 60 rows in milliseconds) pickled with its text replaced."""
+    import pickle
+
+    import lightgbm
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    model = lightgbm.LGBMClassifier(n_estimators=1, num_leaves=3, min_child_samples=5, verbose=-1)
+    return _with_model_text(pickle.dumps(model.fit(rng.normal(size=(60, 3)), rng.integers(0, 3, 60))),
+                            lambda _: model_text)
+
+
+NO_CLASSES = "not a readable LightGBM model (Model file doesn't specify the number of classes)"
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), [
+    ("m.txt", b"hello\n", "not a readable LightGBM model (Unknown model format or submodel type)"),
+    ("m.txt", b"tree\nversion=v4\n", NO_CLASSES),
+    ("m.txt", HAND_MODEL.replace("left_child=-1", "left_child=77").encode(),
+     "LightGBM crashed reading it (killed by SIGSEGV); the file is malformed or truncated. Re-save the model from "
+     "LightGBM"),
+    ("m.pkl", None, NO_CLASSES),
+])
+def test_a_lightgbm_file_lightgbm_refuses_is_one_line_of_ours_and_nothing_of_lightgbms(tmp_path, capfd, name,
+                                                                                        content, reason):
+    # Read in this process, LightGBM printed "[LightGBM] [Fatal] Unknown model format ... in model file PATH"
+    # on stderr beside the refusal, which quoted the same words again.
+    folder = lightgbm_folder(tmp_path, name, tiny_lgbm_classifier_pickle(b"tree\nversion=v4\n") if content is None
+                             else content)
+    capfd.readouterr()
+    result = invoke("convert", folder, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 1
+    assert result.output == f"Error: ModelFileError: {folder / name}: {reason}.\n"
+    assert capfd.readouterr() == ("", "")  # nothing written past click: LightGBM's own line never reaches the user
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_hand_written_lightgbm_model_is_one_lightgbm_reads(tmp_path):
+    import lightgbm
+    import numpy as np
+
+    (tmp_path / "m.txt").write_text(HAND_MODEL)
+    booster = lightgbm.Booster(model_file=str(tmp_path / "m.txt"))
+    np.testing.assert_allclose(booster.predict(np.array([[-1.0, 0.0], [1.0, 0.0]])),
+                               1 / (1 + np.exp([-0.1, 0.1])))
+
+
 def _with_model_text(pickle_bytes: bytes, edit: Callable[[bytes], bytes]) -> bytes:
     """An LGBMClassifier pickle whose embedded model text (one BINUNICODE string, written outside any pickle
     frame for its size) is edited, its length prefix kept true, so the unpickler itself reads it fine."""

@@ -252,8 +252,8 @@ def test_a_chunk_with_an_overflowing_row_is_scored_row_by_row_and_only_that_row_
     counting.calls = []
     out, reasons = backfill.score_matrix(counting, x)
     assert counting.calls == [1024, 6, 1, 1, 1, 1, 1, 1]
-    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected); the features are far outside "
-           "the range the models were trained on.")
+    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected): the row's features are too large "
+           "for its float32 arithmetic (largest: 'rsi_14' = 1e+38), far outside the range the models were trained on")
     assert reasons.tolist() == [None] * 1026 + [why, None, why, None]
     good = np.array([i for i in range(1030) if i not in (1026, 1028)])
     np.testing.assert_array_equal(out["probabilities"][good], ens.predict_proba(x[good]))
@@ -268,8 +268,8 @@ def test_score_rows_scores_only_the_rows_without_a_reason(ens):
     x[3] = 1e38
     reasons = np.array([None, "column 'a': missing (null)", None, None, None], dtype=object)
     out, merged = backfill.score_rows(ens, x, reasons)
-    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected); the features are far outside "
-           "the range the models were trained on.")
+    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected): the row's features are too large "
+           "for its float32 arithmetic (largest: 'rsi_14' = 1e+38), far outside the range the models were trained on")
     assert merged.tolist() == [None, "column 'a': missing (null)", None, why, None]
     assert reasons.tolist() == [None, "column 'a': missing (null)", None, None, None]  # the caller's, untouched
     np.testing.assert_array_equal(out["probabilities"][[0, 2, 4]], one_by_one(ens, x[[0, 2, 4]]))
@@ -682,6 +682,54 @@ def test_score_file_reads_batches_of_the_asked_size(demo_artifacts, ens, tmp_pat
     assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(3)] == [2, 2, 1]
 
 
+def test_score_file_scores_json_lines_by_feature_name_whatever_each_lines_key_order(demo_artifacts, ens, tmp_path):
+    # Each line's keys in its own shuffled order: a reader that went by position would score the columns
+    # of one line under another's names, a silent wrong answer.
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
+    x = rows(6, len(ens.feature_names), seed=21)
+    order = np.random.default_rng(5)
+    lines = []
+    for i, r in enumerate(x):
+        record = {"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))}
+        keys = list(record) if i == 0 else [list(record)[k] for k in order.permutation(len(record))]
+        lines.append(json.dumps({k: record[k] for k in keys}))
+    source.write_text("\n".join(lines) + "\n")
+    backfill.score_file(demo_artifacts, source, out)
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == list(range(6))
+    np.testing.assert_array_equal(np.stack([table.column(f"p_{c}").to_numpy() for c in ens.classes], 1),
+                                  one_by_one(ens, x))
+
+
+def test_score_file_names_a_json_line_without_a_feature_or_sends_it_to_rejects(demo_artifacts, ens, tmp_path):
+    source, out, rejects = tmp_path / "in.jsonl", tmp_path / "o.jsonl", tmp_path / "r.jsonl"
+    x = rows(3, len(ens.feature_names), seed=22)
+    records = [{"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))} for i, r in enumerate(x)]
+    del records[1][ens.feature_names[3]]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out)
+    assert str(err.value).startswith(f"{source}: row 2, column '{ens.feature_names[3]}': missing (null). Nothing was "
+                                     f"written")
+    summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=rejects)
+    assert (summary.scored, summary.rejected) == (2, 1)
+    assert [json.loads(s) for s in rejects.read_text().splitlines()] == [
+        {"row": 2, "id": 1, "reason": f"column '{ens.feature_names[3]}': missing (null)"}]
+
+
+def test_score_file_refuses_a_json_key_first_seen_on_a_later_line_unless_kept_out(demo_artifacts, ens, tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    x = rows(2, len(ens.feature_names), seed=23)
+    records = [{"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))} for i, r in enumerate(x)]
+    records[1]["venue"] = "XNAS"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError, match=rf"^{source}: row 2: key\(s\) \['venue'\] are not in the first row"):
+        backfill.score_file(demo_artifacts, source, out)
+    assert not out.exists()
+    assert backfill.score_file(demo_artifacts, source, out, keep=["id"]).scored == 2
+    assert [json.loads(s)["id"] for s in out.read_text().splitlines()] == [0, 1]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_score_file_names_the_input_for_a_feature_column_of_another_type(demo_artifacts, ens, tmp_path, workers):
     source = tmp_path / "in.parquet"
@@ -822,10 +870,38 @@ def test_an_empty_json_lines_file_has_no_columns_and_no_rows(tmp_path):
     assert (columns, total, list(batches)) == ([], None, [])
 
 
+def test_json_lines_are_read_by_key_whatever_each_lines_key_order(tmp_path):
+    # A JSON object's keys have no order: a line written {"g", "id", "f"} under a first line {"f", "g", "id"}
+    # holds the same row, and its values must land in the columns they are named for.
+    path = jsonl(tmp_path, '{"f": 1.5, "g": 2.5, "id": "a"}\n{"g": 20.5, "id": "b", "f": 10.5}\n'
+                           '{"id": "c", "f": 100.5, "g": 200.5}\n')
+    columns, _, batches = open_batches(path, ("f", "g"), 10)
+    (batch,) = list(batches)
+    assert columns == batch.schema.names == ["f", "g", "id"]
+    assert batch.to_pydict() == {"f": ["1.5", "10.5", "100.5"], "g": ["2.5", "20.5", "200.5"], "id": ["a", "b", "c"]}
+
+
+def test_a_key_missing_from_a_later_json_line_reads_as_null_like_an_empty_csv_cell(tmp_path):
+    path = jsonl(tmp_path, '{"f": 1, "id": "a", "note": "x"}\n{"id": "b"}\n{"f": 3, "id": "c"}\n')
+    _, _, batches = open_batches(path, ("f",), 10)
+    assert next(batches).to_pydict() == {"f": ["1", None, "3"], "id": ["a", "b", "c"], "note": ["x", None, None]}
+
+
+def test_a_key_only_a_later_json_line_has_is_refused_unless_keep_leaves_it_out(tmp_path):
+    # Every non-feature column passes through by default, and the columns are the first line's: a key first
+    # seen on row 3 would be dropped from the output without a word. With --keep the user chose what to keep.
+    path = jsonl(tmp_path, '{"f": 1, "id": "a"}\n{"f": 2, "id": "b"}\n{"venue": "X", "f": 3, "id": "c", "z": 0}\n')
+    with pytest.raises(InputError) as err:
+        list(open_batches(path, ("f",), 10)[2])
+    assert str(err.value) == (f"{path}: row 3: key(s) ['venue', 'z'] are not in the first row, whose keys name the "
+                              f"columns ['f', 'id']; add them to the first row (null where a row has none), or "
+                              f"choose the passthrough columns with --keep.")
+    _, _, batches = open_batches(path, ("f",), 10, keep=["id"])
+    assert next(batches).to_pydict() == {"f": ["1", "2", "3"], "id": ["a", "b", "c"]}
+
+
 @pytest.mark.parametrize(("content", "message"), [
-    (b'{"f": 1}\n\n{"g": 1}\n', "row 2: not an object with the first row's keys ['f']."),
-    (b'{"f": 1, "g": 2}\n{"g": 2, "f": 1}\n', "row 2: not an object with the first row's keys ['f', 'g']."),
-    (b'{"f": 1}\n[1]\n', "row 2: not an object with the first row's keys ['f']."),
+    (b'{"f": 1}\n[1]\n', "row 2: not a JSON object."),
     (b"[1]\n", "row 1 is not a JSON object."),
     (b'{"f": 1}\n{"f": \n', "row 2: not a JSON object (Expecting value)."),
     (b'{"f": 1, "f": 2}\n', "row 1: key 'f' given more than once."),

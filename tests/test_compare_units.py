@@ -21,6 +21,7 @@ from forge import rebound
 
 import runtime
 from runtime.compare import (
+    CHUNK,
     HIST_EDGES,
     IncomparableError,
     class_order,
@@ -156,6 +157,18 @@ def test_score_records_refuses_a_column_outside_the_passthrough_by_line(old, mix
     assert str(info.value).startswith("2 row(s) refused, nothing scored:\n  line 2: row 0: unknown feature(s) "
                                       "['note']; expected exactly ['rsi_14',")
     assert "\n  line 3: row 0: unknown feature(s) ['note']" in str(info.value)
+
+
+def test_score_records_names_the_line_of_a_row_a_member_overflows_on_past_the_first_chunk(old, mixed):
+    # Scored CHUNK rows a call: the refusal's row counted from its chunk's start named another line.
+    rows = [mixed[i % len(mixed)] for i in range(CHUNK + 3)]
+    records = as_records(rows)
+    records[CHUNK + 1][1]["bb_position"] = 1e38
+    with pytest.raises(InputError) as info:
+        score_records(old, records)
+    assert str(info.value) == (f"line {CHUNK + 3}: member 'nhits' produced non-finite probabilities (1 row(s) "
+                               f"affected): the row's features are too large for its float32 arithmetic (largest: "
+                               f"'bb_position' = 1e+38), far outside the range the models were trained on.")
 
 
 def test_a_build_compared_with_itself_moves_nothing(old, rows, demo_artifacts):

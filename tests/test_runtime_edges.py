@@ -15,7 +15,7 @@ import pytest
 
 import runtime
 from runtime.artifacts import REBUILD, _check_onnxruntime
-from runtime.features import InputError, read_records, records_to_matrix, rows_to_matrix
+from runtime.features import InputError, at_line, read_records, records_to_matrix, rows_to_matrix
 
 pytestmark = pytest.mark.slim
 
@@ -311,19 +311,64 @@ def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
     assert rows.tolist() == [[1, 2, 3]]
 
 
+def test_json_lines_are_aligned_by_key_line_by_line_whatever_their_order_or_the_first_lines():
+    # predict, compare, drift and evaluate read each JSON line on its own: no line's key order (the first
+    # line's included) decides where another line's values go; a missing or an unknown key names its line.
+    records = read_records('{"c": 3, "a": 1, "b": 2, "symbol": "X"}\n{"b": 5, "symbol": "Y", "c": 6, "a": 4}\n'
+                           '{"a": 7, "b": 8, "c": 9}\n')
+    assert records_to_matrix(records, NAMES).tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    text = '{"a": 1, "b": 2, "c": 3}\n{"c": 3, "a": 1}\n{"b": 2, "a": 1, "c": 3, "d": 4}\n'
+    with pytest.raises(InputError) as err:
+        records_to_matrix(read_records(text), NAMES)
+    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 2: row 0: missing feature(s) ['b'].\n"
+                              "  line 3: row 0: unknown feature(s) ['d']; expected exactly ['a', 'b', 'c'].")
+
+
 # --- found by `make mutation`: the overflow refusal, exact messages, an int8 manifest's precision -------------
 
-def test_rows_a_member_overflows_on_are_refused_naming_the_first_and_counting_them(ens):
+def test_rows_a_member_overflows_on_are_refused_naming_the_first_its_largest_feature_and_counting_them(ens):
     rows = np.full((4, len(ens.feature_names)), 0.5)
-    rows[[1, 3]] = 1e38  # finite in float64, past what the members' float32 activations hold
+    rows[1, 7] = -1e38  # finite in float64, past what the members' float32 activations hold
+    rows[3] = 1e38
     with pytest.raises(InputError) as err:
         ens.predict_proba(rows)
-    message = str(err.value)
-    assert re.fullmatch(r"row 1: member '(\w+)' produced non-finite probabilities \(2 row\(s\) affected\); the "
-                        r"features are far outside the range the models were trained on\.", message), message
     # The first fault in member order: trees never overflow, N-HiTS comes before PatchTST (both overflow here).
-    assert re.search(r"member '(\w+)'", message).group(1) == "nhits"
+    assert str(err.value) == ("row 1: member 'nhits' produced non-finite probabilities (2 row(s) affected): the "
+                              "row's features are too large for its float32 arithmetic (largest: 'volume_ratio' = "
+                              "-1e+38), far outside the range the models were trained on.")
+    assert err.value.row == 1  # for a caller that knows the row by its own number (a line of a file)
     assert ens.predict_proba(rows[[0, 2]]).shape == (2, 3)  # the other rows score alone
+    with pytest.raises(InputError) as err:
+        ens.predict([dict(zip(ens.feature_names, r, strict=True)) for r in rows[2:]])
+    assert str(err.value).startswith("row 1: member 'nhits' produced non-finite probabilities (1 row(s) affected): "
+                                     "the row's features are too large for its float32 arithmetic (largest: "
+                                     "'rsi_14' = 1e+38)")
+
+
+def test_a_row_refusal_is_restated_at_the_records_line_and_any_other_refusal_kept():
+    one_row = InputError("row 2: member 'm' produced non-finite probabilities.")
+    one_row.row = 2
+    records = [(2, {}), (4, {}), (5, {}), (9, {}), (10, {})]
+    assert str(at_line(one_row, records)) == "line 5: member 'm' produced non-finite probabilities."
+    assert str(at_line(one_row, records, first=2)) == "line 10: member 'm' produced non-finite probabilities."
+    whole = InputError("no rows to score.")
+    assert at_line(whole, records) is whole
+
+
+def test_predict_names_the_line_of_a_row_a_member_overflows_on(ens, tmp_path):
+    from click.testing import CliRunner
+
+    from convert.cli import main
+
+    rows = np.full((3, len(ens.feature_names)), 0.5)
+    rows[2, 5] = 1e38
+    text = "\n".join(json.dumps(dict(zip(ens.feature_names, map(float, r), strict=True))) for r in rows)
+    (tmp_path / "rows.jsonl").write_text("\n" + text.replace("\n", "\n\n", 1) + "\n")  # rows on lines 2, 4, 5
+    result = CliRunner().invoke(main, ["predict", ens.path, "--input", str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 1
+    assert result.output == ("Error: InputError: line 5: member 'nhits' produced non-finite probabilities (1 row(s) "
+                             "affected): the row's features are too large for its float32 arithmetic (largest: "
+                             "'bb_position' = 1e+38), far outside the range the models were trained on.\n")
 
 
 @pytest.mark.parametrize(("x", "message"), [

@@ -30,17 +30,39 @@ PROBE_TIMEOUT_S = 120
 # An LGBMClassifier pickle carries the same text and parses it while unpickling, so it is probed too, through
 # the same allowlisted unpickler as the real read.
 _CHECK_BOOSTER = "b.dump_model(); b.predict(numpy.zeros((1, b.num_feature())))"
+# A file LightGBM merely refuses (LightGBMError) is reported from the child too: read in this process, LightGBM
+# would also print its own "[LightGBM] [Fatal] ..." line on the terminal beside our refusal. The child says
+# why after REFUSED and exits REFUSED_EXIT; its stderr is captured, so nothing of LightGBM's reaches the user.
+REFUSED, REFUSED_EXIT = "ensemble-onnx: LightGBM refused it: ", 3
+_REPORT = ("\nexcept Exception as exc:\n"  # load_pickle wraps what unpickling raised: its cause says
+           "    why = exc if isinstance(exc, lightgbm.basic.LightGBMError) else exc.__cause__\n"
+           "    if not isinstance(why, lightgbm.basic.LightGBMError):\n        raise\n"
+           f"    sys.stderr.write({REFUSED!r} + str(why).replace('\\n', ' ') + '\\n'); sys.exit({REFUSED_EXIT})")
 _PROBES = {
-    "text": f"import sys, numpy, lightgbm; b = lightgbm.Booster(model_file=sys.argv[1]); {_CHECK_BOOSTER}",
-    "pickle": ("import sys, numpy, pathlib; from convert.loaders import load_pickle; "
-               f"b = load_pickle(pathlib.Path(sys.argv[1]), 'lightgbm').booster_; {_CHECK_BOOSTER}"),
+    "text": ("import sys, numpy, lightgbm\ntry:\n"
+             f"    b = lightgbm.Booster(model_file=sys.argv[1]); {_CHECK_BOOSTER}{_REPORT}"),
+    "pickle": ("import sys, numpy, pathlib, lightgbm; from convert.loaders import load_pickle\ntry:\n"
+               f"    b = load_pickle(pathlib.Path(sys.argv[1]), 'lightgbm').booster_; {_CHECK_BOOSTER}{_REPORT}"),
 }
 
 
+def _lightgbm_said(stderr: str, file: Path) -> str:
+    """LightGBM's own reason from a child's stderr, once and short: our REFUSED line, else its last
+    "[LightGBM] [Fatal]" line, else the last line; without the prefix or the file's path (the message names
+    the file already)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = (next((x.removeprefix(REFUSED) for x in reversed(lines) if x.startswith(REFUSED)), None)
+            or next((x.split("[Fatal]", 1)[1] for x in reversed(lines) if "[LightGBM] [Fatal]" in x), None)
+            or (lines[-1] if lines else ""))
+    said = said.replace(f" in model file {file}", "").replace(str(file), "the file").strip().rstrip(".")
+    return said if len(said) <= 200 else said[:197] + "..."
+
+
 def probe_model_file(file: Path, form: str) -> None:
-    """Refuse, by name, a .txt or pickle (`form`) that kills or hangs the process reading it, before this
-    process reads it. A file merely refused (a Python exception in the child) is left to the in-process read,
-    which reports its own message."""
+    """Refuse, by name, a .txt or pickle (`form`) that kills or hangs the process reading it, or that
+    LightGBM refuses, before this process reads it. Any other failure in the child (a Python exception: an
+    allowlist refusal) is left to the in-process read, which reports its own message."""
+    import signal
     import subprocess
     import sys
 
@@ -50,10 +72,15 @@ def probe_model_file(file: Path, form: str) -> None:
     except subprocess.TimeoutExpired:
         raise ModelFileError(f"{file}: LightGBM did not finish reading it in {PROBE_TIMEOUT_S} s (a malformed "
                              f"tree, e.g. a cycle of children); re-save the model from LightGBM.") from None
-    if done.returncode < 0 or (done.returncode != 0 and b"Traceback" not in done.stderr):
-        said = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-2:]
-        raise ModelFileError(f"{file}: LightGBM crashed reading it (exit {done.returncode}: {' / '.join(said)}); "
-                             f"the file is malformed or truncated. Re-save the model from LightGBM.")
+    stderr = done.stderr.decode(errors="replace")
+    if done.returncode == REFUSED_EXIT and REFUSED in stderr:
+        raise ModelFileError(f"{file}: not a readable LightGBM model ({_lightgbm_said(stderr, file)}).")
+    if done.returncode < 0 or (done.returncode != 0 and "Traceback" not in stderr):
+        how = (f"killed by {signal.Signals(-done.returncode).name}" if -done.returncode in signal.valid_signals()
+               else f"exit {done.returncode}")
+        said = _lightgbm_said(stderr, file)
+        raise ModelFileError(f"{file}: LightGBM crashed reading it ({how}{': ' + said if said else ''}); the file "
+                             f"is malformed or truncated. Re-save the model from LightGBM.")
 
 
 def read_model(source: MemberSource) -> tuple[Any, Any]:
