@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import ArtifactError, Verified, read_folder
-from .contract import CONFIDENCE, ENSEMBLE_OUTPUTS, LABEL, MEMBER_PROBABILITIES, META_DIGEST, PROBABILITIES
+from .artifacts import ArtifactError, Verified, check_combiner, read_folder
+from .contract import (
+    CONFIDENCE,
+    ENSEMBLE_OUTPUTS,
+    LABEL,
+    MANIFEST_FILE,
+    MEMBER_PROBABILITIES,
+    META_DIGEST,
+    PROBABILITIES,
+)
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
 from .errors import EnsembleOnnxError
 from .features import InputError, as_matrix, rows_to_matrix
@@ -71,6 +80,8 @@ class Ensemble:
                 or shapes[PROBABILITIES] != [len(self.classes)]
                 or shapes[MEMBER_PROBABILITIES] != [len(self.member_order), len(self.classes)]):
             raise ArtifactError(f"{graph_path}: inputs/outputs do not match manifest.json.")
+        # What describe() reports of members, weights and temperatures must be what the graph computes with.
+        check_combiner(typed, verified.files[graph_file], Path(graph_path), Path(path, MANIFEST_FILE))
         self._input = inputs[0].name
         # Verified training statistics (absent in builds made before they existed: drift() then says so).
         raw_statistics = verified.files.get(STATISTICS_FILE)

@@ -20,12 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import protowire
 from .contract import (
     MANIFEST_FILE,
+    MEMBER_OUTPUT,
+    MEMBER_PROBABILITIES,
     META_DIGEST,
     META_MANIFEST,
     OPSETS,
+    PROBABILITIES,
     SIGNATURE_FILE,
     FieldError,
     Manifest,
@@ -36,7 +41,7 @@ from .contract import (
     manifest_digest,
     parse_manifest,
 )
-from .errors import EnsembleOnnxError
+from .errors import EnsembleOnnxError, shortened
 from .features import RepeatedKeyError, loads_unique
 
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
@@ -240,8 +245,8 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
         raise ArtifactError(f"{manifest_path}: {exc}; {REBUILD}.") from None
     for domain, version in typed.opsets.items():
         if domain not in OPSETS or version > OPSETS[domain]:
-            raise ArtifactError(f"{manifest_path}: field 'opsets' needs {domain} {version}; this runtime runs "
-                                f"{OPSETS}. Rebuild with a matching ensemble-onnx.")
+            raise ArtifactError(f"{manifest_path}: field 'opsets' needs {shortened(domain)} {shortened(version)}; "
+                                f"this runtime runs {OPSETS}. Rebuild with a matching ensemble-onnx.")
     # Before the binding: a host too old for the build is told to upgrade (an edit that raises the
     # requirement is refused either way; one that lowers it fails the binding below).
     _check_onnxruntime(manifest, manifest_path)
@@ -295,6 +300,60 @@ def _refuse_external_data(graph: bytes, graph_path: Path) -> None:
                             f"the verified bytes; the runtime serves only self-contained graphs. {REBUILD}.")
 
 
+def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: Path) -> None:
+    """The member order, temperatures and (for "weighted") weights manifest.json reports must be the ones the
+    graph computes with: a manifest re-bound with other values would otherwise load and be reported by
+    describe(). Read off the nodes convert/graph.py writes, by their names (protowire: no onnx, ~2 ms for
+    the demo's 9 MB graph); anything else in their place is refused. A stacker's coefficients have no
+    manifest field to compare: for "stacking" the member weights are not used, and not checked."""
+    members, k, c = m.ensemble.members, len(m.ensemble.members), len(m.classes)
+    wanted = frozenset(["weights", *(f"{name}/temperature" for name in members)])
+    try:
+        nodes, values = protowire.main_graph(graph, wanted)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{graph_path}: not a readable ONNX model ({exc}); {REBUILD}.") from None
+    fed = nodes.get("member_flat", ("", []))
+    if (fed[0] != "Concat" or len(fed[1]) != k
+            or nodes.get(MEMBER_PROBABILITIES) != ("Reshape", ["member_flat", "member_shape"])):
+        raise ArtifactError(f"{graph_path}: member_probabilities is not the Concat of the {k} members' "
+                            f"probabilities that convert writes; {REBUILD}.")
+    temperatures = m.decision.temperature if m.decision is not None else {}
+    for i, (name, given) in enumerate(zip(members, fed[1], strict=True)):
+        calibrated = (nodes.get(f"{name}/calibrated") == ("Softmax", [f"{name}/cooled"])
+                      and nodes.get(f"{name}/cooled") == ("Div", [f"{name}/log_p", f"{name}/temperature"])
+                      and nodes.get(f"{name}/log_p") == ("Log", [f"{name}/{MEMBER_OUTPUT}"])
+                      and values.get(f"{name}/temperature", np.empty(0)).size == 1)
+        if given == f"{name}/{MEMBER_OUTPUT}":
+            in_graph = 1.0
+        elif given == f"{name}/calibrated" and calibrated:
+            in_graph = float(values[f"{name}/temperature"][0])
+        else:  # ensemble.members in another order would label each member's column with another's name
+            raise ArtifactError(f"{graph_path}: member_probabilities[{i}] is {shortened(given)}, not member "
+                                f"'{name}' (field 'ensemble.members' of {manifest_path.name}); {REBUILD}.")
+        t = temperatures.get(name, 1.0)
+        if np.float32(t) != np.float32(in_graph):  # the graph holds t in float32
+            raise ArtifactError(f"{manifest_path}: field 'decision.temperature.{name}' is {t!r}, but the graph "
+                                f"divides member '{name}''s log-probabilities by {in_graph!r}; {REBUILD}.")
+    if m.combine.method == "stacking":
+        if nodes.get(PROBABILITIES) != ("Identity", [f"stacker/{MEMBER_OUTPUT}"]):
+            raise ArtifactError(f"{graph_path}: its probabilities are not a stacker's, but field 'combine.method' "
+                                f"of {manifest_path.name} is 'stacking'; {REBUILD}.")
+        return
+    weights = values.get("weights")
+    if nodes.get(PROBABILITIES) != ("MatMul", ["member_flat", "weights"]) or weights is None \
+            or weights.size != k * c * c:
+        raise ArtifactError(f"{graph_path}: its probabilities are not the MatMul of the members' by a "
+                            f"[{k * c}, {c}] float32 'weights', the 'weighted' combine convert writes; {REBUILD}.")
+    blocks = weights.reshape(k, c, c)  # member i's block: its weight times the identity, in float32
+    for name, block in zip(members, blocks, strict=True):
+        weight = m.members[name].weight
+        if not np.array_equal(block, np.float32(weight) * np.eye(c, dtype=np.float32)):
+            diagonal = np.array_equal(block, block[0, 0] * np.eye(c, dtype=np.float32))
+            used = repr(float(block[0, 0])) if diagonal else f"the block {shortened(block.tolist())}"
+            raise ArtifactError(f"{manifest_path}: field 'members.{name}.weight' is {weight!r}, but the graph "
+                                f"weighs member '{name}' by {used}; {REBUILD}.")
+
+
 def graph_metadata(graph: bytes, graph_path: Path) -> dict[str, str]:
     """An ONNX model's metadata_props, read off its bytes (what onnxruntime's custom_metadata_map gives)."""
     try:
@@ -335,9 +394,10 @@ def _check_onnxruntime(manifest: dict[str, Any], manifest_path: Path) -> None:
         # Major and minor are all a requirement here names ("1.22"); "1.32.0rc1" still compares by them.
         too_old = [int(p) for p in onnxruntime.__version__.split(".")[:2]] < [int(p) for p in str(needs).split(".")[:2]]
     except ValueError:
-        raise ArtifactError(f"{manifest_path}: field 'precision.min_onnxruntime' is {needs!r}, not a version; "
+        raise ArtifactError(f"{manifest_path}: field 'precision.min_onnxruntime' is {shortened(needs)}, not a version; "
                             f"{REBUILD}.") from None
     if too_old:
-        raise ArtifactError(f"{manifest_path}: field 'precision' says these {precision.get('weights')} weights "
-                            f"need onnxruntime>={needs}; this host has {onnxruntime.__version__}. Upgrade "
+        raise ArtifactError(f"{manifest_path}: field 'precision' says these "
+                            f"{shortened(precision.get('weights'), quoted=False)} weights need onnxruntime>="
+                            f"{shortened(needs, quoted=False)}; this host has {onnxruntime.__version__}. Upgrade "
                             f"onnxruntime, or serve a --precision fp32 build.")

@@ -16,12 +16,13 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .errors import EnsembleOnnxError
+from .errors import EnsembleOnnxError, shortened
 
 SCHEMA_VERSION = 1                 # what this version writes
 SCHEMA_VERSIONS = (1,)             # what this version reads
@@ -44,6 +45,8 @@ ENSEMBLE_OUTPUTS = (PROBABILITIES, LABEL, CONFIDENCE, MEMBER_PROBABILITIES)
 MEMBER_INPUT = "input"             # float32 [N, F], already scaled
 MEMBER_OUTPUT = PROBABILITIES      # float32 [N, C]
 BATCH_AXIS = "N"
+
+COMBINE_METHODS = ("weighted", "stacking")  # combine.method: the weighted sum, or a stacker over the members
 
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"    # the only file a folder may hold that the manifest does not list
@@ -68,7 +71,7 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class Combine:
-    method: str                               # "weighted" | "stacking"
+    method: str                               # one of COMBINE_METHODS
     source: FileRecord | None = None          # the stacker's file, for "stacking"
 
 
@@ -178,13 +181,13 @@ def _check(value: Any, tp: Any, path: str) -> Any:
         return {k: _check(v, item, f"{path}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FieldError(path, f"must be a number, got {value!r}")
+            raise FieldError(path, f"must be a number, got {shortened(value)}")
         try:
             return float(value)
         except OverflowError:  # an integer past float's range
             raise FieldError(path, f"must be a finite number, got an integer of {len(str(value))} digits") from None
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise FieldError(path, f"must be {_type_name(tp)}, got {value!r}")
+        raise FieldError(path, f"must be {_type_name(tp)}, got {shortened(value)}")
     return value
 
 
@@ -193,7 +196,7 @@ def parse_manifest(obj: Any) -> Manifest:
     if not isinstance(obj, dict):
         raise FieldError("(top level)", f"must be an object, got {type(obj).__name__}")
     if "schema_version" in obj and obj["schema_version"] not in SCHEMA_VERSIONS:
-        raise FieldError("schema_version", f"is {obj['schema_version']!r}, not one this runtime reads "
+        raise FieldError("schema_version", f"is {shortened(obj['schema_version'])}, not one this runtime reads "
                                            f"({SCHEMA_VERSIONS}); upgrade ensemble-onnx or rebuild with this version")
     manifest: Manifest = _check(obj, Manifest, "")
     _check_consistent(manifest)
@@ -201,7 +204,8 @@ def parse_manifest(obj: Any) -> Manifest:
 
 
 def _check_consistent(m: Manifest) -> None:
-    """What types cannot say: names that must refer to each other."""
+    """What types cannot say: names that must refer to each other, and values only in the range convert writes
+    (a manifest re-bound into the graph passes the digest whatever it holds)."""
     for what, names in (("feature_names", m.feature_names), ("classes", m.classes)):
         if not names or len(set(names)) != len(names):
             raise FieldError(what, "must be a non-empty list of distinct names")
@@ -212,10 +216,31 @@ def _check_consistent(m: Manifest) -> None:
             if name not in m.classes:
                 raise FieldError(f"decision.min_confidence.{name}", f"names no class of {m.classes}")
         if m.decision.fallback is not None and m.decision.fallback not in m.classes:
-            raise FieldError("decision.fallback", f"is {m.decision.fallback!r}, not a class of {m.classes}")
-        for name in m.decision.temperature:
+            raise FieldError("decision.fallback", f"is {shortened(m.decision.fallback)}, not a class of {m.classes}")
+        for name, t in m.decision.temperature.items():
             if name not in m.members:
                 raise FieldError(f"decision.temperature.{name}", "names no member")
+            # The graph divides log p by t: 0 would make every probability NaN, a negative one invert the
+            # member's ranking. NaN and Infinity cannot come from manifest.json (no digest takes them), but
+            # a Manifest built in code must not pass either.
+            if not (math.isfinite(t) and t > 0):
+                raise FieldError(f"decision.temperature.{name}", f"must be a finite number above 0, got {t!r}")
+        for name, minimum in m.decision.min_confidence.items():
+            if not 0.0 <= minimum <= 1.0:  # False for NaN too
+                raise FieldError(f"decision.min_confidence.{name}", f"must be a probability from 0 to 1, "
+                                                                    f"got {minimum!r}")
+    # Only what the converter writes: a stacker records its file, the weighted sum has none.
+    if m.combine.method not in COMBINE_METHODS:
+        allowed = " or ".join(map(repr, COMBINE_METHODS))
+        raise FieldError("combine.method", f"is {shortened(m.combine.method)}; only {allowed} load")
+    if (m.combine.source is None) != (m.combine.method == "weighted"):
+        raise FieldError("combine.source", "is missing: a 'stacking' combine names its stacker's file"
+                         if m.combine.source is None else "must be null for 'weighted' (only a stacker has a file)")
+    for name, member in m.members.items():
+        if not (math.isfinite(member.weight) and member.weight >= 0):
+            raise FieldError(f"members.{name}.weight", f"must be a finite number from 0 up, got {member.weight!r}")
+    if m.combine.method == "weighted" and not any(member.weight for member in m.members.values()):
+        raise FieldError("members", "weigh 0 each: a weighted combine of them would be 0 for every class")
 
 
 def canonical(obj: Any) -> bytes:

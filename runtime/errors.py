@@ -14,3 +14,21 @@ class EnsembleOnnxError(Exception):
     """Something ensemble-onnx refused, with a message that names the file, key, field or feature at fault."""
 
     exit_code = 1  # a refusal; click's usage errors exit 2
+
+
+def shortened(value: object, keep: int = 40, quoted: bool = True) -> str:
+    """A value for a refusal message, cut to `keep` characters and its size: a manifest field or a limit
+    variable may hold thousands of digits, which the message must not print in full (and str() of an integer
+    past Python's 4,300 digits raises). A string is shown as its repr, or as itself with `quoted=False`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            text = str(value)
+        except ValueError:  # past sys.get_int_max_str_digits(): the size from the bits (log10(2) = 0.30103)
+            return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+        size = f"{len(text.lstrip('-'))} digits"
+    else:
+        text = repr(value) if quoted or not isinstance(value, str) else value
+        size = f"{len(text)} characters"
+        if isinstance(value, str):  # the string's own length, not its repr's
+            size = f"{len(value)} {'digits' if value.isascii() and value.isdigit() else 'characters'}"
+    return text if len(text) <= keep else f"{text[:keep]}... ({size})"

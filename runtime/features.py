@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import EnsembleOnnxError
+from .errors import EnsembleOnnxError, shortened
 
 
 class InputError(EnsembleOnnxError, ValueError):
@@ -196,13 +196,17 @@ def env_limit(name: str, default: int, error: type[Exception] = InputError) -> i
     raw = os.environ.get(name)
     if raw is None:
         return default
+    # Plain ASCII digits only: int() also takes '1_000', ' 5 ', '+5' and other scripts' digits, which nobody
+    # writing a byte count means; past 4,300 digits it refuses even plain ones (said below, by the variable).
+    if not (raw.isascii() and raw.isdigit()):
+        raise error(f"environment variable {name}={shortened(raw)} is not a whole number (digits 0-9 only).")
+    if raw.strip("0") == "":
+        raise error(f"environment variable {name}={shortened(raw)} must be above 0.")
     try:
-        value = int(raw)
-    except ValueError:
-        raise error(f"environment variable {name}={raw!r} is not a whole number.") from None
-    if value <= 0:
-        raise error(f"environment variable {name}={raw!r} must be above 0.")
-    return value
+        return int(raw)
+    except ValueError:  # past Python's 4,300-digit limit on reading an integer
+        raise error(f"environment variable {name}={shortened(raw)} has too many digits to read; a limit of "
+                    f"30 digits is already beyond any input.") from None
 
 
 def read_limited(stream: BinaryIO, where: str) -> bytes:

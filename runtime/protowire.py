@@ -22,14 +22,16 @@ _MODEL_GRAPH, _MODEL_METADATA, _MODEL_FUNCTIONS = 7, 14, 25
 # GraphProto
 _GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE_INITIALIZER = 1, 5, 15
 # NodeProto / FunctionProto
-_NODE_ATTRIBUTE, _FUNCTION_NODE = 5, 7
+_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _FUNCTION_NODE = 1, 2, 4, 5, 7
 # AttributeProto
 _ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES = 5, 6, 10, 11, 22, 23
 _ATTR_WANT = frozenset((_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE, _ATTR_SPARSES))
 # SparseTensorProto
 _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 # TensorProto
-_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14
+_TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 2, 8, 9, 13, 14
+_FLOAT = 1  # TensorProto.FLOAT
+_TENSOR_WANT = frozenset((_TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA))
 _DEFAULT = 0  # data_location: anything else (EXTERNAL = 1, or a repeated field) is refused
 # StringStringEntryProto
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
@@ -199,3 +201,39 @@ def external_tensors(model: bytes) -> list[str]:
     for function in _messages(model, whole, _MODEL_FUNCTIONS):
         found += _nodes_external(model, function, _FUNCTION_NODE)
     return found
+
+
+def _text(buf: bytes, span: tuple[int, int]) -> str:
+    return buf[span[0]:span[1]].decode()
+
+
+def main_graph(model: bytes, initializers: frozenset[str]) -> tuple[dict[str, tuple[str, list[str]]],
+                                                                      dict[str, np.ndarray]]:
+    """The main graph's nodes by each of their outputs, as (op_type, inputs), and those of `initializers`
+    that are float32 tensors holding their values in raw_data (what onnx's numpy_helper writes), as flat
+    arrays. Subgraphs and the tensors' bytes are skipped, not read: a few milliseconds for a graph of MBs."""
+    nodes: dict[str, tuple[str, list[str]]] = {}
+    found: dict[str, np.ndarray] = {}
+    for graph in _messages(model, (0, len(model)), _MODEL_GRAPH):
+        for number, _, value in fields(model, *graph, want=frozenset((_GRAPH_NODE, _GRAPH_INITIALIZER))):
+            if not isinstance(value, tuple):
+                continue
+            if number == _GRAPH_NODE:
+                op, inputs, outputs = "", [], []
+                for n, _, v in fields(model, *value, want=frozenset((_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE))):
+                    if not isinstance(v, tuple):
+                        continue
+                    if n == _NODE_INPUT:
+                        inputs.append(_text(model, v))
+                    elif n == _NODE_OUTPUT:
+                        outputs.append(_text(model, v))
+                    else:
+                        op = _text(model, v)
+                nodes.update((out, (op, inputs)) for out in outputs)
+            else:
+                tensor = {n: v for n, _, v in fields(model, *value, want=_TENSOR_WANT)}
+                name, raw = tensor.get(_TENSOR_NAME), tensor.get(_TENSOR_RAW_DATA)
+                if (isinstance(name, tuple) and _text(model, name) in initializers and isinstance(raw, tuple)
+                        and tensor.get(_TENSOR_DATA_TYPE) == _FLOAT and (raw[1] - raw[0]) % 4 == 0):
+                    found[_text(model, name)] = np.frombuffer(model[raw[0]:raw[1]], dtype="<f4")
+    return nodes, found

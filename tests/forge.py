@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from runtime import contract
@@ -18,7 +19,8 @@ from runtime import contract
 Edit = Callable[[dict[str, Any]], None]
 
 
-def rebound(source: Path, folder: Path, edit: Edit, edit_statistics: Edit | None = None) -> Path:
+def rebound(source: Path, folder: Path, edit: Edit, edit_statistics: Edit | None = None,
+            edit_graph: Callable[[Any], None] | None = None) -> Path:
     onnx = pytest.importorskip("onnx")
     shutil.copytree(source, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -30,6 +32,8 @@ def rebound(source: Path, folder: Path, edit: Edit, edit_statistics: Edit | None
         (folder / "statistics.json").write_bytes(data)
         manifest["files"]["statistics.json"] = hashlib.sha256(data).hexdigest()
     model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
+    if edit_graph is not None:
+        edit_graph(model)
     bound = contract.bound_part(manifest)
     onnx.helper.set_model_props(model, {contract.META_MANIFEST: contract.canonical(bound).decode(),
                                         contract.META_DIGEST: contract.manifest_digest(bound)})
@@ -49,3 +53,25 @@ def set_path(obj: Any, path: str, value: object) -> None:
         del obj[last]
     else:
         obj[last] = value
+
+
+def reorder_members(model: Any, order: list[str], renames: dict[str, str]) -> None:
+    """`edit_graph` for a manifest whose `ensemble.members` is `order` and whose members `renames` renamed (old
+    name -> new): the graph's member_flat, and so member_probabilities and the blocks of the weighted sum, in
+    that order and under those names, as convert would have built them (the load checks all three)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    at = next(i for i, node in enumerate(graph.node) if node.output[0] == "member_flat")
+    concat = graph.node[at]
+    built = [name.removesuffix("/probabilities") for name in concat.input]  # no temperatures in these builds
+    old_name = {new: old for old, new in renames.items()}
+    for old, new in renames.items():
+        graph.node.insert(at, helper.make_node("Identity", [f"{old}/probabilities"], [f"{new}/probabilities"]))
+    del concat.input[:]
+    concat.input.extend(f"{name}/probabilities" for name in order)
+    weights = next(tensor for tensor in graph.initializer if tensor.name == "weights")
+    n_classes = numpy_helper.to_array(weights).shape[1]
+    blocks = numpy_helper.to_array(weights).reshape(len(built), n_classes, n_classes)
+    weights.CopyFrom(numpy_helper.from_array(
+        np.concatenate([blocks[built.index(old_name.get(name, name))] for name in order]), "weights"))

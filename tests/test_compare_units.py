@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from forge import rebound
+from forge import rebound, reorder_members
 
 import runtime
 from runtime.compare import (
@@ -53,8 +53,8 @@ Row = dict[str, float]
 # ------------------------------------------------------------------------------------------ builds and rows
 
 def _other_names(manifest: dict[str, Any]) -> None:
-    """Classes in another order, members in another order and one renamed, two features swapped (the graph
-    now reads each one's column as the other's) and one renamed."""
+    """Classes in another order, members in another order and one renamed (the graph too: `reorder_members`),
+    two features swapped (the graph now reads each one's column as the other's) and one renamed."""
     manifest["classes"] = ["BUY", "SELL", "HOLD"]
     manifest["members"]["xgb2"] = manifest["members"].pop("xgboost")
     manifest["ensemble"]["members"] = ["patchtst", "nhits", "lightgbm", "xgb2"]
@@ -79,7 +79,8 @@ def old(demo_artifacts: Path) -> runtime.Ensemble:
 @pytest.fixture(scope="module")
 def other(demo_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> runtime.Ensemble:
     return runtime.load(rebound(demo_artifacts, tmp_path_factory.mktemp("other") / "b", _other_names,
-                                _other_statistics))
+                                _other_statistics, lambda graph: reorder_members(
+                                    graph, ["patchtst", "nhits", "lightgbm", "xgb2"], {"xgboost": "xgb2"})))
 
 
 @pytest.fixture(scope="module")

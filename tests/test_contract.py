@@ -173,6 +173,44 @@ def _edit(path: str, value: object) -> Callable[[dict[str, Any]], None]:
     ("decision/temperature", {"net": "hot"}, "field 'decision.temperature.net' must be a number, got 'hot'"),
     ("precision/quantized_nodes", "MatMul_0", "field 'precision.quantized_nodes' must be a list, got str"),
     ("precision/min_agreement", "0.99", "field 'precision.min_agreement' must be a number, got '0.99'"),
+    # Values only the converter's own are loaded (each of these loaded before):
+    ("combine/method", "average", "field 'combine.method' is 'average'; only 'weighted' or 'stacking' load"),
+    ("combine/method", "Weighted", "field 'combine.method' is 'Weighted'; only 'weighted' or 'stacking' load"),
+    ("combine/source", {"file": "s.pkl", "sha256": "ab" * 32},
+     "field 'combine.source' must be null for 'weighted' (only a stacker has a file)"),
+    ("combine", {"method": "stacking", "source": None},
+     "field 'combine.source' is missing: a 'stacking' combine names its stacker's file"),
+    ("combine", {"method": "stacking"}, "field 'combine.source' is missing: a 'stacking' combine names its stacker's "
+                                        "file"),
+    ("decision/temperature", {"net": 0}, "field 'decision.temperature.net' must be a finite number above 0, got 0.0"),
+    ("decision/temperature", {"net": -2}, "field 'decision.temperature.net' must be a finite number above 0, got "
+                                          "-2.0"),
+    ("decision/temperature", {"net": float("nan")}, "field 'decision.temperature.net' must be a finite number above "
+                                                    "0, got nan"),
+    ("decision/temperature", {"net": float("inf")}, "field 'decision.temperature.net' must be a finite number above "
+                                                    "0, got inf"),
+    ("decision/min_confidence", {"BUY": 1.5}, "field 'decision.min_confidence.BUY' must be a probability from 0 to "
+                                              "1, got 1.5"),
+    ("decision/min_confidence", {"BUY": -0.1}, "field 'decision.min_confidence.BUY' must be a probability from 0 to "
+                                               "1, got -0.1"),
+    ("decision/min_confidence", {"BUY": float("nan")}, "field 'decision.min_confidence.BUY' must be a probability "
+                                                       "from 0 to 1, got nan"),
+    ("members/net/weight", -1, "field 'members.net.weight' must be a finite number from 0 up, got -1.0"),
+    ("members/net/weight", float("inf"), "field 'members.net.weight' must be a finite number from 0 up, got inf"),
+    ("members/net/weight", float("nan"), "field 'members.net.weight' must be a finite number from 0 up, got nan"),
+    # A huge value is echoed cut short, with its size (a 3,000-digit integer parses from JSON):
+    ("schema_version", 10**3000, "field 'schema_version' is 1" + "0" * 39 + "... (3001 digits), not one this "
+                                 "runtime reads ((1,)); upgrade ensemble-onnx or rebuild with this version"),
+    ("schema_version", "9" * 5000, "field 'schema_version' is '" + "9" * 39 + "... (5000 digits), not one this "
+                                   "runtime reads ((1,)); upgrade ensemble-onnx or rebuild with this version"),
+    ("combine/method", -(10**3000), "field 'combine.method' must be a string, got -" + "1" + "0" * 38 + "... (3001 "
+                                    "digits)"),
+    ("members/net/weight", "x" * 5000, "field 'members.net.weight' must be a number, got '" + "x" * 39 + "... (5000 "
+                                       "characters)"),
+    ("combine/method", "x" * 5000, "field 'combine.method' is '" + "x" * 39 + "... (5000 characters); only "
+                                   "'weighted' or 'stacking' load"),
+    ("decision/fallback", "M" * 5000, "field 'decision.fallback' is '" + "M" * 39 + "... (5000 characters), not a "
+                                      "class of ['SELL', 'HOLD', 'BUY']"),
 ])
 def test_a_bad_field_is_refused_by_its_path(path, value, message):
     manifest = _manifest()
@@ -181,6 +219,46 @@ def test_a_bad_field_is_refused_by_its_path(path, value, message):
         contract.parse_manifest(manifest)
     assert str(caught.value) == message
     assert caught.value.path == message.split("'")[1]
+
+
+@pytest.mark.parametrize("edits", [
+    {"combine": {"method": "stacking", "source": {"file": "stacker.pkl", "sha256": "ab" * 32}}},
+    {"members/net/weight": 0},  # one member weighted out: the other still carries the sum
+    {"members/net/weight": 0, "members/tree/weight": 0, "combine": {"method": "stacking",  # weights unused
+                                                                     "source": {"file": "s.pkl", "sha256": "ab" * 32}}},
+    {"decision/min_confidence": {"BUY": 1, "SELL": 0}},
+    {"decision/temperature": {"net": 0.01, "tree": 100}},
+])
+def test_the_values_the_converter_writes_or_could_still_load(edits):
+    manifest = _manifest()
+    for path, value in edits.items():
+        _edit(path, value)(manifest)
+    contract.parse_manifest(manifest)
+
+
+def test_a_weighted_combine_of_members_that_all_weigh_0_is_refused():
+    manifest = _manifest()
+    _edit("members/net/weight", 0)(manifest)
+    _edit("members/tree/weight", 0.0)(manifest)
+    with pytest.raises(FieldError) as caught:
+        contract.parse_manifest(manifest)
+    assert str(caught.value) == "field 'members' weigh 0 each: a weighted combine of them would be 0 for every class"
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (17, "17"), (-(10**38), "-1" + "0" * 38), (10**40, "1" + "0" * 39 + "... (41 digits)"),
+    (-(10**40), "-1" + "0" * 38 + "... (41 digits)"),  # 40 characters, the sign one of them
+    pytest.param(10**5000, "an integer of about 5001 digits", id="10**5000"),  # str() raises past 4,300 digits
+    ("9" * 41, "'" + "9" * 39 + "... (41 digits)"), ("1_000", "'1_000'"),
+    ("a" * 41, "'" + "a" * 39 + "... (41 characters)"), (1.5, "1.5"), (None, "None"), (True, "True"),
+    ([0] * 20, "[" + "0, " * 13 + "... (60 characters)"),
+])
+def test_a_value_in_a_message_is_cut_to_40_characters_and_its_size(value, shown):
+    from runtime.errors import shortened
+
+    assert shortened(value) == shown
+    if isinstance(value, str):  # unquoted, for a string a message shows as words
+        assert shortened(value, quoted=False) == (value if len(value) <= 40 else f"{value[:40]}{shown[40:]}")
 
 
 @pytest.mark.parametrize(("top", "named"), [([], "list"), ("manifest", "str"), (None, "NoneType"), (3, "int")])

@@ -120,15 +120,26 @@ def test_a_graph_whose_widths_differ_from_the_manifest_is_refused_at_load(demo_a
     assert str(err.value) == f"{folder / 'ensemble.onnx'}: inputs/outputs do not match manifest.json."
 
 
+def _as_stacking(folder: Path) -> dict[str, Any]:
+    """The folder's manifest.json saying "stacking", as `_crafted_graph` computes; the manifest."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["combine"] = {"method": "stacking", "source": {"file": "stacker.pkl", "sha256": "ab" * 32}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
 def _crafted_graph(n_features: int, probability_columns: int, member_columns: int, labels: int | None,
-                   declared_classes: int = 3) -> bytes:
+                   declared_classes: int = 3, members: tuple[str, ...] = ("xgboost", "lightgbm", "nhits", "patchtst")
+                   ) -> bytes:
     """The ensemble's inputs and outputs declared as the builder declares them (3 classes, 4 members), computing
     what a hand-made graph may: `probability_columns` and `member_columns` wide, and `labels` labels whatever the
-    rows (None: one a row). Every value is a feature, the label class 0."""
+    rows (None: one a row). Every value is a feature, the label class 0. The tensors the load check reads the
+    combiner by are named as convert names them, for a stacker (`_as_stacking`): it has no values to check."""
     onnx = pytest.importorskip("onnx")
     h, tp = onnx.helper, onnx.TensorProto
     ints = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in
-            {"zero": 0, "one": 1, "p": probability_columns, "m": member_columns}.items()]
+            {"zero": 0, "one": 1, "p": probability_columns, "m": member_columns, "minus_one": -1,
+             "four": len(members)}.items()]
     # The widths depend on the data (int(min or max of the features) + width), so shape inference cannot see them and
     # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
     nodes = [h.make_node("ReduceMin", ["features"], ["low"], keepdims=0),
@@ -138,11 +149,14 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
              h.make_node("Cast", ["high"], ["member_offset"], to=tp.INT64),
              h.make_node("Add", ["member_offset", "m"], ["m_end"]),
              h.make_node("Slice", ["features", "zero", "p_end", "one"], ["p64"]),
-             h.make_node("Cast", ["p64"], ["probabilities"], to=tp.FLOAT),
              h.make_node("Slice", ["features", "zero", "m_end", "one"], ["m64"]),
              h.make_node("Cast", ["m64"], ["m32"], to=tp.FLOAT),
-             h.make_node("Unsqueeze", ["m32", "one"], ["one_member"]),
-             h.make_node("Concat", ["one_member"] * 4, ["member_probabilities"], axis=1),
+             *[h.make_node("Identity", ["m32"], [f"{name}/probabilities"]) for name in members],
+             h.make_node("Concat", [f"{name}/probabilities" for name in members], ["member_flat"], axis=1),
+             h.make_node("Concat", ["minus_one", "four", "m_end"], ["member_shape"], axis=0),
+             h.make_node("Reshape", ["member_flat", "member_shape"], ["member_probabilities"]),
+             h.make_node("Cast", ["p64"], ["stacker/probabilities"], to=tp.FLOAT),
+             h.make_node("Identity", ["stacker/probabilities"], ["probabilities"]),
              h.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0)]
     if labels is None:
         nodes.append(h.make_node("ArgMin", ["zero_column"], ["label"], axis=1, keepdims=0))
@@ -165,7 +179,7 @@ def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
     # onnxruntime only warns when an output's shape differs from the declared one, and the load check sees only
     # the declared one: Prediction pairs classes, members and rows strictly, so a column or a row too many or
     # too few fails instead of being dropped.
-    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    manifest = _as_stacking(artifacts_copy)
     graph = _crafted_graph(len(manifest["feature_names"]), probability_columns, member_columns, labels)
     (artifacts_copy / "ensemble.onnx").write_bytes(graph)
     bound = contract.bound_part(manifest)  # bound to the manifest as it is: a consistent forgery
@@ -667,7 +681,7 @@ def test_rows_are_scored_in_chunks_that_add_up_to_the_whole(builds, monkeypatch,
 
 
 def _bind_crafted(folder: Path, **shape: Any) -> None:
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = _as_stacking(folder)
     (folder / "ensemble.onnx").write_bytes(_crafted_graph(len(manifest["feature_names"]), 3, 3, None, **shape))
     bound = contract.bound_part(manifest)
     _with_graph_props(folder, {contract.META_MANIFEST: contract.canonical(bound).decode(),
@@ -735,3 +749,134 @@ def test_unusable_training_statistics_are_refused_at_load_naming_the_file(artifa
     with pytest.raises(runtime.ArtifactError) as err:
         runtime.load(artifacts_copy)
     assert str(err.value) == f"{artifacts_copy}/statistics.json: field 'statistics_version' is not 1."
+
+
+# ------------------------------------------------------------- the manifest's combiner values against the graph's
+
+def _load_refusal(folder: Path) -> str:
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    return str(err.value)
+
+
+def _weights(m: dict[str, Any]) -> None:  # still summing to 1: only the graph can tell
+    m["members"]["xgboost"]["weight"], m["members"]["nhits"]["weight"] = 0.3, 0.25
+
+
+def _order(m: dict[str, Any]) -> None:
+    m["ensemble"]["members"] = ["lightgbm", "xgboost", "nhits", "patchtst"]
+
+
+def _temperature(m: dict[str, Any]) -> None:
+    m["decision"]["temperature"] = {"nhits": 2.0}
+
+
+def _stacking(m: dict[str, Any]) -> None:
+    m["combine"] = {"method": "stacking", "source": {"file": "stacker.pkl", "sha256": "ab" * 32}}
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (_weights, "manifest.json: field 'members.xgboost.weight' is 0.3, but the graph weighs member 'xgboost' by 0.25"),
+    (_order, "ensemble.onnx: member_probabilities[0] is 'xgboost/probabilities', not member 'lightgbm' (field "
+             "'ensemble.members' of manifest.json)"),
+    (_temperature, "manifest.json: field 'decision.temperature.nhits' is 2.0, but the graph divides member "
+                   "'nhits''s log-probabilities by 1.0"),
+    (_stacking, "ensemble.onnx: its probabilities are not a stacker's, but field 'combine.method' of manifest.json "
+                "is 'stacking'"),
+])
+def test_a_rebound_manifest_whose_combiner_is_not_the_graphs_is_refused_naming_both_values(
+        demo_artifacts, tmp_path, edit, says):
+    # Found: each of these loaded, and describe() (and member_probabilities' names) reported what the graph does
+    # not compute: the digest binds the manifest to the graph, not its values to the graph's.
+    folder = rebound(demo_artifacts, tmp_path / "edited", edit)
+    assert _load_refusal(folder) == f"{folder}/{says}; {REBUILD}."
+
+
+def test_the_demo_builds_weights_are_read_off_its_graph_exactly(demo_artifacts):
+    ens = runtime.load(demo_artifacts)  # weights 0.25, 0.25, 0.3, 0.2: 0.3 and 0.2 are not exact in float32
+    assert {n: m["weight"] for n, m in ens.describe()["members"].items()} == {
+        "xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.3, "patchtst": 0.2}
+
+
+def _graph_with_temperature(source: Path, folder: Path, member: str, t: float) -> Path:
+    """A copy of the build whose graph divides `member`'s log-probabilities by t, with the nodes and names
+    convert/graph.py writes (Log, Div by `NAME/temperature`, Softmax) feeding member_flat."""
+    onnx = pytest.importorskip("onnx")
+    shutil.copytree(source, folder)
+    model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
+    nodes = model.graph.node
+    at = next(i for i, n in enumerate(nodes) if n.output[0] == "member_flat")
+    concat = nodes[at]
+    concat.input[list(concat.input).index(f"{member}/probabilities")] = f"{member}/calibrated"
+    h = onnx.helper
+    for k, node in enumerate([
+            h.make_node("Log", [f"{member}/probabilities"], [f"{member}/log_p"]),
+            h.make_node("Div", [f"{member}/log_p", f"{member}/temperature"], [f"{member}/cooled"]),
+            h.make_node("Softmax", [f"{member}/cooled"], [f"{member}/calibrated"], axis=1)]):
+        nodes.insert(at + k, node)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(t, dtype=np.float32), f"{member}/temperature"))
+    (folder / "ensemble.onnx").write_bytes(model.SerializeToString())
+    return folder
+
+
+@pytest.mark.parametrize(("manifest_t", "says"), [
+    (2.5, None),
+    (2.0, "field 'decision.temperature.nhits' is 2.0, but the graph divides member 'nhits''s log-probabilities by 2.5"),
+    (None, "field 'decision.temperature.nhits' is 1.0, but the graph divides member 'nhits''s log-probabilities by "
+           "2.5"),
+])
+def test_a_temperature_in_the_graph_must_be_the_manifests(demo_artifacts, tmp_path, manifest_t, says):
+    graph = _graph_with_temperature(demo_artifacts, tmp_path / "graph", "nhits", 2.5)
+    folder = rebound(graph, tmp_path / "edited",
+                     lambda m: m["decision"]["temperature"].update({} if manifest_t is None else {"nhits": manifest_t}))
+    if says is None:
+        ens = runtime.load(folder)
+        assert ens.describe()["decision"]["temperature"] == {"nhits": 2.5}
+    else:
+        assert _load_refusal(folder) == f"{folder}/manifest.json: {says}; {REBUILD}."
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("opsets", {"ai.onnx": 10**3000}, "field 'opsets' needs 'ai.onnx' 1" + "0" * 39 + "... (3001 digits); this "
+                                      "runtime runs {'ai.onnx': 17, 'ai.onnx.ml': 3, 'com.microsoft': 1}. Rebuild "
+                                      "with a matching ensemble-onnx."),
+    ("opsets", {"d" * 5000: 1}, "field 'opsets' needs '" + "d" * 39 + "... (5000 characters) 1; this runtime runs "
+                                "{'ai.onnx': 17, 'ai.onnx.ml': 3, 'com.microsoft': 1}. Rebuild with a matching "
+                                "ensemble-onnx."),
+    ("precision", {"weights": "int8", "min_onnxruntime": "v" * 5000},
+     "field 'precision.min_onnxruntime' is '" + "v" * 39 + "... (5000 characters), not a version; " + REBUILD + "."),
+    ("precision", {"weights": "w" * 5000, "min_onnxruntime": "999.0." + "9" * 5000},
+     "field 'precision' says these " + "w" * 40 + "... (5000 characters) weights need onnxruntime>=999.0." + "9" * 34
+     + f"... (5006 characters); this host has {__import__('onnxruntime').__version__}. Upgrade onnxruntime, or serve "
+       "a --precision fp32 build."),
+])
+def test_a_huge_value_in_a_load_refusal_is_shown_cut_short(artifacts_copy, field, value, says):
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    manifest[field] = value  # refused before the binding is checked: no need to re-bind
+    path = _write_manifest(artifacts_copy, manifest)
+    assert _load_refusal(artifacts_copy) == f"{path}: {says}"
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    ("1_000", "'1_000' is not a whole number (digits 0-9 only)."),  # int() reads 1000
+    (" 4096", "' 4096' is not a whole number (digits 0-9 only)."),  # int() strips the space
+    ("+4096", "'+4096' is not a whole number (digits 0-9 only)."),
+    ("\u0664\u0660\u0669\u0666", "'\u0664\u0660\u0669\u0666' is not a whole number (digits 0-9 only)."),  # 4096
+    ("-5", "'-5' is not a whole number (digits 0-9 only)."),
+    ("000", "'000' must be above 0."),
+    ("x" * 5000, "'" + "x" * 39 + "... (5000 characters) is not a whole number (digits 0-9 only)."),
+    ("9" * 5000, "'" + "9" * 39 + "... (5000 digits) has too many digits to read; a limit of 30 digits is already "
+                 "beyond any input."),
+    ("-" + "9" * 5000, "'-" + "9" * 38 + "... (5001 characters) is not a whole number (digits 0-9 only)."),
+])
+def test_a_limit_variable_is_plain_digits_or_refused_naming_it_cut_short(monkeypatch, raw, says):
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
+    with pytest.raises(runtime.InputError) as err:
+        runtime.features.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10)
+    assert str(err.value) == f"environment variable ENSEMBLE_ONNX_MAX_INPUT_BYTES={says}"
+
+
+@pytest.mark.parametrize(("raw", "limit"), [("4096", 4096), ("0010", 10), ("9" * 4300, 10**4300 - 1)])
+def test_a_limit_of_plain_digits_is_read(monkeypatch, raw, limit):
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
+    assert runtime.features.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10) == limit

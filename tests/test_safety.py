@@ -564,7 +564,7 @@ def test_predict_input_limit_is_exact_and_raisable(demo_artifacts, monkeypatch, 
 
 
 @pytest.mark.parametrize(("raw", "problem"), [("abc", "is not a whole number"), ("1e3", "is not a whole number"),
-                                              ("0", "must be above 0"), ("-5", "must be above 0")])
+                                              ("0", "must be above 0"), ("-5", "is not a whole number")])
 def test_a_size_limit_that_is_not_a_positive_whole_number_is_refused_in_each_family(monkeypatch, raw, problem):
     from convert.errors import ConvertError
     from convert.loaders import file_limit
