@@ -143,8 +143,9 @@ ALLOWED_GLOBALS: dict[str, frozenset[tuple[str, str]]] = {
 }
 
 
-def _restricted_unpickler_class(role: str, path: Path) -> type:
-    """A joblib-capable unpickler (it also reads plain pickles) that admits only the role's globals."""
+def _restricted_unpickler_class(role: str, path: Path, stand_ins: Mapping[tuple[str, str], type]) -> type:
+    """A joblib-capable unpickler (it also reads plain pickles) that admits only the role's globals, and
+    gives `stand_ins[(module, name)]` in place of an admitted global where there is one."""
     from joblib.numpy_pickle import NumpyUnpickler
 
     allowed = ALLOWED_GLOBALS[role]
@@ -156,25 +157,27 @@ def _restricted_unpickler_class(role: str, path: Path) -> type:
                     f"{path}: refused to unpickle global '{module}.{name}': it is not on the allowlist for a "
                     f"{role} file, and unpickling it could run code. Re-save the model with its native format "
                     f"(XGBoost .json/.ubj, LightGBM .txt, scaler .json) or retrain with a supported class.")
-            return super().find_class(module, name)
+            return stand_ins.get((module, name)) or super().find_class(module, name)
 
     return RestrictedUnpickler
 
 
-def load_pickle(path: Path, role: str) -> Any:
-    """Unpickle a .pkl or .joblib file admitting only the globals `role` needs."""
+def load_pickle(path: Path, role: str, stand_ins: Mapping[tuple[str, str], type] | None = None) -> Any:
+    """Unpickle a .pkl or .joblib file admitting only the globals `role` needs. `stand_ins`: subclasses to
+    build in place of admitted classes, which check the state a pickle gives them (a LightGBM Booster's text)
+    before the real class reads it; a ModelFileError they raise passes through as it is."""
     # joblib's own reader detects compression and memory-maps nothing (mmap_mode=None); joblib >= 1.6 routes
     # the nested pickle of object arrays through our find_class too.
     from joblib.numpy_pickle import _validate_fileobject_and_memmap
 
-    unpickler_class = _restricted_unpickler_class(role, path)
+    unpickler_class = _restricted_unpickler_class(role, path, stand_ins or {})
     opened = open_checked(path, "model", f"{role} pickle")
     try:
         with opened as raw, _validate_fileobject_and_memmap(raw, str(path), None) as (fobj, _):
             if isinstance(fobj, str):  # joblib < 0.10 layout, read through unrestricted legacy code
                 raise UnsafeFileError(f"{path}: pre-0.10 joblib layout is not supported; re-save the model.")
             return unpickler_class(str(path), fobj, True).load()
-    except (UnsafeFileError, FileNotFoundError):
+    except (UnsafeFileError, ModelFileError, FileNotFoundError):
         raise
     except Exception as exc:  # truncated or corrupt streams raise a zoo of types
         raise ModelFileError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc}); the file is truncated "

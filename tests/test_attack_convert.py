@@ -277,7 +277,8 @@ def test_a_lightgbm_text_that_crashes_its_reader_is_refused_by_name(demo_models,
                            str(tmp_path / "out"), "-q"], check=False, capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr[-2000:]  # was: killed by SIGABRT inside LightGBM, no message
-    assert "ModelFileError" in done.stderr and "m.txt" in done.stderr and "crashed reading it" in done.stderr
+    # then: "LightGBM crashed reading it"; now the structural check names the tree and field first
+    assert "ModelFileError" in done.stderr and f"m.txt: Tree=0: {field}[0] = {value} " in done.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -343,8 +344,10 @@ NO_CLASSES = "not a readable LightGBM model (Model file doesn't specify the numb
 @pytest.mark.parametrize(("name", "content", "reason"), [
     ("m.txt", b"hello\n", "not a readable LightGBM model (Unknown model format or submodel type)"),
     ("m.txt", b"tree\nversion=v4\n", NO_CLASSES),
-    ("m.txt", HAND_MODEL.replace("left_child=-1", "left_child=77").encode(),
-     "LightGBM crashed reading it (killed by SIGSEGV); the file is malformed or truncated. Re-save the model from "
+    ("m.txt", HAND_MODEL.replace("num_leaves=2", "num_leaves=-5").encode(),
+     # was: "... (Check failed: (strs.size()) == (static_cast<size_t>(n)) at /__w/LightGBM/.../common.h, line
+     # 1173 .)" from LightGBM; now the structural check names the field before LightGBM reads it
+     "Tree=0: num_leaves = -5 is outside [1, 2147483647]; the model text is malformed. Re-save the model from "
      "LightGBM"),
     ("m.pkl", None, NO_CLASSES),
 ])
@@ -372,6 +375,162 @@ def test_the_hand_written_lightgbm_model_is_one_lightgbm_reads(tmp_path):
                                1 / (1 + np.exp([-0.1, 0.1])))
 
 
+# --- LightGBM trusts its model text: a child naming leaf 8 of a 2-leaf tree made it read past its leaf array,
+# and the build baked in whatever it found there (parity passed: both sides read the same memory).
+
+# HAND_MODEL's tree grown to 3 leaves (node 0: a <= 0 ? leaf 0 : node 1; node 1: b <= 0 ? leaf 1 : leaf 2).
+HAND_MODEL_3 = HAND_MODEL.replace("num_leaves=2\n", "num_leaves=3\n").replace(
+    "split_feature=0\nsplit_gain=1\nthreshold=0\ndecision_type=2\nleft_child=-1\nright_child=-2\n"
+    "leaf_value=0.1 -0.1\nleaf_weight=1 1\nleaf_count=1 1\ninternal_value=0\ninternal_weight=2\ninternal_count=2\n",
+    "split_feature=0 1\nsplit_gain=1 1\nthreshold=0 0\ndecision_type=2 2\nleft_child=-1 -2\nright_child=1 -3\n"
+    "leaf_value=0.1 -0.1 0.2\nleaf_weight=1 1 1\nleaf_count=1 1 1\ninternal_value=0 0\ninternal_weight=2 2\n"
+    "internal_count=2 2\n")
+MALFORMED = "; the model text is malformed. Re-save the model from LightGBM"
+
+
+def test_the_three_leaf_hand_written_model_is_one_lightgbm_reads():
+    import lightgbm
+    import numpy as np
+
+    assert "num_leaves=3" in HAND_MODEL_3
+    booster = lightgbm.Booster(model_str=HAND_MODEL_3)
+    np.testing.assert_allclose(booster.predict(np.array([[-1.0, 0.0], [1.0, -1.0], [1.0, 1.0]]), raw_score=True),
+                               [0.1, -0.1, 0.2])
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (HAND_MODEL.replace("left_child=-1", "left_child=-9"),
+     "Tree=0: left_child[0] = -9 names leaf 8, but the tree has 2 leaves"),
+    (HAND_MODEL.replace("right_child=-2", "right_child=1"),
+     "Tree=0: right_child[0] = 1 names internal node 1, but the tree has 1 internal nodes"),
+    (HAND_MODEL.replace("split_feature=0", "split_feature=2"), "Tree=0: split_feature[0] = 2 is outside [0, 1]"),
+    (HAND_MODEL.replace("leaf_value=0.1 -0.1", "leaf_value=0.1"),
+     "Tree=0: leaf_value has 1 values, but the tree needs 2"),
+    (HAND_MODEL.replace("leaf_value=0.1 -0.1", "leaf_value=0.1 1e999"), "Tree=0: leaf_value[1] = 1e999 is not finite"),
+    (HAND_MODEL.replace("threshold=0", "threshold=abc"), "Tree=0: threshold[0] = 'abc' is not a number"),
+    (HAND_MODEL.replace("decision_type=2", "decision_type=14"),
+     "Tree=0: decision_type[0] = 14 is not a decision LightGBM defines"),
+    (HAND_MODEL.replace("decision_type=2", "decision_type=3"), "Tree=0: num_cat = 0 but no cat_boundaries"),
+    (HAND_MODEL.replace("left_child=-1", "left_child=-1\nleft_child=-2"), "Tree=0: left_child is written twice"),
+    (HAND_MODEL_3.replace("right_child=1 -3", "right_child=1 0"),
+     "Tree=0: right_child[1] = 0 reaches node 0 a second time (a cycle or a shared subtree)"),
+    (HAND_MODEL_3.replace("right_child=1 -3", "right_child=-3 -3"),
+     "Tree=0: internal node 1 is not reachable from the root"),
+    (HAND_MODEL_3.replace("left_child=-1 -2", "left_child=-1 -1"),
+     "Tree=0: left_child[1] = -1 reaches leaf 0 a second time"),
+    (HAND_MODEL.replace("num_tree_per_iteration=1", "num_tree_per_iteration=0"),
+     "num_tree_per_iteration = 0 is outside [1, 2147483647]"),
+    (HAND_MODEL.replace("num_class=1\nnum_tree_per_iteration=1", "num_class=2\nnum_tree_per_iteration=2"),
+     "1 trees is not a whole number of iterations of 2 (num_tree_per_iteration)"),
+    (HAND_MODEL.replace("max_feature_idx=1", "max_feature_idx=1\ntree_sizes=300"),
+     "tree_sizes[0] = 300, but Tree=0 is 245 bytes long"),  # its "Tree=0" line up to "end of trees"
+    (HAND_MODEL.replace("Tree=0", "Tree=7"), "tree 0 is headed 'Tree=7', expected 'Tree=0'"),
+    (HAND_MODEL.replace("end of trees\n", ""), "after 1 trees, the end of the text where 'end of trees' belongs"),
+])
+def test_a_lightgbm_tree_lightgbm_would_misread_is_refused_by_tree_and_field(text, reason):
+    from convert.errors import ModelFileError
+    from convert.lightgbm_text import check_model_text
+
+    with pytest.raises(ModelFileError) as refused:
+        check_model_text(text.encode(), "lightgbm.txt")
+    assert str(refused.value) == f"lightgbm.txt: {reason}{MALFORMED}."
+
+
+@pytest.mark.parametrize("name", ["m.txt", "m.pkl"])
+def test_a_lightgbm_child_past_the_leaves_is_refused_before_lightgbm_reads_it(tmp_path, capfd, name):
+    """The attack (M4): `left_child=-9` in a 2-leaf tree converted, parity passed, and the build answered
+    with values nobody trained. The .txt and the text inside an LGBMClassifier pickle are checked alike."""
+    text = HAND_MODEL.replace("left_child=-1", "left_child=-9").encode()
+    folder = lightgbm_folder(tmp_path, name, text if name == "m.txt" else tiny_lgbm_classifier_pickle(text))
+    spec = json.loads((folder / "ensemble.json").read_text())
+    (folder / "ensemble.json").write_text(json.dumps({**spec, "classes": ["DOWN", "UP"]}))  # the model's two
+    capfd.readouterr()
+    result = invoke("convert", folder, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: ModelFileError: {folder / name}: Tree=0: left_child[0] = -9 names leaf 8, "
+                             f"but the tree has 2 leaves{MALFORMED}.\n")
+    assert capfd.readouterr() == ("", "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lightgbm_pickle_whose_booster_disagrees_with_its_classes_is_refused(tmp_path, capfd):
+    """The tiny classifier has 3 classes; the (valid) binary text put in its place scores one column. This
+    ended in an internal error (a MatMul of the wrong width in the ensemble graph) and a traceback."""
+    folder = lightgbm_folder(tmp_path, "m.pkl", tiny_lgbm_classifier_pickle(HAND_MODEL.encode()))
+    spec = json.loads((folder / "ensemble.json").read_text())
+    (folder / "ensemble.json").write_text(json.dumps({**spec, "classes": ["DOWN", "UP"]}))
+    capfd.readouterr()
+    result = invoke("convert", folder, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 1
+    assert result.output == (f"Error: ModelFileError: {folder / 'm.pkl'}: the LGBMClassifier has 3 classes, but its "
+                             "booster's text scores 1 per row (num_class); re-save the model from LightGBM.\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lightgbm_pickle_that_calls_booster_itself_is_refused(tmp_path):
+    """A Booster built by calling lightgbm.Booster(model_str=...) from the pickle would parse its text past the
+    check; a saved LGBMClassifier builds its Booster by __new__ and __setstate__ only."""
+    import pickle
+
+    import lightgbm
+
+    from convert.errors import ModelFileError
+    from convert.lightgbm_text import booster_stand_ins
+    from convert.loaders import load_pickle
+
+    class Call:
+        def __reduce__(self):
+            return lightgbm.Booster, (None, None, None, HAND_MODEL.replace("left_child=-1", "left_child=-9"))
+
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(Call(), protocol=4))
+    with pytest.raises(ModelFileError, match=r"m\.pkl: the pickle calls lightgbm\.Booster\(\.\.\.\); a saved "):
+        load_pickle(tmp_path / "m.pkl", "lightgbm", booster_stand_ins(tmp_path / "m.pkl"))
+
+
+def test_the_probe_still_names_a_crash_and_quotes_lightgbm_without_its_source_path(tmp_path):
+    """Behind the check, the child-process probe still stands (L9: LightGBM's reason came with the build
+    machine's `at /__w/LightGBM/.../common.h, line 1173 .`, which says nothing about the file)."""
+    from convert.errors import ModelFileError
+    from convert.members.lightgbm import probe_model_file
+
+    (tmp_path / "crash.txt").write_text(HAND_MODEL.replace("left_child=-1", "left_child=77"))
+    with pytest.raises(ModelFileError, match=r"crash\.txt: LightGBM crashed reading it \(killed by SIGSEGV\)"):
+        probe_model_file(tmp_path / "crash.txt", "text")
+    (tmp_path / "short.txt").write_text(HAND_MODEL.replace("leaf_value=0.1 -0.1", "leaf_value=0.1"))
+    with pytest.raises(ModelFileError) as refused:
+        probe_model_file(tmp_path / "short.txt", "text")
+    assert str(refused.value) == (f"{tmp_path / 'short.txt'}: not a readable LightGBM model (Check failed: "
+                                  "(strs.size()) == (static_cast<size_t>(n))).")
+
+
+LIGHTGBM_EVERYDAY = ["default", "binary", "5 classes", "nan in training", "dart", "goss extra_trees",
+                     "random forest", "stumps", "early stopping", "monotone constraints", "zero_as_missing",
+                     "categorical", "linear_tree"]
+
+
+@pytest.mark.parametrize("option", LIGHTGBM_EVERYDAY)
+def test_lightgbm_models_trained_the_everyday_ways_pass_the_check(tmp_path, option):
+    """The matrix's LightGBM variants (tiny: 400 rows, 12 rounds), as text and as a pickle read through the
+    checking unpickler: the check refuses none, and the pickle's Booster comes back a plain Booster."""
+    import pickle
+
+    import lightgbm
+    import numpy as np
+
+    from convert.lightgbm_text import booster_stand_ins, check_model_text
+    from convert.loaders import load_pickle
+    from tests.variants import VARIANTS, _tree_model, training_data
+
+    variant = next(v for v in VARIANTS if v.framework == "lightgbm" and v.option == option)
+    x, y = training_data(variant)
+    model = _tree_model(variant, x, y)
+    check_model_text(model.booster_.model_to_string(num_iteration=model.best_iteration_ or None).encode(), "m.txt")
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    read = load_pickle(tmp_path / "m.pkl", "lightgbm", booster_stand_ins(tmp_path / "m.pkl"))
+    assert type(read.booster_) is lightgbm.Booster
+    np.testing.assert_array_equal(read.predict_proba(x[:20]), model.predict_proba(x[:20]))
+
+
 def _with_model_text(pickle_bytes: bytes, edit: Callable[[bytes], bytes]) -> bytes:
     """An LGBMClassifier pickle whose embedded model text (one BINUNICODE string, written outside any pickle
     frame for its size) is edited, its length prefix kept true, so the unpickler itself reads it fine."""
@@ -396,5 +555,5 @@ def test_a_lightgbm_pickle_whose_text_crashes_its_reader_is_refused_by_name(demo
                            str(tmp_path / "out"), "-q"], check=False, capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1, done.stderr[-2000:]  # was: killed by SIGABRT inside LightGBM while unpickling
-    assert "ModelFileError" in done.stderr and "m.pkl" in done.stderr and "crashed reading it" in done.stderr
+    assert "ModelFileError" in done.stderr and f"m.pkl: Tree=0: {field}[0] = {value} " in done.stderr
     assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ zero-as-missing splits whose default direction disagrees with the threshold) are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
-from ..loaders import load_pickle
+from ..lightgbm_text import booster_stand_ins, check_model_text
+from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, register
 from .export import to_contract
 from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
@@ -28,7 +30,9 @@ PROBE_TIMEOUT_S = 120
 # Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
 # split_feature or left_child: "terminate called without an active exception") and loops on a child cycle.
 # An LGBMClassifier pickle carries the same text and parses it while unpickling, so it is probed too, through
-# the same allowlisted unpickler as the real read.
+# the same allowlisted unpickler as the real read. Before either, `check_model_text` refuses by tree and field
+# what LightGBM would misread without crashing (a child naming a leaf past the tree's leaves): a .txt in this
+# process before the probe, a pickle's text inside the unpickler (stand-in Booster), in the child and here.
 _CHECK_BOOSTER = "b.dump_model(); b.predict(numpy.zeros((1, b.num_feature())))"
 # A file LightGBM merely refuses (LightGBMError) is reported from the child too: read in this process, LightGBM
 # would also print its own "[LightGBM] [Fatal] ..." line on the terminal beside our refusal. The child says
@@ -41,9 +45,20 @@ _REPORT = ("\nexcept Exception as exc:\n"  # load_pickle wraps what unpickling r
 _PROBES = {
     "text": ("import sys, numpy, lightgbm\ntry:\n"
              f"    b = lightgbm.Booster(model_file=sys.argv[1]); {_CHECK_BOOSTER}{_REPORT}"),
-    "pickle": ("import sys, numpy, pathlib, lightgbm; from convert.loaders import load_pickle\ntry:\n"
-               f"    b = load_pickle(pathlib.Path(sys.argv[1]), 'lightgbm').booster_; {_CHECK_BOOSTER}{_REPORT}"),
+    "pickle": ("import sys, numpy, pathlib, lightgbm; from convert.loaders import load_pickle\n"
+               "from convert.lightgbm_text import booster_stand_ins\np = pathlib.Path(sys.argv[1])\ntry:\n"
+               f"    b = load_pickle(p, 'lightgbm', booster_stand_ins(p)).booster_; {_CHECK_BOOSTER}{_REPORT}"),
 }
+
+
+# Where LightGBM's checks fail, it quotes the build machine's source file and line ("Check failed: (strs.size())
+# == (static_cast<size_t>(n)) at /__w/LightGBM/.../common.h, line 1173 ."): noise to the user, dropped.
+_SOURCE_AT = re.compile(r"\s*at \S+\.(?:h|hpp|c|cc|cpp), line \d+\s*\.?")
+
+
+def lightgbm_reason(said: str) -> str:
+    """LightGBM's message on one line, without its source path and line."""
+    return _SOURCE_AT.sub("", said.replace("\n", " ")).strip()
 
 
 def _lightgbm_said(stderr: str, file: Path) -> str:
@@ -54,7 +69,7 @@ def _lightgbm_said(stderr: str, file: Path) -> str:
     said = (next((x.removeprefix(REFUSED) for x in reversed(lines) if x.startswith(REFUSED)), None)
             or next((x.split("[Fatal]", 1)[1] for x in reversed(lines) if "[LightGBM] [Fatal]" in x), None)
             or (lines[-1] if lines else ""))
-    said = said.replace(f" in model file {file}", "").replace(str(file), "the file").strip().rstrip(".")
+    said = lightgbm_reason(said.replace(f" in model file {file}", "").replace(str(file), "the file")).rstrip(".")
     return said if len(said) <= 200 else said[:197] + "..."
 
 
@@ -88,17 +103,26 @@ def read_model(source: MemberSource) -> tuple[Any, Any]:
     import lightgbm
 
     if source.file.suffix == ".txt":
+        check_model_text(read_checked(source.file, "model", "LightGBM model"), source.file)
         probe_model_file(source.file, "text")
         try:
             booster = lightgbm.Booster(model_file=str(source.file))
         except lightgbm.basic.LightGBMError as exc:
-            raise ModelFileError(f"{source.file}: not a readable LightGBM model ({exc}).") from exc
+            raise ModelFileError(
+                f"{source.file}: not a readable LightGBM model ({lightgbm_reason(str(exc))}).") from exc
         return booster, booster.predict
     probe_model_file(source.file, "pickle")
-    model = load_pickle(source.file, "lightgbm")
+    model = load_pickle(source.file, "lightgbm", booster_stand_ins(source.file))
     if not isinstance(model, lightgbm.LGBMClassifier):
         raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected an LGBMClassifier.")
-    check_classes(model.classes_, int(model.n_classes_), source.file)
+    n_classes = int(model.n_classes_)
+    check_classes(model.classes_, n_classes, source.file)
+    # The classifier's class count and its booster's text are pickled apart: a booster that scores another
+    # number of columns than the classifier reports would reach the ensemble graph with the wrong width.
+    scores = model.booster_.num_model_per_iteration()
+    if scores != (1 if n_classes == 2 else n_classes):
+        raise ModelFileError(f"{source.file}: the LGBMClassifier has {n_classes} classes, but its booster's text "
+                             f"scores {scores} per row (num_class); re-save the model from LightGBM.")
     return model.booster_, model.predict_proba
 
 
