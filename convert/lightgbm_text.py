@@ -26,8 +26,8 @@ from typing import Any
 
 from .errors import ModelFileError
 
-_INT = re.compile(r"-?\d+")
-_FLOAT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|nan)")  # as LightGBM writes doubles
+_INT = re.compile(r"-?[0-9]+")
+_FLOAT = re.compile(r"[-+]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?|inf|nan)")  # as LightGBM writes doubles
 _NEWLINE = re.compile(r"\r\n?|\n")  # LightGBM's line ends: GetLine stops at \r or \n, SkipNewLine eats \r\n
 _TREE_LINES = 22  # Tree::Tree reads at most this many key=value lines; more would be read as the next tree
 _INT32 = 2**31 - 1
