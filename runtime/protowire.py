@@ -243,7 +243,7 @@ _ATTR_NAME, _ATTR_F, _ATTR_I, _ATTR_INTS = 1, 2, 3, 8
 # TensorProto: dims, the one field numpy_helper.from_array writes besides data_type, name and raw_data
 _TENSOR_DIMS = 1
 _INT64 = 7  # TensorProto.INT64
-OTHER = "(another kind of value)"  # an attribute value that is not one int, one float or a list of ints
+OTHER = "..."  # an attribute value that is not one int, one float or a list of ints (or is given twice)
 
 
 @dataclass(frozen=True)
