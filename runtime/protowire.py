@@ -6,6 +6,9 @@ itself, relative to the process's current directory when a model is loaded from 
 come from outside the verified folder. The runtime refuses any such tensor, wherever it sits (graph
 initializers, sparse initializers, tensor attributes, subgraphs of If/Loop/Scan, function bodies).
 
+It also reads the main graph's nodes, initializers, operator sets and functions (`main_graph`, `attributes`,
+`tensor`), for the load's check that the combiner is the one the manifest reports (runtime.artifacts).
+
 Field numbers are onnx.proto3's; a malformed message raises ValueError.
 """
 

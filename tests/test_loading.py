@@ -192,8 +192,8 @@ def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
                                        contract.META_DIGEST: contract.manifest_digest(bound)})
     if labels is not None:
         assert _load_refusal(artifacts_copy) == (f"{artifacts_copy}/ensemble.onnx: 'label' is computed by Constant() "
-                                                 "value=..., not by ArgMax(probabilities) axis=1 keepdims=0 as convert writes "
-                                                 f"it; {REBUILD}.")
+                                                 "value=..., not by ArgMax(probabilities) axis=1 keepdims=0 as convert "
+                                                 f"writes it; {REBUILD}.")
         return
     ens = runtime.load(artifacts_copy)
     x = np.full((3, len(ens.feature_names)), 0.25)
