@@ -354,7 +354,7 @@ class _Combiner:
                              f"(stored in raw_data)" if span is not None else f"holds no '{name}'")
         return found.values.reshape(shape)
 
-    def owned(self, prefix: str, output: str, entries: Callable[[str], bool]) -> None:
+    def owned(self, prefix: str, output: str, entries: Callable[[str], bool], fed: str) -> None:
         """Everything `output` is computed from lies under `prefix/` (an embedded member's or stacker's graph),
         back to its `prefix/input`, an Identity of a tensor `entries` accepts: another member's nodes, or a
         subgraph that could read them, cannot feed it."""
@@ -371,7 +371,7 @@ class _Combiner:
             if name == scoped(prefix, MEMBER_INPUT):
                 if node is None or node.op != "Identity" or node.domain or len(node.inputs) != 1 \
                         or not entries(node.inputs[0]):
-                    raise self.error(f"'{name}' is not fed as convert feeds it")
+                    raise self.error(f"'{name}' is not {fed}")
                 continue
             if node is None:
                 if name not in self.g.initializers:
@@ -391,10 +391,14 @@ def _node_text(domain: str, op: str, inputs: tuple[str, ...], attributes: Mappin
             + "".join(f" {k}={list(v) if isinstance(v, tuple) else v}" for k, v in attributes.items()))
 
 
-def _is_scaled_input(name: str) -> bool:
-    """What convert/graph.py feeds members: the raw features, or one scaler's output, in float32."""
-    prefix, _, rest = name.partition("/")
-    return rest == "float32" and (prefix == "raw" or (prefix.startswith("scaler") and prefix[6:].isdigit()))
+def _fed(scaled: bool) -> Callable[[str], bool]:
+    """What convert/graph.py feeds a member: one scaler's output (`scalerK/float32`), or for a member whose
+    manifest `scaler` is null the raw features (`raw/float32`), in float32."""
+    def accepts(name: str) -> bool:
+        prefix, _, rest = name.partition("/")
+        return rest == "float32" and (prefix.startswith("scaler") and prefix[6:].isdigit() if scaled
+                                      else prefix == "raw")
+    return accepts
 
 
 def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: Path) -> None:
@@ -439,7 +443,10 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
             c.node(cooled, "Div", (log_p, temperature), {})
             c.node(log_p, "Log", (output,), {})
             in_graph = float(c.tensor(temperature, "float32", ())[()])
-        c.owned(name, output, _is_scaled_input)
+        scaled = m.members[name].scaler is not None
+        source = "a scaler's output ('scalerK/float32')" if scaled else "the raw features in float32 ('raw/float32')"
+        c.owned(name, output, _fed(scaled), f"an Identity of {source}, as field 'members.{name}.scaler' of "
+                                            f"{manifest_path.name} says ({'a scaler' if scaled else 'null'})")
         t = temperatures.get(name, 1.0)
         if float32(t) != in_graph:  # the graph holds t in float32
             raise ArtifactError(f"{manifest_path}: field 'decision.temperature.{name}' is {t!r}, but the graph "
@@ -462,7 +469,7 @@ def _check_combine(c: _Combiner, m: Manifest, manifest_path: Path) -> None:
             raise c.error(f"its probabilities are not a stacker's, but field 'combine.method' of "
                           f"{manifest_path.name} is 'stacking'")
         c.node(PROBABILITIES, "Identity", (stacked,), {})
-        c.owned(STACKER, stacked, lambda name: name == MEMBER_FLAT)
+        c.owned(STACKER, stacked, lambda name: name == MEMBER_FLAT, f"an Identity of '{MEMBER_FLAT}'")
         return
     if probabilities is None or (probabilities.op, probabilities.inputs) != ("MatMul", (MEMBER_FLAT, WEIGHTS)):
         raise c.error(f"its probabilities are not the MatMul of the members' by a [{k * n_classes}, {n_classes}] "

@@ -152,8 +152,8 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
 
     # The widths depend on the data (int(min or max of the features) + width), so shape inference cannot see them and
     # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
-    nodes = [h.make_node("Cast", ["features"], ["raw/float32"], to=tp.FLOAT),
-             *[node for name in members for node in sliced(name, "raw/float32", "ReduceMax", member_columns)],
+    nodes = [h.make_node("Cast", ["features"], ["scaler0/float32"], to=tp.FLOAT),  # the demo's members: a scaler
+             *[node for name in members for node in sliced(name, "scaler0/float32", "ReduceMax", member_columns)],
              h.make_node("Concat", [f"{name}/probabilities" for name in members], ["member_flat"], axis=1),
              h.make_node("Reshape", ["member_flat", "member_shape"], ["member_probabilities"]),
              *sliced("stacker", "member_flat", "ReduceMin", probability_columns),
@@ -1046,3 +1046,11 @@ def test_the_decision_policy_must_be_the_graphs(demo_artifacts, tmp_path, edit, 
     assert 0 < unsure.sum() < len(rows)
     want = np.where(unsure, np.where(p[:, 0] > p[:, 2], 0, 2), p.argmax(axis=1))
     assert [r.action for r in ens.predict(rows)] == [ens.classes[i] for i in want]
+
+
+def test_a_member_fed_otherwise_than_its_manifest_scaler_says_is_refused(demo_artifacts, tmp_path):
+    # The demo's members all read scaled features: a manifest saying xgboost reads the raw ones is not the graph's.
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: m["members"]["xgboost"].update(scaler=None))
+    assert _load_refusal(folder) == (f"{folder}/ensemble.onnx: 'xgboost/input' is not an Identity of the raw "
+                                     f"features in float32 ('raw/float32'), as field 'members.xgboost.scaler' of "
+                                     f"manifest.json says (null); {REBUILD}.")
