@@ -28,11 +28,12 @@ from typing import Any, cast
 
 import numpy as np
 
+from runtime.contract import TEMPERATURE_LIMITS  # what ensemble.json may set; the runtime holds it too
+
 from .errors import MetadataError
 
 DEFAULT_FALLBACK = "HOLD"   # the class a refused action turns into, when the class set has it
 TEMPERATURE_RANGE = (0.05, 20.0)   # what --calibrate fits within
-TEMPERATURE_LIMITS = (0.01, 100.0)  # what ensemble.json may set: beyond, log p / t overflows or erases a member
 ECE_BINS = 10
 
 

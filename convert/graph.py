@@ -19,13 +19,25 @@ from typing import Any
 import numpy as np
 
 from runtime.contract import (
+    AXIS1,
+    CALIBRATED,
     CONFIDENCE,
+    COOLED,
     ENSEMBLE_INPUT,
     ENSEMBLE_OUTPUTS,
     IR_VERSION,
     LABEL,
+    LOG_P,
+    MEMBER_FLAT,
     MEMBER_PROBABILITIES,
+    MEMBER_SHAPE,
     PROBABILITIES,
+    STACKER,
+    TEMPERATURE,
+    WEIGHTS,
+    decision_nodes,
+    policy_values,
+    scoped,
 )
 
 from .decision import Decision
@@ -69,57 +81,35 @@ def _temperature(member_output: str, t: float, prefix: str) -> tuple[list, list,
 
     if t == 1.0:
         return [], [], member_output
-    init = numpy_helper.from_array(np.array(t, dtype=np.float32), f"{prefix}/temperature")
-    return [helper.make_node("Log", [member_output], [f"{prefix}/log_p"], name=f"{prefix}/Log"),
-            helper.make_node("Div", [f"{prefix}/log_p", init.name], [f"{prefix}/cooled"], name=f"{prefix}/Cool"),
-            helper.make_node("Softmax", [f"{prefix}/cooled"], [f"{prefix}/calibrated"], axis=1,
-                             name=f"{prefix}/Calibrated")], [init], f"{prefix}/calibrated"
+    # The names and attributes runtime.artifacts.check_combiner reads the temperature back by, at load.
+    log_p, cooled, calibrated = scoped(prefix, LOG_P), scoped(prefix, COOLED), scoped(prefix, CALIBRATED)
+    init = numpy_helper.from_array(np.array(t, dtype=np.float32), scoped(prefix, TEMPERATURE))
+    return [helper.make_node("Log", [member_output], [log_p], name=f"{prefix}/Log"),
+            helper.make_node("Div", [log_p, init.name], [cooled], name=f"{prefix}/Cool"),
+            helper.make_node("Softmax", [cooled], [calibrated], axis=1, name=f"{prefix}/Calibrated")
+            ], [init], calibrated
 
 
 def _label_and_confidence(decision: Decision, classes: list[str]) -> tuple[list, list]:
-    """label and confidence from probabilities: plain argmax / max, or the minimum-confidence policy."""
+    """label and confidence from probabilities: plain argmax / max, or the minimum-confidence policy. The nodes
+    and constants are runtime.contract's, which the load compares the graph with."""
     from onnx import helper, numpy_helper
 
-    if not decision.min_confidence:
-        return [helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0, name="Label"),
-                helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0,
-                                 name="Confidence")], []
-    if decision.fallback is None:  # parse_decision refuses this; a Decision built by hand must not slip through
+    policy = bool(decision.min_confidence)
+    if policy and decision.fallback is None:  # parse_decision refuses this; a Decision built by hand must not slip
         raise ValueError("a minimum confidence needs a fallback class")
-    fallback = classes.index(decision.fallback)
-    # Probabilities are <= 1: less 2 on the fallback's column, ArgMax finds the most probable other class.
-    not_fallback = -2.0 * (np.arange(len(classes)) == fallback).astype(np.float32)
-    inits = [numpy_helper.from_array(decision.thresholds(classes), "policy/min_confidence"),
-             numpy_helper.from_array(np.array(fallback, dtype=np.int64), "policy/fallback"),
-             numpy_helper.from_array(np.array(decision.fallback_minimum(), dtype=np.float32), "policy/fallback_min"),
-             numpy_helper.from_array(not_fallback, "policy/not_fallback")]
-
-    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> Any:
-        return helper.make_node(op, inputs, [output], name=output, **attrs)
-
-    def probability_of(label: str, out: str) -> list[Any]:
-        return [node("Unsqueeze", [label, "axis1"], f"{out}_2d"),
-                node("GatherElements", ["probabilities", f"{out}_2d"], f"{out}_p2d", axis=1),
-                node("Squeeze", [f"{out}_p2d", "axis1"], out)]
-
-    nodes = [
-        node("ArgMax", ["probabilities"], "policy/top", axis=1, keepdims=0),
-        *probability_of("policy/top", "policy/top_p"),
-        # 1. the fallback on top but under its own minimum: the most probable other class instead
-        node("Add", ["probabilities", "policy/not_fallback"], "policy/others"),
-        node("ArgMax", ["policy/others"], "policy/other", axis=1, keepdims=0),
-        node("Equal", ["policy/top", "policy/fallback"], "policy/top_is_fallback"),
-        node("Less", ["policy/top_p", "policy/fallback_min"], "policy/fallback_unsure"),
-        node("And", ["policy/top_is_fallback", "policy/fallback_unsure"], "policy/leave_fallback"),
-        node("Where", ["policy/leave_fallback", "policy/other", "policy/top"], "policy/candidate"),
-        # 2. an action under its minimum: the fallback
-        *probability_of("policy/candidate", "policy/candidate_p"),
-        node("Gather", ["policy/min_confidence", "policy/candidate"], "policy/minimum", axis=0),
-        node("Less", ["policy/candidate_p", "policy/minimum"], "policy/unsure"),
-        helper.make_node("Where", ["policy/unsure", "policy/fallback", "policy/candidate"], ["label"], name="Label"),
-        *probability_of("label", "confidence"),
-    ]
-    return nodes, inits
+    names = {LABEL: "Label"} if policy else {LABEL: "Label", CONFIDENCE: "Confidence"}  # node names, not checked
+    nodes = []
+    for op, inputs, output, attributes in decision_nodes(policy):
+        node = helper.make_node(op, list(inputs), [output], name=names.get(output, output))
+        node.attribute.extend(helper.make_attribute(k, list(v) if isinstance(v, tuple) else v)
+                              for k, v in sorted(attributes.items()))
+        nodes.append(node)
+    if not policy or decision.fallback is None:
+        return nodes, []
+    constants = policy_values(classes, decision.min_confidence, decision.fallback)
+    return nodes, [numpy_helper.from_array(np.array(value, dtype=dtype), name)
+                   for name, (dtype, value) in constants.items()]
 
 
 def drop_dead_nodes(graph: Any) -> None:
@@ -169,18 +159,18 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
     # scaled identities, and member_probabilities is a Reshape of the same tensor (fewer, larger kernels:
     # at one row each node costs more than its arithmetic).
     n_members, n_classes = len(members), len(classes)
-    inits += [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-              numpy_helper.from_array(np.array([-1, n_members, n_classes], dtype=np.int64), "member_shape")]
-    nodes += [helper.make_node("Concat", probs, ["member_flat"], axis=1, name="MemberFlat"),
-              helper.make_node("Reshape", ["member_flat", "member_shape"], ["member_probabilities"],
+    inits += [numpy_helper.from_array(np.array([1], dtype=np.int64), AXIS1),
+              numpy_helper.from_array(np.array([-1, n_members, n_classes], dtype=np.int64), MEMBER_SHAPE)]
+    nodes += [helper.make_node("Concat", probs, [MEMBER_FLAT], axis=1, name="MemberFlat"),
+              helper.make_node("Reshape", [MEMBER_FLAT, MEMBER_SHAPE], [MEMBER_PROBABILITIES],
                                name="MemberProbabilities")]
     if stacker_model is None:
         weights = np.concatenate([m.source.weight * np.eye(n_classes, dtype=np.float32) for m in members])
-        inits.append(numpy_helper.from_array(weights.astype(np.float32), "weights"))
-        nodes.append(helper.make_node("MatMul", ["member_flat", "weights"], ["probabilities"], name="Combine"))
+        inits.append(numpy_helper.from_array(weights.astype(np.float32), WEIGHTS))
+        nodes.append(helper.make_node("MatMul", [MEMBER_FLAT, WEIGHTS], [PROBABILITIES], name="Combine"))
     else:
-        n, i, out = _embed(stacker_model, "stacker", "member_flat")
-        nodes += [*n, helper.make_node("Identity", [out], ["probabilities"], name="Combine")]
+        n, i, out = _embed(stacker_model, STACKER, MEMBER_FLAT)
+        nodes += [*n, helper.make_node("Identity", [out], [PROBABILITIES], name="Combine")]
         inits += i
     n, i = _label_and_confidence(decision, classes)
     nodes += n

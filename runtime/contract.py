@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import math
+import struct
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,76 @@ ENSEMBLE_OUTPUTS = (PROBABILITIES, LABEL, CONFIDENCE, MEMBER_PROBABILITIES)
 MEMBER_INPUT = "input"             # float32 [N, F], already scaled
 MEMBER_OUTPUT = PROBABILITIES      # float32 [N, C]
 BATCH_AXIS = "N"
+
+# ensemble.onnx after the members, as convert/graph.py writes it and runtime.artifacts.check_combiner reads it
+# back at load. Each member's nodes and tensors are named under "NAME/" (`scoped`), the stacker's under "stacker/".
+MEMBER_FLAT = "member_flat"        # Concat(axis=1) of the members' outputs: float32 [N, M*C]
+MEMBER_SHAPE = "member_shape"      # int64 [-1, M, C]: member_flat reshaped into member_probabilities
+WEIGHTS = "weights"                # float32 [M*C, C], the weighted combine: member i's block is its weight times I
+STACKER = "stacker"                # the stacking combine's prefix: probabilities = Identity(stacker/probabilities)
+AXIS1 = "axis1"                    # int64 [1] holding 1: the decision policy's Unsqueeze/Squeeze axes
+# A member's temperature t: NAME/calibrated = Softmax(axis=1)(Div(NAME/log_p = Log(NAME/probabilities),
+# NAME/temperature)), t a float32 scalar; a member without one (t = 1) feeds its probabilities as they are.
+TEMPERATURE, LOG_P, COOLED, CALIBRATED = "temperature", "log_p", "cooled", "calibrated"
+# What convert writes as a temperature (ensemble.json is held to it, --calibrate fits within 0.05 to 20);
+# beyond it log p / t overflows float32 or erases the member.
+TEMPERATURE_LIMITS = (0.01, 100.0)
+# The minimum-confidence policy's constants (decision.min_confidence and decision.fallback, see `policy_values`).
+POLICY_MIN_CONFIDENCE = "policy/min_confidence"  # float32 [C]: each class's minimum, 0 for the fallback
+POLICY_FALLBACK = "policy/fallback"              # int64 scalar: the fallback's class index
+POLICY_FALLBACK_MIN = "policy/fallback_min"      # float32 scalar: the fallback's own minimum
+POLICY_NOT_FALLBACK = "policy/not_fallback"      # float32 [C]: -2 on the fallback's column, 0 elsewhere
+
+NodeSpec = tuple[str, tuple[str, ...], str, dict[str, Any]]  # op (default domain), inputs, output, attributes
+
+
+def scoped(prefix: str, name: str) -> str:
+    """A member's (or the stacker's) tensor in ensemble.onnx: convert embeds each graph under its name."""
+    return f"{prefix}/{name}"
+
+
+def decision_nodes(policy: bool) -> list[NodeSpec]:
+    """The nodes that compute `label` and `confidence` from `probabilities`: argmax and max, or with a minimum
+    confidence (`policy`) the rule manifest.json's `decision` states (see docs/artifacts.md). convert builds
+    exactly these; the load compares the graph's with them."""
+    if not policy:
+        return [("ArgMax", (PROBABILITIES,), LABEL, {"axis": 1, "keepdims": 0}),
+                ("ReduceMax", (PROBABILITIES,), CONFIDENCE, {"axes": (1,), "keepdims": 0})]
+
+    def probability_of(label: str, out: str) -> list[NodeSpec]:
+        return [("Unsqueeze", (label, AXIS1), f"{out}_2d", {}),
+                ("GatherElements", (PROBABILITIES, f"{out}_2d"), f"{out}_p2d", {"axis": 1}),
+                ("Squeeze", (f"{out}_p2d", AXIS1), out, {})]
+
+    return [
+        ("ArgMax", (PROBABILITIES,), "policy/top", {"axis": 1, "keepdims": 0}),
+        *probability_of("policy/top", "policy/top_p"),
+        # 1. the fallback on top but under its own minimum: the most probable other class instead
+        ("Add", (PROBABILITIES, POLICY_NOT_FALLBACK), "policy/others", {}),
+        ("ArgMax", ("policy/others",), "policy/other", {"axis": 1, "keepdims": 0}),
+        ("Equal", ("policy/top", POLICY_FALLBACK), "policy/top_is_fallback", {}),
+        ("Less", ("policy/top_p", POLICY_FALLBACK_MIN), "policy/fallback_unsure", {}),
+        ("And", ("policy/top_is_fallback", "policy/fallback_unsure"), "policy/leave_fallback", {}),
+        ("Where", ("policy/leave_fallback", "policy/other", "policy/top"), "policy/candidate", {}),
+        # 2. an action under its minimum: the fallback
+        *probability_of("policy/candidate", "policy/candidate_p"),
+        ("Gather", (POLICY_MIN_CONFIDENCE, "policy/candidate"), "policy/minimum", {"axis": 0}),
+        ("Less", ("policy/candidate_p", "policy/minimum"), "policy/unsure", {}),
+        ("Where", ("policy/unsure", POLICY_FALLBACK, "policy/candidate"), LABEL, {}),
+        *probability_of(LABEL, CONFIDENCE),
+    ]
+
+
+def policy_values(classes: list[str], min_confidence: dict[str, float],
+                  fallback: str) -> dict[str, tuple[str, float | int | list[float]]]:
+    """The policy's constants (name -> (numpy dtype, value)) for these classes: what convert stores and the
+    load compares. Probabilities are <= 1: less 2 on the fallback's column, ArgMax finds the most probable
+    other class."""
+    index = classes.index(fallback)
+    return {POLICY_MIN_CONFIDENCE: ("float32", [0.0 if c == fallback else min_confidence.get(c, 0.0) for c in classes]),
+            POLICY_FALLBACK: ("int64", index),
+            POLICY_FALLBACK_MIN: ("float32", min_confidence.get(fallback, 0.0)),
+            POLICY_NOT_FALLBACK: ("float32", [-2.0 * (i == index) for i in range(len(classes))])}
 
 COMBINE_METHODS = ("weighted", "stacking")  # combine.method: the weighted sum, or a stacker over the members
 
@@ -203,6 +274,15 @@ def parse_manifest(obj: Any) -> Manifest:
     return manifest
 
 
+def float32(value: float) -> float:
+    """The float32 a value is stored as in the graph (standard library: `import runtime` stays light); inf past
+    float32's range."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:  # beyond float32's largest finite value (struct does not round these to inf)
+        return math.copysign(math.inf, value)
+
+
 def _check_consistent(m: Manifest) -> None:
     """What types cannot say: names that must refer to each other, and values only in the range convert writes
     (a manifest re-bound into the graph passes the digest whatever it holds)."""
@@ -223,8 +303,12 @@ def _check_consistent(m: Manifest) -> None:
             # The graph divides log p by t: 0 would make every probability NaN, a negative one invert the
             # member's ranking. NaN and Infinity cannot come from manifest.json (no digest takes them), but
             # a Manifest built in code must not pass either.
-            if not (math.isfinite(t) and t > 0):
-                raise FieldError(f"decision.temperature.{name}", f"must be a finite number above 0, got {t!r}")
+            # The range convert writes (ensemble.json is held to it): every float there is a normal float32,
+            # so 1e-50 (0 in the graph's float32) is refused here rather than failing every row.
+            low, high = TEMPERATURE_LIMITS
+            if not low <= t <= high:  # False for NaN too
+                raise FieldError(f"decision.temperature.{name}", f"must be a number from {low} to {high}, "
+                                                                 f"got {t!r}")
         for name, minimum in m.decision.min_confidence.items():
             if not 0.0 <= minimum <= 1.0:  # False for NaN too
                 raise FieldError(f"decision.min_confidence.{name}", f"must be a probability from 0 to 1, "
@@ -236,10 +320,15 @@ def _check_consistent(m: Manifest) -> None:
     if (m.combine.source is None) != (m.combine.method == "weighted"):
         raise FieldError("combine.source", "is missing: a 'stacking' combine names its stacker's file"
                          if m.combine.source is None else "must be null for 'weighted' (only a stacker has a file)")
+    # The graph holds each weight in float32: judged there, 1e-50 is 0 and 1e39 infinite.
     for name, member in m.members.items():
         if not (math.isfinite(member.weight) and member.weight >= 0):
             raise FieldError(f"members.{name}.weight", f"must be a finite number from 0 up, got {member.weight!r}")
-    if m.combine.method == "weighted" and not any(member.weight for member in m.members.values()):
+        stored = float32(member.weight)
+        if not math.isfinite(stored) or (member.weight > 0) != (stored > 0):
+            raise FieldError(f"members.{name}.weight", f"is {member.weight!r}, which the graph's float32 holds as "
+                                                       f"{stored!r}; a weight is 0 or from about 1.4e-45 to 3.4e38")
+    if m.combine.method == "weighted" and not any(float32(member.weight) for member in m.members.values()):
         raise FieldError("members", "weigh 0 each: a weighted combine of them would be 0 for every class")
 
 

@@ -6,6 +6,9 @@ itself, relative to the process's current directory when a model is loaded from 
 come from outside the verified folder. The runtime refuses any such tensor, wherever it sits (graph
 initializers, sparse initializers, tensor attributes, subgraphs of If/Loop/Scan, function bodies).
 
+It also reads the main graph's nodes, initializers, operator sets and functions (`main_graph`, `attributes`,
+`tensor`), for the load's check that the combiner is the one the manifest reports (runtime.artifacts).
+
 Field numbers are onnx.proto3's; a malformed message raises ValueError.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,7 +35,6 @@ _SPARSE_VALUES, _SPARSE_INDICES = 1, 2
 # TensorProto
 _TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 2, 8, 9, 13, 14
 _FLOAT = 1  # TensorProto.FLOAT
-_TENSOR_WANT = frozenset((_TENSOR_DATA_TYPE, _TENSOR_NAME, _TENSOR_RAW_DATA))
 _DEFAULT = 0  # data_location: anything else (EXTERNAL = 1, or a repeated field) is refused
 # StringStringEntryProto
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
@@ -207,33 +210,201 @@ def _text(buf: bytes, span: tuple[int, int]) -> str:
     return buf[span[0]:span[1]].decode()
 
 
-def main_graph(model: bytes, initializers: frozenset[str]) -> tuple[dict[str, tuple[str, list[str]]],
-                                                                      dict[str, np.ndarray]]:
-    """The main graph's nodes by each of their outputs, as (op_type, inputs), and those of `initializers`
-    that are float32 tensors holding their values in raw_data (what onnx's numpy_helper writes), as flat
-    arrays. Subgraphs and the tensors' bytes are skipped, not read: a few milliseconds for a graph of MBs."""
-    nodes: dict[str, tuple[str, list[str]]] = {}
-    found: dict[str, np.ndarray] = {}
-    for graph in _messages(model, (0, len(model)), _MODEL_GRAPH):
-        for number, _, value in fields(model, *graph, want=frozenset((_GRAPH_NODE, _GRAPH_INITIALIZER))):
+def _plain(buf: bytes, span: tuple[int, int]) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
+    """Every field of a small message one by one, a repeated scalar as many values (`fields` reports a run of
+    them as RUN): for the few tensors and attributes the combiner check reads."""
+    pos, end = span
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        value: int | tuple[int, int]
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            value, pos = int.from_bytes(buf[pos:pos + width], "little"), pos + width
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            value, pos = (pos, pos + length), pos + length
+        else:
+            raise ValueError(f"wire type {wire} of field {number} at byte {pos}")
+        if pos > end or number == 0:
+            raise ValueError(f"field {number} runs past its message (byte {pos} of {end})")
+        yield number, wire, value
+
+
+def _signed(value: int) -> int:
+    """An int64 read as a varint (negative numbers are 10 bytes of two's complement)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# ModelProto, OpsetIdProto
+_MODEL_OPSET_IMPORT, _OPSET_DOMAIN, _OPSET_VERSION = 8, 1, 2
+_NODE_DOMAIN = 7
+# AttributeProto: name, f, i, ints (the kinds of value convert writes on the nodes the check reads)
+_ATTR_NAME, _ATTR_F, _ATTR_I, _ATTR_INTS = 1, 2, 3, 8
+# TensorProto: dims, the one field numpy_helper.from_array writes besides data_type, name and raw_data
+_TENSOR_DIMS = 1
+_INT64 = 7  # TensorProto.INT64
+OTHER = "..."  # an attribute value that is not one int, one float or a list of ints (or is given twice)
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str
+    domain: str  # "" is the default operator set (ai.onnx)
+    inputs: tuple[str, ...]
+    attributes: tuple[tuple[int, int], ...]  # spans of its AttributeProtos, read by `attributes` when needed
+
+
+@dataclass(frozen=True)
+class Tensor:
+    data_type: int
+    dims: tuple[int, ...]
+    values: np.ndarray | None  # raw_data as float32 or int64, None if stored any other way
+
+
+@dataclass(frozen=True)
+class MainGraph:
+    nodes: dict[str, Node]                   # by each of its outputs
+    initializers: dict[str, tuple[int, int]]  # name -> span of the TensorProto, read by `tensor` when needed
+    repeated: list[str]                      # names given twice: initializers, sparse ones, node outputs
+    opsets: dict[str, int]                   # ModelProto.opset_import, domain -> version
+    functions: int                           # how many model-local functions the model defines
+
+
+def main_graph(model: bytes) -> MainGraph:
+    """The main graph's nodes by each of their outputs and its initializers by name, as spans (subgraphs
+    and the tensors' bytes are skipped, not read: a few milliseconds for a graph of MBs), with the names it
+    gives twice, the model's operator sets and how many functions it defines. A name given twice is where
+    onnxruntime and a reader of the bytes could each take another one."""
+    nodes: dict[str, Node] = {}
+    initializers: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    repeated: list[str] = []
+    opsets: dict[str, int] = {}
+    functions = 0
+
+    def name_once(name: str) -> None:
+        if name == "":  # an optional output left out
+            return
+        if name in seen:
+            repeated.append(name)
+        seen.add(name)
+
+    node_fields = frozenset((_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN))
+    for number, _, span in fields(model, 0, len(model),
+                                  want=frozenset((_MODEL_GRAPH, _MODEL_OPSET_IMPORT, _MODEL_FUNCTIONS))):
+        if not isinstance(span, tuple):
+            continue
+        if number == _MODEL_FUNCTIONS:
+            functions += 1
+        elif number == _MODEL_OPSET_IMPORT:
+            entry = dict((n, v) for n, _, v in _plain(model, span))
+            where, version = entry.get(_OPSET_DOMAIN), entry.get(_OPSET_VERSION, 0)
+            opsets[_text(model, where) if isinstance(where, tuple) else ""] = \
+                _signed(version) if isinstance(version, int) else -1
+            continue
+        if number != _MODEL_GRAPH:
+            continue
+        for part, _, value in fields(model, *span, want=frozenset((_GRAPH_NODE, _GRAPH_INITIALIZER,
+                                                                    _GRAPH_SPARSE_INITIALIZER))):
             if not isinstance(value, tuple):
                 continue
-            if number == _GRAPH_NODE:
-                op, inputs, outputs = "", [], []
-                for n, _, v in fields(model, *value, want=frozenset((_NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE))):
+            if part == _GRAPH_NODE:
+                op, domain = "", ""
+                inputs: list[str] = []
+                outputs: list[str] = []
+                attributes: list[tuple[int, int]] = []
+                for n, _, v in fields(model, *value, want=node_fields):
                     if not isinstance(v, tuple):
                         continue
                     if n == _NODE_INPUT:
                         inputs.append(_text(model, v))
                     elif n == _NODE_OUTPUT:
                         outputs.append(_text(model, v))
-                    else:
+                    elif n == _NODE_ATTRIBUTE:
+                        attributes.append(v)
+                    elif n == _NODE_OP_TYPE:
                         op = _text(model, v)
-                nodes.update((out, (op, inputs)) for out in outputs)
-            else:
-                tensor = {n: v for n, _, v in fields(model, *value, want=_TENSOR_WANT)}
-                name, raw = tensor.get(_TENSOR_NAME), tensor.get(_TENSOR_RAW_DATA)
-                if (isinstance(name, tuple) and _text(model, name) in initializers and isinstance(raw, tuple)
-                        and tensor.get(_TENSOR_DATA_TYPE) == _FLOAT and (raw[1] - raw[0]) % 4 == 0):
-                    found[_text(model, name)] = np.frombuffer(model[raw[0]:raw[1]], dtype="<f4")
-    return nodes, found
+                    else:
+                        domain = _text(model, v)
+                node = Node(op, domain, tuple(inputs), tuple(attributes))
+                for out in outputs:
+                    name_once(out)
+                    nodes[out] = node
+            elif part == _GRAPH_INITIALIZER:
+                name = next((v for n, _, v in fields(model, *value, want=frozenset((_TENSOR_NAME,)))
+                             if isinstance(v, tuple)), None)
+                text = _text(model, name) if name is not None else ""
+                name_once(text)
+                initializers[text] = value
+            else:  # a sparse initializer is named by its values tensor
+                for values in _messages(model, value, _SPARSE_VALUES):
+                    name = next((v for n, _, v in fields(model, *values, want=frozenset((_TENSOR_NAME,)))
+                                 if isinstance(v, tuple)), None)
+                    name_once(_text(model, name) if name is not None else "")
+    return MainGraph(nodes, initializers, repeated, opsets, functions)
+
+
+def attributes(model: bytes, node: Node) -> dict[str, object]:
+    """A node's attributes by name: an int, a float, a tuple of ints, or OTHER for any other kind of value
+    (or an attribute named twice). Enough to compare with the attributes convert writes."""
+    out: dict[str, object] = {}
+    for span in node.attributes:
+        name, other = "", False
+        value: object = None
+        ints: list[int] = []
+        for number, wire, v in _plain(model, span):
+            if number == _ATTR_NAME and isinstance(v, tuple):
+                name = _text(model, v)
+            elif number == _ATTR_I and wire == 0 and isinstance(v, int):
+                value = _signed(v)
+            elif number == _ATTR_F and wire == 5 and isinstance(v, int):
+                value = float(np.frombuffer(v.to_bytes(4, "little"), "<f4")[0])
+            elif number == _ATTR_INTS and wire == 0 and isinstance(v, int):
+                ints.append(_signed(v))
+            elif number == _ATTR_INTS and isinstance(v, tuple):  # packed
+                pos = v[0]
+                while pos < v[1]:
+                    item, pos = _varint(model, pos)
+                    ints.append(_signed(item))
+            elif number != 20:  # AttributeProto.type: says which of the fields above holds the value
+                other = True
+        if ints:
+            other = other or value is not None
+            value = tuple(ints)
+        out[name] = OTHER if other or value is None or name in out else value
+    return out
+
+
+def has_subgraph(model: bytes, node: Node) -> bool:
+    """Whether one of the node's attributes holds a graph (If, Loop, Scan): a subgraph reads outer tensors
+    without listing them as inputs."""
+    wanted = frozenset((_ATTR_G, _ATTR_GRAPHS))
+    return any(True for span in node.attributes for _ in fields(model, *span, want=wanted))
+
+
+def tensor(model: bytes, span: tuple[int, int]) -> Tensor:
+    """An initializer's type, shape and values, the values only when it holds them as numpy_helper writes
+    them (raw_data, float32 or int64, nothing else set): None for any other encoding."""
+    data_type, dims, raw, other = 0, [], None, False
+    for number, wire, v in _plain(model, span):
+        if number == _TENSOR_DATA_TYPE and isinstance(v, int):
+            data_type = v
+        elif number == _TENSOR_DIMS and wire == 0 and isinstance(v, int):
+            dims.append(_signed(v))
+        elif number == _TENSOR_DIMS and isinstance(v, tuple):  # packed
+            pos = v[0]
+            while pos < v[1]:
+                item, pos = _varint(model, pos)
+                dims.append(_signed(item))
+        elif number == _TENSOR_RAW_DATA and isinstance(v, tuple):
+            raw = v
+        elif number != _TENSOR_NAME:  # float_data, int64_data, external data, segments, ...
+            other = True
+    dtype = {_FLOAT: "<f4", _INT64: "<i8"}.get(data_type)
+    values = None
+    if raw is not None and dtype is not None and not other and (raw[1] - raw[0]) % np.dtype(dtype).itemsize == 0:
+        values = np.frombuffer(model[raw[0]:raw[1]], dtype=dtype)
+    return Tensor(data_type, tuple(dims), values)

@@ -59,15 +59,23 @@ def reorder_members(model: Any, order: list[str], renames: dict[str, str]) -> No
     """`edit_graph` for a manifest whose `ensemble.members` is `order` and whose members `renames` renamed (old
     name -> new): the graph's member_flat, and so member_probabilities and the blocks of the weighted sum, in
     that order and under those names, as convert would have built them (the load checks all three)."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     graph = model.graph
     at = next(i for i, node in enumerate(graph.node) if node.output[0] == "member_flat")
     concat = graph.node[at]
     built = [name.removesuffix("/probabilities") for name in concat.input]  # no temperatures in these builds
     old_name = {new: old for old, new in renames.items()}
-    for old, new in renames.items():
-        graph.node.insert(at, helper.make_node("Identity", [f"{old}/probabilities"], [f"{new}/probabilities"]))
+
+    def renamed(name: str) -> str:  # convert names a member's every tensor under "NAME/": the load checks that too
+        prefix, _, rest = name.partition("/")
+        return f"{renames[prefix]}/{rest}" if rest and prefix in renames else name
+
+    for node in graph.node:
+        for names in (node.input, node.output):
+            names[:] = [renamed(name) for name in names]
+    for tensor in graph.initializer:
+        tensor.name = renamed(tensor.name)
     del concat.input[:]
     concat.input.extend(f"{name}/probabilities" for name in order)
     weights = next(tensor for tensor in graph.initializer if tensor.name == "weights")

@@ -182,13 +182,22 @@ def _edit(path: str, value: object) -> Callable[[dict[str, Any]], None]:
      "field 'combine.source' is missing: a 'stacking' combine names its stacker's file"),
     ("combine", {"method": "stacking"}, "field 'combine.source' is missing: a 'stacking' combine names its stacker's "
                                         "file"),
-    ("decision/temperature", {"net": 0}, "field 'decision.temperature.net' must be a finite number above 0, got 0.0"),
-    ("decision/temperature", {"net": -2}, "field 'decision.temperature.net' must be a finite number above 0, got "
+    # A temperature only in the range convert writes (0.01 to 100): 1e-50 is above 0 but 0 in the graph's float32,
+    # and every row was then refused as having features too large (attack report 1, M2).
+    ("decision/temperature", {"net": 0}, "field 'decision.temperature.net' must be a number from 0.01 to 100.0, got "
+                                         "0.0"),
+    ("decision/temperature", {"net": -2}, "field 'decision.temperature.net' must be a number from 0.01 to 100.0, got "
                                           "-2.0"),
-    ("decision/temperature", {"net": float("nan")}, "field 'decision.temperature.net' must be a finite number above "
-                                                    "0, got nan"),
-    ("decision/temperature", {"net": float("inf")}, "field 'decision.temperature.net' must be a finite number above "
-                                                    "0, got inf"),
+    ("decision/temperature", {"net": float("nan")}, "field 'decision.temperature.net' must be a number from 0.01 to "
+                                                    "100.0, got nan"),
+    ("decision/temperature", {"net": float("inf")}, "field 'decision.temperature.net' must be a number from 0.01 to "
+                                                    "100.0, got inf"),
+    ("decision/temperature", {"net": 1e-50}, "field 'decision.temperature.net' must be a number from 0.01 to 100.0, "
+                                             "got 1e-50"),
+    ("decision/temperature", {"net": 0.0099}, "field 'decision.temperature.net' must be a number from 0.01 to 100.0, "
+                                              "got 0.0099"),
+    ("decision/temperature", {"net": 100.5}, "field 'decision.temperature.net' must be a number from 0.01 to 100.0, "
+                                             "got 100.5"),
     ("decision/min_confidence", {"BUY": 1.5}, "field 'decision.min_confidence.BUY' must be a probability from 0 to "
                                               "1, got 1.5"),
     ("decision/min_confidence", {"BUY": -0.1}, "field 'decision.min_confidence.BUY' must be a probability from 0 to "
@@ -198,6 +207,12 @@ def _edit(path: str, value: object) -> Callable[[dict[str, Any]], None]:
     ("members/net/weight", -1, "field 'members.net.weight' must be a finite number from 0 up, got -1.0"),
     ("members/net/weight", float("inf"), "field 'members.net.weight' must be a finite number from 0 up, got inf"),
     ("members/net/weight", float("nan"), "field 'members.net.weight' must be a finite number from 0 up, got nan"),
+    # The graph holds weights in float32: there 1e-50 is 0 (an all-1e-50 combine predicted SELL at 0 for every row,
+    # attack report 1, H5) and 1e39 infinite.
+    ("members/net/weight", 1e-50, "field 'members.net.weight' is 1e-50, which the graph's float32 holds as 0.0; a "
+                                  "weight is 0 or from about 1.4e-45 to 3.4e38"),
+    ("members/net/weight", 1e39, "field 'members.net.weight' is 1e+39, which the graph's float32 holds as inf; a "
+                                 "weight is 0 or from about 1.4e-45 to 3.4e38"),
     # A huge value is echoed cut short, with its size (a 3,000-digit integer parses from JSON):
     ("schema_version", 10**3000, "field 'schema_version' is 1" + "0" * 39 + "... (3001 digits), not one this "
                                  "runtime reads ((1,)); upgrade ensemble-onnx or rebuild with this version"),
@@ -234,6 +249,13 @@ def test_the_values_the_converter_writes_or_could_still_load(edits):
     for path, value in edits.items():
         _edit(path, value)(manifest)
     contract.parse_manifest(manifest)
+
+
+@pytest.mark.parametrize("value", [1e-45, 3.4e38])  # float32's smallest (subnormal) and about its largest
+def test_a_weight_float32_holds_loads(value):
+    manifest = _manifest()
+    _edit("members/net/weight", value)(manifest)
+    assert contract.parse_manifest(manifest).members["net"].weight == value
 
 
 def test_a_weighted_combine_of_members_that_all_weigh_0_is_refused():

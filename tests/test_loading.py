@@ -133,42 +133,47 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
                    ) -> bytes:
     """The ensemble's inputs and outputs declared as the builder declares them (3 classes, 4 members), computing
     what a hand-made graph may: `probability_columns` and `member_columns` wide, and `labels` labels whatever the
-    rows (None: one a row). Every value is a feature, the label class 0. The tensors the load check reads the
-    combiner by are named as convert names them, for a stacker (`_as_stacking`): it has no values to check."""
+    rows (None: one a row). Every value is a feature, the label class 0. From the members' outputs on, the graph
+    is shaped as convert writes a stacking combine (`_as_stacking`), which the load check compares it with; the
+    widths are computed inside each member's and the stacker's own graph, where the check does not look."""
     onnx = pytest.importorskip("onnx")
     h, tp = onnx.helper, onnx.TensorProto
-    ints = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in
-            {"zero": 0, "one": 1, "p": probability_columns, "m": member_columns, "minus_one": -1,
-             "four": len(members)}.items()]
+    ints: dict[str, int] = {}
+
+    def sliced(prefix: str, source: str, reduce: str, width: int) -> list[Any]:
+        # prefix/probabilities: the first int(reduce(source)) + width columns of source (0 + width in the tests)
+        ints.update({f"{prefix}/zero": 0, f"{prefix}/one": 1, f"{prefix}/width": width})
+        return [h.make_node("Identity", [source], [f"{prefix}/input"]),
+                h.make_node(reduce, [f"{prefix}/input"], [f"{prefix}/r"], keepdims=0),
+                h.make_node("Cast", [f"{prefix}/r"], [f"{prefix}/offset"], to=tp.INT64),
+                h.make_node("Add", [f"{prefix}/offset", f"{prefix}/width"], [f"{prefix}/end"]),
+                h.make_node("Slice", [f"{prefix}/input", f"{prefix}/zero", f"{prefix}/end", f"{prefix}/one"],
+                            [f"{prefix}/probabilities"])]
+
     # The widths depend on the data (int(min or max of the features) + width), so shape inference cannot see them and
     # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
-    nodes = [h.make_node("ReduceMin", ["features"], ["low"], keepdims=0),
-             h.make_node("Cast", ["low"], ["offset"], to=tp.INT64),
-             h.make_node("Add", ["offset", "p"], ["p_end"]),
-             h.make_node("ReduceMax", ["features"], ["high"], keepdims=0),  # 0.25 in the tests
-             h.make_node("Cast", ["high"], ["member_offset"], to=tp.INT64),
-             h.make_node("Add", ["member_offset", "m"], ["m_end"]),
-             h.make_node("Slice", ["features", "zero", "p_end", "one"], ["p64"]),
-             h.make_node("Slice", ["features", "zero", "m_end", "one"], ["m64"]),
-             h.make_node("Cast", ["m64"], ["m32"], to=tp.FLOAT),
-             *[h.make_node("Identity", ["m32"], [f"{name}/probabilities"]) for name in members],
+    nodes = [h.make_node("Cast", ["features"], ["scaler0/float32"], to=tp.FLOAT),  # the demo's members: a scaler
+             *[node for name in members for node in sliced(name, "scaler0/float32", "ReduceMax", member_columns)],
              h.make_node("Concat", [f"{name}/probabilities" for name in members], ["member_flat"], axis=1),
-             h.make_node("Concat", ["minus_one", "four", "m_end"], ["member_shape"], axis=0),
              h.make_node("Reshape", ["member_flat", "member_shape"], ["member_probabilities"]),
-             h.make_node("Cast", ["p64"], ["stacker/probabilities"], to=tp.FLOAT),
+             *sliced("stacker", "member_flat", "ReduceMin", probability_columns),
              h.make_node("Identity", ["stacker/probabilities"], ["probabilities"]),
              h.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0)]
     if labels is None:
-        nodes.append(h.make_node("ArgMin", ["zero_column"], ["label"], axis=1, keepdims=0))
-        nodes.insert(0, h.make_node("Slice", ["features", "zero", "one", "one"], ["zero_column"]))
+        nodes.append(h.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0))
     else:
         nodes.append(h.make_node("Constant", [], ["label"], value=h.make_tensor("l", tp.INT64, [labels], [0] * labels)))
+    inits = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in ints.items()]
+    inits.append(h.make_tensor("member_shape", tp.INT64, [3], [-1, len(members), 3]))
+    for tensor in inits:  # stored in raw_data, as convert's numpy_helper stores them
+        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
     graph = h.make_graph(nodes, "crafted", [h.make_tensor_value_info("features", tp.DOUBLE, ["N", n_features])],
                          [h.make_tensor_value_info("probabilities", tp.FLOAT, ["N", declared_classes]),
                           h.make_tensor_value_info("label", tp.INT64, ["N"]),
                           h.make_tensor_value_info("confidence", tp.FLOAT, ["N"]),
-                          h.make_tensor_value_info("member_probabilities", tp.FLOAT, ["N", 4, 3])], ints)
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8).SerializeToString()
+                          h.make_tensor_value_info("member_probabilities", tp.FLOAT, ["N", 4, 3])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("ai.onnx.ml", 3)],
+                        ir_version=8).SerializeToString()
 
 
 @pytest.mark.parametrize(("probability_columns", "member_columns", "labels"), [
@@ -178,16 +183,21 @@ def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
         artifacts_copy, probability_columns, member_columns, labels):
     # onnxruntime only warns when an output's shape differs from the declared one, and the load check sees only
     # the declared one: Prediction pairs classes, members and rows strictly, so a column or a row too many or
-    # too few fails instead of being dropped.
+    # too few fails instead of being dropped. A label that is not the probabilities' is refused at load.
     manifest = _as_stacking(artifacts_copy)
     graph = _crafted_graph(len(manifest["feature_names"]), probability_columns, member_columns, labels)
     (artifacts_copy / "ensemble.onnx").write_bytes(graph)
     bound = contract.bound_part(manifest)  # bound to the manifest as it is: a consistent forgery
     _with_graph_props(artifacts_copy, {contract.META_MANIFEST: contract.canonical(bound).decode(),
                                        contract.META_DIGEST: contract.manifest_digest(bound)})
+    if labels is not None:
+        assert _load_refusal(artifacts_copy) == (f"{artifacts_copy}/ensemble.onnx: 'label' is computed by Constant() "
+                                                 "value=..., not by ArgMax(probabilities) axis=1 keepdims=0 as convert "
+                                                 f"writes it; {REBUILD}.")
+        return
     ens = runtime.load(artifacts_copy)
     x = np.full((3, len(ens.feature_names)), 0.25)
-    if (probability_columns, member_columns, labels) == (3, 3, None):
+    if (probability_columns, member_columns) == (3, 3):
         assert [p.action for p in ens.predict(x)] == ["SELL"] * 3
         assert ens.predict(x)[0].members["nhits"] == {"SELL": 0.25, "HOLD": 0.25, "BUY": 0.25}
     else:
@@ -798,23 +808,31 @@ def test_the_demo_builds_weights_are_read_off_its_graph_exactly(demo_artifacts):
         "xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.3, "patchtst": 0.2}
 
 
-def _graph_with_temperature(source: Path, folder: Path, member: str, t: float) -> Path:
-    """A copy of the build whose graph divides `member`'s log-probabilities by t, with the nodes and names
-    convert/graph.py writes (Log, Div by `NAME/temperature`, Softmax) feeding member_flat."""
-    onnx = pytest.importorskip("onnx")
-    shutil.copytree(source, folder)
-    model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
+def _add_temperature(model: Any, member: str, t: float, axis: int = 1, stored: str = "raw_data") -> None:
+    """`edit_graph`: the graph divides `member`'s log-probabilities by t, with the nodes and names convert/graph.py
+    writes (Log, Div by `NAME/temperature`, Softmax over `axis`) feeding member_flat, t stored as `stored`."""
+    from onnx import TensorProto, helper, numpy_helper
+
     nodes = model.graph.node
     at = next(i for i, n in enumerate(nodes) if n.output[0] == "member_flat")
     concat = nodes[at]
     concat.input[list(concat.input).index(f"{member}/probabilities")] = f"{member}/calibrated"
-    h = onnx.helper
     for k, node in enumerate([
-            h.make_node("Log", [f"{member}/probabilities"], [f"{member}/log_p"]),
-            h.make_node("Div", [f"{member}/log_p", f"{member}/temperature"], [f"{member}/cooled"]),
-            h.make_node("Softmax", [f"{member}/cooled"], [f"{member}/calibrated"], axis=1)]):
+            helper.make_node("Log", [f"{member}/probabilities"], [f"{member}/log_p"]),
+            helper.make_node("Div", [f"{member}/log_p", f"{member}/temperature"], [f"{member}/cooled"]),
+            helper.make_node("Softmax", [f"{member}/cooled"], [f"{member}/calibrated"], axis=axis)]):
         nodes.insert(at + k, node)
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(t, dtype=np.float32), f"{member}/temperature"))
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.array(t, dtype=np.float32), f"{member}/temperature") if stored == "raw_data"
+        else helper.make_tensor(f"{member}/temperature", TensorProto.FLOAT, [], [t]))  # float_data
+
+
+def _graph_with_temperature(source: Path, folder: Path, member: str, t: float) -> Path:
+    """A copy of the build whose graph divides `member`'s log-probabilities by t, as convert writes it."""
+    onnx = pytest.importorskip("onnx")
+    shutil.copytree(source, folder)
+    model = onnx.load_from_string((folder / "ensemble.onnx").read_bytes())
+    _add_temperature(model, member, t)
     (folder / "ensemble.onnx").write_bytes(model.SerializeToString())
     return folder
 
@@ -880,3 +898,159 @@ def test_a_limit_variable_is_plain_digits_or_refused_naming_it_cut_short(monkeyp
 def test_a_limit_of_plain_digits_is_read(monkeypatch, raw, limit):
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
     assert runtime.features.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10) == limit
+
+
+# ------------------------------------------ graphs shaped otherwise than convert writes them, under a matching manifest
+
+def _node(model: Any, output: str) -> Any:
+    return next(n for n in model.graph.node if output in n.output)
+
+
+def _swap_member_outputs(model: Any) -> None:
+    # Each member's final node now produces the other's output: the names in member_flat are unchanged.
+    a, b = _node(model, "nhits/probabilities"), _node(model, "patchtst/probabilities")
+    a.output[0], b.output[0] = "patchtst/probabilities", "nhits/probabilities"
+
+
+def _local_concat(model: Any) -> None:
+    # member_flat = evil.Concat(a, b, c, d), a function of the model's own computing Concat(d, c, b, a).
+    from onnx import helper
+
+    _node(model, "member_flat").domain = "evil"
+    body = [helper.make_node("Concat", ["d", "c", "b", "a"], ["y"], axis=1)]
+    model.functions.append(helper.make_function("evil", "Concat", ["a", "b", "c", "d"], ["y"], body,
+                                                [helper.make_opsetid("", 17)]))
+    model.opset_import.append(helper.make_opsetid("evil", 1))
+
+
+def _unused_opset(model: Any) -> None:
+    from onnx import helper
+
+    model.opset_import.append(helper.make_opsetid("evil", 1))
+
+
+def _xgboost_only_weights() -> np.ndarray:
+    w = np.zeros((12, 3), np.float32)
+    w[0:3, 0:3] = np.eye(3)
+    return w
+
+
+def _forged_weights_first(model: Any) -> None:
+    # onnxruntime computes with this first copy; a reader keeping the last one saw the honest weights.
+    from onnx import numpy_helper
+
+    model.graph.initializer.insert(0, numpy_helper.from_array(_xgboost_only_weights(), "weights"))
+
+
+def _weights_by_a_constant_node(model: Any) -> None:
+    from onnx import helper, numpy_helper
+
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["weights"],
+                                                value=numpy_helper.from_array(_xgboost_only_weights())))
+
+
+def _least_probable_label(model: Any) -> None:
+    _node(model, "label").op_type = "ArgMin"
+
+
+@pytest.mark.parametrize(("edit_graph", "says"), [
+    (_swap_member_outputs, r"ensemble\.onnx: 'nhits/probabilities' is computed from 'patchtst/[^']*', outside 'nhits/' "
+                           r"\(its own graph\)"),
+    (_local_concat, r"ensemble\.onnx: defines 1 function\(s\) of its own, which convert never writes \(a node could "
+                    r"call one by an operator's name\)"),
+    (_unused_opset, r"ensemble\.onnx: imports the operator set\(s\) \{'evil': 1\}, but field 'opsets' of "
+                    r"manifest\.json names \{'ai\.onnx': 17, 'ai\.onnx\.ml': 3\}"),
+    (_forged_weights_first, r"ensemble\.onnx: names \['weights'\] more than once \(initializers or node outputs\): "
+                            r"onnxruntime could compute with another than the one this check reads"),
+    (_weights_by_a_constant_node, r"ensemble\.onnx: names \['weights'\] more than once \(initializers or node "
+                                  r"outputs\): onnxruntime could compute with another than the one this check reads"),
+    (_least_probable_label, r"ensemble\.onnx: 'label' is computed by ArgMin\(probabilities\) axis=1 keepdims=0, not "
+                            r"by ArgMax\(probabilities\) axis=1 keepdims=0 as convert writes it"),
+])
+def test_a_combiner_computing_otherwise_than_its_names_say_is_refused(demo_artifacts, tmp_path, edit_graph, says):
+    # Found (attack report 1, H1-H3): each of these loaded under the demo's own manifest, and predicted with other
+    # weights, another member order or another member's column under a member's name, or a label that is not
+    # the probabilities' (M1).
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: None, edit_graph=edit_graph)
+    assert re.fullmatch(re.escape(str(folder)) + "/" + says + "; " + re.escape(REBUILD) + r"\.", _load_refusal(folder))
+
+
+@pytest.mark.parametrize(("axis", "stored", "says"), [
+    (1, "raw_data", None),
+    (0, "raw_data", "'nhits/calibrated' is computed by Softmax(nhits/cooled) axis=0, not by Softmax(nhits/cooled) "
+                    "axis=1 as convert writes it"),
+    (1, "float_data", "'nhits/temperature' is not the float32 tensor of shape [] that convert writes (stored in "
+                      "raw_data)"),
+])
+def test_a_temperature_is_read_only_off_the_softmax_and_tensor_convert_writes(demo_artifacts, tmp_path, axis, stored,
+                                                                              says):
+    # Found (H4): a Softmax over the batch axis loaded, and a row's probabilities depended on its batch. (L5): a
+    # temperature stored otherwise was refused as "not member 'nhits'", which named the wrong problem.
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: m["decision"]["temperature"].update(nhits=2.5),
+                     edit_graph=lambda model: _add_temperature(model, "nhits", 2.5, axis, stored))
+    if says is None:
+        assert runtime.load(folder).describe()["decision"]["temperature"] == {"nhits": 2.5}
+    else:
+        assert _load_refusal(folder) == f"{folder}/ensemble.onnx: {says}; {REBUILD}."
+
+
+def _with_policy(threshold: float) -> Callable[[Any], None]:
+    """`edit_graph`: label and confidence by the minimum-confidence policy, HOLD (the fallback) under `threshold`
+    becoming the most probable other class, built from the node list convert builds from
+    (runtime.contract.decision_nodes)."""
+
+    def edit(model: Any) -> None:
+        from onnx import helper, numpy_helper
+
+        graph = model.graph
+        kept = [n for n in graph.node if not {"label", "confidence"} & set(n.output)]
+        del graph.node[:]
+        graph.node.extend(kept)
+        for op, inputs, output, attributes in contract.decision_nodes(True):
+            graph.node.append(helper.make_node(op, list(inputs), [output], **{k: list(v) if isinstance(v, tuple)
+                                                                               else v for k, v in attributes.items()}))
+        classes = ["SELL", "HOLD", "BUY"]
+        for name, (dtype, value) in contract.policy_values(classes, {"HOLD": threshold}, "HOLD").items():
+            graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=dtype), name))
+        graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"))
+    return edit
+
+
+def _min_confidence(minimum: dict[str, float], fallback: str = "HOLD") -> Edit:
+    return lambda m: m["decision"].update(min_confidence=minimum, fallback=fallback)
+
+
+@pytest.mark.parametrize(("edit", "edit_graph", "says"), [
+    (_min_confidence({"HOLD": 0.7}), _with_policy(0.7), None),
+    (_min_confidence({"HOLD": 0.99}), None, "manifest.json: field 'decision.min_confidence' is {'HOLD': 0.99}, but "
+                                            "the graph's label applies no minimum confidence"),
+    (lambda m: None, _with_policy(0.7), "manifest.json: field 'decision.min_confidence' is {}, but the graph's label "
+                                        "applies a minimum confidence"),
+    (_min_confidence({"HOLD": 0.4}), _with_policy(0.7), "manifest.json: field 'decision.min_confidence' is {'HOLD': "
+                                                        "0.4}, but the graph's 'policy/fallback_min' holds "
+                                                        "0.699999988079071"),
+    (_min_confidence({"HOLD": 0.7}, "SELL"), _with_policy(0.7), "manifest.json: field 'decision.fallback' is SELL, but "
+                                                                "the graph's 'policy/fallback' holds 1"),
+])
+def test_the_decision_policy_must_be_the_graphs(demo_artifacts, tmp_path, edit, edit_graph, says):
+    # Found (M1): a manifest re-bound with min_confidence {"HOLD": 0.99} loaded and describe() reported it, while
+    # the graph answered HOLD at 0.62 by plain argmax.
+    folder = rebound(demo_artifacts, tmp_path / "edited", edit, edit_graph=edit_graph)
+    if says is not None:
+        assert _load_refusal(folder) == f"{folder}/{says}; {REBUILD}."
+        return
+    ens = runtime.load(folder)  # the policy convert writes loads, and is the one served
+    rows = np.random.default_rng(0).normal(size=(200, len(ens.feature_names)))
+    p = ens.predict_proba(rows)
+    unsure = (p.argmax(axis=1) == 1) & (p[:, 1] < 0.7)  # HOLD on top, under its minimum: the next class instead
+    assert 0 < unsure.sum() < len(rows)
+    want = np.where(unsure, np.where(p[:, 0] > p[:, 2], 0, 2), p.argmax(axis=1))
+    assert [r.action for r in ens.predict(rows)] == [ens.classes[i] for i in want]
+
+
+def test_a_member_fed_otherwise_than_its_manifest_scaler_says_is_refused(demo_artifacts, tmp_path):
+    # The demo's members all read scaled features: a manifest saying xgboost reads the raw ones is not the graph's.
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: m["members"]["xgboost"].update(scaler=None))
+    assert _load_refusal(folder) == (f"{folder}/ensemble.onnx: 'xgboost/input' is not an Identity of the raw "
+                                     f"features in float32 ('raw/float32'), as field 'members.xgboost.scaler' of "
+                                     f"manifest.json says (null); {REBUILD}.")
