@@ -36,6 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .errors import shortened
 from .features import InputError, parse_number
 
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
@@ -128,9 +129,10 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         bad = (unparsed | nulls | ~np.isfinite(values)) & unscored(reasons)
         for row in np.flatnonzero(bad):
             value = col[int(row)].as_py()
+            shown = shortened(value, 80)  # a cell may hold 100,000 characters: cut short here and in rejects
             reasons[row] = (f"column '{name}': missing (null)" if value is None
-                            else f"column '{name}': {value!r} is not a number" if unparsed[row]
-                            else f"column '{name}': {value!r} is not finite; impute it before scoring")
+                            else f"column '{name}': {shown} is not a number" if unparsed[row]
+                            else f"column '{name}': {shown} is not finite; impute it before scoring")
     return x, reasons
 
 

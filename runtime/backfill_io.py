@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .features import InputError, RepeatedKeyError, loads_unique
+from .errors import shortened, shortened_names
+from .features import InputError, LongIntegerError, RepeatedKeyError, loads_unique
 
 INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -72,8 +73,11 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
 
 def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: Sequence[str] | None
                    ) -> tuple[list[str], int | None, Iterator[Any]]:
-    """JSON lines, one object a line. Features become text for feature_matrix to parse (so a string, a list
-    or a bool there is named, not coerced); other values keep their JSON types.
+    """JSON lines, one object a line. Features become their JSON text for feature_matrix to parse, so a
+    string there (`"1.5"`, quotes included), a list or a bool is refused as not a number, as `predict` does;
+    other values keep their JSON types, except a column Arrow cannot hold as one type (mixed types, an
+    integer past 64 bits such as a big id, an empty object `{}` that Parquet cannot write), which becomes the
+    JSON text of each value, losslessly, whatever the output format.
 
     The first line's keys name the columns, and every line is read by key, in whatever order it writes
     them (a JSON object's keys have none). A key a later line lacks reads as null, like an empty CSV cell (a
@@ -87,7 +91,9 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
         try:
             return loads_unique(line)
         except RepeatedKeyError as exc:
-            raise InputError(f"{path}: row {number}: key '{exc.key}' given more than once.") from None
+            raise InputError(f"{path}: row {number}: key {shortened(exc.key)} given more than once.") from None
+        except LongIntegerError as exc:
+            raise InputError(f"{path}: row {number}: {exc}.") from None
         except ValueError as exc:
             reason = getattr(exc, "msg", None) or str(exc)[:200]
             raise InputError(f"{path}: row {number}: not a JSON object ({reason}).") from None
@@ -107,7 +113,9 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
                     yield number, line
 
     first = next(lines(), None)
-    header_record = parse(first[1], 1) if first else {}
+    if first is None:  # blank lines only: said as predict says it, not as 18 missing features
+        raise InputError(f"{path}: no rows in the input.")
+    header_record = parse(first[1], 1)
     if not isinstance(header_record, dict):
         raise InputError(f"{path}: row 1 is not a JSON object.")
     header = list(header_record)
@@ -116,6 +124,10 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
     def text(value: Any) -> str | None:
         return None if value is None else value if isinstance(value, str) else json.dumps(value)
 
+    def feature_text(value: Any) -> str | None:
+        # A string keeps its quotes: '"1.5"' parses as no number, so the row is refused, as predict refuses it.
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
     def batches() -> Iterator[Any]:
         rows: list[dict[str, Any]] = []
         for number, line in lines():
@@ -123,8 +135,9 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
             if not isinstance(record, dict):
                 raise InputError(f"{path}: row {number}: not a JSON object.")
             if keep is None and record.keys() - columns:
-                raise InputError(f"{path}: row {number}: key(s) {sorted(record.keys() - columns)} are not in the "
-                                 f"first row, whose keys name the columns {header}; add them to the first row "
+                raise InputError(f"{path}: row {number}: key(s) {shortened_names(sorted(record.keys() - columns))} "
+                                 f"are not in the first row, whose keys name the columns "
+                                 f"{shortened_names(header)}; add them to the first row "
                                  f"(null where a row has none), or choose the passthrough columns with --keep.")
             rows.append(record)
             if len(rows) == batch_rows:
@@ -138,15 +151,29 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
         for name in header:
             values = [r.get(name) for r in rows]  # by key, never by position: null where a row lacks it
             if name in features:
-                columns[name] = pa.array([text(v) for v in values], type=pa.string())
+                columns[name] = pa.array([feature_text(v) for v in values], type=pa.string())
             else:
                 try:
                     columns[name] = pa.array(values)
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    if _holds_empty_object(columns[name].type):
+                        raise pa.ArrowTypeError("Parquet cannot write an object with no fields")
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an int past 64 bits
                     columns[name] = pa.array([text(v) for v in values], type=pa.string())
         return pa.RecordBatch.from_pydict(columns)
 
     return header, None, batches()
+
+
+def _holds_empty_object(kind: Any) -> bool:
+    """Whether an Arrow type holds a struct with no fields (what `{}` infers as), at any depth: Parquet
+    cannot write one (ArrowNotImplementedError), so such a column is kept as JSON text instead."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(_holds_empty_object(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _holds_empty_object(kind.value_type)
+    return False
 
 
 # --------------------------------------------------------------------------------------------- writing
