@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
@@ -231,7 +231,7 @@ def _shown(raw: str) -> str:
                   lambda m: m.group(0) if m.group(2) is None else "\\x" + m.group(2), shortened(raw))
 
 
-def read_at_most(stream: BinaryIO, limit: int) -> bytes:
+def read_at_most(stream: IO[bytes], limit: int) -> bytes:
     """At most `limit` + 1 bytes of the stream (one more than `limit` says it is too large), read in chunks:
     `read(limit + 1)` would reserve the whole limit up front (MemoryError for 100 GB, OverflowError for a
     limit past the index size), and a limit variable may hold any number of digits."""
