@@ -258,7 +258,7 @@ class Outcome:
         if n_bad:
             if self.rejects is None:
                 i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-                raise InputError(f"{self.where}: row {first_row + i}, {table.column(REJECT)[i].as_py()}. Nothing "
+                raise InputError(f"{self.where}: data row {first_row + i}, {table.column(REJECT)[i].as_py()}. Nothing "
                                  f"was written; fix the row, or pass --on-error skip to write such rows to a "
                                  f"rejects file.")
             import pyarrow as pa

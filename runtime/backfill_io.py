@@ -79,29 +79,30 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
     integer past 64 bits such as a big id, an empty object `{}` that Parquet cannot write), which becomes the
     JSON text of each value, losslessly, whatever the output format.
 
-    The first line's keys name the columns, and every line is read by key, in whatever order it writes
+    A line that cannot be read is named by its line in the file; a row refused later (a feature that is not
+    a number...) by its data row, as in every format (blank lines are not rows). The first line's keys name
+    the columns, and every line is read by key, in whatever order it writes
     them (a JSON object's keys have none). A key a later line lacks reads as null, like an empty CSV cell (a
     feature's row is then refused as missing). A key the first line lacks cannot be written, so it is
     refused by row unless `keep` was chosen (then only the kept columns, all in the first line, pass)."""
     import pyarrow as pa
 
-    def parse(line: str, number: int) -> Any:
+    def parse(line: str, number: int) -> Any:  # number: the line's in the file, as predict names a line
         # loads_unique: a key written twice is refused (json keeps the last silently), nesting too deep is a
         # ValueError, not a RecursionError.
         try:
             return loads_unique(line)
         except RepeatedKeyError as exc:
-            raise InputError(f"{path}: row {number}: key {shortened(exc.key)} given more than once.") from None
+            raise InputError(f"{path}: line {number}: key {shortened(exc.key)} given more than once.") from None
         except LongIntegerError as exc:
-            raise InputError(f"{path}: row {number}: {exc}.") from None
+            raise InputError(f"{path}: line {number}: {exc}.") from None
         except ValueError as exc:
             reason = getattr(exc, "msg", None) or str(exc)[:200]
-            raise InputError(f"{path}: row {number}: not a JSON object ({reason}).") from None
+            raise InputError(f"{path}: line {number}: not a JSON object ({reason}).") from None
 
     def lines() -> Iterator[tuple[int, str]]:
-        """(row number among non-blank lines, line); text that is not UTF-8 is refused by line."""
+        """(line number in the file, line) for each non-blank line; text that is not UTF-8 is refused by line."""
         with open(path, "rb") as fh:
-            number = 0
             for line_number, raw in enumerate(fh, 1):
                 try:
                     line = raw.decode("utf-8").removeprefix("\ufeff" if line_number == 1 else "")  # a BOM is no key
@@ -109,15 +110,14 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
                     raise InputError(f"{path}: line {line_number}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
                                      f"save the file as UTF-8.") from None
                 if line.strip():
-                    number += 1
-                    yield number, line
+                    yield line_number, line
 
     first = next(lines(), None)
     if first is None:  # blank lines only: said as predict says it, not as 18 missing features
         raise InputError(f"{path}: no rows in the input.")
-    header_record = parse(first[1], 1)
+    header_record = parse(first[1], first[0])
     if not isinstance(header_record, dict):
-        raise InputError(f"{path}: row 1 is not a JSON object.")
+        raise InputError(f"{path}: line {first[0]}: not a JSON object.")
     header = list(header_record)
     columns = set(header)
 
@@ -133,9 +133,9 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
         for number, line in lines():
             record = parse(line, number)
             if not isinstance(record, dict):
-                raise InputError(f"{path}: row {number}: not a JSON object.")
+                raise InputError(f"{path}: line {number}: not a JSON object.")
             if keep is None and record.keys() - columns:
-                raise InputError(f"{path}: row {number}: key(s) {shortened_names(sorted(record.keys() - columns))} "
+                raise InputError(f"{path}: line {number}: key(s) {shortened_names(sorted(record.keys() - columns))} "
                                  f"are not in the first row, whose keys name the columns "
                                  f"{shortened_names(header)}; add them to the first row "
                                  f"(null where a row has none), or choose the passthrough columns with --keep.")

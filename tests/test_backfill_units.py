@@ -479,8 +479,8 @@ def test_run_fails_on_the_first_refused_row_naming_it_and_writes_nothing(tmp_pat
     with pytest.raises(InputError) as err:
         backfill.run(Path("in.csv"), out, small_layout(), tables, False, "fail", None, Summary("in", str(out)),
                      Progress(None, False))
-    assert str(err.value) == ("in.csv: row 4, column 'f': missing (null). Nothing was written; fix the row, or pass "
-                              "--on-error skip to write such rows to a rejects file.")
+    assert str(err.value) == ("in.csv: data row 4, column 'f': missing (null). Nothing was written; fix the row, or "
+                              "pass --on-error skip to write such rows to a rejects file.")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -647,7 +647,7 @@ def test_score_file_refuses_an_existing_output_unless_forced(demo_artifacts, ens
 def test_score_file_fails_on_a_bad_row_unless_told_to_skip(demo_artifacts, ens, tmp_path):
     source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     write_parquet(source, ens, 3, bad={1: np.inf})
-    with pytest.raises(InputError, match=rf"^{source}: row 2, column '{ens.feature_names[0]}': inf is not finite"):
+    with pytest.raises(InputError, match=rf"^{source}: data row 2, column '{ens.feature_names[0]}': inf is not finite"):
         backfill.score_file(demo_artifacts, source, out)
     summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=tmp_path / "r.jsonl",
                                   keep=[], members=True)
@@ -709,8 +709,8 @@ def test_score_file_names_a_json_line_without_a_feature_or_sends_it_to_rejects(d
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(InputError) as err:
         backfill.score_file(demo_artifacts, source, out)
-    assert str(err.value).startswith(f"{source}: row 2, column '{ens.feature_names[3]}': missing (null). Nothing was "
-                                     f"written")
+    assert str(err.value).startswith(f"{source}: data row 2, column '{ens.feature_names[3]}': missing (null). "
+                                     f"Nothing was written")
     summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=rejects)
     assert (summary.scored, summary.rejected) == (2, 1)
     assert [json.loads(s) for s in rejects.read_text().splitlines()] == [
@@ -723,7 +723,7 @@ def test_score_file_refuses_a_json_key_first_seen_on_a_later_line_unless_kept_ou
     records = [{"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))} for i, r in enumerate(x)]
     records[1]["venue"] = "XNAS"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(InputError, match=rf"^{source}: row 2: key\(s\) \['venue'\] are not in the first row"):
+    with pytest.raises(InputError, match=rf"^{source}: line 2: key\(s\) \['venue'\] are not in the first row"):
         backfill.score_file(demo_artifacts, source, out)
     assert not out.exists()
     assert backfill.score_file(demo_artifacts, source, out, keep=["id"]).scored == 2
@@ -896,7 +896,7 @@ def test_a_key_only_a_later_json_line_has_is_refused_unless_keep_leaves_it_out(t
     path = jsonl(tmp_path, '{"f": 1, "id": "a"}\n{"f": 2, "id": "b"}\n{"venue": "X", "f": 3, "id": "c", "z": 0}\n')
     with pytest.raises(InputError) as err:
         list(open_batches(path, ("f",), 10)[2])
-    assert str(err.value) == (f"{path}: row 3: key(s) ['venue', 'z'] are not in the first row, whose keys name the "
+    assert str(err.value) == (f"{path}: line 3: key(s) ['venue', 'z'] are not in the first row, whose keys name the "
                               f"columns ['f', 'id']; add them to the first row (null where a row has none), or "
                               f"choose the passthrough columns with --keep.")
     _, _, batches = open_batches(path, ("f",), 10, keep=["id"])
@@ -904,18 +904,19 @@ def test_a_key_only_a_later_json_line_has_is_refused_unless_keep_leaves_it_out(t
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b'{"f": 1}\n[1]\n', "row 2: not a JSON object."),
-    (b"[1]\n", "row 1 is not a JSON object."),
-    (b'{"f": 1}\n{"f": \n', "row 2: not a JSON object (Expecting value)."),
-    (b'{"f": 1, "f": 2}\n', "row 1: key 'f' given more than once."),
-    (b'\n{"f": 1}\n{"f": 1, "f": 2}\n', "row 2: key 'f' given more than once."),
+    (b'{"f": 1}\n[1]\n', "line 2: not a JSON object."),
+    (b"[1]\n", "line 1: not a JSON object."),
+    (b'\n[1]\n', "line 2: not a JSON object."),  # the first line that holds a row, named by its line
+    (b'{"f": 1}\n{"f": \n', "line 2: not a JSON object (Expecting value)."),
+    (b'{"f": 1, "f": 2}\n', "line 1: key 'f' given more than once."),
+    (b'\n{"f": 1}\n{"f": 1, "f": 2}\n', "line 3: key 'f' given more than once."),
     ('{"f": 1}\n\ufeff{"f": 1}\n'.encode(),
-     "row 2: not a JSON object (Unexpected UTF-8 BOM (decode using utf-8-sig))."),
+     "line 2: not a JSON object (Unexpected UTF-8 BOM (decode using utf-8-sig))."),
     (b'{"f": 1}\n\n{"f": "\xe9"}\n', "line 3: not UTF-8 text (byte 0xe9); save the file as UTF-8."),
-    (b'{"f": 1}\nXXXX{"f": 1}\n', "row 2: not a JSON object (Expecting value)."),  # only row 1 loses a prefix (a BOM)
-    (b"[" * 100_000 + b"\n", "row 1: not a JSON object (nested too deeply to parse)."),
+    (b'{"f": 1}\nXXXX{"f": 1}\n', "line 2: not a JSON object (Expecting value)."),  # only row 1 loses a prefix (a BOM)
+    (b"[" * 100_000 + b"\n", "line 1: not a JSON object (nested too deeply to parse)."),
 ])
-def test_json_lines_refusals_name_the_row_or_line(tmp_path, content, message):
+def test_json_lines_refusals_name_the_line(tmp_path, content, message):
     path = jsonl(tmp_path, content)
     with pytest.raises(InputError) as err:
         _, _, batches = open_batches(path, ("f",), 10)
@@ -1339,7 +1340,7 @@ def test_a_json_lines_feature_given_as_a_string_is_refused_by_row_and_column_as_
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(InputError) as err:
         backfill.score_file(demo_artifacts, source, out)
-    assert str(err.value).startswith(f"{source}: row 2, column 'rsi_14': '\"1.5\"' is not a number. Nothing was")
+    assert str(err.value).startswith(f"{source}: data row 2, column 'rsi_14': '\"1.5\"' is not a number. Nothing was")
     summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=rejects)
     assert (summary.scored, summary.rejected) == (2, 1)
     assert [json.loads(s) for s in rejects.read_text().splitlines()] == [
@@ -1364,7 +1365,7 @@ def test_a_later_key_under_a_header_of_20000_keys_names_the_first_few_and_how_ma
     path = jsonl(tmp_path, json.dumps({"f": 1, **header}) + "\n" + json.dumps({"f": 2, "new": 1, **header}) + "\n")
     with pytest.raises(InputError) as err:
         list(open_batches(path, ("f",), 10)[2])
-    assert str(err.value) == (f"{path}: row 2: key(s) ['new'] are not in the first row, whose keys name the "
+    assert str(err.value) == (f"{path}: line 2: key(s) ['new'] are not in the first row, whose keys name the "
                               f"columns ['f', 'k0', 'k1', 'k2', 'k3', ... 19,996 more]; add them to the first row "
                               f"(null where a row has none), or choose the passthrough columns with --keep.")
 
@@ -1373,7 +1374,7 @@ def test_an_integer_past_4300_digits_in_a_json_line_is_named_as_that(tmp_path):
     path = jsonl(tmp_path, '{"f": 1}\n{"f": ' + "7" * 5000 + "}\n")
     with pytest.raises(InputError) as err:
         list(open_batches(path, ("f",), 10)[2])
-    assert str(err.value) == f"{path}: row 2: an integer of more than 4,300 digits, too long to read as a number."
+    assert str(err.value) == f"{path}: line 2: an integer of more than 4,300 digits, too long to read as a number."
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
