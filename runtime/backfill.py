@@ -36,7 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
-from .errors import shortened
+from .errors import shortened, shortened_names
 from .features import InputError, parse_number
 
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
@@ -67,14 +67,15 @@ class Layout:
                   where: str) -> Layout:
         """Checks the input's header: every feature present once, `keep` columns present, no name clash."""
         features = tuple(manifest["feature_names"])
-        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        repeated = sorted(c for c, n in collections.Counter(columns).items() if n > 1)  # linear: 20,000 columns
         if repeated:
-            raise InputError(f"{where}: column(s) given more than once: {repeated}.")
+            raise InputError(f"{where}: column(s) given more than once: {shortened_names(repeated)}.")
         if missing := [f for f in features if f not in columns]:
             raise InputError(f"{where}: missing feature column(s) {missing}.")
         chosen = [c for c in columns if c not in features] if keep is None else keep
         if unknown := [c for c in chosen if c not in columns]:
-            raise InputError(f"{where}: --keep column(s) {unknown} are not in the input (it has {columns}).")
+            raise InputError(f"{where}: --keep column(s) {shortened_names(unknown)} are not in the input (it has "
+                             f"{shortened_names(columns, 25)}).")
         layout = cls(features, tuple(manifest["classes"]), tuple(manifest["ensemble"]["members"]), tuple(chosen),
                      members)
         if clash := sorted(set(layout.keep) & set(layout.score_columns + [REJECT])):

@@ -111,6 +111,19 @@ def test_layout_refuses_a_header_it_cannot_write_naming_the_columns(ens, extra, 
     assert str(err.value) == message.replace("COLUMNS", str(columns))
 
 
+def test_layout_refusals_cut_a_long_header_short(ens):
+    # The whole header was echoed: 20,000 columns of 100,000 characters each made a message of gigabytes.
+    columns = ["k" * 100_000, *(f"c{i}" for i in range(20_000)), *ens.feature_names]
+    with pytest.raises(InputError) as err:
+        Layout.for_input(ens.manifest, columns, ["zz"], False, "in.csv")
+    assert str(err.value) == ("in.csv: --keep column(s) ['zz'] are not in the input (it has ['" + "k" * 39
+                              + "... (100000 characters), " + ", ".join(f"'c{i}'" for i in range(24))
+                              + f", ... {20_000 + len(ens.feature_names) + 1 - 25:,} more]).")
+    with pytest.raises(InputError) as err:
+        Layout.for_input(ens.manifest, [*columns, "k" * 100_000], None, False, "in.csv")
+    assert str(err.value) == "in.csv: column(s) given more than once: ['" + "k" * 39 + "... (100000 characters)]."
+
+
 def test_layout_refuses_a_member_column_name_only_when_members_are_written(ens):
     columns = ["p_nhits_BUY", *ens.feature_names]
     assert Layout.for_input(ens.manifest, columns, None, False, "w").keep == ("p_nhits_BUY",)

@@ -344,6 +344,18 @@ def test_a_long_unknown_key_is_cut_short():
                               + "... (100000 characters)]; expected exactly ['a', 'b', 'c'].")
 
 
+def test_a_line_of_20000_unknown_keys_names_the_first_few_and_how_many_more():
+    records = read_records(json.dumps({"a": 1, "b": 2, "c": 3, **{f"k{i}": 1 for i in range(20_000)}}) + "\n")
+    with pytest.raises(InputError) as err:
+        records_to_matrix(records, NAMES)
+    assert str(err.value) == ("1 row(s) refused, nothing scored:\n  line 1: unknown feature(s) ['k0', 'k1', 'k2', "
+                              "'k3', 'k4', ... 19,995 more]; expected exactly ['a', 'b', 'c'].")
+    header = ",".join(["a", "b", "c", *(f"k{i}" for i in range(20_000)), "k7"])  # counted in linear time
+    with pytest.raises(InputError) as err:
+        read_records(header + "\n" + ",".join(["1"] * 20_004) + "\n")
+    assert str(err.value) == "line 1: the header names column(s) ['k7'] more than once."
+
+
 def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
     records = read_records("c,a,b,symbol\n3,1,2,X\n6,4,5,Y\n")
     out = records_to_matrix(records, NAMES)
