@@ -293,8 +293,14 @@ class TableSink:
             try:  # a passthrough column inferred differently in a later CSV block (int, then null...)
                 table = table.cast(self.schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise InputError(f"{self.out.target}: a later batch's columns {table.schema.names} do not convert "
-                                 f"to the first batch's types ({exc}).") from None
+                # JSON lines: a column of whole numbers that meets an integer past 64 bits (or another type)
+                # only in a later batch became text there; the file already holds it as numbers.
+                changed = [f"{shortened(f.name)} ({f.type}, then {g.type})"
+                           for f, g in zip(self.schema, table.schema, strict=False) if f.type != g.type] or [
+                    shortened_names(table.schema.names)]
+                raise InputError(f"{self.out.target}: passthrough column(s) {', '.join(changed[:5])} changed type "
+                                 f"in a later batch ({str(exc)[:200]}); write such a column as JSON strings (a big "
+                                 f"id as \"123...\"), or leave it out with --keep.") from None
         if self.fmt == "jsonl":
             self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
         elif self.fmt == "csv":

@@ -1070,10 +1070,26 @@ def test_a_later_batch_that_cannot_be_cast_is_refused_naming_the_file(tmp_path):
     sink.write(pa.table({"id": pa.array([1], pa.int64())}))
     with pytest.raises(InputError) as err:
         sink.write(pa.table({"id": pa.array(["x"], pa.string())}))
-    assert str(err.value).startswith(f"{tmp_path}/o.parquet: a later batch's columns ['id'] do not convert to the "
-                                     f"first batch's types (")
+    assert str(err.value).startswith(f"{tmp_path}/o.parquet: passthrough column(s) 'id' (int64, then string) changed "
+                                     f"type in a later batch (")
+    assert str(err.value).endswith("; write such a column as JSON strings (a big id as \"123...\"), or leave it out "
+                                   "with --keep.")
     sink.abort()
     assert names(tmp_path) == []
+
+
+def test_an_id_past_64_bits_first_met_in_a_later_batch_is_refused_naming_the_column(demo_artifacts, ens, tmp_path):
+    # The first batch's ids were int64 when the file was opened; the later one holds text: refused, not cut.
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
+    source.write_text(feature_lines(ens, 2, 35, id=[1, 2**70]))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out, batch_rows=1)
+    assert str(err.value).startswith(f"{out}: passthrough column(s) 'id' (int64, then string) changed type in a "
+                                     f"later batch (")
+    assert not out.exists()
+    source.write_text(feature_lines(ens, 2, 35, id=["1", str(2**70)]))  # as strings: every batch text
+    backfill.score_file(demo_artifacts, source, out, batch_rows=1)
+    assert pq.read_table(out).column("id").to_pylist() == ["1", str(2**70)]
 
 
 def test_csv_refuses_nested_passthrough_by_name(tmp_path):
