@@ -332,7 +332,8 @@ def _as_text(info: Any, indent: int = 0) -> str:
 @PUBLIC_KEY
 def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | None, public_key: Path | None) -> None:
     """Score rows with the artifacts alone (no torch, no tree libraries). Refuses the whole input, printing
-    nothing, if any row cannot be scored; every bad row is named with its line number."""
+    nothing, if any row cannot be scored; every row that cannot be read as numbers is named with its line
+    number; of rows too large for a member's float32 arithmetic, the first is named and all are counted."""
     import runtime
     from runtime.features import InputError, at_line, read_records, records_to_matrix
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.features import RepeatedKeyError, env_limit
+from runtime.features import RepeatedKeyError, env_limit, read_at_most
 
 from .errors import (
     ConvertError,
@@ -99,7 +99,7 @@ def read_checked(path: Path, category: str, what: str, error: type[ConvertError]
     """The whole file, never more than its limit (a file that grows while read is cut off and refused)."""
     limit = file_limit(category)
     with open_checked(path, category, what, error) as fh:
-        data = fh.read(limit + 1)
+        data = read_at_most(fh, limit)  # in chunks: a raised limit of any size reserves nothing
     if len(data) > limit:
         raise error(f"{path}: the {what} grew past the {limit}-byte limit while it was read.")
     return data

@@ -272,7 +272,8 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
                             f"folder of that build, or change the pinned build id.")
     for rel in typed.files:
         if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST_FILE, SIGNATURE_FILE):
-            raise ArtifactError(f"{manifest_path}: file entry '{rel}' points outside the folder or at the manifest.")
+            raise ArtifactError(f"{manifest_path}: file entry {shortened(rel)} points outside the folder or at "
+                                f"the manifest.")
     if public_key is not None:
         from .signing import SignatureError, verify  # cryptography: only for a service that checks signatures
 
@@ -539,7 +540,8 @@ def _check_bound(manifest: dict[str, Any], graph: bytes, graph_path: Path, manif
         raise ArtifactError(f"{graph_path}: its build contract does not match its own digest; {REBUILD}.")
     if manifest_digest(manifest) != meta[META_DIGEST]:
         where = first_difference(built_for, bound_part(manifest)) or "(encoding)"
-        raise ArtifactError(f"{manifest_path}: field '{where}' differs from the build {graph_path.name} was made "
+        raise ArtifactError(f"{manifest_path}: field '{shortened(where, 100, quoted=False)}' differs from the build "
+                            f"{graph_path.name} was made "
                             f"for (edited after the build, or swapped with another build's); {REBUILD}.")
 
 

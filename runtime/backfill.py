@@ -36,6 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .errors import shortened, shortened_names
 from .features import InputError, parse_number
 
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
@@ -66,14 +67,15 @@ class Layout:
                   where: str) -> Layout:
         """Checks the input's header: every feature present once, `keep` columns present, no name clash."""
         features = tuple(manifest["feature_names"])
-        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        repeated = sorted(c for c, n in collections.Counter(columns).items() if n > 1)  # linear: 20,000 columns
         if repeated:
-            raise InputError(f"{where}: column(s) given more than once: {repeated}.")
+            raise InputError(f"{where}: column(s) given more than once: {shortened_names(repeated)}.")
         if missing := [f for f in features if f not in columns]:
             raise InputError(f"{where}: missing feature column(s) {missing}.")
         chosen = [c for c in columns if c not in features] if keep is None else keep
         if unknown := [c for c in chosen if c not in columns]:
-            raise InputError(f"{where}: --keep column(s) {unknown} are not in the input (it has {columns}).")
+            raise InputError(f"{where}: --keep column(s) {shortened_names(unknown)} are not in the input (it has "
+                             f"{shortened_names(columns, 25)}).")
         layout = cls(features, tuple(manifest["classes"]), tuple(manifest["ensemble"]["members"]), tuple(chosen),
                      members)
         if clash := sorted(set(layout.keep) & set(layout.score_columns + [REJECT])):
@@ -128,9 +130,10 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         bad = (unparsed | nulls | ~np.isfinite(values)) & unscored(reasons)
         for row in np.flatnonzero(bad):
             value = col[int(row)].as_py()
+            shown = shortened(value, 80)  # a cell may hold 100,000 characters: cut short here and in rejects
             reasons[row] = (f"column '{name}': missing (null)" if value is None
-                            else f"column '{name}': {value!r} is not a number" if unparsed[row]
-                            else f"column '{name}': {value!r} is not finite; impute it before scoring")
+                            else f"column '{name}': {shown} is not a number" if unparsed[row]
+                            else f"column '{name}': {shown} is not finite; impute it before scoring")
     return x, reasons
 
 
@@ -256,7 +259,7 @@ class Outcome:
         if n_bad:
             if self.rejects is None:
                 i = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
-                raise InputError(f"{self.where}: row {first_row + i}, {table.column(REJECT)[i].as_py()}. Nothing "
+                raise InputError(f"{self.where}: data row {first_row + i}, {table.column(REJECT)[i].as_py()}. Nothing "
                                  f"was written; fix the row, or pass --on-error skip to write such rows to a "
                                  f"rejects file.")
             import pyarrow as pa

@@ -17,7 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .features import InputError, RepeatedKeyError, loads_unique
+from .errors import shortened, shortened_names
+from .features import InputError, LongIntegerError, RepeatedKeyError, loads_unique
 
 INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -72,30 +73,36 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
 
 def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: Sequence[str] | None
                    ) -> tuple[list[str], int | None, Iterator[Any]]:
-    """JSON lines, one object a line. Features become text for feature_matrix to parse (so a string, a list
-    or a bool there is named, not coerced); other values keep their JSON types.
+    """JSON lines, one object a line. Features become their JSON text for feature_matrix to parse, so a
+    string there (`"1.5"`, quotes included), a list or a bool is refused as not a number, as `predict` does;
+    other values keep their JSON types, except a column Arrow cannot hold as one type (mixed types, an
+    integer past 64 bits such as a big id, an empty object `{}` that Parquet cannot write), which becomes the
+    JSON text of each value, losslessly, whatever the output format.
 
-    The first line's keys name the columns, and every line is read by key, in whatever order it writes
+    A line that cannot be read is named by its line in the file; a row refused later (a feature that is not
+    a number...) by its data row, as in every format (blank lines are not rows). The first line's keys name
+    the columns, and every line is read by key, in whatever order it writes
     them (a JSON object's keys have none). A key a later line lacks reads as null, like an empty CSV cell (a
     feature's row is then refused as missing). A key the first line lacks cannot be written, so it is
     refused by row unless `keep` was chosen (then only the kept columns, all in the first line, pass)."""
     import pyarrow as pa
 
-    def parse(line: str, number: int) -> Any:
+    def parse(line: str, number: int) -> Any:  # number: the line's in the file, as predict names a line
         # loads_unique: a key written twice is refused (json keeps the last silently), nesting too deep is a
         # ValueError, not a RecursionError.
         try:
             return loads_unique(line)
         except RepeatedKeyError as exc:
-            raise InputError(f"{path}: row {number}: key '{exc.key}' given more than once.") from None
+            raise InputError(f"{path}: line {number}: key {shortened(exc.key)} given more than once.") from None
+        except LongIntegerError as exc:
+            raise InputError(f"{path}: line {number}: {exc}.") from None
         except ValueError as exc:
             reason = getattr(exc, "msg", None) or str(exc)[:200]
-            raise InputError(f"{path}: row {number}: not a JSON object ({reason}).") from None
+            raise InputError(f"{path}: line {number}: not a JSON object ({reason}).") from None
 
     def lines() -> Iterator[tuple[int, str]]:
-        """(row number among non-blank lines, line); text that is not UTF-8 is refused by line."""
+        """(line number in the file, line) for each non-blank line; text that is not UTF-8 is refused by line."""
         with open(path, "rb") as fh:
-            number = 0
             for line_number, raw in enumerate(fh, 1):
                 try:
                     line = raw.decode("utf-8").removeprefix("\ufeff" if line_number == 1 else "")  # a BOM is no key
@@ -103,28 +110,34 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
                     raise InputError(f"{path}: line {line_number}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
                                      f"save the file as UTF-8.") from None
                 if line.strip():
-                    number += 1
-                    yield number, line
+                    yield line_number, line
 
     first = next(lines(), None)
-    header_record = parse(first[1], 1) if first else {}
+    if first is None:  # blank lines only: said as predict says it, not as 18 missing features
+        raise InputError(f"{path}: no rows in the input.")
+    header_record = parse(first[1], first[0])
     if not isinstance(header_record, dict):
-        raise InputError(f"{path}: row 1 is not a JSON object.")
+        raise InputError(f"{path}: line {first[0]}: not a JSON object.")
     header = list(header_record)
     columns = set(header)
 
     def text(value: Any) -> str | None:
         return None if value is None else value if isinstance(value, str) else json.dumps(value)
 
+    def feature_text(value: Any) -> str | None:
+        # A string keeps its quotes: '"1.5"' parses as no number, so the row is refused, as predict refuses it.
+        return None if value is None else json.dumps(value, ensure_ascii=False)
+
     def batches() -> Iterator[Any]:
         rows: list[dict[str, Any]] = []
         for number, line in lines():
             record = parse(line, number)
             if not isinstance(record, dict):
-                raise InputError(f"{path}: row {number}: not a JSON object.")
+                raise InputError(f"{path}: line {number}: not a JSON object.")
             if keep is None and record.keys() - columns:
-                raise InputError(f"{path}: row {number}: key(s) {sorted(record.keys() - columns)} are not in the "
-                                 f"first row, whose keys name the columns {header}; add them to the first row "
+                raise InputError(f"{path}: line {number}: key(s) {shortened_names(sorted(record.keys() - columns))} "
+                                 f"are not in the first row, whose keys name the columns "
+                                 f"{shortened_names(header)}; add them to the first row "
                                  f"(null where a row has none), or choose the passthrough columns with --keep.")
             rows.append(record)
             if len(rows) == batch_rows:
@@ -138,15 +151,29 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
         for name in header:
             values = [r.get(name) for r in rows]  # by key, never by position: null where a row lacks it
             if name in features:
-                columns[name] = pa.array([text(v) for v in values], type=pa.string())
+                columns[name] = pa.array([feature_text(v) for v in values], type=pa.string())
             else:
                 try:
                     columns[name] = pa.array(values)
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    if _holds_empty_object(columns[name].type):
+                        raise pa.ArrowTypeError("Parquet cannot write an object with no fields")
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an int past 64 bits
                     columns[name] = pa.array([text(v) for v in values], type=pa.string())
         return pa.RecordBatch.from_pydict(columns)
 
     return header, None, batches()
+
+
+def _holds_empty_object(kind: Any) -> bool:
+    """Whether an Arrow type holds a struct with no fields (what `{}` infers as), at any depth: Parquet
+    cannot write one (ArrowNotImplementedError), so such a column is kept as JSON text instead."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return kind.num_fields == 0 or any(_holds_empty_object(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _holds_empty_object(kind.value_type)
+    return False
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -266,8 +293,14 @@ class TableSink:
             try:  # a passthrough column inferred differently in a later CSV block (int, then null...)
                 table = table.cast(self.schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise InputError(f"{self.out.target}: a later batch's columns {table.schema.names} do not convert "
-                                 f"to the first batch's types ({exc}).") from None
+                # JSON lines: a column of whole numbers that meets an integer past 64 bits (or another type)
+                # only in a later batch became text there; the file already holds it as numbers.
+                changed = [f"{shortened(f.name)} ({f.type}, then {g.type})"
+                           for f, g in zip(self.schema, table.schema, strict=False) if f.type != g.type] or [
+                    shortened_names(table.schema.names)]
+                raise InputError(f"{self.out.target}: passthrough column(s) {', '.join(changed[:5])} changed type "
+                                 f"in a later batch ({str(exc)[:200]}); write such a column as JSON strings (a big "
+                                 f"id as \"123...\"), or leave it out with --keep.") from None
         if self.fmt == "jsonl":
             self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
         elif self.fmt == "csv":

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_EDGES = tuple(np.round(np.linspace(0.0, 1.0, 11), 1).tolist())  # confidence in tenths
-CHUNK = 4096  # rows per onnxruntime call: bounds memory on a large file
 
 
 class IncomparableError(ArtifactError):
@@ -37,13 +36,10 @@ def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | 
     if passthrough is None:
         passthrough = sorted({str(k) for _, r in records for k in r} - set(ens.feature_names))
     x = records_to_matrix(records, ens.feature_names, passthrough)
-    parts = []
-    for i in range(0, len(x), CHUNK):
-        try:
-            parts.append(ens._run(x[i:i + CHUNK]))
-        except InputError as exc:  # a row a member overflows on: its line, not its place in the chunk
-            raise at_line(exc, records, i) from None
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    try:  # one call (it runs RUN_CHUNK rows at a time): an overflow refusal counts every row, as predict's does
+        return ens._run(x)
+    except InputError as exc:  # a row a member overflows on: its line, not its place in the matrix
+        raise at_line(exc, records) from None
 
 
 def class_order(old: Sequence[str], new: Sequence[str], old_path: str, new_path: str) -> list[int]:

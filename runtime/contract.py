@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .errors import EnsembleOnnxError, shortened
+from .errors import EnsembleOnnxError, shortened, shortened_names
 
 SCHEMA_VERSION = 1                 # what this version writes
 SCHEMA_VERSIONS = (1,)             # what this version reads
@@ -130,7 +130,7 @@ class FieldError(EnsembleOnnxError, ValueError):
     """A manifest field that is missing or of the wrong type; `path` names it (`members.nhits.weight`)."""
 
     def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"field '{path}' {message}")
+        super().__init__(f"field '{shortened(path, 100, quoted=False)}' {message}")  # a path holds keys: any length
         self.path = path
 
 
@@ -290,7 +290,7 @@ def _check_consistent(m: Manifest) -> None:
         if not names or len(set(names)) != len(names):
             raise FieldError(what, "must be a non-empty list of distinct names")
     if sorted(m.ensemble.members) != sorted(m.members) or len(set(m.ensemble.members)) != len(m.members):
-        raise FieldError("ensemble.members", f"must name each of members {sorted(m.members)} once")
+        raise FieldError("ensemble.members", f"must name each of members {shortened_names(sorted(m.members), 10)} once")
     if m.decision is not None:
         for name in m.decision.min_confidence:
             if name not in m.classes:

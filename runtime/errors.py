@@ -32,3 +32,10 @@ def shortened(value: object, keep: int = 40, quoted: bool = True) -> str:
         if isinstance(value, str):  # the string's own length, not its repr's
             size = f"{len(value)} {'digits' if value.isascii() and value.isdigit() else 'characters'}"
     return text if len(text) <= keep else f"{text[:keep]}... ({size})"
+
+
+def shortened_names(names: list[str] | tuple[str, ...], few: int = 5) -> str:
+    """A list of names (keys, columns, members) for a message: the first `few`, each cut short, and how many
+    more; a file may hold 20,000 keys of 100,000 characters, which the message must not print in full."""
+    shown = ", ".join(shortened(n) for n in names[:few])
+    return f"[{shown}]" if len(names) <= few else f"[{shown}, ... {len(names) - few:,} more]"

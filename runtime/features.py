@@ -9,12 +9,14 @@ import json
 import math
 import numbers
 import os
+import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from .errors import EnsembleOnnxError, shortened
+from .errors import EnsembleOnnxError, shortened, shortened_names
 
 
 class InputError(EnsembleOnnxError, ValueError):
@@ -33,6 +35,11 @@ class RepeatedKeyError(EnsembleOnnxError, ValueError):
         self.key = key
 
 
+class LongIntegerError(ValueError):
+    """A JSON number with more digits than Python reads (4,300): said as that, not as Python's advice to
+    call sys.set_int_max_str_digits(), which means nothing to whoever wrote the file."""
+
+
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
@@ -49,6 +56,12 @@ def loads_unique(text: str | bytes) -> Any:
         return json.loads(text, object_pairs_hook=_unique_pairs)
     except RecursionError:
         raise ValueError("nested too deeply to parse") from None
+    except ValueError as exc:
+        # int()'s digit limit is the one plain ValueError json.loads lets through (the rest are
+        # JSONDecodeError, UnicodeDecodeError or ours); its message ends in advice for Python code.
+        if type(exc) is ValueError and "digits" in str(exc):
+            raise LongIntegerError("an integer of more than 4,300 digits, too long to read as a number") from None
+        raise
 
 
 def _check_cell(value: Any, row: int, feature: str) -> float:
@@ -106,15 +119,16 @@ def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
 def _aligned_columns(columns: Sequence[Any], feature_names: Sequence[str], where: str) -> list[int]:
     """Positions of the training features among `columns`; refuses missing, unknown and repeated names."""
     columns = [str(c) for c in columns]
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    repeated = sorted(c for c, n in Counter(columns).items() if n > 1)  # linear: a line may hold 20,000 keys
     missing = [n for n in feature_names if n not in columns]
     unknown = [c for c in columns if c not in feature_names]
     if repeated:
-        raise InputError(f"{where}: feature(s) given more than once: {repeated}.")
+        raise InputError(f"{where}: feature(s) given more than once: {shortened_names(repeated)}.")
     if missing:
         raise InputError(f"{where}: missing feature(s) {missing}.")
     if unknown:
-        raise InputError(f"{where}: unknown feature(s) {unknown}; expected exactly {list(feature_names)}.")
+        raise InputError(f"{where}: unknown feature(s) {shortened_names(unknown)}; expected exactly "
+                         f"{list(feature_names)}.")
     return [columns.index(n) for n in feature_names]
 
 
@@ -152,8 +166,10 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
         for n, line in lines:
             try:
                 record = loads_unique(line)
-            except RepeatedKeyError as exc:
-                raise InputError(f"line {n}: feature '{exc.key}' given more than once.") from None
+            except RepeatedKeyError as exc:  # any key: 'symbol' is no feature
+                raise InputError(f"line {n}: key {shortened(exc.key)} given more than once.") from None
+            except LongIntegerError as exc:
+                raise InputError(f"line {n}: {exc}.") from None
             except ValueError as exc:  # malformed, nested too deeply, an integer beyond Python's digit limit
                 raise InputError(f"line {n}: not a JSON object "
                                  f"({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
@@ -170,9 +186,9 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
 def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader)
-    repeated = sorted({h for h in header if header.count(h) > 1})
+    repeated = sorted(h for h, n in Counter(header).items() if n > 1)
     if repeated:
-        raise InputError(f"line 1: the header names column(s) {repeated} more than once.")
+        raise InputError(f"line 1: the header names column(s) {shortened_names(repeated)} more than once.")
     records = []
     for cells in reader:
         n = reader.line_num
@@ -199,29 +215,45 @@ def env_limit(name: str, default: int, error: type[Exception] = InputError) -> i
     # Plain ASCII digits only: int() also takes '1_000', ' 5 ', '+5' and other scripts' digits, which nobody
     # writing a byte count means; past 4,300 digits it refuses even plain ones (said below, by the variable).
     if not (raw.isascii() and raw.isdigit()):
-        raise error(f"environment variable {name}={shortened(raw)} is not a whole number (digits 0-9 only).")
+        raise error(f"environment variable {name}={_shown(raw)} is not a whole number (digits 0-9 only).")
     if raw.strip("0") == "":
-        raise error(f"environment variable {name}={shortened(raw)} must be above 0.")
+        raise error(f"environment variable {name}={_shown(raw)} must be above 0.")
     try:
         return int(raw)
     except ValueError:  # past Python's 4,300-digit limit on reading an integer
-        raise error(f"environment variable {name}={shortened(raw)} has too many digits to read; a limit of "
+        raise error(f"environment variable {name}={_shown(raw)} has too many digits to read; a limit of "
                     f"30 digits is already beyond any input.") from None
 
 
-def read_limited(stream: BinaryIO, where: str) -> bytes:
-    """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
-    limit, parts, size = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES), [], 0
+def _shown(raw: str) -> str:
+    """An environment value for a message: a byte that is not UTF-8 arrives as a surrogate, which repr
+    writes '\\udcff'; it is shown as the byte it was, '\\xff' (an escaped backslash is left as it is)."""
+    return re.sub(r"\\(\\|udc([89a-f][0-9a-f]))",
+                  lambda m: m.group(0) if m.group(2) is None else "\\x" + m.group(2), shortened(raw))
+
+
+def read_at_most(stream: IO[bytes], limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the stream (one more than `limit` says it is too large), read in chunks:
+    `read(limit + 1)` would reserve the whole limit up front (MemoryError for 100 GB, OverflowError for a
+    limit past the index size), and a limit variable may hold any number of digits."""
+    parts, size = [], 0
     while size <= limit:
         chunk = stream.read(min(_CHUNK, limit + 1 - size))
         if not chunk:
             break
         parts.append(chunk)
         size += len(chunk)
-    if size > limit:
+    return b"".join(parts)
+
+
+def read_limited(stream: BinaryIO, where: str) -> bytes:
+    """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
+    limit = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES)
+    data = read_at_most(stream, limit)
+    if len(data) > limit:
         raise InputError(f"{where}: more than {limit:,} bytes of rows; this command reads its input whole: score "
                          f"large inputs with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_INPUT_BYTES.")
-    return b"".join(parts)
+    return data
 
 
 def decode_input(data: bytes, where: str) -> str:
@@ -265,8 +297,8 @@ def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: 
     for n, record in records:
         try:
             rows.append(rows_to_matrix(record, feature_names, passthrough)[0])
-        except InputError as exc:
-            problems.append(f"line {n}: {exc}")
+        except InputError as exc:  # one record is the matrix's row 0: its line is the only location to say
+            problems.append(f"line {n}: {str(exc).removeprefix('row 0: ').removeprefix('row 0, ')}")
     if problems:
         raise InputError(f"{len(problems)} row(s) refused, nothing scored:\n  " + "\n  ".join(problems))
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))

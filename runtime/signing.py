@@ -21,7 +21,7 @@ import stat
 from typing import Any
 
 from .contract import SIGNATURE_FILE, build_id, canonical
-from .errors import EnsembleOnnxError
+from .errors import EnsembleOnnxError, shortened
 
 ALGORITHM = "ed25519"
 INSTALL_HINT = "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
@@ -112,7 +112,7 @@ def verify(manifest: dict[str, Any], signature_file: bytes | None, public_key: K
     record = _record(signature_file)
     algorithm, signature = record["algorithm"], _signature_bytes(record["signature"])
     if algorithm != ALGORITHM:
-        raise SignatureError(f"{SIGNATURE_FILE}: algorithm {algorithm!r}; this runtime checks {ALGORITHM}.")
+        raise SignatureError(f"{SIGNATURE_FILE}: algorithm {shortened(algorithm)}; this runtime checks {ALGORITHM}.")
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field 'signature' holds {len(signature)} "
                              f"bytes, not the {SIGNATURE_BYTES} of an {ALGORITHM} signature).")

@@ -101,9 +101,9 @@ def test_integers_past_float_precision_are_scored_as_their_nearest_float(demo_ar
 
 @pytest.mark.parametrize("content, named", [
     (b'GOOD\n{"x": "\xe9"}\n', "line 2: not UTF-8"),
-    (b"[" * 100_000 + b"\n", "row 1: not a JSON object (nested too deeply"),
-    (b"REPEATED\n", "row 1: key 'FIRST' given more than once"),
-    (b"GOOD\n\nREPEATED\n", "row 2: key 'FIRST' given more than once"),
+    (b"[" * 100_000 + b"\n", "line 1: not a JSON object (nested too deeply"),
+    (b"REPEATED\n", "line 1: key 'FIRST' given more than once"),
+    (b"GOOD\n\nREPEATED\n", "line 3: key 'FIRST' given more than once"),  # its line, not data row 2
 ])
 def test_hostile_json_lines_are_refused_by_line(demo_artifacts, tmp_path, content, named):
     # Found: a non-UTF-8 byte raised UnicodeDecodeError, deep nesting RecursionError (both internal errors),
@@ -305,7 +305,7 @@ def test_a_cell_python_but_no_file_format_reads_as_a_number_is_refused(demo_arti
     (tmp_path / "in.csv").write_text(_csv_text(demo_artifacts, cell) + _csv_text(demo_artifacts, "x").split("\n", 1)[1],
                                      encoding="utf-8")
     result = _score(demo_artifacts, tmp_path / "in.csv", tmp_path / "out.parquet")
-    _refused(result, "in.csv: row 1", f"{cell!r} is not a number")
+    _refused(result, "in.csv: data row 1", f"{cell!r} is not a number")
 
 
 # -------------------------------------------------------------------------- bytes sent to workers

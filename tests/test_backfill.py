@@ -133,7 +133,7 @@ def test_a_bad_row_fails_the_run_naming_file_row_and_column(demo_artifacts, tabl
     out = tmp_path / "o.parquet"
     result = cli("score", demo_artifacts, source, "-o", out, "--workers", "1")
     assert result.exit_code == 1
-    assert f"{source}: row 5, column 'macd': missing (null)" in result.output
+    assert f"{source}: data row 5, column 'macd': missing (null)" in result.output
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 

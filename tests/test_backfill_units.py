@@ -111,6 +111,19 @@ def test_layout_refuses_a_header_it_cannot_write_naming_the_columns(ens, extra, 
     assert str(err.value) == message.replace("COLUMNS", str(columns))
 
 
+def test_layout_refusals_cut_a_long_header_short(ens):
+    # The whole header was echoed: 20,000 columns of 100,000 characters each made a message of gigabytes.
+    columns = ["k" * 100_000, *(f"c{i}" for i in range(20_000)), *ens.feature_names]
+    with pytest.raises(InputError) as err:
+        Layout.for_input(ens.manifest, columns, ["zz"], False, "in.csv")
+    assert str(err.value) == ("in.csv: --keep column(s) ['zz'] are not in the input (it has ['" + "k" * 39
+                              + "... (100000 characters), " + ", ".join(f"'c{i}'" for i in range(24))
+                              + f", ... {20_000 + len(ens.feature_names) + 1 - 25:,} more]).")
+    with pytest.raises(InputError) as err:
+        Layout.for_input(ens.manifest, [*columns, "k" * 100_000], None, False, "in.csv")
+    assert str(err.value) == "in.csv: column(s) given more than once: ['" + "k" * 39 + "... (100000 characters)]."
+
+
 def test_layout_refuses_a_member_column_name_only_when_members_are_written(ens):
     columns = ["p_nhits_BUY", *ens.feature_names]
     assert Layout.for_input(ens.manifest, columns, None, False, "w").keep == ("p_nhits_BUY",)
@@ -479,8 +492,8 @@ def test_run_fails_on_the_first_refused_row_naming_it_and_writes_nothing(tmp_pat
     with pytest.raises(InputError) as err:
         backfill.run(Path("in.csv"), out, small_layout(), tables, False, "fail", None, Summary("in", str(out)),
                      Progress(None, False))
-    assert str(err.value) == ("in.csv: row 4, column 'f': missing (null). Nothing was written; fix the row, or pass "
-                              "--on-error skip to write such rows to a rejects file.")
+    assert str(err.value) == ("in.csv: data row 4, column 'f': missing (null). Nothing was written; fix the row, or "
+                              "pass --on-error skip to write such rows to a rejects file.")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -647,7 +660,7 @@ def test_score_file_refuses_an_existing_output_unless_forced(demo_artifacts, ens
 def test_score_file_fails_on_a_bad_row_unless_told_to_skip(demo_artifacts, ens, tmp_path):
     source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
     write_parquet(source, ens, 3, bad={1: np.inf})
-    with pytest.raises(InputError, match=rf"^{source}: row 2, column '{ens.feature_names[0]}': inf is not finite"):
+    with pytest.raises(InputError, match=rf"^{source}: data row 2, column '{ens.feature_names[0]}': inf is not finite"):
         backfill.score_file(demo_artifacts, source, out)
     summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=tmp_path / "r.jsonl",
                                   keep=[], members=True)
@@ -709,8 +722,8 @@ def test_score_file_names_a_json_line_without_a_feature_or_sends_it_to_rejects(d
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(InputError) as err:
         backfill.score_file(demo_artifacts, source, out)
-    assert str(err.value).startswith(f"{source}: row 2, column '{ens.feature_names[3]}': missing (null). Nothing was "
-                                     f"written")
+    assert str(err.value).startswith(f"{source}: data row 2, column '{ens.feature_names[3]}': missing (null). "
+                                     f"Nothing was written")
     summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=rejects)
     assert (summary.scored, summary.rejected) == (2, 1)
     assert [json.loads(s) for s in rejects.read_text().splitlines()] == [
@@ -723,7 +736,7 @@ def test_score_file_refuses_a_json_key_first_seen_on_a_later_line_unless_kept_ou
     records = [{"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))} for i, r in enumerate(x)]
     records[1]["venue"] = "XNAS"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(InputError, match=rf"^{source}: row 2: key\(s\) \['venue'\] are not in the first row"):
+    with pytest.raises(InputError, match=rf"^{source}: line 2: key\(s\) \['venue'\] are not in the first row"):
         backfill.score_file(demo_artifacts, source, out)
     assert not out.exists()
     assert backfill.score_file(demo_artifacts, source, out, keep=["id"]).scored == 2
@@ -848,7 +861,8 @@ def test_json_lines_features_become_text_and_other_values_keep_their_types(tmp_p
     assert (columns, total) == (["id", "f", "g", "s"], None)
     (batch,) = list(batches)
     assert batch.schema.field("id").type == pa.int64() and batch.column(0).to_pylist() == [1, 2, 3]
-    assert batch.schema.field("f").type == pa.string() and batch.column(1).to_pylist() == ["1.5", "2", None]
+    # a string keeps its quotes: '"2"' parses as no number (refused, as predict refuses it), never as 2
+    assert batch.schema.field("f").type == pa.string() and batch.column(1).to_pylist() == ["1.5", '"2"', None]
     assert batch.schema.field("g").type == pa.string() and batch.column(2).to_pylist() == ["[1, 2]", None, "true"]
     assert batch.column(3).to_pylist() == ["a", "3", None]  # a passthrough of mixed types: as text
 
@@ -865,9 +879,11 @@ def test_json_lines_are_batched_by_row(tmp_path):
     assert [b.column(0).to_pylist() for b in batches] == [["0", "1"], ["2", "3"], ["4"]]
 
 
-def test_an_empty_json_lines_file_has_no_columns_and_no_rows(tmp_path):
-    columns, total, batches = open_batches(jsonl(tmp_path, "\n\n"), ("f",), 2)
-    assert (columns, total, list(batches)) == ([], None, [])
+def test_an_empty_json_lines_file_is_refused_as_having_no_rows(tmp_path):
+    path = jsonl(tmp_path, "\n\n")
+    with pytest.raises(InputError) as err:
+        open_batches(path, ("f",), 2)
+    assert str(err.value) == f"{path}: no rows in the input."
 
 
 def test_json_lines_are_read_by_key_whatever_each_lines_key_order(tmp_path):
@@ -893,7 +909,7 @@ def test_a_key_only_a_later_json_line_has_is_refused_unless_keep_leaves_it_out(t
     path = jsonl(tmp_path, '{"f": 1, "id": "a"}\n{"f": 2, "id": "b"}\n{"venue": "X", "f": 3, "id": "c", "z": 0}\n')
     with pytest.raises(InputError) as err:
         list(open_batches(path, ("f",), 10)[2])
-    assert str(err.value) == (f"{path}: row 3: key(s) ['venue', 'z'] are not in the first row, whose keys name the "
+    assert str(err.value) == (f"{path}: line 3: key(s) ['venue', 'z'] are not in the first row, whose keys name the "
                               f"columns ['f', 'id']; add them to the first row (null where a row has none), or "
                               f"choose the passthrough columns with --keep.")
     _, _, batches = open_batches(path, ("f",), 10, keep=["id"])
@@ -901,18 +917,19 @@ def test_a_key_only_a_later_json_line_has_is_refused_unless_keep_leaves_it_out(t
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (b'{"f": 1}\n[1]\n', "row 2: not a JSON object."),
-    (b"[1]\n", "row 1 is not a JSON object."),
-    (b'{"f": 1}\n{"f": \n', "row 2: not a JSON object (Expecting value)."),
-    (b'{"f": 1, "f": 2}\n', "row 1: key 'f' given more than once."),
-    (b'\n{"f": 1}\n{"f": 1, "f": 2}\n', "row 2: key 'f' given more than once."),
+    (b'{"f": 1}\n[1]\n', "line 2: not a JSON object."),
+    (b"[1]\n", "line 1: not a JSON object."),
+    (b'\n[1]\n', "line 2: not a JSON object."),  # the first line that holds a row, named by its line
+    (b'{"f": 1}\n{"f": \n', "line 2: not a JSON object (Expecting value)."),
+    (b'{"f": 1, "f": 2}\n', "line 1: key 'f' given more than once."),
+    (b'\n{"f": 1}\n{"f": 1, "f": 2}\n', "line 3: key 'f' given more than once."),
     ('{"f": 1}\n\ufeff{"f": 1}\n'.encode(),
-     "row 2: not a JSON object (Unexpected UTF-8 BOM (decode using utf-8-sig))."),
+     "line 2: not a JSON object (Unexpected UTF-8 BOM (decode using utf-8-sig))."),
     (b'{"f": 1}\n\n{"f": "\xe9"}\n', "line 3: not UTF-8 text (byte 0xe9); save the file as UTF-8."),
-    (b'{"f": 1}\nXXXX{"f": 1}\n', "row 2: not a JSON object (Expecting value)."),  # only row 1 loses a prefix (a BOM)
-    (b"[" * 100_000 + b"\n", "row 1: not a JSON object (nested too deeply to parse)."),
+    (b'{"f": 1}\nXXXX{"f": 1}\n', "line 2: not a JSON object (Expecting value)."),  # only row 1 loses a prefix (a BOM)
+    (b"[" * 100_000 + b"\n", "line 1: not a JSON object (nested too deeply to parse)."),
 ])
-def test_json_lines_refusals_name_the_row_or_line(tmp_path, content, message):
+def test_json_lines_refusals_name_the_line(tmp_path, content, message):
     path = jsonl(tmp_path, content)
     with pytest.raises(InputError) as err:
         _, _, batches = open_batches(path, ("f",), 10)
@@ -1053,10 +1070,26 @@ def test_a_later_batch_that_cannot_be_cast_is_refused_naming_the_file(tmp_path):
     sink.write(pa.table({"id": pa.array([1], pa.int64())}))
     with pytest.raises(InputError) as err:
         sink.write(pa.table({"id": pa.array(["x"], pa.string())}))
-    assert str(err.value).startswith(f"{tmp_path}/o.parquet: a later batch's columns ['id'] do not convert to the "
-                                     f"first batch's types (")
+    assert str(err.value).startswith(f"{tmp_path}/o.parquet: passthrough column(s) 'id' (int64, then string) changed "
+                                     f"type in a later batch (")
+    assert str(err.value).endswith("; write such a column as JSON strings (a big id as \"123...\"), or leave it out "
+                                   "with --keep.")
     sink.abort()
     assert names(tmp_path) == []
+
+
+def test_an_id_past_64_bits_first_met_in_a_later_batch_is_refused_naming_the_column(demo_artifacts, ens, tmp_path):
+    # The first batch's ids were int64 when the file was opened; the later one holds text: refused, not cut.
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
+    source.write_text(feature_lines(ens, 2, 35, id=[1, 2**70]))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out, batch_rows=1)
+    assert str(err.value).startswith(f"{out}: passthrough column(s) 'id' (int64, then string) changed type in a "
+                                     f"later batch (")
+    assert not out.exists()
+    source.write_text(feature_lines(ens, 2, 35, id=["1", str(2**70)]))  # as strings: every batch text
+    backfill.score_file(demo_artifacts, source, out, batch_rows=1)
+    assert pq.read_table(out).column("id").to_pylist() == ["1", str(2**70)]
 
 
 def test_csv_refuses_nested_passthrough_by_name(tmp_path):
@@ -1283,3 +1316,99 @@ def test_csv_names_a_passthrough_column_with_no_text_form(tmp_path):
     assert str(err.value).startswith(f"{tmp_path}/o.csv: CSV cannot hold passthrough column(s) ['span'] (")
     sink.abort()
     assert names(tmp_path) == []
+
+
+# ------------------------------------------------- JSON lines values Arrow or the writers cannot hold as typed
+
+def feature_lines(ens: runtime.Ensemble, n: int, seed: int, **extra: list[Any]) -> str:
+    """n JSON lines of finite features, each line also holding extra[key][i]."""
+    x = rows(n, len(ens.feature_names), seed=seed)
+    return "".join(json.dumps({**{k: v[i] for k, v in extra.items()},
+                               **dict(zip(ens.feature_names, map(float, r), strict=True))}) + "\n"
+                   for i, r in enumerate(x))
+
+
+def read_back(path: Path) -> dict[str, list[Any]]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pydict()
+    if path.suffix == ".csv":  # every column as text: what the file holds, not what a reader infers
+        return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+            column_types={"id": pa.string(), "meta": pa.string()})).to_pydict()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return {k: [r[k] for r in records] for k in records[0]}
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_an_id_column_of_integers_past_64_bits_passes_through_as_their_exact_digits(demo_artifacts, ens, tmp_path,
+                                                                                      suffix):
+    # pa.array raises OverflowError (not ArrowInvalid) for 2**63 and up: the run died with a traceback.
+    ids = [1, 2**70, int("9" * 400)]
+    source, out = tmp_path / "in.jsonl", tmp_path / f"o{suffix}"
+    source.write_text(feature_lines(ens, 3, 31, id=ids))
+    backfill.score_file(demo_artifacts, source, out)
+    assert read_back(out)["id"] == [str(i) for i in ids]  # the JSON text of each: every digit kept
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+@pytest.mark.parametrize("meta", [{}, [{}], {"a": {}}])
+def test_a_column_of_empty_objects_passes_through_as_json_text_whatever_the_output(demo_artifacts, ens, tmp_path,
+                                                                                   suffix, meta):
+    # `{}` reads as a struct with no fields, which Parquet cannot write (ArrowNotImplementedError, a traceback)
+    # and CSV refused: it is kept as its JSON text, the same in every output format.
+    source, out = tmp_path / "in.jsonl", tmp_path / f"o{suffix}"
+    source.write_text(feature_lines(ens, 2, 32, meta=[meta, meta]))
+    backfill.score_file(demo_artifacts, source, out)
+    assert read_back(out)["meta"] == [json.dumps(meta)] * 2
+
+
+def test_a_json_lines_feature_given_as_a_string_is_refused_by_row_and_column_as_predict_refuses_it(
+        demo_artifacts, ens, tmp_path):
+    source, out, rejects = tmp_path / "in.jsonl", tmp_path / "o.jsonl", tmp_path / "r.jsonl"
+    records = [json.loads(line) for line in feature_lines(ens, 3, 33, id=[0, 1, 2]).splitlines()]
+    records[1]["rsi_14"] = "1.5"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out)
+    assert str(err.value).startswith(f"{source}: data row 2, column 'rsi_14': '\"1.5\"' is not a number. Nothing was")
+    summary = backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=rejects)
+    assert (summary.scored, summary.rejected) == (2, 1)
+    assert [json.loads(s) for s in rejects.read_text().splitlines()] == [
+        {"row": 2, "id": 1, "reason": "column 'rsi_14': '\"1.5\"' is not a number"}]
+
+
+def test_a_long_feature_value_is_cut_short_in_the_refusal_and_the_rejects_file(demo_artifacts, ens, tmp_path):
+    source, out, rejects = tmp_path / "in.jsonl", tmp_path / "o.jsonl", tmp_path / "r.jsonl"
+    records = [json.loads(line) for line in feature_lines(ens, 2, 34, id=[0, 1]).splitlines()]
+    records[1]["macd"] = "x" * 100_000
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out)
+    assert len(str(err.value)) < 400 and "(100002 characters)" in str(err.value), str(err.value)[:400]
+    backfill.score_file(demo_artifacts, source, out, on_error="skip", rejects=rejects)
+    (reject,) = [json.loads(s) for s in rejects.read_text().splitlines()]
+    assert reject["reason"] == "column 'macd': '\"" + "x" * 78 + "... (100002 characters) is not a number"
+
+
+def test_a_later_key_under_a_header_of_20000_keys_names_the_first_few_and_how_many_more(tmp_path):
+    header = {f"k{i}": i for i in range(20_000)}
+    path = jsonl(tmp_path, json.dumps({"f": 1, **header}) + "\n" + json.dumps({"f": 2, "new": 1, **header}) + "\n")
+    with pytest.raises(InputError) as err:
+        list(open_batches(path, ("f",), 10)[2])
+    assert str(err.value) == (f"{path}: line 2: key(s) ['new'] are not in the first row, whose keys name the "
+                              f"columns ['f', 'k0', 'k1', 'k2', 'k3', ... 19,996 more]; add them to the first row "
+                              f"(null where a row has none), or choose the passthrough columns with --keep.")
+
+
+def test_an_integer_past_4300_digits_in_a_json_line_is_named_as_that(tmp_path):
+    path = jsonl(tmp_path, '{"f": 1}\n{"f": ' + "7" * 5000 + "}\n")
+    with pytest.raises(InputError) as err:
+        list(open_batches(path, ("f",), 10)[2])
+    assert str(err.value) == f"{path}: line 2: an integer of more than 4,300 digits, too long to read as a number."
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_score_says_no_rows_for_a_json_lines_file_with_none(demo_artifacts, tmp_path, content):
+    source = jsonl(tmp_path, content)
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, tmp_path / "o.parquet")
+    assert str(err.value) == f"{source}: no rows in the input."

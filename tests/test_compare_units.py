@@ -20,8 +20,8 @@ import pytest
 from forge import rebound, reorder_members
 
 import runtime
+from runtime import RUN_CHUNK as CHUNK
 from runtime.compare import (
-    CHUNK,
     HIST_EDGES,
     IncomparableError,
     class_order,
@@ -155,9 +155,9 @@ def test_score_records_refuses_a_column_outside_the_passthrough_by_line(old, mix
     records = as_records(mixed[:2], symbol=["A", "B"], note=["x", "y"])
     with pytest.raises(InputError) as info:
         score_records(old, records, passthrough=("symbol",))
-    assert str(info.value).startswith("2 row(s) refused, nothing scored:\n  line 2: row 0: unknown feature(s) "
+    assert str(info.value).startswith("2 row(s) refused, nothing scored:\n  line 2: unknown feature(s) "
                                       "['note']; expected exactly ['rsi_14',")
-    assert "\n  line 3: row 0: unknown feature(s) ['note']" in str(info.value)
+    assert "\n  line 3: unknown feature(s) ['note']" in str(info.value)
 
 
 def test_score_records_names_the_line_of_a_row_a_member_overflows_on_past_the_first_chunk(old, mixed):
@@ -170,6 +170,18 @@ def test_score_records_names_the_line_of_a_row_a_member_overflows_on_past_the_fi
     assert str(info.value) == (f"line {CHUNK + 3}: member 'nhits' produced non-finite probabilities (1 row(s) "
                                f"affected): the row's features are too large for its float32 arithmetic (largest: "
                                f"'bb_position' = 1e+38), far outside the range the models were trained on.")
+
+
+def test_score_records_counts_every_overflowing_row_of_the_input_as_predict_does(old, mixed):
+    # Counted per 4,096-row chunk, bad rows on lines 7 and 4,099 read "1 row(s) affected"; predict said 2.
+    rows = [mixed[i % len(mixed)] for i in range(CHUNK + 3)]
+    records = as_records(rows)
+    records[5][1]["bb_position"] = records[CHUNK + 1][1]["bb_position"] = 1e38
+    with pytest.raises(InputError) as info:
+        score_records(old, records)
+    assert str(info.value) == ("line 7: member 'nhits' produced non-finite probabilities (2 row(s) "
+                               "affected): the row's features are too large for its float32 arithmetic (largest: "
+                               "'bb_position' = 1e+38), far outside the range the models were trained on.")
 
 
 def test_a_build_compared_with_itself_moves_nothing(old, rows, demo_artifacts):
@@ -609,7 +621,7 @@ def test_evaluate_carries_symbol_label_and_timestamp_and_refuses_any_other_colum
     rows, labels = labelled
     records = as_records(rows[:2], label=labels[:2], **{column: ["2026-03-02T10:00:00Z"] * 2})
     if column == "note":
-        with pytest.raises(InputError, match=r"line 2: row 0: unknown feature\(s\) \['note'\]"):
+        with pytest.raises(InputError, match=r"line 2: unknown feature\(s\) \['note'\]"):
             evaluate(old, records)
     else:
         assert evaluate(old, records)["overall"]["rows"] == 2

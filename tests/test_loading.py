@@ -287,7 +287,7 @@ def test_a_ragged_array_is_refused_naming_numpys_complaint():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('{"a": 1}\n{"a": 2, "a": 3}\n', "line 2: feature 'a' given more than once."),
+    ('{"a": 1}\n{"a": 2, "a": 3}\n', "line 2: key 'a' given more than once."),
     ('{"a": 1}\n{"a": \n', "line 2: not a JSON object (Expecting value)."),
     ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1: not a JSON object (nested too deeply to parse)."),
     ("a,b,a\n1,2,3\n", "line 1: the header names column(s) ['a'] more than once."),
@@ -500,6 +500,17 @@ def test_a_signature_record_missing_a_field_or_of_the_wrong_type_is_refused_nami
         runtime.load(copy, public_key=signed[1])
     assert str(err.value).startswith(f"{copy}: manifest.sig: not a signature record ({says}"), str(err.value)
     assert str(err.value).endswith(").")
+
+
+def test_a_long_signature_algorithm_is_cut_short(signed, tmp_path):
+    # {algorithm!r} printed all 100,000 characters.
+    copy = Path(shutil.copytree(signed[0], tmp_path / "copy"))
+    record = json.loads((copy / "manifest.sig").read_text())
+    (copy / "manifest.sig").write_bytes(_sig_with(record, "algorithm", "x" * 100_000))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(copy, public_key=signed[1])
+    assert str(err.value) == (f"{copy}: manifest.sig: algorithm '" + "x" * 39 + "... (100000 characters); this "
+                              "runtime checks ed25519.")
 
 
 def test_a_linked_signature_is_refused_by_name(signed, tmp_path):
@@ -882,6 +893,7 @@ def test_a_huge_value_in_a_load_refusal_is_shown_cut_short(artifacts_copy, field
     ("\u0664\u0660\u0669\u0666", "'\u0664\u0660\u0669\u0666' is not a whole number (digits 0-9 only)."),  # 4096
     ("-5", "'-5' is not a whole number (digits 0-9 only)."),
     ("000", "'000' must be above 0."),
+    ("\udcff", "'\\xff' is not a whole number (digits 0-9 only)."),  # the byte 0xff, not Python's '\\udcff'
     ("x" * 5000, "'" + "x" * 39 + "... (5000 characters) is not a whole number (digits 0-9 only)."),
     ("9" * 5000, "'" + "9" * 39 + "... (5000 digits) has too many digits to read; a limit of 30 digits is already "
                  "beyond any input."),

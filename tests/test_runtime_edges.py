@@ -173,6 +173,32 @@ def test_an_unknown_opset_domain_or_version_is_refused(folder, opsets):
         runtime.load(folder)
 
 
+LONG = "k" * 100_000
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda m: m["decision"]["temperature"].__setitem__(LONG, 1.0),
+     "field 'decision.temperature." + "k" * 79 + "... (100021 characters)' names no member"),
+    (lambda m: m["decision"]["min_confidence"].__setitem__(LONG, 0.5),
+     "field 'decision.min_confidence." + "k" * 76 + "... (100024 characters)' names no class"),
+    (lambda m: m["files"].__setitem__("../" + LONG, "0" * 64),
+     "file entry '../" + "k" * 36 + "... (100003 characters) points outside the folder"),
+    (lambda m: m.__setitem__(LONG, 1), "field '" + "k" * 100 + "... (100000 characters)' differs from the build"),
+    (lambda m: m["members"].__setitem__(LONG, m["members"]["xgboost"]),
+     "field 'ensemble.members' must name each of members ['" + "k" * 39 + "... (100000 characters), 'lightgbm', "
+     "'nhits', 'patchtst', 'xgboost'] once"),
+])
+def test_a_long_manifest_key_is_cut_short_in_the_refusal(folder, edit, says):
+    # Keys become field paths and lists in messages: each of these printed a 100,000-character message.
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert says in str(err.value) and len(str(err.value)) < 500, str(err.value)[:600]
+
+
 @pytest.mark.parametrize("entry", ["/etc/hostname", "../outside.json", "members/../../outside.json"])
 def test_a_file_entry_outside_the_folder_is_refused(folder, entry):
     (folder.parent / "outside.json").write_text("{}")
@@ -295,6 +321,41 @@ def test_unreadable_records_are_refused_by_line(text, match):
         read_records(text)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    # 'symbol' is no feature: any repeated key is named as a key
+    ('{"a": 1, "b": 2, "c": 3, "symbol": "A", "symbol": "B"}\n', "line 1: key 'symbol' given more than once."),
+    # Python's own message advised calling sys.set_int_max_str_digits() and called the line no JSON object
+    ('{"a": 1}\n{"a": ' + "7" * 5000 + "}\n", "line 2: an integer of more than 4,300 digits, too long to read as "
+                                            "a number."),
+    ('{"' + "k" * 100_000 + '": 1, "' + "k" * 100_000 + '": 2}\n',
+     "line 1: key '" + "k" * 39 + "... (100000 characters) given more than once."),
+])
+def test_a_json_line_json_cannot_give_as_one_record_is_refused_saying_why(text, message):
+    with pytest.raises(InputError) as err:
+        read_records(text)
+    assert str(err.value) == message
+
+
+def test_a_long_unknown_key_is_cut_short():
+    records = read_records(json.dumps({"a": 1, "b": 2, "c": 3, "k" * 100_000: 1}) + "\n")
+    with pytest.raises(InputError) as err:
+        records_to_matrix(records, NAMES)
+    assert str(err.value) == ("1 row(s) refused, nothing scored:\n  line 1: unknown feature(s) ['" + "k" * 39
+                              + "... (100000 characters)]; expected exactly ['a', 'b', 'c'].")
+
+
+def test_a_line_of_20000_unknown_keys_names_the_first_few_and_how_many_more():
+    records = read_records(json.dumps({"a": 1, "b": 2, "c": 3, **{f"k{i}": 1 for i in range(20_000)}}) + "\n")
+    with pytest.raises(InputError) as err:
+        records_to_matrix(records, NAMES)
+    assert str(err.value) == ("1 row(s) refused, nothing scored:\n  line 1: unknown feature(s) ['k0', 'k1', 'k2', "
+                              "'k3', 'k4', ... 19,995 more]; expected exactly ['a', 'b', 'c'].")
+    header = ",".join(["a", "b", "c", *(f"k{i}" for i in range(20_000)), "k7"])  # counted in linear time
+    with pytest.raises(InputError) as err:
+        read_records(header + "\n" + ",".join(["1"] * 20_004) + "\n")
+    assert str(err.value) == "line 1: the header names column(s) ['k7'] more than once."
+
+
 def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
     records = read_records("c,a,b,symbol\n3,1,2,X\n6,4,5,Y\n")
     out = records_to_matrix(records, NAMES)
@@ -303,9 +364,10 @@ def test_records_become_one_matrix_or_one_error_naming_every_bad_line():
     bad = read_records("a,b,c\n1,2,3\nx,2,3\n1,2,nan\n")
     with pytest.raises(InputError) as err:
         records_to_matrix(bad, NAMES)
-    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 3: row 0, feature 'a': 'x' is not a number.\n"
-                              "  line 4: row 0, feature 'c': nan is not finite; impute it before scoring.")
-    with pytest.raises(InputError, match="line 2: row 0: unknown feature"):
+    # The line is the row's one location: "line 3: row 0, ..." named a row 0 that means nothing to the user.
+    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 3: feature 'a': 'x' is not a number.\n"
+                              "  line 4: feature 'c': nan is not finite; impute it before scoring.")
+    with pytest.raises(InputError, match="line 2: unknown feature"):
         records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES)
     rows = records_to_matrix(read_records("a,b,c,label\n1,2,3,BUY\n"), NAMES, passthrough=("label",))
     assert rows.tolist() == [[1, 2, 3]]
@@ -320,8 +382,8 @@ def test_json_lines_are_aligned_by_key_line_by_line_whatever_their_order_or_the_
     text = '{"a": 1, "b": 2, "c": 3}\n{"c": 3, "a": 1}\n{"b": 2, "a": 1, "c": 3, "d": 4}\n'
     with pytest.raises(InputError) as err:
         records_to_matrix(read_records(text), NAMES)
-    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 2: row 0: missing feature(s) ['b'].\n"
-                              "  line 3: row 0: unknown feature(s) ['d']; expected exactly ['a', 'b', 'c'].")
+    assert str(err.value) == ("2 row(s) refused, nothing scored:\n  line 2: missing feature(s) ['b'].\n"
+                              "  line 3: unknown feature(s) ['d']; expected exactly ['a', 'b', 'c'].")
 
 
 # --- found by `make mutation`: the overflow refusal, exact messages, an int8 manifest's precision -------------

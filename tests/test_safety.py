@@ -414,6 +414,17 @@ def test_a_huge_model_file_is_refused_by_size_without_being_read(models_copy, tm
     assert time.monotonic() - started < 60 and 0 < peak_mib < 1024, peak_mib
 
 
+@pytest.mark.parametrize("limit", [10**30, 100 * 10**9])
+def test_a_raised_limit_of_any_size_reads_the_file_in_chunks(tmp_path, monkeypatch, limit):
+    # read(limit + 1) reserved the whole limit: OverflowError past the index size, MemoryError at 100 GB.
+    from convert.loaders import read_checked
+
+    path = tmp_path / "small.json"
+    path.write_bytes(b'{"a": 1}')
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", str(limit))
+    assert read_checked(path, "json", "metadata") == b'{"a": 1}'
+
+
 def test_the_size_limit_is_configurable(models_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", "10")
     refused(invoke("convert", models_copy, "-o", tmp_path / "out"), "_meta.json", "10-byte limit")
