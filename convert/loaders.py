@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.features import RepeatedKeyError, env_limit
+from runtime.features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind
 
 from .errors import (
     ConvertError,
@@ -38,7 +38,7 @@ from .errors import (
 # (e.g. ENSEMBLE_ONNX_MAX_MODEL_BYTES=4294967296). Sized to the formats with ample room: metadata,
 # ensemble.json and scaler JSON are a few kilobytes; the demo's model files are under 2 MB.
 FILE_LIMITS = {
-    "json": 1 << 20,     # _meta.json, ensemble.json, a scaler's JSON
+    "json": MAX_JSON_BYTES,  # 1 MiB: _meta.json, ensemble.json, a scaler's JSON
     "model": 1 << 30,    # .pth/.pt state_dicts, XGBoost .json/.ubj, LightGBM .txt, pickles and joblib files
     "data": 512 << 20,   # --parity-data and --calibrate rows (read whole)
 }
@@ -50,17 +50,9 @@ def file_limit(category: str) -> int:
     return env_limit(f"ENSEMBLE_ONNX_MAX_{category.upper()}_BYTES", FILE_LIMITS[category], ConvertError)
 
 
-def _not_regular(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _check_stat(info: os.stat_result, path: Path, category: str, what: str, error: type[ConvertError]) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path}: the {what} is {_not_regular(info.st_mode)}, not a regular file; the build reads "
+        raise error(f"{path}: the {what} is {file_kind(info.st_mode)}, not a regular file; the build reads "
                     f"only regular files.")
     limit = file_limit(category)
     if info.st_size > limit:

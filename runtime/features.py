@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -47,6 +48,23 @@ def loads_unique(text: str | bytes) -> Any:
     into a ValueError; every failure is a ValueError (JSONDecodeError, UnicodeDecodeError included)."""
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(data: bytes) -> Any:
+    """JSON as files this package writes hold it: UTF-8 bytes (json.loads alone would guess UTF-16 or UTF-32
+    from the first bytes), no repeated key (RepeatedKeyError), no NaN or Infinity; any failure a ValueError."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("nested too deeply to parse") from None
 
@@ -187,6 +205,10 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
 # Commands that read their rows whole (predict, compare, drift, evaluate) stop one byte past this many
 # (ENSEMBLE_ONNX_MAX_INPUT_BYTES raises it): `--input /dev/zero` ends with a message, not with the memory.
 MAX_INPUT_BYTES = 64 << 20
+# The JSON files a build is described by (models' _meta.json, ensemble.json, a scaler's JSON for convert;
+# manifest.json and manifest.sig for the load) are read up to this (ENSEMBLE_ONNX_MAX_JSON_BYTES raises it):
+# they are a few kilobytes, and a sparse file of gigabytes must end with a message, not with the memory.
+MAX_JSON_BYTES = 1 << 20
 _CHUNK = 1 << 20
 
 
@@ -209,19 +231,36 @@ def env_limit(name: str, default: int, error: type[Exception] = InputError) -> i
                     f"30 digits is already beyond any input.") from None
 
 
-def read_limited(stream: BinaryIO, where: str) -> bytes:
-    """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
-    limit, parts, size = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES), [], 0
+def read_capped(stream: BinaryIO, limit: int) -> bytes | None:
+    """The stream's bytes, read in chunks (a huge limit reserves nothing), or None past `limit` bytes."""
+    parts, size = [], 0
     while size <= limit:
         chunk = stream.read(min(_CHUNK, limit + 1 - size))
         if not chunk:
             break
         parts.append(chunk)
         size += len(chunk)
-    if size > limit:
+    return None if size > limit else b"".join(parts)
+
+
+def read_limited(stream: BinaryIO, where: str) -> bytes:
+    """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
+    limit = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES)
+    data = read_capped(stream, limit)
+    if data is None:
         raise InputError(f"{where}: more than {limit:,} bytes of rows; this command reads its input whole: score "
                          f"large inputs with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_INPUT_BYTES.")
-    return b"".join(parts)
+    return data
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, from its st_mode (lstat's: a link is a link)."""
+    for test, name in ((stat.S_ISLNK, "a link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "another kind of file"  # a Solaris door, a BSD whiteout
 
 
 def decode_input(data: bytes, where: str) -> str:
