@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.features import RepeatedKeyError, env_limit, read_at_most
+from runtime.features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind, read_capped
 
 from .errors import (
     ConvertError,
@@ -38,7 +38,7 @@ from .errors import (
 # (e.g. ENSEMBLE_ONNX_MAX_MODEL_BYTES=4294967296). Sized to the formats with ample room: metadata,
 # ensemble.json and scaler JSON are a few kilobytes; the demo's model files are under 2 MB.
 FILE_LIMITS = {
-    "json": 1 << 20,     # _meta.json, ensemble.json, a scaler's JSON
+    "json": MAX_JSON_BYTES,  # 1 MiB: _meta.json, ensemble.json, a scaler's JSON
     "model": 1 << 30,    # .pth/.pt state_dicts, XGBoost .json/.ubj, LightGBM .txt, pickles and joblib files
     "data": 512 << 20,   # --parity-data and --calibrate rows (read whole)
 }
@@ -50,17 +50,9 @@ def file_limit(category: str) -> int:
     return env_limit(f"ENSEMBLE_ONNX_MAX_{category.upper()}_BYTES", FILE_LIMITS[category], ConvertError)
 
 
-def _not_regular(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _check_stat(info: os.stat_result, path: Path, category: str, what: str, error: type[ConvertError]) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path}: the {what} is {_not_regular(info.st_mode)}, not a regular file; the build reads "
+        raise error(f"{path}: the {what} is {file_kind(info.st_mode)}, not a regular file; the build reads "
                     f"only regular files.")
     limit = file_limit(category)
     if info.st_size > limit:
@@ -99,8 +91,8 @@ def read_checked(path: Path, category: str, what: str, error: type[ConvertError]
     """The whole file, never more than its limit (a file that grows while read is cut off and refused)."""
     limit = file_limit(category)
     with open_checked(path, category, what, error) as fh:
-        data = read_at_most(fh, limit)  # in chunks: a raised limit of any size reserves nothing
-    if len(data) > limit:
+        data = read_capped(fh, limit)  # in chunks: a raised limit of any size reserves nothing
+    if data is None:
         raise error(f"{path}: the {what} grew past the {limit}-byte limit while it was read.")
     return data
 

@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -58,7 +58,7 @@ from .contract import (
     scoped,
 )
 from .errors import EnsembleOnnxError, shortened
-from .features import RepeatedKeyError, loads_unique
+from .features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind, loads_strict, read_capped
 
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
 
@@ -67,18 +67,47 @@ class ArtifactError(EnsembleOnnxError):
     """Artifacts that cannot be trusted or run: missing, corrupt, tampered with, or incompatible."""
 
 
-def _read_regular(path: Path, rel: str) -> bytes:
+# How deep a folder may sit in an artifacts folder: builds nest one (members/). The walk that looks for
+# unlisted files stops here, with a message, rather than follow thousands of nested folders.
+MAX_FOLDER_DEPTH = 32
+
+
+def json_limit() -> int:
+    """The most bytes manifest.json and manifest.sig may hold: the limit convert reads JSON under."""
+    return env_limit("ENSEMBLE_ONNX_MAX_JSON_BYTES", MAX_JSON_BYTES, ArtifactError)
+
+
+def _regular(info: os.stat_result, path: Path, rel: str, limit: int | None) -> None:
+    """Refuse anything but a regular file (naming its kind), or one past `limit` bytes, before it is read."""
+    if not stat.S_ISREG(info.st_mode):
+        raise ArtifactError(f"{path}: '{rel}' is not a regular file ({file_kind(info.st_mode)}); {REBUILD}.")
+    if limit is not None and info.st_size > limit:
+        raise ArtifactError(f"{path}: {info.st_size:,} bytes, over the {limit:,}-byte limit for JSON "
+                            f"(ENSEMBLE_ONNX_MAX_JSON_BYTES); {REBUILD}.")
+
+
+def _read_stream(stream: BinaryIO, path: Path, limit: int | None) -> bytes:
+    if limit is None:
+        return stream.read()
+    data = read_capped(stream, limit)  # a file that grows past the limit while it is read
+    if data is None:
+        raise ArtifactError(f"{path}: grew past the {limit:,}-byte limit for JSON (ENSEMBLE_ONNX_MAX_JSON_BYTES) "
+                            f"while it was read; {REBUILD}.")
+    return data
+
+
+def _read_regular(path: Path, rel: str, limit: int | None = None) -> bytes:
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing; {REBUILD}.") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link or a folder); {REBUILD}.")
-    return path.read_bytes()
+    _regular(info, path, rel, limit)
+    with path.open("rb") as fh:
+        return _read_stream(fh, path, limit)
 
 
 # Reading relative to one descriptor of the folder needs openat(2) and friends; elsewhere files are read by path.
-_AT = (os.open in os.supports_dir_fd and os.stat in os.supports_dir_fd and hasattr(os, "fwalk")
+_AT = (os.open in os.supports_dir_fd and os.stat in os.supports_dir_fd and os.scandir in os.supports_fd
        and hasattr(os, "O_DIRECTORY") and hasattr(os, "O_NOFOLLOW"))
 
 
@@ -120,59 +149,101 @@ class _Folder:
             return False
         return True
 
-    def read(self, rel: str) -> bytes:
+    def _open_folder(self, parts: list[str], rel: str) -> int:
+        """A descriptor of the folder `parts` inside the root (the root's own for none), opened one name at a
+        time without following a link, so that at most two are open at once; the caller closes it unless it
+        is the root's. ArtifactError naming the first folder that is missing, no folder, or unreadable."""
+        assert self.fd is not None
+        at = self.fd
+        try:
+            for depth, part in enumerate(parts, 1):
+                try:
+                    inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
+                except FileNotFoundError:
+                    raise ArtifactError(f"{self.root / rel}: missing; {REBUILD}.") from None
+                except OSError as exc:
+                    prefix = "/".join(parts[:depth])
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW on a link, or a file
+                        raise ArtifactError(f"{self.root / prefix}: '{prefix}' (on the way to '{rel}') is not a "
+                                            f"folder (a link or a file); {REBUILD}.") from None
+                    raise ArtifactError(f"{self.root / prefix}: cannot read the folder '{prefix}' "
+                                        f"({exc.strerror}).") from None
+                if at != self.fd:
+                    os.close(at)
+                at = inner
+        except BaseException:
+            if at != self.fd:
+                os.close(at)
+            raise
+        return at
+
+    def read(self, rel: str, limit: int | None = None) -> bytes:
+        """The regular file `rel` ('/'-separated, checked by `_check_entries`), at most `limit` bytes."""
         path = self.root / rel
         if self.fd is None:
-            return _read_regular(path, rel)
-        *parents, name = Path(rel).parts
-        at, opened = self.fd, []
+            return _read_regular(path, rel, limit)
+        *parents, name = rel.split("/")
+        at = self._open_folder(parents, rel)
         try:
-            for depth, part in enumerate(parents, 1):
-                try:
-                    at = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=at)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW on a link, or a file
-                        raise  # missing or unreadable: said below
-                    prefix = "/".join(parents[:depth])
-                    raise ArtifactError(f"{self.root / prefix}: '{prefix}' (on the way to '{rel}') is not a "
-                                        f"folder (a link or a file); {REBUILD}.") from None
-                opened.append(at)
-            # O_NONBLOCK: a FIFO put in the folder would block the open; fstat below refuses it.
+            # Its kind before any open: opening a device can act on it (rewind a tape, arm a watchdog).
+            _regular(os.stat(name, dir_fd=at, follow_symlinks=False), path, rel, limit)
+            # O_NOFOLLOW and O_NONBLOCK: a link or a FIFO swapped in since the stat neither leads out nor blocks.
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=at)
         except FileNotFoundError:
             raise ArtifactError(f"{path}: missing; {REBUILD}.") from None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW on a link: ELOOP (EMLINK on some BSDs)
-                raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link or a folder); "
-                                    f"{REBUILD}.") from None
+                raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link); {REBUILD}.") from None
             raise ArtifactError(f"{path}: cannot read it ({exc.strerror}).") from None
         finally:
-            for each in opened:
-                os.close(each)
+            if at != self.fd:
+                os.close(at)
+        try:
+            _regular(os.fstat(fd), path, rel, limit)  # what was opened: swapped since the stat, refused too
+        except BaseException:
+            os.close(fd)
+            raise
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ArtifactError(f"{path}: '{rel}' is not a regular file (a link or a folder); {REBUILD}.")
-            return fh.read()
+            return _read_stream(fh, path, limit)
 
-    def entries(self) -> list[str]:
-        """Every file and every linked folder in the folder, as relative paths (linked folders are not entered)."""
-        found: list[str] = []
-        if self.fd is None:
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                found += [(Path(dirpath) / name).relative_to(self.root).as_posix() for name in
-                          filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]]
-            return found
-        for dirpath, dirnames, filenames, dirfd in os.fwalk(".", dir_fd=self.fd):
-            links = [d for d in dirnames if _is_link(d, dirfd)]
-            found += [(Path(dirpath) / name).as_posix() for name in filenames + links]
-        return found
+    def refuse_unlisted(self, listed: set[str]) -> None:
+        """ArtifactError at the first file, link or other entry of the folder that `listed` does not name,
+        at a folder that cannot be read, or one nested past MAX_FOLDER_DEPTH. Walked without recursion and
+        with at most three descriptors open (os.fwalk recursed, held one per level, and skipped a folder it
+        could not read); linked folders are entries, never entered."""
+        folders: list[str] = [""]
+        while folders:
+            rel = folders.pop()
+            for name, is_folder in self._list(rel):
+                entry = f"{rel}/{name}" if rel else name
+                if is_folder:
+                    if entry.count("/") >= MAX_FOLDER_DEPTH:
+                        raise ArtifactError(f"{self.root / entry}: a folder nested more than {MAX_FOLDER_DEPTH} "
+                                            f"deep in the artifacts folder (builds nest one: members/); remove it "
+                                            f"or {REBUILD}.")
+                    folders.append(entry)
+                elif entry not in listed:
+                    raise ArtifactError(f"{self.root / entry}: not listed in manifest.json; remove it or {REBUILD}.")
 
-
-def _is_link(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except FileNotFoundError:  # gone since it was listed: as Path.is_symlink says
-        return False
+    def _list(self, rel: str) -> Iterator[tuple[str, bool]]:
+        """(name, is a folder and no link) of each entry of the folder `rel` ("" for the root), as read: the
+        walk stops at the first unlisted one, whatever else the folder holds."""
+        try:
+            if self.fd is None:
+                listing = os.scandir(self.root / rel)
+            else:
+                at = self._open_folder(rel.split("/") if rel else [], rel)
+                try:
+                    listing = os.scandir(at)  # lists a duplicate of the descriptor: ours is closed at once
+                finally:
+                    if at != self.fd:
+                        os.close(at)
+            with listing:
+                for each in listing:
+                    yield each.name, each.is_dir(follow_symlinks=False)
+        except OSError as exc:  # no permission (by path), a read error, an entry gone while listed
+            raise ArtifactError(f"{self.root / rel}: cannot read the folder '{rel or '.'}' ({exc.strerror}).") \
+                from None
 
 
 @dataclass(frozen=True)
@@ -197,15 +268,13 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     """Every file of the folder verified and bound to ensemble.onnx, or ArtifactError naming what is wrong.
     With `expect_build_id`, only that build; with `public_key`, only a folder that key signed."""
     root = Path(folder)
+    limit = json_limit()
     with _Folder(root) as opened:
-        raw = opened.read(MANIFEST_FILE)
-        signature = opened.read(SIGNATURE_FILE) if opened.lexists(SIGNATURE_FILE) else None
+        raw = opened.read(MANIFEST_FILE, limit)
+        signature = opened.read(SIGNATURE_FILE, limit) if opened.lexists(SIGNATURE_FILE) else None
         # Files are read as the checks reach them: an edited manifest is refused before the weights are hashed.
         verified = _verify(raw, opened.read, signature, root, expect_build_id, public_key)
-        listed = set(verified.typed.files) | {MANIFEST_FILE, SIGNATURE_FILE}
-        for rel in opened.entries():
-            if rel not in listed:
-                raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+        opened.refuse_unlisted(set(verified.typed.files) | {MANIFEST_FILE, SIGNATURE_FILE})
     return verified
 
 
@@ -249,8 +318,8 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
             expect_build_id: str | None, public_key: str | os.PathLike[str] | bytes | None) -> Verified:
     manifest_path = root / MANIFEST_FILE
     try:
-        manifest = loads_unique(raw)
-        canonical(manifest)  # NaN and Infinity parse, but no digest can be taken of them
+        manifest = loads_strict(raw)
+        canonical(manifest)  # 1e400 parses to infinity, of which no digest can be taken
     except RepeatedKeyError as exc:
         raise ArtifactError(f"{manifest_path}: key '{exc.key}' is written twice; {REBUILD}.") from None
     except ValueError as exc:  # malformed, not UTF-8, nested too deeply, NaN or Infinity
@@ -274,6 +343,10 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
         if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST_FILE, SIGNATURE_FILE):
             raise ArtifactError(f"{manifest_path}: file entry {shortened(rel)} points outside the folder or at "
                                 f"the manifest.")
+        # Read and listed as written: "", ".", "a//b" or "./a" would name no file, or one under another name.
+        if "\0" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            raise ArtifactError(f"{manifest_path}: file entry {shortened(rel)} is not a path inside the folder "
+                                f"(names joined by '/', none empty, '.' or '..', no NUL); {REBUILD}.")
     if public_key is not None:
         from .signing import SignatureError, verify  # cryptography: only for a service that checks signatures
 

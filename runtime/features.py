@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, BinaryIO
@@ -62,6 +63,23 @@ def loads_unique(text: str | bytes) -> Any:
         if type(exc) is ValueError and "digits" in str(exc):
             raise LongIntegerError("an integer of more than 4,300 digits, too long to read as a number") from None
         raise
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def loads_strict(data: bytes) -> Any:
+    """JSON as files this package writes hold it: UTF-8 bytes (json.loads alone would guess UTF-16 or UTF-32
+    from the first bytes), no repeated key (RepeatedKeyError), no NaN or Infinity; any failure a ValueError."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def _check_cell(value: Any, row: int, feature: str) -> float:
@@ -203,6 +221,10 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
 # Commands that read their rows whole (predict, compare, drift, evaluate) stop one byte past this many
 # (ENSEMBLE_ONNX_MAX_INPUT_BYTES raises it): `--input /dev/zero` ends with a message, not with the memory.
 MAX_INPUT_BYTES = 64 << 20
+# The JSON files a build is described by (models' _meta.json, ensemble.json, a scaler's JSON for convert;
+# manifest.json and manifest.sig for the load) are read up to this (ENSEMBLE_ONNX_MAX_JSON_BYTES raises it):
+# they are a few kilobytes, and a sparse file of gigabytes must end with a message, not with the memory.
+MAX_JSON_BYTES = 1 << 20
 _CHUNK = 1 << 20
 
 
@@ -232,10 +254,8 @@ def _shown(raw: str) -> str:
                   lambda m: m.group(0) if m.group(2) is None else "\\x" + m.group(2), shortened(raw))
 
 
-def read_at_most(stream: IO[bytes], limit: int) -> bytes:
-    """At most `limit` + 1 bytes of the stream (one more than `limit` says it is too large), read in chunks:
-    `read(limit + 1)` would reserve the whole limit up front (MemoryError for 100 GB, OverflowError for a
-    limit past the index size), and a limit variable may hold any number of digits."""
+def read_capped(stream: IO[bytes], limit: int) -> bytes | None:
+    """The stream's bytes, read in chunks (a huge limit reserves nothing), or None past `limit` bytes."""
     parts, size = [], 0
     while size <= limit:
         chunk = stream.read(min(_CHUNK, limit + 1 - size))
@@ -243,17 +263,27 @@ def read_at_most(stream: IO[bytes], limit: int) -> bytes:
             break
         parts.append(chunk)
         size += len(chunk)
-    return b"".join(parts)
+    return None if size > limit else b"".join(parts)
 
 
 def read_limited(stream: BinaryIO, where: str) -> bytes:
     """The stream's bytes, read in chunks (a huge limit reserves nothing), or InputError past the limit."""
     limit = env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", MAX_INPUT_BYTES)
-    data = read_at_most(stream, limit)
-    if len(data) > limit:
+    data = read_capped(stream, limit)
+    if data is None:
         raise InputError(f"{where}: more than {limit:,} bytes of rows; this command reads its input whole: score "
                          f"large inputs with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_INPUT_BYTES.")
     return data
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, from its st_mode (lstat's: a link is a link)."""
+    for test, name in ((stat.S_ISLNK, "a link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "another kind of file"  # a Solaris door, a BSD whiteout
 
 
 def decode_input(data: bytes, where: str) -> str:

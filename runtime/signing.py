@@ -22,6 +22,7 @@ from typing import Any
 
 from .contract import SIGNATURE_FILE, build_id, canonical
 from .errors import EnsembleOnnxError, shortened
+from .features import RepeatedKeyError, loads_strict
 
 ALGORITHM = "ed25519"
 INSTALL_HINT = "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
@@ -49,11 +50,18 @@ MAX_KEY_BYTES = 64 << 10  # a PEM key is a few hundred bytes; anything far large
 def _pem(key: KeySource) -> tuple[bytes, str]:
     if isinstance(key, bytes):
         return key, "the given key"
-    where = os.fspath(key)
+    where = os.fspath(key) if isinstance(key, (str, os.PathLike)) else None
+    if not isinstance(where, str):  # an int would be taken for a descriptor, a bytearray refused by os.open
+        raise SignatureError(f"the public key is {_a(type(key).__name__)}, not a PEM file's path or PEM bytes.")
+    if "-----BEGIN" in where:  # never echoed whole: a PEM is several lines
+        raise SignatureError(f"the key given is PEM text in a str ({shortened(where)}), not a path; pass it as "
+                             f"bytes (str.encode()) or name its file.")
+    if "\0" in where:
+        raise SignatureError(f"the key's path {shortened(where)} holds a NUL character; name the PEM file.")
     try:
         # O_NONBLOCK and fstat on the descriptor: a FIFO (or device) named as the key would block the read
         # forever, and a huge file would be read whole. (os.open's descriptors are close-on-exec already.)
-        fd = os.open(key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(where, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if os.path.islink(where) and exc.errno in (errno.ELOOP, errno.ENOENT):
             raise SignatureError(f"{where}: the key is a symbolic link that cannot be resolved ("
@@ -134,12 +142,19 @@ def _record(signature_file: bytes) -> dict[str, Any]:
     """manifest.sig parsed, with every field `sign` writes present and a string, or SignatureError naming the
     file and the field in words (never a bare KeyError's "'signature'")."""
     try:
-        record = json.loads(signature_file)
-    except (ValueError, RecursionError) as exc:  # malformed, not UTF-8 (JSONDecodeError, UnicodeDecodeError)
+        record = loads_strict(signature_file)  # as manifest.json is read: UTF-8, each key once, no NaN
+    except RepeatedKeyError as exc:
+        raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field {shortened(exc.key)} is written "
+                             f"twice).") from None
+    except ValueError as exc:  # malformed, not UTF-8, nested too deeply, NaN or Infinity
         raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (not JSON: {str(exc)[:200]}).") from None
     if not isinstance(record, dict):
         raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (a JSON {_json_type(record)}, not an "
                              f"object).")
+    for field in record:  # nothing rides along unsigned-for that a reader might take as said by the signer
+        if field not in RECORD_FIELDS:
+            raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field {shortened(field)} is not one "
+                                 f"`sign` writes).")
     for field in RECORD_FIELDS:
         if field not in record:
             raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field '{field}' is missing).")
@@ -156,6 +171,10 @@ def _signature_bytes(text: str) -> bytes:
     except ValueError:  # binascii.Error, or a character outside ASCII
         raise SignatureError(f"{SIGNATURE_FILE}: not a signature record (field 'signature' is not base64: "
                              f"{text[:40]!r}).") from None
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _json_type(value: object) -> str:

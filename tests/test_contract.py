@@ -800,13 +800,16 @@ def test_a_signature_with_characters_outside_base64_is_refused_not_cleaned(keys)
 
 
 @pytest.mark.parametrize(("record", "says"), [
-    (b"not json", "manifest.sig: not a signature record (Expecting value: line 1 column 1 (char 0))."),
-    (b"{}", "manifest.sig: not a signature record ('signature')."),
-    (b'{"signature": ""}', "manifest.sig: not a signature record ('algorithm')."),
-    (b"[]", "manifest.sig: not a signature record (list indices must be integers or slices, not str)."),
-    (b'{"signature": 5, "algorithm": "ed25519"}', "manifest.sig: not a signature record (argument should be a "
-                                                   "bytes-like object or ASCII string, not 'int')."),
-    (b'{"signature": "", "algorithm": "rsa"}', "manifest.sig: algorithm 'rsa'; this runtime checks ed25519."),
+    (b"not json", "manifest.sig: not a signature record (not JSON: Expecting value: line 1 column 1 (char 0))."),
+    (b"{}", "manifest.sig: not a signature record (field 'algorithm' is missing)."),
+    (b'{"signature": ""}', "manifest.sig: not a signature record (field 'algorithm' is missing)."),
+    (b"[]", "manifest.sig: not a signature record (a JSON array, not an object)."),
+    (b'{"signature": 5, "algorithm": "ed25519"}', "manifest.sig: not a signature record (field 'signature' is a "
+                                                   "JSON number, not a string)."),
+    (b'{"signature": "", "algorithm": "rsa", "key_sha256": "", "build_id": ""}',
+     "manifest.sig: algorithm 'rsa'; this runtime checks ed25519."),
+    (b'{"signature": "", "algorithm": "rsa", "algorithm": "ed25519"}',
+     "manifest.sig: not a signature record (field 'algorithm' is written twice)."),
 ])
 def test_a_signature_file_that_is_no_record_is_refused(keys, record, says):
     assert _refusal(MANIFEST, record, keys["public"]) == says

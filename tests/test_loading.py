@@ -313,15 +313,32 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
-def test_a_manifest_holding_nan_or_infinity_is_refused_as_not_json(artifacts_copy, constant):
+@pytest.mark.parametrize(("constant", "says"), [
+    ("NaN", "NaN is not a JSON number"), ("Infinity", "Infinity is not a JSON number"),
+    ("-Infinity", "-Infinity is not a JSON number"), ("1e400", "Out of range float values are not JSON compliant"),
+])
+def test_a_manifest_holding_nan_or_infinity_is_refused_as_not_json(artifacts_copy, constant, says):
     # Found: Python's json reads NaN and Infinity, but no digest can be taken of them: runtime.load raised a bare
-    # ValueError from the build id instead of ArtifactError.
+    # ValueError from the build id instead of ArtifactError. (1e400 parses to infinity: the digest refuses it.)
     path = artifacts_copy / "manifest.json"
     path.write_text(path.read_text().replace('"parity": {', f'"parity": {{"extra": {constant}, ', 1))
     with pytest.raises(runtime.ArtifactError) as err:
         runtime.load(artifacts_copy)
-    assert str(err.value) == f"{path}: not valid JSON (Out of range float values are not JSON compliant); {REBUILD}."
+    assert str(err.value) == f"{path}: not valid JSON ({says}); {REBUILD}."
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (lambda text: text.encode("utf-16"), "not UTF-8 (byte 0xff at offset 0)"),
+    (lambda text: text.encode("utf-32"), "not UTF-8 (byte 0xff at offset 0)"),
+    (lambda text: text.encode("utf-8-sig"), "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"),
+])
+def test_a_manifest_in_another_encoding_than_utf8_is_refused(artifacts_copy, data, says):
+    # Found: json.loads guesses UTF-16 or UTF-32 from a byte-order mark: such a manifest parsed, and loaded.
+    path = artifacts_copy / "manifest.json"
+    path.write_bytes(data(path.read_text()))
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(artifacts_copy)
+    assert str(err.value) == f"{path}: not valid JSON ({says}); {REBUILD}."
 
 
 @pytest.mark.parametrize("entry", ["manifest.json", "manifest.sig"])
@@ -491,6 +508,12 @@ def _sig_with(record: dict[str, Any], field: str, value: object) -> bytes:
                                                   "signature"),
     (lambda r: json.dumps([r]).encode(), "a JSON array, not an object"),
     (lambda r: b"\xff{", "not JSON: "),
+    # Found: json.loads kept the last of two keys, read NaN, took unknown fields, and decoded UTF-16 by a BOM.
+    (lambda r: b'{"algorithm": "rsa", ' + json.dumps(r).encode()[1:], "field 'algorithm' is written twice"),
+    (lambda r: json.dumps(r).encode().replace(b'"build_id": ', b'"build_id": NaN, "x": ', 1),
+     "not JSON: NaN is not a JSON number"),
+    (lambda r: _sig_with(r, "comment", "signed by CI"), "field 'comment' is not one `sign` writes"),
+    (lambda r: json.dumps(r).encode("utf-16"), "not JSON: not UTF-8 (byte 0xff at offset 0)"),
 ])
 def test_a_signature_record_missing_a_field_or_of_the_wrong_type_is_refused_naming_it(signed, tmp_path, edit, says):
     copy = Path(shutil.copytree(signed[0], tmp_path / "copy"))
@@ -513,13 +536,29 @@ def test_a_long_signature_algorithm_is_cut_short(signed, tmp_path):
                               "runtime checks ed25519.")
 
 
+@pytest.mark.parametrize(("key", "says"), [
+    (lambda pem: 5, "the public key is an int, not a PEM file's path or PEM bytes."),
+    (lambda pem: bytearray(pem), "the public key is a bytearray, not a PEM file's path or PEM bytes."),
+    (lambda pem: "key\0.pem", "the key's path 'key\\x00.pem' holds a NUL character; name the PEM file."),
+    (lambda pem: pem.decode(), "the key given is PEM text in a str ('-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2V... "
+                               "(113 characters)), not a path; pass it as bytes (str.encode()) or name its file."),
+])
+def test_a_public_key_of_the_wrong_type_or_no_path_is_refused_naming_it_in_one_line(signed, key, says):
+    # Found: a NUL raised a bare ValueError, an int or a bytearray a bare TypeError, and a PEM passed as a str
+    # was taken for a path, the whole PEM printed as the file that could not be read.
+    folder, public = signed
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder, public_key=key(public))
+    assert str(err.value) == f"{folder}: {says}"
+
+
 def test_a_linked_signature_is_refused_by_name(signed, tmp_path):
     copy = Path(shutil.copytree(signed[0], tmp_path / "copy"))
     (copy / "manifest.sig").rename(tmp_path / "sig")
     (copy / "manifest.sig").symlink_to(tmp_path / "sig")
     with pytest.raises(runtime.ArtifactError) as err:
         runtime.load(copy)
-    assert str(err.value) == (f"{copy / 'manifest.sig'}: 'manifest.sig' is not a regular file (a link or a folder); "
+    assert str(err.value) == (f"{copy / 'manifest.sig'}: 'manifest.sig' is not a regular file (a link); "
                               f"{REBUILD}.")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -153,7 +154,7 @@ def test_without_dir_fd_files_are_read_by_path_with_the_same_refusals(folder, mo
     with pytest.raises(runtime.ArtifactError) as err:
         runtime.load(folder)
     assert str(err.value) == (f"{folder / 'members' / 'nhits.onnx'}: 'members/nhits.onnx' is not a regular file (a "
-                              f"link or a folder); {REBUILD}.")
+                              f"link); {REBUILD}.")
 
 
 @pytest.mark.parametrize(("text", "match"), [
@@ -459,3 +460,192 @@ def test_a_precision_edited_after_the_build_is_refused_by_field(folder):
 
 def test_json_lines_may_start_with_spaces():
     assert read_records('  {"a": 1}\n') == [(1, {"a": 1})]
+
+
+# --- what stands at a listed path, and what else the folder holds ---------------------------------------------
+
+@pytest.mark.parametrize("rel", ["README.md", "manifest.json", "manifest.sig", "members/nhits.onnx"])
+def test_a_folder_in_place_of_a_listed_file_is_refused_by_name(folder, rel):
+    # Found: os.fdopen raised IsADirectoryError before the fstat check ran ("internal error" from every command).
+    (folder / rel).unlink(missing_ok=True)
+    (folder / rel).mkdir()
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == f"{folder / rel}: '{rel}' is not a regular file (a folder); {REBUILD}."
+
+
+@pytest.mark.parametrize("entry", ["", ".", "a\0b", "members/", "members//nhits.onnx", "./README.md"])
+def test_a_file_entry_that_is_no_plain_path_inside_the_folder_is_refused(folder, entry):
+    # Found: "" and "." crashed unpacking the path's parts, a NUL in os.open: ValueError, not ArtifactError.
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][entry] = hashlib.sha256(b"").hexdigest()
+    path.write_text(json.dumps(manifest))  # `files` is bound by hashes, not into the graph: no re-binding needed
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == (f"{path}: file entry {entry!r} is not a path inside the folder (names joined by '/', "
+                              f"none empty, '.' or '..', no NUL); {REBUILD}.")
+
+
+def test_a_listed_fifo_is_refused_by_its_kind_without_being_opened(folder):
+    import threading
+
+    (folder / "README.md").unlink()
+    os.mkfifo(folder / "README.md")
+    opened = threading.Event()
+
+    def writer() -> None:  # open(2) of a FIFO for writing returns only once a reader has opened it
+        with open(folder / "README.md", "wb"):
+            opened.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(runtime.ArtifactError) as err:
+            runtime.load(folder)
+        assert str(err.value) == f"{folder / 'README.md'}: 'README.md' is not a regular file (a FIFO); {REBUILD}."
+        assert not opened.wait(0.2), "the load opened the FIFO before refusing it"
+    finally:
+        os.close(os.open(folder / "README.md", os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+        thread.join(5)
+
+
+def test_a_listed_socket_or_device_is_refused_by_its_kind(folder, monkeypatch):
+    import socket
+    import stat
+
+    (folder / "README.md").unlink()
+    monkeypatch.chdir(folder)  # a socket's path is limited to ~100 bytes: bind it by its relative name
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("README.md")
+        with pytest.raises(runtime.ArtifactError) as err:
+            runtime.load(folder)
+    assert str(err.value) == f"{folder / 'README.md'}: 'README.md' is not a regular file (a socket); {REBUILD}."
+    (folder / "README.md").unlink()
+    try:
+        os.mknod(folder / "README.md", stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD (root)")
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == (f"{folder / 'README.md'}: 'README.md' is not a regular file (a character device); "
+                              f"{REBUILD}.")
+
+
+def test_folders_nested_past_the_depth_limit_are_refused_naming_the_first_too_deep(folder):
+    # Found: os.fwalk recursed once per level: 1,200 nested empty folders raised RecursionError.
+    from runtime.artifacts import MAX_FOLDER_DEPTH
+
+    at = os.open(folder, os.O_RDONLY)
+    for _ in range(1200):  # by descriptor: the path grows past PATH_MAX
+        os.mkdir("d", dir_fd=at)
+        inner = os.open("d", os.O_RDONLY, dir_fd=at)
+        os.close(at)
+        at = inner
+    os.close(at)
+    try:
+        with pytest.raises(runtime.ArtifactError) as err:
+            runtime.load(folder)
+    finally:  # undone from the top, one level at a time (shutil.rmtree would recurse as deep)
+        while (folder / "d" / "d").exists():
+            os.rename(folder / "d" / "d", folder / "x")
+            os.rmdir(folder / "d")
+            os.rename(folder / "x", folder / "d")
+        os.rmdir(folder / "d")
+    too_deep = folder / "/".join(["d"] * (MAX_FOLDER_DEPTH + 1))
+    assert str(err.value) == (f"{too_deep}: a folder nested more than {MAX_FOLDER_DEPTH} deep in the artifacts "
+                              f"folder (builds nest one: members/); remove it or {REBUILD}.")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc/self/fd (Linux)")
+def test_the_walk_holds_a_bounded_number_of_descriptors(folder):
+    # Found: os.fwalk held a descriptor per level: under a low `ulimit -n`, a deep file was OSError EMFILE.
+    import resource
+
+    from runtime.artifacts import MAX_FOLDER_DEPTH, read_folder
+
+    deep = folder / "/".join(["d"] * MAX_FOLDER_DEPTH)
+    deep.mkdir(parents=True)
+    (deep / "junk").write_text("x")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    try:
+        with pytest.raises(runtime.ArtifactError) as err:
+            read_folder(folder)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert str(err.value) == f"{deep / 'junk'}: not listed in manifest.json; remove it or {REBUILD}."
+
+
+@pytest.mark.parametrize("rel", ["manifest.json", "manifest.sig"])
+def test_a_manifest_or_signature_past_the_json_limit_is_refused_unread(folder, monkeypatch, rel):
+    # Found: both were read whole: a sparse 1 GB manifest.sig cost 1.15 GB, a 3 GB one a MemoryError traceback.
+    from runtime.features import MAX_JSON_BYTES
+
+    manifest = (folder / "manifest.json").read_bytes()
+    (folder / rel).touch()
+    os.truncate(folder / rel, MAX_JSON_BYTES + 1)  # sparse: refused by its size, before any byte is read
+    with pytest.raises(runtime.ArtifactError) as err:
+        runtime.load(folder)
+    assert str(err.value) == (f"{folder / rel}: {MAX_JSON_BYTES + 1:,} bytes, over the {MAX_JSON_BYTES:,}-byte "
+                              f"limit for JSON (ENSEMBLE_ONNX_MAX_JSON_BYTES); {REBUILD}.")
+    size = len(manifest) + 1  # over a limit the real manifest.json is under
+    os.truncate(folder / rel, size)
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", str(size - 1))
+    with pytest.raises(runtime.ArtifactError, match=re.escape(f"{folder / rel}: {size:,} bytes, over the "
+                                                              f"{size - 1:,}-byte")):
+        runtime.load(folder)
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", "1e6")
+    with pytest.raises(runtime.ArtifactError, match=re.escape("ENSEMBLE_ONNX_MAX_JSON_BYTES='1e6' is not a whole")):
+        runtime.load(folder)
+
+
+def test_the_json_limit_is_the_one_convert_reads_json_under():
+    loaders = pytest.importorskip("convert.loaders")  # the build's modules: absent from the slim venv
+    from runtime.features import MAX_JSON_BYTES
+
+    assert loaders.FILE_LIMITS["json"] is MAX_JSON_BYTES  # the one object: one default, raised by one variable
+
+
+def _unprivileged(code: str) -> str:
+    """`code` run by a Python that file permissions bind (root without CAP_DAC_OVERRIDE/READ_SEARCH, as a
+    service account is), with the worktree importable; its stdout."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: a mode-000 folder stays readable to this test")
+        caps = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(runtime.__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+_REFUSAL = ("import sys, runtime\n"
+            "from runtime.artifacts import read_folder\n"
+            "try:\n"
+            "    read_folder(sys.argv[1])\n"
+            "except runtime.ArtifactError as exc:\n"
+            "    print(exc)\n"
+            "else:\n"
+            "    print('LOADED')\n")
+
+
+@pytest.mark.parametrize("where", ["junk", "members"])
+def test_a_folder_that_cannot_be_read_is_refused_naming_it(folder, where):
+    # Found: os.fwalk skipped an unreadable folder silently (a file in it was never seen as unlisted), and an
+    # unreadable members/ was reported as "members/lightgbm.onnx: cannot read it".
+    if where == "junk":
+        (folder / "junk").mkdir()
+        (folder / "junk" / "evil").write_text("x")
+    (folder / where).chmod(0)
+    try:
+        said = _unprivileged(_REFUSAL.replace("sys.argv[1]", repr(str(folder))))
+    finally:
+        (folder / where).chmod(0o755)
+    assert said == f"{folder / where}: cannot read the folder '{where}' (Permission denied).\n"
