@@ -362,19 +362,25 @@ def attributes(model: bytes, node: Node) -> dict[str, object]:
                 value = _signed(v)
             elif number == _ATTR_F and wire == 5 and isinstance(v, int):
                 value = float(np.frombuffer(v.to_bytes(4, "little"), "<f4")[0])
-            elif number == _ATTR_INTS and wire == 0 and isinstance(v, int):
-                ints.append(_signed(v))
-            elif number == _ATTR_INTS and isinstance(v, tuple):  # packed
-                pos = v[0]
-                while pos < v[1]:
-                    item, pos = _varint(model, pos)
-                    ints.append(_signed(item))
+            elif number == _ATTR_INTS and (wire == 0 or isinstance(v, tuple)):  # a varint, or packed ones
+                ints += _repeated_ints(model, v)
             elif number != 20:  # AttributeProto.type: says which of the fields above holds the value
                 other = True
         if ints:
             other = other or value is not None
             value = tuple(ints)
         out[name] = OTHER if other or value is None or name in out else value
+    return out
+
+
+def _repeated_ints(model: bytes, v: int | tuple[int, int]) -> list[int]:
+    """One element of a repeated int64 field: a single varint, or a packed span of them."""
+    if isinstance(v, int):
+        return [_signed(v)]
+    out, pos = [], v[0]
+    while pos < v[1]:
+        item, pos = _varint(model, pos)
+        out.append(_signed(item))
     return out
 
 
@@ -392,13 +398,8 @@ def tensor(model: bytes, span: tuple[int, int]) -> Tensor:
     for number, wire, v in _plain(model, span):
         if number == _TENSOR_DATA_TYPE and isinstance(v, int):
             data_type = v
-        elif number == _TENSOR_DIMS and wire == 0 and isinstance(v, int):
-            dims.append(_signed(v))
-        elif number == _TENSOR_DIMS and isinstance(v, tuple):  # packed
-            pos = v[0]
-            while pos < v[1]:
-                item, pos = _varint(model, pos)
-                dims.append(_signed(item))
+        elif number == _TENSOR_DIMS and (wire == 0 or isinstance(v, tuple)):  # a varint, or packed ones
+            dims += _repeated_ints(model, v)
         elif number == _TENSOR_RAW_DATA and isinstance(v, tuple):
             raw = v
         elif number != _TENSOR_NAME:  # float_data, int64_data, external data, segments, ...
