@@ -81,7 +81,7 @@ def _temperature(member_output: str, t: float, prefix: str) -> tuple[list, list,
 
     if t == 1.0:
         return [], [], member_output
-    # The names and attributes runtime.artifacts.check_combiner reads the temperature back by, at load.
+    # The names and attributes runtime.combiner.check_combiner reads the temperature back by, at load.
     log_p, cooled, calibrated = scoped(prefix, LOG_P), scoped(prefix, COOLED), scoped(prefix, CALIBRATED)
     init = numpy_helper.from_array(np.array(t, dtype=np.float32), scoped(prefix, TEMPERATURE))
     return [helper.make_node("Log", [member_output], [log_p], name=f"{prefix}/Log"),

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import ArtifactError, Verified, check_combiner, read_folder
+from .artifacts import ArtifactError, Verified, read_folder
+from .combiner import check_combiner
 from .contract import (
     CONFIDENCE,
     ENSEMBLE_OUTPUTS,
