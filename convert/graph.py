@@ -32,11 +32,17 @@ from runtime.contract import (
     MEMBER_PROBABILITIES,
     MEMBER_SHAPE,
     PROBABILITIES,
+    SCALED,
+    SCALER_DIV,
+    SCALER_MEAN,
+    SCALER_SCALE,
+    SCALER_SUB,
     STACKER,
     TEMPERATURE,
     WEIGHTS,
     decision_nodes,
     policy_values,
+    scaler_prefixes,
     scoped,
 )
 
@@ -55,13 +61,15 @@ def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, str]:
 
     nodes, inits, current = [], [], ENSEMBLE_INPUT
     if scaler is not None:
-        for op, values, name in (("Sub", scaler.mean, "mean"), ("Div", scaler.scale, "scale")):
+        # The names and ops runtime.combiner reads the scaler back by, at load.
+        for op, values, name, result in (("Sub", scaler.mean, SCALER_MEAN, SCALER_SUB),
+                                         ("Div", scaler.scale, SCALER_SCALE, SCALER_DIV)):
             if values is not None:
-                inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.float64), f"{prefix}/{name}"))
-                nodes.append(helper.make_node(op, [current, f"{prefix}/{name}"], [f"{prefix}/{op.lower()}"],
+                inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.float64), scoped(prefix, name)))
+                nodes.append(helper.make_node(op, [current, scoped(prefix, name)], [scoped(prefix, result)],
                                               name=f"{prefix}/{op}"))
-                current = f"{prefix}/{op.lower()}"
-    out = f"{prefix}/float32"
+                current = scoped(prefix, result)
+    out = scoped(prefix, SCALED)
     nodes.append(helper.make_node("Cast", [current], [out], to=onnx.TensorProto.FLOAT, name=f"{prefix}/Cast"))
     return nodes, inits, out
 
@@ -138,10 +146,9 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
     nodes: list = []
     inits: list = []
     scaled: dict[Path | None, str] = {}
-    for member in members:
+    for member, prefix in zip(members, scaler_prefixes([m.source.scaler for m in members]), strict=True):
         key = member.source.scaler
         if key not in scaled:
-            prefix = f"scaler{len(scaled)}" if key is not None else "raw"
             n, i, scaled[key] = _scaling(scalers[key] if key is not None else None, prefix)
             nodes += n
             inits += i

@@ -32,7 +32,7 @@ from .contract import (
     PROBABILITIES,
 )
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
-from .errors import EnsembleOnnxError
+from .errors import EnsembleOnnxError, shortened
 from .features import InputError, as_matrix, rows_to_matrix
 
 # Rows per onnxruntime call: the graph's intermediates take about 11 KB a row (PatchTST's 2048-wide layer;
@@ -73,8 +73,15 @@ class Ensemble:
         if self._session.get_modelmeta().custom_metadata_map.get(META_DIGEST) != verified.manifest_digest:
             raise ArtifactError(f"{graph_path}: onnxruntime reads another build contract than the file holds.")
         inputs = self._session.get_inputs()
+        outputs = [o.name for o in self._session.get_outputs()]
+        # _run reads the outputs by position: a name listed twice would shift every one after it.
+        for kind, names, want in (("input", [i.name for i in inputs], [typed.ensemble.input]),
+                                  ("output", outputs, list(ENSEMBLE_OUTPUTS))):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ArtifactError(f"{graph_path}: lists the {kind}(s) {shortened(twice, quoted=False)} more than "
+                                    f"once; its {kind}s must be {want} as {MANIFEST_FILE} says.")
         shapes = {o.name: o.shape[1:] for o in self._session.get_outputs()}
-        outputs = list(shapes)
         # The widths too: a graph of 3 classes under a manifest of 4 would otherwise be served 3 columns.
         if ([i.name for i in inputs] != [typed.ensemble.input] or inputs[0].shape[1] != len(self.feature_names)
                 or outputs != typed.ensemble.outputs or outputs != list(ENSEMBLE_OUTPUTS)

@@ -20,6 +20,7 @@ from .contract import (
     AXIS1,
     CALIBRATED,
     COOLED,
+    ENSEMBLE_INPUT,
     LABEL,
     LOG_P,
     MEMBER_FLAT,
@@ -29,6 +30,12 @@ from .contract import (
     MEMBER_SHAPE,
     POLICY_FALLBACK,
     PROBABILITIES,
+    RAW,
+    SCALED,
+    SCALER_DIV,
+    SCALER_MEAN,
+    SCALER_SCALE,
+    SCALER_SUB,
     STACKER,
     TEMPERATURE,
     WEIGHTS,
@@ -36,6 +43,7 @@ from .contract import (
     decision_nodes,
     float32,
     policy_values,
+    scaler_prefixes,
     scoped,
 )
 from .errors import shortened
@@ -116,14 +124,21 @@ def _node_text(domain: str, op: str, inputs: tuple[str, ...], attributes: Mappin
             + "".join(f" {k}={list(v) if isinstance(v, tuple) else v}" for k, v in attributes.items()))
 
 
-def _fed(scaled: bool) -> Callable[[str], bool]:
-    """What convert/graph.py feeds a member: one scaler's output (`scalerK/float32`), or for a member whose
-    manifest `scaler` is null the raw features (`raw/float32`), in float32."""
-    def accepts(name: str) -> bool:
-        prefix, _, rest = name.partition("/")
-        return rest == "float32" and (prefix.startswith("scaler") and prefix[6:].isdigit() if scaled
-                                      else prefix == "raw")
-    return accepts
+def _check_scaling(c: _Combiner, prefix: str) -> None:
+    """`PREFIX/float32` must be computed from the features alone, as convert/graph.py `_scaling` writes it:
+    Cast(to float32) of features, or of Div(Sub(features, PREFIX/mean), PREFIX/scale) in float64 (Sub or Div
+    left out for a scaler without a mean or a scale), the constants stored tensors. Another member's output, or
+    anything else, cannot feed a member through its scaler. Whether the constants are the scaler file's is not
+    read here: signing covers them."""
+    current = ENSEMBLE_INPUT
+    if prefix != RAW:
+        for op, constant, result in (("Sub", SCALER_MEAN, SCALER_SUB), ("Div", SCALER_SCALE, SCALER_DIV)):
+            if scoped(prefix, result) in c.g.nodes:  # present when the scaler has the mean or the scale
+                c.node(scoped(prefix, result), op, (current, scoped(prefix, constant)), {})
+                if scoped(prefix, constant) not in c.g.initializers:
+                    raise c.error(f"'{scoped(prefix, constant)}' is not a stored tensor, as convert writes it")
+                current = scoped(prefix, result)
+    c.node(scoped(prefix, SCALED), "Cast", (current,), {"to": 1})  # 1: TensorProto.FLOAT
 
 
 def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: Path) -> None:
@@ -141,6 +156,9 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
     if g.functions:
         raise c.error(f"defines {g.functions} function(s) of its own, which convert never writes (a node could "
                       f"call one by an operator's name)")
+    if g.opsets_twice:  # onnxruntime and this reader could each take another of the two versions
+        raise c.error(f"imports the operator set {shortened(g.opsets_twice[0])} more than once (\"\" and "
+                      f"\"ai.onnx\" are one)")
     imports = {domain or "ai.onnx": version for domain, version in g.opsets.items()}
     if imports != m.opsets:  # the manifest's were checked against OPSETS: the graph runs only those
         other = {domain: version for domain, version in imports.items() if m.opsets.get(domain) != version}
@@ -156,7 +174,11 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
         raise c.error(f"{MEMBER_PROBABILITIES} is not the Concat of the {k} members' probabilities that convert "
                       f"writes")
     temperatures = m.decision.temperature if m.decision is not None else {}
-    for i, (name, given) in enumerate(zip(members, flat.inputs, strict=True)):
+    # Each member reads its own scaler's output, numbered as convert numbers them (a member fed another
+    # member's scaler, or a scaler computed from anything but the features, would load with other predictions).
+    scalers = [m.members[name].scaler for name in members]
+    prefixes = scaler_prefixes([None if r is None else (r.file, r.sha256) for r in scalers])
+    for i, (name, given, prefix) in enumerate(zip(members, flat.inputs, prefixes, strict=True)):
         output, calibrated = scoped(name, MEMBER_OUTPUT), scoped(name, CALIBRATED)
         if given not in (output, calibrated):  # ensemble.members in another order: columns under others' names
             raise ArtifactError(f"{graph_path}: {MEMBER_PROBABILITIES}[{i}] is {shortened(given)}, not member "
@@ -168,14 +190,16 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
             c.node(cooled, "Div", (log_p, temperature), {})
             c.node(log_p, "Log", (output,), {})
             in_graph = float(c.tensor(temperature, "float32", ())[()])
-        scaled = m.members[name].scaler is not None
-        source = "a scaler's output ('scalerK/float32')" if scaled else "the raw features in float32 ('raw/float32')"
-        c.owned(name, output, _fed(scaled), f"an Identity of {source}, as field 'members.{name}.scaler' of "
-                                            f"{manifest_path.name} says ({'a scaler' if scaled else 'null'})")
+        feed, field = scoped(prefix, SCALED), f"field 'members.{name}.scaler' of {manifest_path.name}"
+        c.owned(name, output, feed.__eq__,
+                f"an Identity of the raw features in float32 ('{feed}'), as {field} says (null)" if prefix == RAW
+                else f"an Identity of '{feed}' (its scaler's output, as {field} and the member order say)")
         t = temperatures.get(name, 1.0)
         if float32(t) != in_graph:  # the graph holds t in float32
             raise ArtifactError(f"{manifest_path}: field 'decision.temperature.{name}' is {t!r}, but the graph "
                                 f"divides member '{name}''s log-probabilities by {in_graph!r}; {REBUILD}.")
+    for prefix in dict.fromkeys(prefixes):  # after the members: a member fed otherwise is named as that
+        _check_scaling(c, prefix)
     c.node(MEMBER_FLAT, "Concat", flat.inputs, {"axis": 1})
     c.node(MEMBER_PROBABILITIES, "Reshape", (MEMBER_FLAT, MEMBER_SHAPE), {})
     if c.tensor(MEMBER_SHAPE, "int64", (3,)).tolist() != [-1, k, n_classes]:

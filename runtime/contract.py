@@ -66,12 +66,32 @@ POLICY_FALLBACK = "policy/fallback"              # int64 scalar: the fallback's 
 POLICY_FALLBACK_MIN = "policy/fallback_min"      # float32 scalar: the fallback's own minimum
 POLICY_NOT_FALLBACK = "policy/not_fallback"      # float32 [C]: -2 on the fallback's column, 0 elsewhere
 
+# The features each member reads: per distinct scaler file PREFIX/float32 = Cast(to float32)(Div(Sub(features,
+# PREFIX/mean), PREFIX/scale)) in float64 (Sub or Div left out when the scaler has no mean or no scale); for the
+# members whose `scaler` is null RAW/float32 = Cast(features). PREFIX is `scaler_prefixes`'s.
+SCALER, RAW = "scaler", "raw"
+SCALED = "float32"                 # the scaler's output, an Identity of which is the member's `NAME/input`
+SCALER_MEAN, SCALER_SCALE = "mean", "scale"  # float64 [F] initializers
+SCALER_SUB, SCALER_DIV = "sub", "div"        # the Sub's and the Div's outputs
+
 NodeSpec = tuple[str, tuple[str, ...], str, dict[str, Any]]  # op (default domain), inputs, output, attributes
 
 
 def scoped(prefix: str, name: str) -> str:
     """A member's (or the stacker's) tensor in ensemble.onnx: convert embeds each graph under its name."""
     return f"{prefix}/{name}"
+
+
+def scaler_prefixes(scalers: list[Any]) -> list[str]:
+    """Each member's scaler prefix, given each member's scaler (any hashable key; None for raw features) in
+    `ensemble.members` order: "scaler0", "scaler1", ... numbered by first appearance, the raw features taking a
+    number too though named "raw" (convert/graph.py numbers them so; the load requires each member to read its
+    own)."""
+    numbered: dict[Any, str] = {}
+    for key in scalers:
+        if key not in numbered:
+            numbered[key] = f"{SCALER}{len(numbered)}" if key is not None else RAW
+    return [numbered[key] for key in scalers]
 
 
 def decision_nodes(policy: bool) -> list[NodeSpec]:

@@ -269,7 +269,8 @@ class MainGraph:
     nodes: dict[str, Node]                   # by each of its outputs
     initializers: dict[str, tuple[int, int]]  # name -> span of the TensorProto, read by `tensor` when needed
     repeated: list[str]                      # names given twice: initializers, sparse ones, node outputs
-    opsets: dict[str, int]                   # ModelProto.opset_import, domain -> version
+    opsets: dict[str, int]                   # ModelProto.opset_import, domain -> version (the last import)
+    opsets_twice: list[str]                  # domains imported more than once ("" counted as "ai.onnx")
     functions: int                           # how many model-local functions the model defines
 
 
@@ -283,6 +284,7 @@ def main_graph(model: bytes) -> MainGraph:
     seen: set[str] = set()
     repeated: list[str] = []
     opsets: dict[str, int] = {}
+    opsets_twice: list[str] = []
     functions = 0
 
     def name_once(name: str) -> None:
@@ -302,8 +304,11 @@ def main_graph(model: bytes) -> MainGraph:
         elif number == _MODEL_OPSET_IMPORT:
             entry = dict((n, v) for n, _, v in _plain(model, span))
             where, version = entry.get(_OPSET_DOMAIN), entry.get(_OPSET_VERSION, 0)
-            opsets[_text(model, where) if isinstance(where, tuple) else ""] = \
-                _signed(version) if isinstance(version, int) else -1
+            domain = _text(model, where) if isinstance(where, tuple) else ""
+            # onnx names the default domain both ways; a dict would keep only the last of two imports of one
+            if any((known or "ai.onnx") == (domain or "ai.onnx") for known in opsets):
+                opsets_twice.append(domain or "ai.onnx")
+            opsets[domain] = _signed(version) if isinstance(version, int) else -1
             continue
         if number != _MODEL_GRAPH:
             continue
@@ -344,7 +349,7 @@ def main_graph(model: bytes) -> MainGraph:
                     name = next((v for n, _, v in fields(model, *values, want=frozenset((_TENSOR_NAME,)))
                                  if isinstance(v, tuple)), None)
                     name_once(_text(model, name) if name is not None else "")
-    return MainGraph(nodes, initializers, repeated, opsets, functions)
+    return MainGraph(nodes, initializers, repeated, opsets, opsets_twice, functions)
 
 
 def attributes(model: bytes, node: Node) -> dict[str, object]:

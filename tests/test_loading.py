@@ -1105,3 +1105,90 @@ def test_a_member_fed_otherwise_than_its_manifest_scaler_says_is_refused(demo_ar
     assert _load_refusal(folder) == (f"{folder}/ensemble.onnx: 'xgboost/input' is not an Identity of the raw "
                                      f"features in float32 ('raw/float32'), as field 'members.xgboost.scaler' of "
                                      f"manifest.json says (null); {REBUILD}.")
+
+
+def _output_twice(model: Any) -> None:
+    model.graph.output.insert(2, model.graph.output[1])  # [probabilities, label, label, confidence, ...]
+
+
+def test_a_graph_naming_an_output_twice_is_refused_naming_it(demo_artifacts, tmp_path):
+    # Found (attack report 2, N1): [probabilities, label, label, confidence, member_probabilities] loaded (the
+    # comparison deduplicated the names), and predict/score then read outputs by position: IndexError.
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: None, edit_graph=_output_twice)
+    assert _load_refusal(folder) == (f"{folder}/ensemble.onnx: lists the output(s) ['label'] more than once; its "
+                                     f"outputs must be {list(contract.ENSEMBLE_OUTPUTS)} as manifest.json says.")
+
+
+def _second_scaler(model: Any) -> None:
+    # scaler1: a copy of scaler0's nodes and constants under another prefix, feeding xgboost. Same values, so
+    # only the wiring differs; with two scalers of other constants the predictions differ (attack report 2, N2a).
+    import copy
+
+    graph = model.graph
+    for node in [n for n in graph.node if n.output[0].startswith("scaler0/")]:
+        twin = copy.deepcopy(node)
+        twin.input[:] = [i.replace("scaler0/", "scaler1/") for i in twin.input]
+        twin.output[:] = [o.replace("scaler0/", "scaler1/") for o in twin.output]
+        twin.name = twin.name.replace("scaler0/", "scaler1/")
+        graph.node.insert(0, twin)
+    for init in [i for i in graph.initializer if i.name.startswith("scaler0/")]:
+        twin = copy.deepcopy(init)
+        twin.name = init.name.replace("scaler0/", "scaler1/")
+        graph.initializer.append(twin)
+    _node(model, "xgboost/input").input[0] = "scaler1/float32"
+
+
+def _scaled_twice(model: Any) -> None:
+    # scaler0/float32 = Cast(scaler0/div * 100): computed under scaler0/, but not as convert/graph.py scales.
+    from onnx import helper, numpy_helper
+
+    _node(model, "scaler0/float32").input[0] = "scaler0/evil"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(100.0), "scaler0/k"))
+    model.graph.node.insert(0, helper.make_node("Mul", ["scaler0/div", "scaler0/k"], ["scaler0/evil"]))
+
+
+def _scaled_from_outside(model: Any) -> None:
+    # scaler0/sub = Sub(evil/x, scaler0/mean), evil/x = Identity(features): the scaler reads a tensor outside it.
+    from onnx import helper
+
+    _node(model, "scaler0/sub").input[0] = "evil/x"
+    model.graph.node.insert(0, helper.make_node("Identity", ["features"], ["evil/x"]))
+
+
+@pytest.mark.parametrize(("edit_graph", "says"), [
+    (_second_scaler, "'xgboost/input' is not an Identity of 'scaler0/float32' (its scaler's output, as field "
+                     "'members.xgboost.scaler' of manifest.json and the member order say)"),
+    (_scaled_twice, "'scaler0/float32' is computed by Cast(scaler0/evil) to=1, not by Cast(scaler0/div) to=1 as "
+                    "convert writes it"),
+    (_scaled_from_outside, "'scaler0/sub' is computed by Sub(evil/x, scaler0/mean), not by Sub(features, "
+                           "scaler0/mean) as convert writes it"),
+])
+def test_a_member_reads_only_its_own_scaler_computed_as_convert_scales(demo_artifacts, tmp_path, edit_graph, says):
+    # Found (attack report 2, N2): any `scalerK/float32` was accepted as a member's input, whoever's it was and
+    # however it was computed (scaler9/float32 = scaler0/float32 + 100 * ReduceMax(patchtst/probabilities) loaded).
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: None, edit_graph=edit_graph)
+    assert _load_refusal(folder) == f"{folder}/ensemble.onnx: {says}; {REBUILD}."
+
+
+def _default_domain_twice(model: Any) -> None:
+    from onnx import helper
+
+    model.opset_import[0].version = 11
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 17))  # a reader keeping the last saw 17
+
+
+def _ml_domain_twice(model: Any) -> None:
+    from onnx import helper
+
+    model.opset_import[1].version = 1
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+
+
+@pytest.mark.parametrize(("edit_graph", "domain"), [(_default_domain_twice, "ai.onnx"),
+                                                    (_ml_domain_twice, "ai.onnx.ml")])
+def test_an_operator_set_imported_twice_is_refused_naming_it(demo_artifacts, tmp_path, edit_graph, domain):
+    # Found (attack report 2, N6): ("", 11) then ("ai.onnx", 17) passed "the imports equal the manifest's opsets",
+    # the reader's dict keeping the last of the two.
+    folder = rebound(demo_artifacts, tmp_path / "edited", lambda m: None, edit_graph=edit_graph)
+    assert _load_refusal(folder) == (f"{folder}/ensemble.onnx: imports the operator set '{domain}' more than once "
+                                     f"(\"\" and \"ai.onnx\" are one); {REBUILD}.")
