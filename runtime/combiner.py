@@ -147,8 +147,11 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
     reported by describe(). The graph from the members' outputs on is compared node by node, operator set,
     inputs and attributes, with the nodes convert/graph.py writes (`runtime.contract` names them), and its
     constants with the manifest's values in float32; each member's output must be computed inside its own
-    `NAME/` graph. A graph naming a tensor twice, defining functions of its own or importing operator sets
-    other than the manifest's `opsets` is refused: there what the graph computes is not what its names say.
+    `NAME/` graph, from its own scaler's output (`scaler_prefixes`) computed from the features as convert
+    scales them (`_check_scaling`). Without a minimum confidence the graph holds no fallback, and
+    `decision.fallback` (any class ensemble.json names) changes no label: it is not compared. A graph
+    naming a tensor twice, defining functions of its own or importing operator sets other than the
+    manifest's `opsets` (or one twice) is refused: there what the graph computes is not what its names say.
     Read with protowire (no onnx): a few milliseconds for the demo's 9 MB graph. A stacker's coefficients
     have no manifest field to compare: for "stacking" the member weights are not used, and not checked."""
     c = _Combiner(graph, graph_path)
