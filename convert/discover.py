@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract import STACKER
+
 from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
 from .loaders import check_regular, load_json
@@ -200,6 +202,14 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
         combine = {"method": "stacking",
                    "file": _existing(models_dir, combine.get("file"), f"{spec_file}: combine.file")}
         notes.append("stacking: member weights are not used; the stacker combines the member probabilities")
+        # ensemble.onnx names each member's tensors under "NAME/" and the stacker's under "stacker/": a member of
+        # that name would define its tensors twice. The other prefixes convert adds ("raw/", "scalerK/",
+        # "policy/") name tensors (float32, mean, min_confidence, ...) that the exporters' member graphs do not;
+        # were one ever to, build_ensemble_graph refuses the repeated tensor by name.
+        if STACKER in spec["members"]:
+            raise PlanError(f"{spec_file}: members.{STACKER}: the member name '{STACKER}' is the prefix the "
+                            f"stacking combine's graph is embedded under in ensemble.onnx; rename the member "
+                            f"(the key in 'members', and in 'decision' if it names it).")
     elif combine != {"method": "weighted"}:
         raise MetadataError(f"{spec_file}: combine must be {{\"method\": \"weighted\"}} or "
                             f"{{\"method\": \"stacking\", \"file\": ...}}, got {combine}.")
