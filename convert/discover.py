@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,7 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
 
 def check_unique_names(names: list[str], where: str) -> None:
     """A feature named twice would feed one input column into two (the other feature never read)."""
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)  # linear: 100,000 names fit 1 MiB
     if repeated:
         raise MetadataError(f"{where} names {repeated} more than once; every feature must appear exactly once.")
 
