@@ -301,7 +301,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     files[ENSEMBLE_FILE] = bind(ensemble, typed)
     manifest = replace(typed, files={rel: mf.sha256(data) for rel, data in sorted(files.items())}).to_json()
     contract.parse_manifest(manifest)  # the builder holds itself to the loader's contract
-    files["manifest.json"] = mf.dumps(manifest)
+    files["manifest.json"] = mf.manifest_bytes(manifest)  # refused here when over the runtime's JSON limit
     if signer is not None:
         files[SIGNATURE_FILE] = signer(manifest)
     progress(f"writing {out}")

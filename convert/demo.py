@@ -255,11 +255,63 @@ def write_demo_features(path: str | Path, spec: DemoSpec = DemoSpec(), n_rows: i
     return path
 
 
-if __name__ == "__main__":
-    # `python -m convert.demo models/`: what `make convert` runs when there is no models folder.
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "models")
+# Every name `python -m convert.demo` writes (the default spec: pickled trees and scaler), demo_spec.json the
+# stamp that says the folder is the demo's.
+DEMO_STAMP_FILE = "demo_spec.json"
+DEMO_FILES = frozenset({
+    DEMO_STAMP_FILE, "sample_features.csv", "labelled_features.csv",
+    *(f"{kind}_{DEFAULT_STAMP}{ext}" for kind in ("nhits", "patchtst") for ext in (".pth", "_meta.json")),
+    *(f"{kind}_{DEFAULT_STAMP}.pkl" for kind in ("xgboost", "lightgbm", "scaler")),
+})
+
+
+def check_demo_target(target: Path) -> None:
+    """OutputError unless `target` is absent, an empty folder, or a previous demo set (its stamp file there and
+    nothing but the files the demo writes): the demo overwrites by name, and must not overwrite someone's
+    sample_features.csv or models."""
+    from .errors import OutputError
+
+    if not target.exists() and not target.is_symlink():  # a dangling link is refused below, not written through
+        return
+    if not target.is_dir():
+        raise OutputError(f"{target}: not a folder; name a new folder for the demo model set.")
+    present = sorted(p.name for p in target.iterdir())
+    if not present:
+        return
+    others = [name for name in present if name not in DEMO_FILES or not (target / name).is_file()]
+    if DEMO_STAMP_FILE not in present or others:
+        shown = ", ".join(repr(n) for n in (others or present)[:5])
+        raise OutputError(f"{target}: already holds files the demo did not write ({shown}"
+                          f"{', ...' if len(others or present) > 5 else ''}); the demo writes only into a new or "
+                          f"empty folder, or over a previous demo set. Name a new folder.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from .errors import ConvertError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m convert.demo",
+        description="Train the demo ensemble and write it as a models folder, with sample_features.csv (for "
+                    "predict and --parity-data) and labelled_features.csv (for --calibrate). FOLDER must be new, "
+                    "empty, or a demo set this command wrote before.")
+    parser.add_argument("folder", nargs="?", default="models", metavar="FOLDER",
+                        help="the models folder to write (default: models)")
+    target = Path(parser.parse_args(argv).folder)
+    try:
+        check_demo_target(target)
+    except ConvertError as exc:
+        print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return exc.exit_code
     write_demo_models(target)
     write_demo_features(target / "sample_features.csv")
     write_demo_features(target / "labelled_features.csv", n_rows=2000, labelled=True)
     print(f"wrote the demo model set to {target}/, with sample_features.csv (for predict and --parity-data) "
           f"and labelled_features.csv (for --calibrate)")
+    return 0
+
+
+if __name__ == "__main__":
+    # `python -m convert.demo models/`: what `make convert` runs when there is no models folder.
+    sys.exit(main())

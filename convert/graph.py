@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from runtime.contract import (
 )
 
 from .decision import Decision
+from .errors import ConvertError
 from .members import LoadedMember
 from .members.export import CONTRACT
 from .scaler import Scaler
@@ -137,6 +139,18 @@ def drop_dead_nodes(graph: Any) -> None:
     graph.initializer.extend(kept)
 
 
+def _refuse_repeated_tensors(graph: Any) -> None:
+    """A tensor defined twice (a member named like a prefix convert adds, see discover.py) as a named
+    ConvertError, not onnx.checker's SSA traceback."""
+    defined = [i.name for i in graph.input] + [i.name for i in graph.initializer]
+    defined += [o for node in graph.node for o in node.output if o]
+    repeated = sorted(n for n, count in Counter(defined).items() if count > 1)
+    if repeated:
+        raise ConvertError(f"ensemble.onnx would define the tensor(s) {repeated[:5]} more than once: a member's "
+                           f"name collides with a prefix convert adds (stacker, raw, scalerK, policy); rename "
+                           f"the member in ensemble.json.")
+
+
 def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
                          classes: list[str], decision: Decision, stacker_model: Any | None = None) -> Any:
     """The fused ensemble. `stacker_model` (an ONNX classifier over [N, M*C]) replaces the weighted sum."""
@@ -193,6 +207,7 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
          helper.make_tensor_value_info(MEMBER_PROBABILITIES, TensorProto.FLOAT, [batch, len(members), n_classes])],
         inits)
     drop_dead_nodes(graph)
+    _refuse_repeated_tensors(graph)
     model = helper.make_model(graph, producer_name="ensemble-onnx", ir_version=IR_VERSION,
                               opset_imports=[helper.make_opsetid("", CONTRACT.opset),
                                              helper.make_opsetid("ai.onnx.ml", CONTRACT.ml_opset)])

@@ -36,7 +36,8 @@ from typing import Any
 
 from runtime.contract import ENSEMBLE_FILE, SCHEMA_VERSIONS, SIGNATURE_FILE
 
-from .errors import OutputError
+from .errors import ConvertError, OutputError
+from .loaders import file_limit  # the runtime's JSON limit (runtime.features.MAX_JSON_BYTES), the same variable
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "xgboost", "lightgbm",
              "numpy", "ensemble-onnx")
@@ -62,7 +63,29 @@ def library_versions() -> dict[str, str]:
 
 
 def dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    """Indented UTF-8 JSON. Non-ASCII text is written as itself (2-3 bytes a character, not a 6-byte \\uXXXX
+    escape: long Cyrillic feature names would otherwise push manifest.json past the runtime's JSON limit). The
+    digests are over contract.canonical (ASCII escapes), not these bytes, so the two forms agree. A string the
+    codec cannot write (a lone surrogate from a \\ud800 escape) falls back to the escaped form."""
+    try:
+        return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:
+        return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """manifest.json's bytes, or ConvertError when they are over the JSON limit the runtime loads it under:
+    a build that is written must load, and a refusal at load that says "rebuild" would loop."""
+    data = dumps(manifest)
+    limit = file_limit("json")
+    if len(data) > limit:
+        names = manifest.get("feature_names", [])
+        raise ConvertError(
+            f"manifest.json would be {len(data):,} bytes, over the {limit:,}-byte limit for JSON that the runtime "
+            f"loads it under; nothing was written. It lists the {len(names):,} feature names "
+            f"({sum(len(str(n)) for n in names):,} characters in all): shorten them or use fewer features, or raise "
+            f"ENSEMBLE_ONNX_MAX_JSON_BYTES above {len(data):,} for the build and for every process that loads it.")
+    return data
 
 
 def _folder_mode() -> int:

@@ -157,6 +157,8 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
                     columns[name] = pa.array(values)
                     if _holds_empty_object(columns[name].type):
                         raise pa.ArrowTypeError("Parquet cannot write an object with no fields")
+                    if _holds_struct(columns[name].type) and not _same_keys(values):
+                        raise pa.ArrowTypeError("a struct would add the keys an object lacks, as nulls")
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an int past 64 bits
                     columns[name] = pa.array([text(v) for v in values], type=pa.string())
         return pa.RecordBatch.from_pydict(columns)
@@ -164,16 +166,41 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
     return header, None, batches()
 
 
-def _holds_empty_object(kind: Any) -> bool:
+def _holds_empty_object(kind: Any, empty_only: bool = True) -> bool:
     """Whether an Arrow type holds a struct with no fields (what `{}` infers as), at any depth: Parquet
-    cannot write one (ArrowNotImplementedError), so such a column is kept as JSON text instead."""
+    cannot write one (ArrowNotImplementedError), so such a column is kept as JSON text instead. With
+    `empty_only=False`, whether it holds any struct."""
     import pyarrow as pa
 
     if pa.types.is_struct(kind):
-        return kind.num_fields == 0 or any(_holds_empty_object(kind.field(i).type) for i in range(kind.num_fields))
+        return (not empty_only or kind.num_fields == 0
+                or any(_holds_empty_object(kind.field(i).type, empty_only) for i in range(kind.num_fields)))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return _holds_empty_object(kind.value_type)
+        return _holds_empty_object(kind.value_type, empty_only)
     return False
+
+
+def _holds_struct(kind: Any) -> bool:
+    return _holds_empty_object(kind, empty_only=False)
+
+
+def _same_keys(values: list[Any]) -> bool:
+    """Whether every object at each place in these JSON values (the column itself, a key of its objects, the
+    items of its lists, at any depth) has the same keys. Arrow infers one struct over the union of the keys
+    and fills the missing ones with null: `{}` beside `{"a": 1}` would come back as `{"a": null}`. A column
+    where this is False is kept as JSON text, so no value is widened."""
+    seen: dict[tuple[str | None, ...], frozenset[str]] = {}
+    todo: list[tuple[tuple[str | None, ...], Any]] = [((), v) for v in values]
+    while todo:  # a loop, not recursion: an object nested thousands deep is no RecursionError here
+        place, value = todo.pop()
+        if isinstance(value, dict):
+            keys = frozenset(value)
+            if seen.setdefault(place, keys) != keys:
+                return False
+            todo.extend(((*place, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend(((*place, None), v) for v in value)  # a list's items share one place (None: no key)
+    return True
 
 
 # --------------------------------------------------------------------------------------------- writing

@@ -557,3 +557,74 @@ def test_a_lightgbm_pickle_whose_text_crashes_its_reader_is_refused_by_name(demo
     assert done.returncode == 1, done.stderr[-2000:]  # was: killed by SIGABRT inside LightGBM while unpickling
     assert "ModelFileError" in done.stderr and f"m.pkl: Tree=0: {field}[0] = {value} " in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- N4: a member named `stacker` in a stacking ensemble collided with the stacker's `stacker/` tensors
+
+
+def _hand_made_stacking(folder: Path, members: list[str], method: str = "stacking") -> Path:
+    """A models folder planning accepts, with empty files: the plan is refused before any is loaded."""
+    folder.mkdir()
+    spec: dict = {"members": {}, "combine": {"method": method}}
+    for i, name in enumerate(members):
+        (folder / f"m{i}.json").write_bytes(b"")
+        spec["members"][name] = {"kind": "xgboost", "file": f"m{i}.json", "scaler": None}
+    if method == "stacking":
+        (folder / "stacker.pkl").write_bytes(b"")
+        spec["combine"]["file"] = "stacker.pkl"
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_a_member_named_like_the_stacker_is_refused_at_planning_naming_it(tmp_path):
+    from convert.errors import PlanError
+
+    folder = _hand_made_stacking(tmp_path / "models", ["stacker", "scaler0"])
+    with pytest.raises(PlanError, match=r"members\.stacker: .*member name 'stacker' is the prefix"):
+        make_plan(folder)
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "'stacker'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_names_raw_scaler0_and_policy_still_plan_and_stacker_in_a_weighted_ensemble(tmp_path):
+    assert [m.name for m in make_plan(_hand_made_stacking(tmp_path / "a", ["raw", "scaler0", "policy"])).members] \
+        == ["raw", "scaler0", "policy"]
+    assert [m.name for m in make_plan(_hand_made_stacking(tmp_path / "b", ["stacker"], "weighted")).members] \
+        == ["stacker"]
+
+
+def test_a_tensor_the_fused_graph_would_define_twice_is_refused_by_name():
+    """The backstop behind the planning check: a repeated tensor is a named ConvertError, not onnx.checker's
+    SSA traceback ("internal error")."""
+    from onnx import TensorProto, helper
+
+    from convert.errors import ConvertError
+    from convert.graph import _refuse_repeated_tensors
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["stacker/input"]),
+         helper.make_node("Identity", ["member_flat"], ["stacker/input"])], "ensemble",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("member_flat", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("stacker/input", TensorProto.FLOAT, [1])])
+    with pytest.raises(ConvertError, match=r"\['stacker/input'\] more than once: a member's name collides"):
+        _refuse_repeated_tensors(graph)
+    del graph.node[1]
+    _refuse_repeated_tensors(graph)  # each tensor defined once: accepted
+
+
+# --- N7: the repeated-name check ran names.count per name: 30,000 names took 13 s
+
+
+def test_feature_names_are_checked_for_repeats_in_linear_time():
+    import time
+
+    from convert.discover import check_unique_names
+
+    names = [f"feature_{i}" for i in range(20_000)]  # about 6 s with names.count per name
+    started = time.perf_counter()
+    check_unique_names(names, "ensemble.json: field 'feature_names'")
+    assert time.perf_counter() - started < 0.5
+    with pytest.raises(MetadataError, match=r"names \['feature_1', 'feature_7'\] more than once"):
+        check_unique_names([*names, "feature_7", "feature_1", "feature_7"], "ensemble.json")

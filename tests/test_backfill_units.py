@@ -1412,3 +1412,31 @@ def test_score_says_no_rows_for_a_json_lines_file_with_none(demo_artifacts, tmp_
     with pytest.raises(InputError) as err:
         backfill.score_file(demo_artifacts, source, tmp_path / "o.parquet")
     assert str(err.value) == f"{source}: no rows in the input."
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+@pytest.mark.parametrize("metas", [
+    [{}, {"a": 1}, {"a": 1}],              # the attack: {} came back as {"a": null}
+    [{"a": 1}, {}, {"a": 2}],
+    [{"a": 1}, {"b": 2}, {"a": 3}],          # each gained the other's key as null
+    [{"a": {"x": 1}}, {"a": {}}, {"a": {"x": 2}}],  # the same one level down
+    [[{"a": 1}], [{"b": 2}, {"a": 1}], []],  # objects in lists
+])
+def test_objects_with_different_keys_pass_through_as_their_json_text_never_widened(demo_artifacts, ens, tmp_path,
+                                                                                   suffix, metas):
+    source, out = tmp_path / "in.jsonl", tmp_path / f"o{suffix}"
+    source.write_text(feature_lines(ens, len(metas), 35, meta=metas))
+    backfill.score_file(demo_artifacts, source, out)
+    assert read_back(out)["meta"] == [None if m is None else json.dumps(m) for m in metas]
+
+
+def test_objects_with_the_same_keys_stay_a_struct_column_in_parquet(demo_artifacts, ens, tmp_path):
+    import pyarrow.parquet as pq
+
+    metas = [{"a": 1, "b": [{"x": 1}]}, {"b": [], "a": None}, None, {"a": 2, "b": [{"x": None}, {"x": 3}]}]
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
+    source.write_text(feature_lines(ens, len(metas), 36, meta=metas))
+    backfill.score_file(demo_artifacts, source, out)
+    column = pq.read_table(out).column("meta")
+    assert str(column.type) == "struct<a: int64, b: list<element: struct<x: int64>>>"
+    assert column.to_pylist() == metas

@@ -587,3 +587,54 @@ def test_a_size_limit_that_is_not_a_positive_whole_number_is_refused_in_each_fam
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
     with pytest.raises(InputError, match=f"ENSEMBLE_ONNX_MAX_INPUT_BYTES='{re.escape(raw)}' {problem}"):
         read_limited(io.BytesIO(b"{}\n"), "rows")
+
+
+# N3: a build convert completes must load: manifest.json stays under the JSON limit the runtime reads it under.
+CYRILLIC_NAME = "признак_" * 12  # 96 characters, 2 bytes each in UTF-8, 6 as a \uXXXX escape
+
+
+def _named(manifest: dict, count: int) -> dict:
+    return {**manifest, "feature_names": [f"{CYRILLIC_NAME}{i}" for i in range(count)]}
+
+
+def test_manifest_of_2200_long_cyrillic_names_fits_the_json_limit(demo_artifacts):
+    from runtime.features import MAX_JSON_BYTES
+
+    manifest = json.loads((demo_artifacts / "manifest.json").read_bytes())
+    data = mf.dumps(_named(manifest, 2200))  # the attack's ensemble: 1,146,452 bytes written as ASCII escapes
+    assert len(data) < MAX_JSON_BYTES
+    assert CYRILLIC_NAME.encode() in data  # written as UTF-8 text, not escaped
+
+
+def test_manifest_over_the_json_limit_is_refused_before_writing_naming_the_variable(demo_artifacts, monkeypatch):
+    from convert.errors import ConvertError
+
+    manifest = _named(json.loads((demo_artifacts / "manifest.json").read_bytes()), 6000)
+    monkeypatch.delenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", raising=False)
+    with pytest.raises(ConvertError) as caught:
+        mf.manifest_bytes(manifest)
+    message = str(caught.value)
+    assert "over the 1,048,576-byte limit" in message and "6,000 feature names" in message
+    assert "ENSEMBLE_ONNX_MAX_JSON_BYTES" in message and "every process that loads it" in message
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", str(4 << 20))  # raised for the build: written whole
+    assert json.loads(mf.manifest_bytes(manifest)) == manifest
+
+
+def test_non_ascii_feature_names_written_by_convert_load_and_keep_the_build_id(demo_artifacts, tmp_path):
+    """The file is UTF-8 text and the digests are over canonical (ASCII-escaped) JSON: the two agree."""
+    from forge import rebound
+
+    renamed = [f"{CYRILLIC_NAME}{i}" for i in range(len(FEATURES))]
+
+    def edit(manifest: dict) -> None:
+        manifest["feature_names"] = renamed
+
+    def edit_statistics(statistics: dict) -> None:
+        statistics["features"] = {new: statistics["features"][old] for old, new in zip(FEATURES, renamed, strict=True)}
+
+    folder = rebound(demo_artifacts, tmp_path / "cyrillic", edit, edit_statistics)
+    manifest = json.loads((folder / "manifest.json").read_bytes())
+    (folder / "manifest.json").write_bytes(mf.manifest_bytes(manifest))  # as convert writes it
+    assert CYRILLIC_NAME.encode() in (folder / "manifest.json").read_bytes()
+    ens = runtime.load(folder)
+    assert list(ens.feature_names) == renamed and ens.build_id == runtime.contract.build_id(manifest)
