@@ -249,11 +249,16 @@ class Outcome:
     def __init__(self, where: Path, layout: Layout, sink: TableSink, rejects: TableSink | None,
                  summary: Summary) -> None:
         self.where, self.layout, self.sink, self.rejects, self.summary = where, layout, sink, rejects, summary
+        self.schema: Any = None  # the first table's: each column's type in both output files
 
     def take(self, table: Any) -> None:
         import pyarrow.compute as pc
 
         first_row = self.summary.rows + 1
+        if self.schema is None:
+            self.schema = table.schema
+        elif table.num_rows:
+            self.check_types(table, first_row)
         bad = table.column(REJECT).is_valid()
         n_bad = pc.sum(bad).as_py() or 0
         if n_bad:
@@ -272,6 +277,50 @@ class Outcome:
         self.summary.rows += table.num_rows
         self.summary.scored += scored.num_rows
         self.summary.rejected += n_bad
+
+
+    def check_types(self, table: Any, first_row: int) -> None:
+        """Refuses a later table whose column has another type than the first's, unless it is nulls only.
+
+        The sinks would cast it to the first's type, which is no copy: a struct is cast by field name (a key
+        the first batch lacked is dropped, one it had is added as null), 2.0 becomes 2. JSON lines infer each
+        batch's types on their own, so only a refusal keeps every value; it names the input's column and the
+        first data row whose value has another type."""
+        import pyarrow as pa
+
+        for field in self.schema:
+            new = table.schema.field(field.name).type
+            if new == field.type or pa.types.is_null(new):  # nulls take any type, losing nothing
+                continue
+            values = table.column(field.name).to_pylist()
+            at = next((i for i, v in enumerate(values) if v is not None and _inferred(v) != field.type), 0)
+            if pa.types.is_integer(field.type) and pa.types.is_string(new):
+                advice = "write such ids as JSON strings (a big id as \"123...\")"
+            elif pa.types.is_nested(field.type) or pa.types.is_nested(new):
+                advice = ("make the column's objects have the same keys (null where a row has no value) and "
+                          "its lists hold one kind of item, or write the column as JSON text (a string)")
+            else:
+                advice = "write the column's values as one type (JSON strings, for instance)"
+            raise InputError(f"{self.where}: data row {first_row + at}, passthrough column {shortened(field.name)} "
+                             f"changed type between batches ({_short(field.type)}, then {_short(new)}): the "
+                             f"first batch of --batch-rows rows sets each column's type, and casting a later one "
+                             f"would change its values; {advice}, pass --batch-rows large enough for one batch "
+                             f"to hold the file, or leave the column out with --keep.")
+
+
+def _inferred(value: Any) -> Any:
+    """The Arrow type this one value would be read as (None where Arrow cannot hold it as one)."""
+    import pyarrow as pa
+
+    try:
+        return pa.array([value]).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+
+
+def _short(kind: Any) -> str:
+    text = str(kind)
+    return text if len(text) <= 120 else f"{text[:117]}..."
 
 
 def default_rejects(output: Path) -> Path:

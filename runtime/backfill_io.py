@@ -60,15 +60,27 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
         if fmt == "csv":
             import pyarrow.csv as pcsv
 
-            # Features are read as text and parsed by feature_matrix, so one bad cell names its row instead
-            # of failing the reader's type inference for the whole block.
-            reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=max(1 << 20, batch_rows * 256)),
-                                   convert_options=pcsv.ConvertOptions(
-                                       column_types={f: pa.string() for f in features}, strings_can_be_null=True))
-            return list(reader.schema.names), None, iter(reader)
+            read = pcsv.ReadOptions(block_size=max(1 << 20, batch_rows * 256))
+            # The header first (pyarrow's reader needs each column's type before it opens), then every column
+            # as text: see csv_text_options.
+            names = list(pcsv.open_csv(path, read_options=read).schema.names)
+            reader = pcsv.open_csv(path, read_options=read, convert_options=csv_text_options(names))
+            return names, None, iter(reader)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: cannot be read as {fmt} ({exc}).") from None
     return _jsonl_batches(path, features, batch_rows, keep)
+
+
+def csv_text_options(names: Sequence[str]) -> Any:
+    """Every CSV column read as the text it holds; only an empty cell is null. Features are parsed by
+    feature_matrix, so one bad cell names its row instead of failing the reader's type inference for the
+    whole block; passthrough columns come out as written: pyarrow's inference would turn `007` into 7, `1e3`
+    into 1000 and `NA`, `null` or `N/A` into null, and type each block on its own."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    return pcsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=True,
+                               null_values=[""], quoted_strings_can_be_null=True)
 
 
 def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: Sequence[str] | None

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import backfill
 from .artifacts import ArtifactError, read_files, verify_files
-from .backfill_io import file_format, open_batches, require_pyarrow
+from .backfill_io import csv_text_options, file_format, open_batches, require_pyarrow
 from .features import InputError
 
 INSTALL_HINT = "--engine ray needs Ray Data: pip install 'ensemble-onnx[ray]'"
@@ -76,17 +76,13 @@ def cpu_shares(workers: int, cores: int, cluster: bool) -> tuple[float, float]:
     return read, min(1.0, (cores - read) / workers)
 
 
-def _dataset(ray: Any, path: Path, features: tuple[str, ...], read_cpus: float, blocks: int | None) -> Any:
+def _dataset(ray: Any, path: Path, columns: list[str], read_cpus: float, blocks: int | None) -> Any:
     fmt = file_format(path)
     remote = {"num_cpus": read_cpus, "override_num_blocks": blocks}
     if fmt == "parquet":
         return ray.data.read_parquet(str(path), **remote)
     if fmt == "csv":
-        import pyarrow as pa
-        import pyarrow.csv as pcsv
-
-        return ray.data.read_csv(str(path), **remote, convert_options=pcsv.ConvertOptions(
-            column_types={f: pa.string() for f in features}, strings_can_be_null=True))
+        return ray.data.read_csv(str(path), **remote, convert_options=csv_text_options(columns))
     return ray.data.read_json(str(path), lines=True, **remote)
 
 
@@ -129,7 +125,7 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
         read_cpus, per_actor = cpu_shares(workers, os.cpu_count() or 1, cluster=address is not None)
         # Blocks of about batch_rows rows (where the row count is known), so every actor gets work.
         blocks = max(workers, -(-total // batch_rows)) if total else None
-        scored = _dataset(ray, input_path, layout.features, read_cpus, blocks).map_batches(
+        scored = _dataset(ray, input_path, columns, read_cpus, blocks).map_batches(
             RayScorer, fn_constructor_args=(files_ref, layout, threads, str(artifacts), str(input_path)),
             batch_size=batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=per_actor)

@@ -816,7 +816,8 @@ def test_csv_features_are_read_as_text_and_an_empty_cell_as_null(tmp_path):
     columns, total, batches = open_batches(path, ("f",), 100)
     assert (columns, total) == (["id", "f", "g"], None)
     table = pa.Table.from_batches(list(batches))
-    assert table.schema.field("f").type == pa.string() and table.schema.field("id").type == pa.int64()
+    assert table.schema.field("f").type == pa.string() and table.schema.field("id").type == pa.string()
+    assert table.column("id").to_pylist() == ["1", "2", "3"]  # every column as written: see the passthrough test
     assert table.column("f").to_pylist() == ["0.5", None, "1e3"]
     assert table.column("g").to_pylist() == ["x", "y", None]
 
@@ -1084,8 +1085,9 @@ def test_an_id_past_64_bits_first_met_in_a_later_batch_is_refused_naming_the_col
     source.write_text(feature_lines(ens, 2, 35, id=[1, 2**70]))
     with pytest.raises(InputError) as err:
         backfill.score_file(demo_artifacts, source, out, batch_rows=1)
-    assert str(err.value).startswith(f"{out}: passthrough column(s) 'id' (int64, then string) changed type in a "
-                                     f"later batch (")
+    assert str(err.value).startswith(f"{source}: data row 2, passthrough column 'id' changed type between batches "
+                                     f"(int64, then string): ")
+    assert 'write such ids as JSON strings (a big id as "123...")' in str(err.value)
     assert not out.exists()
     source.write_text(feature_lines(ens, 2, 35, id=["1", str(2**70)]))  # as strings: every batch text
     backfill.score_file(demo_artifacts, source, out, batch_rows=1)
@@ -1440,3 +1442,73 @@ def test_objects_with_the_same_keys_stay_a_struct_column_in_parquet(demo_artifac
     column = pq.read_table(out).column("meta")
     assert str(column.type) == "struct<a: int64, b: list<element: struct<x: int64>>>"
     assert column.to_pylist() == metas
+
+
+def test_csv_passthrough_columns_are_read_as_the_text_written_and_only_an_empty_cell_as_null(tmp_path):
+    # pyarrow's inference read `007` as 7, `1e3` as 1000 and `NA`, `null`, `N/A` as null (attack report 3, H2).
+    path = tmp_path / "h.csv"
+    path.write_text('symbol,code,f\nNA,007,0.5\nnull,0012,NA\nN/A,1e3,\n,,""\n')
+    columns, _, batches = open_batches(path, ("f",), 100)
+    table = pa.Table.from_batches(list(batches))
+    assert columns == ["symbol", "code", "f"] and set(table.schema.types) == {pa.string()}
+    assert table.to_pydict() == {"symbol": ["NA", "null", "N/A", None], "code": ["007", "0012", "1e3", None],
+                                 "f": ["0.5", "NA", None, None]}
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_csv_passthrough_text_reaches_every_output_format_unchanged(demo_artifacts, ens, tmp_path, suffix):
+    x = rows(4, len(ens.feature_names), seed=37)
+    source, out = tmp_path / "in.csv", tmp_path / f"o{suffix}"
+    source.write_text(",".join(["symbol", "code", *ens.feature_names]) + "\n" + "".join(
+        f"{s},{c}," + ",".join(map(repr, map(float, r))) + "\n"
+        for s, c, r in zip(["NA", "null", "N/A", "x"], ["007", "0012", "1e3", "12"], x, strict=True)))
+    backfill.score_file(demo_artifacts, source, out, batch_rows=2)
+    if suffix == ".csv":  # the file's own text: what a reader would infer is no test of what was written
+        got = [line.split(",")[:2] for line in out.read_text().splitlines()[1:]]
+        assert got == [['"NA"', '"007"'], ['"null"', '"0012"'], ['"N/A"', '"1e3"'], ['"x"', '"12"']]
+    else:
+        back = read_back(out) if suffix == ".parquet" else {
+            k: [json.loads(line)[k] for line in out.read_text().splitlines()] for k in ("symbol", "code")}
+        assert back["symbol"] == ["NA", "null", "N/A", "x"] and back["code"] == ["007", "0012", "1e3", "12"]
+
+
+OBJECTS_THAT_CHANGE = [
+    [{"a": 1}, {"a": 1}, {"a": 1, "b": 2}, {"a": 1, "b": 2}],  # b was dropped from rows 3-4
+    [{"a": 1, "b": 2}, {"a": 1, "b": 2}, {"a": 1}, {"a": 1}],  # "b": null was added to rows 3-4
+    [{"a": [{"k": 1}]}, {"a": [{"k": 1}]}, {"a": [{"k": 1, "z": []}]}, {"a": [{"k": 1, "z": []}]}],  # z dropped
+]
+
+
+@pytest.mark.parametrize("objects", OBJECTS_THAT_CHANGE)
+def test_objects_whose_keys_change_in_a_later_batch_are_refused_naming_input_column_and_row(
+        demo_artifacts, ens, tmp_path, objects):
+    # The sink cast a later batch's struct to the first's by field name: keys dropped or added as nulls,
+    # silently (attack report 3, H1).
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
+    source.write_text(feature_lines(ens, 4, 36, obj=objects))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out, batch_rows=2)
+    message = str(err.value)
+    assert message.startswith(f"{source}: data row 3, passthrough column 'obj' changed type between batches (")
+    assert "make the column's objects have the same keys" in message and "big id" not in message
+    assert not out.exists()
+    backfill.score_file(demo_artifacts, source, out, batch_rows=4)  # one batch: the JSON text of each, whole
+    assert [json.loads(v) for v in pq.read_table(out).column("obj").to_pylist()] == objects
+
+
+def test_a_column_null_in_the_first_batch_and_objects_later_is_refused_without_big_id_advice(
+        demo_artifacts, ens, tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    source.write_text(feature_lines(ens, 4, 38, obj=[None, None, None, {"a": 1}]))
+    with pytest.raises(InputError) as err:
+        backfill.score_file(demo_artifacts, source, out, batch_rows=2)
+    assert str(err.value).startswith(f"{source}: data row 4, passthrough column 'obj' changed type between "
+                                     f"batches (null, then struct<a: int64>): the first batch of --batch-rows rows")
+    assert "big id" not in str(err.value) and not out.exists()
+
+
+def test_a_column_null_in_a_later_batch_takes_the_first_batchs_type(demo_artifacts, ens, tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    source.write_text(feature_lines(ens, 4, 39, obj=[{"a": 1}, {"a": 2}, None, None]))
+    backfill.score_file(demo_artifacts, source, out, batch_rows=2)
+    assert [json.loads(line)["obj"] for line in out.read_text().splitlines()] == [{"a": 1}, {"a": 2}, None, None]
