@@ -65,10 +65,26 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
             # as text: see csv_text_options.
             names = list(pcsv.open_csv(path, read_options=read).schema.names)
             reader = pcsv.open_csv(path, read_options=read, convert_options=csv_text_options(names))
-            return names, None, iter(reader)
+            return names, None, _csv_blocks(path, reader)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: cannot be read as {fmt} ({exc}).") from None
+        raise InputError(_unreadable(path, fmt, exc)) from None
     return _jsonl_batches(path, features, batch_rows, keep)
+
+
+def _unreadable(path: Path, fmt: str, exc: Exception) -> str:
+    advice = "; save the file as UTF-8" if "UTF8" in str(exc) else ""  # every CSV column is read as text
+    return f"{path}: cannot be read as {fmt} ({str(exc)[:200]}){advice}."
+
+
+def _csv_blocks(path: Path, reader: Any) -> Iterator[Any]:
+    """The reader's blocks; a block it cannot read (text that is not UTF-8, a row of another width) past the
+    first, which open_csv already read, is refused naming the file too, not raised as ArrowInvalid."""
+    import pyarrow as pa
+
+    try:
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        raise InputError(_unreadable(path, "csv", exc)) from None
 
 
 def csv_text_options(names: Sequence[str]) -> Any:

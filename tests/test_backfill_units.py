@@ -1512,3 +1512,14 @@ def test_a_column_null_in_a_later_batch_takes_the_first_batchs_type(demo_artifac
     source.write_text(feature_lines(ens, 4, 39, obj=[{"a": 1}, {"a": 2}, None, None]))
     backfill.score_file(demo_artifacts, source, out, batch_rows=2)
     assert [json.loads(line)["obj"] for line in out.read_text().splitlines()] == [{"a": 1}, {"a": 2}, None, None]
+
+
+def test_a_csv_block_past_the_first_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    # open_csv reads the first block (at least a mebibyte); a later one raised ArrowInvalid while iterating.
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"sym,f\n" + b"abc,0.5\n" * 200_000 + b"Z\xfcrich,0.5\n")
+    _, _, batches = open_batches(path, ("f",), 10)
+    with pytest.raises(InputError) as err:
+        list(batches)
+    assert str(err.value).startswith(f"{path}: cannot be read as csv (")
+    assert str(err.value).endswith("; save the file as UTF-8.")
