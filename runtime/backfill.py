@@ -257,8 +257,11 @@ class Outcome:
         first_row = self.summary.rows + 1
         if self.schema is None:
             self.schema = table.schema
-        elif table.num_rows:
+        elif table.schema != self.schema and table.num_rows:  # an empty table is the sinks' to cast or refuse
             self.check_types(table, first_row)
+            # Only all-null columns differ now: cast here, before the split, so that the rejects file too gets
+            # the first table's types, even when its first refused row held a null.
+            table = table.cast(self.schema)
         bad = table.column(REJECT).is_valid()
         n_bad = pc.sum(bad).as_py() or 0
         if n_bad:

@@ -1523,3 +1523,16 @@ def test_a_csv_block_past_the_first_that_is_not_utf8_is_refused_naming_the_file(
         list(batches)
     assert str(err.value).startswith(f"{path}: cannot be read as csv (")
     assert str(err.value).endswith("; save the file as UTF-8.")
+
+
+def test_rejects_take_the_first_batchs_types_when_their_first_refused_row_is_null(demo_artifacts, ens, tmp_path):
+    # The rejects file's first table held the column as nulls only: a later refused object could not be cast.
+    lines = [json.loads(line) for line in feature_lines(ens, 3, 40, obj=[{"a": 1}, None, {"a": 2}]).splitlines()]
+    for record in lines[1:]:
+        record[ens.feature_names[0]] = None
+    source, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = backfill.score_file(demo_artifacts, source, out, batch_rows=1, on_error="skip")
+    assert summary.rejected == 2
+    rejects = [json.loads(line) for line in Path(summary.rejects_file).read_text().splitlines()]
+    assert [(r["row"], r["obj"]) for r in rejects] == [(2, None), (3, {"a": 2})]
