@@ -628,3 +628,21 @@ def test_feature_names_are_checked_for_repeats_in_linear_time():
     assert time.perf_counter() - started < 0.5
     with pytest.raises(MetadataError, match=r"names \['feature_1', 'feature_7'\] more than once"):
         check_unique_names([*names, "feature_7", "feature_1", "feature_7"], "ensemble.json")
+
+
+# --- attack report 3, H5: a StandardScaler that neither centers nor scales crashed convert (len(None))
+
+def test_a_scaler_that_changes_nothing_is_refused_by_file_name(tmp_path):
+    import pickle
+
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    from convert.errors import ModelFileError
+    from convert.scaler import load_scaler
+
+    file = tmp_path / "s1.pkl"
+    file.write_bytes(pickle.dumps(StandardScaler(with_mean=False, with_std=False).fit(np.ones((3, 2)))))
+    with pytest.raises(ModelFileError, match=r"s1\.pkl: a StandardScaler with with_mean=False and with_std=False "
+                                             r"changes nothing; give this member \"scaler\": null"):
+        load_scaler(file).n_features
