@@ -127,7 +127,7 @@ def _node_text(domain: str, op: str, inputs: tuple[str, ...], attributes: Mappin
 def _check_scaling(c: _Combiner, prefix: str) -> None:
     """`PREFIX/float32` must be computed from the features alone, as convert/graph.py `_scaling` writes it:
     Cast(to float32) of features, or of Div(Sub(features, PREFIX/mean), PREFIX/scale) in float64 (Sub or Div
-    left out for a scaler without a mean or a scale), the constants stored tensors. Another member's output, or
+    left out for a scaler without a mean or a scale, never both), the constants stored tensors. Another member's output, or
     anything else, cannot feed a member through its scaler. Whether the constants are the scaler file's is not
     read here: signing covers them."""
     current = ENSEMBLE_INPUT
@@ -138,6 +138,9 @@ def _check_scaling(c: _Combiner, prefix: str) -> None:
                 if scoped(prefix, constant) not in c.g.initializers:
                     raise c.error(f"'{scoped(prefix, constant)}' is not a stored tensor, as convert writes it")
                 current = scoped(prefix, result)
+        if current == ENSEMBLE_INPUT:  # convert refuses a scaler with neither (a member would read raw features)
+            raise c.error(f"'{scoped(prefix, SCALED)}' casts the features with neither a Sub nor a Div, but a "
+                          f"scaler's output always has one of them as convert writes it")
     c.node(scoped(prefix, SCALED), "Cast", (current,), {"to": 1})  # 1: TensorProto.FLOAT
 
 

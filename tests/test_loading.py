@@ -1155,7 +1155,22 @@ def _scaled_from_outside(model: Any) -> None:
     model.graph.node.insert(0, helper.make_node("Identity", ["features"], ["evil/x"]))
 
 
+def _scaler_left_out(model: Any) -> None:
+    # scaler0/float32 = Cast(features), scaler0's Sub and Div and constants removed: the members the manifest
+    # scales read raw features (attack report 3, M2).
+    graph = model.graph
+    kept = [n for n in graph.node if n.output[0] not in ("scaler0/sub", "scaler0/div")]
+    del graph.node[:]
+    graph.node.extend(kept)
+    kept_inits = [i for i in graph.initializer if not i.name.startswith("scaler0/")]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    _node(model, "scaler0/float32").input[0] = "features"
+
+
 @pytest.mark.parametrize(("edit_graph", "says"), [
+    (_scaler_left_out, "'scaler0/float32' casts the features with neither a Sub nor a Div, but a scaler's output "
+                       "always has one of them as convert writes it"),
     (_second_scaler, "'xgboost/input' is not an Identity of 'scaler0/float32' (its scaler's output, as field "
                      "'members.xgboost.scaler' of manifest.json and the member order say)"),
     (_scaled_twice, "'scaler0/float32' is computed by Cast(scaler0/evil) to=1, not by Cast(scaler0/div) to=1 as "
