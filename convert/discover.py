@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtime.contract import STACKER
+from runtime.errors import shortened
 
 from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
@@ -161,10 +162,12 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
             or len(set(classes)) != len(classes)):
         raise MetadataError(f"{spec_file}: field 'classes' must list at least two distinct class names, by class "
                             f"index (column i of every member is class i), got {classes!r}.")
+    check_text(classes, f"{spec_file}: field 'classes'")
     names = spec.get("feature_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise MetadataError(f"{spec_file}: field 'feature_names' must be a list of strings.")
     if names is not None:
+        check_text(names, f"{spec_file}: field 'feature_names'")
         check_unique_names(names, f"{spec_file}: field 'feature_names'")
     if not isinstance(spec["members"], dict) or not spec["members"]:
         raise MetadataError(f"{spec_file}: field 'members' must name at least one member.")
@@ -220,6 +223,17 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
         notes.append(f"decision policy: temperature {decision.temperature or 'none'}, "
                      f"min_confidence {decision.min_confidence or 'none'}")
     return Plan(models_dir, members, list(classes), combine, names, notes, decision)
+
+
+def check_text(names: list[str], where: str) -> None:
+    """A lone surrogate (a \\ud800 escape in JSON) parses, but no output writer (CSV, JSON lines, Parquet, the
+    HTML report) can encode it: a build holding one would load, then crash mid-run."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MetadataError(f"{where}: {shortened(name)} is not valid Unicode text (a lone surrogate, as from "
+                                f"a \\ud800 escape, cannot be written as UTF-8); rename it.") from None
 
 
 def check_unique_names(names: list[str], where: str) -> None:

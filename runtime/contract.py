@@ -303,6 +303,15 @@ def float32(value: float) -> float:
         return math.copysign(math.inf, value)
 
 
+def _is_text(name: str) -> bool:
+    """Whether `name` can be written as UTF-8 (no lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_consistent(m: Manifest) -> None:
     """What types cannot say: names that must refer to each other, and values only in the range convert writes
     (a manifest re-bound into the graph passes the digest whatever it holds)."""
@@ -311,6 +320,14 @@ def _check_consistent(m: Manifest) -> None:
             raise FieldError(what, "must be a non-empty list of distinct names")
     if sorted(m.ensemble.members) != sorted(m.members) or len(set(m.ensemble.members)) != len(m.members):
         raise FieldError("ensemble.members", f"must name each of members {shortened_names(sorted(m.members), 10)} once")
+    # A lone surrogate (a \ud800 escape in JSON) parses, but no output writer (CSV, JSON lines, Parquet, the
+    # HTML report) can encode it: refused here rather than as a UnicodeEncodeError mid-run.
+    for what, names in (("feature_names", m.feature_names), ("classes", m.classes),
+                        ("ensemble.members", m.ensemble.members)):
+        for name in names:
+            if not _is_text(name):
+                raise FieldError(what, f"holds {shortened(name)}, which is not valid Unicode text (a lone "
+                                       f"surrogate cannot be written as UTF-8)")
     if m.decision is not None:
         for name in m.decision.min_confidence:
             if name not in m.classes:

@@ -646,3 +646,37 @@ def test_a_scaler_that_changes_nothing_is_refused_by_file_name(tmp_path):
     with pytest.raises(ModelFileError, match=r"s1\.pkl: a StandardScaler with with_mean=False and with_std=False "
                                              r"changes nothing; give this member \"scaler\": null"):
         load_scaler(file)
+
+
+# --- attack report 3, H4: a lone surrogate in a name built and loaded, then every output writer crashed
+
+@pytest.mark.parametrize(("field", "value"), [("classes", ["\udc00", "b", "c"]),
+                                              ("feature_names", ["\ud800x", "b"])])
+def test_a_name_that_is_not_unicode_text_is_refused_naming_the_field(tmp_path, field, value):
+    folder = _hand_made_stacking(tmp_path / "models", ["a"], "weighted")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec[field] = value
+    (folder / "ensemble.json").write_text(json.dumps(spec))  # ASCII escapes: "\udc00" as JSON text
+    with pytest.raises(MetadataError, match=rf"ensemble\.json: field '{field}': '\\ud[8c]00x?' is not valid "
+                                            r"Unicode text \(a lone surrogate, as from a \\ud800 escape, cannot be "
+                                            r"written as UTF-8\); rename it\."):
+        make_plan(folder)
+
+
+def test_a_feature_name_from_a_scaler_that_is_not_unicode_text_is_refused(tmp_path):
+    import numpy as np
+
+    from convert.build import resolve_feature_names
+    from convert.scaler import Scaler
+
+    plan = make_plan(_hand_made_stacking(tmp_path / "models", ["a"], "weighted"))
+    scaler = Scaler(tmp_path / "s.json", np.zeros(2), np.ones(2), ["\ud800x", "b"])
+    with pytest.raises(MetadataError, match=r"s\.json: feature_names: '\\ud800x' is not valid Unicode text"):
+        resolve_feature_names(plan, [], {scaler.file: scaler})
+
+
+def test_the_manifest_writer_refuses_a_lone_surrogate_rather_than_escaping_it():
+    from convert.errors import ConvertError
+
+    with pytest.raises(ConvertError, match=r"would hold '\\udc00', which is not valid Unicode text"):
+        mf.dumps({"classes": ["\udc00"]})

@@ -226,6 +226,12 @@ def _edit(path: str, value: object) -> Callable[[dict[str, Any]], None]:
                                    "'weighted' or 'stacking' load"),
     ("decision/fallback", "M" * 5000, "field 'decision.fallback' is '" + "M" * 39 + "... (5000 characters), not a "
                                       "class of ['SELL', 'HOLD', 'BUY']"),
+    # A lone surrogate loaded, then predict --format csv, score and compare --report crashed with
+    # UnicodeEncodeError (attack report 3, H4).
+    ("feature_names", ["\ud800x", "macd"], "field 'feature_names' holds '\\ud800x', which is not valid Unicode text "
+                                          "(a lone surrogate cannot be written as UTF-8)"),
+    ("classes", ["\udc00", "HOLD", "BUY"], "field 'classes' holds '\\udc00', which is not valid Unicode text (a "
+                                          "lone surrogate cannot be written as UTF-8)"),
 ])
 def test_a_bad_field_is_refused_by_its_path(path, value, message):
     manifest = _manifest()
@@ -234,6 +240,16 @@ def test_a_bad_field_is_refused_by_its_path(path, value, message):
         contract.parse_manifest(manifest)
     assert str(caught.value) == message
     assert caught.value.path == message.split("'")[1]
+
+
+def test_a_member_name_that_is_not_unicode_text_is_refused():
+    manifest = _manifest()
+    manifest["members"]["\udc00"] = manifest["members"].pop("net")
+    manifest["ensemble"]["members"] = ["tree", "\udc00"]
+    manifest["decision"]["temperature"] = {}
+    with pytest.raises(FieldError, match=r"^field 'ensemble\.members' holds '\\udc00', which is not valid Unicode "
+                                         r"text \(a lone surrogate cannot be written as UTF-8\)$"):
+        contract.parse_manifest(manifest)
 
 
 @pytest.mark.parametrize("edits", [
