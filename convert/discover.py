@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import STACKER
-from runtime.errors import shortened
+from runtime.contract import STACKER, output_column_clashes
+from runtime.errors import shortened, shortened_names
 
 from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
@@ -267,5 +267,12 @@ def make_plan(models_dir: Path, only: list[str] | None = None) -> Plan:
         plan = from_ensemble_json(models_dir, spec_file)
     else:
         plan = discover(models_dir, only)
+    # Checked here, not at load only: a build is never written that the runtime would refuse.
+    if clash := output_column_clashes(plan.classes, [m.name for m in plan.members]):
+        raise PlanError(f"{spec_file if spec_file.exists() else models_dir}: classes {shortened_names(plan.classes)} "
+                        f"with members {shortened_names([m.name for m in plan.members])} name the output column(s) "
+                        f"{shortened_names(clash)} more than once (predict --format csv writes 'symbol', 'action', "
+                        f"'confidence', CLASS and MEMBER_CLASS; score writes 'action', 'confidence', p_CLASS and "
+                        f"p_MEMBER_CLASS); rename a class or a member.")
     check_plan_files(plan)
     return plan

@@ -36,6 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .contract import score_columns
 from .errors import shortened, shortened_names
 from .features import InputError, parse_number
 
@@ -57,10 +58,7 @@ class Layout:
 
     @property
     def score_columns(self) -> list[str]:
-        cols = ["action", "confidence", *(f"p_{c}" for c in self.classes)]
-        if self.members:
-            cols += [f"p_{m}_{c}" for m in self.member_order for c in self.classes]
-        return cols
+        return score_columns(self.classes, self.member_order if self.members else ())
 
     @classmethod
     def for_input(cls, manifest: dict[str, Any], columns: list[str], keep: list[str] | None, members: bool,

@@ -680,3 +680,30 @@ def test_the_manifest_writer_refuses_a_lone_surrogate_rather_than_escaping_it():
 
     with pytest.raises(ConvertError, match=r"would hold '\\udc00', which is not valid Unicode text"):
         mf.dumps({"classes": ["\udc00"]})
+
+
+# --- attack report 3, H3: class and member names whose output columns collide built and loaded; predict CSV
+# wrote two 'action' columns and score --members wrote p_m1_x once for two values
+
+@pytest.mark.parametrize(("classes", "members", "clash"), [
+    (["action", "symbol", "confidence"], ["m1"], "['action', 'confidence', 'symbol']"),
+    (["x", "m1_x", "y"], ["m1"], "['m1_x', 'p_m1_x']"),
+])
+def test_class_and_member_names_whose_output_columns_collide_are_refused(tmp_path, classes, members, clash):
+    from convert.errors import PlanError
+
+    folder = _hand_made_stacking(tmp_path / "models", members, "weighted")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["classes"] = classes
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(PlanError, match=rf"ensemble\.json: classes .* name the output column\(s\) {re.escape(clash)} "
+                                        r"more than once .*; rename a class or a member\."):
+        make_plan(folder)
+
+
+def test_class_names_whose_output_columns_do_not_collide_still_plan(tmp_path):
+    folder = _hand_made_stacking(tmp_path / "models", ["m1"], "weighted")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["classes"] = ["x", "m2_x", "p"]  # m2 is no member; 'p' gives p_p
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    assert make_plan(folder).classes == ["x", "m2_x", "p"]
