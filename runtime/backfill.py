@@ -182,15 +182,15 @@ def assemble(layout: Layout, keep: Any, outputs: dict[str, np.ndarray], reasons:
 
     refused = ~unscored(reasons)
     columns: dict[str, Any] = {name: keep.column(name) for name in layout.keep}
-    columns["action"] = pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(),
-                                 mask=refused)
-    columns["confidence"] = pa.array(outputs["confidence"], mask=refused)
-    for k, c in enumerate(layout.classes):
-        columns[f"p_{c}"] = pa.array(outputs["probabilities"][:, k], mask=refused)
+    # In the order of layout.score_columns, which names them (one list: the load check keeps its names distinct).
+    n_classes = len(layout.classes)
+    scores = [pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(), mask=refused),
+              pa.array(outputs["confidence"], mask=refused),
+              *(pa.array(outputs["probabilities"][:, k], mask=refused) for k in range(n_classes))]
     if layout.members:
-        for m, member in enumerate(layout.member_order):
-            for k, c in enumerate(layout.classes):
-                columns[f"p_{member}_{c}"] = pa.array(outputs["member_probabilities"][:, m, k], mask=refused)
+        scores += [pa.array(outputs["member_probabilities"][:, m, k], mask=refused)
+                   for m in range(len(layout.member_order)) for k in range(n_classes)]
+    columns.update(zip(layout.score_columns, scores, strict=True))
     columns[REJECT] = pa.array(list(reasons), type=pa.string())
     return pa.table(columns)
 

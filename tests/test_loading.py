@@ -152,7 +152,9 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
 
     # The widths depend on the data (int(min or max of the features) + width), so shape inference cannot see them and
     # onnxruntime reports the declared shapes: the load check of the widths cannot tell.
-    nodes = [h.make_node("Cast", ["features"], ["scaler0/float32"], to=tp.FLOAT),  # the demo's members: a scaler
+    # The demo's members: a scaler (its mean 0, so the members read the features themselves).
+    nodes = [h.make_node("Sub", ["features", "scaler0/mean"], ["scaler0/sub"]),
+             h.make_node("Cast", ["scaler0/sub"], ["scaler0/float32"], to=tp.FLOAT),
              *[node for name in members for node in sliced(name, "scaler0/float32", "ReduceMax", member_columns)],
              h.make_node("Concat", [f"{name}/probabilities" for name in members], ["member_flat"], axis=1),
              h.make_node("Reshape", ["member_flat", "member_shape"], ["member_probabilities"]),
@@ -165,6 +167,7 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
         nodes.append(h.make_node("Constant", [], ["label"], value=h.make_tensor("l", tp.INT64, [labels], [0] * labels)))
     inits = [h.make_tensor(name, tp.INT64, [1], [v]) for name, v in ints.items()]
     inits.append(h.make_tensor("member_shape", tp.INT64, [3], [-1, len(members), 3]))
+    inits.append(h.make_tensor("scaler0/mean", tp.DOUBLE, [n_features], [0.0] * n_features))
     for tensor in inits:  # stored in raw_data, as convert's numpy_helper stores them
         tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor), tensor.name))
     graph = h.make_graph(nodes, "crafted", [h.make_tensor_value_info("features", tp.DOUBLE, ["N", n_features])],
