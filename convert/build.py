@@ -19,7 +19,7 @@ from runtime.contract import ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, SI
 
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
-from .discover import Plan, check_unique_names, make_plan
+from .discover import Plan, check_text, check_unique_names, make_plan
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind
@@ -54,6 +54,7 @@ def resolve_feature_names(plan: Plan, members: list[LoadedMember], scalers: dict
         raise MetadataError(f"{plan.models_dir}: no file names the features; add \"feature_names\": [...] to a "
                             f"member's _meta.json or to ensemble.json, in training column order.")
     for where, names in sources:
+        check_text(list(names), f"{where}: feature_names")
         check_unique_names(list(names), f"{where}: feature_names")
     first_where, first = sources[0]
     for where, names in sources[1:]:

@@ -335,6 +335,7 @@ def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | N
     nothing, if any row cannot be scored; every row that cannot be read as numbers is named with its line
     number; of rows too large for a member's float32 arithmetic, the first is named and all are counted."""
     import runtime
+    from runtime.contract import predict_csv_columns
     from runtime.features import InputError, at_line, read_records, records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
@@ -352,8 +353,7 @@ def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | N
             click.echo(json.dumps(record))
         return
     out = csv.writer(sys.stdout)
-    out.writerow(["symbol", "action", "confidence", *ens.classes,
-                  *(f"{m}_{c}" for m in ens.member_order for c in ens.classes)])
+    out.writerow(predict_csv_columns(ens.classes, ens.member_order))
     for r in records:
         out.writerow([r["symbol"] or "", r["action"], r["confidence"], *r["probabilities"].values(),
                       *(r["members"][m][c] for m in ens.member_order for c in ens.classes)])

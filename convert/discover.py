@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import STACKER
+from runtime.contract import STACKER, output_column_clashes
+from runtime.errors import shortened, shortened_names
 
 from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
@@ -161,10 +162,12 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
             or len(set(classes)) != len(classes)):
         raise MetadataError(f"{spec_file}: field 'classes' must list at least two distinct class names, by class "
                             f"index (column i of every member is class i), got {classes!r}.")
+    check_text(classes, f"{spec_file}: field 'classes'")
     names = spec.get("feature_names")
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise MetadataError(f"{spec_file}: field 'feature_names' must be a list of strings.")
     if names is not None:
+        check_text(names, f"{spec_file}: field 'feature_names'")
         check_unique_names(names, f"{spec_file}: field 'feature_names'")
     if not isinstance(spec["members"], dict) or not spec["members"]:
         raise MetadataError(f"{spec_file}: field 'members' must name at least one member.")
@@ -222,6 +225,17 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
     return Plan(models_dir, members, list(classes), combine, names, notes, decision)
 
 
+def check_text(names: list[str], where: str) -> None:
+    """A lone surrogate (a \\ud800 escape in JSON) parses, but no output writer (CSV, JSON lines, Parquet, the
+    HTML report) can encode it: a build holding one would load, then crash mid-run."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MetadataError(f"{where}: {shortened(name)} is not valid Unicode text (a lone surrogate, as from "
+                                f"a \\ud800 escape, cannot be written as UTF-8); rename it.") from None
+
+
 def check_unique_names(names: list[str], where: str) -> None:
     """A feature named twice would feed one input column into two (the other feature never read)."""
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)  # linear: 100,000 names fit 1 MiB
@@ -253,5 +267,12 @@ def make_plan(models_dir: Path, only: list[str] | None = None) -> Plan:
         plan = from_ensemble_json(models_dir, spec_file)
     else:
         plan = discover(models_dir, only)
+    # Checked here, not at load only: a build is never written that the runtime would refuse.
+    if clash := output_column_clashes(plan.classes, [m.name for m in plan.members]):
+        raise PlanError(f"{spec_file if spec_file.exists() else models_dir}: classes {shortened_names(plan.classes)} "
+                        f"with members {shortened_names([m.name for m in plan.members])} name the output column(s) "
+                        f"{shortened_names(clash)} more than once (predict --format csv writes 'symbol', 'action', "
+                        f"'confidence', CLASS and MEMBER_CLASS; score writes 'action', 'confidence', p_CLASS and "
+                        f"p_MEMBER_CLASS); rename a class or a member.")
     check_plan_files(plan)
     return plan

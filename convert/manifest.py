@@ -66,11 +66,14 @@ def dumps(obj: Any) -> bytes:
     """Indented UTF-8 JSON. Non-ASCII text is written as itself (2-3 bytes a character, not a 6-byte \\uXXXX
     escape: long Cyrillic feature names would otherwise push manifest.json past the runtime's JSON limit). The
     digests are over contract.canonical (ASCII escapes), not these bytes, so the two forms agree. A string the
-    codec cannot write (a lone surrogate from a \\ud800 escape) falls back to the escaped form."""
+    codec cannot write (a lone surrogate from a \\ud800 escape) is refused: the planning checks refuse such
+    names by field, and a build holding one would load, then crash in every output writer."""
+    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
     try:
-        return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n").encode()
-    except UnicodeEncodeError:
-        return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise ConvertError(f"a JSON file of the build would hold {text[exc.start:exc.end]!r}, which is not valid "
+                           f"Unicode text (a lone surrogate cannot be written as UTF-8).") from None
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

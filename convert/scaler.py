@@ -26,7 +26,7 @@ class Scaler:
 
     @property
     def n_features(self) -> int:
-        # An identity scaler (neither mean nor scale) has no width to tell: len(None) raises, as it always did.
+        # load_scaler refuses a scaler with neither mean nor scale, so one of them is always there.
         return len(self.mean if self.mean is not None else self.scale)  # type: ignore[arg-type]
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -69,6 +69,11 @@ def load_scaler(file: Path) -> Scaler:
     obj = load_pickle(file, "scaler")
     if not isinstance(obj, StandardScaler) or not hasattr(obj, "n_features_in_"):
         raise ModelFileError(f"{file}: holds a {type(obj).__name__}, expected a fitted StandardScaler.")
+    if not obj.with_mean and not obj.with_std:
+        # It subtracts nothing and divides by nothing; the ensemble's load check wants a scaled member's input to
+        # pass through a Sub or a Div, so say what the user means instead of building a do-nothing chain.
+        raise ModelFileError(f"{file}: a StandardScaler with with_mean=False and with_std=False changes nothing; "
+                             f"give this member \"scaler\": null (no scaler) instead.")
     names = getattr(obj, "feature_names_in_", None)
     return Scaler(file, obj.mean_ if obj.with_mean else None, obj.scale_ if obj.with_std else None,
                   [str(n) for n in names] if names is not None else None, fitted=obj)

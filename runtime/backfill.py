@@ -36,6 +36,7 @@ import numpy as np
 
 from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .contract import score_columns
 from .errors import shortened, shortened_names
 from .features import InputError, parse_number
 
@@ -57,10 +58,7 @@ class Layout:
 
     @property
     def score_columns(self) -> list[str]:
-        cols = ["action", "confidence", *(f"p_{c}" for c in self.classes)]
-        if self.members:
-            cols += [f"p_{m}_{c}" for m in self.member_order for c in self.classes]
-        return cols
+        return score_columns(self.classes, self.member_order if self.members else ())
 
     @classmethod
     def for_input(cls, manifest: dict[str, Any], columns: list[str], keep: list[str] | None, members: bool,
@@ -184,15 +182,15 @@ def assemble(layout: Layout, keep: Any, outputs: dict[str, np.ndarray], reasons:
 
     refused = ~unscored(reasons)
     columns: dict[str, Any] = {name: keep.column(name) for name in layout.keep}
-    columns["action"] = pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(),
-                                 mask=refused)
-    columns["confidence"] = pa.array(outputs["confidence"], mask=refused)
-    for k, c in enumerate(layout.classes):
-        columns[f"p_{c}"] = pa.array(outputs["probabilities"][:, k], mask=refused)
+    # In the order of layout.score_columns, which names them (one list: the load check keeps its names distinct).
+    n_classes = len(layout.classes)
+    scores = [pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(), mask=refused),
+              pa.array(outputs["confidence"], mask=refused),
+              *(pa.array(outputs["probabilities"][:, k], mask=refused) for k in range(n_classes))]
     if layout.members:
-        for m, member in enumerate(layout.member_order):
-            for k, c in enumerate(layout.classes):
-                columns[f"p_{member}_{c}"] = pa.array(outputs["member_probabilities"][:, m, k], mask=refused)
+        scores += [pa.array(outputs["member_probabilities"][:, m, k], mask=refused)
+                   for m in range(len(layout.member_order)) for k in range(n_classes)]
+    columns.update(zip(layout.score_columns, scores, strict=True))
     columns[REJECT] = pa.array(list(reasons), type=pa.string())
     return pa.table(columns)
 

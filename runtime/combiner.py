@@ -126,10 +126,10 @@ def _node_text(domain: str, op: str, inputs: tuple[str, ...], attributes: Mappin
 
 def _check_scaling(c: _Combiner, prefix: str) -> None:
     """`PREFIX/float32` must be computed from the features alone, as convert/graph.py `_scaling` writes it:
-    Cast(to float32) of features, or of Div(Sub(features, PREFIX/mean), PREFIX/scale) in float64 (Sub or Div
-    left out for a scaler without a mean or a scale), the constants stored tensors. Another member's output, or
-    anything else, cannot feed a member through its scaler. Whether the constants are the scaler file's is not
-    read here: signing covers them."""
+    for `raw`, Cast(to float32) of features; for a scaler, the Cast of Div(Sub(features, PREFIX/mean),
+    PREFIX/scale) in float64 (Sub or Div left out for a scaler without a mean or a scale, never both), the
+    constants stored tensors. Another member's output, or anything else, cannot feed a member through its
+    scaler. Whether the constants are the scaler file's is not read here: signing covers them."""
     current = ENSEMBLE_INPUT
     if prefix != RAW:
         for op, constant, result in (("Sub", SCALER_MEAN, SCALER_SUB), ("Div", SCALER_SCALE, SCALER_DIV)):
@@ -138,6 +138,9 @@ def _check_scaling(c: _Combiner, prefix: str) -> None:
                 if scoped(prefix, constant) not in c.g.initializers:
                     raise c.error(f"'{scoped(prefix, constant)}' is not a stored tensor, as convert writes it")
                 current = scoped(prefix, result)
+        if current == ENSEMBLE_INPUT:  # convert refuses a scaler with neither (a member would read raw features)
+            raise c.error(f"'{scoped(prefix, SCALED)}' casts the features with neither a Sub nor a Div, but a "
+                          f"scaler's output always has one of them as convert writes it")
     c.node(scoped(prefix, SCALED), "Cast", (current,), {"to": 1})  # 1: TensorProto.FLOAT
 
 
@@ -160,8 +163,9 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
         raise c.error(f"defines {g.functions} function(s) of its own, which convert never writes (a node could "
                       f"call one by an operator's name)")
     if g.opsets_twice:  # onnxruntime and this reader could each take another of the two versions
-        raise c.error(f"imports the operator set {shortened(g.opsets_twice[0])} more than once (\"\" and "
-                      f"\"ai.onnx\" are one)")
+        twice = g.opsets_twice[0]
+        aside = ' ("" and "ai.onnx" are one)' if twice == "ai.onnx" else ""
+        raise c.error(f"imports the operator set {shortened(twice)} more than once{aside}")
     imports = {domain or "ai.onnx": version for domain, version in g.opsets.items()}
     if imports != m.opsets:  # the manifest's were checked against OPSETS: the graph runs only those
         other = {domain: version for domain, version in imports.items() if m.opsets.get(domain) != version}

@@ -12,6 +12,7 @@ Standard library only: `import runtime` stays light.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -303,6 +304,35 @@ def float32(value: float) -> float:
         return math.copysign(math.inf, value)
 
 
+def predict_csv_columns(classes: list[str] | tuple[str, ...], members: list[str] | tuple[str, ...]) -> list[str]:
+    """The header `predict --format csv` writes: one column per class, then one per member and class."""
+    return ["symbol", "action", "confidence", *classes, *(f"{m}_{c}" for m in members for c in classes)]
+
+
+def score_columns(classes: list[str] | tuple[str, ...], members: list[str] | tuple[str, ...]) -> list[str]:
+    """The score columns `score` writes (`members` empty without --members), before the passthrough columns."""
+    return ["action", "confidence", *(f"p_{c}" for c in classes), *(f"p_{m}_{c}" for m in members for c in classes)]
+
+
+def output_column_clashes(classes: list[str] | tuple[str, ...], members: list[str] | tuple[str, ...]) -> list[str]:
+    """Output column names that classes and members would give twice (a class named 'action'; classes 'x' and
+    'm1_x' with a member 'm1'): a reader would take one column's values for the other's, and a table writer
+    keeps only one. With every member's columns, which hold the columns without them too."""
+    repeated: set[str] = set()
+    for columns in (predict_csv_columns(classes, members), score_columns(classes, members)):
+        repeated |= {c for c, n in collections.Counter(columns).items() if n > 1}
+    return sorted(repeated)
+
+
+def _is_text(name: str) -> bool:
+    """Whether `name` can be written as UTF-8 (no lone surrogate)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_consistent(m: Manifest) -> None:
     """What types cannot say: names that must refer to each other, and values only in the range convert writes
     (a manifest re-bound into the graph passes the digest whatever it holds)."""
@@ -311,6 +341,17 @@ def _check_consistent(m: Manifest) -> None:
             raise FieldError(what, "must be a non-empty list of distinct names")
     if sorted(m.ensemble.members) != sorted(m.members) or len(set(m.ensemble.members)) != len(m.members):
         raise FieldError("ensemble.members", f"must name each of members {shortened_names(sorted(m.members), 10)} once")
+    # A lone surrogate (a \ud800 escape in JSON) parses, but no output writer (CSV, JSON lines, Parquet, the
+    # HTML report) can encode it: refused here rather than as a UnicodeEncodeError mid-run.
+    for what, names in (("feature_names", m.feature_names), ("classes", m.classes),
+                        ("ensemble.members", m.ensemble.members)):
+        for name in names:
+            if not _is_text(name):
+                raise FieldError(what, f"holds {shortened(name)}, which is not valid Unicode text (a lone "
+                                       f"surrogate cannot be written as UTF-8)")
+    if clash := output_column_clashes(m.classes, m.ensemble.members):
+        raise FieldError("classes", f"{shortened_names(m.classes)} with members {shortened_names(m.ensemble.members)} "
+                                    f"name the output column(s) {shortened_names(clash)} more than once")
     if m.decision is not None:
         for name in m.decision.min_confidence:
             if name not in m.classes:

@@ -628,3 +628,82 @@ def test_feature_names_are_checked_for_repeats_in_linear_time():
     assert time.perf_counter() - started < 0.5
     with pytest.raises(MetadataError, match=r"names \['feature_1', 'feature_7'\] more than once"):
         check_unique_names([*names, "feature_7", "feature_1", "feature_7"], "ensemble.json")
+
+
+# --- attack report 3, H5: a StandardScaler that neither centers nor scales crashed convert (len(None))
+
+def test_a_scaler_that_changes_nothing_is_refused_by_file_name(tmp_path):
+    import pickle
+
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    from convert.errors import ModelFileError
+    from convert.scaler import load_scaler
+
+    file = tmp_path / "s1.pkl"
+    file.write_bytes(pickle.dumps(StandardScaler(with_mean=False, with_std=False).fit(np.ones((3, 2)))))
+    with pytest.raises(ModelFileError, match=r"s1\.pkl: a StandardScaler with with_mean=False and with_std=False "
+                                             r"changes nothing; give this member \"scaler\": null"):
+        load_scaler(file)
+
+
+# --- attack report 3, H4: a lone surrogate in a name built and loaded, then every output writer crashed
+
+@pytest.mark.parametrize(("field", "value"), [("classes", ["\udc00", "b", "c"]),
+                                              ("feature_names", ["\ud800x", "b"])])
+def test_a_name_that_is_not_unicode_text_is_refused_naming_the_field(tmp_path, field, value):
+    folder = _hand_made_stacking(tmp_path / "models", ["a"], "weighted")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec[field] = value
+    (folder / "ensemble.json").write_text(json.dumps(spec))  # ASCII escapes: "\udc00" as JSON text
+    with pytest.raises(MetadataError, match=rf"ensemble\.json: field '{field}': '\\ud[8c]00x?' is not valid "
+                                            r"Unicode text \(a lone surrogate, as from a \\ud800 escape, cannot be "
+                                            r"written as UTF-8\); rename it\."):
+        make_plan(folder)
+
+
+def test_a_feature_name_from_a_scaler_that_is_not_unicode_text_is_refused(tmp_path):
+    import numpy as np
+
+    from convert.build import resolve_feature_names
+    from convert.scaler import Scaler
+
+    plan = make_plan(_hand_made_stacking(tmp_path / "models", ["a"], "weighted"))
+    scaler = Scaler(tmp_path / "s.json", np.zeros(2), np.ones(2), ["\ud800x", "b"])
+    with pytest.raises(MetadataError, match=r"s\.json: feature_names: '\\ud800x' is not valid Unicode text"):
+        resolve_feature_names(plan, [], {scaler.file: scaler})
+
+
+def test_the_manifest_writer_refuses_a_lone_surrogate_rather_than_escaping_it():
+    from convert.errors import ConvertError
+
+    with pytest.raises(ConvertError, match=r"would hold '\\udc00', which is not valid Unicode text"):
+        mf.dumps({"classes": ["\udc00"]})
+
+
+# --- attack report 3, H3: class and member names whose output columns collide built and loaded; predict CSV
+# wrote two 'action' columns and score --members wrote p_m1_x once for two values
+
+@pytest.mark.parametrize(("classes", "members", "clash"), [
+    (["action", "symbol", "confidence"], ["m1"], "['action', 'confidence', 'symbol']"),
+    (["x", "m1_x", "y"], ["m1"], "['m1_x', 'p_m1_x']"),
+])
+def test_class_and_member_names_whose_output_columns_collide_are_refused(tmp_path, classes, members, clash):
+    from convert.errors import PlanError
+
+    folder = _hand_made_stacking(tmp_path / "models", members, "weighted")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["classes"] = classes
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(PlanError, match=rf"ensemble\.json: classes .* name the output column\(s\) {re.escape(clash)} "
+                                        r"more than once .*; rename a class or a member\."):
+        make_plan(folder)
+
+
+def test_class_names_whose_output_columns_do_not_collide_still_plan(tmp_path):
+    folder = _hand_made_stacking(tmp_path / "models", ["m1"], "weighted")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["classes"] = ["x", "m2_x", "p"]  # m2 is no member; 'p' gives p_p
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    assert make_plan(folder).classes == ["x", "m2_x", "p"]

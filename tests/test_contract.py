@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -226,6 +227,12 @@ def _edit(path: str, value: object) -> Callable[[dict[str, Any]], None]:
                                    "'weighted' or 'stacking' load"),
     ("decision/fallback", "M" * 5000, "field 'decision.fallback' is '" + "M" * 39 + "... (5000 characters), not a "
                                       "class of ['SELL', 'HOLD', 'BUY']"),
+    # A lone surrogate loaded, then predict --format csv, score and compare --report crashed with
+    # UnicodeEncodeError (attack report 3, H4).
+    ("feature_names", ["\ud800x", "macd"], "field 'feature_names' holds '\\ud800x', which is not valid Unicode text "
+                                          "(a lone surrogate cannot be written as UTF-8)"),
+    ("classes", ["\udc00", "HOLD", "BUY"], "field 'classes' holds '\\udc00', which is not valid Unicode text (a "
+                                          "lone surrogate cannot be written as UTF-8)"),
 ])
 def test_a_bad_field_is_refused_by_its_path(path, value, message):
     manifest = _manifest()
@@ -234,6 +241,36 @@ def test_a_bad_field_is_refused_by_its_path(path, value, message):
         contract.parse_manifest(manifest)
     assert str(caught.value) == message
     assert caught.value.path == message.split("'")[1]
+
+
+@pytest.mark.parametrize(("classes", "clash"), [(["action", "HOLD", "BUY"], "['action']"),
+                                               (["x", "net_x", "y"], "['net_x', 'p_net_x']")])
+def test_classes_whose_output_columns_collide_are_refused(classes, clash):
+    # Attack report 3, H3: predict --format csv wrote two 'action' columns, score --members one p_net_x for two.
+    manifest = _manifest()
+    manifest["classes"] = classes
+    manifest["decision"] = None
+    with pytest.raises(FieldError, match=rf"^field 'classes' .* with members \['tree', 'net'\] name the output "
+                                         rf"column\(s\) {re.escape(clash)} more than once$"):
+        contract.parse_manifest(manifest)
+
+
+def test_the_writers_name_their_columns_from_one_list():
+    from runtime.backfill import Layout
+
+    layout = Layout(("f",), ("x", "y"), ("m",), (), members=True)
+    assert layout.score_columns == ["action", "confidence", "p_x", "p_y", "p_m_x", "p_m_y"]
+    assert contract.predict_csv_columns(["x", "y"], ["m"]) == ["symbol", "action", "confidence", "x", "y", "m_x", "m_y"]
+
+
+def test_a_member_name_that_is_not_unicode_text_is_refused():
+    manifest = _manifest()
+    manifest["members"]["\udc00"] = manifest["members"].pop("net")
+    manifest["ensemble"]["members"] = ["tree", "\udc00"]
+    manifest["decision"]["temperature"] = {}
+    with pytest.raises(FieldError, match=r"^field 'ensemble\.members' holds '\\udc00', which is not valid Unicode "
+                                         r"text \(a lone surrogate cannot be written as UTF-8\)$"):
+        contract.parse_manifest(manifest)
 
 
 @pytest.mark.parametrize("edits", [
