@@ -124,3 +124,19 @@ def test_demo_may_rewrite_an_empty_folder_or_a_previous_demo_set(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="not a folder"):
         check_demo_target(tmp_path / "file")
+
+
+def test_demo_refuses_a_demo_named_link_instead_of_writing_through_it(tmp_path):
+    # Found: a link named sample_features.csv passed (is_file follows links), and the demo wrote through it.
+    from convert.demo import check_demo_target
+    from convert.errors import OutputError
+
+    victim = tmp_path / "victim.csv"
+    victim.write_text("precious\n")
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "demo_spec.json").write_text("{}\n")
+    (previous / "sample_features.csv").symlink_to(victim)
+    with pytest.raises(OutputError, match=r"'sample_features.csv'"):
+        check_demo_target(previous)
+    assert victim.read_text() == "precious\n"
