@@ -165,7 +165,7 @@ from pathlib import Path
 from convert.reference import Reference
 from convert.discover import plan_from_manifest
 artifacts, models, history, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-manifest = json.loads((Path(artifacts) / "manifest.json").read_text())
+manifest = json.loads((Path(artifacts) / "manifest.json").read_text(encoding="utf-8"))
 ref = Reference.from_plan(plan_from_manifest(manifest, Path(models)))
 names = manifest["feature_names"]
 t, rows = time.perf_counter(), 0

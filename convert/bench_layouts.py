@@ -183,7 +183,7 @@ def whole(folder: Path, rounds: int, calls: int) -> dict[str, float]:
         for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
             session = _session(whole_graph_in_form(model, form), level)
             candidates[f"ensemble, {form}, {level}"] = partial(session.run, None, {"features": row})
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     for name, member in manifest["members"].items():
         session = _session(onnx.load(folder / member["onnx"]["file"]))
         feed = {session.get_inputs()[0].name: row.astype(np.float32)}

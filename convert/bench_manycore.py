@@ -165,7 +165,7 @@ def sweep(folder: Path, thread_counts: list[int], quick: bool, progress: Any) ->
         entry["runtime.predict_proba, default"] = _figure(
             _timings(partial(ensemble.predict_proba, row["features"]), calls))
         out[str(threads)] = entry
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     members: dict[str, Any] = {}
     for name, member in manifest["members"].items():
         for threads in sorted({1, max(thread_counts)}):

@@ -61,7 +61,7 @@ def _load_pipeline(pipeline: str, artifacts: str, models: str, threads: int) -> 
     from .discover import plan_from_manifest
     from .reference import Reference
 
-    manifest = json.loads((Path(artifacts) / "manifest.json").read_text())  # verified by the parent
+    manifest = json.loads((Path(artifacts) / "manifest.json").read_text(encoding="utf-8"))  # verified by the parent
     return Reference.from_plan(plan_from_manifest(manifest, Path(models))).predict_proba
 
 

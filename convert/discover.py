@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,14 @@ def check_unique_names(names: list[str], where: str) -> None:
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)  # linear: 100,000 names fit 1 MiB
     if repeated:
         raise MetadataError(f"{where} names {repeated} more than once; every feature must appear exactly once.")
+    # "é" typed as one character (NFC) or as e + accent (NFD) looks the same to a person and differs to a dict:
+    # two such features would take rows keyed by whichever spelling the caller's data has.
+    forms: dict[str, str] = {}
+    for name in names:
+        first = forms.setdefault(unicodedata.normalize("NFC", name), name)
+        if first != name:
+            raise MetadataError(f"{where} names {shortened(first)} and {shortened(name)}, the same text in two "
+                                f"Unicode forms (NFC and NFD); name each feature once, in one form.")
 
 
 def check_plan_files(plan: Plan) -> None:

@@ -32,8 +32,8 @@ def read_reference_rows(path: Path, feature_names: list[str], text: str | None =
     from runtime.features import InputError, read_records, records_to_matrix
 
     try:
-        return records_to_matrix(read_records(path.read_text() if text is None else text), feature_names,
-                                 passthrough=("symbol", "label", "timestamp"))
+        rows = read_records(path.read_text(encoding="utf-8") if text is None else text)
+        return records_to_matrix(rows, feature_names, passthrough=("symbol", "label", "timestamp"))
     except InputError as exc:
         raise MetadataError(f"{path}: {exc}") from exc
 
