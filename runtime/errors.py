@@ -16,6 +16,12 @@ class EnsembleOnnxError(Exception):
     exit_code = 1  # a refusal; click's usage errors exit 2
 
 
+def integer_size(value: int) -> str:
+    """A huge integer for a message, by its size from its bits (log10(2) = 0.30103): str() of one past Python's
+    4,300 digits raises, and printing it whole would bury the message."""
+    return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+
+
 def shortened(value: object, keep: int = 40, quoted: bool = True) -> str:
     """A value for a refusal message, cut to `keep` characters and its size: a manifest field or a limit
     variable may hold thousands of digits, which the message must not print in full (and str() of an integer
@@ -23,8 +29,8 @@ def shortened(value: object, keep: int = 40, quoted: bool = True) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         try:
             text = str(value)
-        except ValueError:  # past sys.get_int_max_str_digits(): the size from the bits (log10(2) = 0.30103)
-            return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+        except ValueError:  # past sys.get_int_max_str_digits(): str() raises
+            return integer_size(value)
         size = f"{len(text.lstrip('-'))} digits"
     else:
         text = repr(value) if quoted or not isinstance(value, str) else value

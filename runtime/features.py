@@ -17,7 +17,7 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from .errors import EnsembleOnnxError, shortened, shortened_names
+from .errors import EnsembleOnnxError, integer_size, shortened, shortened_names
 
 
 class InputError(EnsembleOnnxError, ValueError):
@@ -97,7 +97,7 @@ def _check_cell(value: Any, row: int, feature: str) -> float:
 def _short(value: Any) -> str:
     """The value for a message, cut short; a huge integer by its size (repr of one over 4,300 digits raises)."""
     if isinstance(value, int) and abs(value) >= 10**40:
-        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+        return integer_size(value)
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
