@@ -204,6 +204,39 @@ def _saved_optimised(folder: Path, row: np.ndarray, calls: int) -> dict[str, dic
                 "load_seconds": load_seconds}}
 
 
+MAX_THREADS = 1024  # past any host's cores: a larger count is a typo (onnxruntime and numpy refuse it with a traceback)
+
+
+def thread_counts(text: str, parser: argparse.ArgumentParser) -> list[int]:
+    """--threads as comma-separated counts, each 1 to MAX_THREADS, or the parser's usage error."""
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        parser.error(f"--threads {text!r}: give comma-separated whole numbers, like 1,2,4")
+    if any(not 1 <= t <= MAX_THREADS for t in counts):
+        parser.error(f"--threads: each count must be from 1 to {MAX_THREADS}")
+    return counts
+
+
+def out_refusal(out_dir: Path, folders: list[tuple[Path, str]]) -> str | None:
+    """Why a benchmark may not write its files into `out_dir`, or None: a file is there, or the folder is, or
+    lies inside, one of `folders` (name, "an artifacts folder") or any artifacts folder (one holding
+    manifest.json and ensemble.onnx): an unlisted file there fails verification. Checked before anything is timed."""
+    target = out_dir.resolve()
+    if target.exists() and not target.is_dir():
+        return f"--out {out_dir}: is a file, not a folder; name a folder for the results."
+    for folder, what in folders:
+        if target == folder.resolve() or folder.resolve() in target.parents:
+            return f"--out {out_dir}: is, or is inside, {what}; the results would break it. Name another folder."
+    for place in (target, *target.parents):  # manifest.json alone may be a web app's: with ensemble.onnx, a build
+        if (place / "manifest.json").is_file() and (place / "ensemble.onnx").is_file():
+            return (f"--out {out_dir}: is, or is inside, an artifacts folder ({place}); the results would make it "
+                    f"fail verification. Name another folder.")
+        if place.exists() and not place.is_dir():
+            return f"--out {out_dir}: {place} is a file, not a folder; name a folder for the results."
+    return None
+
+
 def run(artifacts: list[Path], thread_counts: list[int], out_dir: Path, quick: bool = False,
         progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> dict[str, Any]:
     import onnxruntime
@@ -285,15 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few calls, figures not for quoting")
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
-    try:
-        counts = ([int(t) for t in args.threads.split(",")] if args.threads
-                  else sorted({1 << i for i in range(cores.bit_length()) if 1 << i <= cores} | {cores}))
-    except ValueError:
-        parser.error(f"--threads {args.threads!r}: give comma-separated whole numbers, like 1,2,4")
-    if any(t < 1 for t in counts):
-        parser.error("--threads: each count must be at least 1")
+    counts = (thread_counts(args.threads, parser) if args.threads is not None
+              else sorted({1 << i for i in range(cores.bit_length()) if 1 << i <= cores} | {cores}))
     import runtime
 
+    refused = out_refusal(args.out, [(a, "an artifacts folder") for a in args.artifacts])
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     try:
         results = run(args.artifacts, counts, args.out, args.quick)
     except (runtime.ArtifactError, OSError) as exc:

@@ -198,10 +198,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.calls < 1:
+        parser.error("--rounds and --calls: each must be at least 1 (no figure is printed that was not measured)")
     import onnx
     import onnxruntime
 
+    import runtime
     from runtime.host import cpu
+
+    from .bench_host import out_refusal
+
+    try:
+        runtime.load(args.artifacts)  # verified before anything is timed
+    except (runtime.ArtifactError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    refused = out_refusal(args.out, [(args.artifacts, "the artifacts folder")])
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
 
     results: dict[str, Any] = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__},
                "per_matrix": per_matrix(onnx.load(args.artifacts / "ensemble.onnx"), args.rounds, args.calls),

@@ -34,7 +34,7 @@ import numpy as np
 
 from runtime.host import cpu
 
-from .bench_host import _options, _timings
+from .bench_host import _options, _timings, out_refusal, thread_counts
 
 FORMS = ("blocks", "branches")
 KNOBS: dict[str, dict[str, Any]] = {
@@ -194,12 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/bench-manycore"))
     parser.add_argument("--quick", action="store_true", help="a smoke run: few calls, figures not for quoting")
     args = parser.parse_args(argv)
-    try:
-        counts = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        parser.error(f"--threads {args.threads!r}: give comma-separated whole numbers, like 1,2,4")
-    if any(t < 1 for t in counts):
-        parser.error("--threads: each count must be at least 1")
+    counts = thread_counts(args.threads, parser)
     import onnxruntime
 
     import runtime
@@ -208,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         runtime.load(args.artifacts)  # verified before anything is timed
     except (runtime.ArtifactError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    refused = out_refusal(args.out, [(args.artifacts, "the artifacts folder")])
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 1
     started = time.perf_counter()
     results = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__}, "quick": args.quick,

@@ -255,13 +255,14 @@ def _read_input(name: str) -> str:
 def _check_bench_out(out_dir: Path, artifacts: tuple[Path, ...], models: Path) -> None:
     """bench's files in an artifacts or models folder would break it (an unlisted file fails verification;
     new files change what discovery sees)."""
+    from .bench_host import out_refusal
     from .discover import STAMPED
     from .errors import OutputError
 
+    refused = out_refusal(out_dir, [(a, "an artifacts folder") for a in artifacts] + [(models, "the models folder")])
+    if refused:
+        raise OutputError(refused)
     target = out_dir.resolve()
-    for folder, what in [(a, "an artifacts folder") for a in artifacts] + [(models, "the models folder")]:
-        if target == folder.resolve():
-            raise OutputError(f"--out {out_dir}: is {what}; bench's files would break it. Name another folder.")
     if target.is_dir():
         names = [p.name for p in target.iterdir()]
         if "manifest.json" in names:

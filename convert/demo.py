@@ -291,7 +291,7 @@ def check_demo_target(target: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from .errors import ConvertError
+    from .errors import ConvertError, OutputError
 
     parser = argparse.ArgumentParser(
         prog="python -m convert.demo",
@@ -303,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(parser.parse_args(argv).folder)
     try:
         check_demo_target(target)
+        try:  # made before a minute of training: a path under a file or an unwritable place is said now
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{target}: cannot make the folder ({exc.strerror}); name a folder that can be "
+                              f"written.") from None
     except ConvertError as exc:
         print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code

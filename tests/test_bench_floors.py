@@ -228,3 +228,63 @@ def test_manycore_study_runs_and_writes_its_table(demo_artifacts, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(tmp_path), "--quick"], cwd=REPO,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and str(tmp_path) in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("module", ["convert.bench_host", "convert.bench_manycore", "convert.bench_layouts"])
+@pytest.mark.parametrize("where", [".", "members", "new/sub"])
+def test_a_study_refuses_to_write_into_the_artifacts_folder_it_times(artifacts_copy, module, where):
+    # Found: --out ARTIFACTS wrote bench_host.json/manycore.json into the build, which then failed verification.
+    import runtime
+
+    out = artifacts_copy / where
+    effort = ["--rounds", "1"] if module == "convert.bench_layouts" else ["--quick", "--threads", "1"]
+    done = subprocess.run([sys.executable, "-m", module, str(artifacts_copy), "--out", str(out), *effort],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"--out {out}: is, or is inside, the artifacts folder" in done.stderr \
+        or f"--out {out}: is, or is inside, an artifacts folder" in done.stderr
+    runtime.load(artifacts_copy)  # untouched
+
+
+def test_bench_refuses_an_out_folder_inside_a_build(demo_artifacts, tmp_path):
+    # Found: --out ARTIFACTS/members passed the check (it compared equality only) and broke the build.
+    import shutil
+
+    build = Path(shutil.copytree(demo_artifacts, tmp_path / "build"))
+    result = invoke("bench", build, "--models", tmp_path, "--out", build / "members", "--quick")
+    assert result.exit_code == 1 and "is, or is inside, an artifacts folder" in result.output
+    assert sorted(p.name for p in (build / "members").iterdir()) == sorted(
+        p.name for p in (demo_artifacts / "members").iterdir())
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--threads", "99999999999"], "each count must be from 1 to 1024"),
+    (["--threads", "0"], "each count must be from 1 to 1024"),
+    (["--threads", "1,,2"], "give comma-separated whole numbers"),
+])
+def test_a_study_refuses_thread_counts_it_cannot_run(demo_artifacts, tmp_path, argv, says):
+    # Found: 99999999999 threads gave a TypeError traceback (onnxruntime) or a MemoryError (numpy).
+    for module in ("convert.bench_host", "convert.bench_manycore"):
+        done = subprocess.run([sys.executable, "-m", module, str(demo_artifacts), "--quick", "--out",
+                               str(tmp_path / "out"), *argv], cwd=REPO, capture_output=True, text=True, check=False)
+        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_study_refuses_an_out_that_is_a_file_before_timing(demo_artifacts, tmp_path):
+    # Found: bench_manycore ran the whole sweep, then printed a FileExistsError traceback.
+    existing = tmp_path / "existing.txt"
+    existing.write_text("user data\n")
+    for out in (existing, existing / "sub"):
+        done = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(demo_artifacts), "--quick",
+                               "--threads", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 1 and "not a folder" in done.stderr and "Traceback" not in done.stderr
+        assert "| 1 | shipped" not in done.stdout  # refused before anything was timed
+    assert existing.read_text() == "user data\n"
+
+
+def test_the_layout_study_refuses_zero_rounds(demo_artifacts, tmp_path):
+    # Found: --rounds 0 printed "nan µs" for every figure, none measured.
+    done = subprocess.run([sys.executable, "-m", "convert.bench_layouts", str(demo_artifacts), "--rounds", "0",
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "at least 1" in done.stderr and "nan" not in done.stdout

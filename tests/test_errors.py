@@ -140,3 +140,12 @@ def test_demo_refuses_a_demo_named_link_instead_of_writing_through_it(tmp_path):
     with pytest.raises(OutputError, match=r"'sample_features.csv'"):
         check_demo_target(previous)
     assert victim.read_text() == "precious\n"
+
+
+def test_demo_says_so_when_its_folder_cannot_be_made(tmp_path):
+    # Found: a FOLDER under a file gave a NotADirectoryError traceback (after a minute of training).
+    (tmp_path / "afile").write_text("")
+    done = _demo(str(tmp_path / "afile" / "sub"), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"Error: OutputError: {tmp_path / 'afile' / 'sub'}: cannot make the folder "
+                                   f"(Not a directory); name a folder that can be written.")
