@@ -106,7 +106,7 @@ def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts,
     result = invoke("bench", demo_artifacts, int8_build, "--models", demo_models, "--threads", "1", "--quick",
                     "--out", tmp_path, "--json", "-q")
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.output)
+    figures = json.loads(result.stdout)
     from convert.bench_report import lowered_warnings
     from runtime.host import cpu
 

@@ -375,9 +375,9 @@ def test_cli_inspect_state_dict_and_folders(demo_models, demo_artifacts):
     runner = CliRunner()
     result = runner.invoke(main, ["inspect", str(demo_models / f"patchtst_{STAMP}.pth"), "--json"])
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["kind"] == "patchtst" and len(info["tensors"]) == 54 and info["architecture"]["n_layers"] == 4
-    info = json.loads(runner.invoke(main, ["inspect", str(demo_models / f"nhits_{STAMP}.pth"), "--json"]).output)
+    info = json.loads(runner.invoke(main, ["inspect", str(demo_models / f"nhits_{STAMP}.pth"), "--json"]).stdout)
     assert info["kind"] == "nhits" and len(info["tensors"]) == 20
     assert "plan for" in runner.invoke(main, ["inspect", str(demo_models)]).output
     assert runner.invoke(main, ["inspect", str(demo_artifacts)]).exit_code == 0

@@ -36,7 +36,7 @@ def policy_build(models_cache, demo_spec, tmp_path_factory):
     out = models.parent / "artifacts"
     result = invoke("convert", models, "-o", out, "--json", "-q")
     assert result.exit_code == 0, result.output
-    return models, out, json.loads(result.output)
+    return models, out, json.loads(result.stdout)
 
 
 # ------------------------------------------------------------------------------------------- policy
@@ -158,7 +158,7 @@ def test_calibrate_refuses_rows_without_labels(models_copy, demo_spec, tmp_path)
 def test_verify_passes_on_the_build_and_reports_json(demo_models, demo_artifacts):
     result = invoke("verify", demo_artifacts, "--models", demo_models, "--json", "-q")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["passed"] and report["sources"] >= 5 and report["parity"]["rows"] > 1000
 
 
@@ -169,7 +169,7 @@ def test_verify_covers_the_policy_and_recorded_rows(policy_build, demo_spec, tmp
     rows = write_demo_features(tmp_path / "recorded.csv", demo_spec, n_rows=40)
     result = invoke("verify", artifacts, "--models", models, "--data", rows, "--json", "-q")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["parity"]["rows"] == json.loads((artifacts / "parity.json").read_text())[
+    assert json.loads(result.stdout)["parity"]["rows"] == json.loads((artifacts / "parity.json").read_text())[
         "rows"]["total"] + 40
 
 
@@ -253,7 +253,7 @@ def test_bench_quick_run_writes_table_json_and_plot(demo_models, demo_artifacts,
     result = invoke("bench", demo_artifacts, "--models", demo_models, "--threads", "1", "--quick", "--out", tmp_path,
                     "--json", "-q")
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.output)
+    figures = json.loads(result.stdout)
     entry = figures["threads"]["1"]
     runtime, frameworks = entry["builds"]["fp32"]["runtime"], entry["frameworks"]
     for pipeline in (runtime, frameworks):
@@ -273,7 +273,7 @@ def test_bench_names_each_build_and_measures_the_frameworks_once(demo_models, de
     result = invoke("bench", demo_artifacts, other, "--models", demo_models, "--threads", "1", "--quick",
                     "--out", tmp_path / "bench", "--json", "-q")
     assert result.exit_code == 0, result.output
-    entry = json.loads(result.output)["threads"]["1"]
+    entry = json.loads(result.stdout)["threads"]["1"]
     assert sorted(entry["builds"]) == sorted([demo_artifacts.name, "again"])  # both fp32: named by folder
     for build in entry["builds"].values():
         assert build["ratios"]["one_row_p50_speedup"] == pytest.approx(

@@ -4,6 +4,7 @@ served and verified like any other build, and refused where it cannot run. Real 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -18,12 +19,36 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+# Two hosts, written as /proc/cpuinfo: the int8 warning is a branch on the build host's instruction sets, so
+# both branches run on whatever CPU runs the suite (an AVX2-only CI host and an AVX-512 VNNI one alike).
+AVX2_ONLY = "processor\t: 0\nmodel name\t: Test AVX2 host\nflags\t\t: fpu sse sse4_2 avx fma avx2\n"
+WITH_VNNI = "processor\t: 0\nmodel name\t: Test VNNI host\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n"
+NO_VNNI_WARNING = "Test AVX2 host has none of AVX-512 VNNI"
+
+
+@contextlib.contextmanager
+def as_host(cpuinfo: str, folder):
+    """Within it, runtime.host reads `cpuinfo` as this machine's /proc/cpuinfo."""
+    import runtime.host
+
+    path = folder / "cpuinfo"
+    path.write_text(cpuinfo)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime.host, "CPUINFO", path)
+        yield
+
+
 @pytest.fixture(scope="module")
 def int8_build(demo_models, demo_artifacts, tmp_path_factory):
+    """Built as on an AVX2-only host: the manifest is read from stdout, the host warning goes to stderr."""
     out = tmp_path_factory.mktemp("int8") / "artifacts"
-    result = invoke("convert", demo_models, "-o", out, "--precision", "int8", "--json", "-q")
+    with as_host(AVX2_ONLY, out.parent):
+        result = invoke("convert", demo_models, "-o", out, "--precision", "int8", "--json", "-q")
     assert result.exit_code == 0, result.output
-    return out, json.loads(result.output)
+    assert "--precision int8: this build host " + NO_VNNI_WARNING in result.stderr
+    manifest = json.loads(result.stdout)  # stdout is the manifest alone, whatever the host warned
+    assert manifest["precision"]["build_host"]["int8_fast"] is False
+    return out, manifest
 
 
 def test_int8_build_records_its_precision_and_passes_both_gates(int8_build, demo_artifacts):
@@ -92,7 +117,7 @@ def test_int8_build_serves_and_verifies_like_any_build(int8_build, demo_models):
     assert prediction.action in ens.classes
     result = invoke("verify", out, "--models", demo_models, "--json", "-q")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["parity"]["precision"]["weights"] == "int8"
+    assert json.loads(result.stdout)["parity"]["precision"]["weights"] == "int8"
 
 
 def test_runtime_refuses_an_int8_build_its_onnxruntime_cannot_serve(int8_build, tmp_path):
@@ -164,8 +189,12 @@ def test_min_agreement_without_a_lowered_precision_is_a_usage_error(demo_models,
     assert result.exit_code == 2 and "--precision int8" in result.output
 
 
-def test_int8_with_nothing_large_enough_to_lower_is_refused(demo_models, tmp_path):
-    """N-HiTS alone has no Linear layer that large: an "int8" build would be float32 under another name."""
-    result = invoke("convert", demo_models, "-o", tmp_path / "out", "--only", "nhits", "--precision", "int8")
-    assert result.exit_code == 1 and "nothing would be lowered" in result.output
+@pytest.mark.parametrize(("cpuinfo", "warned"), [(AVX2_ONLY, True), (WITH_VNNI, False)])
+def test_int8_with_nothing_large_enough_to_lower_is_refused(demo_models, tmp_path, cpuinfo, warned):
+    """N-HiTS alone has no Linear layer that large: an "int8" build would be float32 under another name. On
+    either host; only the one without 8-bit dot products is warned, on stderr."""
+    with as_host(cpuinfo, tmp_path):
+        result = invoke("convert", demo_models, "-o", tmp_path / "out", "--only", "nhits", "--precision", "int8")
+    assert result.exit_code == 1 and "nothing would be lowered" in result.stderr
+    assert (NO_VNNI_WARNING in result.stderr) is warned
     assert not (tmp_path / "out").exists()

@@ -215,7 +215,7 @@ def test_a_consistent_forgery_loads_only_unpinned(artifacts_copy):
 def test_cli_prints_and_pins_the_build_id(artifacts_copy, tmp_path):
     build_id = runtime.load(artifacts_copy).build_id
     inspected = invoke("inspect", artifacts_copy, "--json")
-    assert json.loads(inspected.output)["build_id"] == build_id
+    assert json.loads(inspected.stdout)["build_id"] == build_id
     rows_file = tmp_path / "rows.jsonl"
     names = runtime.load(artifacts_copy).feature_names
     rows_file.write_text(json.dumps(dict.fromkeys(names, 1.0)) + "\n")
