@@ -7,6 +7,7 @@ Nothing is written to the output folder unless every step, the parity gate inclu
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -304,7 +305,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     contract.parse_manifest(manifest)  # the builder holds itself to the loader's contract
     files["manifest.json"] = mf.manifest_bytes(manifest)  # refused here when over the runtime's JSON limit
     if signer is not None:  # over every file written, manifest.json included: the OpenSSF model-signing format
-        files[BUNDLE_FILE] = signer(files, out.resolve().name, contract.build_id(manifest))
+        files[BUNDLE_FILE] = signer(files, Path(os.path.abspath(out)).name, contract.build_id(manifest))
     progress(f"writing {out}")
     mf.write_atomically(out, files, models_dir, force)
     log.info("wrote %s (%d files)", out, len(files))

@@ -406,6 +406,9 @@ def _check_signed_set(signed: Signed, listed: set[str], identity: str, root: Pat
         raise ArtifactError(f"{root / rel}: listed in {MANIFEST_FILE} but not signed in {BUNDLE_FILE}; {REBUILD} "
                             f"--sign-key.")
     for rel in sorted(set(signed.files) - listed - {MANIFEST_FILE}):
+        if rel == SIGNATURE_FILE:  # a folder of the former format signed again without removing the old signature
+            raise ArtifactError(f"{root}: {BUNDLE_FILE} signs {SIGNATURE_FILE}, the former signature: remove it and "
+                                f"sign the folder again (docs/releasing.md).")
         raise ArtifactError(f"{root}: {BUNDLE_FILE} signs {shortened(rel)}, which {MANIFEST_FILE} does not list (a "
                             f"file the build does not hold); {REBUILD} --sign-key.")
     if signed.build_id is not None and signed.build_id != identity:

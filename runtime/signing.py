@@ -144,7 +144,7 @@ def verify(manifest: dict[str, Any], signature_file: bytes | None, public_key: K
     if signature_file is None:
         raise SignatureError(f"the folder is not signed (no {BUNDLE_FILE}) and a public key was given.")
     if not isinstance(key, c.ed25519.Ed25519PublicKey):
-        raise SignatureError(f"{where}: {_a(type(key).__name__)}; {SIGNATURE_FILE} (the signature format before "
+        raise SignatureError(f"{where}: {_key_kind(c, key)}; {SIGNATURE_FILE} (the signature format before "
                              f"{BUNDLE_FILE}) is checked with the Ed25519 key that signed it. {RESIGN}")
     record = _record(signature_file)
     algorithm, signature = record["algorithm"], _signature_bytes(record["signature"])
@@ -184,11 +184,16 @@ def _curve_hash(c: Any, key: Any, where: str) -> Any:
                              f"whose key signing takes an elliptic-curve key (P-256, P-384 or P-521): {MAKE_KEY}. "
                              f"(Ed25519 keys signed {SIGNATURE_FILE}, the format before.)")
     if not isinstance(public, c.ec.EllipticCurvePublicKey) or public.curve.name not in CURVE_HASHES:
-        kind = (f"an elliptic-curve key on {public.curve.name}" if isinstance(public, c.ec.EllipticCurvePublicKey)
-                else f"a key of type {type(public).__name__.removesuffix('PublicKey')}")
-        raise SignatureError(f"{where}: {kind}; the OpenSSF model-signing format takes an elliptic-curve key on "
-                             f"P-256, P-384 or P-521: {MAKE_KEY}.")
+        raise SignatureError(f"{where}: {_key_kind(c, public)}; the OpenSSF model-signing format takes an "
+                             f"elliptic-curve key on P-256, P-384 or P-521: {MAKE_KEY}.")
     return getattr(c.hashes, CURVE_HASHES[public.curve.name])()
+
+
+def _key_kind(c: Any, public: Any) -> str:
+    """A public key's kind in words, for a refusal: 'an elliptic-curve key on secp256k1', 'a key of type RSA'."""
+    if isinstance(public, c.ec.EllipticCurvePublicKey):
+        return f"an elliptic-curve key on {public.curve.name}"
+    return f"a key of type {type(public).__name__.removesuffix('PublicKey')}"
 
 
 def _key_hint(c: Any, public: Any) -> str:
@@ -424,5 +429,5 @@ def _a(noun: str) -> str:
 
 
 def _json_type(value: object) -> str:
-    return {bool: "boolean", int: "number", float: "number", list: "array", dict: "object",
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object",
             type(None): "null"}.get(type(value), type(value).__name__)

@@ -853,13 +853,11 @@ def test_a_signature_file_that_is_no_record_is_refused(keys, record, says):
 
 
 def test_keys_that_are_not_ed25519_are_refused_by_their_kind(keys, tmp_path):
-    from runtime.signing import SignatureError, sign
-
-    from runtime.signing import RESIGN
+    from runtime.signing import RESIGN, SignatureError, sign
 
     assert _refusal(MANIFEST, b"{}", keys["ec_public"]) == (
-        f"the given key: an ECPublicKey; manifest.sig (the signature format before model.sig) is checked with the "
-        f"Ed25519 key that signed it. {RESIGN}")
+        f"the given key: an elliptic-curve key on secp256r1; manifest.sig (the signature format before model.sig) is "
+        f"checked with the Ed25519 key that signed it. {RESIGN}")
     private = tmp_path / "ec.pem"
     private.write_bytes(keys["ec_private"])
     with pytest.raises(SignatureError) as caught:

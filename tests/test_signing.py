@@ -221,10 +221,7 @@ def test_a_folder_the_standard_tool_signed_loads_under_its_key(signed, signed_co
     (no build id recorded) loads, and is refused after an edit like any other."""
     folder, _, _ = signed
     (signed_copy / MODEL_SIG).unlink()
-    done = subprocess.run([str(STANDARD_CLI), "sign", "key", str(signed_copy), "--signature",
-                           str(signed_copy / MODEL_SIG), "--private_key", str(keys / "other.pem")],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    _standard_sign(signed_copy, keys / "other.pem")
     loaded = runtime.load(signed_copy, public_key=keys / "other.pub.pem")
     assert scores(loaded, rows) == scores(runtime.load(folder), rows)
     _flip(_member(signed_copy))
@@ -518,11 +515,22 @@ def test_the_predict_command_shows_the_warning_on_stderr(legacy, keys, tmp_path)
     assert "signed in the format before model.sig" in done.stderr and "Re-sign it" in done.stderr
 
 
+def _standard_sign(folder: Path, private: Path) -> None:
+    done = subprocess.run([str(STANDARD_CLI), "sign", "key", str(folder), "--signature", str(folder / MODEL_SIG),
+                           "--private_key", str(private)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_former_folder_re_signed_with_its_old_signature_inside_is_refused_saying_to_remove_it(legacy, keys):
+    _standard_sign(legacy, keys / "release.pem")  # manifest.sig left in: the standard signs it as a file
+    with pytest.raises(runtime.ArtifactError, match="model.sig signs manifest.sig, the former signature: remove it "
+                                                    "and sign the folder again"):
+        runtime.load(legacy, public_key=keys / "release.pub.pem")
+
+
 def test_a_former_folder_re_signed_as_the_warning_says_loads_without_it(legacy, keys, caplog):
     (legacy / "manifest.sig").unlink()
-    done = subprocess.run([str(STANDARD_CLI), "sign", "key", str(legacy), "--signature", str(legacy / MODEL_SIG),
-                           "--private_key", str(keys / "release.pem")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    _standard_sign(legacy, keys / "release.pem")
     with caplog.at_level(logging.WARNING, logger="runtime.signing"):
         runtime.load(legacy, public_key=keys / "release.pub.pem")
     assert caplog.records == []
