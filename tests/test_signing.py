@@ -256,6 +256,36 @@ def test_workers_check_the_bundle_on_the_files_sent(signed):
         verify_files({**sent, "manifest.sig": b"{}"}, public_key=public)
 
 
+def test_a_git_file_the_standard_tool_skips_by_default_is_refused_by_the_runtime(signed, signed_copy):
+    """The one place the two differ, on purpose: model_signing skips .git, .gitattributes, .github and .gitignore
+    unless told not to; the runtime serves a folder that holds exactly what was signed."""
+    _, public, _ = signed
+    (signed_copy / ".gitignore").write_text("*\n")
+    standard(signed_copy, public)  # accepted: ignored by the standard's default
+    with pytest.raises(runtime.ArtifactError, match=re.escape(".gitignore: not signed in model.sig")):
+        runtime.load(signed_copy, public_key=public)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()], ids=lambda c: c.name)
+def test_every_curve_the_standard_takes_signs_what_both_verifiers_accept(tmp_path, curve):
+    from runtime.signing import verify_bundle
+
+    private, public = _write_key(ec.generate_private_key(curve), tmp_path, "key")
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    files = {"a.txt": b"a", "sub/b.bin": bytes(range(256))}
+    for rel, data in files.items():
+        (folder / rel).write_bytes(data)
+    (folder / MODEL_SIG).write_bytes(sign_folder(files, "model", "0" * 64, private))
+    standard(folder, public)
+    signed = verify_bundle((folder / MODEL_SIG).read_bytes(), public)
+    assert signed.files == {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    assert signed.build_id == "0" * 64
+    (folder / "a.txt").write_bytes(b"b")
+    with pytest.raises(ValueError, match="Hash mismatch for 'a.txt'"):
+        standard(folder, public)
+
+
 # ------------------------------------------------------------------------------------------------- keys
 
 @pytest.mark.parametrize(("name", "says"), [
