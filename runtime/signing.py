@@ -239,7 +239,7 @@ def sign_folder(files: Mapping[str, bytes], name: str, build: str, private_key: 
     }
     payload = (json.dumps(statement, indent=2) + "\n").encode()
     algorithm = _curve_hash(c, key, "the signing key")
-    try:  # RFC 6979: the same build signs to the same bytes (cryptography 44+ over OpenSSL 3.2+)
+    try:  # RFC 6979: the same build signs to the same bytes, where cryptography and its OpenSSL offer it
         signature = key.sign(pae(PAYLOAD_TYPE, payload), c.ec.ECDSA(algorithm, deterministic_signing=True))
     except (TypeError, c.UnsupportedAlgorithm):
         signature = key.sign(pae(PAYLOAD_TYPE, payload), c.ec.ECDSA(algorithm))
