@@ -7,6 +7,7 @@ Nothing is written to the output folder unless every step, the parity gate inclu
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from runtime import contract
-from runtime.contract import ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS, SIGNATURE_FILE
+from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS
 
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
@@ -220,17 +221,17 @@ def bind(ensemble: Any, manifest: contract.Manifest) -> bytes:
     return data
 
 
-def _signer(sign_key: Path | None) -> Callable[[dict[str, Any]], bytes] | None:
-    """manifest -> manifest.sig's bytes, with the key checked before the (long) build starts."""
+def _signer(sign_key: Path | None) -> Callable[[dict[str, bytes], str, str], bytes] | None:
+    """(files, folder name, build id) -> model.sig's bytes, with the key checked before the (long) build starts."""
     if sign_key is None:
         return None
-    from runtime.signing import SignatureError, sign
+    from runtime.signing import SignatureError, sign_folder, signing_key
 
     try:
-        sign({}, sign_key)
+        signing_key(sign_key)
     except SignatureError as exc:
         raise SigningError(f"--sign-key: {exc}") from None
-    return lambda manifest: sign(manifest, sign_key)
+    return lambda files, name, build: sign_folder(files, name, build, sign_key)
 
 
 @one_thread()  # the same inputs give byte-identical files whatever the thread count
@@ -303,8 +304,8 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     manifest = replace(typed, files={rel: mf.sha256(data) for rel, data in sorted(files.items())}).to_json()
     contract.parse_manifest(manifest)  # the builder holds itself to the loader's contract
     files["manifest.json"] = mf.manifest_bytes(manifest)  # refused here when over the runtime's JSON limit
-    if signer is not None:
-        files[SIGNATURE_FILE] = signer(manifest)
+    if signer is not None:  # over every file written, manifest.json included: the OpenSSF model-signing format
+        files[BUNDLE_FILE] = signer(files, Path(os.path.abspath(out)).name, contract.build_id(manifest))
     progress(f"writing {out}")
     mf.write_atomically(out, files, models_dir, force)
     log.info("wrote %s (%d files)", out, len(files))

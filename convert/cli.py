@@ -112,8 +112,8 @@ class KeyPath(click.Path):
 QUIET = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
 AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines.")
 PUBLIC_KEY = click.option("--public-key", type=KeyPath(),
-                          help="An Ed25519 public key (PEM): refuse a folder it did not sign (needs "
-                               "'ensemble-onnx[signing]').")
+                          help="An EC public key (PEM): refuse a folder it did not sign, model.sig in the OpenSSF "
+                               "model-signing format (needs 'ensemble-onnx[signing]').")
 MODELS = click.option("--models", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
                       help="The models folder the artifacts were built from.")
 
@@ -146,8 +146,8 @@ def main(debug: bool) -> None:
               help="Recorded training rows (CSV or JSON lines): their per-feature decile bins, min and max go into "
                    "statistics.json for `ensemble-onnx drift` (default: the --calibrate, else --parity-data file).")
 @click.option("--sign-key", type=KeyPath(),
-              help="An Ed25519 private key (PEM): sign the folder (manifest.sig inside it; needs "
-                   "'ensemble-onnx[signing]').")
+              help="An EC private key (PEM; P-256, P-384 or P-521): sign the folder, model.sig inside it in the "
+                   "OpenSSF model-signing format (needs 'ensemble-onnx[signing]').")
 @click.option("--force", is_flag=True,
               help="Replace OUTPUT even if it holds files its manifest.json does not list; only a folder whose "
                    "manifest.json says it is an ensemble-onnx build, never anything else.")

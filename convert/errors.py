@@ -95,7 +95,8 @@ def member_step(member: str, file: object, step: str) -> Iterator[None]:
 
 
 class SigningError(ConvertError):
-    """A signing key that cannot sign (unreadable, encrypted, not Ed25519), or `[signing]` not installed."""
+    """A signing key that cannot sign (unreadable, encrypted, not an EC key on P-256/384/521), or `[signing]` not
+    installed."""
 
 
 class OutputError(ConvertError):

@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import ENSEMBLE_FILE, SCHEMA_VERSIONS, SIGNATURE_FILE
+from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, SCHEMA_VERSIONS, SIGNATURE_FILE
 
 from .errors import ConvertError, OutputError
 from .loaders import file_limit  # the runtime's JSON limit (runtime.features.MAX_JSON_BYTES), the same variable
@@ -131,8 +131,8 @@ def _listed_build(folder: Path) -> tuple[bool, str]:
         has_graph = False
     if not has_graph:
         return False, f"it holds no {ENSEMBLE_FILE}, which its manifest.json lists"
-    # manifest.sig is the one file a signed build holds that its manifest cannot list.
-    listed = {Path(rel).as_posix() for rel in rels} | {"manifest.json", SIGNATURE_FILE}
+    # A signed build's signature (model.sig, or manifest.sig before it) is the one file its manifest cannot list.
+    listed = {Path(rel).as_posix() for rel in rels} | {"manifest.json", BUNDLE_FILE, SIGNATURE_FILE}
     dirs = {p.as_posix() for rel in listed for p in Path(rel).parents if p != Path(".")}
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in filenames + dirnames:

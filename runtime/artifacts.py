@@ -18,10 +18,11 @@ import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import protowire
 from .contract import (
+    BUNDLE_FILE,
     MANIFEST_FILE,
     META_DIGEST,
     META_MANIFEST,
@@ -39,6 +40,9 @@ from .contract import (
 from .errors import EnsembleOnnxError, shortened
 from .features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind, loads_strict, read_capped
 
+if TYPE_CHECKING:  # imported when a key is given: cryptography, lazily
+    from .signing import Signed
+
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
 
 
@@ -52,7 +56,8 @@ MAX_FOLDER_DEPTH = 32
 
 
 def json_limit() -> int:
-    """The most bytes manifest.json and manifest.sig may hold: the limit convert reads JSON under."""
+    """The most bytes manifest.json and a signature (model.sig, manifest.sig) may hold: the limit convert reads
+    JSON under."""
     return env_limit("ENSEMBLE_ONNX_MAX_JSON_BYTES", MAX_JSON_BYTES, ArtifactError)
 
 
@@ -185,7 +190,7 @@ class _Folder:
         with os.fdopen(fd, "rb") as fh:
             return _read_stream(fh, path, limit)
 
-    def refuse_unlisted(self, listed: set[str]) -> None:
+    def refuse_unlisted(self, listed: set[str], by: str = "listed in manifest.json") -> None:
         """ArtifactError at the first file, link or other entry of the folder that `listed` does not name,
         at a folder that cannot be read, or one nested past MAX_FOLDER_DEPTH. Walked without recursion and
         with at most three descriptors open (os.fwalk recursed, held one per level, and skipped a folder it
@@ -202,7 +207,7 @@ class _Folder:
                                             f"or {REBUILD}.")
                     folders.append(entry)
                 elif entry not in listed:
-                    raise ArtifactError(f"{self.root / entry}: not listed in manifest.json; remove it or {REBUILD}.")
+                    raise ArtifactError(f"{self.root / entry}: not {by}; remove it or {REBUILD}.")
 
     def _list(self, rel: str) -> Iterator[tuple[str, bool]]:
         """(name, is a folder and no link) of each entry of the folder `rel` ("" for the root), as read: the
@@ -228,7 +233,8 @@ class _Folder:
 @dataclass(frozen=True)
 class Verified:
     """An artifacts folder whose every byte was checked: the manifest as read and as typed, the files it
-    lists, the build id, and manifest.sig's bytes if the folder is signed."""
+    lists, the build id, and the signature's bytes if the folder holds one (model.sig's as `bundle`, the
+    former format's manifest.sig as `signature`; checked only under a public key)."""
 
     manifest: dict[str, Any]
     typed: Manifest
@@ -236,6 +242,7 @@ class Verified:
     build_id: str
     signature: bytes | None
     manifest_bytes: bytes = b""  # as read: what read_files sends on to workers
+    bundle: bytes | None = None
 
     @property
     def manifest_digest(self) -> str:
@@ -251,10 +258,21 @@ def read_folder(folder: str | os.PathLike[str], expect_build_id: str | None = No
     with _Folder(root) as opened:
         raw = opened.read(MANIFEST_FILE, limit)
         signature = opened.read(SIGNATURE_FILE, limit) if opened.lexists(SIGNATURE_FILE) else None
+        bundle = opened.read(BUNDLE_FILE, limit) if opened.lexists(BUNDLE_FILE) else None
         # Files are read as the checks reach them: an edited manifest is refused before the weights are hashed.
-        verified = _verify(raw, opened.read, signature, root, expect_build_id, public_key)
-        opened.refuse_unlisted(set(verified.typed.files) | {MANIFEST_FILE, SIGNATURE_FILE})
+        verified = _verify(raw, opened.read, signature, root, expect_build_id, public_key, bundle)
+        opened.refuse_unlisted(*_allowed(verified, public_key))
     return verified
+
+
+def _allowed(verified: Verified, public_key: object) -> tuple[set[str], str]:
+    """The files a verified folder may hold, and what names them: under a key that checked model.sig, exactly
+    the files it signs (= the manifest's, and manifest.json) and itself; otherwise the manifest's files, the
+    manifest and either signature file (unchecked without a key)."""
+    listed = set(verified.typed.files) | {MANIFEST_FILE}
+    if public_key is not None and verified.bundle is not None:
+        return listed | {BUNDLE_FILE}, f"signed in {BUNDLE_FILE}"
+    return listed | {SIGNATURE_FILE, BUNDLE_FILE}, "listed in manifest.json"
 
 
 def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<artifacts in memory>",
@@ -277,25 +295,34 @@ def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<a
             raise ArtifactError(f"{root / rel}: missing; {REBUILD}.")
         return bytes(files[rel])
 
-    verified = _verify(read(MANIFEST_FILE), read, files.get(SIGNATURE_FILE), root, expect_build_id, public_key)
-    for rel in sorted(set(files) - set(verified.typed.files) - {MANIFEST_FILE, SIGNATURE_FILE}):
-        raise ArtifactError(f"{root / rel}: not listed in manifest.json; remove it or {REBUILD}.")
+    verified = _verify(read(MANIFEST_FILE), read, files.get(SIGNATURE_FILE), root, expect_build_id, public_key,
+                       files.get(BUNDLE_FILE))
+    listed, by = _allowed(verified, public_key)
+    for rel in sorted(set(files) - listed):
+        raise ArtifactError(f"{root / rel}: not {by}; remove it or {REBUILD}.")
     return verified
 
 
 def read_files(folder: str | os.PathLike[str]) -> dict[str, bytes]:
-    """A folder's verified files as one mapping (manifest.json and manifest.sig included), ready to be sent
+    """A folder's verified files as one mapping (manifest.json and the signature included), ready to be sent
     to workers that check them again with `verify_files`."""
     verified = read_folder(folder)
     files = {MANIFEST_FILE: verified.manifest_bytes, **verified.files}
     if verified.signature is not None:
         files[SIGNATURE_FILE] = verified.signature
+    if verified.bundle is not None:
+        files[BUNDLE_FILE] = verified.bundle
     return files
 
 
 def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, root: Path,
-            expect_build_id: str | None, public_key: str | os.PathLike[str] | bytes | None) -> Verified:
+            expect_build_id: str | None, public_key: str | os.PathLike[str] | bytes | None,
+            bundle: bytes | None = None) -> Verified:
     manifest_path = root / MANIFEST_FILE
+    # Under a key, model.sig first (or the former manifest.sig, checked below, where the folder holds no
+    # model.sig): the manifest is read only once it is the one signed.
+    signed = _signed(bundle, raw, root, public_key) if public_key is not None and (
+        bundle is not None or signature is None) else None
     try:
         manifest = loads_strict(raw)
         canonical(manifest)  # 1e400 parses to infinity, of which no digest can be taken
@@ -319,14 +346,16 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
         raise ArtifactError(f"{root}: build {identity}, not the expected build {expect_build_id}; serve the "
                             f"folder of that build, or change the pinned build id.")
     for rel in typed.files:
-        if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST_FILE, SIGNATURE_FILE):
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST_FILE, SIGNATURE_FILE, BUNDLE_FILE):
             raise ArtifactError(f"{manifest_path}: file entry {shortened(rel)} points outside the folder or at "
                                 f"the manifest.")
         # Read and listed as written: "", ".", "a//b" or "./a" would name no file, or one under another name.
         if "\0" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
             raise ArtifactError(f"{manifest_path}: file entry {shortened(rel)} is not a path inside the folder "
                                 f"(names joined by '/', none empty, '.' or '..', no NUL); {REBUILD}.")
-    if public_key is not None:
+    if signed is not None:
+        _check_signed_set(signed, set(typed.files), identity, root)
+    elif public_key is not None:
         from .signing import SignatureError, verify  # cryptography: only for a service that checks signatures
 
         try:
@@ -344,11 +373,47 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
     for rel in typed.files:
         files.setdefault(rel, read(rel))
     for rel, digest in typed.files.items():
-        if hashlib.sha256(files[rel]).hexdigest() != digest:
+        actual = hashlib.sha256(files[rel]).hexdigest()
+        if signed is not None and actual != signed.files[rel]:
+            raise ArtifactError(f"{root / rel}: sha256 does not match {BUNDLE_FILE} (changed after signing).")
+        if actual != digest:
             raise ArtifactError(f"{root / rel}: sha256 does not match manifest.json (changed, truncated or "
                                 f"swapped); {REBUILD}.")
     _refuse_external_data(graph, root / graph_file)
-    return Verified(manifest, typed, files, identity, signature, raw)
+    return Verified(manifest, typed, files, identity, signature, raw, bundle)
+
+
+def _signed(bundle: bytes | None, raw: bytes, root: Path, public_key: str | os.PathLike[str] | bytes) -> Signed:
+    """What model.sig signs under `public_key`, with manifest.json's bytes (as read) among them; ArtifactError."""
+    from .signing import SignatureError, verify_bundle  # cryptography: only for a service that checks signatures
+
+    try:
+        signed = verify_bundle(bundle, public_key)
+    except SignatureError as exc:
+        raise ArtifactError(f"{root}: {exc}") from None
+    if MANIFEST_FILE not in signed.files:
+        raise ArtifactError(f"{root}: {BUNDLE_FILE} does not sign {MANIFEST_FILE}: not a signed build; {REBUILD} "
+                            f"--sign-key.")
+    if hashlib.sha256(raw).hexdigest() != signed.files[MANIFEST_FILE]:
+        raise ArtifactError(f"{root / MANIFEST_FILE}: sha256 does not match {BUNDLE_FILE} (changed after signing).")
+    return signed
+
+
+def _check_signed_set(signed: Signed, listed: set[str], identity: str, root: Path) -> None:
+    """The files model.sig signs must be the manifest's and manifest.json, no more, no fewer; and the build
+    it records (when `convert` signed it) this one."""
+    for rel in sorted(listed - set(signed.files)):
+        raise ArtifactError(f"{root / rel}: listed in {MANIFEST_FILE} but not signed in {BUNDLE_FILE}; {REBUILD} "
+                            f"--sign-key.")
+    for rel in sorted(set(signed.files) - listed - {MANIFEST_FILE}):
+        if rel == SIGNATURE_FILE:  # a folder of the former format signed again without removing the old signature
+            raise ArtifactError(f"{root}: {BUNDLE_FILE} signs {SIGNATURE_FILE}, the former signature: remove it and "
+                                f"sign the folder again (docs/releasing.md).")
+        raise ArtifactError(f"{root}: {BUNDLE_FILE} signs {shortened(rel)}, which {MANIFEST_FILE} does not list (a "
+                            f"file the build does not hold); {REBUILD} --sign-key.")
+    if signed.build_id is not None and signed.build_id != identity:
+        raise ArtifactError(f"{root}: {BUNDLE_FILE} records build {shortened(signed.build_id)}, not this folder's "
+                            f"build {identity}; {REBUILD} --sign-key.")
 
 
 def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:

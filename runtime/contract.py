@@ -141,7 +141,11 @@ def policy_values(classes: list[str], min_confidence: dict[str, float],
 COMBINE_METHODS = ("weighted", "stacking")  # combine.method: the weighted sum, or a stacker over the members
 
 MANIFEST_FILE = "manifest.json"
-SIGNATURE_FILE = "manifest.sig"    # the only file a folder may hold that the manifest does not list
+# A signed build's signature, the one file a folder may hold that its manifest does not list (it cannot list its
+# own signature): model.sig, an OpenSSF model-signing bundle (the name that standard's tool writes and ignores),
+# or manifest.sig, the format of the releases before it (loaded for one more release, with a warning).
+BUNDLE_FILE = "model.sig"
+SIGNATURE_FILE = "manifest.sig"
 # ensemble.onnx metadata_props: the manifest (without `files`) the graph was built for, and its digest.
 META_MANIFEST = "ensemble_onnx.manifest"
 META_DIGEST = "ensemble_onnx.manifest_digest"

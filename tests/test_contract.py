@@ -794,7 +794,7 @@ def _refusal(manifest: dict[str, Any], signature: bytes | None, public_key: Any)
 
 def test_an_unsigned_folder_is_refused_when_a_key_is_given(keys):
     assert _refusal(MANIFEST, None, keys["public"]) == (
-        "the folder is not signed (no manifest.sig) and a public key was given.")
+        "the folder is not signed (no model.sig) and a public key was given.")
 
 
 def test_another_key_s_signature_is_refused_naming_the_key(keys, tmp_path):
@@ -853,10 +853,11 @@ def test_a_signature_file_that_is_no_record_is_refused(keys, record, says):
 
 
 def test_keys_that_are_not_ed25519_are_refused_by_their_kind(keys, tmp_path):
-    from runtime.signing import SignatureError, sign
+    from runtime.signing import RESIGN, SignatureError, sign
 
     assert _refusal(MANIFEST, b"{}", keys["ec_public"]) == (
-        "the given key: an ECPublicKey; signed builds use Ed25519 keys.")
+        f"the given key: an elliptic-curve key on secp256r1; manifest.sig (the signature format before model.sig) is "
+        f"checked with the Ed25519 key that signed it. {RESIGN}")
     private = tmp_path / "ec.pem"
     private.write_bytes(keys["ec_private"])
     with pytest.raises(SignatureError) as caught:

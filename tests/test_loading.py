@@ -487,7 +487,7 @@ def test_a_signature_refusal_names_the_folder(signed, tmp_path):
     (copy / "manifest.sig").unlink()
     with pytest.raises(runtime.ArtifactError) as err:
         runtime.load(copy, public_key=signed[1])
-    assert str(err.value) == f"{copy}: the folder is not signed (no manifest.sig) and a public key was given."
+    assert str(err.value) == f"{copy}: the folder is not signed (no model.sig) and a public key was given."
 
 
 def _sig_with(record: dict[str, Any], field: str, value: object) -> bytes:
@@ -728,7 +728,7 @@ def test_the_wire_reader_checks_the_pinned_build_and_the_signature_too(demo_arti
                               f"the folder of that build, or change the pinned build id.")
     with pytest.raises(runtime.ArtifactError) as err:
         verify_files(sent, public_key=signed[1])
-    assert str(err.value) == ("<artifacts in memory>: the folder is not signed (no manifest.sig) and a public key "
+    assert str(err.value) == ("<artifacts in memory>: the folder is not signed (no model.sig) and a public key "
                               "was given.")
 
 

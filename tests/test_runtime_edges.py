@@ -577,7 +577,7 @@ def test_the_walk_holds_a_bounded_number_of_descriptors(folder):
     assert str(err.value) == f"{deep / 'junk'}: not listed in manifest.json; remove it or {REBUILD}."
 
 
-@pytest.mark.parametrize("rel", ["manifest.json", "manifest.sig"])
+@pytest.mark.parametrize("rel", ["manifest.json", "manifest.sig", "model.sig"])
 def test_a_manifest_or_signature_past_the_json_limit_is_refused_unread(folder, monkeypatch, rel):
     # Found: both were read whole: a sparse 1 GB manifest.sig cost 1.15 GB, a 3 GB one a MemoryError traceback.
     from runtime.features import MAX_JSON_BYTES

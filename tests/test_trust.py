@@ -1,16 +1,15 @@
 """The build is its own root of trust: no edit to an artifacts folder changes what is served.
 
 The typed manifest (every nested field checked, named by path), the manifest bound to ensemble.onnx's
-metadata, the build id a service pins, external data refused, signed builds, `verify` field by field, and a
-fuzzer that flips bytes of a real demo build and requires each result to be refused or to score
-bit-identically.
+metadata, the build id a service pins, external data refused, `verify` field by field, and a fuzzer that
+flips bytes of a real demo build and requires each result to be refused or to score bit-identically. Signed
+builds: test_signing.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,8 +19,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from forge import set_path
 from onnx import external_data_helper, helper, numpy_helper
 
@@ -29,7 +26,6 @@ import runtime
 from convert.cli import main
 from runtime import contract, protowire
 from runtime.artifacts import read_folder
-from runtime.signing import sign
 
 
 def invoke(*args: object):
@@ -341,137 +337,6 @@ def test_external_data_is_refused_not_read_from_the_current_directory(artifacts_
         runtime.load(artifacts_copy)
 
 
-# ---------------------------------------------------------------------------------------- signing
-
-def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private, public = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
-
-
-@pytest.fixture(scope="session")
-def signed(demo_models, tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(a folder built and signed by `convert --sign-key`, its public key, another key's public key)"""
-    keys = tmp_path_factory.mktemp("keys")
-    private, public = _keys(keys, "release")
-    _, other = _keys(keys, "other")
-    out = tmp_path_factory.mktemp("signed") / "artifacts"
-    result = invoke("convert", demo_models, "-o", out, "--sign-key", private, "-q")
-    assert result.exit_code == 0, result.output
-    assert f"build_id: {contract.build_id(read_manifest(out))}" in result.output
-    return out, public, other
-
-
-@pytest.fixture
-def signed_copy(signed, tmp_path) -> Path:
-    return Path(shutil.copytree(signed[0], tmp_path / "signed"))
-
-
-def test_a_signed_build_loads_with_its_key_and_without_one(signed, rows):
-    folder, public, _ = signed
-    assert scores(runtime.load(folder, public_key=public), rows) == scores(runtime.load(folder), rows)
-    assert runtime.load(folder, public_key=public.read_bytes()).build_id == runtime.load(folder).build_id
-
-
-def _resign(folder: Path, private: Path) -> None:
-    (folder / contract.SIGNATURE_FILE).write_bytes(sign(read_manifest(folder), private))
-
-
-def _forge(folder: Path) -> None:
-    manifest = read_manifest(folder)
-    manifest["classes"] = manifest["classes"][::-1]
-    rebind(folder, manifest)
-
-
-@pytest.mark.parametrize(("tamper", "says"), [
-    (lambda f, keys: (f / contract.SIGNATURE_FILE).unlink(), "not signed"),
-    (lambda f, keys: _resign(f, keys / "other.pem"), "does not match"),
-    (lambda f, keys: _forge(f), "does not match"),
-    (lambda f, keys: (_forge(f), _resign(f, keys / "other.pem")), "does not match"),
-    (lambda f, keys: (f / contract.SIGNATURE_FILE).write_text("{}"), "not a signature record"),
-    (lambda f, keys: (f / "README.md").write_text("changed"), "sha256 does not match"),
-    (lambda f, keys: (f / "extra.txt").write_text("x"), "not listed"),
-])
-def test_a_tampered_signed_build_is_refused(signed, signed_copy, tamper, says):
-    _, public, _ = signed
-    tamper(signed_copy, public.parent)
-    with pytest.raises(runtime.ArtifactError, match=says):
-        runtime.load(signed_copy, public_key=public)
-
-
-def test_the_wrong_public_key_is_refused(signed):
-    folder, _, other = signed
-    with pytest.raises(runtime.ArtifactError, match="does not match"):
-        runtime.load(folder, public_key=other)
-
-
-def test_signature_checks_through_the_cli(signed, demo_models, tmp_path):
-    folder, public, other = signed
-    ok = invoke("verify", folder, "--models", demo_models, "--public-key", public, "-q")
-    assert ok.exit_code == 0 and f"build_id: {contract.build_id(read_manifest(folder))}" in ok.output, ok.output
-    refused = invoke("verify", folder, "--models", demo_models, "--public-key", other, "-q")
-    assert refused.exit_code == 1 and "does not match" in refused.output
-    rows_file = tmp_path / "rows.jsonl"
-    rows_file.write_text(json.dumps(dict.fromkeys(runtime.load(folder).feature_names, 1.0)) + "\n")
-    assert invoke("predict", folder, "--input", rows_file, "--public-key", public).exit_code == 0
-    assert invoke("predict", folder, "--input", rows_file, "--public-key", other).exit_code == 1
-
-
-def test_convert_refuses_a_key_that_cannot_sign_before_building(demo_models, tmp_path):
-    rsa_key = tmp_path / "rsa.pem"
-    rsa_key.write_bytes(rsa.generate_private_key(65537, 2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    garbage = tmp_path / "garbage.pem"
-    garbage.write_text("not a key")
-    for key, says in ((rsa_key, "Ed25519"), (garbage, "not an unencrypted PEM private key")):
-        result = invoke("convert", demo_models, "-o", tmp_path / "out", "--sign-key", key, "-q")
-        assert result.exit_code == 1 and says in result.output and "Traceback" not in result.output
-        assert not (tmp_path / "out").exists()
-
-
-def _unresolvable(tmp_path: Path) -> dict[str, tuple[Path, str]]:
-    """{kind: (a key path that is a symbolic link that cannot be resolved, the reason named)}"""
-    loop, dangling = tmp_path / "loop.pem", tmp_path / "dangling.pem"
-    loop.symlink_to(loop)
-    dangling.symlink_to(tmp_path / "nowhere.pem")
-    return {"loop": (loop, "a loop of links"), "dangling": (dangling, "it leads to no file")}
-
-
-@pytest.mark.parametrize("kind", ["loop", "dangling"])
-def test_a_key_that_is_a_link_that_cannot_be_resolved_is_refused_for_what_it_is(demo_artifacts, tmp_path, kind):
-    key, reason = _unresolvable(tmp_path)[kind]
-    says = f"{key}: the key is a symbolic link that cannot be resolved ({reason}); name the PEM file."
-    with pytest.raises(runtime.ArtifactError) as err:
-        runtime.load(demo_artifacts, public_key=key)
-    assert str(err.value) == f"{demo_artifacts}: {says}"
-    predicted = CliRunner().invoke(main, ["predict", str(demo_artifacts), "--public-key", str(key)], input="")
-    assert predicted.exit_code == 1 and predicted.output.strip().endswith(says), predicted.output
-    assert "Traceback" not in predicted.output
-
-
-def test_a_sign_key_that_is_a_link_that_cannot_be_resolved_is_refused_before_building(tmp_path):
-    key, reason = _unresolvable(tmp_path)["loop"]
-    signed = invoke("convert", tmp_path, "-o", tmp_path / "out", "--sign-key", key, "-q")
-    assert signed.exit_code == 1 and signed.output.strip().endswith(
-        f"--sign-key: {key}: the key is a symbolic link that cannot be resolved ({reason}); name the PEM file."), \
-        signed.output
-    assert "Traceback" not in signed.output and not (tmp_path / "out").exists()
-
-
-def test_the_runtime_imports_cryptography_only_for_a_public_key(demo_artifacts):
-    import subprocess
-    import sys
-
-    code = (f"import runtime, sys; runtime.load({str(demo_artifacts)!r}); "
-            f"print('cryptography' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}).stdout.strip() == "False"
-
-
 # --------------------------------------------------------------------------------------- the fuzzer
 
 def _flips(folder: Path, rel: str, positions, baseline: tuple[bytes, ...], rows: np.ndarray) -> list[str]:
@@ -510,24 +375,6 @@ def test_no_sampled_flip_of_any_other_file_loads_and_scores_differently(artifact
         sample = sorted({0, size - 1, *rng.integers(0, size, 24).tolist()})
         escaped += _flips(artifacts_copy, rel, sample, baseline, rows)
     assert escaped == []
-
-
-def test_no_flip_of_the_signature_loads_under_the_key(signed_copy, signed):
-    _, public, _ = signed
-    path = signed_copy / contract.SIGNATURE_FILE
-    original = path.read_bytes()
-    loaded = []
-    for pos in range(len(original)):
-        changed = bytearray(original)
-        changed[pos] ^= 0x01
-        path.write_bytes(changed)
-        try:
-            runtime.load(signed_copy, public_key=public)
-        except runtime.ArtifactError:
-            continue
-        loaded.append(pos)
-    path.write_bytes(original)
-    assert loaded == []
 
 
 def test_read_folder_returns_the_verified_bytes(demo_artifacts):
