@@ -224,6 +224,9 @@ def test_the_manifest_records_the_rounds_and_the_options_and_verify_rebuilds_wit
     assert member["options"] == {"rounds": member["rounds"]} and member["loaded_as"] == "Booster"
     verified = CliRunner().invoke(main, ["verify", str(out), "--models", str(cases["xgb-native-rounds"].folder)])
     assert verified.exit_code == 0, verified.output
+    changed = _edit(cases["xgb-native-rounds"], tmp_path, lambda m: m["m"].update(rounds=member["rounds"] + 1))
+    verified = CliRunner().invoke(main, ["verify", str(out), "--models", str(changed)])
+    assert verified.exit_code == 1 and "members.m.hyperparameters.options" in verified.output, verified.output
     out2 = tmp_path / "out2"
     assert convert(cases["xgb-missing-json"].folder, out2, "-q").exit_code == 0
     member = json.loads((out2 / "manifest.json").read_text())["members"]["m"]["hyperparameters"]

@@ -261,13 +261,13 @@ def calling(source: MemberSource, read: Read) -> Calling:
     total = booster.num_boosted_rounds()
     best_attr = booster.attr("best_iteration")
     best = _int(best_attr) if best_attr is not None else None
+    if best_attr is not None and (best is None or not 0 <= best < total):  # corrupt, whichever API reads it
+        raise ModelFileError(f"{source.file}: best_iteration {str(best_attr)[:40]} is outside the {total} boosting "
+                             f"rounds the model holds.")
     wanted = rounds_option(source, total)
     if wanted is not None:
         rounds, why = wanted, 'ensemble.json "rounds"'
     elif read.wrapper is not None and best is not None:
-        if not 0 <= best < total:
-            raise ModelFileError(f"{source.file}: best_iteration {best_attr} is outside the {total} boosting rounds "
-                                 f"the model holds.")
         rounds, why = best + 1, "best_iteration: XGBClassifier.predict_proba stops there"
     elif read.wrapper is not None:
         rounds, why = total, "all: XGBClassifier.predict_proba, no best_iteration"
@@ -363,7 +363,9 @@ def load(source: MemberSource) -> LoadedMember:
         reference=_margins(read, call, "rounds" in source.options), onnx_model=onx,
         feature_names=list(booster.feature_names) if booster.feature_names else None,
         notes=[f"{call.rounds} of {total} boosting rounds ({call.rounds_from})",
-               *([f"missing={call.missing:g} read as absent ({call.missing_from}), as NaN is"]
+               *([f"missing={call.missing:g} read as absent ({call.missing_from}), as NaN is"
+                  + (f"; compared with the values scaled by {source.scaler.name}, as the model read them"
+                     if source.scaler is not None else "")]
                  if call.missing is not None else []),
                *(["dart: each tree scaled by its weight_drop"] if booster_name == "dart" else []),
                *([f"random forest: {parallel} trees per class and round"] if parallel > 1 else [])],
