@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -372,3 +373,27 @@ def test_lightgbm_names_are_compared_as_lightgbm_writes_them(cases, tmp_path):
     (folder / "ensemble.json").write_text(json.dumps(spec))
     result = convert(folder, tmp_path / "out", "-q")
     assert result.exit_code == 1 and "position 7" in result.output and "underscores" in result.output
+
+
+@pytest.mark.parametrize(("kind", "entry", "scaler", "words"), [
+    ("sklearn", {"rounds": 3}, None, "only a xgboost or lightgbm member takes 'rounds'"),
+    ("nhits", {"missing": -1}, None, "only a xgboost member takes 'missing'"),
+    ("xgboost", {"rounds": 10 ** 8}, None, "members.m.rounds"),
+    ("xgboost", {"missing": 10 ** 400}, None, "members.m.missing"),
+    ("xgboost", {"missing": -1}, Path("scaler.pkl"), "scaler.pkl"),
+])
+def test_member_options_are_checked_before_any_model_is_read(kind, entry, scaler, words):
+    from convert.errors import MetadataError
+    from convert.members.trees import parse_options
+
+    with pytest.raises(MetadataError, match=re.escape(words)):
+        parse_options(kind, entry, scaler, "ensemble.json: members.m")
+
+
+@pytest.mark.parametrize(("kind", "entry", "expect"), [
+    ("xgboost", {"rounds": 3, "missing": -999}, {"rounds": 3, "missing": -999.0}),
+    ("lightgbm", {"rounds": 1}, {"rounds": 1}), ("xgboost", {"missing": 0}, {"missing": 0.0})])
+def test_member_options_that_are_honoured(kind, entry, expect):
+    from convert.members.trees import parse_options
+
+    assert parse_options(kind, entry, None, "ensemble.json: members.m") == expect

@@ -73,6 +73,11 @@ VARIANTS: list[Variant] = [
     *_v("xgboost", "tree_method exact", {"tree_method": "exact"}, ("json",)),
     *_v("xgboost", "max_bin 8", {"max_bin": 8}, ("json",)),
     *_v("xgboost", "early stopping", {"early_stopping_rounds": 3}, ("pkl", "json")),
+    # xgb.train(early_stopping_rounds=...) and Booster.save_model: Booster.predict uses every round, so does the
+    # build; "rounds" in ensemble.json says the service called predict(iteration_range=(0, rounds)).
+    *_v("xgboost", "early stopping, xgb.train + Booster.save_model", {}, ("json", "ubj"), fit=(("api", "native"),)),
+    *_v("xgboost", "early stopping, Booster file, rounds named in ensemble.json", {}, ("json",),
+        fit=(("api", "native"),), entry=(("rounds", 2),)),
     *_v("xgboost", "base_score", {"base_score": 0.3}, ("json",), classes=2),
     *_v("xgboost", "monotone constraints", {"monotone_constraints": "(1,0,0,0,0,0,0,-1)"}, ("json",)),
     # A pickle keeps `missing`: its predict reads 0.0 as absent, and so does the export (0.0 becomes NaN first).
@@ -171,6 +176,12 @@ def _tree_model(variant: Variant, x: np.ndarray, y: np.ndarray) -> Any:
             frame = pd.DataFrame(x, columns=FEATURES).astype({"f2": "int64"}).astype({"f2": "category"})
             model.fit(frame, y)
             return model
+        if fit.get("api") == "native":
+            return xgboost.train({"objective": "multi:softprob", "num_class": variant.classes, "max_depth": 3,
+                                  "eta": 0.5, "seed": SEED, "nthread": 1},
+                                 xgboost.DMatrix(x[:300], y[:300]), 200,
+                                 evals=[(xgboost.DMatrix(x[300:], y[300:]), "valid")], early_stopping_rounds=3,
+                                 verbose_eval=False)
         if "early_stopping_rounds" in kwargs:
             model.set_params(n_estimators=200)
             model.fit(x[:300], y[:300], eval_set=[(x[300:], y[300:])], verbose=False)
