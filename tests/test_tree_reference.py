@@ -272,6 +272,13 @@ def _confident(root: Path, kind: str) -> tuple[Path, Callable[[np.ndarray], np.n
 
         def margin(r: np.ndarray) -> np.ndarray:
             return np.asarray(model.predict(r.astype(np.float32), raw_score=True), dtype=np.float64)
+    elif kind == "histgradientboosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=1.0, l2_regularization=0.0).fit(x, y)
+        file, write = "m.pkl", _pickle(model)
+
+        def margin(r: np.ndarray) -> np.ndarray:
+            return model.decision_function(r.astype(np.float32)).astype(np.float64)
     else:
         model = LogisticRegression(C=1e4, max_iter=5000).fit(x, y)
         file, write = "m.pkl", _pickle(model)
@@ -279,15 +286,16 @@ def _confident(root: Path, kind: str) -> tuple[Path, Callable[[np.ndarray], np.n
         def margin(r: np.ndarray) -> np.ndarray:
             return model.decision_function(r.astype(np.float32)).astype(np.float64)
     folder = _folder(root / kind, "t3", {file: write},
-                     {"m": {"kind": "sklearn" if kind == "logistic" else kind, "file": file, "scaler": None}},
+                     {"m": {"kind": "sklearn" if kind in ("logistic", "histgradientboosting") else kind,
+                            "file": file, "scaler": None}},
                      decision={"temperature": {"m": 3}})
     return folder, margin
 
 
-@pytest.mark.parametrize("kind", ["xgboost", "lightgbm", "logistic"])
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm", "logistic", "histgradientboosting"])
 def test_temperature_on_a_confident_binary_member_is_computed_from_its_margin(tmp_path, kind):
-    """Issue item 5: with t = 3 the tempered probability is sigmoid(m / 3), m the framework's own margin
-    (output_margin, raw_score, decision_function), in float64; float32 1 - p was 0 on confident rows."""
+    """With t = 3 the tempered probability is sigmoid(m / 3), m the framework's own margin (output_margin,
+    raw_score, decision_function), in float64; float32 1 - p was 0 on confident rows (gate off by 0.003)."""
     folder, margin = _confident(tmp_path, kind)
     rows = _rows()
     m = margin(rows)

@@ -25,7 +25,7 @@ from ..lightgbm_text import booster_stand_ins, check_model_text
 from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, register
 from .export import to_contract
-from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, tree_node
+from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, margins_graph, tree_node
 
 PROBE_TIMEOUT_S = 120
 # Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
@@ -294,41 +294,6 @@ def objective_of(dump: dict[str, Any], file: Any) -> tuple[str, float]:
     return name, sigmoid
 
 
-def rebuild_head(onx: Any, n_features: int, n_classes: int, sigmoid: float, name: str) -> Any:
-    """The converted classifier's trees as a TreeEnsembleRegressor of raw scores, then the probabilities:
-    softmax for multiclass, binary_head with LightGBM's `sigmoid` for binary (its own column per class, so a
-    confident member keeps its small probability). The trees and their exact thresholds are kept as converted."""
-    from onnx import TensorProto, helper
-
-    from .export import CONTRACT
-    from .trees import binary_head
-
-    attrs = {a.name: helper.get_attribute_value(a) for a in tree_node(onx).attribute}
-    n_groups = 1 if n_classes == 2 else n_classes
-    if attrs.get("base_values") or attrs.get("post_transform") not in (b"LOGISTIC", b"SOFTMAX"):
-        raise UnsupportedModelError(f"{name}: the converted LightGBM trees carry a base value or a "
-                                    f"{attrs.get('post_transform')!r} transform the export does not expect.")
-    if any(not 0 <= c < n_groups for c in attrs["class_ids"]):
-        raise UnsupportedModelError(f"{name}: a converted tree scores class beyond {n_groups - 1}.")
-    trees = helper.make_node(
-        "TreeEnsembleRegressor", [CONTRACT.input_name], ["margins"], domain="ai.onnx.ml", name="trees",
-        n_targets=n_groups, aggregate_function="SUM", post_transform="NONE",
-        target_ids=attrs["class_ids"], target_nodeids=attrs["class_nodeids"], target_treeids=attrs["class_treeids"],
-        target_weights=attrs["class_weights"], **{k: v for k, v in attrs.items() if k.startswith("nodes_")})
-    nodes: list[Any] = [trees]
-    inits: list[Any] = []
-    if n_groups == 1:
-        head, inits = binary_head("margins", CONTRACT.output_name, sigmoid)
-        nodes += head
-    else:
-        nodes.append(helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1, name="Probabilities"))
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset),
-                                                   helper.make_opsetid("ai.onnx.ml", 1)])
-
-
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
     booster, wrapper = read_model(source)
     rounds, _ = rounds_used(source, booster, wrapper)
@@ -374,7 +339,7 @@ def load(source: MemberSource) -> LoadedMember:
                          "num_leaves_max": max(t["num_leaves"] for t in dump["tree_info"]),
                          **({"options": dict(source.options)} if source.options else {})},
         reference=_margins(full, wrapper, rounds, "rounds" in source.options, margin_scale(dump, rounds, sigmoid)),
-        onnx_model=to_contract(rebuild_head(onx, n_features, n_classes, sigmoid, source.name), "lightgbm"),
+        onnx_model=to_contract(margins_graph(onx, n_features, n_classes, sigmoid, source.name), "lightgbm"),
         feature_names=None if names == default_names else names,
         feature_names_as=renamed,
         notes=[f"{rounds} of {full.current_iteration()} boosting rounds ({why})"

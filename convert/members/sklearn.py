@@ -20,7 +20,7 @@ from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, register
 from .export import CONTRACT, to_contract
 from .lightgbm import floor_float32
-from .trees import check_classes
+from .trees import check_classes, margins_graph
 
 SUPPORTED = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier", "LogisticRegression")
 
@@ -50,8 +50,12 @@ def _binary_logistic(model: Any) -> bool:
     return type(model).__name__ == "LogisticRegression" and len(model.classes_) == 2
 
 
+def _binary_boosting(model: Any) -> bool:
+    return type(model).__name__ == "HistGradientBoostingClassifier" and len(model.classes_) == 2
+
+
 def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    if _binary_logistic(model):  # from its own logit, so a confident row keeps its small probability
+    if _binary_logistic(model) or _binary_boosting(model):  # from its own logit: a confident row keeps its small p
         from .trees import margin_probabilities
         return lambda x32: margin_probabilities(model.decision_function(x32))
     return lambda x32: np.asarray(model.predict_proba(x32), dtype=np.float64)
@@ -143,6 +147,10 @@ def load(source: MemberSource) -> LoadedMember:
                       options={id(model): {"zipmap": False}}, naming=f"{source.name}_")
     onx = to_contract(onx, str(source.file))
     _floor_thresholds(onx, model, source.file)
+    notes = [f"{type(model).__name__} via skl2onnx"]
+    if _binary_boosting(model):  # each class's probability from the raw score on its own, as binary_head says
+        onx = to_contract(margins_graph(onx, n_features, 2, 1.0, source.name), str(source.file))
+        notes.append("binary: each class's probability from its raw score")
     trees = (len(model.estimators_) if hasattr(model, "estimators_")
              else sum(len(p) for p in model._predictors) if hasattr(model, "_predictors") else 0)
     return LoadedMember(
@@ -150,8 +158,7 @@ def load(source: MemberSource) -> LoadedMember:
         hyperparameters={"estimator": type(model).__name__, "trees": int(trees)},
         reference=_proba(model), onnx_model=onx,
         feature_names=[str(n) for n in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None,
-        notes=[f"{type(model).__name__} via skl2onnx"],
-        thresholds=exact_thresholds(onx))
+        notes=notes, thresholds=exact_thresholds(onx))
 
 
 def _floor_thresholds(onx: Any, model: Any, file: Any) -> None:

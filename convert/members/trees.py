@@ -136,3 +136,40 @@ def binary_head(margin: str, output: str, scale: float = 1.0) -> tuple[list[Any]
               helper.make_node("Reciprocal", [name("den1")], [name("p1")], name=name("P1")),
               helper.make_node("Concat", [name("p0"), name("p1")], [output], axis=1, name=name("Probabilities"))]
     return nodes, inits
+
+
+def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name: str) -> Any:
+    """A converter's TreeEnsembleClassifier (LightGBM's, HistGradientBoosting's) as a TreeEnsembleRegressor of
+    the raw scores, then the probabilities: softmax for K > 2 classes, `binary_head` (margin times `scale`)
+    for two. The trees, their exact thresholds and their base values are kept as converted."""
+    from onnx import TensorProto, helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in tree_node(onx).attribute}
+    n_groups = 1 if n_classes == 2 else n_classes
+    base = list(attrs.get("base_values") or [])
+    if attrs.get("post_transform") not in (b"LOGISTIC", b"SOFTMAX") or len(base) not in (0, n_groups):
+        raise UnsupportedModelError(f"{name}: the converted trees carry {len(base)} base values and a "
+                                    f"{attrs.get('post_transform')!r} transform; expected a logistic or softmax "
+                                    f"over {n_groups} score(s).")
+    if any(not 0 <= c < n_groups for c in attrs["class_ids"]):
+        raise UnsupportedModelError(f"{name}: a converted tree scores a class beyond {n_groups - 1}.")
+    kept: dict[str, Any] = {k: v for k, v in attrs.items() if k.startswith("nodes_")}
+    if base:
+        kept["base_values"] = base
+    trees = helper.make_node(
+        "TreeEnsembleRegressor", [CONTRACT.input_name], ["margins"], domain="ai.onnx.ml", name="trees",
+        n_targets=n_groups, aggregate_function="SUM", post_transform="NONE",
+        target_ids=attrs["class_ids"], target_nodeids=attrs["class_nodeids"], target_treeids=attrs["class_treeids"],
+        target_weights=attrs["class_weights"], **kept)
+    nodes: list[Any] = [trees]
+    inits: list[Any] = []
+    if n_groups == 1:
+        head, inits = binary_head("margins", CONTRACT.output_name, scale)
+        nodes += head
+    else:
+        nodes.append(helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1, name="Probabilities"))
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset),
+                                                   helper.make_opsetid("ai.onnx.ml", 1)])
