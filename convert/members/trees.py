@@ -1,4 +1,6 @@
-"""What the tree kinds share: onnxmltools conversion brought to the export contract, and class checks.
+"""What the tree kinds share: onnxmltools conversion brought to the export contract, class checks, the member
+options ensemble.json may give a tree member ("rounds", "missing"), and probabilities from margins (binary:
+each class's probability computed on its own, in the graph and in the float64 reference).
 
 onnxmltools emits opset <= 15 graphs with a `label` output beside `probabilities`; the contract wants one
 opset policy and one output. Its TreeEnsembleClassifier stores thresholds as float32, which is exact for
