@@ -273,9 +273,9 @@ def calling(source: MemberSource, read: Read) -> Calling:
         rounds, why = total, "all: XGBClassifier.predict_proba, no best_iteration"
     else:
         rounds = total
-        why = ("all: a native Booster file, and Booster.predict uses every round" +
-               (f" (best_iteration {best} is not applied; set \"rounds\": {best + 1} in ensemble.json if the "
-                f"service called predict with iteration_range=(0, {best + 1}))" if best is not None else ""))
+        why = ("all: a native Booster file; Booster.predict uses every round" +
+               (f"; its best_iteration {best} is not applied: set \"rounds\": {best + 1} in ensemble.json if the "
+                f"service called predict with iteration_range=(0, {best + 1})" if best is not None else ""))
     option = source.options.get("missing")
     held = getattr(read.wrapper, "missing", math.nan) if read.wrapper is not None else math.nan
     held = math.nan if held is None else held
