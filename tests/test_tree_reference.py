@@ -405,3 +405,17 @@ def test_member_options_that_are_honoured(kind, entry, expect):
     from convert.members.trees import parse_options
 
     assert parse_options(kind, entry, None, "ensemble.json: members.m") == expect
+
+
+@pytest.mark.parametrize(("missing", "error", "words"), [
+    (10 ** 400, "ModelFileError", "missing is 1000"), ("x", "ModelFileError", "missing is x"),
+    (float("inf"), "UnsupportedModelError", "missing=inf"), (1e39, "UnsupportedModelError", "missing=1e+39")])
+def test_a_pickled_missing_no_float32_sentinel_can_hold_is_refused_by_name(tmp_path, missing, error, words):
+    x, y = _data()
+    model = xgb.XGBClassifier(n_estimators=3, max_depth=2, n_jobs=1).fit(x, y)
+    model.missing = missing  # as a pickle edited by hand, or saved by another version, would carry it
+    folder = _folder(tmp_path, "m", {"m.pkl": _pickle(model)}, {"m": {"kind": "xgboost", "file": "m.pkl",
+                                                                       "scaler": None}})
+    result = convert(folder, tmp_path / "out", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output and "internal error" not in result.output
+    assert f"{error}: " in result.output and words in result.output, result.output

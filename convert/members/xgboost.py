@@ -281,15 +281,18 @@ def calling(source: MemberSource, read: Read) -> Calling:
     held = math.nan if held is None else held
     try:
         held = float(held)
-    except (TypeError, ValueError):
-        raise ModelFileError(f"{source.file}: the XGBClassifier's missing is {str(held)[:40]}, not a number.") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ModelFileError(f"{source.file}: the XGBClassifier's missing is {str(held)[:40]}, not a number "
+                             f"a float32 sentinel can hold.") from None
     if not math.isnan(held) and option is not None and np.float32(option) != np.float32(held):
         raise UnsupportedModelError(f"{source.file}: ensemble.json sets \"missing\": {option} for member "
                                     f"'{source.name}', but the XGBClassifier was saved with missing={held}.")
     if option is not None:
         missing, missing_from = float(option), 'ensemble.json "missing"'
     elif not math.isnan(held):
-        if math.isinf(held) or not math.isfinite(np.float32(held)):
+        with np.errstate(over="ignore"):
+            in_float32 = float(np.float32(held))
+        if not math.isfinite(in_float32):
             raise UnsupportedModelError(f"{source.file}: missing={held} is not a finite float32 sentinel the "
                                         f"export can compare with.")
         missing, missing_from = held, "the XGBClassifier's missing"
