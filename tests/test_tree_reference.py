@@ -419,3 +419,24 @@ def test_a_pickled_missing_no_float32_sentinel_can_hold_is_refused_by_name(tmp_p
     result = convert(folder, tmp_path / "out", "-q")
     assert result.exit_code == 1 and "Traceback" not in result.output and "internal error" not in result.output
     assert f"{error}: " in result.output and words in result.output, result.output
+
+
+@pytest.mark.parametrize(("best", "refused"), [(10 ** 9, False), (-5, False), ("abc", True), (2.5, True)])
+def test_a_lightgbm_pickle_predicts_with_its_own_best_iteration_or_is_refused(tmp_path, best, refused):
+    """A best_iteration past the model or below 1 means every iteration to LightGBM's predict, and so to the
+    build; one that is no count at all is refused by name."""
+    x, y = _data()
+    model = lgb.LGBMClassifier(n_estimators=6, num_leaves=7, verbose=-1, n_jobs=1).fit(x, y)
+    model.booster_.best_iteration = best
+    folder = _folder(tmp_path, "m", {"m.pkl": _pickle(model)}, {"m": {"kind": "lightgbm", "file": "m.pkl",
+                                                                       "scaler": None}})
+    result = convert(folder, tmp_path / "out", "-q")
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    if refused:
+        assert result.exit_code == 1 and "ModelFileError: " in result.output and "best_iteration" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    rows = _rows()
+    expected = pickle.loads((folder / "m.pkl").read_bytes()).predict_proba(rows.astype(np.float32))
+    got = runtime.load(tmp_path / "out").member_probabilities(rows)["m"]
+    assert np.abs(got - expected).max() <= 1e-5

@@ -245,10 +245,14 @@ def rounds_used(source: MemberSource, booster: Any, wrapper: Any | None) -> tupl
     from .trees import rounds_option
 
     total = booster.current_iteration()
+    best = booster.best_iteration
+    if not isinstance(best, int) or isinstance(best, bool):  # a pickle's booster carries it as it was pickled
+        raise ModelFileError(f"{source.file}: the booster's best_iteration is {str(best)[:40]}, not an iteration "
+                             f"count; re-save the model from LightGBM.")
     wanted = rounds_option(source, total)
     if wanted is not None:
         return wanted, 'ensemble.json "rounds"'
-    if wrapper is not None and 0 < booster.best_iteration <= total:
+    if wrapper is not None and 0 < best <= total:
         return booster.best_iteration, "best_iteration: LGBMClassifier.predict_proba stops there"
     if wrapper is not None:
         return total, "all: LGBMClassifier.predict_proba, no best_iteration"
