@@ -46,25 +46,31 @@ class BuildResult:
 
 def resolve_feature_names(plan: Plan, members: list[LoadedMember], scalers: dict[Path, Scaler]) -> list[str]:
     """Every source that names the features must agree, order included; one of them must exist."""
-    sources: list[tuple[str, list[str]]] = []
+    # (where, names, how that source rewrote names: LightGBM writes spaces as underscores)
+    sources: list[tuple[str, list[str], Callable[[str], str] | None]] = []
     if plan.feature_names is not None:
-        sources.append(("ensemble.json", plan.feature_names))
-    sources += [(str(m.source.metadata or m.source.file), m.feature_names) for m in members if m.feature_names]
-    sources += [(str(s.file), s.feature_names) for s in scalers.values() if s.feature_names]
+        sources.append(("ensemble.json", plan.feature_names, None))
+    sources += [(str(m.source.metadata or m.source.file), m.feature_names, m.feature_names_as)
+                for m in members if m.feature_names]
+    sources += [(str(s.file), s.feature_names, None) for s in scalers.values() if s.feature_names]
     if not sources:
         raise MetadataError(f"{plan.models_dir}: no file names the features; add \"feature_names\": [...] to a "
                             f"member's _meta.json or to ensemble.json, in training column order.")
-    for where, names in sources:
+    for where, names, _ in sources:
         check_text(list(names), f"{where}: feature_names")
         check_unique_names(list(names), f"{where}: feature_names")
-    first_where, first = sources[0]
-    for where, names in sources[1:]:
-        if list(names) != list(first):
-            pos = next((i for i, (a, b) in enumerate(zip(first, names, strict=False)) if a != b),
-                       min(len(first), len(names)))
+    # The names as given: from a source that kept them, if any.
+    first_where, first, _ = next((s for s in sources if s[2] is None), sources[0])
+    for where, names, rewrite in sources:
+        expected = [rewrite(n) for n in first] if rewrite is not None else list(first)
+        if list(names) != expected:
+            pos = next((i for i, (a, b) in enumerate(zip(expected, names, strict=False)) if a != b),
+                       min(len(expected), len(names)))
             raise MetadataError(f"feature names disagree: {first_where} and {where} differ at position {pos} "
                                 f"({first[pos] if pos < len(first) else 'end'!r} vs "
-                                f"{names[pos] if pos < len(names) else 'end'!r}); {len(first)} vs {len(names)} names.")
+                                f"{names[pos] if pos < len(names) else 'end'!r}); {len(first)} vs {len(names)} names"
+                                + (" (LightGBM writes spaces in names as underscores)" if rewrite is not None
+                                   else "") + ".")
     return list(first)
 
 

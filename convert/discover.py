@@ -12,7 +12,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
 from .loaders import check_regular, load_json
 from .members import MemberSource, get_kind, known_kinds
+from .members.trees import OPTIONS, parse_options, recorded_options
 
 SERVICE_WEIGHTS = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20}
 CLASSES = ["SELL", "HOLD", "BUY"]
@@ -48,7 +49,9 @@ class Plan:
         for m in self.members:
             meta = m.metadata.name if m.metadata else "no metadata"
             scaler = m.scaler.name if m.scaler else "raw features"
-            lines.append(f"  {m.name:<10} {m.kind:<9} weight {m.weight:.4g}  {m.file.name}  [{meta}; {scaler}]")
+            options = "".join(f"; {k} {v:g}" for k, v in sorted(m.options.items()))  # how the service called it
+            lines.append(f"  {m.name:<10} {m.kind:<9} weight {m.weight:.4g}  {m.file.name}  "
+                         f"[{meta}; {scaler}{options}]")
         if self.combine["method"] == "stacking":
             lines.append(f"  stacker    {self.combine['file'].name}")
         return lines + [f"  note: {n}" for n in self.notes]
@@ -61,7 +64,8 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
         return models / record["file"] if record else None
 
     members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
-                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
+                            path(m.get("scaler")), m["weight"], recorded_options(m["hyperparameters"]))
+               for name, m in manifest["members"].items()]
     members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
     combine = manifest["combine"]
     policy = manifest.get("decision") or {}
@@ -109,7 +113,7 @@ def _normalized(members: list[MemberSource], notes: list[str]) -> list[MemberSou
                             f"float32 (their weight is below 1e-45 of the total); raise it or leave the member out.")
     if abs(total - 1.0) > 1e-12:
         notes.append(f"weights sum to {total:.6g}; normalized to sum to 1")
-        members = [MemberSource(m.name, m.kind, m.file, m.metadata, m.scaler, m.weight / total) for m in members]
+        members = [replace(m, weight=m.weight / total) for m in members]
     return members
 
 
@@ -179,7 +183,7 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
                                 f"'-' or '.' (at most 64, not starting with '.'); it names the file "
                                 f"members/<name>.onnx.")
         where = f"{spec_file}: members.{name}"
-        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
+        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight", *OPTIONS}, {"kind", "file"}, where)
         if entry["kind"] not in known_kinds():
             raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: "
                                 f"{', '.join(known_kinds())}.")
@@ -199,7 +203,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
             number = math.inf
         if not math.isfinite(number) or number <= 0:
             raise MetadataError(f"{where}.weight must be a finite positive number, got {repr(weight)[:40]}.")
-        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number))
+        options = parse_options(entry["kind"], {k: v for k, v in entry.items() if k in OPTIONS}, scaler, where)
+        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number, options))
     combine = _check_keys(spec.get("combine", {"method": "weighted"}), {"method", "file"}, {"method"},
                           f"{spec_file}: combine")
     notes = [f"from {spec_file.name}"]

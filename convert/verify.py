@@ -19,6 +19,7 @@ from .build import Progress, load_plan, read_features_file, run_parity
 from .discover import Plan, make_plan, plan_from_manifest
 from .errors import UnsupportedModelError, VerifyError
 from .members.torch_common import one_thread
+from .members.trees import recorded_options
 from .parity import summary
 from .precision import Precision
 
@@ -63,6 +64,9 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
         differ(f"members.{m.name}.kind", built.get("kind"), m.kind)
         differ(f"members.{m.name}.weight", built.get("weight"), m.weight)
         differ(f"members.{m.name}.source.file", (built.get("source") or {}).get("file"), m.file.name)
+        # How the service called the model (ensemble.json's "rounds", "missing") is part of what was built.
+        differ(f"members.{m.name}.hyperparameters.options", recorded_options(built.get("hyperparameters") or {}),
+               m.options)
         # The manifest's metadata and scaler are what verify rebuilds from: they must be the ones planned.
         for part, planned_file in (("metadata", m.metadata), ("scaler", m.scaler)):
             differ(f"members.{m.name}.{part}.file", (built.get(part) or {}).get("file"),

@@ -31,6 +31,9 @@ class MemberSource:
     metadata: Path | None = None
     scaler: Path | None = None
     weight: float = 1.0
+    # How the service called the model, where the file cannot say (ensemble.json's tree options, checked by
+    # `members.trees.parse_options`): e.g. {"rounds": 13, "missing": -999.0}.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,6 +47,9 @@ class LoadedMember:
     reference: Callable[[np.ndarray], np.ndarray]  # float32 [N, F] scaled -> float64 [N, n_classes]
     onnx_model: onnx.ModelProto
     feature_names: list[str] | None = None         # as the member's own files state them
+    # How the member's framework rewrote a feature name in its file (LightGBM: spaces to underscores), so that
+    # its names are compared with the other sources' as it wrote them; None: kept as given.
+    feature_names_as: Callable[[str], str] | None = None
     notes: list[str] = field(default_factory=list)  # where each hyperparameter came from
     thresholds: list[tuple[int, float]] = field(default_factory=list)  # (feature, split value) for trees
 
