@@ -12,7 +12,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,13 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
     def path(record: dict[str, str] | None) -> Path | None:
         return models / record["file"] if record else None
 
+    def options(m: dict[str, Any]) -> dict[str, Any]:  # a kind's own entry fields, recorded with its hyperparameters
+        keys = get_kind(m["kind"]).entry_keys
+        kept = {k: v for k, v in m["hyperparameters"].items() if k in keys}
+        return {**kept, "n_features": len(manifest["feature_names"])} if keys else kept
+
     members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
-                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
+                            path(m.get("scaler")), m["weight"], options(m)) for name, m in manifest["members"].items()]
     members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
     combine = manifest["combine"]
     policy = manifest.get("decision") or {}
@@ -109,7 +114,7 @@ def _normalized(members: list[MemberSource], notes: list[str]) -> list[MemberSou
                             f"float32 (their weight is below 1e-45 of the total); raise it or leave the member out.")
     if abs(total - 1.0) > 1e-12:
         notes.append(f"weights sum to {total:.6g}; normalized to sum to 1")
-        members = [MemberSource(m.name, m.kind, m.file, m.metadata, m.scaler, m.weight / total) for m in members]
+        members = [replace(m, weight=m.weight / total) for m in members]
     return members
 
 
@@ -179,10 +184,15 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
                                 f"'-' or '.' (at most 64, not starting with '.'); it names the file "
                                 f"members/<name>.onnx.")
         where = f"{spec_file}: members.{name}"
-        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
-        if entry["kind"] not in known_kinds():
+        if isinstance(entry, dict) and "kind" in entry and entry["kind"] not in known_kinds():
             raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: "
                                 f"{', '.join(known_kinds())}.")
+        extra = get_kind(entry["kind"]).entry_keys if isinstance(entry, dict) and "kind" in entry else ()
+        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight", *extra}, {"kind", "file"}, where)
+        kind = get_kind(entry["kind"])
+        options = kind.parse_entry(entry, models_dir, where) if kind.parse_entry else {}
+        if names is not None and kind.entry_keys:  # the input width, for a kind whose file cannot tell it
+            options["n_features"] = len(names)
         file = _existing(models_dir, entry["file"], f"{where}.file")
         if "metadata" in entry:
             meta = None if entry["metadata"] is None else _existing(models_dir, entry["metadata"], f"{where}.metadata")
@@ -199,7 +209,7 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
             number = math.inf
         if not math.isfinite(number) or number <= 0:
             raise MetadataError(f"{where}.weight must be a finite positive number, got {repr(weight)[:40]}.")
-        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number))
+        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number, options))
     combine = _check_keys(spec.get("combine", {"method": "weighted"}), {"method", "file"}, {"method"},
                           f"{spec_file}: combine")
     notes = [f"from {spec_file.name}"]

@@ -8,7 +8,7 @@ that ends with its `register(...)` line, its name in the import at the end of th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,8 @@ class MemberSource:
     metadata: Path | None = None
     scaler: Path | None = None
     weight: float = 1.0
+    # What a kind reads from its ensemble.json entry beyond the common fields (`MemberKind.entry_keys`).
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
@@ -55,6 +57,10 @@ class MemberKind:
     load: Callable[[MemberSource], LoadedMember]
     # The original framework's prediction alone (no export): what the service ran, for `bench` and `verify`.
     reference: Callable[[MemberSource], Callable[[np.ndarray], np.ndarray]]
+    # ensemble.json fields this kind takes beyond kind/file/metadata/scaler/weight, checked by `parse_entry`
+    # (entry, models folder, where) -> options; the manifest's hyperparameters hold them again for `verify`.
+    entry_keys: tuple[str, ...] = ()
+    parse_entry: Callable[[Mapping[str, Any], Path, str], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, MemberKind] = {}
@@ -82,4 +88,4 @@ def known_kinds() -> list[str]:
 
 # Each kind module registers itself at its end; importing them here fills the registry. They import only the
 # standard library and numpy at module level (torch and the tree libraries inside their functions).
-from . import lightgbm, nhits, patchtst, sklearn, xgboost  # noqa: E402, F401
+from . import lightgbm, nhits, patchtst, sklearn, user_torch, xgboost  # noqa: E402, F401
