@@ -76,7 +76,7 @@ def _located(exc: BaseException, folder: Path, fallback: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {shortened((str(exc).strip().splitlines() or [''])[0])}"
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
 @contextlib.contextmanager
