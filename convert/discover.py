@@ -60,13 +60,17 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
     def path(record: dict[str, str] | None) -> Path | None:
         return models / record["file"] if record else None
 
-    def options(m: dict[str, Any]) -> dict[str, Any]:  # a kind's own entry fields, recorded with its hyperparameters
-        keys = get_kind(m["kind"]).entry_keys
-        kept = {k: v for k, v in m["hyperparameters"].items() if k in keys}
-        return {**kept, "n_features": len(manifest["feature_names"])} if keys else kept
+    def options(name: str, m: dict[str, Any]) -> dict[str, Any]:  # a kind's own entry fields, from its record
+        kind = get_kind(m["kind"])
+        if not kind.entry_keys or kind.parse_entry is None:
+            return {}
+        entry = {k: v for k, v in m["hyperparameters"].items() if k in kind.entry_keys}
+        return {**kind.parse_entry(entry, models, f"manifest.json: members.{name}.hyperparameters"),
+                "n_features": len(manifest["feature_names"])}
 
     members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
-                            path(m.get("scaler")), m["weight"], options(m)) for name, m in manifest["members"].items()]
+                            path(m.get("scaler")), m["weight"], options(name, m))
+               for name, m in manifest["members"].items()]
     members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
     combine = manifest["combine"]
     policy = manifest.get("decision") or {}

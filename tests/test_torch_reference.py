@@ -95,6 +95,15 @@ class Flat(nn.Module):
         return self.fc(x)[:, 0]
 
 
+class Doubled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x).double()
+
+
 class Reshaper(nn.Module):
     def forward(self, x):
         return x.reshape(-1, 5)
@@ -314,9 +323,18 @@ REFUSALS = [
      "StateDictError: mlp.pth unexpected tensor 'fc2.weight'"),
     ("forward returns [N], not logits [N, K]",
      lambda d: (_save_fresh(d, "Flat"), _one_member(d, module="trading.models:Flat", init={}, file="Flat.pth")),
-     "UnsupportedModelError: returned a torch.float32 tensor of shape (2,) logits [N, K]"),
-    ("forward fails on the rows", lambda d: (_save_fresh(d, "Reshaper"), _one_member(d, module="trading.models:Reshaper",
-                                                                                init={}, file="Reshaper.pth")),
+     "UnsupportedModelError: returned a torch.float32 tensor of shape (2,) float32 logits [N, K]"),
+    ("forward returns float64",
+     lambda d: (_save_fresh(d, "Doubled"), _one_member(d, module="trading.models:Doubled", init={},
+                                                       file="Doubled.pth")),
+     "UnsupportedModelError: returned a torch.float64 tensor of shape (2, 3) float32 logits"),
+    ("code folder linked from outside",
+     lambda d: ((d / "linked").symlink_to(d.parent / "elsewhere", target_is_directory=True),
+                (d.parent / "elsewhere").mkdir(), _one_member(d, code="linked")),
+     "MetadataError: members.m.code leads to elsewhere, outside"),
+    ("forward fails on the rows",
+     lambda d: (_save_fresh(d, "Reshaper"), _one_member(d, module="trading.models:Reshaper", init={},
+                                                        file="Reshaper.pth")),
      "UserCodeError: models.py Reshaper.forward [2, 8] RuntimeError"),
     ("code outside the models folder", lambda d: _one_member(d, code="../elsewhere"),
      "MetadataError: members.m.code no '..'"),
@@ -342,6 +360,16 @@ def test_user_code_that_cannot_be_the_reference_is_refused_by_name(user_folder, 
     assert "Traceback" not in result.output and result.output.count("\n") <= 2, result.output
     assert all(w in result.output for w in [error, *words]), result.output
     assert not out.exists() and "trading" not in sys.modules
+
+
+def test_the_user_kind_through_a_linked_models_folder_says_where_the_class_came_from(user_folder, tmp_path):
+    (tmp_path / "link").symlink_to(user_folder, target_is_directory=True)
+    source = MemberSource("m", "torch", tmp_path / "link" / "mlp.pth", options={
+        "module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1], "code": "src", "n_features": F})
+    member = get_kind("torch").load(source)
+    assert "class trading.models:SwishMLP from src/trading/models.py (imported for the build only; the gate's " \
+           "reference is this class)" in member.notes
+    assert f"input_size={F} (from ensemble.json feature_names)" in member.notes and "trading" not in sys.modules
 
 
 def test_the_user_kind_reads_safetensors_and_a_dataparallel_state_dict(user_folder, tmp_path):

@@ -124,7 +124,10 @@ def _import_class(spec: str, folder: Path, where: str) -> Any:
     if not (isinstance(found, type) and issubclass(found, torch.nn.Module)):
         raise UnsupportedModelError(f"{where}.module: {spec} in {source} is {type(found).__name__} "
                                     f"{shortened(repr(found))}, not a torch.nn.Module subclass.")
-    defined = inspect.getsourcefile(found)
+    try:
+        defined = inspect.getsourcefile(found)
+    except TypeError:  # a class with no source file (built in, or made where no module file is)
+        defined = None
     if not _inside(defined, folder):  # the gate's reference must be the code shipped in the models folder
         raise PlanError(f"{where}.module: {spec} is defined in {defined}, outside {folder}; the class must be the "
                         f"training code kept in the models folder.")
@@ -157,11 +160,11 @@ def _check_output(out: Any, rows: int, n_features: int, what: str, file: str) ->
     import torch
 
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows or out.shape[1] < 2 \
-            or not out.is_floating_point():
+            or out.dtype != torch.float32:
         got = (f"a {out.dtype} tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
                else type(out).__name__)
         raise UnsupportedModelError(f"{file}: {what}.forward on float32 rows [{rows}, {n_features}] returned {got}; "
-                                    f"the contract is logits [N, K], K >= 2 classes, a floating tensor.")
+                                    f"the contract is float32 logits [N, K], K >= 2 classes.")
     return int(out.shape[1])
 
 
@@ -209,7 +212,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
                                             f"traces converts.") from exc
     record = {"module": spec, "init": init, "code": code, "input_size": n_features, "num_classes": n_classes,
               "parameters": sum(p.numel() for p in module.parameters())}
-    notes += [f"class {spec} from {Path(defined).relative_to(source.file.parent.resolve()).as_posix()} "
+    notes += [f"class {spec} from {Path(defined).resolve().relative_to(source.file.parent.resolve()).as_posix()} "
               f"(imported for the build only; the gate's reference is this class)",
               f"init {shortened(repr(init))} (from ensemble.json)",
               f"input_size={n_features} (from {width_from})", f"num_classes={n_classes} (from forward's output)"]
