@@ -104,6 +104,15 @@ class Doubled(nn.Module):
         return self.fc(x).double()
 
 
+class Probabilities(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(x), dim=-1)
+
+
 class Reshaper(nn.Module):
     def forward(self, x):
         return x.reshape(-1, 5)
@@ -332,6 +341,10 @@ REFUSALS = [
      lambda d: ((d / "linked").symlink_to(d.parent / "elsewhere", target_is_directory=True),
                 (d.parent / "elsewhere").mkdir(), _one_member(d, code="linked")),
      "MetadataError: members.m.code leads to elsewhere, outside"),
+    ("forward returns probabilities",
+     lambda d: (_save_fresh(d, "Probabilities"), _one_member(d, module="trading.models:Probabilities", init={},
+                                                             file="Probabilities.pth")),
+     "UnsupportedModelError: Probabilities.forward returns rows of probabilities logits"),
     ("forward fails on the rows",
      lambda d: (_save_fresh(d, "Reshaper"), _one_member(d, module="trading.models:Reshaper", init={},
                                                         file="Reshaper.pth")),
@@ -360,6 +373,38 @@ def test_user_code_that_cannot_be_the_reference_is_refused_by_name(user_folder, 
     assert "Traceback" not in result.output and result.output.count("\n") <= 2, result.output
     assert all(w in result.output for w in [error, *words]), result.output
     assert not out.exists() and "trading" not in sys.modules
+
+
+def test_a_global_setting_made_by_the_users_code_ends_with_its_member(user_folder, tmp_path):
+    """Training code that sets torch's default dtype at import builds its own member so; the next member (the
+    MLP, built after it) and the process keep float32."""
+    import torch
+
+    folder = _copy(user_folder, tmp_path)
+    _file_with(folder, "dtype64.py", """
+        import torch
+        import torch.nn as nn
+
+        torch.set_default_dtype(torch.float64)
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(8, 3, dtype=torch.float32)
+
+            def forward(self, x):
+                return self.fc(x)
+        """)
+    torch.manual_seed(SEED)
+    torch.save({f"fc.{k}": v for k, v in torch.nn.Linear(F, K).state_dict().items()}, folder / "net.pth")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["members"] = {"net": {"kind": "torch", "module": "trading.dtype64:Net", "code": "src", "file": "net.pth",
+                               "scaler": None}, "mlp": spec["members"]["mlp"]}
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    result = _convert(folder, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert torch.get_default_dtype() == torch.float32
 
 
 def test_the_user_kind_through_a_linked_models_folder_says_where_the_class_came_from(user_folder, tmp_path):
@@ -527,14 +572,14 @@ def test_nhits_dropout_is_accepted_as_no_effect_and_said(tmp_path):
     assert "dropout=0.3 (from metadata; no effect in eval mode)" in member.notes
 
 
-@pytest.mark.parametrize("save", ["safetensors", "dataparallel", "dataparallel safetensors"])
+@pytest.mark.parametrize("save", ["safetensors", "dataparallel", "dataparallel safetensors", "safetensors as .pth"])
 def test_builtin_kinds_read_safetensors_and_dataparallel_state_dicts(patchtst_matrix, save, tmp_path):
     import torch
     from safetensors.torch import save_file
 
     folder, model = patchtst_matrix["norm_first"]
     state = torch.nn.DataParallel(model).state_dict() if "dataparallel" in save else model.state_dict()
-    file = tmp_path / ("p.safetensors" if "safetensors" in save else "p.pth")
+    file = tmp_path / ("p.safetensors" if save.endswith("safetensors") else "p.pth")  # read by content, not name
     if "safetensors" in save:
         save_file({k: v.contiguous() for k, v in state.items()}, file)
     else:

@@ -88,13 +88,16 @@ def _code_on_path(folder: Path, top: str, where: str) -> Iterator[None]:
         raise PlanError(f"{where}.module: the package '{top}' is already imported by ensemble-onnx "
                         f"(from {getattr(clash, '__file__', None) or 'a built-in module'}); the training code's "
                         f"package cannot share its name. Rename the package, or import it from one that does not.")
-    saved, before = list(sys.path), set(sys.modules)
+    import torch
+
+    saved, before, dtype = list(sys.path), set(sys.modules), torch.get_default_dtype()
     sys.path.insert(0, str(folder))
     importlib.invalidate_caches()  # a folder written after the path finders looked
     try:
         yield
     finally:
         sys.path[:] = saved
+        torch.set_default_dtype(dtype)  # training code may set it at import; the other members keep theirs
         for name in set(sys.modules) - before:
             module = sys.modules.get(name)
             if name == top or name.startswith(top + ".") or _inside(getattr(module, "__file__", None), folder):
@@ -139,7 +142,8 @@ def n_features_of(source: MemberSource, meta: dict[str, Any]) -> tuple[int, str]
     where = str(source.metadata)
     if "architecture" in meta:
         raise MetadataError(f"{where}: field 'architecture' is not read for kind 'torch': the class is built from "
-                            f"ensemble.json's 'init' alone. Move its values there and remove it.")
+                            f"ensemble.json's 'init' alone. Move its values there and remove it, or give the "
+                            f"member \"metadata\": null.")
     stated = meta.get("num_features")
     names = meta.get("feature_names")
     if stated is not None and (not isinstance(stated, int) or isinstance(stated, bool) or stated < 1):
@@ -165,6 +169,11 @@ def _check_output(out: Any, rows: int, n_features: int, what: str, file: str) ->
                else type(out).__name__)
         raise UnsupportedModelError(f"{file}: {what}.forward on float32 rows [{rows}, {n_features}] returned {got}; "
                                     f"the contract is float32 logits [N, K], K >= 2 classes.")
+    # Probabilities would pass the gate (both sides take their softmax) and ship softmax(p), not p.
+    if bool((out >= 0).all()) and bool(((out.sum(dim=1) - 1).abs() <= 1e-4).all()):
+        raise UnsupportedModelError(f"{file}: {what}.forward returns rows of probabilities (each sums to 1); the "
+                                    f"contract is logits, which the build turns into probabilities with softmax. "
+                                    f"Return the values before the softmax (log-probabilities work too).")
     return int(out.shape[1])
 
 
@@ -192,11 +201,13 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
             raise UserCodeError(f"{_located(exc, folder, defined)}: building {spec}(**init) with init "
                                 f"{shortened(repr(init))} raised {_reason(exc)}.") from exc
         module.eval()
+        probe = torch.zeros(PROBE_ROWS, n_features, dtype=torch.float32)
+        probe[1] = torch.linspace(-1.0, 1.0, n_features)  # a second row unlike the first
         state, notes = unwrap(load_state_dict(source.file), set(module.state_dict()))
         load_strict(module, state, source.file, f"{spec}(**init)")
         try:
             with torch.no_grad():
-                out = module(torch.zeros(PROBE_ROWS, n_features, dtype=torch.float32))
+                out = module(probe)
         except (Exception, SystemExit) as exc:
             raise UserCodeError(f"{_located(exc, folder, defined)}: {spec}.forward on float32 rows "
                                 f"[{PROBE_ROWS}, {n_features}] raised {_reason(exc)}; the contract: forward takes "
