@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import json
 import re
 import sys
 import traceback
@@ -225,7 +226,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
               "parameters": sum(p.numel() for p in module.parameters())}
     notes += [f"class {spec} from {Path(defined).resolve().relative_to(source.file.parent.resolve()).as_posix()} "
               f"(imported for the build only; the gate's reference is this class)",
-              f"init {shortened(repr(init))} (from ensemble.json)",
+              f"init {json.dumps(init)[:200]} (from ensemble.json)",
               f"input_size={n_features} (from {width_from})", f"num_classes={n_classes} (from forward's output)"]
     notes += [f"tracing fixed a Python value at {t}; the parity gate checks the export against the class"
               for t in traced]
