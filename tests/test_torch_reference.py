@@ -407,6 +407,25 @@ def test_a_global_setting_made_by_the_users_code_ends_with_its_member(user_folde
     assert torch.get_default_dtype() == torch.float32
 
 
+def test_two_members_whose_packages_share_a_name_each_get_their_own(user_folder, tmp_path):
+    import onnxruntime as ort
+
+    folder = _copy(user_folder, tmp_path)
+    shutil.copytree(folder / "src", folder / "src2")
+    models = folder / "src2" / "trading" / "models.py"
+    models.write_text(models.read_text().replace("/ self.temperature", "/ (4 * self.temperature)"))
+    rows = np.random.default_rng(4).normal(size=(64, F)).astype(np.float32)
+    got = {}
+    for code in ("src", "src2"):
+        member = get_kind("torch").load(MemberSource("m", "torch", folder / "mlp.pth", options={
+            "module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1], "code": code, "n_features": F}))
+        session = ort.InferenceSession(member.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        exported = session.run(None, {session.get_inputs()[0].name: rows})[0]
+        got[code] = member.reference(rows)
+        assert np.abs(exported - got[code]).max() <= 1e-5
+    assert np.abs(got["src"] - got["src2"]).max() > 0.01 and "trading" not in sys.modules
+
+
 def test_the_user_kind_through_a_linked_models_folder_says_where_the_class_came_from(user_folder, tmp_path):
     (tmp_path / "link").symlink_to(user_folder, target_is_directory=True)
     source = MemberSource("m", "torch", tmp_path / "link" / "mlp.pth", options={
