@@ -580,6 +580,27 @@ def test_an_architecture_key_no_rebuild_implements_is_refused_by_name(patchtst_m
     assert all(w in result.output for w in [error, *words, "patchtst_meta.json"]), result.output
 
 
+@pytest.mark.parametrize(("meta", "expect"), [
+    ({"n_heads": 2, "norm_first": True, "dropout": 0.1}, None),  # flat, as many training scripts dump them
+    ({"norm_first": True, "architecture": {"n_heads": 2, "norm_first": True}}, None),
+    ({"norm_first": False, "architecture": {"n_heads": 2, "norm_first": True}}, "states norm_first=False at the top"),
+])
+def test_architecture_keys_written_at_the_top_level_are_read_too(patchtst_matrix, meta, expect, tmp_path):
+    from convert.errors import MetadataError
+
+    folder, model = patchtst_matrix["norm_first"]
+    (tmp_path / "p_meta.json").write_text(json.dumps(meta))
+    source = MemberSource("p", "patchtst", folder / "patchtst.pth", tmp_path / "p_meta.json")
+    if expect is not None:
+        with pytest.raises(MetadataError, match=expect):
+            get_kind("patchtst").load(source)
+        return
+    member = get_kind("patchtst").load(source)
+    assert member.hyperparameters["norm_first"] is True and "norm_first=True (from metadata)" in member.notes
+    rows = np.random.default_rng(6).normal(size=(40, F)).astype(np.float32)
+    assert np.abs(member.reference(rows) - _probabilities(model, rows)).max() <= 1e-6
+
+
 def test_nhits_dropout_is_accepted_as_no_effect_and_said(tmp_path):
     import torch
 

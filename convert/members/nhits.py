@@ -18,6 +18,7 @@ from .torch_common import (
     load_torch_member,
     no_effect,
     rebuild,
+    stated_architecture,
     tensor_shape,
     torch_reference,
 )
@@ -54,7 +55,7 @@ def build_module(hp: dict[str, Any]) -> Any:
 
 def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: MemberSource) -> Architecture:
     where = str(source.metadata)
-    stated = meta.get("architecture", {})
+    stated = stated_architecture(meta, ARCHITECTURE_KEYS, where)
     check_architecture_keys(stated, ARCHITECTURE_KEYS, where, "nhits")
     hidden, input_size = tensor_shape(state, "stacks.0.0.weight", source.file)
     arch = Architecture(feature_names=meta.get("feature_names"))

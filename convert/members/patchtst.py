@@ -23,6 +23,7 @@ from .torch_common import (
     load_torch_member,
     no_effect,
     rebuild,
+    stated_architecture,
     stated_value,
     tensor_shape,
     torch_reference,
@@ -131,7 +132,7 @@ def one_token_form(module: Any) -> Any:
 
 def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: MemberSource) -> Architecture:
     where = str(source.metadata)
-    stated = meta.get("architecture", {})
+    stated = stated_architecture(meta, ARCHITECTURE_KEYS, where)
     check_architecture_keys(stated, ARCHITECTURE_KEYS, where, "patchtst")
     d_model, input_size = tensor_shape(state, "embedding.weight", source.file)
     arch = Architecture(feature_names=meta.get("feature_names"))

@@ -50,6 +50,20 @@ class Architecture:
                           f"({'v5 default, not in metadata' if stated is None else 'from metadata'})")
 
 
+def stated_architecture(meta: dict[str, Any], known: dict[str, str], where: str) -> dict[str, Any]:
+    """The metadata's `architecture` object, with the keys the rebuild knows also read where a training script
+    wrote them at the top level (`{"n_heads": 4, "norm_first": true, ...}`): ignored there, they would build
+    another model than the one trained. Stated in both places, they must agree."""
+    stated = dict(meta.get("architecture", {}))
+    for key in known:
+        if key in meta:
+            if key in stated and stated[key] != meta[key]:
+                raise MetadataError(f"{where}: states {key}={meta[key]!r:.40} at the top level and "
+                                    f"{stated[key]!r:.40} in 'architecture'; keep one.")
+            stated[key] = meta[key]
+    return stated
+
+
 def check_architecture_keys(stated: dict[str, Any], known: dict[str, str], where: str, kind: str) -> None:
     """Fail closed: a key the rebuild does not implement would be ignored, and the rebuild would then differ
     from the trained model while passing its own gate. `known`: key -> what it does here."""
