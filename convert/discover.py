@@ -127,7 +127,9 @@ def discover(models_dir: Path, only: list[str] | None = None) -> Plan:
     found = _stamped_files(models_dir)
     kinds = only or list(SERVICE_WEIGHTS)
     for kind in kinds:
-        get_kind(kind)  # names the known kinds when asked for an unknown one
+        if get_kind(kind).entry_keys:  # get_kind names the known kinds when asked for an unknown one
+            raise PlanError(f"{models_dir}: kind '{kind}' is declared in ensemble.json only, with the fields "
+                            f"{list(get_kind(kind).entry_keys)}; discovery never imports code.")
     scaler = _newest(found.get("scaler", []), SCALER_SUFFIXES, "scaler", models_dir)
     members = []
     for kind in kinds:

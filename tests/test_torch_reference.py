@@ -436,6 +436,11 @@ def test_the_user_kind_through_a_linked_models_folder_says_where_the_class_came_
     assert f"input_size={F} (from ensemble.json feature_names)" in member.notes and "trading" not in sys.modules
 
 
+def test_discovery_never_takes_the_torch_kind(tmp_path):
+    result = CliRunner().invoke(main, ["convert", str(tmp_path), "-o", str(tmp_path / "out"), "--only", "torch"])
+    assert result.exit_code == 1 and "kind 'torch' is declared in ensemble.json only" in result.output
+
+
 def test_the_user_kind_reads_safetensors_and_a_dataparallel_state_dict(user_folder, tmp_path):
     import torch
     from safetensors.torch import save_file
