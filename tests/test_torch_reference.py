@@ -631,6 +631,9 @@ def test_builtin_kinds_read_safetensors_and_dataparallel_state_dicts(patchtst_ma
         torch.save(state, file)
     member = get_kind("patchtst").load(MemberSource("p", "patchtst", file, folder / "patchtst_meta.json"))
     assert any("DataParallel" in n for n in member.notes) == ("dataparallel" in save)
+    shown = CliRunner().invoke(main, ["inspect", str(file), "--json"])
+    info = json.loads(shown.output)
+    assert info["kind"] == "patchtst" and any("DataParallel" in n for n in info["notes"]) == ("dataparallel" in save)
     rows = np.random.default_rng(2).normal(size=(40, F)).astype(np.float32)
     assert np.abs(member.reference(rows) - _probabilities(model, rows)).max() <= 1e-6
 
