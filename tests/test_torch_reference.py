@@ -276,6 +276,11 @@ def test_a_forward_tracing_cannot_capture_fails_the_gate_with_its_report(user_fo
     assert not out.exists()
     report = json.loads((tmp_path / "out.parity-failed.json").read_text())
     assert not report["passed"] and any("member m" in f for f in report["failures"])
+    member = get_kind("torch").load(MemberSource("m", "torch", folder / "branchy.pth", options={
+        "module": "trading.models:Branchy", "init": {}, "code": "src", "n_features": F}))
+    line = next(i for i, text in enumerate(TRADING_MODELS.splitlines(), 1) if "float(x.abs().max())" in text)
+    assert any(n.startswith("tracing fixed a Python value at ") and f"models.py:{line}:" in n for n in member.notes), \
+        member.notes
 
 
 def _file_with(folder: Path, name: str, text: str) -> None:
