@@ -244,6 +244,18 @@ def test_the_gate_is_the_users_class_not_a_rebuild(user_folder, user_build):
     assert np.abs(built - _probabilities(model, rows)).max() <= 1e-5
 
 
+def test_the_runtime_serves_the_build_without_the_users_code_or_torch(user_build, tmp_path):
+    import subprocess
+
+    code = ("import json, sys, numpy as np, runtime; e = runtime.load(sys.argv[1]); "
+            "p = e.predict_proba(np.zeros((3, len(e.feature_names)))); "
+            "print(json.dumps([p.shape, sorted(m for m in sys.modules if m.split('.')[0] in ('trading', 'torch'))]))")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, str(user_build)], capture_output=True, text=True, check=True,
+                          cwd=tmp_path, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert json.loads(done.stdout) == [[3, K], []]
+
+
 def test_verify_rebuilds_the_reference_from_the_users_code(user_folder, user_build):
     result = CliRunner().invoke(main, ["verify", str(user_build), "--models", str(user_folder)])
     assert result.exit_code == 0, result.output
