@@ -295,19 +295,20 @@ def _inspect_weights(path: Path) -> dict[str, Any]:
     from .errors import ConvertError
     from .loaders import load_state_dict
     from .members import MemberSource, nhits, patchtst
-    from .members.torch_common import read_metadata
+    from .members.torch_common import read_metadata, unwrap
 
     state = load_state_dict(path)
     info: dict[str, Any] = {"file": str(path), "tensors": {k: list(v.shape) for k, v in state.items()}}
     meta = path.with_name(f"{path.stem}_meta.json")
     source = MemberSource(path.stem, "", path, meta if meta.exists() else None)
+    bare, unwrapped = unwrap(state)  # a DataParallel / torch.compile prefix, as the build strips it
     for kind, module in (("nhits", nhits), ("patchtst", patchtst)):
         try:
-            arch = module.read_architecture(state, read_metadata(source), source)
+            arch = module.read_architecture(bare, read_metadata(source), source)
         except ConvertError as exc:
             info.setdefault("not", {})[kind] = str(exc)
             continue
-        info.update(kind=kind, architecture=arch.values, notes=arch.notes)
+        info.update(kind=kind, architecture=arch.values, notes=unwrapped + arch.notes)
         break
     return info
 

@@ -16,17 +16,18 @@ from convert.members import get_kind, known_kinds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("kind", "suffixes"), [
-    ("nhits", (".pth", ".pt")),
-    ("patchtst", (".pth", ".pt")),
-    ("xgboost", (".pkl", ".joblib", ".json", ".ubj")),
-    ("lightgbm", (".pkl", ".joblib", ".txt")),
-    ("sklearn", (".pkl", ".joblib")),
+@pytest.mark.parametrize(("kind", "suffixes", "module"), [
+    ("nhits", (".pth", ".pt", ".safetensors"), "nhits"),
+    ("patchtst", (".pth", ".pt", ".safetensors"), "patchtst"),
+    ("torch", (".pth", ".pt", ".safetensors"), "user_torch"),  # not `torch.py`: it would read as torch itself
+    ("xgboost", (".pkl", ".joblib", ".json", ".ubj"), "xgboost"),
+    ("lightgbm", (".pkl", ".joblib", ".txt"), "lightgbm"),
+    ("sklearn", (".pkl", ".joblib"), "sklearn"),
 ])
-def test_each_kind_registers_itself_from_its_own_module(kind, suffixes):
+def test_each_kind_registers_itself_from_its_own_module(kind, suffixes, module):
     registered = get_kind(kind)
     assert registered.suffixes == suffixes
-    assert registered.load.__module__ == registered.reference.__module__ == f"convert.members.{kind}"
+    assert registered.load.__module__ == registered.reference.__module__ == f"convert.members.{module}"
 
 
 def test_importing_the_registry_loads_no_framework():

@@ -8,7 +8,7 @@ that ends with its `register(...)` line, its name in the import at the end of th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +31,10 @@ class MemberSource:
     metadata: Path | None = None
     scaler: Path | None = None
     weight: float = 1.0
-    # How the service called the model, where the file cannot say (ensemble.json's tree options, checked by
-    # `members.trees.parse_options`): e.g. {"rounds": 13, "missing": -999.0}.
-    options: dict[str, Any] = field(default_factory=dict)
+    # How the service called the model, where the file cannot say: ensemble.json's tree options (checked by
+    # `members.trees.parse_options`, e.g. {"rounds": 13, "missing": -999.0}) and a kind's own entry fields
+    # (`MemberKind.entry_keys`, e.g. kind torch's module, init and code).
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
@@ -61,6 +62,10 @@ class MemberKind:
     load: Callable[[MemberSource], LoadedMember]
     # The original framework's prediction alone (no export): what the service ran, for `bench` and `verify`.
     reference: Callable[[MemberSource], Callable[[np.ndarray], np.ndarray]]
+    # ensemble.json fields this kind takes beyond kind/file/metadata/scaler/weight, checked by `parse_entry`
+    # (entry, models folder, where) -> options; the manifest's hyperparameters hold them again for `verify`.
+    entry_keys: tuple[str, ...] = ()
+    parse_entry: Callable[[Mapping[str, Any], Path, str], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, MemberKind] = {}
@@ -88,4 +93,4 @@ def known_kinds() -> list[str]:
 
 # Each kind module registers itself at its end; importing them here fills the registry. They import only the
 # standard library and numpy at module level (torch and the tree libraries inside their functions).
-from . import lightgbm, nhits, patchtst, sklearn, xgboost  # noqa: E402, F401
+from . import lightgbm, nhits, patchtst, sklearn, user_torch, xgboost  # noqa: E402, F401
