@@ -49,7 +49,9 @@ class Plan:
         for m in self.members:
             meta = m.metadata.name if m.metadata else "no metadata"
             scaler = m.scaler.name if m.scaler else "raw features"
-            options = "".join(f"; {k} {v:g}" for k, v in sorted(m.options.items()))  # how the service called it
+            # How the service called a tree (ensemble.json's tree options); a torch kind's own entry fields
+            # (module, init, code) are printed with its hyperparameters.
+            options = "".join(f"; {k} {v:g}" for k, v in sorted(m.options.items()) if k in OPTIONS)
             lines.append(f"  {m.name:<10} {m.kind:<9} weight {m.weight:.4g}  {m.file.name}  "
                          f"[{meta}; {scaler}{options}]")
         if self.combine["method"] == "stacking":

@@ -19,7 +19,7 @@ from .build import Progress, load_plan, read_features_file, run_parity
 from .discover import Plan, make_plan, plan_from_manifest
 from .errors import UnsupportedModelError, VerifyError
 from .members.torch_common import one_thread
-from .members.trees import recorded_options
+from .members.trees import OPTIONS, recorded_options
 from .parity import summary
 from .precision import Precision
 
@@ -65,8 +65,9 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
         differ(f"members.{m.name}.weight", built.get("weight"), m.weight)
         differ(f"members.{m.name}.source.file", (built.get("source") or {}).get("file"), m.file.name)
         # How the service called the model (ensemble.json's "rounds", "missing") is part of what was built.
+        # (A torch kind's module/init/code are checked by re-importing the class and re-running the gate.)
         differ(f"members.{m.name}.hyperparameters.options", recorded_options(built.get("hyperparameters") or {}),
-               m.options)
+               {k: v for k, v in m.options.items() if k in OPTIONS})
         # The manifest's metadata and scaler are what verify rebuilds from: they must be the ones planned.
         for part, planned_file in (("metadata", m.metadata), ("scaler", m.scaler)):
             differ(f"members.{m.name}.{part}.file", (built.get(part) or {}).get("file"),
