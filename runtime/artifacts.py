@@ -283,10 +283,11 @@ def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<a
     return verified
 
 
-def read_files(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+def read_files(folder: str | os.PathLike[str], expect_build_id: str | None = None,
+               public_key: str | os.PathLike[str] | bytes | None = None) -> dict[str, bytes]:
     """A folder's verified files as one mapping (manifest.json and manifest.sig included), ready to be sent
-    to workers that check them again with `verify_files`."""
-    verified = read_folder(folder)
+    to workers that check them again with `verify_files` (and the same trust options)."""
+    verified = read_folder(folder, expect_build_id, public_key)
     files = {MANIFEST_FILE: verified.manifest_bytes, **verified.files}
     if verified.signature is not None:
         files[SIGNATURE_FILE] = verified.signature
@@ -333,6 +334,8 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
             verify(manifest, signature, public_key)
         except SignatureError as exc:
             raise ArtifactError(f"{root}: {exc}") from None
+    elif signature is not None:
+        _refuse_stale_signature(signature, identity, root)
     graph_file = typed.ensemble.file
     if graph_file not in typed.files:
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
@@ -349,6 +352,22 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
                                 f"swapped); {REBUILD}.")
     _refuse_external_data(graph, root / graph_file)
     return Verified(manifest, typed, files, identity, signature, raw)
+
+
+def _refuse_stale_signature(signature: bytes, identity: str, root: Path) -> None:
+    """Without a key nothing can prove who signed, but a manifest.sig that names another build than this
+    manifest's is stale (the folder was changed or re-bound after signing) and is refused, not ignored: a
+    folder that says it is signed must at least say it for this build."""
+    try:
+        record = loads_strict(signature)
+    except ValueError:
+        record = None
+    signed = record.get("build_id") if isinstance(record, dict) else None
+    # Only a record that names its build is judged here; its format is runtime.signing's to check with a key.
+    if isinstance(signed, str) and signed != identity:
+        raise ArtifactError(f"{root / SIGNATURE_FILE}: signs build {shortened(signed, 80)}, not this folder's build "
+                            f"{identity}: the manifest changed after signing. Re-sign the build or remove "
+                            f"{SIGNATURE_FILE}.")
 
 
 def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:

@@ -82,7 +82,17 @@ def loads_strict(data: bytes) -> Any:
         raise ValueError("nested too deeply to parse") from None
 
 
+class CsvText(str):
+    """A CSV cell: text as the file wrote it (a passthrough column stays "0700", never 700.0), which a feature
+    reads as a number (parse_number). A JSON string is plain str, and is no number."""
+
+
 def _check_cell(value: Any, row: int, feature: str) -> float:
+    if isinstance(value, CsvText):
+        try:
+            return _check_cell(parse_number(value), row, feature)
+        except ValueError:
+            raise InputError(f"row {row}, feature '{feature}': {_short(str(value))} is not a number.") from None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.")
     try:
@@ -175,7 +185,7 @@ def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequenc
 
 
 def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) from JSON lines or CSV with a header; CSV cells that parse as numbers become floats."""
+    """(line number, record) from JSON lines or CSV with a header; CSV cells are CsvText (features parse them)."""
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise InputError("no rows in the input.")
@@ -214,7 +224,7 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
             continue
         if len(cells) != len(header):
             raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
-        records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells, strict=True)}))
+        records.append((n, {h: CsvText(c) for h, c in zip(header, cells, strict=True)}))
     return records
 
 
@@ -305,13 +315,6 @@ def parse_number(cell: str) -> float:
     return float(cell)
 
 
-def _number_or_text(cell: str) -> Any:
-    try:
-        return parse_number(cell)
-    except ValueError:
-        return cell
-
-
 def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 0) -> InputError:
     """A refusal of one row of the matrix built from `records[first:]`, restated at that record's line (the
     matrix's row number means nothing to whoever wrote the file); any other refusal as it is."""
@@ -321,8 +324,12 @@ def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],
-                      passthrough: Sequence[str] = ("symbol",)) -> np.ndarray:
-    """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix."""
+                      passthrough: Sequence[str] = ("symbol", "timestamp")) -> np.ndarray:
+    """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix. A
+    header problem every record shares (a misspelt CSV column) is one refusal, not one per row."""
+    if records and (problem := header_problem(list(records[0][1]), feature_names, passthrough)) is not None and all(
+            r.keys() == records[0][1].keys() for _, r in records):
+        raise InputError(f"{problem} (every row).")
     rows, problems = [], []
     for n, record in records:
         try:
@@ -332,3 +339,29 @@ def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: 
     if problems:
         raise InputError(f"{len(problems)} row(s) refused, nothing scored:\n  " + "\n  ".join(problems))
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
+
+
+def header_problem(columns: Sequence[Any], feature_names: Sequence[str], passthrough: Sequence[str] | None = ()
+                   ) -> str | None:
+    """What is wrong with a header, in one sentence: the missing features, the unknown columns (None for
+    `passthrough`: every other column passes through, none is unknown), the closest match of each missing
+    one, and a hint for a file split on another delimiter; None if nothing is."""
+    import difflib
+
+    names = [str(c) for c in columns]
+    missing = [f for f in feature_names if f not in names]
+    unknown = [] if passthrough is None else [c for c in names if c not in feature_names and c not in passthrough]
+    if not missing and not unknown:
+        return None
+    parts = [f"missing feature column(s) {shortened_names(missing, 25)}"] if missing else []
+    if unknown:
+        parts.append(f"unknown column(s) {shortened_names(unknown, 8)}")
+    candidates = [c for c in names if c not in feature_names]
+    guesses = [f"{shortened(c)} for '{f}'" for f in missing[:20]
+               for c in difflib.get_close_matches(f, candidates[:2000], n=1, cutoff=0.75)]
+    if guesses:
+        parts.append(f"did you mean {', '.join(guesses[:5])}?")
+    if len(names) == 1 and (delimiter := next((d for d in ";\t|" if d in names[0]), None)):
+        parts.append(f"the header is one column holding {delimiter!r}: the file is split on {delimiter!r}, "
+                     f"not commas; save it as comma-separated CSV")
+    return "; ".join(parts)
