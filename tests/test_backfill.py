@@ -165,7 +165,7 @@ def _precious_output(parquet_in: Path, tmp_path: Path) -> Path:
 # (the file -o names, given the input and a scratch folder), flags, exit code, what the refusal says
 @pytest.mark.parametrize(("target_of", "flags", "code", "message"), [
     pytest.param(_precious_output, [], 1, "already exists; pass --force", id="out"),
-    pytest.param(lambda parquet_in, tmp_path: parquet_in, ["--force"], 1, "is the input file", id="input"),
+    pytest.param(lambda parquet_in, tmp_path: parquet_in, ["--force"], 1, "is an input of this run", id="input"),
 ])
 def test_refuses_to_overwrite_what_it_did_not_write(demo_artifacts, parquet_in, tmp_path, target_of, flags, code,
                                                     message):

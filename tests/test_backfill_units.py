@@ -502,7 +502,8 @@ def test_run_with_no_scorable_row_fails_and_writes_nothing(tmp_path):
     with pytest.raises(InputError) as err:
         backfill.run(Path("in.csv"), out, small_layout(), iter([scored_table([1, 2], ["a", "b"])]), False, "skip",
                      None, Summary("in", str(out)), Progress(None, False))
-    assert str(err.value) == "in.csv: no row could be scored (2 read, 2 refused; first: data row 1, a); nothing was written."
+    assert str(err.value) == ("in.csv: no row could be scored (2 read, 2 refused; first: data row 1, a); nothing was "
+                              "written.")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1015,7 +1016,8 @@ def test_a_target_that_appears_while_writing_is_refused_and_kept(tmp_path, how):
     target.write_bytes(b"theirs")
     with pytest.raises(InputError) as err:
         out.commit()
-    assert str(err.value) == f"{target}: appeared while this run wrote it; nothing was written. Pass --force to replace it."
+    assert str(err.value) == (f"{target}: appeared while this run wrote it; nothing was written. Pass --force to "
+                              f"replace it.")
     assert target.read_bytes() == b"theirs" and names(tmp_path) == ["o.csv"]
 
 
