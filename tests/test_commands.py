@@ -426,3 +426,94 @@ def test_predict_writes_its_file_atomically_and_never_into_the_build(demo_artifa
     assert invoke("predict", demo_artifacts, "-i", rows, "-o", out).exit_code == 1
     result = invoke("predict", demo_artifacts, "-i", rows, "-o", demo_artifacts / "p.jsonl")
     assert result.exit_code == 1 and "inside the artifacts folder" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------- convert (24 #8)
+
+def test_a_second_convert_to_one_output_is_refused_by_name(tmp_path):
+    from convert import manifest as mf
+    from convert.errors import OutputError
+
+    out = tmp_path / "artifacts"
+    with mf.output_lock(out):
+        with pytest.raises(OutputError, match=f"-o {out}: another convert is writing this output now"):
+            with mf.output_lock(out):
+                pass
+    with mf.output_lock(out):  # released with the first
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_killed_converts_lock_does_not_outlive_it(tmp_path):
+    from convert import manifest as mf
+
+    out = tmp_path / "artifacts"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from convert import manifest as mf\n"
+                               f"with mf.output_lock(__import__('pathlib').Path({str(out)!r})):\n"
+                               "    print('held', flush=True); time.sleep(600)"],
+                              env=env(), stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    with mf.output_lock(out):  # the kernel dropped the flock with the process
+        pass
+
+
+def test_the_next_convert_cleans_only_the_staging_convert_named(tmp_path):
+    from convert import manifest as mf
+
+    out = tmp_path / "artifacts"
+    out.mkdir()
+    staging = tmp_path / ".artifacts.new-ab12cd34"
+    (staging / "members").mkdir(parents=True)
+    (staging / "members" / "big.onnx").write_bytes(bytes(1000))
+    kept = [tmp_path / ".artifacts.new-mine", tmp_path / ".other.new-ab12cd34", tmp_path / "artifacts.new-ab12cd34"]
+    for path in kept:
+        path.mkdir()
+    (tmp_path / ".artifacts.new-zz12cd34").symlink_to(tmp_path / "artifacts.new-ab12cd34")
+    with mf.output_lock(out):
+        pass
+    assert not staging.exists()
+    assert all(path.is_dir() for path in kept) and (tmp_path / ".artifacts.new-zz12cd34").is_symlink()
+
+
+def test_a_previous_build_in_an_old_folder_is_kept_while_the_output_is_missing(tmp_path):
+    from convert import manifest as mf
+
+    retired = tmp_path / ".artifacts.old-ab12cd34"
+    (retired / "artifacts").mkdir(parents=True)
+    with mf.output_lock(tmp_path / "artifacts"):
+        pass
+    assert (retired / "artifacts").is_dir()
+
+
+def test_an_output_inside_a_build_is_refused(artifacts_copy):
+    from convert import manifest as mf
+    from convert.errors import OutputError
+
+    with pytest.raises(OutputError, match="is inside .*, an artifacts folder"):
+        mf.check_output(artifacts_copy / "sub")
+    with pytest.raises(OutputError, match="is inside .*, an artifacts folder"):
+        mf.check_output(artifacts_copy / "members" / "deeper" / "sub")
+
+
+# ------------------------------------------------------------------------------------- row groups (24 #9)
+
+@pytest.mark.parametrize("splits", [[1000], [10, 990], [333, 333, 334], [1] * 7 + [993]])
+def test_parquet_bytes_do_not_depend_on_how_rows_were_batched(tmp_path, splits):
+    from runtime.backfill_io import TableSink
+
+    table = pa.table({"a": np.arange(1000, dtype=np.float64), "s": [f"x{i}" for i in range(1000)]})
+    expect = tmp_path / "one.parquet"
+    sink = TableSink(expect, False, group_rows=256)
+    sink.write(table)
+    sink.commit()
+    out = tmp_path / "split.parquet"
+    sink = TableSink(out, False, group_rows=256)
+    start = 0
+    for n in splits:
+        sink.write(table.slice(start, n))
+        start += n
+    sink.commit()
+    assert out.read_bytes() == expect.read_bytes()
+    assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(4)] == [256, 256, 256, 232]
