@@ -424,6 +424,8 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
 
     if as_json and fmt != "jsonl":
         raise click.UsageError("--json is --format jsonl; leave out one of them.")
+    if out_file is not None and str(out_file) == "-":  # -o - is stdout, as everywhere
+        out_file = None
     if out_file is not None:
         check_target(out_file, force=force, inputs=[input_file], builds=[artifacts])
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)

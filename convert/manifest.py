@@ -246,7 +246,11 @@ def output_lock(out: Path) -> Iterator[None]:
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:  # a link, a folder or a read-only folder where the lock goes
+            raise OutputError(f"-o {out}: cannot take the lock {lock} ({exc.strerror}); remove what is there "
+                              f"or name another folder.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -283,7 +287,7 @@ def _clean_staging(out: Path) -> None:
                         "with: mv %s %s", entry, out, entry / out.name, out)
             continue
         log.info("removing %s, left by a convert to %s that did not finish", entry, out)
-        shutil.rmtree(entry)
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None = None,

@@ -356,9 +356,9 @@ def header_problem(columns: Sequence[Any], feature_names: Sequence[str], passthr
     parts = [f"missing feature column(s) {shortened_names(missing, 25)}"] if missing else []
     if unknown:
         parts.append(f"unknown column(s) {shortened_names(unknown, 8)}")
-    candidates = [c for c in names if c not in feature_names]
+    candidates = [c for c in names if c not in feature_names and len(c) <= 200][:2000]  # difflib is quadratic
     guesses = [f"{shortened(c)} for '{f}'" for f in missing[:20]
-               for c in difflib.get_close_matches(f, candidates[:2000], n=1, cutoff=0.75)]
+               for c in difflib.get_close_matches(f, candidates, n=1, cutoff=0.75)]
     if guesses:
         parts.append(f"did you mean {', '.join(guesses[:5])}?")
     if len(names) == 1 and (delimiter := next((d for d in ";\t|" if d in names[0]), None)):

@@ -19,6 +19,7 @@ import errno
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 from .contract import ENSEMBLE_FILE, MANIFEST_FILE
 from .errors import CannotRunError
-from .features import InputError
+from .features import InputError, file_kind
 
 # The faults of the machine, not of the inputs or the check: disk full, a file-size limit, a quota, a failing
 # disk, a read-only filesystem. Said as such, with exit code 3 (CannotRunError), never as an internal error.
@@ -44,14 +45,29 @@ def environment_fault(exc: BaseException, where: str | os.PathLike[str]) -> Cann
         (c for c in ENVIRONMENT_ERRNOS if f"[Errno {c}]" in str(exc) or os.strerror(c) in str(exc)), None)
     if code is None:
         return None
-    return CannotRunError(f"{where}: cannot write: {ENVIRONMENT_ERRNOS[code]} ({errno.errorcode[code]}); "
-                          f"nothing was written. Free space or raise the limit, then run again.")
+    return CannotRunError(f"{where}: {ENVIRONMENT_ERRNOS[code]} ({errno.errorcode[code]}); nothing was written. "
+                          f"Free space or raise the limit, then run again.")
 
 
 def is_build_folder(folder: Path) -> bool:
     """Whether `folder` holds an artifacts folder's manifest.json and ensemble.onnx (read no further: a
     result file is refused in anything that looks like a build)."""
     return (folder / MANIFEST_FILE).is_file() and (folder / ENSEMBLE_FILE).exists()
+
+
+def refuse_kind(target: Path, where: str) -> None:
+    """Only a regular file, or a link to one (or to nothing), is ever replaced: never a folder, a device, a
+    FIFO or a socket, nor a link to one (`--force -o /dev/stdout` would replace the system's link)."""
+    try:
+        info = os.stat(target)  # what a link leads to
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there, or a link to nothing: the link itself is replaced
+    except OSError as exc:
+        raise InputError(f"{where}: cannot be examined ({exc.strerror}).") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{where}: is a folder; name a file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{where}: is {file_kind(info.st_mode)}, not a regular file; name a file.")
 
 
 def _within(inner: Path, outer: Path) -> bool:
@@ -66,8 +82,7 @@ def check_target(target: Path, *, force: bool, flag: str = "-o", inputs: Iterabl
     placed = Path(os.path.abspath(target)).parent.resolve() / target.name
     if target.name in ("", ".", ".."):
         raise InputError(f"{where}: names a folder, not a file.")
-    if os.path.isdir(target) and not os.path.islink(target):
-        raise InputError(f"{where}: is a folder; name a file.")
+    refuse_kind(target, where)
     for source in inputs:
         source = Path(source)
         if str(source) == "-":
@@ -106,8 +121,7 @@ class AtomicOutput:
         self.staged: Path | None = None  # the hidden name the complete file holds before it takes the target's
         self.backup: Path | None = None  # the replaced file, kept until every file of the run is published
         self.published = False
-        if os.path.isdir(self.target) and not os.path.islink(self.target):
-            raise InputError(f"{self.target}: is a folder; name a file.")
+        refuse_kind(self.target, str(self.target))
         if os.path.lexists(self.target) and not force:
             raise InputError(f"{self.target}: already exists; pass --force to replace it.")
         folder = self.target.parent  # Path("o.csv").parent is Path("."): never empty
@@ -143,8 +157,7 @@ class AtomicOutput:
 
     def publish(self) -> None:
         assert self.staged is not None
-        if os.path.isdir(self.target) and not os.path.islink(self.target):  # appeared while the run went on
-            raise InputError(f"{self.target}: is a folder; name a file.")
+        refuse_kind(self.target, str(self.target))  # what may have appeared there while the run went on
         if self.force:
             if os.path.lexists(self.target):
                 backup = self._hidden("old")
@@ -268,6 +281,10 @@ def strict(value: Any) -> Any:
 
 
 def dumps_strict(value: Any, **options: Any) -> str:
-    """json.dumps of `strict(value)`, refusing any NaN or infinity left (allow_nan=False)."""
-    return json.dumps(strict(value), allow_nan=False, **options)
+    """json.dumps of `strict(value)`, refusing any NaN or infinity left (allow_nan=False). Values JSON holds
+    as they are take the C encoder's path alone (a backfill writes millions of rows)."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except (ValueError, TypeError):
+        return json.dumps(strict(value), allow_nan=False, **options)
 

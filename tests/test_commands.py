@@ -517,3 +517,22 @@ def test_parquet_bytes_do_not_depend_on_how_rows_were_batched(tmp_path, splits):
     sink.commit()
     assert out.read_bytes() == expect.read_bytes()
     assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(4)] == [256, 256, 256, 232]
+
+
+def test_a_link_where_the_lock_goes_is_refused_not_followed(tmp_path):
+    from convert import manifest as mf
+    from convert.errors import OutputError
+
+    (tmp_path / "elsewhere").write_text("keep")
+    (tmp_path / ".artifacts.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="cannot take the lock"):
+        with mf.output_lock(tmp_path / "artifacts"):
+            pass
+    assert (tmp_path / "elsewhere").read_text() == "keep"
+
+
+def test_predict_out_dash_is_stdout(demo_artifacts, ens, market, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("predict", demo_artifacts, "-o", "-", input=csv_rows(ens, market[0][:3]))
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
+    assert list(tmp_path.iterdir()) == []

@@ -28,6 +28,8 @@ def place(tmp_path):
     (tmp_path / "old.html").write_text("old")
     (tmp_path / "folder.html").mkdir()
     (tmp_path / "to_input.csv").symlink_to(tmp_path / "in.csv")
+    (tmp_path / "to_folder.html").symlink_to(tmp_path / "folder.html")
+    os.mkfifo(tmp_path / "fifo.html")
     return tmp_path
 
 
@@ -40,6 +42,8 @@ def place(tmp_path):
     ("models/r.html", True, "is inside the models folder"),
     ("old.html", False, "already exists; pass --force"),
     ("folder.html", True, "is a folder; name a file."),
+    ("to_folder.html", True, "is a folder; name a file."),
+    ("fifo.html", True, "is a FIFO, not a regular file"),
     ("nowhere/r.html", True, "does not exist"),
 ])
 def test_check_target_refuses(place, target, force, problem):
@@ -130,6 +134,6 @@ def test_strict_json_has_one_form_for_what_json_cannot_hold(value, expect):
 def test_environment_faults_are_named_with_exit_3(code, words):
     fault = environment_fault(OSError(code, os.strerror(code)), "o.csv")
     assert isinstance(fault, CannotRunError) and fault.exit_code == 3
-    assert str(fault).startswith(f"o.csv: cannot write: {words}")
+    assert str(fault).startswith(f"o.csv: {words}; nothing was written.")
     assert environment_fault(OSError(f"[Errno {code}] pyarrow's text"), "o.csv") is not None
     assert environment_fault(OSError(errno.ENOENT, "gone"), "o.csv") is None
