@@ -82,17 +82,7 @@ def loads_strict(data: bytes) -> Any:
         raise ValueError("nested too deeply to parse") from None
 
 
-class CsvText(str):
-    """A CSV cell: text as the file wrote it (a passthrough column stays "0700", never 700.0), which a feature
-    reads as a number (parse_number). A JSON string is plain str, and is no number."""
-
-
 def _check_cell(value: Any, row: int, feature: str) -> float:
-    if isinstance(value, CsvText):
-        try:
-            return _check_cell(parse_number(value), row, feature)
-        except ValueError:
-            raise InputError(f"row {row}, feature '{feature}': {_short(str(value))} is not a number.") from None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.")
     try:
@@ -182,6 +172,25 @@ def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequenc
     if isinstance(rows, (str, bytes)) or (isinstance(rows, Sequence) and any(isinstance(r, Mapping) for r in rows)):
         raise InputError("rows must be a mapping, a list of mappings, a DataFrame or a 2-D array of numbers.")
     return as_matrix(rows, feature_names)
+
+
+class CsvText(str):
+    """A CSV cell: text as the file wrote it (a passthrough column stays "0700", never 700.0), which a feature
+    reads as a number (records_to_matrix, parse_number). A JSON string is plain str, and is no number."""
+
+
+def _csv_numbers(record: dict[str, Any], feature_names: Sequence[str]) -> dict[str, Any]:
+    """A record's CSV feature cells as numbers where they parse (text that does not stays text, refused later
+    as no number); every other column as it is."""
+    out = dict(record)
+    for name in feature_names:
+        cell = out.get(name)
+        if isinstance(cell, CsvText):
+            try:
+                out[name] = parse_number(cell)
+            except ValueError:
+                out[name] = str(cell)
+    return out
 
 
 def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -324,12 +333,14 @@ def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],
-                      passthrough: Sequence[str] = ("symbol", "timestamp")) -> np.ndarray:
-    """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix. A
-    header problem every record shares (a misspelt CSV column) is one refusal, not one per row."""
+                      passthrough: Sequence[str] = ("symbol",)) -> np.ndarray:
+    """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix."""
+    # A header problem every record shares (a misspelt CSV column) is one refusal, not one per row.
     if records and (problem := header_problem(list(records[0][1]), feature_names, passthrough)) is not None and all(
             r.keys() == records[0][1].keys() for _, r in records):
         raise InputError(f"{problem} (every row).")
+    if records and any(isinstance(v, CsvText) for v in records[0][1].values()):
+        records = [(n, _csv_numbers(r, feature_names)) for n, r in records]
     rows, problems = [], []
     for n, record in records:
         try:
