@@ -27,6 +27,7 @@ def read_rows(path: str | os.PathLike[str]) -> Records:
     when pyarrow is installed, read a batch at a time. Decimal columns become floats, as score reads them."""
     path = os.fspath(path)
     limit = env_limit("ENSEMBLE_ONNX_MAX_ROWS", MAX_ROWS)
+    where = "stdin" if path == "-" else path
     if path.endswith((".parquet", ".pq")):
         records = _parquet_records(path, limit)
     else:
@@ -39,19 +40,19 @@ def read_rows(path: str | os.PathLike[str]) -> Records:
                 with open(path, "rb") as fh:
                     data = read_limited(fh, path)
         except OSError as exc:
-            raise InputError(f"{path}: cannot read it ({exc}).") from None
+            raise InputError(f"{where}: cannot read it ({exc}).") from None
         try:  # a byte-order mark is not part of a column name
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: cannot read it ({exc}).") from None
+            raise InputError(f"{where}: cannot read it ({exc}).") from None
         try:
             records = read_records(text)
         except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
+            raise InputError(f"{where}: {exc}") from None
         if len(records) > limit:
-            raise InputError(_too_many(path, len(records), limit))
+            raise InputError(_too_many(where, len(records), limit))
     if not records:  # a header alone, a zero-row Parquet: every figure would divide by zero
-        raise InputError(f"{path}: no rows in the input.")
+        raise InputError(f"{where}: no rows in the input.")
     return records
 
 
