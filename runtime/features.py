@@ -336,8 +336,8 @@ def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: 
                       passthrough: Sequence[str] = ("symbol",)) -> np.ndarray:
     """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix."""
     # A header problem every record shares (a misspelt CSV column) is one refusal, not one per row.
-    if records and (problem := header_problem(list(records[0][1]), feature_names, passthrough)) is not None and all(
-            r.keys() == records[0][1].keys() for _, r in records):
+    problem = header_problem(list(records[0][1]), feature_names, passthrough) if len(records) > 1 else None
+    if problem is not None and all(r.keys() == records[0][1].keys() for _, r in records):
         raise InputError(f"{problem} (every row).")
     if records and any(isinstance(v, CsvText) for v in records[0][1].values()):
         records = [(n, _csv_numbers(r, feature_names)) for n, r in records]
