@@ -356,20 +356,31 @@ def header_problem(columns: Sequence[Any], feature_names: Sequence[str], passthr
                    ) -> str | None:
     """What is wrong with a header, in one sentence: the missing features, the unknown columns (None for
     `passthrough`: every other column passes through, none is unknown), the closest match of each missing
-    one, and a hint for a file split on another delimiter; None if nothing is."""
+    one, and a hint for a file split on another delimiter; None if nothing is. Linear in the header's size
+    but for the closest match, which looks at a few short names only (difflib is quadratic per pair)."""
     import difflib
 
     names = [str(c) for c in columns]
-    missing = [f for f in feature_names if f not in names]
-    unknown = [] if passthrough is None else [c for c in names if c not in feature_names and c not in passthrough]
+    have, features = set(names), set(feature_names)
+    missing = [f for f in feature_names if f not in have]
+    unknown = [] if passthrough is None else [c for c in names if c not in features and c not in passthrough]
     if not missing and not unknown:
         return None
     parts = [f"missing feature column(s) {shortened_names(missing, 25)}"] if missing else []
     if unknown:
         parts.append(f"unknown column(s) {shortened_names(unknown, 8)}")
-    candidates = [c for c in names if c not in feature_names and len(c) <= 200][:2000]  # difflib is quadratic
-    guesses = [f"{shortened(c)} for '{f}'" for f in missing[:20]
-               for c in difflib.get_close_matches(f, candidates, n=1, cutoff=0.75)]
+
+    def plain(name: str) -> str:  # rsi14, RSI_14 and rsi-14 are one name to a reader
+        return re.sub(r"[^0-9a-z]", "", name.lower())
+
+    candidates = [c for c in names if c not in features and len(c) <= 64]
+    by_plain = {plain(c): c for c in candidates}
+    guesses = []
+    for f in missing[:20]:
+        close = by_plain.get(plain(f)) or next(iter(difflib.get_close_matches(f, candidates[:100], n=1, cutoff=0.8)
+                                                    if len(f) <= 64 else []), None)
+        if close is not None:
+            guesses.append(f"{shortened(close)} for '{f}'")
     if guesses:
         parts.append(f"did you mean {', '.join(guesses[:5])}?")
     if len(names) == 1 and (delimiter := next((d for d in ";\t|" if d in names[0]), None)):
