@@ -280,11 +280,20 @@ def strict(value: Any) -> Any:
     return str(value)
 
 
-def dumps_strict(value: Any, **options: Any) -> str:
-    """json.dumps of `strict(value)`, refusing any NaN or infinity left (allow_nan=False). Values JSON holds
-    as they are take the C encoder's path alone (a backfill writes millions of rows)."""
-    try:
-        return json.dumps(value, allow_nan=False, **options)
-    except (ValueError, TypeError):
-        return json.dumps(strict(value), allow_nan=False, **options)
+def _default(value: Any) -> Any:
+    """What json's encoder cannot hold itself, in the form `strict` gives it (its C path stays in use)."""
+    if isinstance(value, (bytes, bytearray, memoryview, datetime.date, datetime.time, datetime.timedelta,
+                          decimal.Decimal, set, frozenset)):
+        return strict(value)
+    if hasattr(value, "item") and callable(value.item):  # a numpy scalar
+        return value.item()
+    return str(value)
 
+
+def dumps_strict(value: Any, **options: Any) -> str:
+    """Strict JSON of `value` (see `strict`), refusing any NaN or infinity left (allow_nan=False). Only a value
+    holding a non-finite number takes the slow path through `strict`: a backfill writes millions of rows."""
+    try:
+        return json.dumps(value, allow_nan=False, default=_default, **options)
+    except ValueError:  # a NaN or an infinity somewhere
+        return json.dumps(strict(value), allow_nan=False, default=_default, **options)
