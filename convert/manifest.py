@@ -241,14 +241,17 @@ def output_lock(out: Path) -> Iterator[None]:
     """One convert per output at a time: an exclusive flock on `.NAME.lock` beside the output, held for the
     whole build (the kernel drops it when the process dies, so a killed convert leaves no stale lock). The
     second convert is refused naming the output. Holding it, the staging folders a killed convert left
-    (`.NAME.new-*`, named by write_atomically and by nothing else) are removed."""
+    (`.NAME.new-*`, named by write_atomically and by nothing else) are removed. Folders made to hold the
+    lock are removed again if the build left nothing in them (a refused build writes nothing anywhere)."""
     out = Path(os.path.abspath(out))
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]  # deepest first; removed if empty
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:  # a link, a folder or a read-only folder where the lock goes
+            _remove_empty(made)
             raise OutputError(f"-o {out}: cannot take the lock {lock} ({exc.strerror}); remove what is there "
                               f"or name another folder.") from None
         try:
@@ -271,6 +274,16 @@ def output_lock(out: Path) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)
+        _remove_empty(made)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """The folders made for the lock (deepest first), if nothing was left in them."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _clean_staging(out: Path) -> None:

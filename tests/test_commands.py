@@ -536,3 +536,11 @@ def test_predict_out_dash_is_stdout(demo_artifacts, ens, market, tmp_path, monke
     result = invoke("predict", demo_artifacts, "-o", "-", input=csv_rows(ens, market[0][:3]))
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_lock_leaves_no_folder_it_made_for_itself(tmp_path):
+    from convert import manifest as mf
+
+    with mf.output_lock(tmp_path / "new" / "deeper" / "artifacts"):
+        assert (tmp_path / "new" / "deeper" / ".artifacts.lock").exists()
+    assert list(tmp_path.iterdir()) == []
