@@ -544,3 +544,35 @@ def test_the_lock_leaves_no_folder_it_made_for_itself(tmp_path):
     with mf.output_lock(tmp_path / "new" / "deeper" / "artifacts"):
         assert (tmp_path / "new" / "deeper" / ".artifacts.lock").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def bundle_of(manifest_digest: str, build: str) -> bytes:
+    """An OpenSSF model-signing bundle's shape (unsigned here: only what it claims is read without a key)."""
+    import base64
+    statement = {"_type": "https://in-toto.io/Statement/v1",
+                 "subject": [{"name": "artifacts", "digest": {"sha256": "0" * 64},
+                              "annotations": {"ensemble_onnx.build_id": build}}],
+                 "predicate": {"resources": [{"name": "manifest.json", "algorithm": "sha256",
+                                              "digest": manifest_digest}]}}
+    return json.dumps({"dsseEnvelope": {"payload": base64.b64encode(json.dumps(statement).encode()).decode(),
+                                        "signatures": []}}).encode()
+
+
+@pytest.mark.parametrize(("digest_of", "build_of", "refused"), [
+    (lambda raw: __import__("hashlib").sha256(raw).hexdigest(), lambda b: b, False),
+    (lambda raw: "1" * 64, lambda b: b, True),
+    (lambda raw: __import__("hashlib").sha256(raw).hexdigest(), lambda b: "2" * 64, True),
+])
+def test_a_bundle_that_claims_another_manifest_is_refused_without_a_key(demo_artifacts, digest_of, build_of, refused):
+    from runtime.artifacts import _refuse_stale_signature
+    from runtime.contract import build_id
+
+    raw = (demo_artifacts / "manifest.json").read_bytes()
+    identity = build_id(json.loads(raw))
+    bundle = bundle_of(digest_of(raw), build_of(identity))
+    if refused:
+        with pytest.raises(runtime.ArtifactError, match="model.sig: signs another manifest.json"):
+            _refuse_stale_signature(None, raw, identity, demo_artifacts, bundle)
+    else:
+        _refuse_stale_signature(None, raw, identity, demo_artifacts, bundle)
+    _refuse_stale_signature(None, raw, identity, demo_artifacts, b"not json")  # unreadable: the key's to judge
