@@ -576,3 +576,23 @@ def test_a_bundle_that_claims_another_manifest_is_refused_without_a_key(demo_art
     else:
         _refuse_stale_signature(None, raw, identity, demo_artifacts, bundle)
     _refuse_stale_signature(None, raw, identity, demo_artifacts, b"not json")  # unreadable: the key's to judge
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a tmpfs in a user namespace")
+def test_a_full_disk_is_named_not_an_internal_error(demo_artifacts, files, tmp_path):
+    """24 #6: ENOSPC, on a real 16 KiB filesystem (a tmpfs in a private user and mount namespace; skipped where
+    the host allows none)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=16k tmpfs {disk} || exit 99\n"
+              f"{sys.executable} -m convert.cli score {demo_artifacts} -i {files / 'rows.parquet'} -o {disk}/o.csv "
+              f"--workers 1 -q\necho rc=$?\nls -A {disk}\n")
+    try:
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], env=env(),
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no unshare on this host")
+    if done.returncode == 99 or "rc=" not in done.stdout:
+        pytest.skip(f"this host allows no user namespace mount: {done.stderr[-200:]}")
+    assert done.stdout.splitlines() == ["rc=3"], done.stdout + done.stderr  # nothing left on the disk
+    assert "no space left on the device (ENOSPC)" in done.stderr and "internal error" not in done.stderr
