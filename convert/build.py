@@ -245,7 +245,15 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
           calibrate_on: Path | None = None, progress: Progress = log.info,
           precision: Precision = Precision(), sign_key: Path | None = None,
           reference_data: Path | None = None, force: bool = False) -> BuildResult:
-    mf.check_output(out, models_dir, force)  # before any work: a refused output costs nothing
+    mf.check_output(out, models_dir, force)  # before any work (and the lock): a refused output costs nothing
+    with mf.output_lock(out):  # one convert per output at a time; a killed one's staging cleaned
+        return _build(models_dir, out, only, parity_data, calibrate_on, progress, precision, sign_key,
+                      reference_data, force)
+
+
+def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Path | None,
+           calibrate_on: Path | None, progress: Progress, precision: Precision, sign_key: Path | None,
+           reference_data: Path | None, force: bool) -> BuildResult:
     signer = _signer(sign_key)
     plan = make_plan(models_dir, only)
     # Read before any model is loaded: a FIFO, a folder, an oversized or non-UTF-8 file costs nothing.

@@ -155,9 +155,8 @@ def test_score_records_refuses_a_column_outside_the_passthrough_by_line(old, mix
     records = as_records(mixed[:2], symbol=["A", "B"], note=["x", "y"])
     with pytest.raises(InputError) as info:
         score_records(old, records, passthrough=("symbol",))
-    assert str(info.value).startswith("2 row(s) refused, nothing scored:\n  line 2: unknown feature(s) "
-                                      "['note']; expected exactly ['rsi_14',")
-    assert "\n  line 3: unknown feature(s) ['note']" in str(info.value)
+    # every row has the column: said once, not once per row (issue 26)
+    assert str(info.value) == "unknown column(s) ['note'] (every row)."
 
 
 def test_score_records_names_the_line_of_a_row_a_member_overflows_on_past_the_first_chunk(old, mixed):
@@ -621,7 +620,7 @@ def test_evaluate_carries_symbol_label_and_timestamp_and_refuses_any_other_colum
     rows, labels = labelled
     records = as_records(rows[:2], label=labels[:2], **{column: ["2026-03-02T10:00:00Z"] * 2})
     if column == "note":
-        with pytest.raises(InputError, match=r"line 2: unknown feature\(s\) \['note'\]"):
+        with pytest.raises(InputError, match=r"^unknown column\(s\) \['note'\] \(every row\)\.$"):
             evaluate(old, records)
     else:
         assert evaluate(old, records)["overall"]["rows"] == 2

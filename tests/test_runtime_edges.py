@@ -307,8 +307,9 @@ def test_an_empty_list_is_an_array_of_no_rows():
 
 def test_read_records_takes_json_lines_and_csv_with_line_numbers():
     assert read_records('\n{"a": 1, "s": "x"}\n\n{"a": 2.5}\n') == [(2, {"a": 1, "s": "x"}), (4, {"a": 2.5})]
-    assert read_records("a,s\n1,x\n\n 2.5 ,y\n") == [(2, {"a": 1.0, "s": "x"}), (4, {"a": 2.5, "s": "y"})]
-    assert read_records("a,s\n,\n1,x\n") == [(3, {"a": 1.0, "s": "x"})]
+    # CSV cells stay their text (records_to_matrix parses the features; a passthrough column passes unchanged)
+    assert read_records("a,s\n1,x\n\n 2.5 ,y\n") == [(2, {"a": "1", "s": "x"}), (4, {"a": " 2.5 ", "s": "y"})]
+    assert read_records("a,s\n,\n1,x\n") == [(3, {"a": "1", "s": "x"})]
 
 
 @pytest.mark.parametrize(("text", "match"), [
