@@ -1,0 +1,88 @@
+"""The input domain a build proves parity on, and records in manifest.json's `domain` (docs/numerics.md):
+per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
+
+- A member that only compares its inputs with split values (a tree ensemble) takes any value float32 holds:
+  TREE_LIMIT of its own (scaled) input units either side of 0.
+- Any other member (torch, a linear model) computes with its inputs and can overflow float32 far from its
+  training data: DOMAIN_SDS of its scaler's standard deviations either side of the scaler's mean (0 and 1
+  for raw features).
+- A feature's range is the intersection over the members (each reads every feature through its own scaler),
+  widened to hold the recorded parity rows (`--parity-data`), which the gate runs too.
+- NaN is taken where every member defines what missing means (TAKES_NAN: the learned default directions of
+  XGBoost, LightGBM and HistGradientBoosting; a StandardScaler maps NaN to NaN), else refused naming the
+  members that do not.
+
+The parity rows then cover the range: each edge alone, rows with every feature at an edge, and rows with NaN
+in each feature that takes it (`convert.parity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.contract import DomainRecord
+
+from .errors import MetadataError
+from .members import LoadedMember
+from .scaler import Scaler
+
+DOMAIN_SDS = 20.0   # standard deviations either side of the scaler's mean, for members that compute
+TREE_LIMIT = 1e38   # a tree's input units either side of 0: float32 holds it (max 3.4e38) with room for rounding
+TREE_KINDS = frozenset({"xgboost", "lightgbm"})
+SKLEARN_TREES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier"})
+SKLEARN_TAKES_NAN = frozenset({"HistGradientBoostingClassifier"})
+
+
+def _estimator(member: LoadedMember) -> str | None:
+    return str(member.hyperparameters.get("estimator")) if member.source.kind == "sklearn" else None
+
+
+def only_compares(member: LoadedMember) -> bool:
+    """Whether the member is a tree ensemble: its inputs meet only split values, so no value overflows it."""
+    return member.source.kind in TREE_KINDS or _estimator(member) in SKLEARN_TREES
+
+
+def takes_nan(member: LoadedMember) -> bool:
+    """Whether the member defines what a missing value means (a learned default direction at every split)."""
+    return member.source.kind in TREE_KINDS or _estimator(member) in SKLEARN_TAKES_NAN
+
+
+def moments(scaler: Scaler | None, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per feature of what a member reads: the scaler's, or 0 and 1 for raw features."""
+    mean = np.zeros(n_features) if scaler is None or scaler.mean is None else np.asarray(scaler.mean, np.float64)
+    scale = np.ones(n_features) if scaler is None or scaler.scale is None else np.asarray(scaler.scale, np.float64)
+    return mean, scale
+
+
+@dataclass(frozen=True)
+class Domain:
+    lo: np.ndarray                  # float64 [F], finite
+    hi: np.ndarray                  # float64 [F], finite, >= lo
+    nan: np.ndarray                 # bool [F]: NaN taken
+    nan_refused_by: list[str]       # the members that define no missing value
+
+    def record(self) -> DomainRecord:
+        return DomainRecord([float(v) for v in self.lo], [float(v) for v in self.hi],
+                            [bool(v) for v in self.nan], list(self.nan_refused_by))
+
+
+def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
+                 recorded: np.ndarray | None = None) -> Domain:
+    lo, hi = np.full(n_features, -np.inf), np.full(n_features, np.inf)
+    for member in members:
+        scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
+        mean, scale = moments(scaler, n_features)
+        reach = (TREE_LIMIT if only_compares(member) else DOMAIN_SDS) * scale
+        lo, hi = np.maximum(lo, mean - reach), np.minimum(hi, mean + reach)
+    if recorded is not None and len(recorded):
+        lo, hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
+    empty = np.flatnonzero(~(lo <= hi))
+    if len(empty):
+        raise MetadataError(f"feature {int(empty[0])}: the members' scalers leave no value every member was trained "
+                            f"near ({lo[empty[0]]:.6g} to {hi[empty[0]]:.6g} is empty); check that each member names "
+                            f"the scaler it was trained behind.")
+    refused = [m.source.name for m in members if not takes_nan(m)]
+    return Domain(lo, hi, np.full(n_features, not refused), refused)
