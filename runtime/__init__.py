@@ -95,7 +95,8 @@ class Ensemble:
         # overflow on it. A build from before the domain existed checks only that every value is finite.
         self._domain = None if typed.domain is None else InputDomain(
             typed.domain.lo, typed.domain.hi, typed.domain.nan, typed.domain.nan_refused_by, self.feature_names)
-        self._missing = self._domain is not None and self._domain.takes_nan  # whether NaN gets past as_matrix
+        # NaN gets past as_matrix only to the domain check, which takes it or refuses it naming the members.
+        self._missing = self._domain is not None
         # Verified training statistics (absent in builds made before they existed: drift() then says so).
         raw_statistics = verified.files.get(STATISTICS_FILE)
         self._statistics = (None if raw_statistics is None

@@ -190,7 +190,6 @@ class InputDomain:
         self.lo, self.hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
         self.nan = np.asarray(nan, dtype=bool)
         self.nan_refused_by, self.feature_names = list(nan_refused_by), list(feature_names)
-        self.takes_nan = bool(self.nan.any())
 
     def check(self, x: np.ndarray) -> None:
         """InputError naming the first row and feature outside the domain (its range, or the members that take
