@@ -342,7 +342,8 @@ def predict(artifacts: Path, input_file: str, fmt: str, expect_build_id: str | N
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     rows = read_records(_read_input(input_file))
     try:
-        predictions = ens.predict(records_to_matrix(rows, ens.feature_names))
+        # NaN passes to ens.predict, which scores it where the build's domain takes it and refuses it otherwise.
+        predictions = ens.predict(records_to_matrix(rows, ens.feature_names, missing=True))
     except InputError as exc:  # a row a member overflows on, named by its line like every other bad row
         raise at_line(exc, rows) from None
     records: list[dict[str, Any]] = [

@@ -206,13 +206,13 @@ class InputDomain:
         if nan[r, c]:
             members = ", ".join(f"'{m}'" for m in self.nan_refused_by[:5])
             more = f" and {len(self.nan_refused_by) - 5} more" if len(self.nan_refused_by) > 5 else ""
-            error = InputError(f"row {r}, feature '{name}': nan (a missing value) cannot be scored: member(s) "
+            error = InputError(f"row {r}: feature '{name}': nan (a missing value) cannot be scored: member(s) "
                                f"{members}{more} define no missing value; impute it before scoring ({rows} row(s) "
-                               f"refused, nothing scored).")
+                               f"refused).")
         else:
-            error = InputError(f"row {r}, feature '{name}': {x[r, c]!r} is outside [{self.lo[c]!r}, {self.hi[c]!r}], "
-                               f"the range the build's parity gate proved this feature on ({rows} row(s) refused, "
-                               f"nothing scored).")
+            error = InputError(f"row {r}: feature '{name}': {float(x[r, c])!r} is outside [{float(self.lo[c])!r}, "
+                               f"{float(self.hi[c])!r}], the range the build's parity gate proved it on ({rows} "
+                               f"row(s) refused).")
         error.row = r
         raise error
 
@@ -360,7 +360,8 @@ def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 
     matrix's row number means nothing to whoever wrote the file); any other refusal as it is."""
     if error.row is None:
         return error
-    return InputError(f"line {records[first + error.row][0]}: {str(error).removeprefix(f'row {error.row}: ')}")
+    told = str(error).removeprefix(f"row {error.row}: ").removeprefix(f"row {error.row}, ")
+    return InputError(f"line {records[first + error.row][0]}: {told}")
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],
