@@ -145,14 +145,25 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
                domain: Domain | None = None) -> dict[str, Any]:
     """The gate on rows covering `domain` (by default the one `input_domain` gives these members and rows)."""
     if domain is None:
-        domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names), recorded)
+        domain = domain_of(loaded, recorded)
     rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), domain, recorded)
     gate = "parity gate" if not precision.lowered else f"agreement gate ({precision.weights} graph)"
     progress(f"{gate}: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
     report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes, precision)
+    report["domain"] = {"sds": domain.sds}
     for line in table(report):
         log.info(line)
     return report
+
+
+def domain_of(loaded: Loaded, recorded: np.ndarray | None) -> Domain:
+    """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves."""
+    with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
+        domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
+                              loaded.reference.raw_member_probabilities, recorded)
+    if domain.sds is not None:
+        log.info("input domain: the members that compute answer finitely to %g standard deviations", domain.sds)
+    return domain
 
 
 def _require(report: dict[str, Any], out: Path) -> None:
@@ -264,7 +275,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in loaded.members}
     ensemble_bytes = ensemble.SerializeToString()
     recorded = read_features_file(parity_data, loaded.feature_names, parity_text) if parity_data else None
-    domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names), recorded)
+    domain = domain_of(loaded, recorded)
     report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress, domain=domain)
     _require(report, out)  # the float32 export is exact first, whatever precision ships
     quantized: list[str] = []

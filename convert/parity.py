@@ -1,10 +1,10 @@
 """The parity gate: every member's ONNX and the fused ensemble against the original frameworks.
 
-Rows: draws from the scaler's statistics; for every tree split, rows whose scaled float32 value sits on the
-threshold and one ulp under and over it; and any recorded features. Only rows every member can take are
-kept: a split at +-inf or beyond float32 (LightGBM writes 1e300 for a split that parts NaN from every value)
-has no finite row on it, and a raw value that some scaler would push past float32 is not a row the service
-can be handed (the runtime refuses non-finite input). The report counts what was left out, and why.
+Rows: draws from the scaler's statistics; the input domain's edges (`convert.domain`), alone and all at once;
+NaN in each feature that takes it; for every tree split, rows whose scaled float32 value sits on the threshold
+and one ulp under and over it; and any recorded features. Only rows inside the domain are kept: a split at
++-inf (LightGBM writes 1e300 for a split that parts NaN from every value) has no row on it, and a split whose
+row lies outside the domain is a row the runtime refuses. The report counts what was left out, and why.
 References: the frameworks themselves
 (sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
 runs at batch sizes other than the export's; every probability must be within tolerance and every label
@@ -63,21 +63,7 @@ def _raw_values_for(targets: np.ndarray, mean: float, scale: float) -> np.ndarra
     return x
 
 
-EDGE_MIXES = 32   # rows with every feature at one edge of the domain or the other, besides all-lo and all-hi
 NAN_ROWS = 8     # rows with NaN in one feature, per feature that takes it, and rows with NaN in all of them
-
-
-def _edge_rows(base: np.ndarray, domain: Domain, rng: np.random.Generator) -> np.ndarray:
-    """Each feature at each edge of its range alone, then every feature at an edge at once."""
-    n_features = len(domain.lo)
-    rows = []
-    for edge in (domain.lo, domain.hi):
-        alone = base[np.arange(n_features) % len(base)].copy()
-        alone[np.arange(n_features), np.arange(n_features)] = edge
-        rows.append(alone)
-    pick = rng.random((EDGE_MIXES, n_features)) < 0.5
-    rows += [domain.lo[None, :], domain.hi[None, :], np.where(pick, domain.hi, domain.lo)]
-    return np.vstack(rows)
 
 
 def _nan_rows(base: np.ndarray, domain: Domain) -> np.ndarray:
@@ -96,7 +82,7 @@ def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_feat
     mean, scale = (np.zeros(n_features), np.ones(n_features)) if reference_scaler is None else (
         np.asarray([_affine(reference_scaler, j) for j in range(n_features)]).T)
     base = np.clip(mean + scale * rng.standard_normal((SCALER_ROWS, n_features)), domain.lo, domain.hi)
-    edges, nans = _edge_rows(base, domain, rng), _nan_rows(base, domain)
+    edges, nans = domain.edges(base, rng), _nan_rows(base, domain)
     blocks, counts = [base, edges, nans], {"scaler": SCALER_ROWS, "domain_edges": len(edges), "nan": len(nans),
                                            "threshold": 0, "threshold_unreachable": 0, "threshold_not_finite": 0,
                                            "threshold_outside_domain": 0}

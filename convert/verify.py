@@ -17,6 +17,7 @@ from typing import Any
 from . import manifest as mf
 from .build import Progress, load_plan, read_features_file, run_parity
 from .discover import Plan, make_plan, plan_from_manifest
+from .domain import Domain
 from .errors import UnsupportedModelError, VerifyError
 from .members.torch_common import one_thread
 from .parity import summary
@@ -112,8 +113,9 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
                           f"artifacts {manifest['feature_names'][:3]}...; rebuild with `ensemble-onnx convert`.")
     member_bytes = {name: files[m["onnx"]["file"]] for name, m in manifest["members"].items()}
     recorded = read_features_file(data, loaded.feature_names) if data else None
+    domain = None if folder.typed.domain is None else Domain.from_record(folder.typed.domain)  # the range it serves
     report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress,
-                        Precision.from_record(manifest.get("precision")))
+                        Precision.from_record(manifest.get("precision")), domain)
     result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,
               "signed": public_key is not None, "sources": len(source_files(manifest)),
               "passed": report["passed"], "parity": summary(report), "failures": report["failures"]}

@@ -23,7 +23,9 @@ from tests.forge import rebound
 from tests.variants import by_id, cached_folder
 
 N_FEATURES = 12
-SDS = 20.0  # docs/numerics.md: members that compute are proven within 20 standard deviations of the scaler's mean
+# docs/numerics.md: members that compute are proven to the widest rung of 20, 1e2, ... 1e6 standard deviations of
+# their scaler's mean at which their frameworks answer finitely; small torch models reach the last.
+SDS = 1e6
 
 
 def write_mixed(folder: Path) -> Path:
@@ -98,8 +100,11 @@ def test_mixed_build_converts(mixed, mixed_build, scaler):
     np.testing.assert_allclose(domain["hi"], scaler.mean_ + SDS * scaler.scale_, rtol=1e-15)
     assert domain["nan"] == [False] * N_FEATURES
     assert domain["nan_refused_by"] == ["nhits", "patchtst"]  # xgboost and LightGBM define missing
-    rows = json.loads((mixed_build / "parity.json").read_text())["rows"]
-    assert rows["domain_edges"] >= 2 * N_FEATURES + 2 and rows["threshold_outside_domain"] > 0
+    report = json.loads((mixed_build / "parity.json").read_text())
+    assert report["domain"] == {"sds": SDS}
+    rungs = 6  # 20 to 1e6: each rung's edges, alone and all at once
+    assert report["rows"]["domain_edges"] >= rungs * (2 * N_FEATURES + 2)
+    assert report["rows"]["threshold_outside_domain"] > 0
 
 
 def test_gate_rows_cover_the_domain(mixed, mixed_build):
@@ -109,7 +114,7 @@ def test_gate_rows_cover_the_domain(mixed, mixed_build):
     from convert.parity import parity_rows
 
     loaded = load_plan(make_plan(mixed), progress=lambda _: None)
-    domain = input_domain(loaded.members, loaded.scalers, N_FEATURES)
+    domain = input_domain(loaded.members, loaded.scalers, N_FEATURES, loaded.reference.raw_member_probabilities)
     raw = parity_rows(loaded.members, loaded.scalers, N_FEATURES, domain).raw
     want = json.loads((mixed_build / "manifest.json").read_text())["domain"]
     assert ((raw >= want["lo"]) & (raw <= want["hi"])).all()
@@ -303,3 +308,21 @@ def test_predict_command_names_the_member(mixed_build, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "line 3: feature 'rsi_14': nan (a missing value) cannot be scored: member(s) 'nhits', 'patchtst'" \
         in result.output
+
+
+def test_verify_proves_the_recorded_domain_again(lgbm_nan):
+    models, artifacts = lgbm_nan
+    result = CliRunner().invoke(main, ["verify", str(artifacts), "--models", str(models), "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["passed"]
+
+
+def test_verify_runs_the_manifests_domain(mixed, mixed_build, tmp_path):
+    """A domain re-bound wider than the gate proved (a careless release edit): verify runs its edges, where
+    PatchTST overflows, and fails, rather than proving a domain of its own."""
+    def widen(manifest: dict) -> None:
+        manifest["domain"]["hi"] = [1e30] * N_FEATURES
+
+    forged = rebound(mixed_build, tmp_path / "forged", widen)
+    result = CliRunner().invoke(main, ["verify", str(forged), "--models", str(mixed), "-q"])
+    assert result.exit_code == 1 and "no longer passes the parity gate" in result.output, result.output
