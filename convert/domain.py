@@ -4,16 +4,16 @@ per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
 - A member that only compares its inputs with split values (a tree ensemble) takes any value float32 holds:
   TREE_LIMIT of its own (scaled) input units either side of 0.
 - Any other member (torch, a linear model) computes with its inputs and can overflow float32 far from its
-  training data: DOMAIN_SDS of its scaler's standard deviations either side of the scaler's mean (0 and 1
-  for raw features).
+  training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
+  features), k the widest of RUNGS at which every member's own framework still answers finitely.
 - A feature's range is the intersection over the members (each reads every feature through its own scaler),
   widened to hold the recorded parity rows (`--parity-data`), which the gate runs too.
-- NaN is taken where every member defines what missing means (TAKES_NAN: the learned default directions of
+- NaN is taken where every member defines what missing means (`takes_nan`: the learned default directions of
   XGBoost, LightGBM and HistGradientBoosting; a StandardScaler maps NaN to NaN), else refused naming the
   members that do not.
 
-The parity rows then cover the range: each edge alone, rows with every feature at an edge, and rows with NaN
-in each feature that takes it (`convert.parity`).
+The parity rows then cover the range: each rung's edges alone, rows with every feature at an edge, and rows
+with NaN in each feature that takes it (`convert.parity`).
 """
 
 from __future__ import annotations

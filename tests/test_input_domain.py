@@ -326,3 +326,59 @@ def test_verify_runs_the_manifests_domain(mixed, mixed_build, tmp_path):
     forged = rebound(mixed_build, tmp_path / "forged", widen)
     result = CliRunner().invoke(main, ["verify", str(forged), "--models", str(mixed), "-q"])
     assert result.exit_code == 1 and "no longer passes the parity gate" in result.output, result.output
+
+
+@pytest.fixture(scope="module")
+def loud(mixed, tmp_path_factory) -> Path:
+    """An N-HiTS whose weights are 1e9 times a fresh one's: its float32 overflows some thousands of standard
+    deviations out, so the domain stops at a rung under the last."""
+    import shutil
+
+    import torch
+
+    from convert.demo import _torch_classes
+
+    folder = tmp_path_factory.mktemp("loud") / "models"
+    folder.mkdir()
+    scaler_file = next(mixed.glob("scaler_*.pkl"))
+    shutil.copy(scaler_file, folder / "scaler.pkl")
+    nhits, _ = _torch_classes()
+    torch.manual_seed(0)
+    net = nhits(N_FEATURES, 8, 1).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e9)
+    torch.save(net.state_dict(), folder / "nhits.pth")
+    names = json.loads((mixed / "ensemble.json").read_text())["feature_names"]
+    (folder / "ensemble.json").write_text(json.dumps({"feature_names": names, "members": {
+        "nhits": {"kind": "nhits", "file": "nhits.pth", "scaler": "scaler.pkl", "metadata": None}}}))
+    out = folder.parent / "artifacts"
+    result = convert(folder, out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_domain_stops_where_a_member_overflows(loud, scaler):
+    import torch
+
+    from convert.demo import _torch_classes
+
+    sds = json.loads((loud / "parity.json").read_text())["domain"]["sds"]
+    assert sds in (20.0, 1e2, 1e3, 1e4, 1e5)
+    ens = runtime.load(loud)
+    domain = ens.manifest["domain"]
+    np.testing.assert_allclose(domain["hi"], scaler.mean_ + sds * scaler.scale_, rtol=1e-15)
+    assert np.isfinite(ens.predict_proba([domain["hi"], domain["lo"]])).all()
+    # The next rung is where torch itself answers NaN on some row: the rung was deserved.
+    nhits, _ = _torch_classes()
+    net = nhits(N_FEATURES, 8, 1).eval()
+    net.load_state_dict(torch.load(loud.parent / "models" / "nhits.pth", weights_only=True))
+    rng = np.random.default_rng(1)
+    signs = np.vstack([np.ones(N_FEATURES), -np.ones(N_FEATURES), rng.choice([-1.0, 1.0], (200, N_FEATURES))])
+    with torch.no_grad():
+        logits = net(torch.tensor(signs * sds * 10, dtype=torch.float32))
+    assert not torch.isfinite(torch.softmax(logits, -1)).all()
+    beyond = np.array([domain["hi"]])
+    beyond[0, 4] = np.nextafter(beyond[0, 4], np.inf)
+    with pytest.raises(InputError, match="row 0: feature 'bb_width'"):
+        ens.predict_proba(beyond)
