@@ -206,11 +206,11 @@ class InputDomain:
         if nan[r, c]:
             members = ", ".join(f"'{m}'" for m in self.nan_refused_by[:5])
             more = f" and {len(self.nan_refused_by) - 5} more" if len(self.nan_refused_by) > 5 else ""
-            error = InputError(f"row {r}: feature '{name}': nan (a missing value) cannot be scored: member(s) "
+            error = InputError(f"row {r}, feature '{name}': nan (a missing value) cannot be scored: member(s) "
                                f"{members}{more} define no missing value; impute it before scoring ({rows} row(s) "
                                f"refused).")
         else:
-            error = InputError(f"row {r}: feature '{name}': {float(x[r, c])!r} is outside [{float(self.lo[c])!r}, "
+            error = InputError(f"row {r}, feature '{name}': {float(x[r, c])!r} is outside [{float(self.lo[c])!r}, "
                                f"{float(self.hi[c])!r}], the range the build's parity gate proved it on ({rows} "
                                f"row(s) refused).")
         error.row = r
