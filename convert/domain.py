@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime.contract import DomainRecord
 
-from .errors import MetadataError
+from .errors import ConvertError, MetadataError
 from .members import LoadedMember
 from .scaler import Scaler
 
@@ -34,6 +34,7 @@ from .scaler import Scaler
 # further one while every member's own framework still answers finitely there.
 RUNGS = (20.0, 1e2, 1e3, 1e4, 1e5, 1e6)
 TREE_LIMIT = 1e38   # a tree's input units either side of 0: float32 holds it (max 3.4e38) with room for rounding
+FLOAT64_MAX = float(np.finfo(np.float64).max)
 TREE_KINDS = frozenset({"xgboost", "lightgbm"})
 SKLEARN_TREES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier"})
 SKLEARN_TAKES_NAN = frozenset({"HistGradientBoostingClassifier"})
@@ -112,6 +113,8 @@ def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features
         mean, scale = moments(scaler, n_features)
         reach = (TREE_LIMIT if only_compares(member) else sds) * scale
         lo, hi = np.maximum(lo, mean - reach), np.minimum(hi, mean + reach)
+    # A scale near float64's largest would put an edge at infinity: the domain is finite, whatever the scaler.
+    lo, hi = np.maximum(lo, -FLOAT64_MAX), np.minimum(hi, FLOAT64_MAX)
     empty = np.flatnonzero(~(lo <= hi))
     if len(empty):
         raise MetadataError(f"feature {int(empty[0])}: the members' scalers leave no value every member was trained "
@@ -135,7 +138,11 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
         if ladder and probabilities is not None:
             centre = lo / 2 + hi / 2
             rows = edge_rows(centre[None, :], lo, hi, rng)
-            if not all(np.isfinite(p).all() for p in probabilities(rows).values()):
+            try:
+                answered = probabilities(rows)
+            except ConvertError:  # a framework that refuses such values (FrameworkError): the rung is not taken
+                break
+            if not all(np.isfinite(p).all() for p in answered.values()):
                 break
         ladder.append((lo, hi))
         sds = rung if computing else None

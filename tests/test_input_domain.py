@@ -382,3 +382,22 @@ def test_domain_stops_where_a_member_overflows(loud, scaler):
     beyond[0, 4] = np.nextafter(beyond[0, 4], np.inf)
     with pytest.raises(InputError, match="row 0, feature 'bb_width'"):
         ens.predict_proba(beyond)
+
+
+def test_a_huge_scale_keeps_the_domain_finite(tmp_path):
+    """A scaler of scale 1e300 in front of a tree: 1e38 of its units is past float64, so the range stops at
+    float64's largest, and the build still passes with rows on those edges."""
+    models = tmp_path / "models"
+    cached_folder(by_id("xgboost-default-json"), tmp_path)  # trained once, then copied and edited
+    import shutil
+    shutil.copytree(tmp_path / "xgboost-default-json" / "models", models)
+    (models / "scaler.json").write_text(json.dumps({"mean": [0.0] * 8, "scale": [1e300] * 8}))
+    spec = json.loads((models / "ensemble.json").read_text())
+    spec["members"]["xgboost"]["scaler"] = "scaler.json"
+    (models / "ensemble.json").write_text(json.dumps(spec))
+    result = convert(models, tmp_path / "artifacts")
+    assert result.exit_code == 0, result.output
+    ens = runtime.load(tmp_path / "artifacts")
+    largest = float(np.finfo(np.float64).max)
+    assert ens.manifest["domain"]["lo"] == [-largest] * 8 and ens.manifest["domain"]["hi"] == [largest] * 8
+    assert np.isfinite(ens.predict_proba([[largest] * 8, [-largest] * 8])).all()
