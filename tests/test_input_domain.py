@@ -123,9 +123,17 @@ def test_gate_rows_cover_the_domain(mixed, mixed_build):
     assert (raw == want["lo"]).all(axis=1).any() and (raw == want["hi"]).all(axis=1).any()
 
 
-def test_failed_gate_writes_its_report(mixed, tmp_path):
+@pytest.mark.parametrize("decision", [None, {"min_confidence": {"BUY": 0.6, "SELL": 0.6}, "fallback": "HOLD"}])
+def test_failed_gate_writes_its_report(mixed, tmp_path, decision):
     """Recorded rows far outside training widen the domain to them; PatchTST overflows there (|diff| inf).
-    The report is written, its non-finite figures as text, and convert exits 1 with no internal error."""
+    The report is written, its non-finite figures as text, and convert exits 1 with no internal error; with a
+    decision policy too."""
+    import shutil
+
+    if decision is not None:
+        mixed = Path(shutil.copytree(mixed, tmp_path / "models"))
+        spec = json.loads((mixed / "ensemble.json").read_text())
+        (mixed / "ensemble.json").write_text(json.dumps({**spec, "decision": decision}))
     names = json.loads((mixed / "ensemble.json").read_text())["feature_names"]
     rows = tmp_path / "rows.csv"
     rows.write_text(",".join(names) + "\n" + ",".join(["1e30"] * N_FEATURES) + "\n")
