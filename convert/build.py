@@ -21,11 +21,12 @@ from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBL
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, check_text, check_unique_names, make_plan
+from .domain import Domain, input_domain
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind
 from .members.torch_common import one_thread
-from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
+from .parity import BATCH_SIZES, check_parity, json_ready, merged, parity_rows, summary, table
 from .precision import Precision, lower
 from .reference import Reference
 from .scaler import Scaler, load_scaler
@@ -147,20 +148,35 @@ def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
 
 
 def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: bytes, recorded: np.ndarray | None,
-               progress: Progress = log.info, precision: Precision = Precision()) -> dict[str, Any]:
-    rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), recorded)
+               progress: Progress = log.info, precision: Precision = Precision(),
+               domain: Domain | None = None) -> dict[str, Any]:
+    """The gate on rows covering `domain` (by default the one `input_domain` gives these members and rows)."""
+    if domain is None:
+        domain = domain_of(loaded, recorded)
+    rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), domain, recorded)
     gate = "parity gate" if not precision.lowered else f"agreement gate ({precision.weights} graph)"
     progress(f"{gate}: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
     report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes, precision)
+    report["domain"] = {"sds": domain.sds}
     for line in table(report):
         log.info(line)
     return report
 
 
+def domain_of(loaded: Loaded, recorded: np.ndarray | None) -> Domain:
+    """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves."""
+    with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
+        domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
+                              loaded.reference.raw_member_probabilities, recorded)
+    if domain.sds is not None:
+        log.info("input domain: the members that compute answer finitely to %g standard deviations", domain.sds)
+    return domain
+
+
 def _require(report: dict[str, Any], out: Path) -> None:
     if not report["passed"]:
         failed = out.parent / f"{out.name}.parity-failed.json"
-        failed.write_bytes(mf.dumps(report))
+        failed.write_bytes(mf.dumps(json_ready(report)))
         raise ParityError(f"parity gate failed; {out} left untouched; full report in {failed}:\n  "
                           + "\n  ".join(report["failures"]), report)
 
@@ -274,18 +290,19 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
     member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in loaded.members}
     ensemble_bytes = ensemble.SerializeToString()
     recorded = read_features_file(parity_data, loaded.feature_names, parity_text) if parity_data else None
-    report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress)
+    domain = domain_of(loaded, recorded)
+    report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress, domain=domain)
     _require(report, out)  # the float32 export is exact first, whatever precision ships
     quantized: list[str] = []
     if precision.lowered:
         progress(f"lowering the large Linear weights to {precision.weights}")
         ensemble, quantized = lower(ensemble, precision)
         ensemble_bytes = ensemble.SerializeToString()
-        report = merged(report, run_parity(loaded, {}, ensemble_bytes, recorded, progress, precision))
+        report = merged(report, run_parity(loaded, {}, ensemble_bytes, recorded, progress, precision, domain))
         _require(report, out)
 
     files = {f"members/{name}.onnx": data for name, data in member_bytes.items()}
-    files["parity.json"] = mf.dumps(report)
+    files["parity.json"] = mf.dumps(json_ready(report))
     files["README.md"] = mf.ARTIFACTS_README.read_bytes()
     files[STATISTICS_FILE] = statistics_bytes(loaded.feature_names, [m.source.scaler for m in loaded.members],
                                               loaded.scalers, reference_file, reference_text)
@@ -313,6 +330,7 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
         libraries=mf.library_versions(),
         parity=summary(report),
         files={},
+        domain=domain.record(),
     )
     files[ENSEMBLE_FILE] = bind(ensemble, typed)
     manifest = replace(typed, files={rel: mf.sha256(data) for rel, data in sorted(files.items())}).to_json()

@@ -432,7 +432,8 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     rows = read_records(_read_input(input_file))
     try:
-        predictions = ens.predict(records_to_matrix(rows, ens.feature_names, PASSTHROUGH))
+        # NaN passes to ens.predict, which scores it where the build's domain takes it and refuses it otherwise.
+        predictions = ens.predict(records_to_matrix(rows, ens.feature_names, PASSTHROUGH, missing=True))
     except InputError as exc:  # a row a member overflows on, named by its line like every other bad row
         raise at_line(exc, rows) from None
     # Passed through as read: a CSV cell stays its text ("0700"), a JSON value its JSON value.

@@ -161,7 +161,8 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
                 try:
                     spans.append((i, i + 1, ens._run(x[i:i + 1])))
                 except InputError as exc:
-                    reasons[i] = str(exc).removeprefix("row 0: ").removesuffix(".")  # a reason is no sentence
+                    # the row is the reason's own row; a reason is no sentence
+                    reasons[i] = str(exc).removeprefix("row 0: ").removeprefix("row 0, ").removesuffix(".")
         for lo, hi, result in spans:
             for key, array in out.items():
                 array[lo:hi] = result[key]

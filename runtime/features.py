@@ -82,14 +82,15 @@ def loads_strict(data: bytes) -> Any:
         raise ValueError("nested too deeply to parse") from None
 
 
-def _check_cell(value: Any, row: int, feature: str) -> float:
+def _check_cell(value: Any, row: int, feature: str, missing: bool = False) -> float:
+    """`value` as a float; NaN only with `missing` (the build's input domain then says where it is taken)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.")
     try:
         number = float(value)
     except OverflowError:  # an integer of hundreds of digits: too large for any float
         raise InputError(f"row {row}, feature '{feature}': {_short(value)} is too large for a float.") from None
-    if not math.isfinite(number):
+    if math.isinf(number) or (math.isnan(number) and not missing):
         raise InputError(f"row {row}, feature '{feature}': {value!r} is not finite; impute it before scoring.")
     return number
 
@@ -109,8 +110,8 @@ def _refuse_masked(x: Any) -> None:
                          "(np.asarray would score the values under the mask).")
 
 
-def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
-    """A 2-D array-like in feature order -> float64 [n, F], or InputError."""
+def as_matrix(x: Any, feature_names: Sequence[str], missing: bool = False) -> np.ndarray:
+    """A 2-D array-like in feature order -> float64 [n, F], or InputError; NaN only with `missing`."""
     _refuse_masked(x)
     try:
         arr = np.asarray(x)
@@ -124,14 +125,17 @@ def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
     if arr.dtype.kind in "iuf":
         out = arr.astype(np.float64)
         if not np.isfinite(out).all():  # the cheap test first: a scored row pays for it on every call
-            r, c = np.argwhere(~np.isfinite(out))[0]
+            bad = np.isinf(out) if missing else ~np.isfinite(out)
+            if not bad.any():
+                return out
+            r, c = np.argwhere(bad)[0]
             raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before "
                              "scoring.")
         return out
     if arr.dtype.kind != "O":
         raise InputError(f"features must be numbers; got an array of dtype {arr.dtype}.")
-    return np.array([[_check_cell(v, r, feature_names[c]) for c, v in enumerate(row)] for r, row in enumerate(arr)],
-                    dtype=np.float64).reshape(len(arr), width)
+    return np.array([[_check_cell(v, r, feature_names[c], missing) for c, v in enumerate(row)]
+                     for r, row in enumerate(arr)], dtype=np.float64).reshape(len(arr), width)
 
 
 def _aligned_columns(columns: Sequence[Any], feature_names: Sequence[str], where: str) -> list[int]:
@@ -150,28 +154,67 @@ def _aligned_columns(columns: Sequence[Any], feature_names: Sequence[str], where
     return [columns.index(n) for n in feature_names]
 
 
-def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequence[str] = ()) -> np.ndarray:
+def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequence[str] = (),
+                   missing: bool = False) -> np.ndarray:
     """A mapping, a list of mappings, a DataFrame (duck-typed: no pandas import) or a 2-D array -> [n, F].
 
-    Named inputs are aligned to the training column order; `passthrough` names (e.g. "symbol") are ignored."""
+    Named inputs are aligned to the training column order; `passthrough` names (e.g. "symbol") are ignored.
+    NaN only with `missing`."""
     _refuse_masked(rows)
     if isinstance(rows, Mapping):
         rows = [rows]
     if hasattr(rows, "columns") and hasattr(rows, "to_numpy"):  # a DataFrame
         columns = [c for c in rows.columns if str(c) not in passthrough]
         order = _aligned_columns(columns, feature_names, "DataFrame")
-        return as_matrix(rows[[columns[i] for i in order]].to_numpy(), feature_names)
+        return as_matrix(rows[[columns[i] for i in order]].to_numpy(), feature_names, missing)
     if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)) and rows and all(
             isinstance(r, Mapping) for r in rows):
         out = np.empty((len(rows), len(feature_names)), dtype=np.float64)
         for r, row in enumerate(rows):
             keys = [k for k in row if str(k) not in passthrough]
             _aligned_columns(keys, feature_names, f"row {r}")
-            out[r] = [_check_cell(row[n], r, n) for n in feature_names]
+            out[r] = [_check_cell(row[n], r, n, missing) for n in feature_names]
         return out
     if isinstance(rows, (str, bytes)) or (isinstance(rows, Sequence) and any(isinstance(r, Mapping) for r in rows)):
         raise InputError("rows must be a mapping, a list of mappings, a DataFrame or a 2-D array of numbers.")
-    return as_matrix(rows, feature_names)
+    return as_matrix(rows, feature_names, missing)
+
+
+class InputDomain:
+    """The rows a build proved parity on (manifest.json's `domain`): per feature a finite [lo, hi], edges
+    included, and whether NaN is taken. `check` is on every scoring call: one vectorised pass for a row set
+    that is all inside; only a refused one pays for finding and naming the first value at fault."""
+
+    def __init__(self, lo: Sequence[float], hi: Sequence[float], nan: Sequence[bool], nan_refused_by: Sequence[str],
+                 feature_names: Sequence[str]) -> None:
+        self.lo, self.hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        self.nan = np.asarray(nan, dtype=bool)
+        self.nan_refused_by, self.feature_names = list(nan_refused_by), list(feature_names)
+
+    def check(self, x: np.ndarray) -> None:
+        """InputError naming the first row and feature outside the domain (its range, or the members that take
+        no NaN); `x` is float64 [n, F] with no infinity (as_matrix refuses those)."""
+        inside = (x >= self.lo) & (x <= self.hi)  # False for NaN
+        if inside.all():
+            return
+        nan = np.isnan(x)
+        bad = ~inside & ~(nan & self.nan)
+        if not bad.any():
+            return
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        name, rows = self.feature_names[c], int(bad.any(axis=1).sum())
+        if nan[r, c]:
+            members = ", ".join(f"'{m}'" for m in self.nan_refused_by[:5])
+            more = f" and {len(self.nan_refused_by) - 5} more" if len(self.nan_refused_by) > 5 else ""
+            error = InputError(f"row {r}, feature '{name}': nan (a missing value) cannot be scored: member(s) "
+                               f"{members}{more} define no missing value; impute it before scoring ({rows} row(s) "
+                               f"refused).")
+        else:
+            error = InputError(f"row {r}, feature '{name}': {float(x[r, c])!r} is outside [{float(self.lo[c])!r}, "
+                               f"{float(self.hi[c])!r}], the range the build's parity gate proved it on ({rows} "
+                               f"row(s) refused).")
+        error.row = r
+        raise error
 
 
 class CsvText(str):
@@ -329,11 +372,12 @@ def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 
     matrix's row number means nothing to whoever wrote the file); any other refusal as it is."""
     if error.row is None:
         return error
-    return InputError(f"line {records[first + error.row][0]}: {str(error).removeprefix(f'row {error.row}: ')}")
+    told = str(error).removeprefix(f"row {error.row}: ").removeprefix(f"row {error.row}, ")
+    return InputError(f"line {records[first + error.row][0]}: {told}")
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],
-                      passthrough: Sequence[str] = ("symbol",)) -> np.ndarray:
+                      passthrough: Sequence[str] = ("symbol",), missing: bool = False) -> np.ndarray:
     """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix."""
     # A header problem every record shares (a misspelt CSV column) is one refusal, not one per row.
     problem = header_problem(list(records[0][1]), feature_names, passthrough) if len(records) > 1 else None
@@ -344,7 +388,7 @@ def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: 
     rows, problems = [], []
     for n, record in records:
         try:
-            rows.append(rows_to_matrix(record, feature_names, passthrough)[0])
+            rows.append(rows_to_matrix(record, feature_names, passthrough, missing)[0])
         except InputError as exc:  # one record is the matrix's row 0: its line is the only location to say
             problems.append(f"line {n}: {str(exc).removeprefix('row 0: ').removeprefix('row 0, ')}")
     if problems:

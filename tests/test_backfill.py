@@ -245,7 +245,7 @@ def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens
     budget_mib = 128
 
     def write(n: int, path: Path) -> int:
-        t = history(ens, n, seed=9)
+        t = history(ens, n, seed=7)  # the demo's own market: every row inside the build's input domain
         payload = pa.array([os.urandom(4096).hex() for _ in range(n)])  # incompressible, 8 KiB a row
         pq.write_table(t.append_column("payload", payload), path, row_group_size=1000, compression="none")
         return t.nbytes + payload.nbytes

@@ -265,8 +265,9 @@ def test_a_chunk_with_an_overflowing_row_is_scored_row_by_row_and_only_that_row_
     counting.calls = []
     out, reasons = backfill.score_matrix(counting, x)
     assert counting.calls == [1024, 6, 1, 1, 1, 1, 1, 1]
-    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected): the row's features are too large "
-           "for its float32 arithmetic (largest: 'rsi_14' = 1e+38), far outside the range the models were trained on")
+    # Refused by the build's input domain before any member sees it (docs/numerics.md).
+    why = reasons[1026]
+    assert why.startswith("feature 'rsi_14': 1e+38 is outside [") and why.endswith("(1 row(s) refused)")
     assert reasons.tolist() == [None] * 1026 + [why, None, why, None]
     good = np.array([i for i in range(1030) if i not in (1026, 1028)])
     np.testing.assert_array_equal(out["probabilities"][good], ens.predict_proba(x[good]))
@@ -281,8 +282,8 @@ def test_score_rows_scores_only_the_rows_without_a_reason(ens):
     x[3] = 1e38
     reasons = np.array([None, "column 'a': missing (null)", None, None, None], dtype=object)
     out, merged = backfill.score_rows(ens, x, reasons)
-    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected): the row's features are too large "
-           "for its float32 arithmetic (largest: 'rsi_14' = 1e+38), far outside the range the models were trained on")
+    why = merged[3]
+    assert why.startswith("feature 'rsi_14': 1e+38 is outside [")  # the build's input domain
     assert merged.tolist() == [None, "column 'a': missing (null)", None, why, None]
     assert reasons.tolist() == [None, "column 'a': missing (null)", None, None, None]  # the caller's, untouched
     np.testing.assert_array_equal(out["probabilities"][[0, 2, 4]], one_by_one(ens, x[[0, 2, 4]]))
