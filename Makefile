@@ -69,13 +69,13 @@ test: install
 	@$(MAKE) --no-print-directory slim-tests
 
 # The quick loop while working: ruff on the changed files, mypy (incremental: .mypy_cache), and the tests that
-# need no model trained beyond the cached demo set (`-m "not trains"`, see tests/conftest.py). Not a substitute
-# for `make test` before a merge.
+# train or convert nothing beyond the one cached demo build (`-m "not builds"`, marked by tests/conftest.py).
+# Not a substitute for `make test` before a merge.
 check: install
 	@$(MAKE) --no-print-directory -j2 lint-changed check-tests
 
 check-tests: install
-	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) -m "not trains" -p no:cacheprovider
+	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) -m "not builds" -p no:cacheprovider
 
 # The style the tools hold: ruff (pyflakes, bugbear, import order, pyupgrade, line length) on everything,
 # mypy strict on runtime/ and checked on convert/ (pyproject.toml says which is which). mypy is incremental:
