@@ -34,10 +34,15 @@ $(SLIM_VENV)/.installed: $(SLIM_VENV)/.deps $(wildcard runtime/*.py convert/*.py
 	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) --no-deps --force-reinstall .
 	touch $@
 
+# Training statistics for `drift`: the models folder's labelled_features.csv (the demo writes one) as the
+# reference rows, unless REFERENCE names other rows (REFERENCE= for none).
+REFERENCE ?= $(patsubst %/,%,$(MODELS))/labelled_features.csv
+
 convert: install
 	@if [ ! -d "$(MODELS)" ]; then echo "no $(MODELS): generating the demo model set"; \
 		$(VENV)/bin/python -m convert.demo $(MODELS); fi
-	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS)
+	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS) \
+		$(if $(REFERENCE),$$([ -f "$(REFERENCE)" ] && echo --reference-data "$(REFERENCE)"))
 
 # The runtime against the original frameworks on this machine: table, build/bench/bench.json, bench.png.
 # Both builds of the same models: the default (fp32) and the explicit int8 option, in one run.

@@ -45,3 +45,11 @@ def shortened_names(names: list[str] | tuple[str, ...], few: int = 5) -> str:
     more; a file may hold 20,000 keys of 100,000 characters, which the message must not print in full."""
     shown = ", ".join(shortened(n) for n in names[:few])
     return f"[{shown}]" if len(names) <= few else f"[{shown}, ... {len(names) - few:,} more]"
+
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra. ensemble-onnx is not on PyPI yet: it installs from the wheel `make dist` builds
+    or from a clone of the repository (README.md, "Install"), so the hint names both."""
+    return (f"pip install --find-links dist/ 'ensemble-onnx[{extra}]' (dist/: the folder with the wheel `make dist` "
+            f"builds), or pip install '.[{extra}]' in a clone of the repository")

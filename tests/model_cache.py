@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ENSEMBLE_ONNX_TEST_CACHE") or REPO / "build" / "test-cache")
 CACHE_INDEX = "cache-index.json"  # in each cached folder: the sha256 of every file, written after training
 # What a trained model depends on besides its spec and the code that trains it.
-FRAMEWORKS = ("numpy", "torch", "scikit-learn", "xgboost", "lightgbm", "joblib", "onnx")
+FRAMEWORKS = ("numpy", "torch", "scikit-learn", "xgboost", "xgboost-cpu", "lightgbm", "joblib", "onnx")
 # One test run: pytest-xdist gives its workers one id; a plain run gets its own.
 RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
 
