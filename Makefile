@@ -17,8 +17,12 @@ BASE ?= HEAD
 install: $(VENV)/.installed
 
 # The build stack and test tools. torch is pinned in pyproject.toml (the CPU build on the machines).
+# On Linux the build stack takes xgboost-cpu (pyproject.toml): a venv made before holds the CUDA `xgboost` wheel,
+# whose files the same module of xgboost-cpu would overwrite, so that one goes first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@if [ "$$(uname -s)" = Linux ] && $(VENV)/bin/pip show -q xgboost 2>/dev/null; then \
+		echo "replacing the CUDA xgboost wheel with xgboost-cpu"; $(VENV)/bin/pip uninstall $(PIP_FLAGS) -y xgboost nvidia-nccl-cu12; fi
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev,backfill,ray]'
 	touch $@
 
