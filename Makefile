@@ -94,8 +94,9 @@ lint: install
 	$(VENV)/bin/mypy
 
 lint-changed: install
-	@files="$$( (git diff --name-only --diff-filter=d $(BASE) -- '*.py'; git ls-files --others --exclude-standard -- '*.py') | sort -u)"; \
-		if [ -n "$$files" ]; then echo "ruff check $$files"; $(VENV)/bin/ruff check $$files; else echo "ruff: no Python file changed"; fi
+	@echo "ruff check on the Python files changed against $(BASE) or not yet committed"
+	@(git diff --name-only -z --diff-filter=d $(BASE) -- '*.py'; git ls-files -z --others --exclude-standard -- '*.py') \
+		| sort -zu | xargs -0 -r $(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
 # The whole suite with the real frameworks, one worker per core; it also leaves build/test-artifacts for test-slim.
