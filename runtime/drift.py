@@ -10,9 +10,9 @@ Per feature, for one batch of rows:
   Stability Index", Western Michigan University, 2018). A sample drawn from the training distribution
   itself has a PSI of about (bins - 1) * (1/n + 1/N) (`psi_noise`), with a standard deviation of about
   sqrt(2 (bins - 1)) * (1/n + 1/N) (n PSI is near a chi-square of bins - 1 degrees of freedom): a PSI
-  counts only from psi_noise + 3 such deviations up, so a small batch drawn from the training data does not
-  fire. Where that limit is at or over the warn threshold, the batch is too small to tell a moderate shift
-  from noise: the report says so (`small_sample`: the limit and the rows that would tell).
+  counts only from psi_noise + 3 such deviations up (`psi_limit`), so a small batch drawn from the training
+  data does not fire. Where that limit is at or over the warn threshold, the batch is too small to tell a
+  moderate shift from noise: the report says so (`small_sample`: the limit and the rows that would tell).
 - `out_of_range`: the share of values under the training minimum or over the training maximum.
 - `mean_shift` (the batch mean minus the training mean, in training standard deviations), `spread_ratio`
   (the batch's standard deviation over the training one) and `z` (the mean shift in standard errors of the
@@ -204,6 +204,7 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
 
     features = {name: {"status": STATUSES[level[j]] if known[j] else "unknown", "psi": value(psi, j),
                        "psi_noise": float(noise[j]) if stats.has_bins[j] else None,
+                       "psi_limit": float(limit[j]) if stats.has_bins[j] else None,
                        "out_of_range": value(out_of_range, j), "mean_shift": value(shift, j),
                        "spread_ratio": value(spread, j), "z": value(z, j)}
                 for j, name in enumerate(feature_names)}

@@ -292,6 +292,7 @@ def test_a_small_batch_from_the_training_data_is_said_too_small_not_flagged():
     assert max(f["psi"] for f in report["features"].values()) >= 0.25  # the premise: a raw PSI past the threshold
     assert (report["status"], report["drift"], report["warn"]) == ("ok", [], [])
     limit = DECILE_LIMIT * (1 / 64 + 1 / 2000)
+    assert all(f["psi_limit"] == pytest.approx(limit) and f["psi"] < limit for f in report["features"].values())
     assert report["small_sample"] == {"psi_limit": pytest.approx(limit),
                                       "rows_needed": math.ceil(1 / (0.1 / DECILE_LIMIT - 1 / 2000))}
     line = table(report)[1]
@@ -343,8 +344,8 @@ def test_the_share_outside_the_training_range_warns_from_five_percent(x, share, 
 @pytest.mark.parametrize("entry", [{"min": 0.0}, {"max": 1.0}, {}])
 def test_half_a_range_is_no_range(entry):
     report = drift_of({"a": entry}, column(-5.0, 5.0))
-    assert report["features"]["a"] == {"status": "unknown", "psi": None, "psi_noise": None, "out_of_range": None,
-                                       "mean_shift": None, "spread_ratio": None, "z": None}
+    assert report["features"]["a"] == {"status": "unknown", "psi": None, "psi_noise": None, "psi_limit": None,
+                                       "out_of_range": None, "mean_shift": None, "spread_ratio": None, "z": None}
 
 
 # ------------------------------------------------------------------------------ scaler moments (no bins)
