@@ -6,27 +6,47 @@ MODELS    ?= models/
 ARTIFACTS ?= artifacts/
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: install convert lint test test-full test-slim bench bench-host backfill-demo clean mutation
+# Test workers (pytest-xdist): one per core by default; PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= auto
+PYTEST_FLAGS   ?= -q -n $(PYTEST_WORKERS) --dist loadfile
+# `make check` lints the Python files changed against this (plus those not yet committed).
+BASE ?= HEAD
+
+.PHONY: install convert lint lint-changed test test-full test-slim slim-tests check check-tests dist bench bench-host backfill-demo clean mutation
 
 install: $(VENV)/.installed
 
 # The build stack and test tools. torch is pinned in pyproject.toml (the CPU build on the machines).
+# On Linux the build stack takes xgboost-cpu (pyproject.toml): a venv made before holds the CUDA `xgboost` wheel,
+# whose files the same module of xgboost-cpu would overwrite, so that one goes first.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@if [ "$$(uname -s)" = Linux ] && $(VENV)/bin/pip show -q xgboost 2>/dev/null; then \
+		echo "replacing the CUDA xgboost wheel with xgboost-cpu"; $(VENV)/bin/pip uninstall $(PIP_FLAGS) -y xgboost nvidia-nccl-cu12; fi
 	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[convert,bench,dev,backfill,ray]'
 	touch $@
 
-# A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.
-$(SLIM_VENV)/.installed: pyproject.toml $(wildcard runtime/*.py convert/cli.py)
+# A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else. The venv and its
+# dependencies are made again only when pyproject.toml changes; a change to the code reinstalls the package alone.
+$(SLIM_VENV)/.deps: pyproject.toml
 	rm -rf $(SLIM_VENV)
 	$(PYTHON) -m venv $(SLIM_VENV)
-	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) . pytest
+	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) . pytest pytest-xdist
 	touch $@
+
+$(SLIM_VENV)/.installed: $(SLIM_VENV)/.deps $(wildcard runtime/*.py convert/*.py convert/members/*.py)
+	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) --no-deps --force-reinstall .
+	touch $@
+
+# Training statistics for `drift`: the models folder's labelled_features.csv (the demo writes one) as the
+# reference rows, unless REFERENCE names other rows (REFERENCE= for none).
+REFERENCE ?= $(patsubst %/,%,$(MODELS))/labelled_features.csv
 
 convert: install
 	@if [ ! -d "$(MODELS)" ]; then echo "no $(MODELS): generating the demo model set"; \
 		$(VENV)/bin/python -m convert.demo $(MODELS); fi
-	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS)
+	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o $(ARTIFACTS) \
+		$(if $(REFERENCE),$$([ -f "$(REFERENCE)" ] && echo --reference-data "$(REFERENCE)"))
 
 # The runtime against the original frameworks on this machine: table, build/bench/bench.json, bench.png.
 # Both builds of the same models: the default (fp32) and the explicit int8 option, in one run.
@@ -50,22 +70,54 @@ bench-host: convert
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
 	$(VENV)/bin/python -m convert.bench_host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
 
-test: lint test-full test-slim
+# Everything: lint beside the whole suite (ruff's and mypy's few lines may land among pytest's dots), then the
+# runtime's tests in the runtime-only venv. Trained models are cached in build/test-cache across runs
+# (tests/conftest.py), so a second run trains nothing.
+test: install
+	@$(MAKE) --no-print-directory -j3 lint test-full $(SLIM_VENV)/.installed
+	@$(MAKE) --no-print-directory slim-tests
+
+# The quick loop while working: ruff on the changed files, mypy (incremental: .mypy_cache), and the tests that
+# train or convert nothing beyond the one cached demo build (`-m "not builds"`, marked by tests/conftest.py).
+# Not a substitute for `make test` before a merge.
+check: install
+	@$(MAKE) --no-print-directory -j2 lint-changed check-tests
+
+check-tests: install
+	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) -m "not builds" -p no:cacheprovider
 
 # The style the tools hold: ruff (pyflakes, bugbear, import order, pyupgrade, line length) on everything,
-# mypy strict on runtime/ and checked on convert/ (pyproject.toml says which is which).
+# mypy strict on runtime/ and checked on convert/ (pyproject.toml says which is which). mypy is incremental:
+# its cache (.mypy_cache) makes a second run take seconds.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# The whole suite with the real frameworks; it also leaves build/test-artifacts for test-slim.
+lint-changed: install
+	@echo "ruff check on the Python files changed against $(BASE) or not yet committed"
+	@(git diff --name-only -z --diff-filter=d $(BASE) -- '*.py'; git ls-files -z --others --exclude-standard -- '*.py') \
+		| sort -zu | xargs -0 -r $(VENV)/bin/ruff check
+	$(VENV)/bin/mypy
+
+# The whole suite with the real frameworks, one worker per core; it also leaves build/test-artifacts for test-slim.
 test-full: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS)
 
 # The runtime's tests again, where torch, sklearn, xgboost, lightgbm and onnx are not installed at all.
 test-slim: $(SLIM_VENV)/.installed test-full
+	@$(MAKE) --no-print-directory slim-tests
+
+slim-tests: $(SLIM_VENV)/.installed
 	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
-		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -m slim -p no:cacheprovider test_runtime.py test_monitor.py
+		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m slim -p no:cacheprovider \
+		test_runtime.py test_monitor.py
+
+# What a serving host installs from until the package is published: dist/ensemble_onnx-VERSION-py3-none-any.whl
+# (`pip install ensemble_onnx-*.whl`, or `'ensemble_onnx-*.whl[convert]'` for the build stack) and the sdist.
+dist: install
+	rm -rf dist
+	$(VENV)/bin/python -m build --sdist --wheel --outdir dist .
+	@ls -l dist
 
 # Mutation testing, not part of `make test` (about five hours of one core for all ~5,000 mutants): mutmut changes runtime/ and the parity
 # gate's comparison one small edit at a time and runs the fast runtime tests against each; docs/mutation.md
@@ -78,4 +130,4 @@ mutation: install
 	$(VENV)/bin/mutmut results
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

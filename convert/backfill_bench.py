@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .demo import DemoSpec
+from .demo import DemoSpec, feature_scales
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,13 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 def market_parameters(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(loadings, centers, scales) of the demo market, replaying market_data's draws in its order."""
     rng = np.random.default_rng(spec.seed)
-    n, f = spec.n_rows, spec.n_features
-    rng.standard_normal(n)
-    loadings = rng.uniform(-1.0, 1.0, f)
-    rng.standard_normal((n, f))
-    centers = rng.choice([0.0, 0.0, 50.0, 1.0, 1e-3, 250.0], f)
-    scales = rng.choice([1e-3, 0.02, 1.0, 12.0, 150.0], f)
-    return loadings, centers, scales
+    rng.standard_normal(spec.n_rows)
+    loadings = rng.uniform(-1.0, 1.0, spec.n_features)
+    return (loadings, *feature_scales(spec))
 
 
 def write_history(path: Path, symbols: int, minutes: int, spec: DemoSpec | None = None, seed: int = 11,

@@ -58,9 +58,11 @@ def _spawn(setup: BenchSetup, *args: str) -> tuple[dict[str, Any], float]:
 
 
 def _measure(setup: BenchSetup, pipelines: dict[str, tuple[str, Path]],
-             progress: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+             progress: Callable[[str], None], record: Callable[..., None] = lambda *_: None
+             ) -> dict[str, dict[str, Any]]:
     """label -> figures. Warm workers (latency, throughput, the curve) run in turns across the pipelines, so
-    a slow spell on the machine lands on all of them; then cold starts and peak memory in fresh processes."""
+    a slow spell on the machine lands on all of them; then cold starts and peak memory in fresh processes.
+    `record(threads, label, kind, figures)` gets each measurement as it is taken."""
     effort = EFFORTS[setup.effort]
 
     def args(label: str) -> tuple[str, ...]:
@@ -72,12 +74,14 @@ def _measure(setup: BenchSetup, pipelines: dict[str, tuple[str, Path]],
         for label in pipelines:
             progress(f"{setup.threads} thread(s): {label}, latency and throughput ({turn + 1}/{effort.warm_runs})")
             warm[label].append(_spawn(setup, "warm", *args(label))[0])
+            record(setup.threads, label, "warm", warm[label][-1])
     figures = {}
     for label in pipelines:
         cold_seconds, peaks = [], []
         for i in range(effort.cold_starts):
             progress(f"{setup.threads} thread(s): {label}, cold start {i + 1}/{effort.cold_starts}")
             cold, spawned = _spawn(setup, "cold", *args(label))
+            record(setup.threads, label, "cold", cold)
             cold_seconds.append(cold["first_prediction_at"] - spawned)
             peaks.append(cold["peak_rss_mib"])
         figures[label] = {**_median_of(warm[label]), "cold_start_seconds": float(np.median(cold_seconds)),
@@ -130,6 +134,9 @@ def installed_size_mib() -> dict[str, float]:
     return {"runtime": size(closure(set())), "frameworks": size(closure({"convert"}))}
 
 
+MEASUREMENTS_FILE = "bench.measurements.jsonl"
+
+
 def build_labels(manifests: list[dict[str, Any]], folders: list[Path]) -> list[str]:
     """Each build named by its weight precision ("fp32", "int8"); by its folder when two share one."""
     labels = [(m.get("precision") or {}).get("weights", "fp32") for m in manifests]
@@ -150,6 +157,14 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
         check_sources(manifest, models)  # a comparison only means something against the models of the build
     labels = build_labels(manifests, artifacts)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Every measurement as it is taken, one JSON line each: a run stopped part-way keeps what it measured.
+    measured = out_dir / MEASUREMENTS_FILE
+    measured.write_text("")
+
+    def record(threads: int, label: str, kind: str, figures: Any) -> None:
+        with measured.open("a") as fh:
+            fh.write(json.dumps({"threads": threads, "pipeline": label, "kind": kind, "figures": figures},
+                                sort_keys=True, default=str) + "\n")
     n_features = len(manifests[0]["feature_names"])
     scaler_file = next((m.scaler for m in plan_from_manifest(manifests[0], models).members if m.scaler), None)
     scaler = load_scaler(scaler_file) if scaler_file else None
@@ -169,14 +184,16 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
         costs = {label: _graph_cost_of(folder) for label, folder in zip(labels, artifacts, strict=True)}
         for threads in thread_counts:
             setup = BenchSetup(models.resolve(), rows, threads, "quick" if quick else "full")
-            figures = _measure(setup, pipelines, progress)
+            figures = _measure(setup, pipelines, progress, record)
             progress(f"{threads} thread(s): physical floors (numpy: streaming read, matvec, peak float32)")
             physical = measure_floors(max(c[0] for c in costs.values()), threads, quick)
+            record(threads, "numpy", "physical floors", physical)
             entry: dict[str, Any] = {"frameworks": figures["frameworks"], "physical": physical, "builds": {}}
             for label, folder, manifest in zip(labels, artifacts, manifests, strict=True):
                 progress(f"{threads} thread(s): {label}, machine floor")
                 build = {"floor": _spawn(setup, "floor", str(folder.resolve()), str(threads))[0],
                          "runtime": figures[f"runtime {label}"]}
+                record(threads, f"runtime {label}", "machine floor", build["floor"])
                 fp32 = (manifest.get("precision") or {}).get("weights", "fp32") == "fp32"
                 build["physical_floor"] = physical_floor(physical, *costs[label], fp32,
                                                          build["floor"]["matmul_flops_per_second"])

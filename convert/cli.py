@@ -2,7 +2,7 @@
 on stderr), 2 on a usage error.
 
 Heavy imports happen inside the commands: `predict` and `inspect` of an artifacts folder run on a serving
-host that has only the runtime (`pip install ensemble-onnx`), and `convert` says what to install when the
+host that has only the runtime (the package without extras), and `convert` says what to install when the
 build stack is missing.
 """
 
@@ -69,7 +69,14 @@ class RefusalsExitOne(click.Group):
             ctx.exit(1)
 
 
-def require_build_stack() -> None:
+BUILD_STACK_STEP = "loading the build stack (torch, onnx, scikit-learn, xgboost, lightgbm)"
+
+
+def require_build_stack(progress: Any = None) -> None:
+    """ClickException naming what to install when the build stack is missing. `progress` (a StepProgress) says
+    first that it is loading: the imports take seconds (a minute on a busy host) before anything else shows."""
+    if progress is not None:
+        progress(BUILD_STACK_STEP)
     missing = []
     for module in ("torch", "onnx", "sklearn", "skl2onnx", "onnxmltools", "xgboost", "lightgbm"):
         try:
@@ -77,8 +84,10 @@ def require_build_stack() -> None:
         except ImportError:
             missing.append(module)
     if missing:
+        from runtime.errors import install_hint
+
         raise click.ClickException(f"this command needs the build stack ({', '.join(missing)} missing): "
-                                   f"pip install 'ensemble-onnx[convert]'")
+                                   + install_hint("convert"))
 
 
 def _log_to_stderr(quiet: bool) -> None:
@@ -226,12 +235,13 @@ def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path
     if min_agreement is not None and precision == "fp32":
         raise click.UsageError("--min-agreement applies to a lowered build; add --precision int8 (an fp32 build "
                                "is held to the float32 tolerance and every label).")
-    require_build_stack()
+    progress = StepProgress(quiet)
+    require_build_stack(progress)
     _log_to_stderr(quiet)
     from .build import build
     from .precision import DEFAULT_MIN_AGREEMENT, Precision
 
-    result = build(models, output, list(only) or None, parity_data, calibrate_on, StepProgress(quiet),
+    result = build(models, output, list(only) or None, parity_data, calibrate_on, progress,
                    Precision(precision, DEFAULT_MIN_AGREEMENT if min_agreement is None else min_agreement),
                    sign_key=sign_key, reference_data=reference_data, force=force)
     _emit(result.manifest, as_json, f"build_id: {result.build_id}")
@@ -254,7 +264,8 @@ def verify(artifacts: Path, models: Path, data: Path | None, expect_build_id: st
     """Re-run the parity gate of an existing ARTIFACTS folder against the model files it was built from:
     sha256 of every source file first, then the numbers, on the artifacts' own ONNX bytes. Exit 1 if either
     fails. What a release pipeline runs before promoting a build."""
-    require_build_stack()
+    progress = StepProgress(quiet)
+    require_build_stack(progress)
     _log_to_stderr(quiet)
     from .verify import verify as run_verify
 
@@ -262,7 +273,7 @@ def verify(artifacts: Path, models: Path, data: Path | None, expect_build_id: st
         import runtime
         runtime.load(artifacts, expect_build_id=expect_build_id)
 
-    result = run_verify(artifacts, models, data, StepProgress(quiet), public_key)
+    result = run_verify(artifacts, models, data, progress, public_key)
     _emit(result, as_json, (f"build_id: {result['build_id']}" if quiet else f"verified: {artifacts} comes from "
           f"{models} ({result['sources']} files) and passes parity on {result['parity']['rows']} rows"
           f"{', signed by the given key' if public_key else ''}.\nbuild_id: {result['build_id']}"))
@@ -286,13 +297,14 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
 
     Several ARTIFACTS folders built from the same MODELS (say `--precision fp32` and `int8`) are each
     measured against one measurement of the frameworks."""
-    require_build_stack()
+    progress = StepProgress(quiet)
+    require_build_stack(progress)
     _log_to_stderr(quiet)
     from .bench import run_bench
     from .bench_report import table
     _check_bench_out(out_dir, artifacts, models)
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
-    results = run_bench(list(artifacts), models, out_dir, counts, StepProgress(quiet), quick)
+    results = run_bench(list(artifacts), models, out_dir, counts, progress, quick)
     _emit(results, as_json, "\n".join(table(results)) + f"\n\nwritten: {out_dir}/bench.json, bench.md, bench.png")
 
 
@@ -355,8 +367,10 @@ def inspect(path: Path, expect_build_id: str | None, public_key: Path | None, as
     if is_build:
         import runtime
         info: Any = runtime.load(path, expect_build_id=expect_build_id, public_key=public_key).describe()
-    elif path.is_dir():
-        require_build_stack()
+    elif path.is_dir():  # a models folder: the plan needs the build stack, seconds to load; said on stderr
+        progress = StepProgress(quiet=False)
+        require_build_stack(progress)
+        progress(f"reading the plan of {path}")
         from .discover import make_plan
         info = {"plan": make_plan(path).describe(), "files": sorted(p.name for p in path.iterdir())}
     else:
@@ -675,7 +689,7 @@ def evaluate(artifacts: Path, input_file: str, window: str | None, report_file: 
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path),
               help="With --on-error skip: where refused rows go (default OUTPUT's name + .rejects).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: worker processes on this machine. ray: Ray Data (pip install 'ensemble-onnx[ray]').")
+              help="local: worker processes on this machine. ray: Ray Data (the [ray] extra).")
 @click.option("--workers", type=click.IntRange(min=1), help="Scoring processes (local) or actors (ray), one "
               "intra-op thread each by default; default and at most: this machine's (or cluster's) cores.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

@@ -27,6 +27,18 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ema_9_dist", "ema_21_dist", "sma_50_dist", "stoch_k", "stoch_d", "adx_14",
 )
 DEFAULT_STAMP = "v20260205_231109_v5"
+# Each feature's typical level and spread as the service computes it (RSI, stochastics and ADX in their 0-100
+# units, Bollinger position 0 at the lower band and 1 at the upper, MACD and ATR in the price units of a
+# ~$100 asset, returns and distances to moving averages as fractions): the demo market is level + spread *
+# a standard score, so a row a user writes from these ranges is one the demo models have seen. A feature past
+# these 18 (DemoSpec(n_features > 18)) is a standard score itself.
+FEATURE_SCALES: dict[str, tuple[float, float]] = {
+    "rsi_14": (50.0, 10.0), "macd": (0.0, 0.4), "macd_signal": (0.0, 0.35), "macd_hist": (0.0, 0.15),
+    "bb_width": (0.05, 0.01), "bb_position": (0.5, 0.25), "atr_14": (2.0, 0.35), "volume_ratio": (1.0, 0.2),
+    "return_1h": (0.0, 0.004), "return_4h": (0.0, 0.008), "return_24h": (0.0, 0.02),
+    "volatility_24h": (0.025, 0.005), "ema_9_dist": (0.0, 0.004), "ema_21_dist": (0.0, 0.008),
+    "sma_50_dist": (0.0, 0.015), "stoch_k": (50.0, 10.0), "stoch_d": (50.0, 9.0), "adx_14": (25.0, 5.0),
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +71,15 @@ class DemoSpec:
         return list(FEATURE_NAMES) + [f"extra_{i}" for i in range(self.n_features - len(FEATURE_NAMES))]
 
 
+def feature_scales(spec: DemoSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(centers, scales) of the spec's features: FEATURE_SCALES, and 0 +- 1 for the extra ones."""
+    pairs = [FEATURE_SCALES.get(name, (0.0, 1.0)) for name in spec.feature_names]
+    return np.array([c for c, _ in pairs]), np.array([s for _, s in pairs])
+
+
 def market_data(spec: DemoSpec, held_out: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic features on realistic, very different scales, and labels that are ~80% HOLD.
+    """Synthetic features on the service's own, very different scales (FEATURE_SCALES), and labels that are
+    ~80% HOLD.
 
     `held_out=n`: n fresh rows of the same market (same loadings, centers, scales and label cut-offs), which
     the models never saw: recorded features for `predict`, labelled rows for `--calibrate`."""
@@ -69,8 +88,7 @@ def market_data(spec: DemoSpec, held_out: int = 0) -> tuple[np.ndarray, np.ndarr
     signal = rng.standard_normal(n)
     loadings = rng.uniform(-1.0, 1.0, f)
     noise = rng.standard_normal((n, f))
-    centers = rng.choice([0.0, 0.0, 50.0, 1.0, 1e-3, 250.0], f)
-    scales = rng.choice([1e-3, 0.02, 1.0, 12.0, 150.0], f)
+    centers, scales = feature_scales(spec)
     future = 0.9 * signal + 0.5 * rng.standard_normal(n)
     lo, hi = np.quantile(future, [0.1, 0.9])
     if held_out:
@@ -311,7 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConvertError as exc:
         print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
-    write_demo_models(target)
+    # Said first: loading torch and the tree libraries and training take from seconds to a minute.
+    print(f"training the demo ensemble (N-HiTS, PatchTST, XGBoost, LightGBM) into {target}/ ...", file=sys.stderr,
+          flush=True)
+    try:
+        write_demo_models(target)
+    except ImportError as exc:
+        from runtime.errors import install_hint
+
+        print(f"Error: the demo needs the build stack ({exc.name or exc} missing): {install_hint('convert')}",
+              file=sys.stderr)
+        return 1
     write_demo_features(target / "sample_features.csv")
     write_demo_features(target / "labelled_features.csv", n_rows=2000, labelled=True)
     print(f"wrote the demo model set to {target}/, with sample_features.csv (for predict and --parity-data) "

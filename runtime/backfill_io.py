@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import shortened, shortened_names
+from .errors import install_hint, shortened, shortened_names
 from .features import InputError, LongIntegerError, RepeatedKeyError, loads_unique
 from .results import AtomicOutput, dumps_strict
 
-INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
+INSTALL_HINT = "backfill needs pyarrow: " + install_hint("backfill")
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl"}
 

@@ -8,7 +8,11 @@ Per feature, for one batch of rows:
   significant shift, 0.1 to 0.25 a moderate shift worth a look, 0.25 and over a significant shift
   (N. Siddiqi, *Credit Risk Scorecards*, Wiley 2006; B. Yurdakul, "Statistical Properties of the Population
   Stability Index", Western Michigan University, 2018). A sample drawn from the training distribution
-  itself has a PSI of about (bins - 1) * (1/n + 1/N) (`psi_noise`): score batches of several hundred rows.
+  itself has a PSI of about (bins - 1) * (1/n + 1/N) (`psi_noise`), with a standard deviation of about
+  sqrt(2 (bins - 1)) * (1/n + 1/N) (n PSI is near a chi-square of bins - 1 degrees of freedom): a PSI
+  counts only from psi_noise + 3 such deviations up (`psi_limit`), so a small batch drawn from the training
+  data does not fire. Where that limit is at or over the warn threshold, the batch is too small to tell a
+  moderate shift from noise: the report says so (`small_sample`: the limit and the rows that would tell).
 - `out_of_range`: the share of values under the training minimum or over the training maximum.
 - `mean_shift` (the batch mean minus the training mean, in training standard deviations), `spread_ratio`
   (the batch's standard deviation over the training one) and `z` (the mean shift in standard errors of the
@@ -19,7 +23,7 @@ Status per feature, the worst of its rules; the batch's status is its worst feat
 
 | rule | warn | drift |
 | --- | --- | --- |
-| PSI (when bins are known) | >= 0.1 | >= 0.25 |
+| PSI (when bins are known, and over its noise limit) | >= 0.1 | >= 0.25 |
 | share out of the training range (when known) | >= 0.05 | - |
 | mean shift, only without bins (and |z| >= 3, so noise in a small batch does not fire) | >= 0.25 sd | >= 0.5 sd |
 | spread ratio, only without bins (and |ln ratio| * sqrt(2 (n - 1)) >= 3) | outside [0.8, 1.25] | outside [0.67, 1.5] |
@@ -165,7 +169,13 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
     live = np.bincount((index + np.arange(f) * width).ravel(), minlength=f * width).reshape(f, width) / n
     e, a = np.maximum(stats.expected, PSI_FLOOR), np.maximum(live, PSI_FLOOR)  # padded bins: both floored, add 0
     psi = np.where(stats.has_bins, ((a - e) * np.log(a / e)).sum(axis=1), np.nan)
-    noise = (np.count_nonzero(stats.expected, axis=1) - 1) * (1.0 / n + 1.0 / np.maximum(stats.reference_rows, 1))
+    freedom = np.count_nonzero(stats.expected, axis=1) - 1
+    per_row = 1.0 / n + 1.0 / np.maximum(stats.reference_rows, 1)
+    noise = freedom * per_row
+    # What noise alone stays under: the mean plus Z_SIGNIFICANT standard deviations of (chi-square / rows).
+    noise_factor = freedom + Z_SIGNIFICANT * np.sqrt(2.0 * np.maximum(freedom, 0))
+    limit = noise_factor * per_row
+    significant = psi >= limit
     has_range = ~np.isnan(stats.low) & ~np.isnan(stats.high)
     out_of_range = np.where(has_range, ((x < stats.low) | (x > stats.high)).mean(axis=0), np.nan)
     has_moments = ~np.isnan(stats.scale)
@@ -180,7 +190,7 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
         wide = np.where(spread_z >= Z_SIGNIFICANT, np.where(spread > 0, np.maximum(spread, 1.0 / spread), np.inf),
                         1.0)
     level = np.maximum.reduce([
-        np.where(stats.has_bins, (psi >= PSI_WARN).astype(int) + (psi >= PSI_DRIFT), 0),
+        np.where(stats.has_bins & significant, (psi >= PSI_WARN).astype(int) + (psi >= PSI_DRIFT), 0),
         np.where(has_range, out_of_range >= OUT_OF_RANGE_WARN, 0).astype(int),
         np.where(has_moments & ~stats.has_bins, np.maximum((big >= SHIFT_WARN).astype(int) + (big >= SHIFT_DRIFT),
                                                            (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)),
@@ -194,13 +204,37 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
 
     features = {name: {"status": STATUSES[level[j]] if known[j] else "unknown", "psi": value(psi, j),
                        "psi_noise": float(noise[j]) if stats.has_bins[j] else None,
+                       "psi_limit": float(limit[j]) if stats.has_bins[j] else None,
                        "out_of_range": value(out_of_range, j), "mean_shift": value(shift, j),
                        "spread_ratio": value(spread, j), "z": value(z, j)}
                 for j, name in enumerate(feature_names)}
     return {"rows": n, "status": STATUSES[int(level[known].max(initial=0))],
             "drift": [name for name, v in features.items() if v["status"] == "drift"],
             "warn": [name for name, v in features.items() if v["status"] == "warn"],
-            "features": features, "thresholds": THRESHOLDS, "reference": stats.reference}
+            "small_sample": _small_sample(limit, noise_factor, stats), "features": features,
+            "thresholds": THRESHOLDS, "reference": stats.reference}
+
+
+def _small_sample(limit: np.ndarray, noise_factor: np.ndarray, stats: TrainingStatistics) -> dict[str, Any] | None:
+    """None when every binned feature can tell a PSI of PSI_WARN from noise in this batch; else the largest PSI
+    that noise may reach (`psi_limit`) and the rows a batch needs to tell PSI_WARN (`rows_needed`; None when
+    even endless rows cannot, the reference rows being too few)."""
+    binned = stats.has_bins & (noise_factor > 0)
+    if not binned.any() or limit[binned].max() < PSI_WARN:
+        return None
+    room = PSI_WARN / noise_factor[binned] - 1.0 / np.maximum(stats.reference_rows[binned], 1)
+    return {"psi_limit": float(limit[binned].max()),
+            "rows_needed": int(math.ceil(1.0 / room.min())) if (room > 0).all() else None}
+
+def _small_sample_lines(report: dict[str, Any]) -> list[str]:
+    small = report.get("small_sample")
+    if not small:
+        return []
+    need = (f"score {small['rows_needed']:,} rows or more to tell a PSI of {PSI_WARN}" if small["rows_needed"]
+            else "the build's reference rows are too few to tell it at any batch size")
+    return [f"too few rows to tell: noise alone reaches a PSI of {small['psi_limit']:.3f} in {report['rows']} rows, "
+            f"so a PSI under it is not counted; {need}"]
+
 
 def table(report: dict[str, Any]) -> list[str]:
     """The report as aligned text lines, for a terminal."""
@@ -210,6 +244,7 @@ def table(report: dict[str, Any]) -> list[str]:
     lines = [f"drift on {report['rows']} rows: {report['status'].upper()}"
              + (f" (drift: {', '.join(report['drift'])})" if report["drift"] else "")
              + (f" (warn: {', '.join(report['warn'])})" if report["warn"] else ""),
+             *_small_sample_lines(report),
              f"{'feature':<16} {'status':<7} {'psi':>8} {'out':>7} {'shift sd':>9} {'spread':>7}"]
     for name, f in report["features"].items():
         lines.append(f"{name:<16} {f['status']:<7} {num(f.get('psi'), '8.4f')} {num(f.get('out_of_range'), '7.2%')} "

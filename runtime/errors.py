@@ -53,3 +53,10 @@ class CannotRunError(EnsembleOnnxError):
     --fail-psi on a build without training bins). Exit 3, apart from 1 (refused, or the check failed)."""
 
     exit_code = 3
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra. ensemble-onnx is not on PyPI yet: it installs from the wheel `make dist` builds
+    or from a clone of the repository (README.md, "Install"), so the hint names both."""
+    return (f"pip install --find-links dist/ 'ensemble-onnx[{extra}]' (dist/: the folder with the wheel `make dist` "
+            f"builds), or pip install '.[{extra}]' in a clone of the repository")

@@ -27,6 +27,10 @@ class InputError(EnsembleOnnxError, ValueError):
     # by another number (a line of its file, a row of the whole input scored in chunks).
     row: int | None = None
 
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
 
 class RepeatedKeyError(EnsembleOnnxError, ValueError):
     """A JSON object names the same key twice: `json` would keep the last silently."""
@@ -85,13 +89,13 @@ def loads_strict(data: bytes) -> Any:
 def _check_cell(value: Any, row: int, feature: str, missing: bool = False) -> float:
     """`value` as a float; NaN only with `missing` (the build's input domain then says where it is taken)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.")
+        raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.", row)
     try:
         number = float(value)
     except OverflowError:  # an integer of hundreds of digits: too large for any float
-        raise InputError(f"row {row}, feature '{feature}': {_short(value)} is too large for a float.") from None
+        raise InputError(f"row {row}, feature '{feature}': {_short(value)} is too large for a float.", row) from None
     if math.isinf(number) or (math.isnan(number) and not missing):
-        raise InputError(f"row {row}, feature '{feature}': {value!r} is not finite; impute it before scoring.")
+        raise InputError(f"row {row}, feature '{feature}': {value!r} is not finite; impute it before scoring.", row)
     return number
 
 
@@ -130,7 +134,7 @@ def as_matrix(x: Any, feature_names: Sequence[str], missing: bool = False) -> np
                 return out
             r, c = np.argwhere(bad)[0]
             raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before "
-                             "scoring.")
+                             "scoring.", int(r))
         return out
     if arr.dtype.kind != "O":
         raise InputError(f"features must be numbers; got an array of dtype {arr.dtype}.")
@@ -172,7 +176,11 @@ def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequenc
         out = np.empty((len(rows), len(feature_names)), dtype=np.float64)
         for r, row in enumerate(rows):
             keys = [k for k in row if str(k) not in passthrough]
-            _aligned_columns(keys, feature_names, f"row {r}")
+            try:
+                _aligned_columns(keys, feature_names, f"row {r}")
+            except InputError as exc:
+                exc.row = r
+                raise
             out[r] = [_check_cell(row[n], r, n, missing) for n in feature_names]
         return out
     if isinstance(rows, (str, bytes)) or (isinstance(rows, Sequence) and any(isinstance(r, Mapping) for r in rows)):
@@ -372,8 +380,11 @@ def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 
     matrix's row number means nothing to whoever wrote the file); any other refusal as it is."""
     if error.row is None:
         return error
-    told = str(error).removeprefix(f"row {error.row}: ").removeprefix(f"row {error.row}, ")
-    return InputError(f"line {records[first + error.row][0]}: {told}")
+    line, text = records[first + error.row][0], str(error)
+    for prefix, joint in ((f"row {error.row}: ", ": "), (f"row {error.row}, ", ", ")):  # "row 3: ", "row 3, feature"
+        if text.startswith(prefix):
+            return InputError(f"line {line}{joint}{text.removeprefix(prefix)}")
+    return InputError(f"line {line}: {text}")
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],

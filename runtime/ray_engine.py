@@ -24,9 +24,10 @@ from typing import Any
 from . import backfill
 from .artifacts import ArtifactError, read_files, verify_files
 from .backfill_io import csv_text_options, file_format, open_batches, require_pyarrow
+from .errors import install_hint
 from .features import InputError
 
-INSTALL_HINT = "--engine ray needs Ray Data: pip install 'ensemble-onnx[ray]'"
+INSTALL_HINT = "--engine ray needs Ray Data: " + install_hint("ray")
 SENT_ARGS = "sent_args"  # an actor's refusal's own args, kept beside those Ray Data annotates
 
 

@@ -31,13 +31,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from .contract import BUNDLE_FILE, SIGNATURE_FILE, build_id, canonical
-from .errors import EnsembleOnnxError, shortened
+from .errors import EnsembleOnnxError, install_hint, shortened
 from .features import RepeatedKeyError, loads_strict
 
 log = logging.getLogger(__name__)
 
 ALGORITHM = "ed25519"
-INSTALL_HINT = "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
+INSTALL_HINT = "signed builds need the `cryptography` package: " + install_hint("signing")
 KeySource = str | os.PathLike[str] | bytes  # a PEM file's path, or its bytes
 RECORD_FIELDS = ("algorithm", "signature", "key_sha256", "build_id")  # manifest.sig's, all written by `sign`
 SIGNATURE_BYTES = 64  # an Ed25519 signature's length

@@ -95,6 +95,11 @@ def test_scores_are_the_runtimes_own_in_input_order(ens, demo_artifacts, table, 
     np.testing.assert_array_equal(probs, want)  # text formats print float32 shortest-repr: exact round trip
     assert got.column("action").to_pylist() == [ens.classes[i] for i in want.argmax(axis=1)]
     np.testing.assert_array_equal(got.column("p_nhits_BUY").to_numpy().astype(np.float32), members["nhits"][:, 2])
+    # Action and confidence as a service's predict() gives them, row for row.
+    served = ens.predict(features_of(ens, table))
+    assert got.column("action").to_pylist() == [p.action for p in served]
+    np.testing.assert_array_equal(got.column("confidence").to_numpy().astype(np.float32),
+                                  np.array([p.confidence for p in served], dtype=np.float32))
 
 
 def test_a_rows_probabilities_do_not_depend_on_its_batch(ens, table):

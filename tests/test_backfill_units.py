@@ -789,7 +789,9 @@ def test_require_pyarrow_returns_it_or_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an install without the extra gives: ImportError
     with pytest.raises(InputError) as err:
         backfill_io.require_pyarrow()
-    assert str(err.value) == "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
+    assert str(err.value) == ("backfill needs pyarrow: pip install --find-links dist/ 'ensemble-onnx[backfill]' "
+                              "(dist/: the folder with the wheel `make dist` builds), or pip install '.[backfill]' in "
+                              "a clone of the repository")
 
 
 @pytest.mark.parametrize(("name", "fmt"), [
@@ -1218,7 +1220,9 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(demo_artifacts, tmp_p
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError) as err:
         ray_engine.score_file_ray(demo_artifacts, tmp_path / "in.parquet", tmp_path / "o.parquet")
-    assert str(err.value) == "--engine ray needs Ray Data: pip install 'ensemble-onnx[ray]'"
+    assert str(err.value) == ("--engine ray needs Ray Data: pip install --find-links dist/ 'ensemble-onnx[ray]' "
+                              "(dist/: the folder with the wheel `make dist` builds), or pip install '.[ray]' in a "
+                              "clone of the repository")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(InputError, match=r"^backfill needs pyarrow: "):
         ray_engine.score_file_ray(demo_artifacts, tmp_path / "in.parquet", tmp_path / "o.parquet")

@@ -124,6 +124,11 @@ def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts,
     assert "physical floor" in table and "numpy matvec" in table
     assert all(name in table for name in cpu()["instruction_sets"])
     assert all(f"**Warning:** {w}." in table for w in figures["warnings"])
+    # Each measurement was also written as it was taken, one JSON line each.
+    measured = [json.loads(line) for line in (tmp_path / "bench.measurements.jsonl").read_text().splitlines()]
+    assert {(m["pipeline"], m["kind"]) for m in measured} == {
+        (pipeline, kind) for pipeline in ("frameworks", "runtime fp32", "runtime int8") for kind in ("warm", "cold")
+    } | {("numpy", "physical floors"), ("runtime fp32", "machine floor"), ("runtime int8", "machine floor")}
 
 
 def test_bench_host_runs_with_numpy_and_onnxruntime_alone(demo_artifacts, int8_build, tmp_path):

@@ -924,7 +924,9 @@ def test_without_cryptography_a_key_is_refused_with_the_install_hint(monkeypatch
     from runtime.signing import INSTALL_HINT, sign
 
     monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives", None)  # as on a host without the extra
-    assert INSTALL_HINT == "signed builds need the `cryptography` package: pip install 'ensemble-onnx[signing]'"
+    assert INSTALL_HINT == ("signed builds need the `cryptography` package: pip install --find-links dist/ "
+                            "'ensemble-onnx[signing]' (dist/: the folder with the wheel `make dist` builds), or pip "
+                            "install '.[signing]' in a clone of the repository")
     assert _refusal(MANIFEST, None, b"key") == INSTALL_HINT
     from runtime.signing import SignatureError
 

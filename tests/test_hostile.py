@@ -4,6 +4,7 @@ Each case names what it tried; each proves nothing ran, nothing was converted wr
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -328,6 +329,10 @@ def test_any_array_gets_the_frameworks_answer_or_a_deserved_input_error(ens, fra
             culprits.append("no rows")
         if x.dtype.kind not in "iufO" or not all(_is_number(v) for v in x.ravel()):
             culprits += ["number", f"dtype {x.dtype}"]
+            if x.dtype.kind == "O" and x.ndim == 2 and x.shape[1] == len(names):
+                # cells are checked in row order: a number that is not finite may be the first fault met
+                culprits += [f"'{names[c]}'" for (_, c), v in np.ndenumerate(x)
+                             if _is_number(v) and not math.isfinite(float(v))]
         want = None
         if culprits:
             reason = " and ".join(culprits)

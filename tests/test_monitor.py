@@ -81,8 +81,8 @@ def test_compare_prints_the_matrix_json_and_html(demo_artifacts, demo_spec, seed
 
 @pytest.mark.parametrize(("gates", "against_self", "exit_code", "named"), [
     (("--max-flip-rate", "0", "--max-share-shift", "0"), True, 0, None),
-    (("--max-flip-rate", "0.01"), False, 1, "flip rate"),
-    (("--max-share-shift", "0.01"), False, 1, "share"),
+    (("--max-flip-rate", "0.01"), False, 1, "--max-flip-rate"),
+    (("--max-share-shift", "0.01"), False, 1, "--max-share-shift"),
 ])
 def test_compare_gates(demo_artifacts, demo_spec, seed8, tmp_path, gates, against_self, exit_code, named):
     from convert.demo import market_data
@@ -93,8 +93,15 @@ def test_compare_gates(demo_artifacts, demo_spec, seed8, tmp_path, gates, agains
     assert result.exit_code == exit_code, result.output
     out = json.loads(result.stdout)
     assert out["gates"]["passed"] is (exit_code == 0)
-    if named:
-        assert named in result.stderr and "gate failed" in result.stderr
+    # The report's table always says "flip rate" and "share"; the refusal is the line that names the gate.
+    failed = [line for line in result.stderr.splitlines() if "gate failed" in line]
+    if named is None:
+        assert failed == [] and out["gates"]["failures"] == [], result.stderr
+    else:
+        assert len(failed) == 1 and named in failed[0], result.stderr
+        assert out["gates"]["failures"] and all(named in f for f in out["gates"]["failures"]), out["gates"]
+        other = ({"--max-flip-rate", "--max-share-shift"} - {named}).pop()
+        assert other not in failed[0], failed[0]  # only the gate that was set and passed
 
 
 def test_compare_reads_parquet_and_names_a_missing_feature(demo_artifacts, demo_spec, seed8, tmp_path):

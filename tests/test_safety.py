@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -46,7 +47,14 @@ PEAK_RUNNER = textwrap.dedent("""
         except (OSError, StopIteration):
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    atexit.register(lambda: sys.stderr.write(f"\\nPEAK_RSS_KB={peak_kb()}\\n"))
+    def read_bytes():  # bytes the child read through read() calls, files and pipes alike (Linux's rchar)
+        try:
+            with open("/proc/self/io") as io:
+                return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+        except (OSError, StopIteration):
+            return -1
+
+    atexit.register(lambda: sys.stderr.write(f"\\nPEAK_RSS_KB={peak_kb()}\\nREAD_BYTES={read_bytes()}\\n"))
     from convert.cli import main
     main(sys.argv[1:], prog_name="ensemble-onnx")
 """)
@@ -63,6 +71,27 @@ def run_child(*args: object, timeout: float = 120, cwd: Path | None = None) -> t
                           check=False, timeout=timeout, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
     peak = [int(line.split("=")[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB=")]
     return proc.returncode, proc.stderr, peak[-1] // 1024 if peak else -1
+
+
+def bytes_read(stderr: str) -> int:
+    """What a `run_child` read in all (its imports included), from its stderr; -1 where the OS does not say."""
+    return next((int(line.split("=")[1]) for line in stderr.splitlines() if line.startswith("READ_BYTES=")), -1)
+
+
+@pytest.fixture
+def model_loads(monkeypatch) -> list[object]:
+    """Every call of the build's model loading (convert.build.load_plan), recorded and passed through: "refused
+    before any model was loaded" is a count of work done (none), not a time that depends on the machine."""
+    import convert.build
+
+    calls: list[object] = []
+    real = convert.build.load_plan
+
+    def load_plan(*args: object, **kwargs: object):
+        calls.append(args)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(convert.build, "load_plan", load_plan)
+    return calls
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -104,7 +133,8 @@ def refused(result, *names: str) -> str:
     ("parent-is-file", "is a file, not a folder"),
     ("symlink", "symbolic link"),
 ])
-def test_convert_refuses_to_replace_what_it_did_not_write(models_copy, tmp_path, monkeypatch, target, why):
+def test_convert_refuses_to_replace_what_it_did_not_write(models_copy, tmp_path, monkeypatch, model_loads, target,
+                                                         why):
     work = tmp_path / "work"
     (work / "keep").mkdir(parents=True)
     (work / "keep" / "notes.txt").write_text("mine")
@@ -122,11 +152,9 @@ def test_convert_refuses_to_replace_what_it_did_not_write(models_copy, tmp_path,
            "cwd-parent": Path(".."), "home": home,
            "parent-is-file": tmp_path / "plain" / "artifacts", "symlink": tmp_path / "link"}[target]
     before = {p: snapshot(p) for p in (models_copy, work, unrelated, home)}
-    started = time.monotonic()
     result = invoke("convert", models_copy, "-o", out)
     message = refused(result, "OutputError", why)
-    assert "rebuilding" not in message  # refused before any model was loaded
-    assert time.monotonic() - started < 10
+    assert "rebuilding" not in message and model_loads == []  # refused before any model was loaded
     assert {p: snapshot(p) for p in before} == before
     assert (tmp_path / "plain").read_text() == "a file"
 
@@ -337,11 +365,10 @@ def _meta_as_folder(spec: dict, models: Path) -> str:
                  ["nested too deeply"], id="deeply-nested"),
     pytest.param(_meta_as_folder, ["metadata of member 'nhits'", "a folder"], id="fifo-free-but-folder-meta"),
 ])
-def test_bad_ensemble_json_is_refused_before_any_model_is_loaded(models_copy, tmp_path, edit, names):
+def test_bad_ensemble_json_is_refused_before_any_model_is_loaded(models_copy, tmp_path, model_loads, edit, names):
     write_ensemble_json(models_copy, text=edit(_spec(models_copy), models_copy))
-    started = time.monotonic()
     message = refused(invoke("convert", models_copy, "-o", tmp_path / "out"), *names)
-    assert "rebuilding" not in message and time.monotonic() - started < 10, message
+    assert "rebuilding" not in message and model_loads == [], message
     assert not (tmp_path / "out").exists()
 
 
@@ -408,10 +435,13 @@ def test_a_huge_model_file_is_refused_by_size_without_being_read(models_copy, tm
     big = models_copy / f"{kind}_v29990101_000000_v1{suffix}"  # the newest stamp: discovery picks it
     with open(big, "wb") as fh:
         fh.truncate(2 << 30)  # sparse: 2 GiB long, nothing on disk
-    started = time.monotonic()
     code, err, peak_mib = run_child("convert", models_copy, "-o", tmp_path / "out")
     assert code == 1 and big.name in err and "limit" in err and "ENSEMBLE_ONNX_MAX_MODEL_BYTES" in err, err
-    assert time.monotonic() - started < 60 and 0 < peak_mib < 1024, peak_mib
+    # Not read: the whole run (torch's import is ~60 MiB of it) reads far less than the 1 GiB limit, let alone
+    # the 2 GiB file, and stays small.
+    read = bytes_read(err)  # -1 only where the OS keeps no count (not Linux)
+    assert (0 < read < 256 << 20 or read == -1 != sys.platform.startswith("linux")) and 0 < peak_mib < 1024, (
+        read, peak_mib)
 
 
 @pytest.mark.parametrize("limit", [10**30, 100 * 10**9])
@@ -520,15 +550,57 @@ rowlike = st.fixed_dictionaries({n: st.floats(-1e6, 1e6) for n in FEATURES}) | s
     st.fixed_dictionaries({n: st.floats() | st.integers() for n in FEATURES}), min_size=1, max_size=3)
 
 
+def _not_a_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return True
+    try:
+        return not math.isfinite(float(value))
+    except OverflowError:  # an integer of hundreds of digits
+        return True
+
+
+def culprit(rows: object) -> tuple[int, list[str]] | None:
+    """What a refusal of named rows must name, worked out from the rows alone: (the row at fault, the names of
+    which the message holds one), or None where every row is complete and numeric. Rows are checked in order,
+    each for its names before its values, as docs/runtime.md says."""
+    rows = [rows] if isinstance(rows, dict) else rows
+    for r, row in enumerate(rows):  # type: ignore[arg-type]
+        wrong = [n for n in FEATURES if n not in row] + [k for k in row if k not in FEATURES and k != "symbol"]
+        if wrong:
+            return r, wrong
+        bad = [n for n in FEATURES if _not_a_number(row[n])]
+        if bad:
+            return r, bad[:1]
+    return None
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=json_values | rowlike)
 def test_fuzz_runtime_raises_only_documented_errors(ens, rows):
-    for call in (ens.predict, ens.predict_proba):
-        try:
-            out = call(rows)
-        except InputError:
-            continue
-        assert len(out) >= 1
+    named = isinstance(rows, dict) or (isinstance(rows, list) and rows != [] and all(isinstance(r, dict) for r in rows))
+    expected = culprit(rows) if named else None
+    try:
+        out = ens.predict(rows)
+    except InputError as exc:
+        message = str(exc)
+        if named and expected is None:  # complete numeric rows so large that a member overflows: that row named
+            assert "produced non-finite probabilities" in message and f"row {exc.row}:" in message, message
+        elif named:  # the refusal names the row and a feature at fault, and says which row in .row
+            assert expected is not None, message
+            row, names = expected
+            assert f"row {row}" in message and exc.row == row, (message, exc.row, expected)
+            assert any(repr(n) in message or f"'{n}'" in message for n in names), (message, names)
+        else:  # anything but named rows or an (n, 18) array: the message says what the rows must be
+            assert re.search(r"rows must be|features must|no rows", message), message
+    else:
+        assert named and expected is None, rows
+        assert len(out) == (1 if isinstance(rows, dict) else len(rows))
+    try:
+        probabilities = ens.predict_proba(rows)
+    except InputError as exc:  # (n, 18) numbers only: named rows are for predict
+        assert re.search(r"features must|row \d+, feature|no rows", str(exc)), str(exc)
+    else:
+        assert probabilities.shape == (len(rows), len(ens.classes)), rows
 
 
 cell = st.one_of(st.floats().map(repr), st.integers().map(str), st.text(max_size=6),

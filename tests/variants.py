@@ -302,9 +302,15 @@ _FOLDERS: dict[tuple[Variant, Path], Path] = {}
 
 
 def cached_folder(variant: Variant, root: Path) -> Path:
-    """`write_variant` once per session and root; callers copy it before changing anything."""
+    """`write_variant` once (the disk cache keeps it across runs: tests/model_cache.py), copied once per session
+    and root; callers copy it before changing anything."""
+    import convert.demo  # its torch classes train the nhits and patchtst variants
+    from tests.model_cache import disk_cached, session_copy
+
     if (variant, root) not in _FOLDERS:
-        _FOLDERS[variant, root] = write_variant(variant, root / variant.id / "models")
+        cached = disk_cached("variants", variant, (Path(__file__), Path(convert.demo.__file__)),
+                             lambda folder: write_variant(variant, folder))
+        _FOLDERS[variant, root] = session_copy(cached, root / variant.id / "models")
     return _FOLDERS[variant, root]
 
 
