@@ -619,14 +619,24 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
                        f"{f['predict_us_per_row']:9.2f} us ({f['drift_over_predict']:.1%} of predict)", err=True)
     _emit(report, as_json)
     if fail_psi is not None:
-        past = {n: f["psi"] for n, f in report["features"].items() if f.get("psi") is not None and f["psi"] >= fail_psi}
-        if past:
-            raise click.ClickException(f"PSI at or past --fail-psi {fail_psi}: "
-                                       + ", ".join(f"{n} {v:.3f}" for n, v in past.items()))
-        if not any(f.get("psi") is not None for f in report["features"].values()):
+        binned = {n: f for n, f in report["features"].items() if f.get("psi") is not None}
+        if not binned:
             # Not "drift found" (exit 1): the check could not run (exit 3), which a pipeline must tell apart.
             raise CannotRunError(f"--fail-psi: {artifacts} has no training bins to compute PSI against; "
                                  f"rebuild with `ensemble-onnx convert --reference-data ROWS`.")
+        # A PSI counts only past what noise alone reaches in a batch this size (psi_limit): below it a batch
+        # drawn from the training data itself would reach --fail-psi as often as not.
+        past = {n: f["psi"] for n, f in binned.items() if f["psi"] >= max(fail_psi, f.get("psi_limit") or 0.0)}
+        if past:
+            raise click.ClickException(f"PSI at or past --fail-psi {fail_psi}: "
+                                       + ", ".join(f"{n} {v:.3f}" for n, v in past.items()))
+        unsure = [n for n, f in binned.items() if f["psi"] >= fail_psi]
+        if unsure:  # past the gate, but within noise: too few rows to tell, which is not "no drift" either
+            limit = max(binned[n]["psi_limit"] for n in unsure)
+            raise CannotRunError(f"--fail-psi {fail_psi}: {report['rows']} rows are too few to tell a PSI that "
+                                 f"size from noise (noise alone reaches {limit:.3f} here) for "
+                                 f"{', '.join(unsure[:5])}{' ...' if len(unsure) > 5 else ''}; score a larger "
+                                 f"batch.")
 
 
 def _check_window(value: str | None) -> str | None:

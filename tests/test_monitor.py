@@ -205,6 +205,21 @@ def test_drift_command_fails_past_fail_psi_and_names_the_feature(seed8, tmp_path
     assert spec.feature_names[5] in result.stderr.split("--fail-psi")[-1]
 
 
+def test_drift_command_does_not_fail_a_small_clean_batch_on_noise(seed8, tmp_path):
+    """Issue 26: 64 rows from the training distribution must not exit 1 under --fail-psi 0.25. Their raw PSI
+    reaches it (the premise), inside what noise reaches at 64 rows: 'too few rows to tell', exit 3."""
+    from convert.demo import market_data
+
+    spec, artifacts = seed8
+    x = market_data(spec, held_out=64)[0][:64]
+    clean = write_csv(tmp_path / "small.csv", spec.feature_names, x)
+    report = json.loads(invoke("drift", artifacts, "--input", clean, "--json", "-q").stdout)
+    assert max(f["psi"] for f in report["features"].values()) >= 0.25
+    result = invoke("drift", artifacts, "--input", clean, "--fail-psi", "0.25", "-q")
+    assert result.exit_code == 3, result.output
+    assert "64 rows are too few to tell" in result.stderr
+
+
 def test_statistics_json_is_verified_and_holds_the_reference_bins(seed8, artifacts_copy, demo_models):
     spec, artifacts = seed8
     stats = json.loads((artifacts / "statistics.json").read_text())
