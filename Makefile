@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.
-$(SLIM_VENV)/.installed: pyproject.toml $(wildcard runtime/*.py convert/cli/*.py)
+$(SLIM_VENV)/.installed: pyproject.toml $(wildcard runtime/*.py runtime/bench/*.py convert/cli/*.py)
 	rm -rf $(SLIM_VENV)
 	$(PYTHON) -m venv $(SLIM_VENV)
 	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) . pytest
@@ -38,17 +38,17 @@ bench: convert
 # for row, then the benchmark: rows/s per core and peak memory of each engine and of the original frameworks.
 HISTORY ?= build/backfill/history.parquet
 backfill-demo: convert
-	@if [ ! -f "$(HISTORY)" ]; then $(VENV)/bin/python -m convert.backfill_bench history $(HISTORY); fi
+	@if [ ! -f "$(HISTORY)" ]; then $(VENV)/bin/python -m benchmarks.backfill history $(HISTORY); fi
 	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-local.parquet --force
 	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-ray.parquet --engine ray --force
-	$(VENV)/bin/python -m convert.backfill_bench compare build/backfill/scores-local.parquet build/backfill/scores-ray.parquet
-	$(VENV)/bin/python -m convert.backfill_bench bench $(ARTIFACTS) $(HISTORY) --models $(MODELS) --out build/backfill
+	$(VENV)/bin/python -m benchmarks.backfill compare build/backfill/scores-local.parquet build/backfill/scores-ray.parquet
+	$(VENV)/bin/python -m benchmarks.backfill bench $(ARTIFACTS) $(HISTORY) --models $(MODELS) --out build/backfill
 
 # The runtime alone on this host, per thread count and session configuration, against the physical floors:
 # build/bench-host/bench_host.md. Needs only numpy + onnxruntime (runs on a serving host, see README).
 bench-host: convert
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
-	$(VENV)/bin/python -m convert.bench_host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
+	$(VENV)/bin/python -m runtime.bench.host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
 
 test: lint test-full test-slim
 

@@ -127,8 +127,8 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
     measured against one measurement of the frameworks."""
     require_build_stack()
     log_to_stderr(quiet)
-    from ..bench import run_bench
-    from ..bench_report import table
+    from ..bench.report import table
+    from ..bench.run import run_bench
     _check_bench_out(out_dir, artifacts, models)
     counts = sorted(set(thread_counts or (1, os.cpu_count() or 1)))
     results = run_bench(list(artifacts), models, out_dir, counts, StepProgress(quiet), quick)
@@ -139,7 +139,8 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
 def _check_bench_out(out_dir: Path, artifacts: tuple[Path, ...], models: Path) -> None:
     """bench's files in an artifacts or models folder would break it (an unlisted file fails verification;
     new files change what discovery sees)."""
-    from ..bench_host import out_refusal
+    from runtime.bench.host import out_refusal
+
     from ..discover import STAMPED
     from ..errors import OutputError
 
