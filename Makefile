@@ -34,7 +34,7 @@ $(SLIM_VENV)/.deps: pyproject.toml
 	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) . pytest pytest-xdist
 	touch $@
 
-$(SLIM_VENV)/.installed: $(SLIM_VENV)/.deps $(wildcard runtime/*.py convert/*.py convert/members/*.py)
+$(SLIM_VENV)/.installed: $(SLIM_VENV)/.deps $(wildcard runtime/*.py runtime/*/*.py convert/*.py convert/*/*.py)
 	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) --no-deps --force-reinstall .
 	touch $@
 
@@ -58,17 +58,17 @@ bench: convert
 # for row, then the benchmark: rows/s per core and peak memory of each engine and of the original frameworks.
 HISTORY ?= build/backfill/history.parquet
 backfill-demo: convert
-	@if [ ! -f "$(HISTORY)" ]; then $(VENV)/bin/python -m convert.backfill_bench history $(HISTORY); fi
+	@if [ ! -f "$(HISTORY)" ]; then $(VENV)/bin/python -m benchmarks.backfill history $(HISTORY); fi
 	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-local.parquet --force
 	$(VENV)/bin/ensemble-onnx score $(ARTIFACTS) $(HISTORY) -o build/backfill/scores-ray.parquet --engine ray --force
-	$(VENV)/bin/python -m convert.backfill_bench compare build/backfill/scores-local.parquet build/backfill/scores-ray.parquet
-	$(VENV)/bin/python -m convert.backfill_bench bench $(ARTIFACTS) $(HISTORY) --models $(MODELS) --out build/backfill
+	$(VENV)/bin/python -m benchmarks.backfill compare build/backfill/scores-local.parquet build/backfill/scores-ray.parquet
+	$(VENV)/bin/python -m benchmarks.backfill bench $(ARTIFACTS) $(HISTORY) --models $(MODELS) --out build/backfill
 
 # The runtime alone on this host, per thread count and session configuration, against the physical floors:
 # build/bench-host/bench_host.md. Needs only numpy + onnxruntime (runs on a serving host, see README).
 bench-host: convert
 	$(VENV)/bin/ensemble-onnx convert $(MODELS) -o build/artifacts-int8 --precision int8 -q
-	$(VENV)/bin/python -m convert.bench_host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
+	$(VENV)/bin/python -m runtime.bench.host $(ARTIFACTS) build/artifacts-int8 --out build/bench-host
 
 # Everything: lint beside the whole suite (ruff's and mypy's few lines may land among pytest's dots), then the
 # runtime's tests in the runtime-only venv. Trained models are cached in build/test-cache across runs

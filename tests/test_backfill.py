@@ -293,7 +293,7 @@ def test_import_runtime_pulls_in_neither_pyarrow_nor_ray():
 
 def test_demo_history_is_the_demo_market(tmp_path):
     """The history generator draws from the market the demo models were trained on, over symbols x minutes."""
-    from convert.backfill_bench import market_parameters, write_history
+    from benchmarks.backfill import market_parameters, write_history
     from convert.demo import DemoSpec, market_data
 
     spec = DemoSpec()

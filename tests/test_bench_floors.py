@@ -72,7 +72,7 @@ def test_int8_build_records_its_build_host_and_describe_its_serving_host(int8_bu
 
 
 def test_floors_are_consistent_with_each_other():
-    from convert.floors import measure, one_row_floor_us
+    from runtime.bench.floors import measure, one_row_floor_us
 
     floors = measure(1 << 20, 1, quick=True)
     for key in ("stream_cold_bytes_per_second", "stream_warm_bytes_per_second", "matvec_bytes_per_second",
@@ -90,7 +90,7 @@ def test_floors_are_consistent_with_each_other():
     ({"1": 6.0, "256": 2.0}, ["batch 1", "fp32 build", "frameworks"]),          # slower than both at 1 row
 ])
 def test_bench_flags_an_int8_build_slower_than_fp32_or_the_frameworks(int8_seconds, expected):
-    from convert.bench_report import lowered_warnings
+    from convert.bench.report import lowered_warnings
 
     results = {"builds": {"fp32": {"precision": {"weights": "fp32"}}, "int8": {"precision": {"weights": "int8"}}},
                "threads": {"1": {"frameworks": {"batch_seconds": {"1": 5.0, "256": 4.0}},
@@ -107,7 +107,7 @@ def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts,
                     "--out", tmp_path, "--json", "-q")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
-    from convert.bench_report import lowered_warnings
+    from convert.bench.report import lowered_warnings
     from runtime.host import cpu
 
     assert figures["machine"]["instruction_sets"] == cpu()["instruction_sets"]
@@ -142,7 +142,7 @@ def test_bench_host_runs_with_numpy_and_onnxruntime_alone(demo_artifacts, int8_b
         "            raise ImportError(f'{name} is not on a serving host')\n"
         "sys.meta_path.insert(0, Block())\n"
         "sys.argv = ['bench_host', *sys.argv[1:]]\n"
-        "runpy.run_module('convert.bench_host', run_name='__main__')\n")
+        "runpy.run_module('runtime.bench.host', run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-c", blocker, str(demo_artifacts), str(int8_build), "--threads", "1,2",
                            "--quick", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=False,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
@@ -161,7 +161,7 @@ def test_bench_host_runs_with_numpy_and_onnxruntime_alone(demo_artifacts, int8_b
 
 
 def test_bench_host_refuses_a_folder_that_is_not_artifacts(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "convert.bench_host", str(tmp_path), "--quick", "--threads", "1",
+    done = subprocess.run([sys.executable, "-m", "runtime.bench.host", str(tmp_path), "--quick", "--threads", "1",
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and str(tmp_path) in done.stderr and "Traceback" not in done.stderr
 
@@ -173,7 +173,7 @@ def test_layout_study_compares_graphs_that_compute_the_same(demo_artifacts, form
     import onnx
     import onnxruntime as ort
 
-    from convert.bench_layouts import whole_graph_in_form
+    from benchmarks.layouts import whole_graph_in_form
 
     model = onnx.load(demo_artifacts / "ensemble.onnx")
     rewritten = whole_graph_in_form(model, form)
@@ -193,7 +193,7 @@ def test_manycore_study_rewrites_the_feed_forward_blocks_into_the_same_function(
     import onnx
     import onnxruntime as ort
 
-    from convert.bench_manycore import feed_forward_split
+    from benchmarks.manycore import feed_forward_split
 
     model = onnx.load(demo_artifacts / "ensemble.onnx")
     blocks = 4  # PatchTST's four layers; no other Gemm -> Relu -> Gemm block of the demo holds 65,536 weights
@@ -215,14 +215,14 @@ def test_manycore_study_rewrites_the_feed_forward_blocks_into_the_same_function(
 def test_manycore_study_refuses_an_unknown_form(demo_artifacts):
     import onnx
 
-    from convert.bench_manycore import feed_forward_split
+    from benchmarks.manycore import feed_forward_split
 
     with pytest.raises(ValueError, match="blocks, branches"):
         feed_forward_split(onnx.load(demo_artifacts / "ensemble.onnx"), 4, "diagonal")
 
 
 def test_manycore_study_runs_and_writes_its_table(demo_artifacts, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(demo_artifacts), "--threads", "1,2",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.manycore", str(demo_artifacts), "--threads", "1,2",
                            "--quick", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "manycore.json").read_text())
@@ -230,19 +230,19 @@ def test_manycore_study_runs_and_writes_its_table(demo_artifacts, tmp_path):
     assert {"shipped, default", "blocks 16, default", "shipped, spin 1 ms",
             "runtime.predict_proba, default"} <= set(results["threads"]["2"])
     assert "| 2 | shipped, workers pinned |" in (tmp_path / "manycore.md").read_text()
-    bad = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(tmp_path), "--quick"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.manycore", str(tmp_path), "--quick"], cwd=REPO,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and str(tmp_path) in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("module", ["convert.bench_host", "convert.bench_manycore", "convert.bench_layouts"])
+@pytest.mark.parametrize("module", ["runtime.bench.host", "benchmarks.manycore", "benchmarks.layouts"])
 @pytest.mark.parametrize("where", [".", "members", "new/sub"])
 def test_a_study_refuses_to_write_into_the_artifacts_folder_it_times(artifacts_copy, module, where):
     # Found: --out ARTIFACTS wrote bench_host.json/manycore.json into the build, which then failed verification.
     import runtime
 
     out = artifacts_copy / where
-    effort = ["--rounds", "1"] if module == "convert.bench_layouts" else ["--quick", "--threads", "1"]
+    effort = ["--rounds", "1"] if module == "benchmarks.layouts" else ["--quick", "--threads", "1"]
     done = subprocess.run([sys.executable, "-m", module, str(artifacts_copy), "--out", str(out), *effort],
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
@@ -269,7 +269,7 @@ def test_bench_refuses_an_out_folder_inside_a_build(demo_artifacts, tmp_path):
 ])
 def test_a_study_refuses_thread_counts_it_cannot_run(demo_artifacts, tmp_path, argv, says):
     # Found: 99999999999 threads gave a TypeError traceback (onnxruntime) or a MemoryError (numpy).
-    for module in ("convert.bench_host", "convert.bench_manycore"):
+    for module in ("runtime.bench.host", "benchmarks.manycore"):
         done = subprocess.run([sys.executable, "-m", module, str(demo_artifacts), "--quick", "--out",
                                str(tmp_path / "out"), *argv], cwd=REPO, capture_output=True, text=True, check=False)
         assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
@@ -280,7 +280,7 @@ def test_a_study_refuses_an_out_that_is_a_file_before_timing(demo_artifacts, tmp
     existing = tmp_path / "existing.txt"
     existing.write_text("user data\n")
     for out in (existing, existing / "sub"):
-        done = subprocess.run([sys.executable, "-m", "convert.bench_manycore", str(demo_artifacts), "--quick",
+        done = subprocess.run([sys.executable, "-m", "benchmarks.manycore", str(demo_artifacts), "--quick",
                                "--threads", "1", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
                               check=False)
         assert done.returncode == 1 and "not a folder" in done.stderr and "Traceback" not in done.stderr
@@ -290,6 +290,36 @@ def test_a_study_refuses_an_out_that_is_a_file_before_timing(demo_artifacts, tmp
 
 def test_the_layout_study_refuses_zero_rounds(demo_artifacts, tmp_path):
     # Found: --rounds 0 printed "nan µs" for every figure, none measured.
-    done = subprocess.run([sys.executable, "-m", "convert.bench_layouts", str(demo_artifacts), "--rounds", "0",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.layouts", str(demo_artifacts), "--rounds", "0",
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "at least 1" in done.stderr and "nan" not in done.stdout
+
+
+def _imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every `from MODULE import NAME` in a file, relative modules made absolute."""
+    import ast
+
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found += [(module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, "") for alias in node.names]
+    return found
+
+
+STUDIES_AND_HOST = sorted((REPO / "benchmarks").glob("*.py")) + sorted((REPO / "runtime" / "bench").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", STUDIES_AND_HOST, ids=lambda p: str(p.relative_to(REPO)))
+def test_benchmarks_import_only_public_names_and_the_host_benchmark_only_the_runtime(path):
+    """The studies use the project's public functions (no `_private` helper of another module); what runs on a
+    serving host (runtime/bench) imports nothing from the build package or the studies."""
+    ours = ("convert", "runtime", "benchmarks")
+    imported = [(m, n) for m, n in _imports(path) if m.split(".")[0] in ours]
+    assert not [(m, n) for m, n in imported if n.startswith("_")]
+    if path.parent.name == "bench":
+        assert all(m.split(".")[0] == "runtime" for m, _ in imported), imported

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -384,6 +385,51 @@ def test_numeric_class_names_from_csv_stay_text():
 def test_every_command_takes_h(command):
     result = invoke(command, "-h")
     assert result.exit_code == 0 and result.output.startswith("Usage:")
+
+
+# ------------------------------------------------------------------------------ one entry point, split by audience
+
+@pytest.mark.parametrize(("command", "module"), [
+    ("convert", "build"), ("verify", "build"), ("inspect", "build"), ("bench", "build"), ("predict", "serve"),
+    ("score", "operate"), ("compare", "operate"), ("drift", "operate"), ("evaluate", "operate"),
+])
+def test_each_command_lives_in_its_audiences_module_and_is_listed_as_its_help_says(command, module):
+    """`ensemble-onnx --help` lists the commands from a static table (importing none of them): each entry must
+    name the command's module and shorten to what click makes of the command's own help, at every width."""
+    from convert.cli import COMMANDS as TABLE
+
+    assert set(TABLE) == set(COMMANDS)
+    real = main.get_command(None, command)
+    assert TABLE[command][0] == module and real.callback.__module__ == f"convert.cli.{module}"
+    table = click.Command(command, help=TABLE[command][1])
+    for limit in (20, 45, 66, 200):
+        assert table.get_short_help_str(limit) == real.get_short_help_str(limit)
+    assert f"  {command} " in invoke("--help").output
+
+
+def test_an_unknown_command_is_a_usage_error():
+    result = invoke("predcit", "x")
+    assert result.exit_code == 2 and "No such command 'predcit'" in result.output
+
+
+@pytest.mark.parametrize(("args", "loaded", "not_loaded"), [
+    (["--help"], set(), {"convert.cli.build", "convert.cli.serve", "convert.cli.operate"}),
+    (["predict", "{artifacts}", "-i", "{rows}"], {"convert.cli.serve"},
+     {"convert.cli.build", "convert.cli.operate", "torch", "onnx", "sklearn", "xgboost", "lightgbm", "convert.build"}),
+    (["drift", "{artifacts}", "-i", "{rows}", "-q"], {"convert.cli.operate"},
+     {"convert.cli.build", "convert.cli.serve", "torch", "onnx", "sklearn"}),
+])
+def test_a_command_imports_its_own_module_only(demo_artifacts, ens, market, tmp_path, args, loaded, not_loaded):
+    (tmp_path / "rows.csv").write_text(csv_rows(ens, market[0][:5]))
+    code = ("import json, sys, atexit\n"
+            "atexit.register(lambda: sys.stderr.write('MODULES=' + json.dumps(sorted(sys.modules)) + '\\n'))\n"
+            "from convert.cli import main\nmain()\n")
+    argv = [a.format(artifacts=demo_artifacts, rows=tmp_path / "rows.csv") for a in args]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env(), cwd=REPO,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    modules = set(json.loads(done.stderr.rsplit("MODULES=", 1)[1]))
+    assert loaded <= modules and not (not_loaded & modules), (loaded - modules, not_loaded & modules)
 
 
 @pytest.mark.parametrize(("command", "names"), [

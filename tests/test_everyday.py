@@ -291,8 +291,8 @@ def test_graph_cost_counts_every_weight_of_the_exported_members(demo_models, dem
     import onnx
     import torch
 
-    from convert.bench_workers import graph_cost
     from convert.members import MemberSource, nhits
+    from runtime.bench.floors import graph_cost
 
     weight_bytes, flops = graph_cost(onnx.load(demo_artifacts / "members" / "nhits.onnx"))
     source = MemberSource("nhits", "nhits", demo_models / f"nhits_{STAMP}.pth",

@@ -74,7 +74,7 @@ def test_int8_graph_streams_9_of_32_bytes_for_each_lowered_weight(int8_build, de
     per block); everything else as in float32. Counted from the hyperparameters, not from the quantizer."""
     import onnx
 
-    from convert.bench_workers import graph_cost
+    from runtime.bench.floors import graph_cost
 
     int8_bytes, int8_flops = graph_cost(onnx.load(int8_build[0] / "ensemble.onnx"))
     fp32_bytes, fp32_flops = graph_cost(onnx.load(demo_artifacts / "ensemble.onnx"))

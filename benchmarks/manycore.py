@@ -2,7 +2,7 @@
 layers rewritten to give each node more parallel work, and onnxruntime's thread-pool knobs, timed per
 thread count. A study, not part of a build: it needs onnx (the `[convert]` extra).
 
-    python -m convert.bench_manycore ARTIFACTS --threads 2,4,8,16 [--out DIR] [--quick]
+    python -m benchmarks.manycore ARTIFACTS --threads 2,4,8,16 [--out DIR] [--quick]
 
 onnxruntime's float32 Gemm (MLAS) gives a one-row product at most M*N*K/65,536 + 1 threads, so each of
 PatchTST's 1 MB feed-forward matrices (128 x 2048) runs on at most 5 threads however many the session has.
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.host import cpu
+from runtime.bench.host import session_options, thread_counts, timings
 
-from .bench_host import _options, _timings, out_refusal, thread_counts
+from .common import host, refused, write
 
 FORMS = ("blocks", "branches")
 KNOBS: dict[str, dict[str, Any]] = {
@@ -159,19 +159,20 @@ def sweep(folder: Path, thread_counts: list[int], quick: bool, progress: Any) ->
                         (threads == 1 and knob != "default"):
                     continue
                 progress(f"{threads} thread(s): {graph}, {knob}")
-                session = ort.InferenceSession(blob, _options(threads, **kwargs), providers=["CPUExecutionProvider"])
-                entry[f"{graph}, {knob}"] = _figure(_timings(partial(session.run, None, row), calls))
-        ensemble = runtime.load(folder, _options(threads))
+                session = ort.InferenceSession(blob, session_options(threads, **kwargs),
+                                               providers=["CPUExecutionProvider"])
+                entry[f"{graph}, {knob}"] = _figure(timings(partial(session.run, None, row), calls))
+        ensemble = runtime.load(folder, session_options(threads))
         entry["runtime.predict_proba, default"] = _figure(
-            _timings(partial(ensemble.predict_proba, row["features"]), calls))
+            timings(partial(ensemble.predict_proba, row["features"]), calls))
         out[str(threads)] = entry
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     members: dict[str, Any] = {}
     for name, member in manifest["members"].items():
         for threads in sorted({1, max(thread_counts)}):
-            session = ort.InferenceSession(str(folder / member["onnx"]["file"]), _options(threads))
+            session = ort.InferenceSession(str(folder / member["onnx"]["file"]), session_options(threads))
             feed = {session.get_inputs()[0].name: row["features"].astype(np.float32)}
-            members[f"{name} alone, {threads} thread(s)"] = _figure(_timings(partial(session.run, None, feed), calls))
+            members[f"{name} alone, {threads} thread(s)"] = _figure(timings(partial(session.run, None, feed), calls))
     return {"threads": out, "members": members}
 
 
@@ -188,34 +189,20 @@ def table(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.bench_manycore", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.manycore", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", type=Path, help="a float32 artifacts folder")
     parser.add_argument("--threads", default="1,2,4,8,16", help="comma-separated thread counts")
     parser.add_argument("--out", type=Path, default=Path("build/bench-manycore"))
     parser.add_argument("--quick", action="store_true", help="a smoke run: few calls, figures not for quoting")
     args = parser.parse_args(argv)
     counts = thread_counts(args.threads, parser)
-    import onnxruntime
-
-    import runtime
-
-    try:
-        runtime.load(args.artifacts)  # verified before anything is timed
-    except (runtime.ArtifactError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    refused = out_refusal(args.out, [(args.artifacts, "the artifacts folder")])
-    if refused:
-        print(f"error: {refused}", file=sys.stderr)
+    if refused(args.artifacts, args.out):
         return 1
     started = time.perf_counter()
-    results = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__}, "quick": args.quick,
+    results = {"host": host(), "quick": args.quick,
                **sweep(args.artifacts, counts, args.quick, lambda line: print(line, file=sys.stderr, flush=True))}
     results["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "manycore.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "manycore.md").write_text("\n".join(table(results)) + "\n")
-    print("\n".join(table(results)))
+    write(args.out, "manycore", results, table(results))
     return 0
 
 

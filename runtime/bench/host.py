@@ -2,7 +2,7 @@
 against this host's physical floors. Needs numpy and onnxruntime only (no click, torch, onnx or the build
 stack), so it runs on a serving host from a copy of the repository and an artifacts folder:
 
-    python -m convert.bench_host ARTIFACTS [ARTIFACTS ...] --threads 1,2,4,8,16 --out DIR [--quick]
+    python -m runtime.bench.host ARTIFACTS [ARTIFACTS ...] --threads 1,2,4,8,16 --out DIR [--quick]
 
 For every build folder and thread count t it measures, in this process (one session alive at a time):
 
@@ -18,7 +18,7 @@ For every build folder and thread count t it measures, in this process (one sess
 - from 8 threads: `parallel inter=4, intra=t/4`, the cores split among four concurrent members.
 
 and one-row p50/p99 (`runtime.Ensemble.predict_proba`, the service's call) and batch-256 rows/s for the
-shipped configuration. The floors (convert.floors: streaming read, numpy matvec, peak float32 FMA) run
+shipped configuration. The floors (runtime.bench.floors: streaming read, numpy matvec, peak float32 FMA) run
 first, each thread count in its own process. Writes DIR/bench_host.json and DIR/bench_host.md. Under five
 minutes on 16 cores at full effort; `--quick` is a smoke run for the tests (figures not for quoting).
 """
@@ -39,6 +39,7 @@ import numpy as np
 from runtime.host import cpu, int8_note
 from runtime.results import dumps_strict, write_file
 
+from .floors import graph_cost as exact_cost
 from .floors import measure, median_seconds, one_row_floor_us
 
 BATCH = 256
@@ -48,7 +49,7 @@ MAX_SECONDS = 1.5  # per configuration, once 200 calls are in: keeps a 16-core r
 WARMUP_SECONDS = 0.3  # first calls allocate and pick kernels; a slow configuration gets fewer of them
 
 
-def _timings(fn: Callable[[], Any], calls: int) -> np.ndarray:
+def timings(fn: Callable[[], Any], calls: int) -> np.ndarray:
     started = time.perf_counter()
     for _ in range(max(5, calls // 10)):
         fn()
@@ -69,16 +70,14 @@ def graph_cost(folder: Path) -> tuple[int, int, str]:
     path = folder / "ensemble.onnx"
     try:
         import onnx
-
-        from .bench_workers import graph_cost as exact
     except ImportError:
         size = path.stat().st_size
         return size, 2 * size // 4, "estimated from the file size (no onnx here)"
-    weight_bytes, flops = exact(onnx.load(path))
+    weight_bytes, flops = exact_cost(onnx.load(path))
     return weight_bytes, flops, "from the graph's initializers"
 
 
-def _options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spinning: bool = True,
+def session_options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spinning: bool = True,
              intra: int = 0, spin_us: int = 0, pinned: bool = False) -> Any:
     import onnxruntime as ort
 
@@ -101,7 +100,7 @@ def _options(threads: int, parallel: int = 0, level: str = "ORT_ENABLE_ALL", spi
 
 
 def configurations(threads: int) -> dict[str, dict[str, Any]]:
-    """name -> keyword arguments of `_options` for the whole-graph runs at `threads`."""
+    """name -> keyword arguments of `session_options` for the whole-graph runs at `threads`."""
     configs: dict[str, dict[str, Any]] = {"sequential": {}}
     for inter in (2, 4):
         if inter <= max(threads, 2):
@@ -127,13 +126,13 @@ def _members_in_threads(folder: Path, manifest: dict[str, Any], row: np.ndarray,
 
     names = list(manifest["ensemble"]["members"])
     per = _member_threads(names, threads)
-    sessions = {n: ort.InferenceSession(str(folder / manifest["members"][n]["onnx"]["file"]), _options(per[n]))
+    sessions = {n: ort.InferenceSession(str(folder / manifest["members"][n]["onnx"]["file"]), session_options(per[n]))
                 for n in names}
     feeds = {n: {sessions[n].get_inputs()[0].name: row.astype(np.float32)} for n in names}
     with ThreadPoolExecutor(len(names)) as pool:
         def call() -> list[Any]:
             return [f.result() for f in [pool.submit(sessions[n].run, None, feeds[n]) for n in names]]
-        return _timings(call, calls)
+        return timings(call, calls)
 
 
 def bench_build(folder: Path, thread_counts: list[int], quick: bool,
@@ -148,7 +147,7 @@ def bench_build(folder: Path, thread_counts: list[int], quick: bool,
         entry: dict[str, Any] = {}
         for name, kwargs in configurations(threads).items():
             progress(f"{folder.name}: {threads} thread(s), {name}")
-            ensemble = runtime.load(folder, _options(threads, **kwargs))
+            ensemble = runtime.load(folder, session_options(threads, **kwargs))
 
             def one_row(e: Any = ensemble) -> Any:
                 return e.predict_proba(row[:1])
@@ -156,7 +155,7 @@ def bench_build(folder: Path, thread_counts: list[int], quick: bool,
             def batch(e: Any = ensemble) -> Any:
                 return e.predict_proba(row)
 
-            one = _timings(one_row, calls)
+            one = timings(one_row, calls)
             entry[name] = {"one_row_p50_us": float(np.percentile(one, 50) * 1e6),
                            "one_row_p99_us": float(np.percentile(one, 99) * 1e6)}
             if name == "sequential" or name.startswith("parallel"):
@@ -186,16 +185,16 @@ def _saved_optimised(folder: Path, row: np.ndarray, calls: int) -> dict[str, dic
 
     with tempfile.TemporaryDirectory() as tmp:
         # EXTENDED, not ALL: ALL's layout transforms are specific to the machine that wrote the file.
-        options = _options(1, level="ORT_ENABLE_EXTENDED")
+        options = session_options(1, level="ORT_ENABLE_EXTENDED")
         options.optimized_model_filepath = os.path.join(tmp, "optimised.onnx")
         ort.InferenceSession(str(folder / "ensemble.onnx"), options)
         started = time.perf_counter()
-        session = ort.InferenceSession(options.optimized_model_filepath, _options(1, level="ORT_DISABLE_ALL"))
+        session = ort.InferenceSession(options.optimized_model_filepath, session_options(1, level="ORT_DISABLE_ALL"))
         load_seconds = time.perf_counter() - started
-        plain = ort.InferenceSession(str(folder / "ensemble.onnx"), _options(1))
+        plain = ort.InferenceSession(str(folder / "ensemble.onnx"), session_options(1))
         feed = {session.get_inputs()[0].name: row}
-        saved = _timings(lambda: session.run(None, feed), calls)
-        shipped = _timings(lambda: plain.run(None, feed), calls)
+        saved = timings(lambda: session.run(None, feed), calls)
+        shipped = timings(lambda: plain.run(None, feed), calls)
     return {"bare session, shipped graph": {"one_row_p50_us": float(np.median(shipped) * 1e6),
                                             "one_row_p99_us": float(np.percentile(shipped, 99) * 1e6)},
             "bare session, optimised graph saved and reloaded": {
@@ -313,7 +312,7 @@ def table(results: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.bench_host", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m runtime.bench.host", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", nargs="+", type=Path, help="artifacts folders (say fp32 and int8 builds)")
     parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1,2,4,... cores)")
     parser.add_argument("--out", type=Path, default=Path("build/bench-host"), help="where the JSON and table go")

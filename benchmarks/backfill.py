@@ -1,8 +1,8 @@
 """The backfill demo and its benchmark (`make backfill-demo`).
 
-    python -m convert.backfill_bench history build/backfill/history.parquet --symbols 500 --minutes 4000
-    python -m convert.backfill_bench compare A.parquet B.parquet
-    python -m convert.backfill_bench bench artifacts/ build/backfill/history.parquet \
+    python -m benchmarks.backfill history build/backfill/history.parquet --symbols 500 --minutes 4000
+    python -m benchmarks.backfill compare A.parquet B.parquet
+    python -m benchmarks.backfill bench artifacts/ build/backfill/history.parquet \
         --models models/ --out build/backfill
 
 `history` writes symbols x minutes of features drawn from the demo market (`convert.demo.market_data`: the
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .demo import DemoSpec, feature_scales
+from convert.demo import DemoSpec, feature_scales
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -266,7 +266,7 @@ def table(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m convert.backfill_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.backfill", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     h = sub.add_parser("history", help="write the demo history")

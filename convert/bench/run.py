@@ -1,14 +1,14 @@
 """`ensemble-onnx bench`: the runtime against the original frameworks, on the same rows, at the same thread
 count, in one run; and this machine's floor beside every figure.
 
-Every measurement runs in a fresh worker process (`python -m convert.bench_workers MODE ...`) with
+Every measurement runs in a fresh worker process (`python -m convert.bench.workers MODE ...`) with
 OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS set before any library loads, so torch, xgboost,
 lightgbm, numpy and onnxruntime all get the same thread count, and so the runtime worker never has torch in
 its address space. Figures are ratios against the frameworks measured in the same run; the JSON keeps the
 machine they came from. Speed is never asserted by a test: this command is where it lives.
 
-This module runs the workers (`bench_workers.py`) and gathers their figures; the physical floors are in
-`floors.py`, the ratios, warnings, table and plot in `bench_report.py`.
+This module runs the workers (`workers.py`) and gathers their figures; the physical floors are in
+`runtime/bench/floors.py` (they run on a serving host too), the ratios, warnings, table and plot in `report.py`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from runtime.bench.floors import graph_cost, physical_floor
+from runtime.bench.floors import measure as measure_floors
 from runtime.results import dumps_strict, write_file
 
-from .bench_report import lowered_warnings, machine, plot, ratios, table
-from .bench_workers import BATCH_CURVE, EFFORT_VARIABLE, EFFORTS, THROUGHPUT_BATCH, graph_cost
-from .floors import measure as measure_floors
-from .floors import physical_floor
+from .report import lowered_warnings, machine, plot, ratios, table
+from .workers import BATCH_CURVE, EFFORT_VARIABLE, EFFORTS, THROUGHPUT_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _spawn(setup: BenchSetup, *args: str) -> tuple[dict[str, Any], float]:
     env = dict(os.environ, **{v: str(setup.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                               "MKL_NUM_THREADS")}, **{EFFORT_VARIABLE: setup.effort})
     spawned = time.time()
-    done = subprocess.run([sys.executable, "-m", "convert.bench_workers", *args], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "convert.bench.workers", *args], env=env, capture_output=True,
                           text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {args[0]} failed:\n{done.stderr[-2000:]}")
@@ -148,9 +148,9 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
     """Every build in `artifacts` (say fp32 and int8 of the same models) against the frameworks once."""
     import runtime
 
-    from .discover import plan_from_manifest
-    from .scaler import load_scaler
-    from .verify import check_sources
+    from ..discover import plan_from_manifest
+    from ..scaler import load_scaler
+    from ..verify import check_sources
 
     manifests = [runtime.load(a).manifest for a in artifacts]  # verified before anything is timed
     for manifest in manifests:

@@ -8,9 +8,10 @@
   own), at 1 thread and at N: the best a tuned kernel does at reading the weights once for one row;
 - peak float32 multiply-add rate: a large square matmul (BLAS sgemm), at 1 thread and at N.
 
-Each thread count runs in a fresh process (`python -m convert.floors N BYTES [--quick]`) with the BLAS
-thread variables set before numpy loads, so no thread-control package is needed: `convert.bench` and the
-numpy-plus-onnxruntime-only `convert.bench_host` both call `measure`. Needs numpy only.
+Each thread count runs in a fresh process (`python -m runtime.bench.floors N BYTES [--quick]`) with the BLAS
+thread variables set before numpy loads, so no thread-control package is needed: `ensemble-onnx bench`
+(convert.bench) and the numpy-plus-onnxruntime-only `runtime.bench.host` both call `measure`. Needs numpy only
+(`graph_cost`, the exact count of a graph's weights and FLOPs, needs onnx, where it is installed).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _in_process(weight_bytes: int, threads: int, quick: bool) -> dict[str, Any]:
 def measure(weight_bytes: int, threads: int, quick: bool = False) -> dict[str, Any]:
     """The floors at `threads` BLAS threads, in a fresh process (thread pools are fixed when numpy loads)."""
     env = dict(os.environ, **{v: str(threads) for v in THREAD_VARIABLES})
-    done = subprocess.run([sys.executable, "-m", "convert.floors", str(threads), str(weight_bytes),
+    done = subprocess.run([sys.executable, "-m", "runtime.bench.floors", str(threads), str(weight_bytes),
                            *(["--quick"] if quick else [])], env=env, capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
@@ -105,6 +106,25 @@ def one_row_floor_us(floors: dict[str, Any], weight_bytes: int, flops_per_row: i
     compute = flops_per_row / floors["peak_fp32_flops_per_second"] * 1e6 if float32 else 0.0
     return {"memory_us": memory, "matvec_us": weight_bytes / floors["matvec_bytes_per_second"] * 1e6,
             "compute_us": compute, "floor_us": max(memory, compute)}
+
+
+def graph_cost(model: Any) -> tuple[int, int]:
+    """(bytes of the weights, in whatever type they are stored: float32, or int8 blocks and their scales;
+    multiply-add FLOPs per row of every MatMul/Gemm/MatMulNBits against a weight)."""
+    from onnx import helper, numpy_helper
+
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    flops = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            flops += 2 * attrs["K"] * attrs["N"]
+        elif node.op_type in ("MatMul", "Gemm"):
+            w = next((weights[i] for i in node.input[1:2] if i in weights), None)
+            if w is not None and w.ndim == 2:
+                flops += 2 * w.shape[0] * w.shape[1]
+    # Integer shapes and axes are not weights; everything numeric a kernel reads per call is.
+    return sum(w.nbytes for w in weights.values() if w.dtype != np.int64), flops
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Which operator and layout onnxruntime runs fastest for one row, per weight matrix and for the whole graph,
 measured on this host (issue 17). A study, not part of a build: it needs onnx (the `[convert]` extra).
 
-    python -m convert.bench_layouts ARTIFACTS [--out DIR] [--rounds N]
+    python -m benchmarks.layouts ARTIFACTS [--out DIR] [--rounds N]
 
 Per distinct weight shape of the float32 ensemble graph (PatchTST's feed-forward matrices are most of the
 bytes), one-row time of:
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .common import host, refused, write
 
 GEMM_FORMS = ("Gemm transB=1", "Gemm W transposed", "MatMul + Add")
 COLD_COPIES = 24  # 24 MB of copies of a 1 MB matrix: past any L2 and most last-level caches
@@ -192,7 +194,7 @@ def whole(folder: Path, rounds: int, calls: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.bench_layouts", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.layouts", description=__doc__.split("\n\n")[0])
     parser.add_argument("artifacts", type=Path, help="a float32 artifacts folder")
     parser.add_argument("--out", type=Path, default=Path("build/bench-layouts"))
     parser.add_argument("--rounds", type=int, default=10)
@@ -201,24 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.calls < 1:
         parser.error("--rounds and --calls: each must be at least 1 (no figure is printed that was not measured)")
     import onnx
-    import onnxruntime
 
-    import runtime
-    from runtime.host import cpu
-
-    from .bench_host import out_refusal
-
-    try:
-        runtime.load(args.artifacts)  # verified before anything is timed
-    except (runtime.ArtifactError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    refused = out_refusal(args.out, [(args.artifacts, "the artifacts folder")])
-    if refused:
-        print(f"error: {refused}", file=sys.stderr)
+    if refused(args.artifacts, args.out):
         return 1
 
-    results: dict[str, Any] = {"host": {**cpu(), "onnxruntime": onnxruntime.__version__},
+    results: dict[str, Any] = {"host": host(),
                "per_matrix": per_matrix(onnx.load(args.artifacts / "ensemble.onnx"), args.rounds, args.calls),
                "whole_graph": whole(args.artifacts, args.rounds, args.calls)}
     lines = [(f"Host: {results['host']['model']} ({', '.join(results['host']['instruction_sets'])}), onnxruntime "
@@ -230,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                   ""]
     lines += ["**Whole graph**", "", "| graph | one row |", "|---|---:|",
               *[f"| {k} | {v:.1f} µs |" for k, v in results["whole_graph"].items()]]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "layouts.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "layouts.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write(args.out, "layouts", results, lines)
     return 0
 
 

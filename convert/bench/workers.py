@@ -1,7 +1,8 @@
 """The bench's worker processes: each builds one pipeline (the frameworks, or the runtime on one build),
-measures it, and prints one JSON object on stdout. `convert.bench` spawns them as
-`python -m convert.bench_workers MODE ...` with every library's thread variables set before anything loads,
-so the runtime worker never has torch in its address space. Also the FLOP and weight count of a graph.
+measures it, and prints one JSON object on stdout. `convert.bench.run` spawns them as
+`python -m convert.bench.workers MODE ...` with every library's thread variables set before anything loads,
+so the runtime worker never has torch in its address space. The FLOP and weight count of a graph is
+`runtime.bench.floors.graph_cost`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.bench.floors import graph_cost
 from runtime.contract import IR_VERSION, OPSET
 
 BATCH_CURVE = (1, 4, 16, 64, 256, 1024)
@@ -58,8 +60,8 @@ def _load_pipeline(pipeline: str, artifacts: str, models: str, threads: int) -> 
     import torch
 
     torch.set_num_threads(threads)
-    from .discover import plan_from_manifest
-    from .reference import Reference
+    from ..discover import plan_from_manifest
+    from ..reference import Reference
 
     manifest = json.loads((Path(artifacts) / "manifest.json").read_text(encoding="utf-8"))  # verified by the parent
     return Reference.from_plan(plan_from_manifest(manifest, Path(models))).predict_proba
@@ -143,25 +145,6 @@ def worker_floor(artifacts: str, threads: int) -> dict[str, Any]:
             "stream_bytes_per_second": weight_bytes / stream_seconds, "matmul_flops_per_second": flops_per_second,
             "one_row_floor_us": max(stream_seconds, flops_per_row / flops_per_second) * 1e6,
             "batch_floor_rows_per_second": flops_per_second / flops_per_row}
-
-
-def graph_cost(model: Any) -> tuple[int, int]:
-    """(bytes of the weights, in whatever type they are stored: float32, or int8 blocks and their scales;
-    multiply-add FLOPs per row of every MatMul/Gemm/MatMulNBits against a weight)."""
-    from onnx import helper, numpy_helper
-
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    flops = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            flops += 2 * attrs["K"] * attrs["N"]
-        elif node.op_type in ("MatMul", "Gemm"):
-            w = next((weights[i] for i in node.input[1:2] if i in weights), None)
-            if w is not None and w.ndim == 2:
-                flops += 2 * w.shape[0] * w.shape[1]
-    # Integer shapes and axes are not weights; everything numeric a kernel reads per call is.
-    return sum(w.nbytes for w in weights.values() if w.dtype != np.int64), flops
 
 
 WORKERS = {"cold": worker_cold, "warm": worker_warm}

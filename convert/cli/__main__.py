@@ -1,0 +1,5 @@
+"""`python -m convert.cli`: the same command line as `ensemble-onnx`."""
+
+from . import main
+
+main()
