@@ -47,9 +47,14 @@ class RefusalsExitOne(click.Group):
             ctx.exit(1)
 
 
+BUILD_STACK = ("onnx", "sklearn", "skl2onnx", "onnxmltools")  # and each member kind's `build_modules`
+
+
 def require_build_stack() -> None:
+    from .members import kind_facts  # imported here: `--help` loads no framework
+
     missing = []
-    for module in ("torch", "onnx", "sklearn", "skl2onnx", "onnxmltools", "xgboost", "lightgbm"):
+    for module in dict.fromkeys(kind_facts("build_modules") + BUILD_STACK):
         try:
             __import__(module)
         except ImportError:
@@ -294,20 +299,22 @@ def inspect(path: Path, as_json: bool) -> None:
 def _inspect_weights(path: Path) -> dict[str, Any]:
     from .errors import ConvertError
     from .loaders import load_state_dict
-    from .members import MemberSource, nhits, patchtst
+    from .members import MemberSource, all_kinds
     from .members.torch_common import read_metadata
 
     state = load_state_dict(path)
     info: dict[str, Any] = {"file": str(path), "tensors": {k: list(v.shape) for k, v in state.items()}}
     meta = path.with_name(f"{path.stem}_meta.json")
     source = MemberSource(path.stem, "", path, meta if meta.exists() else None)
-    for kind, module in (("nhits", nhits), ("patchtst", patchtst)):
-        try:
-            arch = module.read_architecture(state, read_metadata(source), source)
-        except ConvertError as exc:
-            info.setdefault("not", {})[kind] = str(exc)
+    for kind in all_kinds():
+        if kind.read_architecture is None:
             continue
-        info.update(kind=kind, architecture=arch.values, notes=arch.notes)
+        try:
+            arch = kind.read_architecture(state, read_metadata(source), source)
+        except ConvertError as exc:
+            info.setdefault("not", {})[kind.name] = str(exc)
+            continue
+        info.update(kind=kind.name, architecture=arch.values, notes=arch.notes)
         break
     return info
 

@@ -72,7 +72,8 @@ def test_unexpected_and_misshapen_tensors_are_named(demo_models, tmp_path):
 
 def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     """LightGBM compares float32 inputs with double thresholds; the export must agree at every boundary."""
-    from convert.members.lightgbm import floor_float32, onnx_threshold
+    from convert.members.lightgbm import onnx_threshold
+    from convert.members.trees import floor_float32
 
     member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", demo_models / f"lightgbm_{STAMP}.pkl"))
     dump = load_pickle(demo_models / f"lightgbm_{STAMP}.pkl", "lightgbm").booster_.dump_model()

@@ -37,3 +37,10 @@ def check_classes(classes: Any, n_classes: int, file: Any) -> None:
         raise UnsupportedModelError(f"{file}: trained on classes {list(classes)}; the ensemble needs integer "
                                     f"labels 0..{n_classes - 1} so that column i is class i. Retrain with encoded "
                                     "labels.")
+
+
+def floor_float32(t: float) -> float:
+    """The largest float32 not above t: for float32 x, `x <= t` iff `x <= floor_float32(t)`."""
+    with np.errstate(over="ignore"):  # LightGBM's 1e300 (a split that parts NaN from every value) -> inf
+        v = np.float32(t)
+    return float(np.nextafter(v, np.float32(-np.inf)) if float(v) > t else v)

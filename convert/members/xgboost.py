@@ -266,4 +266,8 @@ def load(source: MemberSource) -> LoadedMember:
         thresholds=split_thresholds(trees))
 
 
-register(MemberKind("xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference))
+register(MemberKind(
+    "xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference,
+    pickle_globals=frozenset({("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
+                              ("xgboost.core", "Booster")}),
+    frameworks=("xgboost",), distributions=("xgboost",), build_modules=("xgboost",), service_weight=0.25))
