@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("xgboost", (".pkl", ".joblib", ".json", ".ubj")),
     ("lightgbm", (".pkl", ".joblib", ".txt")),
     ("sklearn", (".pkl", ".joblib")),
+    ("catboost", (".cbm", ".pkl", ".joblib")),
 ])
 def test_each_kind_registers_itself_from_its_own_module(kind, suffixes):
     registered = get_kind(kind)
@@ -34,7 +35,8 @@ def test_importing_the_registry_loads_no_framework():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                            env=env, cwd=ROOT).stdout))
-    heavy = {"torch", "sklearn", "xgboost", "lightgbm", "onnx", "skl2onnx", "onnxmltools", "scipy", "pandas"}
+    heavy = {"torch", "sklearn", "xgboost", "lightgbm", "catboost", "onnx", "skl2onnx", "onnxmltools", "scipy",
+             "pandas"}
     assert known_kinds() and not heavy & loaded, heavy & loaded
 
 
@@ -153,6 +155,6 @@ def test_the_registry_refuses_a_second_kind_of_a_name():
 def test_an_unknown_kind_is_refused_naming_the_known_ones():
     from convert.errors import PlanError
 
-    with pytest.raises(PlanError, match="unknown member kind 'nosuchkind'; known kinds: lightgbm, nhits, patchtst, "
-                                        "sklearn, xgboost"):
+    with pytest.raises(PlanError, match="unknown member kind 'nosuchkind'; known kinds: catboost, lightgbm, nhits, "
+                                        "patchtst, sklearn, xgboost"):
         get_kind("nosuchkind")

@@ -124,3 +124,4 @@ from . import lightgbm  # noqa: E402, F401
 from . import nhits  # noqa: E402, F401
 from . import patchtst  # noqa: E402, F401
 from . import sklearn  # noqa: E402, F401
+from . import catboost  # noqa: E402, F401
