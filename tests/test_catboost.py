@@ -148,7 +148,34 @@ def _hostile_pickle(path: Path) -> None:
     path.write_bytes(pickle.dumps(Boom()))
 
 
+class _State:
+    """Pickles as a CatBoostClassifier rebuilt from `state` (the one global the allowlist admits)."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def __reduce__(self):
+        return (catboost.CatBoostClassifier, (), self.state)
+
+
+def _junk_model_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps(_State({"__model": b"CBM1" + b"\x07" * 300})))
+
+
+def _unfitted_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps(catboost.CatBoostClassifier(iterations=3)))
+
+
+def _string_labels(path: Path) -> None:
+    x, y = _data(2)
+    catboost.CatBoostClassifier(iterations=5, depth=2, thread_count=1, verbose=False, allow_writing_files=False).fit(
+        x, np.array(["down", "up"])[y]).save_model(str(path))
+
+
 @pytest.mark.parametrize(("name", "make", "classes", "expect"), [
+    ("junk.pkl", _junk_model_pickle, 2, ["ModelFileError", "junk.pkl"]),
+    ("unfitted.pkl", _unfitted_pickle, 2, ["ModelFileError", "saved before it was fitted"]),
+    ("labels.cbm", _string_labels, 2, ["UnsupportedModelError", "Retrain with encoded labels"]),
     ("cat.cbm", _categorical, 2, ["UnsupportedModelError", "categorical features", "columns [2]"]),
     ("ova.cbm", _one_vs_all, 3, ["UnsupportedModelError", "loss_function 'MultiClassOneVsAll'"]),
     ("reg.pkl", _regressor_pickle, 2, ["UnsafeFileError", "catboost.core.CatBoostRegressor"]),
@@ -184,3 +211,11 @@ def test_discovery_by_stamp_leaves_catboost_to_ensemble_json_or_only(demo_models
     only = discover(folder, only=["catboost"])
     assert [(m.kind, m.file.name, m.weight) for m in only.members] == [("catboost", f"catboost_{stamp}.cbm",
                                                                          1.0)]
+
+
+def test_an_error_catboost_raises_is_a_framework_error_naming_catboost(tmp_path):
+    from convert.errors import FrameworkError, member_step
+
+    with pytest.raises(FrameworkError, match=r"member cb \(m.cbm\): catboost raised while predicting"):
+        with member_step("cb", "m.cbm", "predicting"):
+            catboost.CatBoostClassifier().predict_proba(np.zeros((1, 3), np.float32))  # not fitted

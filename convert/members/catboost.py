@@ -27,11 +27,13 @@ SUPPORTED_LOSSES = ("Logloss", "MultiClass")  # probabilities that sum to 1 (Mul
 PROBE_TIMEOUT_S = 120
 # libcatboost trusts the model bytes: a few flipped bytes of a .cbm (or of the .cbm inside a pickle) can kill
 # the process with SIGSEGV. So the file is first read, predicted on and exported in a child process; only a
-# crash or a hang is reported from there, every refusal is made in this process, by name.
-_PROBE = ("import os, sys, tempfile, pathlib, numpy\nfrom convert.members.catboost import read_unprobed\n"
-          "m = read_unprobed(pathlib.Path(sys.argv[1]))\n"
-          "m.predict_proba(numpy.zeros((4, len(m.feature_names_)), numpy.float32))\n"
-          "with tempfile.TemporaryDirectory() as d:\n    m.save_model(os.path.join(d, 'm.onnx'), format='onnx')\n")
+# crash or a hang is reported from there, every refusal is made in this process, by name. The child leaves by
+# os._exit: what the interpreter's teardown does after a refused file is not the file's reading.
+_PROBE = ("import os, sys, tempfile, pathlib, numpy\nfrom convert.members.catboost import read_unprobed\ntry:\n"
+          "    m = read_unprobed(pathlib.Path(sys.argv[1]))\n"
+          "    m.predict_proba(numpy.zeros((4, len(m.feature_names_)), numpy.float32))\n"
+          "    with tempfile.TemporaryDirectory() as d:\n        m.save_model(os.path.join(d, 'm.onnx'), format='onnx')\n"
+          "except Exception:\n    os._exit(3)\nos._exit(0)\n")
 
 
 def probe_model_file(file: Any) -> None:
