@@ -32,7 +32,8 @@ PROBE_TIMEOUT_S = 120
 _PROBE = ("import os, sys, tempfile, pathlib, numpy\nfrom convert.members.catboost import read_unprobed\ntry:\n"
           "    m = read_unprobed(pathlib.Path(sys.argv[1]))\n"
           "    m.predict_proba(numpy.zeros((4, len(m.feature_names_)), numpy.float32))\n"
-          "    with tempfile.TemporaryDirectory() as d:\n        m.save_model(os.path.join(d, 'm.onnx'), format='onnx')\n"
+          "    with tempfile.TemporaryDirectory() as d:\n"
+          "        m.save_model(os.path.join(d, 'm.onnx'), format='onnx')\n"
           "except Exception:\n    os._exit(3)\nos._exit(0)\n")
 
 
