@@ -88,6 +88,9 @@ def test_catboost_converts_within_1e5_with_identical_labels(trained, tmp_path, c
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["members"]["cb"]["kind"] == "catboost"
     assert manifest["libraries"]["catboost"] == catboost.__version__
+    if suffix == "pkl":  # `verify` rebuilds CatBoost's answers from the source file and re-runs the gate
+        verified = CliRunner().invoke(main, ["verify", str(out), "--models", str(folder), "-q"])
+        assert verified.exit_code == 0, verified.output
 
 
 def test_catboost_beside_the_demo_members(demo_models, demo_spec, tmp_path):
