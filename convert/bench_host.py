@@ -26,7 +26,6 @@ minutes on 16 cores at full effort; `--quick` is a smoke run for the tests (figu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from runtime.host import cpu, int8_note
+from runtime.results import dumps_strict, write_file
 
 from .floors import measure, median_seconds, one_row_floor_us
 
@@ -269,8 +269,10 @@ def run(artifacts: list[Path], thread_counts: list[int], out_dir: Path, quick: b
         results["builds"][folder.name if folder.name not in results["builds"] else str(folder)] = build
     results["seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_host.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    (out_dir / "bench_host.md").write_text("\n".join(table(results)) + "\n")
+    # Through the one writer of result files: each appears whole, strict JSON (runtime.results).
+    write_file(out_dir / "bench_host.json", (dumps_strict(results, indent=2, sort_keys=True) + "\n").encode(),
+               force=True)
+    write_file(out_dir / "bench_host.md", ("\n".join(table(results)) + "\n").encode(), force=True)
     return results
 
 

@@ -21,11 +21,12 @@ from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBL
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, check_text, check_unique_names, make_plan
+from .domain import Domain, input_domain
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind
 from .members.torch_common import one_thread
-from .parity import BATCH_SIZES, check_parity, merged, parity_rows, summary, table
+from .parity import BATCH_SIZES, check_parity, json_ready, merged, parity_rows, summary, table
 from .precision import Precision, lower
 from .reference import Reference
 from .scaler import Scaler, load_scaler
@@ -46,25 +47,31 @@ class BuildResult:
 
 def resolve_feature_names(plan: Plan, members: list[LoadedMember], scalers: dict[Path, Scaler]) -> list[str]:
     """Every source that names the features must agree, order included; one of them must exist."""
-    sources: list[tuple[str, list[str]]] = []
+    # (where, names, how that source rewrote names: LightGBM writes spaces as underscores)
+    sources: list[tuple[str, list[str], Callable[[str], str] | None]] = []
     if plan.feature_names is not None:
-        sources.append(("ensemble.json", plan.feature_names))
-    sources += [(str(m.source.metadata or m.source.file), m.feature_names) for m in members if m.feature_names]
-    sources += [(str(s.file), s.feature_names) for s in scalers.values() if s.feature_names]
+        sources.append(("ensemble.json", plan.feature_names, None))
+    sources += [(str(m.source.metadata or m.source.file), m.feature_names, m.feature_names_as)
+                for m in members if m.feature_names]
+    sources += [(str(s.file), s.feature_names, None) for s in scalers.values() if s.feature_names]
     if not sources:
         raise MetadataError(f"{plan.models_dir}: no file names the features; add \"feature_names\": [...] to a "
                             f"member's _meta.json or to ensemble.json, in training column order.")
-    for where, names in sources:
+    for where, names, _ in sources:
         check_text(list(names), f"{where}: feature_names")
         check_unique_names(list(names), f"{where}: feature_names")
-    first_where, first = sources[0]
-    for where, names in sources[1:]:
-        if list(names) != list(first):
-            pos = next((i for i, (a, b) in enumerate(zip(first, names, strict=False)) if a != b),
-                       min(len(first), len(names)))
+    # The names as given: from a source that kept them, if any.
+    first_where, first, _ = next((s for s in sources if s[2] is None), sources[0])
+    for where, names, rewrite in sources:
+        expected = [rewrite(n) for n in first] if rewrite is not None else list(first)
+        if list(names) != expected:
+            pos = next((i for i, (a, b) in enumerate(zip(expected, names, strict=False)) if a != b),
+                       min(len(expected), len(names)))
             raise MetadataError(f"feature names disagree: {first_where} and {where} differ at position {pos} "
                                 f"({first[pos] if pos < len(first) else 'end'!r} vs "
-                                f"{names[pos] if pos < len(names) else 'end'!r}); {len(first)} vs {len(names)} names.")
+                                f"{names[pos] if pos < len(names) else 'end'!r}); {len(first)} vs {len(names)} names"
+                                + (" (LightGBM writes spaces in names as underscores)" if rewrite is not None
+                                   else "") + ".")
     return list(first)
 
 
@@ -141,20 +148,35 @@ def load_plan(plan: Plan, progress: Progress = log.info) -> Loaded:
 
 
 def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: bytes, recorded: np.ndarray | None,
-               progress: Progress = log.info, precision: Precision = Precision()) -> dict[str, Any]:
-    rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), recorded)
+               progress: Progress = log.info, precision: Precision = Precision(),
+               domain: Domain | None = None) -> dict[str, Any]:
+    """The gate on rows covering `domain` (by default the one `input_domain` gives these members and rows)."""
+    if domain is None:
+        domain = domain_of(loaded, recorded)
+    rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), domain, recorded)
     gate = "parity gate" if not precision.lowered else f"agreement gate ({precision.weights} graph)"
     progress(f"{gate}: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
     report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes, precision)
+    report["domain"] = {"sds": domain.sds}
     for line in table(report):
         log.info(line)
     return report
 
 
+def domain_of(loaded: Loaded, recorded: np.ndarray | None) -> Domain:
+    """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves."""
+    with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
+        domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
+                              loaded.reference.raw_member_probabilities, recorded)
+    if domain.sds is not None:
+        log.info("input domain: the members that compute answer finitely to %g standard deviations", domain.sds)
+    return domain
+
+
 def _require(report: dict[str, Any], out: Path) -> None:
     if not report["passed"]:
         failed = out.parent / f"{out.name}.parity-failed.json"
-        failed.write_bytes(mf.dumps(report))
+        failed.write_bytes(mf.dumps(json_ready(report)))
         raise ParityError(f"parity gate failed; {out} left untouched; full report in {failed}:\n  "
                           + "\n  ".join(report["failures"]), report)
 
@@ -239,7 +261,15 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
           calibrate_on: Path | None = None, progress: Progress = log.info,
           precision: Precision = Precision(), sign_key: Path | None = None,
           reference_data: Path | None = None, force: bool = False) -> BuildResult:
-    mf.check_output(out, models_dir, force)  # before any work: a refused output costs nothing
+    mf.check_output(out, models_dir, force)  # before any work (and the lock): a refused output costs nothing
+    with mf.output_lock(out):  # one convert per output at a time; a killed one's staging cleaned
+        return _build(models_dir, out, only, parity_data, calibrate_on, progress, precision, sign_key,
+                      reference_data, force)
+
+
+def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Path | None,
+           calibrate_on: Path | None, progress: Progress, precision: Precision, sign_key: Path | None,
+           reference_data: Path | None, force: bool) -> BuildResult:
     signer = _signer(sign_key)
     plan = make_plan(models_dir, only)
     # Read before any model is loaded: a FIFO, a folder, an oversized or non-UTF-8 file costs nothing.
@@ -260,18 +290,19 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
     member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in loaded.members}
     ensemble_bytes = ensemble.SerializeToString()
     recorded = read_features_file(parity_data, loaded.feature_names, parity_text) if parity_data else None
-    report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress)
+    domain = domain_of(loaded, recorded)
+    report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress, domain=domain)
     _require(report, out)  # the float32 export is exact first, whatever precision ships
     quantized: list[str] = []
     if precision.lowered:
         progress(f"lowering the large Linear weights to {precision.weights}")
         ensemble, quantized = lower(ensemble, precision)
         ensemble_bytes = ensemble.SerializeToString()
-        report = merged(report, run_parity(loaded, {}, ensemble_bytes, recorded, progress, precision))
+        report = merged(report, run_parity(loaded, {}, ensemble_bytes, recorded, progress, precision, domain))
         _require(report, out)
 
     files = {f"members/{name}.onnx": data for name, data in member_bytes.items()}
-    files["parity.json"] = mf.dumps(report)
+    files["parity.json"] = mf.dumps(json_ready(report))
     files["README.md"] = mf.ARTIFACTS_README.read_bytes()
     files[STATISTICS_FILE] = statistics_bytes(loaded.feature_names, [m.source.scaler for m in loaded.members],
                                               loaded.scalers, reference_file, reference_text)
@@ -299,6 +330,7 @@ def build(models_dir: Path, out: Path, only: list[str] | None = None, parity_dat
         libraries=mf.library_versions(),
         parity=summary(report),
         files={},
+        domain=domain.record(),
     )
     files[ENSEMBLE_FILE] = bind(ensemble, typed)
     manifest = replace(typed, files={rel: mf.sha256(data) for rel, data in sorted(files.items())}).to_json()

@@ -12,7 +12,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
 from .loaders import check_regular, load_json
 from .members import MemberSource, get_kind, known_kinds, service_weights
+from .members.trees import OPTIONS, parse_options, recorded_options
 
 SERVICE_WEIGHTS = service_weights()  # each kind declares its own default weight (`service_weight`), if any
 CLASSES = ["SELL", "HOLD", "BUY"]
@@ -48,7 +49,11 @@ class Plan:
         for m in self.members:
             meta = m.metadata.name if m.metadata else "no metadata"
             scaler = m.scaler.name if m.scaler else "raw features"
-            lines.append(f"  {m.name:<10} {m.kind:<9} weight {m.weight:.4g}  {m.file.name}  [{meta}; {scaler}]")
+            # How the service called a tree (ensemble.json's tree options); a torch kind's own entry fields
+            # (module, init, code) are printed with its hyperparameters.
+            options = "".join(f"; {k} {v:g}" for k, v in sorted(m.options.items()) if k in OPTIONS)
+            lines.append(f"  {m.name:<10} {m.kind:<9} weight {m.weight:.4g}  {m.file.name}  "
+                         f"[{meta}; {scaler}{options}]")
         if self.combine["method"] == "stacking":
             lines.append(f"  stacker    {self.combine['file'].name}")
         return lines + [f"  note: {n}" for n in self.notes]
@@ -60,8 +65,18 @@ def plan_from_manifest(manifest: dict[str, Any], models: Path) -> Plan:
     def path(record: dict[str, str] | None) -> Path | None:
         return models / record["file"] if record else None
 
+    def options(name: str, m: dict[str, Any]) -> dict[str, Any]:  # a kind's own entry fields, from its record
+        kind = get_kind(m["kind"])
+        if not kind.entry_keys or kind.parse_entry is None:
+            return {}
+        entry = {k: v for k, v in m["hyperparameters"].items() if k in kind.entry_keys}
+        return {**kind.parse_entry(entry, models, f"manifest.json: members.{name}.hyperparameters"),
+                "n_features": len(manifest["feature_names"])}
+
     members = [MemberSource(name, m["kind"], models / m["source"]["file"], path(m.get("metadata")),
-                            path(m.get("scaler")), m["weight"]) for name, m in manifest["members"].items()]
+                            path(m.get("scaler")), m["weight"],
+                            {**recorded_options(m["hyperparameters"]), **options(name, m)})
+               for name, m in manifest["members"].items()]
     members = [next(m for m in members if m.name == name) for name in manifest["ensemble"]["members"]]
     combine = manifest["combine"]
     policy = manifest.get("decision") or {}
@@ -109,7 +124,7 @@ def _normalized(members: list[MemberSource], notes: list[str]) -> list[MemberSou
                             f"float32 (their weight is below 1e-45 of the total); raise it or leave the member out.")
     if abs(total - 1.0) > 1e-12:
         notes.append(f"weights sum to {total:.6g}; normalized to sum to 1")
-        members = [MemberSource(m.name, m.kind, m.file, m.metadata, m.scaler, m.weight / total) for m in members]
+        members = [replace(m, weight=m.weight / total) for m in members]
     return members
 
 
@@ -118,7 +133,9 @@ def discover(models_dir: Path, only: list[str] | None = None) -> Plan:
     found = _stamped_files(models_dir)
     kinds = only or list(SERVICE_WEIGHTS)
     for kind in kinds:
-        get_kind(kind)  # names the known kinds when asked for an unknown one
+        if get_kind(kind).entry_keys:  # get_kind names the known kinds when asked for an unknown one
+            raise PlanError(f"{models_dir}: kind '{kind}' is declared in ensemble.json only, with the fields "
+                            f"{list(get_kind(kind).entry_keys)}; discovery never imports code.")
     scaler = _newest(found.get("scaler", []), SCALER_SUFFIXES, "scaler", models_dir)
     members = []
     for kind in kinds:
@@ -179,10 +196,15 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
                                 f"'-' or '.' (at most 64, not starting with '.'); it names the file "
                                 f"members/<name>.onnx.")
         where = f"{spec_file}: members.{name}"
-        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight"}, {"kind", "file"}, where)
-        if entry["kind"] not in known_kinds():
+        if isinstance(entry, dict) and "kind" in entry and entry["kind"] not in known_kinds():
             raise MetadataError(f"{where}.kind: unknown kind '{entry['kind']}'; known kinds: "
                                 f"{', '.join(known_kinds())}.")
+        extra = get_kind(entry["kind"]).entry_keys if isinstance(entry, dict) and "kind" in entry else ()
+        _check_keys(entry, {"kind", "file", "metadata", "scaler", "weight", *OPTIONS, *extra}, {"kind", "file"}, where)
+        kind = get_kind(entry["kind"])
+        options = kind.parse_entry(entry, models_dir, where) if kind.parse_entry else {}
+        if names is not None and kind.entry_keys:  # the input width, for a kind whose file cannot tell it
+            options["n_features"] = len(names)
         file = _existing(models_dir, entry["file"], f"{where}.file")
         if "metadata" in entry:
             meta = None if entry["metadata"] is None else _existing(models_dir, entry["metadata"], f"{where}.metadata")
@@ -199,7 +221,8 @@ def from_ensemble_json(models_dir: Path, spec_file: Path) -> Plan:
             number = math.inf
         if not math.isfinite(number) or number <= 0:
             raise MetadataError(f"{where}.weight must be a finite positive number, got {repr(weight)[:40]}.")
-        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number))
+        options.update(parse_options(entry["kind"], {k: v for k, v in entry.items() if k in OPTIONS}, scaler, where))
+        members.append(MemberSource(name, entry["kind"], file, meta, scaler, number, options))
     combine = _check_keys(spec.get("combine", {"method": "weighted"}), {"method", "file"}, {"method"},
                           f"{spec_file}: combine")
     notes = [f"from {spec_file.name}"]

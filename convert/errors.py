@@ -42,6 +42,10 @@ class UnsupportedModelError(ConvertError):
     """A model uses a feature that ONNX cannot reproduce faithfully, so converting it would be wrong."""
 
 
+class UserCodeError(ConvertError):
+    """The training code a `torch` member names failed while imported, built or run: names its file and line."""
+
+
 class ParityError(ConvertError):
     """The ONNX export does not reproduce the original framework within tolerance."""
 

@@ -1,6 +1,7 @@
 """Safe reading of every model file the build touches. Nothing here can run code from a file.
 
-- torch weights: `torch.load(weights_only=True)` only, and the result must be a flat name -> tensor mapping.
+- torch weights: `torch.load(weights_only=True)` only, or safetensors (tensors only by construction); the
+  result must be a flat name -> tensor mapping.
 - pickles and joblib files: one restricted unpickler, whose `find_class` admits exactly the globals the
   role needs (a scaler, a stacker, or a member kind's own, declared on its registry entry). Anything else is
   refused when the pickle asks for it, before any of it executes.
@@ -164,13 +165,45 @@ def load_pickle(path: Path, role: str, stand_ins: Mapping[tuple[str, str], type]
                              f"or is not a {role} pickle.") from exc
 
 
+# A safetensors file: an 8-byte little-endian header length, then the JSON header.
+_SAFETENSORS_HEADER = 8
+
+
+def _is_safetensors(head: bytes) -> bool:
+    return len(head) > _SAFETENSORS_HEADER and head[_SAFETENSORS_HEADER:_SAFETENSORS_HEADER + 1] == b"{"
+
+
+def _load_safetensors(path: Path, data: bytes) -> dict[str, Any]:
+    """safetensors holds tensors and nothing else: no code can run reading it, whatever the file says."""
+    try:
+        from safetensors.torch import load
+    except ImportError:
+        raise ModelFileError(f"{path}: a safetensors file; install the convert extra "
+                             f"(pip install 'ensemble-onnx[convert]') to read it.") from None
+    try:
+        return load(data)
+    except Exception as exc:  # SafetensorError, or torch refusing a dtype
+        raise ModelFileError(f"{path}: not a readable safetensors file ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); it may be truncated. Re-save it with "
+                             f"safetensors.torch.save_file(model.state_dict(), path).") from exc
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
-    """A bare `state_dict` saved with `torch.save(model.state_dict())`, read with `weights_only=True`."""
+    """A bare `state_dict`: saved with `torch.save(model.state_dict())` and read with `weights_only=True`, or
+    a `.safetensors` file (recognised by its content, whatever its name)."""
     import torch
 
     try:
         with open_checked(path, "model", "torch state_dict") as fh:
-            state = torch.load(fh, map_location="cpu", weights_only=True)
+            head = fh.read(_SAFETENSORS_HEADER + 1)
+            if _is_safetensors(head):
+                rest = read_capped(fh, file_limit("model") - len(head))
+                if rest is None:
+                    raise ModelFileError(f"{path}: the torch state_dict grew past the size limit while it was read.")
+                state: Any = _load_safetensors(path, head + rest)
+            else:
+                fh.seek(0)
+                state = torch.load(fh, map_location="cpu", weights_only=True)
     except ConvertError:
         raise
     except pickle.UnpicklingError as exc:

@@ -19,17 +19,21 @@ missing (a kill there leaves the previous build in a hidden `.NAME.old-*` folder
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from .loaders import file_limit  # the runtime's JSON limit (runtime.features.MA
 # Recorded for every build; each member kind adds its own (`distributions` on its registry entry).
 LIBRARIES = ("onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "numpy", "ensemble-onnx")
 ARTIFACTS_README = Path(__file__).with_name("artifacts_README.md")
+log = logging.getLogger(__name__)
 
 
 def sha256(data: bytes) -> str:
@@ -166,6 +171,10 @@ def check_output(out: Path, models_dir: Path | None = None, force: bool = False)
             if not parent.is_dir():
                 raise OutputError(f"{where}: {parent} is a file, not a folder; the output cannot be created there.")
             break
+    for parent in target.parents:  # a folder inside a build is an unlisted file there: the build stops loading
+        if (parent / "manifest.json").is_file() and _listed_build(parent)[0]:
+            raise OutputError(f"{where}: is inside {parent}, an artifacts folder; a folder there stops that build "
+                              f"from loading. Name a folder outside it.")
     if not target.exists():
         return
     if not target.is_dir():
@@ -227,6 +236,73 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """One convert per output at a time: an exclusive flock on `.NAME.lock` beside the output, held for the
+    whole build (the kernel drops it when the process dies, so a killed convert leaves no stale lock). The
+    second convert is refused naming the output. Holding it, the staging folders a killed convert left
+    (`.NAME.new-*`, named by write_atomically and by nothing else) are removed. Folders made to hold the
+    lock are removed again if the build left nothing in them (a refused build writes nothing anywhere)."""
+    out = Path(os.path.abspath(out))
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]  # deepest first; removed if empty
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:  # a link, a folder or a read-only folder where the lock goes
+            _remove_empty(made)
+            raise OutputError(f"-o {out}: cannot take the lock {lock} ({exc.strerror}); remove what is there "
+                              f"or name another folder.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"-o {out}: another convert is writing this output now (it holds {lock}); wait for "
+                              f"it to finish, or name another folder.") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:  # not a lock file the previous holder unlinked between our open and our flock
+            break
+        os.close(fd)
+    try:
+        _clean_staging(out)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+        _remove_empty(made)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """The folders made for the lock (deepest first), if nothing was left in them."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _clean_staging(out: Path) -> None:
+    """Staging folders of a convert to this output that was killed: `.NAME.new-XXXXXXXX` (mkdtemp's), folders,
+    never links. A `.NAME.old-*` is removed only when the output is in place (the swap completed); otherwise
+    it holds the only copy of the previous build and is left, said in the log."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(new|old)-[A-Za-z0-9_]{{8}}")
+    for entry in out.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir():
+            continue
+        if match.group(1) == "old" and not out.is_dir():
+            log.warning("%s holds the previous build of %s (a convert was killed while swapping); move it back "
+                        "with: mv %s %s", entry, out, entry / out.name, out)
+            continue
+        log.info("removing %s, left by a convert to %s that did not finish", entry, out)
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None = None,

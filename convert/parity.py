@@ -1,10 +1,10 @@
 """The parity gate: every member's ONNX and the fused ensemble against the original frameworks.
 
-Rows: draws from the scaler's statistics; for every tree split, rows whose scaled float32 value sits on the
-threshold and one ulp under and over it; and any recorded features. Only rows every member can take are
-kept: a split at +-inf or beyond float32 (LightGBM writes 1e300 for a split that parts NaN from every value)
-has no finite row on it, and a raw value that some scaler would push past float32 is not a row the service
-can be handed (the runtime refuses non-finite input). The report counts what was left out, and why.
+Rows: draws from the scaler's statistics; the input domain's edges (`convert.domain`), alone and all at once;
+NaN in each feature that takes it; for every tree split, rows whose scaled float32 value sits on the threshold
+and one ulp under and over it; and any recorded features. Only rows inside the domain are kept: a split at
++-inf (LightGBM writes 1e300 for a split that parts NaN from every value) has no row on it, and a split whose
+row lies outside the domain is a row the runtime refuses. The report counts what was left out, and why.
 References: the frameworks themselves
 (sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
 runs at batch sizes other than the export's; every probability must be within tolerance and every label
@@ -21,6 +21,7 @@ import numpy as np
 
 from runtime.contract import CONFIDENCE, ENSEMBLE_INPUT, LABEL, MEMBER_PROBABILITIES, PROBABILITIES
 
+from .domain import Domain
 from .errors import member_step
 from .members import LoadedMember
 from .members.export import CONTRACT
@@ -62,30 +63,29 @@ def _raw_values_for(targets: np.ndarray, mean: float, scale: float) -> np.ndarra
     return x
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+NAN_ROWS = 8     # rows with NaN in one feature, per feature that takes it, and rows with NaN in all of them
 
 
-def _takeable(raw: np.ndarray, column: int, scalers: list[Scaler | None]) -> np.ndarray:
-    """Which raw values of `column` are finite, and finite in float32 behind every scaler (and raw)."""
-    ok = np.isfinite(raw)
-    for scaler in scalers:
-        mean, scale = _affine(scaler, column)
-        with np.errstate(over="ignore", invalid="ignore"):
-            ok &= np.abs((raw - mean) / scale) <= FLOAT32_MAX
-    return ok
+def _nan_rows(base: np.ndarray, domain: Domain) -> np.ndarray:
+    columns = np.flatnonzero(domain.nan)
+    rows = [base[np.arange(NAN_ROWS * len(columns)) % len(base)].copy()]
+    rows[0][np.arange(len(rows[0])), np.repeat(columns, NAN_ROWS)] = np.nan
+    every = base[:NAN_ROWS].copy()
+    every[:, columns] = np.nan
+    return np.vstack([*rows, every]) if len(columns) else np.empty((0, len(domain.lo)))
 
 
-def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
+def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int, domain: Domain,
                 recorded: np.ndarray | None = None, seed: int = 0) -> ParityRows:
     rng = np.random.default_rng(seed)
-    every_input: list[Scaler | None] = [scalers.get(m.source.scaler) if m.source.scaler is not None else None
-                                        for m in members]
     reference_scaler = next(iter(scalers.values()), None)
     mean, scale = (np.zeros(n_features), np.ones(n_features)) if reference_scaler is None else (
         np.asarray([_affine(reference_scaler, j) for j in range(n_features)]).T)
-    base = mean + scale * rng.standard_normal((SCALER_ROWS, n_features))
-    blocks, counts = [base], {"scaler": SCALER_ROWS, "threshold": 0, "threshold_unreachable": 0,
-                              "threshold_not_finite": 0}
+    base = np.clip(mean + scale * rng.standard_normal((SCALER_ROWS, n_features)), domain.lo, domain.hi)
+    edges, nans = domain.edges(base, rng), _nan_rows(base, domain)
+    blocks, counts = [base, edges, nans], {"scaler": SCALER_ROWS, "domain_edges": len(edges), "nan": len(nans),
+                                           "threshold": 0, "threshold_unreachable": 0, "threshold_not_finite": 0,
+                                           "threshold_outside_domain": 0}
     for member in members:
         scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
         for column in sorted({f for f, _ in member.thresholds}):
@@ -98,9 +98,10 @@ def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_feat
             targets = targets[finite]
             raw = _raw_values_for(targets, *_affine(scaler, column))
             reachable = ~np.isnan(raw)
-            ok = reachable & _takeable(np.where(reachable, raw, 0.0), column, every_input)
-            counts["threshold_not_finite"] += int((reachable & ~ok).sum())
-            raw[~reachable] = np.nan
+            # A split beyond the domain parts no two values the runtime takes: every row it could see is
+            # on one side, and the edge rows hold that side.
+            ok = reachable & (raw >= domain.lo[column]) & (raw <= domain.hi[column])
+            counts["threshold_outside_domain"] += int((reachable & ~ok).sum())
             rows = base[np.arange(ok.sum()) % SCALER_ROWS].copy()
             rows[:, column] = raw[ok]
             blocks.append(rows)
@@ -248,8 +249,21 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 LEFT_OUT = {"threshold_unreachable": "no float64 raw value scales exactly onto the float32 split value",
-            "threshold_not_finite": "the split value, or its raw row behind some member's scaler, is +-inf or "
-                                    "beyond float32 (rows the runtime refuses)"}
+            "threshold_not_finite": "the split value is +-inf or one float32 step past the largest float32",
+            "threshold_outside_domain": "the split's raw row lies outside the input domain (rows the runtime "
+                                        "refuses; the domain's edge rows hold the side of the split they take)"}
+
+
+def json_ready(value: Any) -> Any:
+    """The report with each non-finite figure as text ("inf", "-inf", "nan"): a failed gate's report must be
+    written whatever its differences were, and JSON has no such numbers."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
 
 def table(report: dict[str, Any]) -> list[str]:

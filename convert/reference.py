@@ -1,7 +1,10 @@
 """The ensemble as the service computed it: each member through its own framework, one call per member.
 
 torch for N-HiTS and PatchTST (rebuilt from their state_dicts), scikit-learn for the scaler and a stacker,
-xgboost and lightgbm for the trees, combined in numpy, then the decision policy. The parity gate holds the
+xgboost and lightgbm for the trees, combined in numpy, then the decision policy. Each tree member is called
+as the service called its file (the loader that saved it, ensemble.json's "rounds" and "missing": see
+docs/models-folder.md), and binary members give probabilities from their own margins in float64, so a
+temperature keeps a confident member's small probability. The parity gate holds the
 ONNX graphs to this; `bench` times it as the baseline; `verify` rebuilds it from the model files.
 """
 

@@ -11,14 +11,17 @@ artifacts folder (not on a new export), with recorded features added when given.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import manifest as mf
-from .build import Progress, load_plan, read_features_file, run_parity
+from .build import Progress, domain_of, load_plan, read_features_file, run_parity
 from .discover import Plan, make_plan, plan_from_manifest
+from .domain import Domain
 from .errors import UnsupportedModelError, VerifyError
 from .members.torch_common import one_thread
+from .members.trees import OPTIONS, recorded_options
 from .parity import summary
 from .precision import Precision
 
@@ -63,6 +66,10 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
         differ(f"members.{m.name}.kind", built.get("kind"), m.kind)
         differ(f"members.{m.name}.weight", built.get("weight"), m.weight)
         differ(f"members.{m.name}.source.file", (built.get("source") or {}).get("file"), m.file.name)
+        # How the service called the model (ensemble.json's "rounds", "missing") is part of what was built.
+        # (A torch kind's module/init/code are checked by re-importing the class and re-running the gate.)
+        differ(f"members.{m.name}.hyperparameters.options", recorded_options(built.get("hyperparameters") or {}),
+               {k: v for k, v in m.options.items() if k in OPTIONS})
         # The manifest's metadata and scaler are what verify rebuilds from: they must be the ones planned.
         for part, planned_file in (("metadata", m.metadata), ("scaler", m.scaler)):
             differ(f"members.{m.name}.{part}.file", (built.get(part) or {}).get("file"),
@@ -112,8 +119,12 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
                           f"artifacts {manifest['feature_names'][:3]}...; rebuild with `ensemble-onnx convert`.")
     member_bytes = {name: files[m["onnx"]["file"]] for name, m in manifest["members"].items()}
     recorded = read_features_file(data, loaded.feature_names) if data else None
+    domain = None
+    if folder.typed.domain is not None:  # the range it serves, with the rungs under it as the build ran them
+        rungs = domain_of(loaded, None)
+        domain = replace(Domain.from_record(folder.typed.domain), sds=rungs.sds, ladder=rungs.ladder)
     report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress,
-                        Precision.from_record(manifest.get("precision")))
+                        Precision.from_record(manifest.get("precision")), domain)
     result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,
               "signed": public_key is not None, "sources": len(source_files(manifest)),
               "passed": report["passed"], "parity": summary(report), "failures": report["failures"]}

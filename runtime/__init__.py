@@ -33,7 +33,7 @@ from .contract import (
 )
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
 from .errors import EnsembleOnnxError, shortened
-from .features import InputError, as_matrix, rows_to_matrix
+from .features import InputDomain, InputError, as_matrix, rows_to_matrix
 
 # Rows per onnxruntime call: the graph's intermediates take about 11 KB a row (PatchTST's 2048-wide layer;
 # measured 530 MB peak for one call of 40,000 rows), so a caller's million-row array would need ~11 GB at once.
@@ -91,6 +91,12 @@ class Ensemble:
         # What describe() reports of members, weights and temperatures must be what the graph computes with.
         check_combiner(typed, verified.files[graph_file], Path(graph_path), Path(path, MANIFEST_FILE))
         self._input = inputs[0].name
+        # The rows the gate proved parity on: a row outside is refused, never handed to a member that may
+        # overflow on it. A build from before the domain existed checks only that every value is finite.
+        self._domain = None if typed.domain is None else InputDomain(
+            typed.domain.lo, typed.domain.hi, typed.domain.nan, typed.domain.nan_refused_by, self.feature_names)
+        # NaN gets past as_matrix only to the domain check, which takes it or refuses it naming the members.
+        self._missing = self._domain is not None
         # Verified training statistics (absent in builds made before they existed: drift() then says so).
         raw_statistics = verified.files.get(STATISTICS_FILE)
         self._statistics = (None if raw_statistics is None
@@ -99,6 +105,8 @@ class Ensemble:
     def _run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         if len(x) == 0:
             raise InputError("no rows to score.")
+        if self._domain is not None:
+            self._domain.check(x)
         parts = [self._session.run(None, {self._input: x[i:i + RUN_CHUNK]}) for i in range(0, len(x), RUN_CHUNK)]
         out = {name: parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
                for k, name in enumerate(ENSEMBLE_OUTPUTS)}
@@ -119,16 +127,16 @@ class Ensemble:
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """(n, F) numbers in feature order -> (n, n_classes) ensemble probabilities."""
-        return self._run(as_matrix(x, self.feature_names))[PROBABILITIES]
+        return self._run(as_matrix(x, self.feature_names, self._missing))[PROBABILITIES]
 
     def member_probabilities(self, x: Any) -> dict[str, np.ndarray]:
         """(n, F) numbers in feature order -> member name -> (n, n_classes)."""
-        per_member = self._run(as_matrix(x, self.feature_names))[MEMBER_PROBABILITIES]
+        per_member = self._run(as_matrix(x, self.feature_names, self._missing))[MEMBER_PROBABILITIES]
         return {name: per_member[:, i] for i, name in enumerate(self.member_order)}
 
     def predict(self, rows: Any) -> list[Prediction]:
         """A mapping, a list of mappings, a DataFrame or a 2-D array -> one Prediction per row."""
-        out = self._run(rows_to_matrix(rows, self.feature_names, passthrough=("symbol",)))
+        out = self._run(rows_to_matrix(rows, self.feature_names, ("symbol",), self._missing))
         return [Prediction(
             action=self.classes[int(label)], confidence=float(conf),
             probabilities=dict(zip(self.classes, map(float, probs), strict=True)),

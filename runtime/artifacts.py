@@ -303,10 +303,11 @@ def verify_files(files: Mapping[str, bytes], where: str | os.PathLike[str] = "<a
     return verified
 
 
-def read_files(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+def read_files(folder: str | os.PathLike[str], expect_build_id: str | None = None,
+               public_key: str | os.PathLike[str] | bytes | None = None) -> dict[str, bytes]:
     """A folder's verified files as one mapping (manifest.json and the signature included), ready to be sent
-    to workers that check them again with `verify_files`."""
-    verified = read_folder(folder)
+    to workers that check them again with `verify_files` (and the same trust options)."""
+    verified = read_folder(folder, expect_build_id, public_key)
     files = {MANIFEST_FILE: verified.manifest_bytes, **verified.files}
     if verified.signature is not None:
         files[SIGNATURE_FILE] = verified.signature
@@ -362,6 +363,8 @@ def _verify(raw: bytes, read: Callable[[str], bytes], signature: bytes | None, r
             verify(manifest, signature, public_key)
         except SignatureError as exc:
             raise ArtifactError(f"{root}: {exc}") from None
+    elif signature is not None or bundle is not None:
+        _refuse_stale_signature(signature, raw, identity, root, bundle, BUNDLE_FILE)
     graph_file = typed.ensemble.file
     if graph_file not in typed.files:
         raise ArtifactError(f"{manifest_path}: field 'ensemble.file' names no verified file.")
@@ -414,6 +417,48 @@ def _check_signed_set(signed: Signed, listed: set[str], identity: str, root: Pat
     if signed.build_id is not None and signed.build_id != identity:
         raise ArtifactError(f"{root}: {BUNDLE_FILE} records build {shortened(signed.build_id)}, not this folder's "
                             f"build {identity}; {REBUILD} --sign-key.")
+
+
+def _refuse_stale_signature(signature: bytes | None, raw: bytes, identity: str, root: Path,
+                            bundle: bytes | None = None, bundle_name: str = "model.sig") -> None:
+    """Without a key nothing can prove who signed, but a signature that names another build than this folder's
+    is stale (the folder was changed or re-bound after signing) and is refused, not ignored: a folder that
+    says it is signed must at least say it of this build. Read, not verified: manifest.sig's `build_id`, and
+    in an OpenSSF bundle (model.sig) the statement's digest of manifest.json and its build annotation. A
+    file this cannot read is left to the check under a key."""
+    if signature is not None:
+        try:
+            record = loads_strict(signature)
+        except ValueError:
+            record = None
+        signed = record.get("build_id") if isinstance(record, dict) else None
+        if isinstance(signed, str) and signed != identity:
+            raise ArtifactError(f"{root / SIGNATURE_FILE}: signs build {shortened(signed, 80)}, not this folder's "
+                                f"build {identity}: the manifest changed after signing. Re-sign the build or "
+                                f"remove {SIGNATURE_FILE}.")
+    if bundle is not None:
+        manifest_digest, build = _bundle_claims(bundle)
+        if (manifest_digest is not None and manifest_digest != hashlib.sha256(raw).hexdigest()) or (
+                build is not None and build != identity):
+            raise ArtifactError(f"{root / bundle_name}: signs another {MANIFEST_FILE} than this folder's (build "
+                                f"{identity}): the manifest changed after signing. Re-sign the build or remove "
+                                f"{bundle_name}.")
+
+
+def _bundle_claims(bundle: bytes) -> tuple[str | None, str | None]:
+    """(the sha256 an OpenSSF model-signing bundle's statement gives manifest.json, the build id it records),
+    read without verifying anything; (None, None) for what cannot be read as one."""
+    import base64
+
+    try:
+        envelope = loads_strict(bundle)["dsseEnvelope"]
+        statement = loads_strict(base64.b64decode(envelope["payload"], validate=True))
+        digests = {r["name"]: str(r["digest"]).lower() for r in statement["predicate"]["resources"]}
+        annotations = statement["subject"][0].get("annotations") or {}
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None, None
+    build = annotations.get("ensemble_onnx.build_id") if isinstance(annotations, dict) else None
+    return digests.get(MANIFEST_FILE), build if isinstance(build, str) else None
 
 
 def read_verified(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, bytes]]:

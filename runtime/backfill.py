@@ -24,8 +24,10 @@ pyarrow is imported inside the functions: `import runtime` never loads it (`pip 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,8 +40,10 @@ from .artifacts import read_files, verify_files
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
 from .contract import score_columns
 from .errors import shortened, shortened_names
-from .features import InputError, parse_number
+from .features import InputError, header_problem, parse_number
+from .results import check_target, commit_together, environment_fault
 
+log = logging.getLogger(__name__)
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
 REJECT = "__reject__"   # the reason column a scored batch carries between scoring and writing
 
@@ -68,8 +72,8 @@ class Layout:
         repeated = sorted(c for c, n in collections.Counter(columns).items() if n > 1)  # linear: 20,000 columns
         if repeated:
             raise InputError(f"{where}: column(s) given more than once: {shortened_names(repeated)}.")
-        if missing := [f for f in features if f not in columns]:
-            raise InputError(f"{where}: missing feature column(s) {missing}.")
+        if (problem := header_problem(columns, features, None)) is not None:
+            raise InputError(f"{where}: {problem}.")
         chosen = [c for c in columns if c not in features] if keep is None else keep
         if unknown := [c for c in chosen if c not in columns]:
             raise InputError(f"{where}: --keep column(s) {shortened_names(unknown)} are not in the input (it has "
@@ -157,7 +161,8 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
                 try:
                     spans.append((i, i + 1, ens._run(x[i:i + 1])))
                 except InputError as exc:
-                    reasons[i] = str(exc).removeprefix("row 0: ").removesuffix(".")  # a reason is no sentence
+                    # the row is the reason's own row; a reason is no sentence
+                    reasons[i] = str(exc).removeprefix("row 0: ").removeprefix("row 0, ").removesuffix(".")
         for lo, hi, result in spans:
             for key, array in out.items():
                 array[lo:hi] = result[key]
@@ -248,6 +253,7 @@ class Outcome:
                  summary: Summary) -> None:
         self.where, self.layout, self.sink, self.rejects, self.summary = where, layout, sink, rejects, summary
         self.schema: Any = None  # the first table's: each column's type in both output files
+        self.first_reason = ""  # the first refused row, to name when no row at all could be scored
 
     def take(self, table: Any) -> None:
         import pyarrow.compute as pc
@@ -271,6 +277,8 @@ class Outcome:
             import pyarrow as pa
             refused = table.filter(bad)
             rows = pa.array(first_row + np.flatnonzero(bad.to_numpy(zero_copy_only=False)), type=pa.int64())
+            if not self.first_reason:
+                self.first_reason = f"data row {rows[0].as_py()}, {refused.column(REJECT)[0].as_py()}"
             self.rejects.write(pa.table({"row": rows, **{k: refused.column(k) for k in self.layout.keep},
                                          "reason": refused.column(REJECT)}))
         scored = table.filter(pc.invert(bad)).drop_columns([REJECT]) if n_bad else table.drop_columns([REJECT])
@@ -328,102 +336,154 @@ def default_rejects(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects{output.suffix}")
 
 
-def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts: Path | None = None) -> None:
-    """Refuses what would lose data: writing over the input, or the output and rejects being one file, or
-    writing into the artifacts folder (a file there replaces a verified one, or is refused at the next load
-    as unlisted: the build would no longer serve)."""
-    for target in (output, rejects):
-        if target is not None and artifacts is not None and target.resolve().is_relative_to(artifacts.resolve()):
-            raise InputError(f"{target}: is inside the artifacts folder {artifacts}; write the scores elsewhere.")
-        if target is not None and (target.resolve() == input_path.resolve()
-                                   or (target.exists() and os.path.samefile(target, input_path))):
-            raise InputError(f"{target}: is the input file; the output must be another file.")
-    if rejects is not None and rejects.resolve() == output.resolve():
+def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts: Path | None = None,
+                force: bool = False) -> None:
+    """Refuses, before any work, what would lose data (runtime.results.check_target): the output or the
+    rejects file being the input, an existing file without --force, a path in an artifacts folder; and the
+    output and rejects being one file."""
+    for flag, target in (("-o", output), ("--rejects", rejects)):
+        if target is not None:
+            check_target(target, force=force, flag=flag, inputs=[input_path],
+                         builds=[artifacts] if artifacts is not None else [])
+    if rejects is not None and Path(os.path.abspath(rejects)).resolve() == Path(os.path.abspath(output)).resolve():
         raise InputError(f"{rejects}: the rejects file must differ from the output.")
     file_format(output)
+    if rejects is not None:
+        file_format(rejects)
 
 
 def run(input_path: Path, output: Path, layout: Layout, tables: Iterator[Any], force: bool,
-        on_error: str, rejects: Path | None, summary: Summary, progress: Progress) -> Summary:
-    """Drains assembled tables into the output (and rejects) files; commits both only if all went well."""
+        on_error: str, rejects: Path | None, summary: Summary, progress: Progress, group_rows: int = 65536) -> Summary:
+    """Drains assembled tables into the output (and rejects) files; commits both together, only if all went
+    well: a run leaves both its files or neither."""
     start = time.monotonic()
     if on_error == "skip" and (taken := sorted(set(layout.keep) & {"row", "reason"})):
         # The rejects file's own columns: a passthrough column of that name would overwrite the row number.
         raise InputError(f"{input_path}: passthrough column(s) {taken} would clash with the rejects file's own "
                          f"'row' and 'reason'; rename them or leave them out with --keep.")
-    sink = TableSink(output, force)
+    sink = TableSink(output, force, group_rows)
     reject_sink = None
     try:
         if on_error == "skip":
-            reject_sink = TableSink(rejects or default_rejects(output), force)
+            reject_sink = TableSink(rejects or default_rejects(output), force, group_rows)
         outcome = Outcome(input_path, layout, sink, reject_sink, summary)
         for table in tables:
             outcome.take(table)
             progress(summary.rows)
         progress(summary.rows, final=True)
         if summary.scored == 0:
-            raise InputError(f"{input_path}: no row could be scored ({summary.rows} read, {summary.rejected} refused).")
-        sink.commit()
+            raise InputError(f"{input_path}: no row could be scored ({summary.rows:,} read, {summary.rejected:,} "
+                             f"refused{'; first: ' + outcome.first_reason if outcome.first_reason else ''}); "
+                             f"nothing was written.")
+        sink.close()
+        outputs = [sink.out]
         if reject_sink is not None:
             if summary.rejected:
-                reject_sink.commit()
+                reject_sink.close()
+                outputs.append(reject_sink.out)
                 summary.rejects_file = str(reject_sink.out.target)
             else:
                 reject_sink.abort()
-    except BaseException:
+                reject_sink = None
+        commit_together(outputs)
+    except BaseException as exc:
         sink.abort()
         if reject_sink is not None:
             reject_sink.abort()
+        fault = environment_fault(exc, output)
+        if fault is not None:
+            raise fault from None
         raise
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def load_from_files(files: dict[str, bytes], threads: int, where: str) -> Any:
-    """Verifies received artifact bytes against their manifest, then loads them with `threads` intra-op
-    threads (one by default: batch-invariant answers, and no oversubscription beside other workers)."""
+def load_from_files(files: dict[str, bytes], threads: int, where: str, expect_build_id: str | None = None,
+                    public_key: str | os.PathLike[str] | bytes | None = None) -> Any:
+    """Verifies received artifact bytes against their manifest (and the trust options: the pinned build, the
+    signing key), then loads them with `threads` intra-op threads (one by default: batch-invariant answers,
+    and no oversubscription beside other workers)."""
     import onnxruntime as ort
 
     from . import Ensemble
 
-    verified = verify_files(files, where)
+    verified = verify_files(files, where, expect_build_id, public_key)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return Ensemble(where, verified, options)
 
 
+def capped(requested: int, available: int, what: str) -> int:
+    """`requested` threads or workers, at most what the host (or cluster) has, saying so when it cuts: more
+    only queue (1,000 onnxruntime threads on 2 cores ran for minutes on 300 rows)."""
+    if requested > available:
+        log.warning("%s %d capped at %d: this host has %d CPU(s); more would only queue.", what, requested,
+                    available, available)
+        return available
+    return requested
+
+
+def watch_parent(parent: int) -> None:
+    """In a worker: exit as soon as the process that started it is gone (kill -9 included), instead of
+    living on with its Ensemble in memory. A thread polling getppid(): the same on every platform, and unlike
+    Linux's PR_SET_PDEATHSIG not tied to the parent thread that happened to start the worker."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 # Worker processes: each verifies the bytes it was sent and keeps its Ensemble for the whole run.
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(files: dict[str, bytes], threads: int, where: str) -> None:
-    _WORKER["ens"] = load_from_files(files, threads, where)
+def _worker_init(files: dict[str, bytes], threads: int, where: str, parent: int, expect_build_id: str | None,
+                 public_key: bytes | None) -> None:
+    watch_parent(parent)
+    _WORKER["ens"] = load_from_files(files, threads, where, expect_build_id, public_key)
 
 
 def _worker_score(x: np.ndarray, reasons: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return score_rows(_WORKER["ens"], x, reasons)
 
 
+def key_bytes(public_key: str | os.PathLike[str] | bytes | None) -> bytes | None:
+    """The public key's PEM bytes, to send to workers (a Ray actor on another node has no such path). Read
+    after the driver verified the folder with it, so the file is a readable key."""
+    if public_key is None or isinstance(public_key, bytes):
+        return public_key
+    with open(public_key, "rb") as fh:
+        return fh.read(64 << 10)
+
+
 def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[str],
                output: str | os.PathLike[str], *, keep: list[str] | None = None, members: bool = False,
                on_error: str = "fail", rejects: str | os.PathLike[str] | None = None, threads: int = 1,
-               workers: int = 1, batch_rows: int = 65536, force: bool = False, progress: bool = False) -> Summary:
+               workers: int = 1, batch_rows: int = 65536, force: bool = False, progress: bool = False,
+               expect_build_id: str | None = None,
+               public_key: str | os.PathLike[str] | bytes | None = None) -> Summary:
     """Score INPUT with the artifacts into OUTPUT on this machine; see the module docstring."""
     require_pyarrow()
     input_path, output = Path(input_path), Path(output)
     rejects_path = Path(rejects) if rejects is not None else None
     if on_error not in ("fail", "skip"):
         raise InputError(f"on_error must be 'fail' or 'skip', not {on_error!r}.")
+    check_batch_rows(batch_rows)
     check_paths(input_path, output, (rejects_path or default_rejects(output)) if on_error == "skip" else None,
-                Path(artifacts))
-    files = read_files(artifacts)
-    ens = load_from_files(files, threads, str(artifacts))
+                Path(artifacts), force)
+    files = read_files(artifacts, expect_build_id, public_key)
+    key = key_bytes(public_key)
+    cores = os.cpu_count() or 1
+    threads = capped(threads, cores, "--threads")
+    ens = load_from_files(files, threads, str(artifacts), expect_build_id, key)
     columns, total, batches = open_batches(input_path, ens.feature_names, batch_rows, keep)
     layout = Layout.for_input(ens.manifest, columns, keep, members, str(input_path))
     # More processes than cores only queue: each holds its own Ensemble and up to two batches in flight
     # (--workers 1000 on a long file asked for 2,000 pending batches, ~19 GB at the default batch size).
-    workers = max(1, min(workers, os.cpu_count() or 1))
+    workers = capped(max(1, workers), cores, "--workers")
     summary = Summary(str(input_path), str(output), workers=workers, threads=threads)
     where = str(input_path)
 
@@ -437,7 +497,8 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
 
         # spawn, not fork: the parent holds onnxruntime's thread pools, which a fork would copy mid-state.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(files, threads, str(artifacts))) as pool:
+                                 initializer=_worker_init,
+                                 initargs=(files, threads, str(artifacts), os.getpid(), expect_build_id, key)) as pool:
             pending: collections.deque[tuple[Any, Any]] = collections.deque()
             for batch in batches:
                 x, reasons = feature_matrix(batch, layout.features, where)
@@ -449,7 +510,16 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
 
     tables = pooled() if workers > 1 else local()
     return run(input_path, output, layout, tables, force, on_error, rejects_path, summary,
-               Progress(total, progress))
+               Progress(total, progress), batch_rows)
+
+
+MAX_BATCH_ROWS = 1 << 24  # 16,777,216 rows: past this a batch is no longer "a few batches of memory"
+
+
+def check_batch_rows(batch_rows: int) -> None:
+    if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or not 1 <= batch_rows <= MAX_BATCH_ROWS:
+        raise InputError(f"batch_rows must be a whole number from 1 to {MAX_BATCH_ROWS:,}, not "
+                         f"{shortened(batch_rows)}.")
 
 
 def _finish(layout: Layout, batch: Any, future: Any) -> Any:

@@ -2,23 +2,21 @@
 
 Reading streams (a Parquet file without pre-buffering, CSV through pyarrow's streaming reader, JSON lines a
 batch of lines at a time), so memory follows the batch size, not the file's. Writing goes through
-`AtomicOutput`: an unnamed file linked under its name only once complete. pyarrow is imported inside the
+`runtime.results.AtomicOutput`: an unnamed file linked under its name only once complete. pyarrow is imported inside the
 functions (`pip install 'ensemble-onnx[backfill]'`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import shortened, shortened_names
 from .features import InputError, LongIntegerError, RepeatedKeyError, loads_unique
+from .results import AtomicOutput, dumps_strict
 
 INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -56,7 +54,8 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
             # pre_buffer=False: the default pre-buffering keeps every column chunk it read (measured: the
             # whole file stayed allocated), which is exactly what a larger-than-memory history cannot afford.
             pf = pq.ParquetFile(path, pre_buffer=False)
-            return list(pf.schema_arrow.names), pf.metadata.num_rows, pf.iter_batches(batch_size=batch_rows)
+            return (list(pf.schema_arrow.names), pf.metadata.num_rows,
+                    _named_failures(path, fmt, pf.iter_batches(batch_size=batch_rows)))
         if fmt == "csv":
             import pyarrow.csv as pcsv
 
@@ -65,7 +64,7 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
             # as text: see csv_text_options.
             names = list(pcsv.open_csv(path, read_options=read).schema.names)
             reader = pcsv.open_csv(path, read_options=read, convert_options=csv_text_options(names))
-            return names, None, _csv_blocks(path, reader)
+            return names, None, _named_failures(path, fmt, reader)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(_unreadable(path, fmt, exc)) from None
     return _jsonl_batches(path, features, batch_rows, keep)
@@ -76,15 +75,15 @@ def _unreadable(path: Path, fmt: str, exc: Exception) -> str:
     return f"{path}: cannot be read as {fmt} ({str(exc)[:200]}){advice}."
 
 
-def _csv_blocks(path: Path, reader: Any) -> Iterator[Any]:
-    """The reader's blocks; a block it cannot read (text that is not UTF-8, a row of another width) past the
-    first, which open_csv already read, is refused naming the file too, not raised as ArrowInvalid."""
+def _named_failures(path: Path, fmt: str, batches: Iterator[Any]) -> Iterator[Any]:
+    """The reader's batches; a batch it cannot read past the first (a corrupt Parquet page, CSV text that is
+    not UTF-8, a row of another width) is refused naming the file, not raised as pyarrow's own error."""
     import pyarrow as pa
 
     try:
-        yield from reader
-    except pa.ArrowInvalid as exc:
-        raise InputError(_unreadable(path, "csv", exc)) from None
+        yield from batches
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InputError(_unreadable(path, fmt, exc)) from None
 
 
 def csv_text_options(names: Sequence[str]) -> Any:
@@ -233,79 +232,6 @@ def _same_keys(values: list[Any]) -> bool:
 
 # --------------------------------------------------------------------------------------------- writing
 
-class AtomicOutput:
-    """A file that appears whole or not at all.
-
-    Written to an unnamed file in the target's folder (Linux O_TMPFILE), fsynced, then linked under its
-    name: a run killed at any point (even SIGKILL) leaves nothing behind. Where O_TMPFILE is unsupported, a
-    hidden `.NAME.partial-*` file beside the target is used and removed on any error. An existing target is
-    refused unless `force`; then it is replaced by rename, never truncated in place."""
-
-    def __init__(self, target: Path, force: bool) -> None:
-        self.target, self.force = target, force
-        self.temp_name: Path | None = None
-        folder = target.parent  # Path("o.csv").parent is Path("."): never empty
-        if target.exists() and not force:
-            raise InputError(f"{target}: already exists; pass --force to replace it.")
-        try:
-            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o644)
-        except (AttributeError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise InputError(f"{target}: cannot write in {folder} ({exc.strerror}).") from None
-            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.partial-")
-            os.fchmod(fd, 0o644)
-            self.temp_name = Path(name)
-        self.file = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        folder = self.target.parent
-        if self.temp_name is None:
-            if self.force:  # link under a hidden name, then rename over the target: never a half-written target
-                staged = Path(tempfile.mktemp(dir=folder, prefix=f".{self.target.name}.partial-"))
-                _link_fd(self.file.fileno(), staged)
-                os.replace(staged, self.target)
-            else:
-                try:
-                    _link_fd(self.file.fileno(), self.target)
-                except FileExistsError:
-                    self.file.close()
-                    raise InputError(f"{self.target}: appeared while scoring; pass --force to replace it.") from None
-        elif self.force:
-            os.replace(self.temp_name, self.target)
-        else:
-            try:
-                os.link(self.temp_name, self.target)
-            except FileExistsError:
-                self.file.close()
-                raise InputError(f"{self.target}: appeared while scoring; pass --force to replace it.") from None
-            finally:
-                os.unlink(self.temp_name)
-        self.file.close()
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def abort(self) -> None:
-        if not self.file.closed:
-            self.file.close()
-        if self.temp_name is not None and self.temp_name.exists():
-            os.unlink(self.temp_name)
-
-
-def _link_fd(fd: int, target: Path) -> None:
-    """Gives an O_TMPFILE file its name: linkat(AT_SYMLINK_FOLLOW) through /proc/self/fd, as open(2) shows.
-    (os.link without a dir_fd calls link(2), which would link the /proc symlink itself.)"""
-    proc = os.open("/proc/self/fd", os.O_RDONLY)
-    try:
-        os.link(str(fd), target, src_dir_fd=proc, follow_symlinks=True)
-    finally:
-        os.close(proc)
-
-
 def _not_text(table: Any) -> list[str]:
     """The columns CSV's writer cannot turn into text (bytes that are not UTF-8, an interval...), by name."""
     import pyarrow as pa
@@ -320,14 +246,20 @@ def _not_text(table: Any) -> list[str]:
 
 
 class TableSink:
-    """Arrow tables appended to one file in the target's format (Parquet, CSV or JSON lines), atomically."""
+    """Arrow tables appended to one file in the target's format (Parquet, CSV or JSON lines), atomically.
 
-    def __init__(self, target: Path, force: bool) -> None:
+    Parquet row groups hold `group_rows` rows each (the last fewer), whatever the sizes of the tables handed
+    in: the file's bytes do not depend on how an engine batched the rows (Ray's blocks, skipped rows)."""
+
+    def __init__(self, target: Path, force: bool, group_rows: int = 65536) -> None:
         self.fmt = file_format(target)
         self.out = AtomicOutput(target, force)
         self.writer: Any = None
         self.schema: Any = None
         self.rows = 0
+        self.group_rows = group_rows
+        self.pending: list[Any] = []  # Parquet: tables not yet written as a whole row group
+        self.pending_rows = 0
 
     def write(self, table: Any) -> None:
         import pyarrow as pa
@@ -356,8 +288,8 @@ class TableSink:
                 raise InputError(f"{self.out.target}: passthrough column(s) {', '.join(changed[:5])} changed type "
                                  f"in a later batch ({str(exc)[:200]}); write such a column as JSON strings (a big "
                                  f"id as \"123...\"), or leave it out with --keep.") from None
-        if self.fmt == "jsonl":
-            self.out.file.write("".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist()).encode())
+        if self.fmt == "jsonl":  # strict JSON: NaN and infinity as null, bytes as base64 (runtime.results.strict)
+            self.out.file.write("".join(dumps_strict(r) + "\n" for r in table.to_pylist()).encode())
         elif self.fmt == "csv":
             try:
                 self.writer.write_table(table)
@@ -365,14 +297,36 @@ class TableSink:
                 raise InputError(f"{self.out.target}: CSV cannot hold passthrough column(s) {_not_text(table)} "
                                  f"({exc}); write .parquet, or leave them out with --keep.") from None
         else:
-            self.writer.write_table(table)
+            self.pending.append(table)
+            self.pending_rows += table.num_rows
+            self._write_groups(final=False)
         self.rows += table.num_rows
 
-    def commit(self) -> None:
+    def _write_groups(self, final: bool) -> None:
+        import pyarrow as pa
+
+        if self.pending_rows < self.group_rows and not (final and self.pending_rows):
+            return
+        rows = pa.concat_tables(self.pending)
+        start = 0
+        while rows.num_rows - start >= self.group_rows or (final and start < rows.num_rows):
+            group = rows.slice(start, self.group_rows)
+            self.writer.write_table(group, row_group_size=self.group_rows)
+            start += group.num_rows
+        rest = rows.slice(start)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        """Every row written and the format's footer closed; the file is not yet named (see commit)."""
         if self.schema is None:
             raise InputError(f"{self.out.target}: nothing to write.")
+        if self.fmt == "parquet":
+            self._write_groups(final=True)
         if self.writer is not None:
             self.writer.close()
+
+    def commit(self) -> None:
+        self.close()
         self.out.commit()
 
     def abort(self) -> None:

@@ -209,6 +209,18 @@ class EnsembleRecord:
 
 
 @dataclass(frozen=True)
+class DomainRecord:
+    """The inputs the parity gate proved the build on, per feature in `feature_names` order: the finite range
+    [lo, hi] (edges included), and whether NaN, a missing value, is taken (every member defines what missing
+    means). `nan_refused_by`: the members that define no missing value, named when a NaN is refused."""
+
+    lo: list[float]
+    hi: list[float]
+    nan: list[bool]
+    nan_refused_by: list[str]
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     feature_names: list[str]
@@ -222,12 +234,15 @@ class Manifest:
     precision: PrecisionRecord | None = None  # absent = fp32
     libraries: dict[str, str] | None = None
     parity: dict[str, Any] | None = None
+    domain: DomainRecord | None = None        # absent in folders built before it existed: no range is checked
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object manifest.json holds: optional precision fields left out when unset."""
         out = dataclasses.asdict(self)
         if out["precision"] is not None:
             out["precision"] = {k: v for k, v in out["precision"].items() if v is not None}
+        if out["domain"] is None:  # an older build's manifest has no such key, and its digest none either
+            del out["domain"]
         return out
 
 
@@ -395,6 +410,26 @@ def _check_consistent(m: Manifest) -> None:
                                                        f"{stored!r}; a weight is 0 or from about 1.4e-45 to 3.4e38")
     if m.combine.method == "weighted" and not any(float32(member.weight) for member in m.members.values()):
         raise FieldError("members", "weigh 0 each: a weighted combine of them would be 0 for every class")
+    if m.domain is not None:
+        _check_domain(m.domain, m)
+
+
+def _check_domain(d: DomainRecord, m: Manifest) -> None:
+    """One finite [lo, hi] and one NaN flag per feature; refusing members that exist."""
+    width = len(m.feature_names)
+    for what, values in (("lo", d.lo), ("hi", d.hi), ("nan", d.nan)):
+        if len(values) != width:
+            raise FieldError(f"domain.{what}", f"must hold one value per feature ({width}), got {len(values)}")
+    for j, (lo, hi) in enumerate(zip(d.lo, d.hi, strict=True)):
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise FieldError(f"domain.lo[{j}]", f"and domain.hi[{j}] (feature {shortened(m.feature_names[j])}) must "
+                                                f"be finite with lo <= hi, got [{lo!r}, {hi!r}]")
+    for name in d.nan_refused_by:
+        if name not in m.members:
+            raise FieldError("domain.nan_refused_by", f"names {shortened(name)}, no member")
+    if not all(d.nan) and not d.nan_refused_by:
+        raise FieldError("domain.nan_refused_by", "is empty, yet a feature refuses NaN: it must name the members "
+                                                  "that define no missing value")
 
 
 def canonical(obj: Any) -> bytes:

@@ -45,3 +45,11 @@ def shortened_names(names: list[str] | tuple[str, ...], few: int = 5) -> str:
     more; a file may hold 20,000 keys of 100,000 characters, which the message must not print in full."""
     shown = ", ".join(shortened(n) for n in names[:few])
     return f"[{shown}]" if len(names) <= few else f"[{shown}, ... {len(names) - few:,} more]"
+
+
+class CannotRunError(EnsembleOnnxError):
+    """The command could not do its work, through no fault of its inputs and whatever a check would have
+    found: the machine (disk full, a file-size limit, an I/O error) or a check without what it needs (drift
+    --fail-psi on a build without training bins). Exit 3, apart from 1 (refused, or the check failed)."""
+
+    exit_code = 3

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .compare import score_records
-from .features import InputError
+from .features import CsvText, InputError, parse_number
 from .report import Records, esc, heat_map, line_chart, page, table
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ def parse_timestamp(value: Any, line: int) -> float:
         moment = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
         return _as_date(float(value), value, line)
+    elif isinstance(value, CsvText) and _number(value) is not None:  # a CSV cell of epoch seconds
+        return parse_timestamp(_number(value), line)
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -64,6 +66,13 @@ def parse_timestamp(value: Any, line: int) -> float:
     # day): it raises for no date. One that names no date (0001-01-01 east of UTC is in year 0): _as_date.
     seconds = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
     return _as_date(seconds, value, line)
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return parse_number(cell)
+    except ValueError:
+        return None
 
 
 def _as_date(seconds: float, value: Any, line: int) -> float:

@@ -82,14 +82,15 @@ def loads_strict(data: bytes) -> Any:
         raise ValueError("nested too deeply to parse") from None
 
 
-def _check_cell(value: Any, row: int, feature: str) -> float:
+def _check_cell(value: Any, row: int, feature: str, missing: bool = False) -> float:
+    """`value` as a float; NaN only with `missing` (the build's input domain then says where it is taken)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InputError(f"row {row}, feature '{feature}': {_short(value)} is not a number.")
     try:
         number = float(value)
     except OverflowError:  # an integer of hundreds of digits: too large for any float
         raise InputError(f"row {row}, feature '{feature}': {_short(value)} is too large for a float.") from None
-    if not math.isfinite(number):
+    if math.isinf(number) or (math.isnan(number) and not missing):
         raise InputError(f"row {row}, feature '{feature}': {value!r} is not finite; impute it before scoring.")
     return number
 
@@ -109,8 +110,8 @@ def _refuse_masked(x: Any) -> None:
                          "(np.asarray would score the values under the mask).")
 
 
-def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
-    """A 2-D array-like in feature order -> float64 [n, F], or InputError."""
+def as_matrix(x: Any, feature_names: Sequence[str], missing: bool = False) -> np.ndarray:
+    """A 2-D array-like in feature order -> float64 [n, F], or InputError; NaN only with `missing`."""
     _refuse_masked(x)
     try:
         arr = np.asarray(x)
@@ -124,14 +125,17 @@ def as_matrix(x: Any, feature_names: Sequence[str]) -> np.ndarray:
     if arr.dtype.kind in "iuf":
         out = arr.astype(np.float64)
         if not np.isfinite(out).all():  # the cheap test first: a scored row pays for it on every call
-            r, c = np.argwhere(~np.isfinite(out))[0]
+            bad = np.isinf(out) if missing else ~np.isfinite(out)
+            if not bad.any():
+                return out
+            r, c = np.argwhere(bad)[0]
             raise InputError(f"row {r}, feature '{feature_names[c]}': {out[r, c]} is not finite; impute it before "
                              "scoring.")
         return out
     if arr.dtype.kind != "O":
         raise InputError(f"features must be numbers; got an array of dtype {arr.dtype}.")
-    return np.array([[_check_cell(v, r, feature_names[c]) for c, v in enumerate(row)] for r, row in enumerate(arr)],
-                    dtype=np.float64).reshape(len(arr), width)
+    return np.array([[_check_cell(v, r, feature_names[c], missing) for c, v in enumerate(row)]
+                     for r, row in enumerate(arr)], dtype=np.float64).reshape(len(arr), width)
 
 
 def _aligned_columns(columns: Sequence[Any], feature_names: Sequence[str], where: str) -> list[int]:
@@ -150,32 +154,90 @@ def _aligned_columns(columns: Sequence[Any], feature_names: Sequence[str], where
     return [columns.index(n) for n in feature_names]
 
 
-def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequence[str] = ()) -> np.ndarray:
+def rows_to_matrix(rows: Any, feature_names: Sequence[str], passthrough: Sequence[str] = (),
+                   missing: bool = False) -> np.ndarray:
     """A mapping, a list of mappings, a DataFrame (duck-typed: no pandas import) or a 2-D array -> [n, F].
 
-    Named inputs are aligned to the training column order; `passthrough` names (e.g. "symbol") are ignored."""
+    Named inputs are aligned to the training column order; `passthrough` names (e.g. "symbol") are ignored.
+    NaN only with `missing`."""
     _refuse_masked(rows)
     if isinstance(rows, Mapping):
         rows = [rows]
     if hasattr(rows, "columns") and hasattr(rows, "to_numpy"):  # a DataFrame
         columns = [c for c in rows.columns if str(c) not in passthrough]
         order = _aligned_columns(columns, feature_names, "DataFrame")
-        return as_matrix(rows[[columns[i] for i in order]].to_numpy(), feature_names)
+        return as_matrix(rows[[columns[i] for i in order]].to_numpy(), feature_names, missing)
     if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)) and rows and all(
             isinstance(r, Mapping) for r in rows):
         out = np.empty((len(rows), len(feature_names)), dtype=np.float64)
         for r, row in enumerate(rows):
             keys = [k for k in row if str(k) not in passthrough]
             _aligned_columns(keys, feature_names, f"row {r}")
-            out[r] = [_check_cell(row[n], r, n) for n in feature_names]
+            out[r] = [_check_cell(row[n], r, n, missing) for n in feature_names]
         return out
     if isinstance(rows, (str, bytes)) or (isinstance(rows, Sequence) and any(isinstance(r, Mapping) for r in rows)):
         raise InputError("rows must be a mapping, a list of mappings, a DataFrame or a 2-D array of numbers.")
-    return as_matrix(rows, feature_names)
+    return as_matrix(rows, feature_names, missing)
+
+
+class InputDomain:
+    """The rows a build proved parity on (manifest.json's `domain`): per feature a finite [lo, hi], edges
+    included, and whether NaN is taken. `check` is on every scoring call: one vectorised pass for a row set
+    that is all inside; only a refused one pays for finding and naming the first value at fault."""
+
+    def __init__(self, lo: Sequence[float], hi: Sequence[float], nan: Sequence[bool], nan_refused_by: Sequence[str],
+                 feature_names: Sequence[str]) -> None:
+        self.lo, self.hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        self.nan = np.asarray(nan, dtype=bool)
+        self.nan_refused_by, self.feature_names = list(nan_refused_by), list(feature_names)
+
+    def check(self, x: np.ndarray) -> None:
+        """InputError naming the first row and feature outside the domain (its range, or the members that take
+        no NaN); `x` is float64 [n, F] with no infinity (as_matrix refuses those)."""
+        inside = (x >= self.lo) & (x <= self.hi)  # False for NaN
+        if inside.all():
+            return
+        nan = np.isnan(x)
+        bad = ~inside & ~(nan & self.nan)
+        if not bad.any():
+            return
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        name, rows = self.feature_names[c], int(bad.any(axis=1).sum())
+        if nan[r, c]:
+            members = ", ".join(f"'{m}'" for m in self.nan_refused_by[:5])
+            more = f" and {len(self.nan_refused_by) - 5} more" if len(self.nan_refused_by) > 5 else ""
+            error = InputError(f"row {r}, feature '{name}': nan (a missing value) cannot be scored: member(s) "
+                               f"{members}{more} define no missing value; impute it before scoring ({rows} row(s) "
+                               f"refused).")
+        else:
+            error = InputError(f"row {r}, feature '{name}': {float(x[r, c])!r} is outside [{float(self.lo[c])!r}, "
+                               f"{float(self.hi[c])!r}], the range the build's parity gate proved it on ({rows} "
+                               f"row(s) refused).")
+        error.row = r
+        raise error
+
+
+class CsvText(str):
+    """A CSV cell: text as the file wrote it (a passthrough column stays "0700", never 700.0), which a feature
+    reads as a number (records_to_matrix, parse_number). A JSON string is plain str, and is no number."""
+
+
+def _csv_numbers(record: dict[str, Any], feature_names: Sequence[str]) -> dict[str, Any]:
+    """A record's CSV feature cells as numbers where they parse (text that does not stays text, refused later
+    as no number); every other column as it is."""
+    out = dict(record)
+    for name in feature_names:
+        cell = out.get(name)
+        if isinstance(cell, CsvText):
+            try:
+                out[name] = parse_number(cell)
+            except ValueError:
+                out[name] = str(cell)
+    return out
 
 
 def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) from JSON lines or CSV with a header; CSV cells that parse as numbers become floats."""
+    """(line number, record) from JSON lines or CSV with a header; CSV cells are CsvText (features parse them)."""
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise InputError("no rows in the input.")
@@ -214,7 +276,7 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
             continue
         if len(cells) != len(header):
             raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
-        records.append((n, {h: _number_or_text(c) for h, c in zip(header, cells, strict=True)}))
+        records.append((n, {h: CsvText(c) for h, c in zip(header, cells, strict=True)}))
     return records
 
 
@@ -305,30 +367,67 @@ def parse_number(cell: str) -> float:
     return float(cell)
 
 
-def _number_or_text(cell: str) -> Any:
-    try:
-        return parse_number(cell)
-    except ValueError:
-        return cell
-
-
 def at_line(error: InputError, records: Sequence[tuple[int, Any]], first: int = 0) -> InputError:
     """A refusal of one row of the matrix built from `records[first:]`, restated at that record's line (the
     matrix's row number means nothing to whoever wrote the file); any other refusal as it is."""
     if error.row is None:
         return error
-    return InputError(f"line {records[first + error.row][0]}: {str(error).removeprefix(f'row {error.row}: ')}")
+    told = str(error).removeprefix(f"row {error.row}: ").removeprefix(f"row {error.row}, ")
+    return InputError(f"line {records[first + error.row][0]}: {told}")
 
 
 def records_to_matrix(records: list[tuple[int, dict[str, Any]]], feature_names: Sequence[str],
-                      passthrough: Sequence[str] = ("symbol",)) -> np.ndarray:
+                      passthrough: Sequence[str] = ("symbol",), missing: bool = False) -> np.ndarray:
     """Every record validated and aligned; one InputError naming each bad line, or the [n, F] matrix."""
+    # A header problem every record shares (a misspelt CSV column) is one refusal, not one per row.
+    problem = header_problem(list(records[0][1]), feature_names, passthrough) if len(records) > 1 else None
+    if problem is not None and all(r.keys() == records[0][1].keys() for _, r in records):
+        raise InputError(f"{problem} (every row).")
+    if records and any(isinstance(v, CsvText) for v in records[0][1].values()):
+        records = [(n, _csv_numbers(r, feature_names)) for n, r in records]
     rows, problems = [], []
     for n, record in records:
         try:
-            rows.append(rows_to_matrix(record, feature_names, passthrough)[0])
+            rows.append(rows_to_matrix(record, feature_names, passthrough, missing)[0])
         except InputError as exc:  # one record is the matrix's row 0: its line is the only location to say
             problems.append(f"line {n}: {str(exc).removeprefix('row 0: ').removeprefix('row 0, ')}")
     if problems:
         raise InputError(f"{len(problems)} row(s) refused, nothing scored:\n  " + "\n  ".join(problems))
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(feature_names))
+
+
+def header_problem(columns: Sequence[Any], feature_names: Sequence[str], passthrough: Sequence[str] | None = ()
+                   ) -> str | None:
+    """What is wrong with a header, in one sentence: the missing features, the unknown columns (None for
+    `passthrough`: every other column passes through, none is unknown), the closest match of each missing
+    one, and a hint for a file split on another delimiter; None if nothing is. Linear in the header's size
+    but for the closest match, which looks at a few short names only (difflib is quadratic per pair)."""
+    import difflib
+
+    names = [str(c) for c in columns]
+    have, features = set(names), set(feature_names)
+    missing = [f for f in feature_names if f not in have]
+    unknown = [] if passthrough is None else [c for c in names if c not in features and c not in passthrough]
+    if not missing and not unknown:
+        return None
+    parts = [f"missing feature column(s) {shortened_names(missing, 25)}"] if missing else []
+    if unknown:
+        parts.append(f"unknown column(s) {shortened_names(unknown, 8)}")
+
+    def plain(name: str) -> str:  # rsi14, RSI_14 and rsi-14 are one name to a reader
+        return re.sub(r"[^0-9a-z]", "", name.lower())
+
+    candidates = [c for c in names if c not in features and len(c) <= 64]
+    by_plain = {plain(c): c for c in candidates}
+    guesses = []
+    for f in missing[:20]:
+        close = by_plain.get(plain(f)) or next(iter(difflib.get_close_matches(f, candidates[:100], n=1, cutoff=0.8)
+                                                    if len(f) <= 64 else []), None)
+        if close is not None:
+            guesses.append(f"{shortened(close)} for '{f}'")
+    if guesses:
+        parts.append(f"did you mean {', '.join(guesses[:5])}?")
+    if len(names) == 1 and (delimiter := next((d for d in ";\t|" if d in names[0]), None)):
+        parts.append(f"the header is one column holding {delimiter!r}: the file is split on {delimiter!r}, "
+                     f"not commas; save it as comma-separated CSV")
+    return "; ".join(parts)

@@ -34,13 +34,15 @@ class RayScorer:
     """One per actor: verified artifacts loaded once, then Arrow batch in, assembled table out. An artifact
     refusal names `where` (the artifacts folder), a row's refusal names `source` (the input file)."""
 
-    def __init__(self, files: Any, layout: backfill.Layout, threads: int, where: str, source: str) -> None:
+    def __init__(self, files: Any, layout: backfill.Layout, threads: int, where: str, source: str,
+                 expect_build_id: str | None = None, public_key: bytes | None = None) -> None:
         import ray
 
         if isinstance(files, ray.ObjectRef):
             files = ray.get(files)
         self.layout, self.source = layout, source
-        self.ens = backfill.load_from_files(files, threads, where)  # verify_files before anything is scored
+        # verify_files, with the driver's trust options, before anything is scored
+        self.ens = backfill.load_from_files(files, threads, where, expect_build_id, public_key)
 
     def __call__(self, batch: Any) -> Any:
         try:
@@ -90,7 +92,8 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
                    output: str | os.PathLike[str], *, address: str | None = None, keep: list[str] | None = None,
                    members: bool = False, on_error: str = "fail", rejects: str | os.PathLike[str] | None = None,
                    threads: int = 1, workers: int = 2, batch_rows: int = 65536, force: bool = False,
-                   progress: bool = False) -> backfill.Summary:
+                   progress: bool = False, expect_build_id: str | None = None,
+                   public_key: str | os.PathLike[str] | bytes | None = None) -> backfill.Summary:
     """Score INPUT into OUTPUT with `workers` Ray actors; the same contract as backfill.score_file."""
     require_pyarrow()
     try:
@@ -100,12 +103,15 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
         raise InputError(INSTALL_HINT) from None
     input_path, output = Path(input_path), Path(output)
     rejects_path = Path(rejects) if rejects is not None else None
+    backfill.check_batch_rows(batch_rows)
     backfill.check_paths(input_path, output, (rejects_path or backfill.default_rejects(output))
-                         if on_error == "skip" else None, Path(artifacts))
+                         if on_error == "skip" else None, Path(artifacts), force)
     if file_format(input_path) == "jsonl":
         raise InputError(f"{input_path}: --engine ray reads Parquet and CSV; score JSON lines with the local engine.")
-    files = read_files(artifacts)
-    manifest = verify_files(files, artifacts).manifest  # the driver refuses a bad folder before any actor starts
+    files = read_files(artifacts, expect_build_id, public_key)
+    key = backfill.key_bytes(public_key)
+    # the driver refuses a bad (or untrusted) folder before any actor starts
+    manifest = verify_files(files, artifacts, expect_build_id, key).manifest
     columns, total, _batches = open_batches(input_path, tuple(manifest["feature_names"]), batch_rows)
     layout = backfill.Layout.for_input(manifest, columns, keep, members, str(input_path))
 
@@ -122,18 +128,24 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
         # refusal would reach the driver as text only (_refusal could not name the file and row).
         context.raise_original_map_exception = True
         files_ref = ray.put(files)
+        # Actors past the cluster's CPUs only queue (8 actors on 2 cores held 3.9 GB); threads past a node's
+        # cores oversubscribe it.
+        cluster_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        workers = backfill.capped(workers, cluster_cpus, "--workers")
+        threads = backfill.capped(threads, (os.cpu_count() or 1) if address is None else cluster_cpus, "--threads")
         read_cpus, per_actor = cpu_shares(workers, os.cpu_count() or 1, cluster=address is not None)
         # Blocks of about batch_rows rows (where the row count is known), so every actor gets work.
         blocks = max(workers, -(-total // batch_rows)) if total else None
         scored = _dataset(ray, input_path, columns, read_cpus, blocks).map_batches(
-            RayScorer, fn_constructor_args=(files_ref, layout, threads, str(artifacts), str(input_path)),
+            RayScorer, fn_constructor_args=(files_ref, layout, threads, str(artifacts), str(input_path),
+                                            expect_build_id, key),
             batch_size=batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=per_actor)
         warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")
         tables = (batch for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None))
         summary = backfill.Summary(str(input_path), str(output), engine="ray", workers=workers, threads=threads)
         return backfill.run(input_path, output, layout, tables, force, on_error, rejects_path, summary,
-                            backfill.Progress(total, progress))
+                            backfill.Progress(total, progress), batch_rows)
     except Exception as exc:
         refusal = _refusal(exc)
         if refusal is None:

@@ -88,6 +88,11 @@ def test_integers_past_float_precision_are_scored_as_their_nearest_float(demo_ar
     first = next(iter(cols))
     cols[first] = pa.array([value] * len(cols[first]), type=getattr(pa, arrow_type)())
     pq.write_table(pa.table(cols), tmp_path / "in.parquet")
+    # Read as its nearest float, then refused by the demo's input domain (its members compute), by name.
+    result = _score(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet")
+    assert result.exit_code == 1 and f"feature '{first}': {float(value)!r} is outside [" in result.output, result.output
+    cols[first] = pa.array([1] * len(cols[first]), type=getattr(pa, arrow_type)())  # the same type, in the domain
+    pq.write_table(pa.table(cols), tmp_path / "in.parquet")
     result = _score(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet")
     assert result.exit_code == 0, result.output
     ens = runtime.load(demo_artifacts)
@@ -133,7 +138,7 @@ def test_the_default_rejects_file_is_never_the_input(demo_artifacts, tmp_path):
     pq.write_table(pa.table(cols), source)
     before = source.read_bytes()
     result = _score(demo_artifacts, source, tmp_path / "x.parquet", "--on-error", "skip", "--force")
-    _refused(result, "x.rejects.parquet: is the input file")
+    _refused(result, "x.rejects.parquet: is an input of this run")
     assert source.read_bytes() == before
     assert not (tmp_path / "x.parquet").exists()
 
@@ -251,7 +256,7 @@ def test_compare_report_into_a_missing_folder_is_refused_by_name(demo_artifacts,
     report = tmp_path / "missing" / "report.html"
     result = CliRunner().invoke(main, ["compare", str(demo_artifacts), str(demo_artifacts), "--data", str(data),
                                        "--report", str(report)])
-    _refused(result, f"{report}: cannot write the report")
+    _refused(result, f"{report}: the folder {report.parent} does not exist")  # before any row is scored
 
 
 # ------------------------------------------------------------------------------- text a careless user saves
@@ -396,8 +401,8 @@ def test_a_huge_batch_is_run_in_bounded_chunks_and_errors_name_the_global_row(de
     probabilities = ens.predict_proba(x)
     assert recording.rows == [5, 5, 2]
     np.testing.assert_allclose(probabilities, whole[0], rtol=0, atol=1e-6)
-    x[8] = 1e308  # overflows a member: the refusal names the row among all 12, not within its chunk
-    with pytest.raises(runtime.InputError, match=r"^row 8: member"):
+    x[8] = 1e308  # past the build's input domain: the refusal names the row among all 12, not within its chunk
+    with pytest.raises(runtime.InputError, match=r"^row 8, feature 'rsi_14': 1e\+308 is outside"):
         ens.predict_proba(x)
 
 

@@ -265,8 +265,9 @@ def test_a_chunk_with_an_overflowing_row_is_scored_row_by_row_and_only_that_row_
     counting.calls = []
     out, reasons = backfill.score_matrix(counting, x)
     assert counting.calls == [1024, 6, 1, 1, 1, 1, 1, 1]
-    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected): the row's features are too large "
-           "for its float32 arithmetic (largest: 'rsi_14' = 1e+38), far outside the range the models were trained on")
+    # Refused by the build's input domain before any member sees it (docs/numerics.md).
+    why = reasons[1026]
+    assert why.startswith("feature 'rsi_14': 1e+38 is outside [") and why.endswith("(1 row(s) refused)")
     assert reasons.tolist() == [None] * 1026 + [why, None, why, None]
     good = np.array([i for i in range(1030) if i not in (1026, 1028)])
     np.testing.assert_array_equal(out["probabilities"][good], ens.predict_proba(x[good]))
@@ -281,8 +282,8 @@ def test_score_rows_scores_only_the_rows_without_a_reason(ens):
     x[3] = 1e38
     reasons = np.array([None, "column 'a': missing (null)", None, None, None], dtype=object)
     out, merged = backfill.score_rows(ens, x, reasons)
-    why = ("member 'nhits' produced non-finite probabilities (1 row(s) affected): the row's features are too large "
-           "for its float32 arithmetic (largest: 'rsi_14' = 1e+38), far outside the range the models were trained on")
+    why = merged[3]
+    assert why.startswith("feature 'rsi_14': 1e+38 is outside [")  # the build's input domain
     assert merged.tolist() == [None, "column 'a': missing (null)", None, why, None]
     assert reasons.tolist() == [None, "column 'a': missing (null)", None, None, None]  # the caller's, untouched
     np.testing.assert_array_equal(out["probabilities"][[0, 2, 4]], one_by_one(ens, x[[0, 2, 4]]))
@@ -502,7 +503,8 @@ def test_run_with_no_scorable_row_fails_and_writes_nothing(tmp_path):
     with pytest.raises(InputError) as err:
         backfill.run(Path("in.csv"), out, small_layout(), iter([scored_table([1, 2], ["a", "b"])]), False, "skip",
                      None, Summary("in", str(out)), Progress(None, False))
-    assert str(err.value) == "in.csv: no row could be scored (2 read, 2 refused)."
+    assert str(err.value) == ("in.csv: no row could be scored (2 read, 2 refused; first: data row 1, a); nothing was "
+                              "written.")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -575,15 +577,18 @@ def test_check_paths_lets_distinct_files_through(tmp_path):
     backfill.check_paths(tmp_path / "in.csv", tmp_path / "o.parquet", None, tmp_path / "artifacts")
 
 
+IN_BUILD = "an unlisted file there stops the build from loading; write the result elsewhere."
+
+
 @pytest.mark.parametrize(("output", "rejects", "message"), [
-    ("arts/o.parquet", None, "TMP/arts/o.parquet: is inside the artifacts folder TMP/arts; write the scores "
-                             "elsewhere."),
-    ("o.parquet", "arts/sub/r.csv", "TMP/arts/sub/r.csv: is inside the artifacts folder TMP/arts; write the scores "
-                                    "elsewhere."),
-    ("in.csv", None, "TMP/in.csv: is the input file; the output must be another file."),
-    ("o.parquet", "in.csv", "TMP/in.csv: is the input file; the output must be another file."),
-    ("link.csv", None, "TMP/link.csv: is the input file; the output must be another file."),
-    ("hard.csv", None, "TMP/hard.csv: is the input file; the output must be another file."),
+    ("arts/o.parquet", None, "-o TMP/arts/o.parquet: is inside the artifacts folder TMP/arts: " + IN_BUILD),
+    ("o.parquet", "arts/sub/r.csv", "--rejects TMP/arts/sub/r.csv: is inside the artifacts folder TMP/arts: "
+                                    + IN_BUILD),
+    ("in.csv", None, "-o TMP/in.csv: is an input of this run (TMP/in.csv); write the result to another file."),
+    ("o.parquet", "in.csv", "--rejects TMP/in.csv: is an input of this run (TMP/in.csv); write the result to "
+                            "another file."),
+    ("link.csv", None, "-o TMP/link.csv: is an input of this run (TMP/in.csv); write the result to another file."),
+    ("hard.csv", None, "-o TMP/hard.csv: is an input of this run (TMP/in.csv); write the result to another file."),
     ("o.parquet", "o.parquet", "TMP/o.parquet: the rejects file must differ from the output."),
     ("o.txt", None, "TMP/o.txt: unknown format '.txt'; use one of ['.csv', '.json', '.jsonl', '.ndjson', '.parquet', "
                     "'.pq']."),
@@ -617,7 +622,7 @@ def test_load_from_files_refuses_tampered_bytes_naming_where_they_came_from(demo
 
 def test_a_worker_scores_with_the_ensemble_it_verified(demo_artifacts, ens, monkeypatch):
     monkeypatch.setattr(backfill, "_WORKER", {})
-    backfill._worker_init(read_files(demo_artifacts), 1, "sent")
+    backfill._worker_init(read_files(demo_artifacts), 1, "sent", os.getppid(), None, None)
     assert backfill._WORKER["ens"].path == "sent"
     x = rows(3, len(ens.feature_names), seed=2)
     out, reasons = backfill._worker_score(x, np.array([None, "bad", None], dtype=object))
@@ -1012,7 +1017,8 @@ def test_a_target_that_appears_while_writing_is_refused_and_kept(tmp_path, how):
     target.write_bytes(b"theirs")
     with pytest.raises(InputError) as err:
         out.commit()
-    assert str(err.value) == f"{target}: appeared while scoring; pass --force to replace it."
+    assert str(err.value) == (f"{target}: appeared while this run wrote it; nothing was written. Pass --force to "
+                              f"replace it.")
     assert target.read_bytes() == b"theirs" and names(tmp_path) == ["o.csv"]
 
 
@@ -1222,7 +1228,7 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(demo_artifacts, tmp_p
     # fail mode checks no rejects file, so the default rejects name of o.parquet is a fine input (refused later
     # only for being JSON lines); skip mode refuses it as the input.
     ("o.rejects.jsonl", "fail", "SRC: --engine ray reads Parquet and CSV; score JSON lines with the local engine."),
-    ("o.rejects.parquet", "skip", "SRC: is the input file; the output must be another file."),
+    ("o.rejects.parquet", "skip", "--rejects SRC: is an input of this run (SRC); write the result to another file."),
 ])
 def test_the_ray_engine_refuses_before_starting_ray(demo_artifacts, tmp_path, name, on_error, message):
     pytest.importorskip("ray")

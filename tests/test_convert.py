@@ -62,7 +62,8 @@ def test_demo_converts_with_every_member_within_tolerance(demo_models, demo_arti
     assert all(c["max_abs_diff"] <= 1e-5 and c["label_mismatches"] == 0 for c in report["checks"])
     hp = manifest["members"]["patchtst"]["hyperparameters"]
     assert hp == {"input_size": 18, "d_model": 128, "n_heads": 8, "n_layers": 4, "dim_feedforward": 2048,
-                  "num_classes": 3}
+                  "num_classes": 3, "norm_first": False, "activation": "relu", "layer_norm_eps": 1e-5,
+                  "encoder_norm": False}
 
 
 def test_ensemble_graph_matches_frameworks_on_threshold_rows(demo_models, demo_artifacts):

@@ -39,6 +39,7 @@ FAMILY = [
     (errors.ParityError, False),
     (errors.VerifyError, False),
     (errors.FrameworkError, False),
+    (errors.UserCodeError, False),
     (errors.SigningError, False),
     (errors.OutputError, False),
 ]

@@ -108,6 +108,7 @@ def _three_members(m: dict[str, Any]) -> None:
     del m["members"]["patchtst"]
     m["ensemble"]["members"].remove("patchtst")
     m["decision"]["temperature"].pop("patchtst", None)
+    m["domain"]["nan_refused_by"].remove("patchtst")  # the domain names only members that exist
 
 
 @pytest.mark.parametrize("edit", [_four_classes, _three_members])
@@ -757,6 +758,8 @@ def _input_named_x(m: dict[str, Any]) -> None:
 
 def _one_feature_more(m: dict[str, Any]) -> None:
     m["feature_names"].append("extra_feature")
+    for field, value in (("lo", -1.0), ("hi", 1.0), ("nan", False)):  # a domain entry per feature
+        m["domain"][field].append(value)
 
 
 def _one_output_more(m: dict[str, Any]) -> None:

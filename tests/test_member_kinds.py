@@ -16,18 +16,19 @@ from convert.members import get_kind, known_kinds
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("kind", "suffixes"), [
-    ("nhits", (".pth", ".pt")),
-    ("patchtst", (".pth", ".pt")),
-    ("xgboost", (".pkl", ".joblib", ".json", ".ubj")),
-    ("lightgbm", (".pkl", ".joblib", ".txt")),
-    ("sklearn", (".pkl", ".joblib")),
-    ("catboost", (".cbm", ".pkl", ".joblib")),
+@pytest.mark.parametrize(("kind", "suffixes", "module"), [
+    ("nhits", (".pth", ".pt", ".safetensors"), "nhits"),
+    ("patchtst", (".pth", ".pt", ".safetensors"), "patchtst"),
+    ("torch", (".pth", ".pt", ".safetensors"), "user_torch"),  # not `torch.py`: it would read as torch itself
+    ("xgboost", (".pkl", ".joblib", ".json", ".ubj"), "xgboost"),
+    ("lightgbm", (".pkl", ".joblib", ".txt"), "lightgbm"),
+    ("sklearn", (".pkl", ".joblib"), "sklearn"),
+    ("catboost", (".cbm", ".pkl", ".joblib"), "catboost"),
 ])
-def test_each_kind_registers_itself_from_its_own_module(kind, suffixes):
+def test_each_kind_registers_itself_from_its_own_module(kind, suffixes, module):
     registered = get_kind(kind)
     assert registered.suffixes == suffixes
-    assert registered.load.__module__ == registered.reference.__module__ == f"convert.members.{kind}"
+    assert registered.load.__module__ == registered.reference.__module__ == f"convert.members.{module}"
 
 
 def test_importing_the_registry_loads_no_framework():
@@ -42,7 +43,7 @@ def test_importing_the_registry_loads_no_framework():
 
 # The modules outside convert/members/ that once held per-kind tables: none may name a kind or its libraries.
 SHARED_MODULES = ("convert/loaders.py", "convert/errors.py", "convert/manifest.py", "convert/cli.py",
-                  "convert/discover.py")
+                  "convert/discover.py", "convert/domain.py")
 # Named on purpose: torch is the family of two kinds (members/torch_common.py), its weights-only reader is one
 # of the safe readers, its state_dict refusal one of the error families, and the command line's help says
 # "torch" to its users (and `inspect` reads a torch member's metadata).
@@ -156,5 +157,5 @@ def test_an_unknown_kind_is_refused_naming_the_known_ones():
     from convert.errors import PlanError
 
     with pytest.raises(PlanError, match="unknown member kind 'nosuchkind'; known kinds: catboost, lightgbm, nhits, "
-                                        "patchtst, sklearn, xgboost"):
+                                        "patchtst, sklearn, torch, xgboost"):
         get_kind("nosuchkind")

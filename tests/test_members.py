@@ -19,8 +19,8 @@ STAMP = DemoSpec().stamp
 
 
 def test_registry_names_known_kinds_and_refuses_overwrite():
-    assert known_kinds() == ["catboost", "lightgbm", "nhits", "patchtst", "sklearn", "xgboost"]
-    with pytest.raises(PlanError, match="known kinds: catboost, lightgbm, nhits, patchtst, sklearn, xgboost"):
+    assert known_kinds() == ["catboost", "lightgbm", "nhits", "patchtst", "sklearn", "torch", "xgboost"]
+    with pytest.raises(PlanError, match="known kinds: catboost, lightgbm, nhits, patchtst, sklearn, torch, xgboost"):
         get_kind("tabnet")
     with pytest.raises(ValueError, match="already registered"):
         register(MemberKind("nhits", (".pth",), get_kind("nhits").load, get_kind("nhits").reference))

@@ -503,7 +503,8 @@ def test_the_table_title_lists_only_what_drifted_or_warns(drift, warn, title):
 # ------------------------------------------------------------------------------------------ read_rows
 
 @pytest.mark.parametrize(("name", "content", "records"), [
-    ("rows.csv", "\ufeffa,b\n1,x\n\n2.5,y\n", [(2, {"a": 1.0, "b": "x"}), (4, {"a": 2.5, "b": "y"})]),
+    # CSV cells stay the text they are (a feature parses it; a passthrough column passes it on unchanged)
+    ("rows.csv", "\ufeffa,b\n1,x\n\n2.5,y\n", [(2, {"a": "1", "b": "x"}), (4, {"a": "2.5", "b": "y"})]),
     ("rows.jsonl", '{"a": 1}\n{"a": 2, "b": "x"}\n', [(1, {"a": 1}), (2, {"a": 2, "b": "x"})]),
 ])
 def test_csv_and_json_lines_are_read_with_their_line_numbers(tmp_path, name, content, records):
@@ -543,10 +544,10 @@ def unreadable(tmp_path: Path, name: str, data: bytes | None) -> Path:
     ("bad.jsonl", b'{"a": 1}\n[1]\n', "line 2: not a JSON object."),
     ("empty.csv", b"", "no rows in the input."),
     ("header.csv", b"a,b\n", "no rows in the input."),
-    ("gone.parquet", None, "not a readable Parquet file ({path})."),
-    ("text.parquet", b"a,b\n1,2\n", "not a readable Parquet file (Could not open Parquet input source '{path}': "
-                                    "Parquet magic bytes not found in footer. Either the file is corrupted or this "
-                                    "is not a parquet file.)."),
+    ("gone.parquet", None, "not a readable Parquet file ([Errno 2] Failed to open local file '{path}'. Detail: "
+                           "[errno 2] No such file or directory)."),
+    ("text.parquet", b"a,b\n1,2\n", "not a readable Parquet file (Parquet magic bytes not found in footer. Either the "
+                                    "file is corrupted or this is not a parquet file.)."),
 ])
 def test_an_unreadable_input_is_refused_naming_the_file(tmp_path, name, data, problem):
     path = unreadable(tmp_path, name, data)

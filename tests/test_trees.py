@@ -87,8 +87,7 @@ def test_member_export_matches_the_framework_off_the_gate(root, variant_id):
 
 @pytest.mark.parametrize(("variant_id", "words"), [
     ("xgboost-gblinear-pkl", "gblinear"), ("xgboost-gblinear-json", "gblinear"),
-    ("xgboost-multi_output_tree-json", "multi_output_tree"), ("xgboost-categorical-json", "categorical"),
-    ("xgboost-missing=0-pkl", "missing=0.0")])
+    ("xgboost-multi_output_tree-json", "multi_output_tree"), ("xgboost-categorical-json", "categorical")])
 def test_what_onnx_cannot_express_is_refused_by_name(root, tmp_path, variant_id, words):
     folder = cached_folder(by_id(variant_id), root)
     result = convert(folder, tmp_path / "out")

@@ -37,6 +37,7 @@ class Variant:
     data: str = "plain"            # plain | nan | zeros | categorical | scaled
     fit: tuple = ()                # extra (name, value) pairs for fit()
     scaler: tuple | None = None    # StandardScaler kwargs as pairs, or None for raw features
+    entry: tuple = ()              # (name, value) pairs added to the member's ensemble.json entry
 
     @property
     def id(self) -> str:
@@ -72,11 +73,21 @@ VARIANTS: list[Variant] = [
     *_v("xgboost", "tree_method exact", {"tree_method": "exact"}, ("json",)),
     *_v("xgboost", "max_bin 8", {"max_bin": 8}, ("json",)),
     *_v("xgboost", "early stopping", {"early_stopping_rounds": 3}, ("pkl", "json")),
+    # xgb.train(early_stopping_rounds=...) and Booster.save_model: Booster.predict uses every round, so does the
+    # build; "rounds" in ensemble.json says the service called predict(iteration_range=(0, rounds)).
+    *_v("xgboost", "early stopping, xgb.train + Booster.save_model", {}, ("json", "ubj"), fit=(("api", "native"),)),
+    *_v("xgboost", "early stopping, Booster file, rounds named in ensemble.json", {}, ("json",),
+        fit=(("api", "native"),), entry=(("rounds", 2),)),
     *_v("xgboost", "base_score", {"base_score": 0.3}, ("json",), classes=2),
     *_v("xgboost", "monotone constraints", {"monotone_constraints": "(1,0,0,0,0,0,0,-1)"}, ("json",)),
-    *_v("xgboost", "missing=0", {"missing": 0.0}, ("pkl",), data="zeros", expect=f"{UNSUPPORTED} missing=0.0"),
+    # A pickle keeps `missing`: its predict reads 0.0 as absent, and so does the export (0.0 becomes NaN first).
+    *_v("xgboost", "missing=0", {"missing": 0.0}, ("pkl",), data="zeros"),
     # A native file does not keep `missing`: XGBClassifier().load_model predicts with NaN, and so does the export.
     *_v("xgboost", "missing=0", {"missing": 0.0}, ("json",), data="zeros"),
+    *_v("xgboost", "missing=-999", {"missing": -999.0}, ("pkl",), data="sentinel"),
+    # ... unless ensemble.json says how the service called it.
+    *_v("xgboost", "missing=-999, named in ensemble.json", {"missing": -999.0}, ("json",),
+        data="sentinel", entry=(("missing", -999.0),)),
     *_v("xgboost", "categorical", {"enable_categorical": True, "tree_method": "hist"}, ("json",),
         data="categorical", expect=f"{UNSUPPORTED} categorical"),
     *_v("xgboost", "gblinear", {"booster": "gblinear"}, ("pkl", "json"), expect=f"{UNSUPPORTED} gblinear"),
@@ -84,6 +95,7 @@ VARIANTS: list[Variant] = [
         ("json",), expect=f"{UNSUPPORTED} multi_output_tree"),
     *_v("lightgbm", "default", {}, LGB_ALL),
     *_v("lightgbm", "binary", {}, ("pkl", "txt"), classes=2),
+    *_v("lightgbm", "binary sigmoid=2.0", {"sigmoid": 2.0}, ("pkl", "txt"), classes=2),
     *_v("lightgbm", "4 classes", {}, ("txt",), classes=4),
     *_v("lightgbm", "5 classes", {}, ("txt",), classes=5),
     *_v("lightgbm", "nan in training", {}, ("pkl", "txt"), data="nan"),
@@ -109,6 +121,9 @@ VARIANTS: list[Variant] = [
                                                       "max_iter": 10}, ("pkl",), data="nan"),
     *_v("sklearn", "HistGradientBoostingClassifier", {"estimator": "HistGradientBoostingClassifier",
                                                       "max_iter": 10}, ("joblib",), classes=2),
+    *_v("sklearn", "HistGradientBoostingClassifier categorical_features",
+        {"estimator": "HistGradientBoostingClassifier", "max_iter": 5, "categorical_features": (2,)}, ("pkl",),
+        data="categorical", expect=f"{UNSUPPORTED} categorical_features"),
     *_v("sklearn", "LogisticRegression", {"estimator": "LogisticRegression"}, ("pkl",), classes=4, scaler=()),
     *_v("scaler", "constant column", {}, ("pkl",), data="constant", scaler=()),
     *_v("scaler", "with_mean=False", {}, ("joblib",), scaler=(("with_mean", False),)),
@@ -137,6 +152,8 @@ def training_data(variant: Variant) -> tuple[np.ndarray, np.ndarray]:
         x[(y == 0) & (rng.random(N_ROWS) < 0.6), 3] = np.nan
     elif variant.data == "zeros":
         x[rng.random(x.shape) < 0.2] = 0.0
+    elif variant.data == "sentinel":
+        x[rng.random(x.shape) < 0.2] = -999.0
     elif variant.data == "categorical":
         x[:, 2] = rng.integers(0, 5, N_ROWS).astype(np.float64)
         y = np.where(x[:, 2] == 3, 0, y)
@@ -159,6 +176,12 @@ def _tree_model(variant: Variant, x: np.ndarray, y: np.ndarray) -> Any:
             frame = pd.DataFrame(x, columns=FEATURES).astype({"f2": "int64"}).astype({"f2": "category"})
             model.fit(frame, y)
             return model
+        if fit.get("api") == "native":
+            return xgboost.train({"objective": "multi:softprob", "num_class": variant.classes, "max_depth": 3,
+                                  "eta": 0.5, "seed": SEED, "nthread": 1},
+                                 xgboost.DMatrix(x[:300], y[:300]), 200,
+                                 evals=[(xgboost.DMatrix(x[300:], y[300:]), "valid")], early_stopping_rounds=3,
+                                 verbose_eval=False)
         if "early_stopping_rounds" in kwargs:
             model.set_params(n_estimators=200)
             model.fit(x[:300], y[:300], eval_set=[(x[300:], y[300:])], verbose=False)
@@ -188,6 +211,8 @@ def _sklearn_model(variant: Variant, x: np.ndarray, y: np.ndarray) -> Any:
     kwargs = variant.kwargs
     name = kwargs.pop("estimator")
     cls = getattr(sklearn.ensemble, name, None) or getattr(sklearn.linear_model, name)
+    if "categorical_features" in kwargs:
+        kwargs["categorical_features"] = list(kwargs["categorical_features"])
     if name != "LogisticRegression":
         kwargs["random_state"] = SEED
     return cls(**kwargs).fit(x, y)
@@ -259,7 +284,8 @@ def write_variant(variant: Variant, folder: Path) -> Path:
         else:
             file = _save_tree(variant, _tree_model(variant, x, y), folder / kind)
     members = {name: {"kind": kind, "file": file.name,
-                      "scaler": scaler_file.name if scaler_file and variant.framework != "lightgbm" else None}}
+                      "scaler": scaler_file.name if scaler_file and variant.framework != "lightgbm" else None,
+                      **dict(variant.entry)}}
     if variant.data == "nan" and variant.scaler is not None:
         # a member that shares the scaler, so the gate's rows reach a scaler too
         import xgboost

@@ -5,12 +5,12 @@ prediction function (the parity reference), the ONNX export that must reproduce 
 about the model on the way (hyperparameters, the tree split thresholds). Adding a kind is one module here
 that ends with its `register(...)` line, its name in the import at the end of this file, and its tests. What
 the shared code must know about a kind (pickle allowlist, framework error classes, manifest library versions,
-the build stack, the default weight) is data on its `MemberKind`, read through the functions below.
+the build stack, the default weight, the input domain) is data on its `MemberKind`, read through the functions below.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,10 @@ class MemberSource:
     metadata: Path | None = None
     scaler: Path | None = None
     weight: float = 1.0
+    # How the service called the model, where the file cannot say: ensemble.json's tree options (checked by
+    # `members.trees.parse_options`, e.g. {"rounds": 13, "missing": -999.0}) and a kind's own entry fields
+    # (`MemberKind.entry_keys`, e.g. kind torch's module, init and code).
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass
@@ -46,8 +50,19 @@ class LoadedMember:
     reference: Callable[[np.ndarray], np.ndarray]  # float32 [N, F] scaled -> float64 [N, n_classes]
     onnx_model: onnx.ModelProto
     feature_names: list[str] | None = None         # as the member's own files state them
+    # How the member's framework rewrote a feature name in its file (LightGBM: spaces to underscores), so that
+    # its names are compared with the other sources' as it wrote them; None: kept as given.
+    feature_names_as: Callable[[str], str] | None = None
     notes: list[str] = field(default_factory=list)  # where each hyperparameter came from
     thresholds: list[tuple[int, float]] = field(default_factory=list)  # (feature, split value) for trees
+
+
+def never(member: LoadedMember) -> bool:
+    return False
+
+
+def always(member: LoadedMember) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,10 @@ class MemberKind:
     load: Callable[[MemberSource], LoadedMember]
     # The original framework's prediction alone (no export): what the service ran, for `bench` and `verify`.
     reference: Callable[[MemberSource], Callable[[np.ndarray], np.ndarray]]
+    # ensemble.json fields this kind takes beyond kind/file/metadata/scaler/weight, checked by `parse_entry`
+    # (entry, models folder, where) -> options; the manifest's hyperparameters hold them again for `verify`.
+    entry_keys: tuple[str, ...] = ()
+    parse_entry: Callable[[Mapping[str, Any], Path, str], dict[str, Any]] | None = None
     # The globals a pickle of this kind may name (besides numpy's, loaders.COMMON_PICKLE_GLOBALS); empty: the
     # kind reads no pickles, and `load_pickle(path, kind)` refuses every global it is asked for.
     pickle_globals: frozenset[tuple[str, str]] = frozenset()
@@ -71,6 +90,11 @@ class MemberKind:
     service_weight: float | None = None
     # A torch kind's architecture read off a state_dict and its metadata, for `inspect` of a weights file.
     read_architecture: Callable[[Any, Any, MemberSource], Any] | None = None
+    # The input domain (convert/domain.py): whether a member of this kind only compares its inputs with split
+    # values (a tree ensemble: no float32 value overflows it), and whether it defines what a missing value (NaN)
+    # means (a learned default direction at every split). Functions of the loaded member: a kind may hold both.
+    only_compares: Callable[[LoadedMember], bool] = never
+    takes_nan: Callable[[LoadedMember], bool] = never
 
 
 _REGISTRY: dict[str, MemberKind] = {}
@@ -124,4 +148,5 @@ from . import lightgbm  # noqa: E402, F401
 from . import nhits  # noqa: E402, F401
 from . import patchtst  # noqa: E402, F401
 from . import sklearn  # noqa: E402, F401
+from . import user_torch  # noqa: E402, F401
 from . import catboost  # noqa: E402, F401

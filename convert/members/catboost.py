@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle, read_checked
-from . import LoadedMember, MemberKind, MemberSource, register
+from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import CONTRACT, to_contract
 from .trees import check_classes, tree_node
 
@@ -172,4 +172,5 @@ register(MemberKind(
     "catboost", (".cbm", ".pkl", ".joblib"), load, reference,
     # A pickle holds the classifier and, in its state, the model's own .cbm bytes and its parameters.
     pickle_globals=frozenset({("catboost.core", "CatBoostClassifier")}),
-    frameworks=("catboost", "_catboost"), distributions=("catboost",), build_modules=("catboost",)))
+    frameworks=("catboost", "_catboost"), distributions=("catboost",), build_modules=("catboost",),
+    only_compares=always))  # oblivious trees: every split compares with a border

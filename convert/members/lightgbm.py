@@ -12,6 +12,7 @@ zero-as-missing splits whose default direction disagrees with the threshold) are
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,10 +22,10 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle, read_checked
-from . import LoadedMember, MemberKind, MemberSource, register
+from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import to_contract
 from .lightgbm_text import booster_stand_ins, check_model_text
-from .trees import ONNXMLTOOLS_OPSET, check_classes, floor_float32, input_types, tree_node
+from .trees import ONNXMLTOOLS_OPSET, check_classes, floor_float32, input_types, margins_graph, tree_node
 
 PROBE_TIMEOUT_S = 120
 # Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
@@ -99,7 +100,7 @@ def probe_model_file(file: Path, form: str) -> None:
 
 
 def read_model(source: MemberSource) -> tuple[Any, Any]:
-    """(booster, predict_proba) from a .txt or an LGBMClassifier pickle."""
+    """(booster, LGBMClassifier or None) from a .txt or an LGBMClassifier pickle."""
     import lightgbm
 
     if source.file.suffix == ".txt":
@@ -110,7 +111,7 @@ def read_model(source: MemberSource) -> tuple[Any, Any]:
         except lightgbm.basic.LightGBMError as exc:
             raise ModelFileError(
                 f"{source.file}: not a readable LightGBM model ({lightgbm_reason(str(exc))}).") from exc
-        return booster, booster.predict
+        return booster, None
     probe_model_file(source.file, "pickle")
     model = load_pickle(source.file, "lightgbm", booster_stand_ins(source.file))
     if not isinstance(model, lightgbm.LGBMClassifier):
@@ -123,7 +124,7 @@ def read_model(source: MemberSource) -> tuple[Any, Any]:
     if scores != (1 if n_classes == 2 else n_classes):
         raise ModelFileError(f"{source.file}: the LGBMClassifier has {n_classes} classes, but its booster's text "
                              f"scores {scores} per row (num_class); re-save the model from LightGBM.")
-    return model.booster_, model.predict_proba
+    return model.booster_, model
 
 
 def preorder(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -229,42 +230,119 @@ def average_trees(onx: Any, iterations: int) -> None:
         weights[i] = w / iterations
 
 
-def _proba(predict: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], np.ndarray]:
-    def proba(x32: np.ndarray) -> np.ndarray:
-        p = np.asarray(predict(x32), dtype=np.float64)
-        # A binary Booster gives P(class 1) alone; [1 - p, p] is what LGBMClassifier.predict_proba returns.
-        return np.column_stack([1.0 - p, p]) if p.ndim == 1 else p
-    return proba
+def rounds_used(source: MemberSource, booster: Any, wrapper: Any | None) -> tuple[int, str]:
+    """The iterations the service's predict used, and why: LGBMClassifier.predict_proba stops at its booster's
+    best_iteration; Booster(model_file=...).predict uses every iteration the file holds (LightGBM writes a
+    model saved after early stopping up to its best iteration, and reads no best_iteration back); the
+    member option "rounds" is num_iteration=rounds."""
+    from .trees import rounds_option
+
+    total = booster.current_iteration()
+    best = booster.best_iteration
+    if not isinstance(best, int) or isinstance(best, bool):  # a pickle's booster carries it as it was pickled
+        raise ModelFileError(f"{source.file}: the booster's best_iteration is {str(best)[:40]}, not an iteration "
+                             f"count; re-save the model from LightGBM.")
+    wanted = rounds_option(source, total)
+    if wanted is not None:
+        return wanted, 'ensemble.json "rounds"'
+    if wrapper is not None and 0 < best <= total:
+        return booster.best_iteration, "best_iteration: LGBMClassifier.predict_proba stops there"
+    if wrapper is not None:
+        return total, "all: LGBMClassifier.predict_proba, no best_iteration"
+    return total, "all the file holds: Booster(model_file=...).predict uses every one"
+
+
+def _margins(booster: Any, wrapper: Any | None, rounds: int, explicit: bool,
+             scale: float) -> Callable[[np.ndarray], np.ndarray]:
+    """LightGBM's own raw scores (raw_score=True), as the service's predict summed them, times `scale`
+    (binary: its `sigmoid`; a random forest: also 1 / rounds, the average predict takes after the raw sum);
+    the probabilities from them in float64."""
+    from .trees import margin_probabilities
+
+    if wrapper is not None and not explicit:
+        return lambda x32: margin_probabilities(scale * np.asarray(wrapper.predict(x32, raw_score=True), np.float64))
+    predict = wrapper.predict if wrapper is not None else booster.predict
+    return lambda x32: margin_probabilities(
+        scale * np.asarray(predict(x32, raw_score=True, num_iteration=rounds), dtype=np.float64))
+
+
+def margin_scale(dump: dict[str, Any], rounds: int, sigmoid: float) -> float:
+    return sigmoid / rounds if dump.get("average_output") else sigmoid
+
+
+def objective_of(dump: dict[str, Any], file: Any) -> tuple[str, float]:
+    """(objective, sigmoid): every parameter LightGBM writes after the objective's name is one the export
+    implements, or refused by name."""
+    name, *params = str(dump.get("objective", "")).split(" ")
+    sigmoid = 1.0
+    for param in params:
+        key, _, value = param.partition(":")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if name == "binary" and key == "sigmoid" and math.isfinite(number) and number > 0:
+            sigmoid = number
+        elif name == "multiclass" and key == "num_class":  # check_model_text holds it to the header's
+            continue
+        elif param:
+            raise UnsupportedModelError(f"{file}: objective '{name}' with parameter '{param}' is not exported (the "
+                                        f"export implements binary 'sigmoid' and multiclass 'num_class').")
+    return name, sigmoid
 
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
-    return _proba(read_model(source)[1])
+    booster, wrapper = read_model(source)
+    rounds, _ = rounds_used(source, booster, wrapper)
+    dump = booster.dump_model(num_iteration=rounds)
+    _, sigmoid = objective_of(dump, source.file)
+    return _margins(booster, wrapper, rounds, "rounds" in source.options, margin_scale(dump, rounds, sigmoid))
+
+
+def renamed(name: str) -> str:
+    """LightGBM writes a feature name with its spaces as underscores (its text format splits names on spaces)."""
+    return name.replace(" ", "_")
 
 
 def load(source: MemberSource) -> LoadedMember:
+    import lightgbm
     from onnxmltools import convert_lightgbm
 
-    booster, predict = read_model(source)
-    dump = booster.dump_model()  # best_iteration's trees, as predict uses them and as the converter dumps them
+    full, wrapper = read_model(source)
+    rounds, why = rounds_used(source, full, wrapper)
+    # The iterations predict uses, alone: what the converter and the dump read (both default to best_iteration).
+    booster = full if rounds == full.current_iteration() and full.best_iteration in (0, -1, rounds) else \
+        lightgbm.Booster(model_str=full.model_to_string(num_iteration=rounds))
+    dump = booster.dump_model(num_iteration=rounds)
     check_expressible(dump, source.file)
+    objective, sigmoid = objective_of(dump, source.file)
     n_features, n_classes = booster.num_feature(), max(2, int(dump["num_class"]))  # binary: one score, 2 columns
     onx = convert_lightgbm(booster, name=source.name, initial_types=input_types(n_features),
                            target_opset=ONNXMLTOOLS_OPSET, zipmap=False)
+    if len(dump["tree_info"]) != rounds * int(dump["num_tree_per_iteration"]):
+        raise UnsupportedModelError(f"{source.file}: {len(dump['tree_info'])} trees for {rounds} iterations; "
+                                    f"cannot tell which trees predict uses.")
     thresholds = exact_thresholds(onx, dump, source.file)
     if dump.get("average_output"):
-        average_trees(onx, len(dump["tree_info"]) // int(dump["num_tree_per_iteration"]))
+        average_trees(onx, rounds)
     names = dump.get("feature_names")
     default_names = [f"Column_{i}" for i in range(n_features)]
     return LoadedMember(
         source=source, n_features=n_features, n_classes=n_classes,
-        hyperparameters={"objective": str(dump["objective"]).split(" ")[0], "trees": len(dump["tree_info"]),
-                         "best_iteration": booster.best_iteration, "num_leaves_max": max(
-                             t["num_leaves"] for t in dump["tree_info"])},
-        reference=_proba(predict),
-        onnx_model=to_contract(onx, "lightgbm"),
+        hyperparameters={"objective": objective, "trees": len(dump["tree_info"]),
+                         "best_iteration": full.best_iteration, "boosted_rounds": full.current_iteration(),
+                         "rounds": rounds, "loaded_as": "LGBMClassifier" if wrapper is not None else "Booster",
+                         **({"sigmoid": sigmoid} if objective == "binary" else {}),
+                         "num_leaves_max": max(t["num_leaves"] for t in dump["tree_info"]),
+                         **({"options": dict(source.options)} if source.options else {})},
+        reference=_margins(full, wrapper, rounds, "rounds" in source.options, margin_scale(dump, rounds, sigmoid)),
+        onnx_model=to_contract(margins_graph(onx, n_features, n_classes, sigmoid, source.name), "lightgbm"),
         feature_names=None if names == default_names else names,
-        notes=[f"{len(dump['tree_info']) // int(dump['num_tree_per_iteration'])} boosting rounds"
-               + (" (random forest: averaged)" if dump.get("average_output") else "")],
+        feature_names_as=renamed,
+        notes=[f"{rounds} of {full.current_iteration()} boosting rounds ({why})"
+               + (" (random forest: averaged)" if dump.get("average_output") else ""),
+               *([f"binary sigmoid {sigmoid:g}: the probability is 1 / (1 + exp(-{sigmoid:g} * score))"]
+                 if sigmoid != 1.0 else [])],
         thresholds=thresholds)
 
 
@@ -272,4 +350,5 @@ register(MemberKind(
     "lightgbm", (".pkl", ".joblib", ".txt"), load, reference,
     pickle_globals=frozenset({("lightgbm.sklearn", "LGBMClassifier"), ("lightgbm.basic", "Booster"),
                               ("sklearn.preprocessing._label", "LabelEncoder")}),
-    frameworks=("lightgbm",), distributions=("lightgbm",), build_modules=("lightgbm",), service_weight=0.25))
+    frameworks=("lightgbm",), distributions=("lightgbm",), build_modules=("lightgbm",), service_weight=0.25,
+    only_compares=always, takes_nan=always))  # every split has a learned default direction for NaN

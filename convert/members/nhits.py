@@ -11,7 +11,22 @@ from typing import Any
 import numpy as np
 
 from . import LoadedMember, MemberKind, MemberSource, register
-from .torch_common import Architecture, count_indexed, load_torch_member, rebuild, tensor_shape, torch_reference
+from .torch_common import (
+    Architecture,
+    check_architecture_keys,
+    count_indexed,
+    load_torch_member,
+    no_effect,
+    rebuild,
+    stated_architecture,
+    tensor_shape,
+    torch_reference,
+)
+
+# architecture key -> what this rebuild does with it (every other key is refused).
+ARCHITECTURE_KEYS = {"input_size": "read off stacks.0.0.weight", "hidden_size": "read off stacks.0.0.weight",
+                     "num_stacks": "counted", "num_classes": "read off fc.3.weight",
+                     "dropout": "no effect in eval mode"}
 
 
 def build_module(hp: dict[str, Any]) -> Any:
@@ -40,13 +55,15 @@ def build_module(hp: dict[str, Any]) -> Any:
 
 def read_architecture(state: dict[str, Any], meta: dict[str, Any], source: MemberSource) -> Architecture:
     where = str(source.metadata)
-    stated = meta.get("architecture", {})
+    stated = stated_architecture(meta, ARCHITECTURE_KEYS, where)
+    check_architecture_keys(stated, ARCHITECTURE_KEYS, where, "nhits")
     hidden, input_size = tensor_shape(state, "stacks.0.0.weight", source.file)
     arch = Architecture(feature_names=meta.get("feature_names"))
     arch.inferred("input_size", input_size, meta.get("num_features", stated.get("input_size")), where)
     arch.inferred("hidden_size", hidden, stated.get("hidden_size"), where)
     arch.inferred("num_stacks", count_indexed(state, "stacks.", source.file), stated.get("num_stacks"), where)
     arch.inferred("num_classes", tensor_shape(state, "fc.3.weight", source.file)[0], stated.get("num_classes"), where)
+    no_effect(arch, stated, where)
     return arch
 
 
@@ -58,5 +75,6 @@ def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
     return torch_reference(rebuild(source, read_architecture, build_module)[0])
 
 
-register(MemberKind("nhits", (".pth", ".pt"), load, reference, frameworks=("torch",), distributions=("torch",),
-                    build_modules=("torch",), service_weight=0.30, read_architecture=read_architecture))
+register(MemberKind("nhits", (".pth", ".pt", ".safetensors"), load, reference, frameworks=("torch",),
+                    distributions=("torch",), build_modules=("torch",), service_weight=0.30,
+                    read_architecture=read_architecture))

@@ -15,25 +15,83 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFileError, UnsupportedModelError
-from ..loaders import load_pickle
+from ..errors import ModelFileError, UnsafeFileError, UnsupportedModelError
+from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, register
 from .export import CONTRACT, to_contract
-from .trees import check_classes, floor_float32
+from .trees import check_classes, floor_float32, margins_graph
 
 SUPPORTED = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier", "LogisticRegression")
+TREES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier"})
+TAKES_NAN = frozenset({"HistGradientBoostingClassifier"})  # learns where missing values go at each split
+
+
+def only_compares(member: LoadedMember) -> bool:
+    """The tree ensembles only compare their inputs with split values; LogisticRegression computes with them."""
+    return member.hyperparameters.get("estimator") in TREES
+
+
+def takes_nan(member: LoadedMember) -> bool:
+    return member.hyperparameters.get("estimator") in TAKES_NAN
+
+
+# HistGradientBoosting trained with categorical_features pickles the ColumnTransformer that encodes them.
+_CATEGORICAL_ENCODER = "'sklearn.compose._column_transformer.ColumnTransformer'"
 
 
 def read_model(source: MemberSource) -> Any:
-    model = load_pickle(source.file, "sklearn")
+    try:
+        model = load_pickle(source.file, "sklearn")
+    except UnsafeFileError as exc:
+        if _CATEGORICAL_ENCODER in str(exc) and b"HistGradientBoostingClassifier" in read_checked(source.file, "model",
+                                                                                                "sklearn pickle"):
+            raise UnsupportedModelError(
+                f"{source.file}: a HistGradientBoostingClassifier trained with categorical_features (it carries "
+                f"the ColumnTransformer that encodes them); the ONNX tree operator has no category sets. Retrain "
+                f"with categorical_features=None on encoded features.") from exc
+        raise
     if type(model).__name__ not in SUPPORTED or not hasattr(model, "classes_"):
         raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected a fitted "
                              f"{', '.join(SUPPORTED)}.")
     return model
 
 
+def _binary_logistic(model: Any) -> bool:
+    return type(model).__name__ == "LogisticRegression" and len(model.classes_) == 2
+
+
+def _binary_boosting(model: Any) -> bool:
+    return type(model).__name__ == "HistGradientBoostingClassifier" and len(model.classes_) == 2
+
+
 def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    if _binary_logistic(model) or _binary_boosting(model):  # from its own logit: a confident row keeps its small p
+        from .trees import margin_probabilities
+        return lambda x32: margin_probabilities(model.decision_function(x32))
     return lambda x32: np.asarray(model.predict_proba(x32), dtype=np.float64)
+
+
+def binary_logistic_graph(model: Any, n_features: int, name: str) -> Any:
+    """A binary LogisticRegression as scikit-learn computes it: the logit in float64 (x @ coef.T + intercept,
+    the float32 input promoted), then binary_head's [1 - p, p], each side on its own."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .trees import binary_head
+
+    coef = np.asarray(model.coef_, dtype=np.float64).reshape(1, n_features).T
+    intercept = np.asarray(model.intercept_, dtype=np.float64).reshape(1, 1)
+    nodes = [helper.make_node("Cast", [CONTRACT.input_name], ["x64"], to=TensorProto.DOUBLE, name="Promote"),
+             helper.make_node("MatMul", ["x64", "coef"], ["dot"], name="Dot"),
+             helper.make_node("Add", ["dot", "intercept"], ["logit64"], name="Intercept"),
+             helper.make_node("Cast", ["logit64"], ["logit"], to=TensorProto.FLOAT, name="Logit")]
+    head, inits = binary_head("logit", CONTRACT.output_name)
+    graph = helper.make_graph(
+        nodes + head, name,
+        [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, 2])],
+        [numpy_helper.from_array(coef, "coef"), numpy_helper.from_array(intercept, "intercept"), *inits])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset)])
 
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
@@ -86,12 +144,23 @@ def load(source: MemberSource) -> LoadedMember:
     model = read_model(source)
     n_features, n_classes = int(model.n_features_in_), len(model.classes_)
     check_classes(model.classes_, n_classes, source.file)
+    if _binary_logistic(model):
+        return LoadedMember(
+            source=source, n_features=n_features, n_classes=n_classes,
+            hyperparameters={"estimator": "LogisticRegression", "trees": 0}, reference=_proba(model),
+            onnx_model=to_contract(binary_logistic_graph(model, n_features, source.name), str(source.file)),
+            feature_names=[str(n) for n in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None,
+            notes=["binary LogisticRegression: its logit in float64, each class's probability from it"])
     with _integer_missing_flags():
         onx = to_onnx(model, initial_types=[(CONTRACT.input_name, FloatTensorType([None, n_features]))],
                       target_opset={"": CONTRACT.opset, "ai.onnx.ml": CONTRACT.ml_opset},
                       options={id(model): {"zipmap": False}}, naming=f"{source.name}_")
     onx = to_contract(onx, str(source.file))
     _floor_thresholds(onx, model, source.file)
+    notes = [f"{type(model).__name__} via skl2onnx"]
+    if _binary_boosting(model):  # each class's probability from the raw score on its own, as binary_head says
+        onx = to_contract(margins_graph(onx, n_features, 2, 1.0, source.name), str(source.file))
+        notes.append("binary: each class's probability from its raw score")
     trees = (len(model.estimators_) if hasattr(model, "estimators_")
              else sum(len(p) for p in model._predictors) if hasattr(model, "_predictors") else 0)
     return LoadedMember(
@@ -99,8 +168,7 @@ def load(source: MemberSource) -> LoadedMember:
         hyperparameters={"estimator": type(model).__name__, "trees": int(trees)},
         reference=_proba(model), onnx_model=onx,
         feature_names=[str(n) for n in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None,
-        notes=[f"{type(model).__name__} via skl2onnx"],
-        thresholds=exact_thresholds(onx))
+        notes=notes, thresholds=exact_thresholds(onx))
 
 
 def _floor_thresholds(onx: Any, model: Any, file: Any) -> None:
@@ -155,4 +223,5 @@ register(MemberKind(
         ("numpy.random._pcg64", "PCG64"), ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
         ("numpy.random.bit_generator", "SeedSequence"),
     }),
-    frameworks=("sklearn",), distributions=("scikit-learn",), build_modules=("sklearn", "skl2onnx")))
+    frameworks=("sklearn",), distributions=("scikit-learn",), build_modules=("sklearn", "skl2onnx"),
+    only_compares=only_compares, takes_nan=takes_nan))

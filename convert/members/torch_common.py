@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MetadataError, StateDictError
+from ..errors import MetadataError, StateDictError, UnsupportedModelError
 from ..loaders import load_json, load_state_dict
 from . import LoadedMember, MemberSource
 from .export import CONTRACT
@@ -47,6 +48,51 @@ class Architecture:
         self.values[name] = default if stated is None else stated
         self.notes.append(f"{name}={self.values[name]} "
                           f"({'v5 default, not in metadata' if stated is None else 'from metadata'})")
+
+
+def stated_architecture(meta: dict[str, Any], known: dict[str, str], where: str) -> dict[str, Any]:
+    """The metadata's `architecture` object, with the keys the rebuild knows also read where a training script
+    wrote them at the top level (`{"n_heads": 4, "norm_first": true, ...}`): ignored there, they would build
+    another model than the one trained. Stated in both places, they must agree."""
+    stated = dict(meta.get("architecture", {}))
+    for key in known:
+        if key in meta:
+            if key in stated and stated[key] != meta[key]:
+                raise MetadataError(f"{where}: states {key}={meta[key]!r:.40} at the top level and "
+                                    f"{stated[key]!r:.40} in 'architecture'; keep one.")
+            stated[key] = meta[key]
+    return stated
+
+
+def check_architecture_keys(stated: dict[str, Any], known: dict[str, str], where: str, kind: str) -> None:
+    """Fail closed: a key the rebuild does not implement would be ignored, and the rebuild would then differ
+    from the trained model while passing its own gate. `known`: key -> what it does here."""
+    unknown = [k for k in stated if k not in known]
+    if unknown:
+        raise UnsupportedModelError(
+            f"{where}: architecture key(s) {unknown} are not implemented by the {kind} rebuild (it reads "
+            f"{', '.join(known)}); ignoring one could build another model than the one trained. Remove a key "
+            f"that does not change the model, or declare the member as kind 'torch' with the training code's "
+            f"class (docs/models-folder.md).")
+
+
+def stated_value(stated: dict[str, Any], key: str, valid: Callable[[Any], bool], expect: str, where: str) -> Any:
+    """The metadata's value for `key` (None when absent), refused by name when it is not `expect`."""
+    value = stated.get(key)
+    if value is not None and not valid(value):
+        raise MetadataError(f"{where}: architecture.{key} must be {expect}, got {value!r:.60}.")
+    return value
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def no_effect(arch: Architecture, stated: dict[str, Any], where: str) -> None:
+    """`dropout`: inactive in eval mode, where the service and the export both run."""
+    rate = stated_value(stated, "dropout", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)", where)
+    if rate is not None:
+        arch.notes.append(f"dropout={rate} (from metadata; no effect in eval mode)")
 
 
 def tensor_shape(state: dict[str, Any], key: str, file: Path) -> tuple[int, ...]:
@@ -79,7 +125,26 @@ def read_metadata(source: MemberSource) -> dict[str, Any]:
     return meta
 
 
-def load_strict(module: Any, state: dict[str, Any], file: Path) -> None:
+# What a wrapper puts before every key of the module it wraps: DataParallel / DistributedDataParallel
+# (`module.`) and torch.compile (`_orig_mod.`). The weights underneath are the model's own.
+WRAPPER_PREFIXES = {"module.": "DataParallel/DistributedDataParallel", "_orig_mod.": "torch.compile"}
+
+
+def unwrap(state: dict[str, Any], expected: set[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The state_dict without the prefixes a training wrapper added to every key, and a plan note per prefix.
+    With `expected` (the module's own keys), a prefix the module itself has is left alone."""
+    notes = []
+    while state:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None or (expected is not None and set(state) == expected):
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        notes.append(f"every key started with '{prefix}' (saved from {WRAPPER_PREFIXES[prefix]}); "
+                     f"the prefix is stripped")
+    return state, notes
+
+
+def load_strict(module: Any, state: dict[str, Any], file: Path, what: str = "the architecture read from it") -> None:
     """`load_state_dict(strict=True)`, with every missing, unexpected or misshapen key named."""
     expected = module.state_dict()
     problems = [f"missing tensor '{k}'" for k in expected if k not in state]
@@ -87,7 +152,7 @@ def load_strict(module: Any, state: dict[str, Any], file: Path) -> None:
     problems += [f"tensor '{k}' has shape {tuple(state[k].shape)}, the architecture needs {tuple(v.shape)}"
                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
     if problems:
-        raise StateDictError(f"{file}: does not fit the architecture read from it: " + "; ".join(problems))
+        raise StateDictError(f"{file}: does not fit {what}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
 
 
@@ -120,8 +185,9 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def export_onnx(module: Any, n_features: int) -> Any:
-    """Export `softmax(module(x))` with a dynamic batch axis, as the contract says."""
+def export_onnx(module: Any, n_features: int, traced: list[str] | None = None) -> Any:
+    """Export `softmax(module(x))` with a dynamic batch axis, as the contract says. With `traced`, each
+    place where tracing fixed a Python value (a TracerWarning) is appended to it as 'file:line: message'."""
     import onnx
     import torch
 
@@ -136,16 +202,22 @@ def export_onnx(module: Any, n_features: int) -> Any:
     buffer = io.BytesIO()
     example = torch.zeros(EXPORT_BATCH, n_features, dtype=torch.float32)
     axes = {CONTRACT.input_name: {0: CONTRACT.batch_axis}, CONTRACT.output_name: {0: CONTRACT.batch_axis}}
-    with _no_transformer_fast_path(), torch.no_grad(), warnings.catch_warnings():
+    with _no_transformer_fast_path(), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         # The N-HiTS width test is constant per module (TracerWarning), and the TorchScript exporter is
         # deprecated upstream (DeprecationWarning); neither changes the graph, the parity gate checks it.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("always" if traced is not None else "ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         # The TorchScript exporter: deterministic bytes, no onnxscript dependency, stable since torch 1.x.
         # torch types `f` as a path; the TorchScript exporter writes to any binary file object.
         torch.onnx.export(WithSoftmax(module).eval(), (example,), buffer, dynamo=False,  # type: ignore[arg-type]
                           opset_version=CONTRACT.opset, input_names=[CONTRACT.input_name],
                           output_names=[CONTRACT.output_name], dynamic_axes=axes, do_constant_folding=True)
+    for w in caught:  # anything else is shown as it would have been
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if traced is not None:
+        traced += sorted({f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0][:160]}" for w in caught
+                          if issubclass(w.category, torch.jit.TracerWarning)})
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -163,8 +235,9 @@ def rebuild(source: MemberSource,
             read_architecture: Callable[[dict[str, Any], dict[str, Any], MemberSource], Architecture],
             build_module: Callable[[dict[str, Any]], Any]) -> tuple[Any, Architecture]:
     """The training script's module with the state_dict loaded strictly, in eval mode."""
-    state = load_state_dict(source.file)
+    state, unwrapped = unwrap(load_state_dict(source.file))
     arch = read_architecture(state, read_metadata(source), source)
+    arch.notes[:0] = unwrapped
     module = build_module(arch.values)
     load_strict(module, state, source.file)
     module.eval()

@@ -1,14 +1,18 @@
-"""XGBoost: an XGBClassifier / XGBRFClassifier pickle (allowlisted) or a native .json / .ubj, exported from
-the model's own JSON into one ONNX TreeEnsembleRegressor (the margins) and a softmax or sigmoid.
+"""XGBoost: an XGBClassifier / XGBRFClassifier pickle (allowlisted) or a .json / .ubj model file, exported from
+the model's own JSON into one ONNX TreeEnsembleRegressor (the margins) and a softmax or a two-column sigmoid.
 
 The export reads every tree off `save_raw("json")`, which is what XGBoost itself predicts with: each tree's
 class comes from `tree_info` (a random forest, `num_parallel_tree` > 1, grows several trees per class and
 round, which a tree-index-modulo-classes layout would misassign), a dart booster's trees are scaled by their
-`weight_drop`, the base score is the model's own (a probability for binary:logistic, a margin otherwise),
-and a model trained with early stopping keeps the trees up to `best_iteration`, as `predict_proba` does.
+`weight_drop`, the base score is the model's own (a probability for binary:logistic, a margin otherwise).
 XGBoost splits on `x < threshold` with float32 thresholds, so BRANCH_LT on float32 inputs is exact.
-What ONNX cannot express is refused by name: gblinear, multi-output trees, categorical splits, and a
-`missing` value other than NaN.
+
+The service is assumed to have loaded the file with the API that saved it (docs/models-folder.md): a pickle,
+or a file whose `scikit_learn` attribute says the wrapper saved it, through XGBClassifier, whose predict stops
+at `best_iteration`; a file Booster.save_model wrote through Booster, whose predict uses every round. The
+member options `rounds` and `missing` (ensemble.json) say what the file cannot: the reference is xgboost's
+own predict called that way, and the export keeps those rounds and reads the sentinel as NaN.
+What ONNX cannot express is refused by name: gblinear, multi-output trees, categorical splits.
 """
 
 from __future__ import annotations
@@ -16,37 +20,53 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import LoadedMember, MemberKind, MemberSource, register
+from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import CONTRACT, to_contract
 
 SUPPORTED_OBJECTIVES = ("multi:softprob", "multi:softmax", "binary:logistic")
 
 
-def read_model(source: MemberSource) -> Any:
+@dataclass(frozen=True)
+class Read:
+    """The model as the service is assumed to have loaded it: an XGBClassifier (a pickle, or a .json / .ubj
+    the scikit-learn wrapper saved: its `scikit_learn` attribute says so) or a native Booster (a file
+    Booster.save_model wrote)."""
+
+    booster: Any
+    wrapper: Any | None  # the XGBClassifier, or None for a native Booster
+
+
+def read_model(source: MemberSource) -> Read:
     import xgboost
 
     if source.file.suffix in (".json", ".ubj"):
         if source.file.suffix == ".json":
             check_json_trees(source.file)  # libxgboost trusts the file: a bad tree id corrupts its heap
+        booster = xgboost.Booster()
+        try:
+            booster.load_model(source.file)
+        except xgboost.core.XGBoostError as exc:
+            raise ModelFileError(f"{source.file}: not a readable XGBoost model ({str(exc).splitlines()[0]}).") from exc
+        if booster.attr("scikit_learn") is None:
+            return Read(booster, None)
         model = xgboost.XGBClassifier()
         try:
             model.load_model(source.file)
-        except xgboost.core.XGBoostError as exc:
-            raise ModelFileError(f"{source.file}: not a readable XGBoost model ({str(exc).splitlines()[0]}).") from exc
         except TypeError as exc:  # xgboost refuses to load a regressor's file into a classifier
             raise UnsupportedModelError(f"{source.file}: not a classifier ({exc}); the ensemble needs class "
                                         f"probabilities.") from exc
-        return model
+        return Read(model.get_booster(), model)
     model = load_pickle(source.file, "xgboost")
     if not isinstance(model, xgboost.XGBClassifier):
         raise ModelFileError(f"{source.file}: holds a {type(model).__name__}, expected an XGBClassifier.")
-    return model
+    return Read(model.get_booster(), model)
 
 
 def _int(value: Any) -> int | None:
@@ -107,7 +127,7 @@ def check_json_trees(file: Any) -> None:
                                      f"split feature {split[node]} out of range; the file is corrupt.")
 
 
-def _check_expressible(model: Any, config: dict[str, Any], file: Any) -> str:
+def _check_expressible(config: dict[str, Any], file: Any) -> str:
     """The objective, once every option ONNX cannot express has been refused by name."""
     learner = config["learner"]
     booster = learner["gradient_booster"]["name"]
@@ -117,11 +137,6 @@ def _check_expressible(model: Any, config: dict[str, Any], file: Any) -> str:
     if learner.get("learner_train_param", {}).get("multi_strategy") == "multi_output_tree":
         raise UnsupportedModelError(f"{file}: multi_strategy 'multi_output_tree' (vector leaves) has no ONNX tree "
                                     f"equivalent here; retrain with multi_strategy='one_output_per_tree'.")
-    missing = getattr(model, "missing", math.nan)
-    if missing is not None and not (isinstance(missing, float) and math.isnan(missing)):
-        raise UnsupportedModelError(f"{file}: trained with missing={missing!r}; XGBoost then treats that value as "
-                                    f"absent, which the ONNX tree operator cannot (it knows only NaN). Retrain "
-                                    f"with the default missing=nan.")
     objective = learner["objective"]["name"]
     if objective not in SUPPORTED_OBJECTIVES:
         raise UnsupportedModelError(f"{file}: objective '{objective}' gives no class probabilities the ensemble "
@@ -198,18 +213,29 @@ def tree_ensemble(trees: list[dict[str, Any]], groups: list[int], weights: list[
 
 
 def export(trees: list[dict[str, Any]], groups: list[int], weights: list[float], objective: str,
-           n_classes: int, base: list[float], n_features: int, name: str, file: Any) -> Any:
-    """float32 [N, F] -> probabilities [N, n_classes]: softmax of the margins, or [1 - p, p] for binary."""
+           n_classes: int, base: list[float], n_features: int, name: str, file: Any,
+           missing: float | None = None) -> Any:
+    """float32 [N, F] -> probabilities [N, n_classes]: softmax of the margins, or binary_head's [1 - p, p].
+    With a `missing` sentinel, inputs equal to it (in float32, as XGBoost compares) become NaN first."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from .trees import binary_head
+
     n_groups = 1 if objective == "binary:logistic" else n_classes
-    nodes = [tree_ensemble(trees, groups, weights, n_groups, base, file)]
-    inits = []
+    nodes, inits = [], []
+    if missing is not None:
+        inits += [numpy_helper.from_array(np.array(missing, dtype=np.float32), "missing"),
+                  numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan")]
+        nodes += [helper.make_node("Equal", [CONTRACT.input_name, "missing"], ["is_missing"], name="IsMissing"),
+                  helper.make_node("Where", ["is_missing", "nan", CONTRACT.input_name], ["present"], name="Missing")]
+    trees_node = tree_ensemble(trees, groups, weights, n_groups, base, file)
+    if missing is not None:
+        trees_node.input[0] = "present"
+    nodes.append(trees_node)
     if n_groups == 1:
-        inits.append(numpy_helper.from_array(np.ones((1, 1), dtype=np.float32), "one"))
-        nodes += [helper.make_node("Sigmoid", ["margins"], ["p1"], name="Sigmoid"),
-                  helper.make_node("Sub", ["one", "p1"], ["p0"], name="Complement"),
-                  helper.make_node("Concat", ["p0", "p1"], [CONTRACT.output_name], axis=1, name="Probabilities")]
+        head, head_inits = binary_head("margins", CONTRACT.output_name)
+        nodes += head
+        inits += head_inits
     else:
         nodes.append(helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1, name="Probabilities"))
     graph = helper.make_graph(
@@ -218,56 +244,140 @@ def export(trees: list[dict[str, Any]], groups: list[int], weights: list[float],
     return to_contract(helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset)]), "xgboost")
 
 
-def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x32: model.predict_proba(x32).astype(np.float64)  # stops at best_iteration by itself
+@dataclass(frozen=True)
+class Calling:
+    """How the service's predict ran the model: the rounds it used, and the value it read as missing."""
+
+    rounds: int
+    rounds_from: str           # why that many, for the plan
+    missing: float | None      # None: NaN only
+    missing_from: str
+
+
+def calling(source: MemberSource, read: Read) -> Calling:
+    from .trees import rounds_option
+
+    booster = read.booster
+    total = booster.num_boosted_rounds()
+    best_attr = booster.attr("best_iteration")
+    best = _int(best_attr) if best_attr is not None else None
+    if best_attr is not None and (best is None or not 0 <= best < total):  # corrupt, whichever API reads it
+        raise ModelFileError(f"{source.file}: best_iteration {str(best_attr)[:40]} is outside the {total} boosting "
+                             f"rounds the model holds.")
+    wanted = rounds_option(source, total)
+    if wanted is not None:
+        rounds, why = wanted, 'ensemble.json "rounds"'
+    elif read.wrapper is not None and best is not None:
+        rounds, why = best + 1, "best_iteration: XGBClassifier.predict_proba stops there"
+    elif read.wrapper is not None:
+        rounds, why = total, "all: XGBClassifier.predict_proba, no best_iteration"
+    else:
+        rounds = total
+        why = ("all: a native Booster file; Booster.predict uses every round" +
+               (f"; its best_iteration {best} is not applied: set \"rounds\": {best + 1} in ensemble.json if the "
+                f"service called predict with iteration_range=(0, {best + 1})" if best is not None else ""))
+    option = source.options.get("missing")
+    held = getattr(read.wrapper, "missing", math.nan) if read.wrapper is not None else math.nan
+    held = math.nan if held is None else held
+    try:
+        held = float(held)
+    except (TypeError, ValueError, OverflowError):
+        raise ModelFileError(f"{source.file}: the XGBClassifier's missing is {str(held)[:40]}, not a number "
+                             f"a float32 sentinel can hold.") from None
+    if not math.isnan(held) and option is not None and np.float32(option) != np.float32(held):
+        raise UnsupportedModelError(f"{source.file}: ensemble.json sets \"missing\": {option} for member "
+                                    f"'{source.name}', but the XGBClassifier was saved with missing={held}.")
+    if option is not None:
+        missing, missing_from = float(option), 'ensemble.json "missing"'
+    elif not math.isnan(held):
+        with np.errstate(over="ignore"):
+            in_float32 = float(np.float32(held))
+        if not math.isfinite(in_float32):
+            raise UnsupportedModelError(f"{source.file}: missing={held} is not a finite float32 sentinel the "
+                                        f"export can compare with.")
+        missing, missing_from = held, "the XGBClassifier's missing"
+    else:
+        missing, missing_from = None, ""
+    return Calling(rounds, why, missing, missing_from)
+
+
+def _margins(read: Read, call: Calling, explicit_rounds: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """The framework's own margins, as the service's predict computed them; probabilities from them in
+    float64 (`margin_probabilities`), so a temperature keeps a confident member's small probability."""
+    import xgboost
+
+    from .trees import margin_probabilities
+
+    missing = math.nan if call.missing is None else call.missing
+    if read.wrapper is not None:
+        model = read.wrapper
+        model.set_params(missing=missing)
+        if explicit_rounds:
+            return lambda x32: margin_probabilities(model.predict(x32, output_margin=True,
+                                                                  iteration_range=(0, call.rounds)))
+        return lambda x32: margin_probabilities(model.predict(x32, output_margin=True))  # its own best_iteration
+    booster = read.booster
+    return lambda x32: margin_probabilities(booster.predict(xgboost.DMatrix(x32, missing=missing), output_margin=True,
+                                                            iteration_range=(0, call.rounds)))
 
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
-    return _proba(read_model(source))
+    read = read_model(source)
+    return _margins(read, calling(source, read), "rounds" in source.options)
 
 
 def load(source: MemberSource) -> LoadedMember:
     from .trees import check_classes
 
-    model = read_model(source)
-    booster = model.get_booster()
+    read = read_model(source)
+    booster = read.booster
     config = json.loads(booster.save_config())
-    objective = _check_expressible(model, config, source.file)
+    objective = _check_expressible(config, source.file)
     n_classes = max(2, int(config["learner"]["learner_model_param"]["num_class"]))
-    check_classes(getattr(model, "classes_", None), n_classes, source.file)
+    check_classes(getattr(read.wrapper, "classes_", None), n_classes, source.file)
     raw = json.loads(booster.save_raw("json"))
-    rounds = booster.num_boosted_rounds()
-    best = int(booster.attr("best_iteration")) + 1 if booster.attr("best_iteration") is not None else rounds
-    if not 1 <= best <= rounds:
-        raise ModelFileError(f"{source.file}: best_iteration {best - 1} is outside the {rounds} boosting rounds the "
-                             f"model holds.")
-    trees, groups, weights = _trees(raw, best)
+    call = calling(source, read)
+    total = booster.num_boosted_rounds()
+    trees, groups, weights = _trees(raw, call.rounds)
     n_groups = 1 if objective == "binary:logistic" else n_classes
     base = _base_margins(raw, objective, n_groups)
     if not all(math.isfinite(b) for b in base) or len(base) != n_groups:
         raise ModelFileError(f"{source.file}: base_score {raw['learner']['learner_model_param']['base_score']!r} "
                              f"gives no finite margin for each of the {n_groups} output(s).")
-    if any(f >= booster.num_features() for f, _ in split_thresholds(trees)):
+    n_features = booster.num_features()
+    if any(f >= n_features for f, _ in split_thresholds(trees)):
         raise ModelFileError(f"{source.file}: a tree splits on a feature index beyond the model's "
-                             f"{booster.num_features()} features; the file is corrupt.")
-    onx = export(trees, groups, weights, objective, n_classes, base,
-                 booster.num_features(), source.name, source.file)
+                             f"{n_features} features; the file is corrupt.")
+    onx = export(trees, groups, weights, objective, n_classes, base, n_features, source.name, source.file,
+                 call.missing)
     booster_name = raw["learner"]["gradient_booster"]["name"]
     parallel = int(_tree_model(raw)["gbtree_model_param"]["num_parallel_tree"])
+    best = booster.attr("best_iteration")
+    thresholds = split_thresholds(trees)
+    if call.missing is not None:  # parity rows holding the sentinel, and one float32 ulp either side, per feature
+        thresholds = sorted({*thresholds, *((f, float(np.float32(call.missing))) for f in range(n_features))})
     return LoadedMember(
-        source=source, n_features=booster.num_features(), n_classes=n_classes,
+        source=source, n_features=n_features, n_classes=n_classes,
         hyperparameters={"objective": objective, "booster": booster_name, "trees": len(trees),
-                         "num_parallel_tree": parallel, "best_iteration": best - 1, "boosted_rounds": rounds},
-        reference=_proba(model), onnx_model=onx,
+                         "num_parallel_tree": parallel, "best_iteration": _int(best) if best is not None else None,
+                         "boosted_rounds": total, "rounds": call.rounds,
+                         "loaded_as": "XGBClassifier" if read.wrapper is not None else "Booster",
+                         "missing": call.missing, **({"options": dict(source.options)} if source.options else {})},
+        reference=_margins(read, call, "rounds" in source.options), onnx_model=onx,
         feature_names=list(booster.feature_names) if booster.feature_names else None,
-        notes=[f"{best} of {rounds} boosting rounds (best_iteration)" if best < rounds else f"{rounds} boosting rounds",
+        notes=[f"{call.rounds} of {total} boosting rounds ({call.rounds_from})",
+               *([f"missing={call.missing:g} read as absent ({call.missing_from}), as NaN is"
+                  + (f"; compared with the values scaled by {source.scaler.name}, as the model read them"
+                     if source.scaler is not None else "")]
+                 if call.missing is not None else []),
                *(["dart: each tree scaled by its weight_drop"] if booster_name == "dart" else []),
                *([f"random forest: {parallel} trees per class and round"] if parallel > 1 else [])],
-        thresholds=split_thresholds(trees))
+        thresholds=thresholds)
 
 
 register(MemberKind(
     "xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference,
     pickle_globals=frozenset({("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
                               ("xgboost.core", "Booster")}),
-    frameworks=("xgboost",), distributions=("xgboost",), build_modules=("xgboost",), service_weight=0.25))
+    frameworks=("xgboost",), distributions=("xgboost",), build_modules=("xgboost",), service_weight=0.25,
+    only_compares=always, takes_nan=always))  # every split has a learned default direction for NaN

@@ -1,0 +1,149 @@
+"""The input domain a build proves parity on, and records in manifest.json's `domain` (docs/numerics.md):
+per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
+
+- A member that only compares its inputs with split values (its kind's `only_compares`: a tree ensemble) takes
+  any value float32 holds: TREE_LIMIT of its own (scaled) input units either side of 0.
+- Any other member (a neural network, a linear model) computes with its inputs and can overflow float32 far from its
+  training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
+  features), k the widest of RUNGS at which every member's own framework still answers finitely.
+- A feature's range is the intersection over the members (each reads every feature through its own scaler),
+  widened to hold the recorded parity rows (`--parity-data`), which the gate runs too.
+- NaN is taken where every member defines what missing means (its kind's `takes_nan`: the learned default
+  direction of every split of a gradient-boosted tree ensemble; a StandardScaler maps NaN to NaN), else refused
+  naming the members that do not.
+
+The parity rows then cover the range: each rung's edges alone, rows with every feature at an edge, and rows
+with NaN in each feature that takes it (`convert.parity`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.contract import DomainRecord
+
+from .errors import ConvertError, MetadataError
+from .members import LoadedMember, get_kind
+from .scaler import Scaler
+
+# Standard deviations either side of the scaler's mean, for members that compute: the first rung always, each
+# further one while every member's own framework still answers finitely there.
+RUNGS = (20.0, 1e2, 1e3, 1e4, 1e5, 1e6)
+TREE_LIMIT = 1e38   # a tree's input units either side of 0: float32 holds it (max 3.4e38) with room for rounding
+FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
+def only_compares(member: LoadedMember) -> bool:
+    """Whether the member is a tree ensemble: its inputs meet only split values, so no value overflows it. Its
+    kind says (`MemberKind.only_compares`)."""
+    return get_kind(member.source.kind).only_compares(member)
+
+
+def takes_nan(member: LoadedMember) -> bool:
+    """Whether the member defines what a missing value means (`MemberKind.takes_nan`)."""
+    return get_kind(member.source.kind).takes_nan(member)
+
+
+def moments(scaler: Scaler | None, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per feature of what a member reads: the scaler's, or 0 and 1 for raw features."""
+    mean = np.zeros(n_features) if scaler is None or scaler.mean is None else np.asarray(scaler.mean, np.float64)
+    scale = np.ones(n_features) if scaler is None or scaler.scale is None else np.asarray(scaler.scale, np.float64)
+    return mean, scale
+
+
+EDGE_MIXES = 16   # rows per rung with every feature at one edge or the other, besides all-low and all-high
+
+
+def edge_rows(base: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each feature at each edge of [lo, hi] alone (the others as in `base`), then every feature at an edge."""
+    n_features = len(lo)
+    rows = []
+    for edge in (lo, hi):
+        alone = base[np.arange(n_features) % len(base)].copy()
+        alone[np.arange(n_features), np.arange(n_features)] = edge
+        rows.append(alone)
+    pick = rng.random((EDGE_MIXES, n_features)) < 0.5
+    rows += [lo[None, :], hi[None, :], np.where(pick, hi, lo)]
+    return np.vstack(rows)
+
+
+@dataclass(frozen=True)
+class Domain:
+    lo: np.ndarray                  # float64 [F], finite
+    hi: np.ndarray                  # float64 [F], finite, >= lo
+    nan: np.ndarray                 # bool [F]: NaN taken
+    nan_refused_by: list[str]       # the members that define no missing value
+    sds: float | None = None        # the rung the members that compute are proven to (None: trees only)
+    ladder: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # the rungs' [lo, hi] inside, whose edges the gate runs
+
+    def record(self) -> DomainRecord:
+        return DomainRecord([float(v) for v in self.lo], [float(v) for v in self.hi],
+                            [bool(v) for v in self.nan], list(self.nan_refused_by))
+
+    @classmethod
+    def from_record(cls, record: DomainRecord) -> Domain:
+        """A manifest's domain, for `verify` to prove that very range again."""
+        return cls(np.asarray(record.lo, np.float64), np.asarray(record.hi, np.float64),
+                   np.asarray(record.nan, bool), list(record.nan_refused_by))
+
+    def edges(self, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The gate's rows on the domain's edges: each rung's, and the domain's own."""
+        rungs = [*self.ladder, (self.lo, self.hi)]
+        return np.vstack([edge_rows(base, lo, hi, rng) for lo, hi in rungs])
+
+
+Probabilities = Callable[[np.ndarray], dict[str, np.ndarray]]  # raw rows -> member name -> probabilities
+
+
+def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
+            sds: float) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.full(n_features, -np.inf), np.full(n_features, np.inf)
+    for member in members:
+        scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
+        mean, scale = moments(scaler, n_features)
+        reach = (TREE_LIMIT if only_compares(member) else sds) * scale
+        lo, hi = np.maximum(lo, mean - reach), np.minimum(hi, mean + reach)
+    # A scale near float64's largest would put an edge at infinity: the domain is finite, whatever the scaler.
+    lo, hi = np.maximum(lo, -FLOAT64_MAX), np.minimum(hi, FLOAT64_MAX)
+    empty = np.flatnonzero(~(lo <= hi))
+    if len(empty):
+        raise MetadataError(f"feature {int(empty[0])}: the members' scalers leave no value every member was trained "
+                            f"near ({lo[empty[0]]:.6g} to {hi[empty[0]]:.6g} is empty); check that each member names "
+                            f"the scaler it was trained behind.")
+    return lo, hi
+
+
+def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
+                 probabilities: Probabilities | None = None, recorded: np.ndarray | None = None,
+                 seed: int = 0) -> Domain:
+    """The domain of these members: the widest rung of RUNGS at which, and at every rung under which, every
+    member's own framework answers finitely on the rung's edge rows (`probabilities`; without it, the first
+    rung), widened to hold the recorded rows."""
+    rng = np.random.default_rng(seed)
+    computing = [m for m in members if not only_compares(m)]
+    ladder: list[tuple[np.ndarray, np.ndarray]] = []
+    sds: float | None = None
+    for rung in RUNGS if computing else (RUNGS[0],):
+        lo, hi = _bounds(members, scalers, n_features, rung)
+        if ladder and probabilities is not None:
+            centre = lo / 2 + hi / 2
+            rows = edge_rows(centre[None, :], lo, hi, rng)
+            try:
+                answered = probabilities(rows)
+            except ConvertError:  # a framework that refuses such values (FrameworkError): the rung is not taken
+                break
+            if not all(np.isfinite(p).all() for p in answered.values()):
+                break
+        ladder.append((lo, hi))
+        sds = rung if computing else None
+        if probabilities is None:
+            break
+    lo, hi = ladder[-1]
+    if recorded is not None and len(recorded):
+        lo, hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
+    refused = [m.source.name for m in members if not takes_nan(m)]
+    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]))

@@ -1,0 +1,670 @@
+"""The gate compares with the model the user trained (issue 23), for torch members.
+
+- kind `torch`: a models folder carrying its own training code (a small package with an MLP, a Conv1d and an
+  LSTM classifier) converts, and the build answers as the user's class does, not as any rebuild would;
+- a forward that tracing cannot capture (a data-dependent Python branch) fails the gate, with its report;
+- the user's code is refused by name when it cannot be the reference;
+- PatchTST's everyday options (norm_first, gelu, layer_norm_eps, a final norm) are real: each is trained
+  here with the test's own TransformerEncoder (the "training script"), and the build must answer as that;
+  an architecture key no rebuild implements is refused by name;
+- `.safetensors` state_dicts and DataParallel's `module.` prefix are read, and the plan says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import runtime
+from convert.cli import main
+from convert.members import MemberSource, get_kind
+
+F, K, SEED = 8, 3, 7
+FEATURES = [f"f{i}" for i in range(F)]
+
+# The user's training code, as it would sit in their repository. SwishMLP's forward carries an op (x * sigmoid)
+# that no built-in rebuild has; TinyTCN reads the features as a sequence (Conv1d); TinyLSTM as time steps.
+TRADING_MODELS = '''
+import torch
+import torch.nn as nn
+
+
+class SwishMLP(nn.Module):
+    def __init__(self, n_features, hidden, n_classes):
+        super().__init__()
+        self.fc1 = nn.Linear(n_features, hidden)
+        self.out = nn.Linear(hidden, n_classes)
+        self.register_buffer("temperature", torch.tensor(0.5))
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.out(h * torch.sigmoid(h)) / self.temperature
+
+
+class TinyTCN(nn.Module):
+    def __init__(self, channels=4, n_classes=3):
+        super().__init__()
+        self.conv = nn.Conv1d(1, channels, kernel_size=3, padding=1)
+        self.head = nn.Linear(channels, n_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x.unsqueeze(1))).mean(dim=2))
+
+
+class TinyLSTM(nn.Module):
+    def __init__(self, hidden=5, n_classes=3):
+        super().__init__()
+        self.lstm = nn.LSTM(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(x.unsqueeze(-1))
+        return self.head(out[:, -1])
+
+
+class Branchy(nn.Module):
+    """A Python value read off the data: tracing freezes it at the example batch's (zeros: 1.0)."""
+    def __init__(self, n_features=8, n_classes=3):
+        super().__init__()
+        self.fc = nn.Linear(n_features, n_classes)
+
+    def forward(self, x):
+        spread = float(x.abs().max()) + 1.0
+        return self.fc(x) * spread
+
+
+def not_a_module():
+    return None
+
+
+class Flat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.fc(x)[:, 0]
+
+
+class Doubled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x).double()
+
+
+class Probabilities(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.fc(x), dim=-1)
+
+
+class Reshaper(nn.Module):
+    def forward(self, x):
+        return x.reshape(-1, 5)
+'''
+
+MEMBERS = {  # name -> (class, init)
+    "mlp": ("SwishMLP", {"n_features": F, "hidden": 6, "n_classes": K}),
+    "tcn": ("TinyTCN", {"channels": 4}),
+    "lstm": ("TinyLSTM", {"hidden": 5}),
+}
+
+
+def _data(n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=(n, F)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0.4).astype(np.int64) + (x[:, 2] - x[:, 3] > 0.8).astype(np.int64)
+    return x, y
+
+
+def _train(model: Any, epochs: int = 30) -> Any:
+    """Real training: Adam on cross-entropy, full batch, train mode; then eval, as the service runs it."""
+    import torch
+
+    torch.manual_seed(SEED)
+    x, y = _data()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    model.train()
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+    return model.eval()
+
+
+def _user_module(folder: Path, name: str = "trading.models") -> Any:
+    """The test's own import of the user's code (not convert's), from the folder, under a private name."""
+    path = folder / "src" / Path(*name.split(".")).with_suffix(".py")
+    spec = importlib.util.spec_from_file_location(f"_test_user_{abs(hash(str(path)))}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_code(folder: Path) -> None:
+    package = folder / "src" / "trading"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(TRADING_MODELS)
+
+
+def _convert(folder: Path, out: Path, *extra: str) -> Any:
+    return CliRunner().invoke(main, ["convert", str(folder), "-o", str(out), "-q", *extra])
+
+
+def _probabilities(module: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return torch.softmax(module(torch.from_numpy(x)), dim=-1).double().numpy()
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory) -> Path:
+    """A models folder with its own code: three custom classifiers, trained, saved as state_dicts."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("usercode") / "models"
+    folder.mkdir()
+    _write_code(folder)
+    code = _user_module(folder)
+    for name, (cls, init) in MEMBERS.items():
+        torch.manual_seed(SEED)
+        torch.save(_train(getattr(code, cls)(**init)).state_dict(), folder / f"{name}.pth")
+    spec = {"feature_names": FEATURES, "classes": ["SELL", "HOLD", "BUY"],
+            "members": {name: {"kind": "torch", "module": f"trading.models:{cls}", "init": init, "code": "src",
+                               "file": f"{name}.pth", "scaler": None}
+                        for name, (cls, init) in MEMBERS.items()}}
+    (folder / "ensemble.json").write_text(json.dumps(spec, indent=1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def user_build(user_folder, tmp_path_factory) -> Path:
+    path_before, modules_before = list(sys.path), set(sys.modules)
+    out = tmp_path_factory.mktemp("userbuild") / "artifacts"
+    result = _convert(user_folder, out)
+    assert result.exit_code == 0, result.output
+    # The user's code was importable for the build only: sys.path as it was, its package forgotten.
+    assert sys.path == path_before and "trading" not in sys.modules
+    assert not {m for m in set(sys.modules) - modules_before if m.startswith("trading")}
+    return out
+
+
+def test_user_classes_convert_and_the_build_answers_as_they_do(user_folder, user_build):
+    import torch
+
+    report = json.loads((user_build / "parity.json").read_text())
+    assert report["passed"] and {f"member {n}" for n in MEMBERS} <= {c["target"] for c in report["checks"]}
+    code = _user_module(user_folder)
+    rows = np.random.default_rng(99).normal(size=(300, F)).astype(np.float32)  # rows the gate never saw
+    ensemble = runtime.load(user_build)
+    got = ensemble.member_probabilities(rows)
+    for name, (cls, init) in MEMBERS.items():
+        model = getattr(code, cls)(**init)
+        model.load_state_dict(torch.load(user_folder / f"{name}.pth", weights_only=True))
+        want = _probabilities(model.eval(), rows)
+        assert np.abs(got[name] - want).max() <= 1e-5, name
+        assert (got[name].argmax(axis=1) == want.argmax(axis=1)).all(), name
+    manifest = json.loads((user_build / "manifest.json").read_text())
+    hp = manifest["members"]["mlp"]["hyperparameters"]
+    assert hp == {"module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1], "code": "src", "input_size": F,
+                  "num_classes": K, "parameters": F * 6 + 6 + 6 * K + K}
+
+
+def test_the_gate_is_the_users_class_not_a_rebuild(user_folder, user_build):
+    """What a rebuild without SwishMLP's extra op would answer differs from the build; the user's class does not."""
+    import torch
+
+    code = _user_module(user_folder)
+    model = code.SwishMLP(**MEMBERS["mlp"][1])
+    model.load_state_dict(torch.load(user_folder / "mlp.pth", weights_only=True))
+    model.eval()
+    rows = np.random.default_rng(5).normal(size=(200, F)).astype(np.float32)
+    with torch.no_grad():  # the same weights through a plain MLP head (no swish, no temperature buffer)
+        plain = torch.softmax(model.out(model.fc1(torch.from_numpy(rows))), dim=-1).double().numpy()
+    built = runtime.load(user_build).member_probabilities(rows)["mlp"]
+    assert np.abs(built - plain).max() > 0.05  # a rebuild-shaped reference would have failed this build
+    assert np.abs(built - _probabilities(model, rows)).max() <= 1e-5
+
+
+def test_the_runtime_serves_the_build_without_the_users_code_or_torch(user_build, tmp_path):
+    import subprocess
+
+    code = ("import json, sys, numpy as np, runtime; e = runtime.load(sys.argv[1]); "
+            "p = e.predict_proba(np.zeros((3, len(e.feature_names)))); "
+            "print(json.dumps([p.shape, sorted(m for m in sys.modules if m.split('.')[0] in ('trading', 'torch'))]))")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, str(user_build)], capture_output=True, text=True, check=True,
+                          cwd=tmp_path, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert json.loads(done.stdout) == [[3, K], []]
+
+
+def test_verify_rebuilds_the_reference_from_the_users_code(user_folder, user_build):
+    result = CliRunner().invoke(main, ["verify", str(user_build), "--models", str(user_folder)])
+    assert result.exit_code == 0, result.output
+    assert "trading" not in sys.modules
+
+
+def _copy(user_folder: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    shutil.copytree(user_folder, folder)
+    return folder
+
+
+def _one_member(folder: Path, **entry: Any) -> None:
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["members"] = {"m": {"kind": "torch", "module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1],
+                             "code": "src", "file": "mlp.pth", "scaler": None, **entry}}
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+
+
+def test_a_forward_tracing_cannot_capture_fails_the_gate_with_its_report(user_folder, tmp_path):
+    import torch
+
+    folder = _copy(user_folder, tmp_path)
+    torch.manual_seed(SEED)
+    torch.save(_user_module(folder).Branchy().state_dict(), folder / "branchy.pth")
+    _one_member(folder, module="trading.models:Branchy", init={}, file="branchy.pth")
+    out = tmp_path / "out"
+    result = _convert(folder, out)
+    assert result.exit_code == 1 and "ParityError: " in result.output and "Traceback" not in result.output
+    assert not out.exists()
+    report = json.loads((tmp_path / "out.parity-failed.json").read_text())
+    assert not report["passed"] and any("member m" in f for f in report["failures"])
+    member = get_kind("torch").load(MemberSource("m", "torch", folder / "branchy.pth", options={
+        "module": "trading.models:Branchy", "init": {}, "code": "src", "n_features": F}))
+    line = next(i for i, text in enumerate(TRADING_MODELS.splitlines(), 1) if "float(x.abs().max())" in text)
+    assert any(n.startswith("tracing fixed a Python value at ") and f"models.py:{line}:" in n for n in member.notes), \
+        member.notes
+
+
+def _file_with(folder: Path, name: str, text: str) -> None:
+    (folder / "src" / "trading" / name).write_text(textwrap.dedent(text))
+
+
+def _save_with_extra_key(folder: Path) -> None:
+    import torch
+
+    state = torch.load(folder / "mlp.pth", weights_only=True)
+    state["fc2.weight"] = torch.zeros(2, 2)
+    torch.save(state, folder / "mlp.pth")
+
+
+def _save_fresh(folder: Path, cls: str) -> None:
+    import torch
+
+    torch.save(getattr(_user_module(folder), cls)().state_dict(), folder / f"{cls}.pth")
+
+
+# (case, how the folder is changed, the error and words the one-line refusal must carry)
+REFUSALS = [
+    ("no such module", lambda d: _one_member(d, module="trading.nope:SwishMLP"),
+     "PlanError: member m.module: no module 'trading.nope'"),
+    ("no such class", lambda d: _one_member(d, module="trading.models:Nope"), "PlanError: defines no 'Nope'"),
+    ("import raises in user code",
+     lambda d: (_file_with(d, "broken.py", "x = 1\nraise RuntimeError('no data at import')\n"),
+                _one_member(d, module="trading.broken:X")),
+     "UserCodeError: broken.py:2: RuntimeError: no data at import"),
+    ("syntax error in user code",
+     lambda d: (_file_with(d, "broken.py", "def f(:\n"), _one_member(d, module="trading.broken:X")),
+     "UserCodeError: broken.py:1 SyntaxError"),
+    ("user code needs a package that is not installed",
+     lambda d: (_file_with(d, "needs.py", "import not_installed_anywhere_42\n"),
+                _one_member(d, module="trading.needs:X")),
+     "UserCodeError: needs.py:1 not_installed_anywhere_42 this environment does not have"),
+    ("sys.exit at import",
+     lambda d: (_file_with(d, "exits.py", "import sys\nsys.exit(3)\n"), _one_member(d, module="trading.exits:X")),
+     "UserCodeError: exits.py:2 SystemExit"),
+    ("not an nn.Module", lambda d: _one_member(d, module="trading.models:not_a_module"),
+     "UnsupportedModelError: not a torch.nn.Module subclass"),
+    ("class defined outside the models folder",
+     lambda d: (_file_with(d, "reexport.py", "from torch.nn import Linear\n"),
+                _one_member(d, module="trading.reexport:Linear", init={"in_features": F, "out_features": K})),
+     "PlanError: outside"),
+    ("package name ensemble-onnx already uses", lambda d: _one_member(d, module="convert.cli:main"),
+     "PlanError: the package 'convert' is already imported"),
+    ("init the class refuses", lambda d: _one_member(d, init={"width": 3}),
+     "UserCodeError: models.py SwishMLP(**init) TypeError"),
+    ("weights of another width (strict load)", lambda d: _one_member(d, init={"n_features": F, "hidden": 7,
+                                                                              "n_classes": K}),
+     "StateDictError: mlp.pth trading.models:SwishMLP(**init) tensor 'fc1.weight' has shape (6, 8)"),
+    ("an unexpected tensor (strict load)", lambda d: (_save_with_extra_key(d), _one_member(d)),
+     "StateDictError: mlp.pth unexpected tensor 'fc2.weight'"),
+    ("forward returns [N], not logits [N, K]",
+     lambda d: (_save_fresh(d, "Flat"), _one_member(d, module="trading.models:Flat", init={}, file="Flat.pth")),
+     "UnsupportedModelError: returned a torch.float32 tensor of shape (2,) float32 logits [N, K]"),
+    ("forward returns float64",
+     lambda d: (_save_fresh(d, "Doubled"), _one_member(d, module="trading.models:Doubled", init={},
+                                                       file="Doubled.pth")),
+     "UnsupportedModelError: returned a torch.float64 tensor of shape (2, 3) float32 logits"),
+    ("code folder linked from outside",
+     lambda d: ((d / "linked").symlink_to(d.parent / "elsewhere", target_is_directory=True),
+                (d.parent / "elsewhere").mkdir(), _one_member(d, code="linked")),
+     "MetadataError: members.m.code leads to elsewhere, outside"),
+    ("forward returns probabilities",
+     lambda d: (_save_fresh(d, "Probabilities"), _one_member(d, module="trading.models:Probabilities", init={},
+                                                             file="Probabilities.pth")),
+     "UnsupportedModelError: Probabilities.forward returns rows of probabilities logits"),
+    ("forward fails on the rows",
+     lambda d: (_save_fresh(d, "Reshaper"), _one_member(d, module="trading.models:Reshaper", init={},
+                                                        file="Reshaper.pth")),
+     "UserCodeError: models.py Reshaper.forward [2, 8] RuntimeError"),
+    ("code outside the models folder", lambda d: _one_member(d, code="../elsewhere"),
+     "MetadataError: members.m.code no '..'"),
+    ("code folder missing", lambda d: _one_member(d, code="lib"), "PlanError: members.m.code"),
+    ("module not package:Class", lambda d: _one_member(d, module="trading/models.py"),
+     "MetadataError: members.m.module 'package.module:Class'"),
+    ("init not an object", lambda d: _one_member(d, init=[F, 6, K]), "MetadataError: members.m.init"),
+    ("architecture in metadata is not read",
+     lambda d: ((d / "meta.json").write_text('{"architecture": {"hidden": 6}}'), _one_member(d, metadata="meta.json")),
+     "MetadataError: meta.json 'architecture' 'init'"),
+    ("a key of another kind", lambda d: _one_member(d, kind="nhits"), "MetadataError: unknown field(s) ['code'"),
+]
+
+
+@pytest.mark.parametrize(("change", "expect"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+def test_user_code_that_cannot_be_the_reference_is_refused_by_name(user_folder, tmp_path, change, expect):
+    folder = _copy(user_folder, tmp_path)
+    change(folder)
+    out = tmp_path / "out"
+    result = _convert(folder, out)
+    error, *words = expect.split(" ")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.output.count("\n") <= 2, result.output
+    assert all(w in result.output for w in [error, *words]), result.output
+    assert not out.exists() and "trading" not in sys.modules
+
+
+def test_a_global_setting_made_by_the_users_code_ends_with_its_member(user_folder, tmp_path):
+    """Training code that sets torch's default dtype at import builds its own member so; the next member (the
+    MLP, built after it) and the process keep float32."""
+    import torch
+
+    folder = _copy(user_folder, tmp_path)
+    _file_with(folder, "dtype64.py", """
+        import torch
+        import torch.nn as nn
+
+        torch.set_default_dtype(torch.float64)
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(8, 3, dtype=torch.float32)
+
+            def forward(self, x):
+                return self.fc(x)
+        """)
+    torch.manual_seed(SEED)
+    torch.save({f"fc.{k}": v for k, v in torch.nn.Linear(F, K).state_dict().items()}, folder / "net.pth")
+    spec = json.loads((folder / "ensemble.json").read_text())
+    spec["members"] = {"net": {"kind": "torch", "module": "trading.dtype64:Net", "code": "src", "file": "net.pth",
+                               "scaler": None}, "mlp": spec["members"]["mlp"]}
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    result = _convert(folder, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_two_members_whose_packages_share_a_name_each_get_their_own(user_folder, tmp_path):
+    import onnxruntime as ort
+
+    folder = _copy(user_folder, tmp_path)
+    shutil.copytree(folder / "src", folder / "src2")
+    models = folder / "src2" / "trading" / "models.py"
+    models.write_text(models.read_text().replace("/ self.temperature", "/ (4 * self.temperature)"))
+    rows = np.random.default_rng(4).normal(size=(64, F)).astype(np.float32)
+    got = {}
+    for code in ("src", "src2"):
+        member = get_kind("torch").load(MemberSource("m", "torch", folder / "mlp.pth", options={
+            "module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1], "code": code, "n_features": F}))
+        session = ort.InferenceSession(member.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+        exported = session.run(None, {session.get_inputs()[0].name: rows})[0]
+        got[code] = member.reference(rows)
+        assert np.abs(exported - got[code]).max() <= 1e-5
+    assert np.abs(got["src"] - got["src2"]).max() > 0.01 and "trading" not in sys.modules
+
+
+def test_the_user_kind_through_a_linked_models_folder_says_where_the_class_came_from(user_folder, tmp_path):
+    (tmp_path / "link").symlink_to(user_folder, target_is_directory=True)
+    source = MemberSource("m", "torch", tmp_path / "link" / "mlp.pth", options={
+        "module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1], "code": "src", "n_features": F})
+    member = get_kind("torch").load(source)
+    assert "class trading.models:SwishMLP from src/trading/models.py (imported for the build only; the gate's " \
+           "reference is this class)" in member.notes
+    assert f"input_size={F} (from ensemble.json feature_names)" in member.notes and "trading" not in sys.modules
+
+
+def test_discovery_never_takes_the_torch_kind(tmp_path):
+    result = CliRunner().invoke(main, ["convert", str(tmp_path), "-o", str(tmp_path / "out"), "--only", "torch"])
+    assert result.exit_code == 1 and "kind 'torch' is declared in ensemble.json only" in result.output
+
+
+def test_the_user_kind_reads_safetensors_and_a_dataparallel_state_dict(user_folder, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = _copy(user_folder, tmp_path)
+    state = torch.load(folder / "mlp.pth", weights_only=True)
+    wrapped = torch.nn.DataParallel(_user_module(folder).SwishMLP(**MEMBERS["mlp"][1]))
+    wrapped.module.load_state_dict(state)
+    torch.save(wrapped.state_dict(), folder / "ddp.pth")  # keys 'module.fc1.weight', ...
+    save_file({f"module.{k}": v for k, v in state.items()}, folder / "ddp.safetensors")
+    for file in ("ddp.pth", "ddp.safetensors"):
+        source = MemberSource("m", "torch", folder / file, options={
+            "module": "trading.models:SwishMLP", "init": MEMBERS["mlp"][1], "code": "src", "n_features": F})
+        member = get_kind("torch").load(source)
+        assert any("'module.'" in n and "DataParallel" in n for n in member.notes), member.notes
+        rows = np.random.default_rng(3).normal(size=(50, F)).astype(np.float32)
+        model = _user_module(folder).SwishMLP(**MEMBERS["mlp"][1])
+        model.load_state_dict(state)
+        assert np.abs(member.reference(rows) - _probabilities(model.eval(), rows)).max() == 0.0
+
+
+# ---- the built-in PatchTST: every option the metadata states is real, or refused ----
+
+PATCHTST = {"d_model": 8, "n_heads": 2, "n_layers": 2, "dim_feedforward": 16}
+
+
+# (case, layer keyword arguments, final LayerNorm, what the metadata states)
+PATCHTST_OPTIONS = [
+    ("v5 defaults", {}, False, {}),
+    ("norm_first", {"norm_first": True}, False, {"norm_first": True}),
+    ("gelu", {"activation": "gelu"}, False, {"activation": "gelu"}),
+    ("norm_first gelu", {"norm_first": True, "activation": "gelu"}, False, {"norm_first": True, "activation": "gelu"}),
+    ("layer_norm_eps 0.5", {"layer_norm_eps": 0.5}, False, {"layer_norm_eps": 0.5}),
+    ("final LayerNorm", {}, True, {}),
+    ("norm_first, final LayerNorm, dropout stated", {"norm_first": True}, True,
+     {"norm_first": True, "dropout": 0.2, "encoder_norm": True, "batch_first": True}),
+]
+
+
+def _training_patchtst(layer_kwargs: dict[str, Any], final_norm: bool) -> Any:
+    """The test's own PatchTST, written as a training script would write it (not convert's rebuild)."""
+    import torch.nn as nn
+
+    class TrainingPatchTST(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            d = PATCHTST["d_model"]
+            self.embedding = nn.Linear(F, d)
+            layer = nn.TransformerEncoderLayer(d, PATCHTST["n_heads"], PATCHTST["dim_feedforward"], dropout=0.1,
+                                               batch_first=True, **layer_kwargs)
+            self.transformer = nn.TransformerEncoder(layer, PATCHTST["n_layers"], enable_nested_tensor=False,
+                                                     norm=nn.LayerNorm(d) if final_norm else None)
+            self.fc = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(0.1), nn.Linear(d // 2, K))
+
+        def forward(self, x: Any) -> Any:
+            return self.fc(self.transformer(self.embedding(x.unsqueeze(1))).mean(dim=1))
+
+    return TrainingPatchTST()
+
+
+@pytest.fixture(scope="module")
+def patchtst_matrix(tmp_path_factory) -> dict[str, tuple[Path, Any]]:
+    """Each option trained once: case -> (folder with patchtst.pth, _meta.json, ensemble.json; the module)."""
+    import torch
+
+    root = tmp_path_factory.mktemp("patchtst-options")
+    out = {}
+    for case, layer_kwargs, final_norm, stated in PATCHTST_OPTIONS:
+        torch.manual_seed(SEED)
+        model = _train(_training_patchtst(layer_kwargs, final_norm), epochs=40)
+        folder = root / case.replace(" ", "_").replace(",", "")
+        folder.mkdir()
+        torch.save(model.state_dict(), folder / "patchtst.pth")
+        meta = {"architecture": {"n_heads": PATCHTST["n_heads"], **stated}}
+        (folder / "patchtst_meta.json").write_text(json.dumps(meta))
+        (folder / "ensemble.json").write_text(json.dumps({"feature_names": FEATURES, "members": {
+            "patchtst": {"kind": "patchtst", "file": "patchtst.pth", "scaler": None}}}))
+        out[case] = (folder, model)
+    return out
+
+
+@pytest.mark.parametrize("case", [c[0] for c in PATCHTST_OPTIONS])
+def test_patchtst_options_build_the_model_the_training_script_trained(patchtst_matrix, case, tmp_path):
+    folder, model = patchtst_matrix[case]
+    out = tmp_path / "out"
+    result = _convert(folder, out)
+    assert result.exit_code == 0, result.output
+    rows = np.random.default_rng(11).normal(size=(300, F)).astype(np.float32)
+    built = runtime.load(out).member_probabilities(rows)["patchtst"]
+    want = _probabilities(model, rows)
+    assert np.abs(built - want).max() <= 1e-5 and (built.argmax(1) == want.argmax(1)).all()
+    if case != "v5 defaults" and case != "final LayerNorm":
+        # the option matters: the same weights in the default layout answer otherwise (so this test can fail)
+        plain = _training_patchtst({}, "encoder_norm" in json.loads((folder / "patchtst_meta.json").read_text())
+                                   ["architecture"])
+        plain.load_state_dict(model.state_dict())
+        assert np.abs(_probabilities(plain.eval(), rows) - want).max() > 1e-3
+    hp = json.loads((out / "manifest.json").read_text())["members"]["patchtst"]["hyperparameters"]
+    layer = model.transformer.layers[0]
+    assert (hp["norm_first"], hp["encoder_norm"], hp["layer_norm_eps"]) == (
+        layer.norm_first, model.transformer.norm is not None, layer.norm1.eps)
+
+
+# (case, the kind, what the architecture object states, the refusal)
+ARCHITECTURE_REFUSALS = [
+    ("patchtst patch_len", "patchtst", {"patch_len": 16}, "UnsupportedModelError: ['patch_len'] patchtst"),
+    ("patchtst bias false", "patchtst", {"bias": False}, "UnsupportedModelError: ['bias']"),
+    ("patchtst activation silu", "patchtst", {"activation": "silu"}, "MetadataError: architecture.activation 'silu'"),
+    ("patchtst norm_first as text", "patchtst", {"norm_first": "yes"}, "MetadataError: architecture.norm_first"),
+    ("patchtst batch_first false", "patchtst", {"batch_first": False}, "MetadataError: architecture.batch_first"),
+    ("patchtst layer_norm_eps 0", "patchtst", {"layer_norm_eps": 0}, "MetadataError: architecture.layer_norm_eps"),
+    ("patchtst final norm stated, none in the weights", "patchtst", {"encoder_norm": True},
+     "MetadataError: encoder_norm=True"),
+    ("nhits activation", "nhits", {"activation": "gelu"}, "UnsupportedModelError: ['activation'] nhits"),
+    ("nhits dropout 1.5", "nhits", {"dropout": 1.5}, "MetadataError: architecture.dropout"),
+]
+
+
+@pytest.mark.parametrize(("kind", "stated", "expect"), [r[1:] for r in ARCHITECTURE_REFUSALS],
+                         ids=[r[0] for r in ARCHITECTURE_REFUSALS])
+def test_an_architecture_key_no_rebuild_implements_is_refused_by_name(patchtst_matrix, kind, stated, expect,
+                                                                      tmp_path):
+    import torch
+
+    folder = tmp_path / "models"
+    if kind == "patchtst":
+        shutil.copytree(patchtst_matrix["v5 defaults"][0], folder)
+    else:
+        from convert.demo import _torch_classes  # the training side's N-HiTS
+
+        folder.mkdir()
+        torch.save(_torch_classes()[0](F, 4, 1, num_classes=K).state_dict(), folder / "patchtst.pth")
+    meta = {"architecture": {**stated, **({"n_heads": 2} if kind == "patchtst" else {})}}
+    (folder / "patchtst_meta.json").write_text(json.dumps(meta))
+    spec = json.loads((folder / "ensemble.json").read_text()) if kind == "patchtst" else {
+        "feature_names": FEATURES, "members": {"patchtst": {"file": "patchtst.pth", "scaler": None}}}
+    spec["members"]["patchtst"]["kind"] = kind
+    (folder / "ensemble.json").write_text(json.dumps(spec))
+    result = _convert(folder, tmp_path / "out")
+    error, *words = expect.split(" ")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert all(w in result.output for w in [error, *words, "patchtst_meta.json"]), result.output
+
+
+@pytest.mark.parametrize(("meta", "expect"), [
+    ({"n_heads": 2, "norm_first": True, "dropout": 0.1}, None),  # flat, as many training scripts dump them
+    ({"norm_first": True, "architecture": {"n_heads": 2, "norm_first": True}}, None),
+    ({"norm_first": False, "architecture": {"n_heads": 2, "norm_first": True}}, "states norm_first=False at the top"),
+])
+def test_architecture_keys_written_at_the_top_level_are_read_too(patchtst_matrix, meta, expect, tmp_path):
+    from convert.errors import MetadataError
+
+    folder, model = patchtst_matrix["norm_first"]
+    (tmp_path / "p_meta.json").write_text(json.dumps(meta))
+    source = MemberSource("p", "patchtst", folder / "patchtst.pth", tmp_path / "p_meta.json")
+    if expect is not None:
+        with pytest.raises(MetadataError, match=expect):
+            get_kind("patchtst").load(source)
+        return
+    member = get_kind("patchtst").load(source)
+    assert member.hyperparameters["norm_first"] is True and "norm_first=True (from metadata)" in member.notes
+    rows = np.random.default_rng(6).normal(size=(40, F)).astype(np.float32)
+    assert np.abs(member.reference(rows) - _probabilities(model, rows)).max() <= 1e-6
+
+
+def test_nhits_dropout_is_accepted_as_no_effect_and_said(tmp_path):
+    import torch
+
+    from convert.demo import _torch_classes
+
+    torch.save(_torch_classes()[0](F, 4, 1, num_classes=K).state_dict(), tmp_path / "n.pth")
+    (tmp_path / "n_meta.json").write_text(json.dumps({"architecture": {"dropout": 0.3}}))
+    member = get_kind("nhits").load(MemberSource("n", "nhits", tmp_path / "n.pth", tmp_path / "n_meta.json"))
+    assert "dropout=0.3 (from metadata; no effect in eval mode)" in member.notes
+
+
+@pytest.mark.parametrize("save", ["safetensors", "dataparallel", "dataparallel safetensors", "safetensors as .pth"])
+def test_builtin_kinds_read_safetensors_and_dataparallel_state_dicts(patchtst_matrix, save, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    folder, model = patchtst_matrix["norm_first"]
+    state = torch.nn.DataParallel(model).state_dict() if "dataparallel" in save else model.state_dict()
+    file = tmp_path / ("p.safetensors" if save.endswith("safetensors") else "p.pth")  # read by content, not name
+    if "safetensors" in save:
+        save_file({k: v.contiguous() for k, v in state.items()}, file)
+    else:
+        torch.save(state, file)
+    member = get_kind("patchtst").load(MemberSource("p", "patchtst", file, folder / "patchtst_meta.json"))
+    assert any("DataParallel" in n for n in member.notes) == ("dataparallel" in save)
+    shown = CliRunner().invoke(main, ["inspect", str(file), "--json"])
+    info = json.loads(shown.output)
+    assert info["kind"] == "patchtst" and any("DataParallel" in n for n in info["notes"]) == ("dataparallel" in save)
+    rows = np.random.default_rng(2).normal(size=(40, F)).astype(np.float32)
+    assert np.abs(member.reference(rows) - _probabilities(model, rows)).max() <= 1e-6
+
+
+@pytest.mark.parametrize(("content", "expect"), [
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}", "not a readable safetensors file"),   # header cut short
+    (b"\x07\x00\x00\x00\x00\x00\x00\x00{\"a\":1}", "not a readable safetensors file"),    # not a tensor entry
+])
+def test_a_broken_safetensors_file_is_refused_naming_it(tmp_path, content, expect):
+    from convert.errors import ModelFileError
+    from convert.loaders import load_state_dict
+
+    file = tmp_path / "bad.safetensors"
+    file.write_bytes(content)
+    with pytest.raises(ModelFileError, match=expect) as info:
+        load_state_dict(file)
+    assert str(file) in str(info.value)
