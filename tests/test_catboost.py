@@ -93,6 +93,59 @@ def test_catboost_converts_within_1e5_with_identical_labels(trained, tmp_path, c
         assert verified.exit_code == 0, verified.output
 
 
+@pytest.mark.parametrize(("classes", "nan_mode", "takes_nan"), [
+    (2, "Min", True), (3, "Min", True), (2, "Max", True), (3, "Max", True),
+    (2, "Forbidden", False), (3, "Forbidden", False),
+])
+def test_nan_is_taken_where_the_nan_mode_defines_it_and_the_gate_proves_it(tmp_path, classes, nan_mode, takes_nan):
+    """Min / Max say where a missing value goes: the build takes NaN, its gate runs NaN rows, and the served
+    answers match CatBoost's own on rows full of NaN. Forbidden defines nothing: NaN is refused naming the member."""
+    import runtime
+    from runtime.features import InputError
+
+    x, y = _data(classes)
+    if takes_nan:
+        x[np.random.default_rng(1).random(x.shape) < 0.15] = np.nan  # trained with missing values
+    model = catboost.CatBoostClassifier(iterations=15, depth=3, random_seed=0, thread_count=1, verbose=False,
+                                        allow_writing_files=False, nan_mode=nan_mode).fit(x, y)
+    model.save_model(str(tmp_path / "cb.cbm"))
+    folder = _folder(tmp_path, {"cb": tmp_path / "cb.cbm"}, classes)
+    out = tmp_path / "out"
+    result = _convert(folder, out)
+    assert result.exit_code == 0, result.output
+    domain = json.loads((out / "manifest.json").read_text())["domain"]
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"]
+    assert domain["nan"] == [takes_nan] * N_FEATURES
+    assert domain["nan_refused_by"] == ([] if takes_nan else ["cb"])
+    assert (report["rows"]["nan"] > 0) == takes_nan
+    rows = _data(classes, seed=9, n=200)[0].astype(np.float64)
+    rows[np.random.default_rng(2).random(rows.shape) < 0.3] = np.nan
+    rows[:N_FEATURES] = 0.0
+    rows[np.arange(N_FEATURES), np.arange(N_FEATURES)] = np.nan  # NaN alone in each feature
+    ens = runtime.load(out)
+    if not takes_nan:
+        with pytest.raises(InputError, match="row 0, feature 'f0'.*'cb' define no missing value"):
+            ens.predict_proba(rows)
+        return
+    expected = model.predict_proba(rows.astype(np.float32))
+    served = ens.predict_proba(rows)
+    assert np.abs(served - expected).max() <= 1e-5
+    assert (served.argmax(1) == expected.argmax(1)).all()
+
+
+@pytest.mark.parametrize(("option", "value"), [("rounds", 5), ("missing", -999.0)])
+def test_tree_options_are_refused_for_catboost_by_name(trained, tmp_path, option, value):
+    folder = _folder(tmp_path, {"cb": trained / "cb2.cbm"}, 2)
+    plan = json.loads((folder / "ensemble.json").read_text())
+    plan["members"]["cb"][option] = value
+    (folder / "ensemble.json").write_text(json.dumps(plan))
+    result = _convert(folder, tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert f"members.cb.{option}: only a xgboost" in result.output and "'catboost'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_catboost_beside_the_demo_members(demo_models, demo_spec, tmp_path):
     """A mixed ensemble: the demo's XGBoost and LightGBM on its scaler, a CatBoost member on raw features."""
     stamp = demo_spec.stamp

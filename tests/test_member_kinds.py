@@ -108,6 +108,28 @@ def test_shared_code_reads_every_kind_fact_from_the_registry():
     assert SERVICE_WEIGHTS == {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20}
 
 
+@pytest.mark.parametrize(("kind", "hyperparameters", "compares", "takes_nan"), [
+    ("xgboost", {}, True, True),
+    ("lightgbm", {}, True, True),
+    ("sklearn", {"estimator": "RandomForestClassifier"}, True, False),
+    ("sklearn", {"estimator": "ExtraTreesClassifier"}, True, False),
+    ("sklearn", {"estimator": "HistGradientBoostingClassifier"}, True, True),
+    ("sklearn", {"estimator": "LogisticRegression"}, False, False),
+    ("catboost", {"nan_mode": "Min"}, True, True),
+    ("catboost", {"nan_mode": "Max"}, True, True),
+    ("catboost", {"nan_mode": "Forbidden"}, True, False),
+    ("nhits", {}, False, False),
+    ("patchtst", {}, False, False),
+    ("torch", {}, False, False),
+])
+def test_the_input_domain_reads_each_kind_from_its_entry(kind, hyperparameters, compares, takes_nan):
+    from convert import domain
+    from convert.members import LoadedMember, MemberSource
+
+    member = LoadedMember(MemberSource("m", kind, Path("m")), 3, 2, hyperparameters, lambda x: x, None)
+    assert (domain.only_compares(member), domain.takes_nan(member)) == (compares, takes_nan)
+
+
 PROBE_KIND = """
 import json, sys
 from pathlib import Path
@@ -115,8 +137,10 @@ from convert import members
 members.register(members.MemberKind(
     "probekind", (".probe",), lambda source: None, lambda source: None,
     pickle_globals=frozenset({("probelib.model", "Model")}), frameworks=("probelib",),
-    distributions=("probelib-dist",), build_modules=("probelib_mod",), service_weight=0.5))
-from convert import cli, discover, errors, loaders, manifest
+    distributions=("probelib-dist",), build_modules=("probelib_mod",), service_weight=0.5,
+    only_compares=members.always))
+from convert import cli, discover, domain, errors, loaders, manifest
+probe = members.LoadedMember(members.MemberSource("p", "probekind", Path("p")), 2, 2, {}, None, None)
 missing = []
 try:
     cli.require_build_stack()
@@ -128,6 +152,7 @@ print(json.dumps({
     "versions": manifest.library_versions().get("probelib-dist"),
     "stack": missing,
     "weights": discover.service_weights(),
+    "domain": [domain.only_compares(probe), domain.takes_nan(probe)],
 }))
 """
 
@@ -142,6 +167,7 @@ def test_a_new_kind_is_one_register_call():
     assert out["versions"] == "not installed"
     assert "probelib_mod missing" in out["stack"]
     assert list(out["weights"])[-1] == "probekind" and out["weights"]["probekind"] == 0.5
+    assert out["domain"] == [True, False]  # a tree of its own kind, NaN refused until the kind says otherwise
 
 
 def test_the_registry_refuses_a_second_kind_of_a_name():

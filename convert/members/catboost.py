@@ -22,6 +22,14 @@ from .export import CONTRACT, to_contract
 from .trees import check_classes, tree_node
 
 SUPPORTED_LOSSES = ("Logloss", "MultiClass")  # probabilities that sum to 1 (MultiClassOneVsAll's do not)
+# The nan_modes that say what a missing value means (NaN below, or above, every border). The export scores NaN
+# as CatBoost does in both: the gate's NaN rows prove it on every build (tests/test_catboost.py). A model
+# trained with "Forbidden" defines nothing for NaN, so its builds refuse NaN, naming the member.
+NAN_MODES = ("Min", "Max")
+
+
+def takes_nan(member: LoadedMember) -> bool:
+    return member.hyperparameters.get("nan_mode") in NAN_MODES
 
 
 PROBE_TIMEOUT_S = 120
@@ -160,7 +168,8 @@ def load(source: MemberSource) -> LoadedMember:
     return LoadedMember(
         source=source, n_features=n_features, n_classes=n_classes,
         hyperparameters={"loss_function": str(params.get("loss_function")), "trees": int(model.tree_count_),
-                         "depth": params.get("depth"), "learning_rate": params.get("learning_rate")},
+                         "depth": params.get("depth"), "learning_rate": params.get("learning_rate"),
+                         "nan_mode": str(params.get("nan_mode"))},
         reference=reference_of(model), onnx_model=onx,
         # CatBoost names unnamed columns "0", "1", ...: those say nothing about the features.
         feature_names=None if names == [str(i) for i in range(n_features)] else names,
@@ -173,4 +182,4 @@ register(MemberKind(
     # A pickle holds the classifier and, in its state, the model's own .cbm bytes and its parameters.
     pickle_globals=frozenset({("catboost.core", "CatBoostClassifier")}),
     frameworks=("catboost", "_catboost"), distributions=("catboost",), build_modules=("catboost",),
-    only_compares=always))  # oblivious trees: every split compares with a border
+    only_compares=always, takes_nan=takes_nan))  # oblivious trees: every split compares with a border
