@@ -138,8 +138,9 @@ members.register(members.MemberKind(
     "probekind", (".probe",), lambda source: None, lambda source: None,
     pickle_globals=frozenset({("probelib.model", "Model")}), frameworks=("probelib",),
     distributions=("probelib-dist",), build_modules=("probelib_mod",), service_weight=0.5,
-    only_compares=members.always))
+    only_compares=members.always, tree_options=("rounds",)))
 from convert import cli, discover, domain, errors, loaders, manifest
+from convert.members import trees
 probe = members.LoadedMember(members.MemberSource("p", "probekind", Path("p")), 2, 2, {}, None, None)
 missing = []
 try:
@@ -153,21 +154,30 @@ print(json.dumps({
     "stack": missing,
     "weights": discover.service_weights(),
     "domain": [domain.only_compares(probe), domain.takes_nan(probe)],
+    "options": trees.parse_options("probekind", {"rounds": 3}, None, "members.p"),
 }))
+try:
+    trees.parse_options("catboost", {"rounds": 3}, None, "members.c")
+except Exception as exc:
+    print(str(exc))
 """
 
 
 def test_a_new_kind_is_one_register_call():
     """A kind registered from outside the shared modules reaches every place that needs to know about it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = json.loads(subprocess.run([sys.executable, "-c", PROBE_KIND], capture_output=True, text=True, check=True,
-                                    env=env, cwd=ROOT).stdout)
+    printed = subprocess.run([sys.executable, "-c", PROBE_KIND], capture_output=True, text=True, check=True,
+                             env=env, cwd=ROOT).stdout.splitlines()
+    out = json.loads(printed[0])
     assert out["allowed"] == [["probelib.model", "Model"]]
     assert out["frameworks"] is True
     assert out["versions"] == "not installed"
     assert "probelib_mod missing" in out["stack"]
     assert list(out["weights"])[-1] == "probekind" and out["weights"]["probekind"] == 0.5
     assert out["domain"] == [True, False]  # a tree of its own kind, NaN refused until the kind says otherwise
+    assert out["options"] == {"rounds": 3}
+    assert printed[1] == ("members.c.rounds: only a xgboost or lightgbm or probekind member takes 'rounds'; this "
+                          "member's kind is 'catboost'.")
 
 
 def test_the_registry_refuses_a_second_kind_of_a_name():

@@ -76,6 +76,8 @@ class MemberKind:
     # (entry, models folder, where) -> options; the manifest's hyperparameters hold them again for `verify`.
     entry_keys: tuple[str, ...] = ()
     parse_entry: Callable[[Mapping[str, Any], Path, str], dict[str, Any]] | None = None
+    # Which of the tree options (`members.trees.OPTIONS`: "rounds", "missing") this kind's entry takes.
+    tree_options: tuple[str, ...] = ()
     # The globals a pickle of this kind may name (besides numpy's, loaders.COMMON_PICKLE_GLOBALS); empty: the
     # kind reads no pickles, and `load_pickle(path, kind)` refuses every global it is asked for.
     pickle_globals: frozenset[tuple[str, str]] = frozenset()

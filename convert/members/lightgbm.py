@@ -351,4 +351,5 @@ register(MemberKind(
     pickle_globals=frozenset({("lightgbm.sklearn", "LGBMClassifier"), ("lightgbm.basic", "Booster"),
                               ("sklearn.preprocessing._label", "LabelEncoder")}),
     frameworks=("lightgbm",), distributions=("lightgbm",), build_modules=("lightgbm",), service_weight=0.25,
-    only_compares=always, takes_nan=always))  # every split has a learned default direction for NaN
+    # ensemble.json's "rounds"; a tree ensemble with a learned default direction for NaN at every split.
+    tree_options=("rounds",), only_compares=always, takes_nan=always))

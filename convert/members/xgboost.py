@@ -380,4 +380,5 @@ register(MemberKind(
     pickle_globals=frozenset({("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
                               ("xgboost.core", "Booster")}),
     frameworks=("xgboost",), distributions=("xgboost",), build_modules=("xgboost",), service_weight=0.25,
-    only_compares=always, takes_nan=always))  # every split has a learned default direction for NaN
+    # ensemble.json's "rounds" and "missing"; a tree ensemble with a learned default direction for NaN at every split.
+    tree_options=("rounds", "missing"), only_compares=always, takes_nan=always))
