@@ -24,10 +24,10 @@ from runtime.errors import shortened, shortened_names
 from .decision import Decision, parse_decision
 from .errors import MetadataError, ModelFileError, PlanError
 from .loaders import check_regular, load_json
-from .members import MemberSource, get_kind, known_kinds
+from .members import MemberSource, get_kind, known_kinds, service_weights
 from .members.trees import OPTIONS, parse_options, recorded_options
 
-SERVICE_WEIGHTS = {"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20}
+SERVICE_WEIGHTS = service_weights()  # each kind declares its own default weight (`service_weight`), if any
 CLASSES = ["SELL", "HOLD", "BUY"]
 SCALER_SUFFIXES = (".pkl", ".joblib", ".json")
 MEMBER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")

@@ -1,16 +1,16 @@
 """The input domain a build proves parity on, and records in manifest.json's `domain` (docs/numerics.md):
 per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
 
-- A member that only compares its inputs with split values (a tree ensemble) takes any value float32 holds:
-  TREE_LIMIT of its own (scaled) input units either side of 0.
-- Any other member (torch, a linear model) computes with its inputs and can overflow float32 far from its
+- A member that only compares its inputs with split values (its kind's `only_compares`: a tree ensemble) takes
+  any value float32 holds: TREE_LIMIT of its own (scaled) input units either side of 0.
+- Any other member (a neural network, a linear model) computes with its inputs and can overflow float32 far from its
   training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
   features), k the widest of RUNGS at which every member's own framework still answers finitely.
 - A feature's range is the intersection over the members (each reads every feature through its own scaler),
   widened to hold the recorded parity rows (`--parity-data`), which the gate runs too.
-- NaN is taken where every member defines what missing means (`takes_nan`: the learned default directions of
-  XGBoost, LightGBM and HistGradientBoosting; a StandardScaler maps NaN to NaN), else refused naming the
-  members that do not.
+- NaN is taken where every member defines what missing means (its kind's `takes_nan`: the learned default
+  direction of every split of a gradient-boosted tree ensemble; a StandardScaler maps NaN to NaN), else refused
+  naming the members that do not.
 
 The parity rows then cover the range: each rung's edges alone, rows with every feature at an edge, and rows
 with NaN in each feature that takes it (`convert.parity`).
@@ -27,7 +27,7 @@ import numpy as np
 from runtime.contract import DomainRecord
 
 from .errors import ConvertError, MetadataError
-from .members import LoadedMember
+from .members import LoadedMember, get_kind
 from .scaler import Scaler
 
 # Standard deviations either side of the scaler's mean, for members that compute: the first rung always, each
@@ -35,23 +35,17 @@ from .scaler import Scaler
 RUNGS = (20.0, 1e2, 1e3, 1e4, 1e5, 1e6)
 TREE_LIMIT = 1e38   # a tree's input units either side of 0: float32 holds it (max 3.4e38) with room for rounding
 FLOAT64_MAX = float(np.finfo(np.float64).max)
-TREE_KINDS = frozenset({"xgboost", "lightgbm"})
-SKLEARN_TREES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier"})
-SKLEARN_TAKES_NAN = frozenset({"HistGradientBoostingClassifier"})
-
-
-def _estimator(member: LoadedMember) -> str | None:
-    return str(member.hyperparameters.get("estimator")) if member.source.kind == "sklearn" else None
 
 
 def only_compares(member: LoadedMember) -> bool:
-    """Whether the member is a tree ensemble: its inputs meet only split values, so no value overflows it."""
-    return member.source.kind in TREE_KINDS or _estimator(member) in SKLEARN_TREES
+    """Whether the member is a tree ensemble: its inputs meet only split values, so no value overflows it. Its
+    kind says (`MemberKind.only_compares`)."""
+    return get_kind(member.source.kind).only_compares(member)
 
 
 def takes_nan(member: LoadedMember) -> bool:
-    """Whether the member defines what a missing value means (a learned default direction at every split)."""
-    return member.source.kind in TREE_KINDS or _estimator(member) in SKLEARN_TAKES_NAN
+    """Whether the member defines what a missing value means (`MemberKind.takes_nan`)."""
+    return get_kind(member.source.kind).takes_nan(member)
 
 
 def moments(scaler: Scaler | None, n_features: int) -> tuple[np.ndarray, np.ndarray]:

@@ -59,26 +59,33 @@ class VerifyError(ConvertError):
 
 
 class FrameworkError(ConvertError):
-    """A framework (xgboost, lightgbm, torch, scikit-learn, the ONNX converters) raised while reading,
+    """A framework (a member kind's own, scikit-learn, the ONNX converters) raised while reading,
     exporting or predicting one member: a problem with that model, named with the member, file and step."""
 
 
-# Packages whose exceptions mean "this model file is a problem", not "ensemble-onnx has a bug". numpy is not
-# among them: an exception that only passes through numpy came from our own arithmetic.
-FRAMEWORKS = ("xgboost", "lightgbm", "sklearn", "torch", "onnx", "onnxruntime", "onnxmltools", "onnxconverter_common",
-              "skl2onnx", "joblib", "scipy", "pandas")
+# Packages whose exceptions mean "this model file is a problem", not "ensemble-onnx has a bug": these, which the
+# scaler, the stacker and the export use, and each member kind's own (`frameworks` on its registry entry).
+# numpy is not among them: an exception that only passes through numpy came from our own arithmetic.
+FRAMEWORKS = ("sklearn", "onnx", "onnxruntime", "onnxmltools", "onnxconverter_common", "skl2onnx", "joblib", "scipy",
+              "pandas")
+
+
+def frameworks() -> frozenset[str]:
+    from .members import kind_facts  # imported here: the registry imports this module
+
+    return frozenset(FRAMEWORKS + kind_facts("frameworks"))
 
 
 def raised_in_framework(exc: BaseException) -> str | None:
     """The framework whose code the exception came through (innermost first), if any."""
-    tb, found = exc.__traceback__, None
+    tb, found, known = exc.__traceback__, None, frameworks()
     while tb is not None:
         top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-        if top in FRAMEWORKS:
+        if top in known:
             found = top
         tb = tb.tb_next
     module = type(exc).__module__.split(".")[0]
-    return found or (module if module in FRAMEWORKS else None)
+    return found or (module if module in known else None)
 
 
 @contextmanager

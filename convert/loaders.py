@@ -3,8 +3,8 @@
 - torch weights: `torch.load(weights_only=True)` only, or safetensors (tensors only by construction); the
   result must be a flat name -> tensor mapping.
 - pickles and joblib files: one restricted unpickler, whose `find_class` admits exactly the globals the
-  role needs (a scaler, an XGBClassifier, an LGBMClassifier, a stacker). Anything else is refused when the
-  pickle asks for it, before any of it executes.
+  role needs (a scaler, a stacker, or a member kind's own, declared on its registry entry). Anything else is
+  refused when the pickle asks for it, before any of it executes.
 - JSON: size-capped, must be an object, a key written twice is refused with its line.
 - every file: a regular file (a FIFO would block the build forever, a folder or device is a mistake) no
   larger than the limit of its category, checked before it is opened and again on the open descriptor.
@@ -40,7 +40,7 @@ from .errors import (
 # ensemble.json and scaler JSON are a few kilobytes; the demo's model files are under 2 MB.
 FILE_LIMITS = {
     "json": MAX_JSON_BYTES,  # 1 MiB: _meta.json, ensemble.json, a scaler's JSON
-    "model": 1 << 30,    # .pth/.pt state_dicts, XGBoost .json/.ubj, LightGBM .txt, pickles and joblib files
+    "model": 1 << 30,    # every member kind's model files: state_dicts, native tree formats, pickles, joblib
     "data": 512 << 20,   # --parity-data and --calibrate rows (read whole)
 }
 # The most tensor elements a state_dict may hold in all (ENSEMBLE_ONNX_MAX_TENSOR_ELEMENTS): 1 GiB of float32.
@@ -98,7 +98,7 @@ def read_checked(path: Path, category: str, what: str, error: type[ConvertError]
     return data
 
 # Globals every numpy-carrying pickle needs (both numpy 1.x and 2.x spellings) and joblib's array wrapper.
-_COMMON = frozenset({
+COMMON_PICKLE_GLOBALS = _COMMON = frozenset({
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
@@ -106,34 +106,21 @@ _COMMON = frozenset({
     ("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "bytearray"),
 })
 
+# The roles that are not member kinds; a member kind's globals are on its registry entry (`pickle_globals`).
 ALLOWED_GLOBALS: dict[str, frozenset[tuple[str, str]]] = {
     "scaler": _COMMON | {("sklearn.preprocessing._data", "StandardScaler")},
-    "xgboost": _COMMON | {("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
-                          ("xgboost.core", "Booster")},
-    "lightgbm": _COMMON | {("lightgbm.sklearn", "LGBMClassifier"), ("lightgbm.basic", "Booster"),
-                           ("sklearn.preprocessing._label", "LabelEncoder")},
-    # The fifth kind: the classifiers skl2onnx converts, and what their fitted state pickles.
-    "sklearn": _COMMON | {
-        ("sklearn.ensemble._forest", "RandomForestClassifier"), ("sklearn.ensemble._forest", "ExtraTreesClassifier"),
-        ("sklearn.tree._classes", "DecisionTreeClassifier"), ("sklearn.tree._classes", "ExtraTreeClassifier"),
-        ("sklearn.tree._tree", "Tree"), ("sklearn.linear_model._logistic", "LogisticRegression"),
-        ("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingClassifier"),
-        ("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor"),
-        ("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper"),
-        ("sklearn._loss.loss", "HalfBinomialLoss"), ("sklearn._loss.loss", "HalfMultinomialLoss"),
-        ("sklearn._loss.link", "LogitLink"), ("sklearn._loss.link", "MultinomialLogit"),
-        ("sklearn._loss.link", "Interval"), ("sklearn._loss._loss", "CyHalfBinomialLoss"),
-        ("sklearn._loss._loss", "CyHalfMultinomialLoss"), ("sklearn._loss._loss", "__pyx_unpickle_CyHalfBinomialLoss"),
-        ("sklearn._loss._loss", "__pyx_unpickle_CyHalfMultinomialLoss"),
-        ("sklearn.preprocessing._label", "LabelEncoder"),
-        # HistGradientBoosting keeps a numpy Generator: these rebuild a bit generator from its saved state.
-        ("numpy.random._pickle", "__generator_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
-        ("numpy.random._pcg64", "PCG64"), ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-        ("numpy.random.bit_generator", "SeedSequence"),
-    },
     "stacker": _COMMON | {("sklearn.linear_model._logistic", "LogisticRegression"),
                           ("sklearn.preprocessing._label", "LabelEncoder")},
 }
+
+
+def allowed_globals(role: str) -> frozenset[tuple[str, str]]:
+    """The globals a pickle of `role` may name: a scaler's, a stacker's, or those a member kind declares."""
+    if role in ALLOWED_GLOBALS:
+        return ALLOWED_GLOBALS[role]
+    from .members import get_kind  # imported here: the kind modules import this one
+
+    return _COMMON | get_kind(role).pickle_globals
 
 
 def _restricted_unpickler_class(role: str, path: Path, stand_ins: Mapping[tuple[str, str], type]) -> type:
@@ -141,7 +128,7 @@ def _restricted_unpickler_class(role: str, path: Path, stand_ins: Mapping[tuple[
     gives `stand_ins[(module, name)]` in place of an admitted global where there is one."""
     from joblib.numpy_pickle import NumpyUnpickler
 
-    allowed = ALLOWED_GLOBALS[role]
+    allowed = allowed_globals(role)
 
     class RestrictedUnpickler(NumpyUnpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -149,7 +136,8 @@ def _restricted_unpickler_class(role: str, path: Path, stand_ins: Mapping[tuple[
                 raise UnsafeFileError(
                     f"{path}: refused to unpickle global '{module}.{name}': it is not on the allowlist for a "
                     f"{role} file, and unpickling it could run code. Re-save the model with its native format "
-                    f"(XGBoost .json/.ubj, LightGBM .txt, scaler .json) or retrain with a supported class.")
+                    f"(each kind's is in docs/models-folder.md; a scaler's is .json) or retrain with a supported "
+                    f"class.")
             return stand_ins.get((module, name)) or super().find_class(module, name)
 
     return RestrictedUnpickler
@@ -157,7 +145,7 @@ def _restricted_unpickler_class(role: str, path: Path, stand_ins: Mapping[tuple[
 
 def load_pickle(path: Path, role: str, stand_ins: Mapping[tuple[str, str], type] | None = None) -> Any:
     """Unpickle a .pkl or .joblib file admitting only the globals `role` needs. `stand_ins`: subclasses to
-    build in place of admitted classes, which check the state a pickle gives them (a LightGBM Booster's text)
+    build in place of admitted classes, which check the state a pickle gives them (a tree library's model text)
     before the real class reads it; a ModelFileError they raise passes through as it is."""
     # joblib's own reader detects compression and memory-maps nothing (mmap_mode=None); joblib >= 1.6 routes
     # the nested pickle of object arrays through our find_class too.

@@ -43,8 +43,8 @@ from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, SCHEMA_VERSIONS, SIGNAT
 from .errors import ConvertError, OutputError
 from .loaders import file_limit  # the runtime's JSON limit (runtime.features.MAX_JSON_BYTES), the same variable
 
-LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "xgboost", "lightgbm",
-             "numpy", "ensemble-onnx")
+# Recorded for every build; each member kind adds its own (`distributions` on its registry entry).
+LIBRARIES = ("onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "numpy", "ensemble-onnx")
 ARTIFACTS_README = Path(__file__).with_name("artifacts_README.md")
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ def file_record(path: Path) -> dict[str, str]:
 
 
 def library_versions() -> dict[str, str]:
+    from .members import kind_facts  # the registry: the kinds' own libraries
+
     versions = {}
-    for name in LIBRARIES:
+    for name in dict.fromkeys(LIBRARIES + kind_facts("distributions")):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -429,7 +429,7 @@ def test_the_three_leaf_hand_written_model_is_one_lightgbm_reads():
 ])
 def test_a_lightgbm_tree_lightgbm_would_misread_is_refused_by_tree_and_field(text, reason):
     from convert.errors import ModelFileError
-    from convert.lightgbm_text import check_model_text
+    from convert.members.lightgbm_text import check_model_text
 
     with pytest.raises(ModelFileError) as refused:
         check_model_text(text.encode(), "lightgbm.txt")
@@ -475,8 +475,8 @@ def test_a_lightgbm_pickle_that_calls_booster_itself_is_refused(tmp_path):
     import lightgbm
 
     from convert.errors import ModelFileError
-    from convert.lightgbm_text import booster_stand_ins
     from convert.loaders import load_pickle
+    from convert.members.lightgbm_text import booster_stand_ins
 
     class Call:
         def __reduce__(self):
@@ -517,8 +517,8 @@ def test_lightgbm_models_trained_the_everyday_ways_pass_the_check(tmp_path, opti
     import lightgbm
     import numpy as np
 
-    from convert.lightgbm_text import booster_stand_ins, check_model_text
     from convert.loaders import load_pickle
+    from convert.members.lightgbm_text import booster_stand_ins, check_model_text
     from tests.variants import VARIANTS, _tree_model, training_data
 
     variant = next(v for v in VARIANTS if v.framework == "lightgbm" and v.option == option)

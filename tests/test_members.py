@@ -19,8 +19,8 @@ STAMP = DemoSpec().stamp
 
 
 def test_registry_names_known_kinds_and_refuses_overwrite():
-    assert known_kinds() == ["lightgbm", "nhits", "patchtst", "sklearn", "torch", "xgboost"]
-    with pytest.raises(PlanError, match="known kinds: lightgbm, nhits, patchtst, sklearn, torch, xgboost"):
+    assert known_kinds() == ["catboost", "lightgbm", "nhits", "patchtst", "sklearn", "torch", "xgboost"]
+    with pytest.raises(PlanError, match="known kinds: catboost, lightgbm, nhits, patchtst, sklearn, torch, xgboost"):
         get_kind("tabnet")
     with pytest.raises(ValueError, match="already registered"):
         register(MemberKind("nhits", (".pth",), get_kind("nhits").load, get_kind("nhits").reference))
@@ -72,7 +72,8 @@ def test_unexpected_and_misshapen_tensors_are_named(demo_models, tmp_path):
 
 def test_lightgbm_thresholds_are_exact_for_float32_inputs(demo_models):
     """LightGBM compares float32 inputs with double thresholds; the export must agree at every boundary."""
-    from convert.members.lightgbm import floor_float32, onnx_threshold
+    from convert.members.lightgbm import onnx_threshold
+    from convert.members.trees import floor_float32
 
     member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", demo_models / f"lightgbm_{STAMP}.pkl"))
     dump = load_pickle(demo_models / f"lightgbm_{STAMP}.pkl", "lightgbm").booster_.dump_model()

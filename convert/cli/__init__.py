@@ -71,7 +71,8 @@ class RefusalsExitOne(click.Group):
             ctx.exit(1)
 
 
-BUILD_STACK_STEP = "loading the build stack (torch, onnx, scikit-learn, xgboost, lightgbm)"
+BUILD_STACK = ("onnx", "sklearn", "skl2onnx", "onnxmltools")  # and each member kind's `build_modules`
+BUILD_STACK_STEP = "loading the build stack (the model frameworks, onnx and the converters)"
 
 
 def require_build_stack(progress: Any = None) -> None:
@@ -79,8 +80,10 @@ def require_build_stack(progress: Any = None) -> None:
     first that it is loading: the imports take seconds (a minute on a busy host) before anything else shows."""
     if progress is not None:
         progress(BUILD_STACK_STEP)
+    from ..members import kind_facts  # imported here: `--help` loads no framework
+
     missing = []
-    for module in ("torch", "onnx", "sklearn", "skl2onnx", "onnxmltools", "xgboost", "lightgbm"):
+    for module in dict.fromkeys(kind_facts("build_modules") + BUILD_STACK):
         try:
             __import__(module)
         except ImportError:

@@ -190,7 +190,7 @@ def inspect(path: Path, expect_build_id: str | None, public_key: Path | None, as
 def _inspect_weights(path: Path) -> dict[str, Any]:
     from ..errors import ConvertError
     from ..loaders import load_state_dict
-    from ..members import MemberSource, nhits, patchtst
+    from ..members import MemberSource, all_kinds
     from ..members.torch_common import read_metadata, unwrap
 
     state = load_state_dict(path)
@@ -198,13 +198,15 @@ def _inspect_weights(path: Path) -> dict[str, Any]:
     meta = path.with_name(f"{path.stem}_meta.json")
     source = MemberSource(path.stem, "", path, meta if meta.exists() else None)
     bare, unwrapped = unwrap(state)  # a DataParallel / torch.compile prefix, as the build strips it
-    for kind, module in (("nhits", nhits), ("patchtst", patchtst)):
-        try:
-            arch = module.read_architecture(bare, read_metadata(source), source)
-        except ConvertError as exc:
-            info.setdefault("not", {})[kind] = str(exc)
+    for kind in all_kinds():
+        if kind.read_architecture is None:
             continue
-        info.update(kind=kind, architecture=arch.values, notes=unwrapped + arch.notes)
+        try:
+            arch = kind.read_architecture(bare, read_metadata(source), source)
+        except ConvertError as exc:
+            info.setdefault("not", {})[kind.name] = str(exc)
+            continue
+        info.update(kind=kind.name, architecture=arch.values, notes=unwrapped + arch.notes)
         break
     return info
 

@@ -1,9 +1,11 @@
-"""Member kinds: one module per kind, and the registry that maps a kind name to its loader.
+"""Member kinds: one module per kind, and the registry that maps a kind name to everything about it.
 
 Every kind turns a `MemberSource` (files named by the plan) into a `LoadedMember`: the original framework's
 prediction function (the parity reference), the ONNX export that must reproduce it, and what was learnt
 about the model on the way (hyperparameters, the tree split thresholds). Adding a kind is one module here
-that ends with its `register(...)` line, its name in the import at the end of this file, and its tests.
+that ends with its `register(...)` line, its name in the import at the end of this file, and its tests. What
+the shared code must know about a kind (pickle allowlist, framework error classes, manifest library versions,
+the build stack, the default weight, the input domain) is data on its `MemberKind`, read through the functions below.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ class LoadedMember:
     thresholds: list[tuple[int, float]] = field(default_factory=list)  # (feature, split value) for trees
 
 
+def never(member: LoadedMember) -> bool:
+    return False
+
+
+def always(member: LoadedMember) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class MemberKind:
     name: str
@@ -66,6 +76,27 @@ class MemberKind:
     # (entry, models folder, where) -> options; the manifest's hyperparameters hold them again for `verify`.
     entry_keys: tuple[str, ...] = ()
     parse_entry: Callable[[Mapping[str, Any], Path, str], dict[str, Any]] | None = None
+    # Which of the tree options (`members.trees.OPTIONS`: "rounds", "missing") this kind's entry takes.
+    tree_options: tuple[str, ...] = ()
+    # The globals a pickle of this kind may name (besides numpy's, loaders.COMMON_PICKLE_GLOBALS); empty: the
+    # kind reads no pickles, and `load_pickle(path, kind)` refuses every global it is asked for.
+    pickle_globals: frozenset[tuple[str, str]] = frozenset()
+    # Top-level modules whose exceptions mean "this model file is a problem" (errors.raised_in_framework).
+    frameworks: tuple[str, ...] = ()
+    # Distributions whose versions manifest.json records, and modules the build stack must import (cli).
+    distributions: tuple[str, ...] = ()
+    build_modules: tuple[str, ...] = ()
+    # The weight of this kind in a folder discovered without ensemble.json, before normalization; None: the
+    # kind is not discovered by stamp (it must be named in ensemble.json). Discovery takes the kinds that have
+    # one in registration order (the import order at the end of this file).
+    service_weight: float | None = None
+    # A torch kind's architecture read off a state_dict and its metadata, for `inspect` of a weights file.
+    read_architecture: Callable[[Any, Any, MemberSource], Any] | None = None
+    # The input domain (convert/domain.py): whether a member of this kind only compares its inputs with split
+    # values (a tree ensemble: no float32 value overflows it), and whether it defines what a missing value (NaN)
+    # means (a learned default direction at every split). Functions of the loaded member: a kind may hold both.
+    only_compares: Callable[[LoadedMember], bool] = never
+    takes_nan: Callable[[LoadedMember], bool] = never
 
 
 _REGISTRY: dict[str, MemberKind] = {}
@@ -91,6 +122,33 @@ def known_kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def all_kinds() -> list[MemberKind]:
+    """Every registered kind, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def service_weights() -> dict[str, float]:
+    """The kinds discovery looks for by stamp, in registration order, with their default weights."""
+    return {k.name: k.service_weight for k in _REGISTRY.values() if k.service_weight is not None}
+
+
+def kind_facts(attribute: str) -> tuple[str, ...]:
+    """One per-kind fact (`frameworks`, `distributions`, `build_modules`) of every kind, in registration order,
+    each name once."""
+    names: dict[str, None] = {}
+    for kind in _REGISTRY.values():
+        names.update(dict.fromkeys(getattr(kind, attribute)))
+    return tuple(names)
+
+
 # Each kind module registers itself at its end; importing them here fills the registry. They import only the
-# standard library and numpy at module level (torch and the tree libraries inside their functions).
-from . import lightgbm, nhits, patchtst, sklearn, user_torch, xgboost  # noqa: E402, F401
+# standard library and numpy at module level (torch and the tree libraries inside their functions). The order
+# is the registration order: discovery's member order (xgboost, lightgbm, nhits, patchtst), then the kinds
+# named only in ensemble.json.
+from . import xgboost  # noqa: E402, F401, I001
+from . import lightgbm  # noqa: E402, F401
+from . import nhits  # noqa: E402, F401
+from . import patchtst  # noqa: E402, F401
+from . import sklearn  # noqa: E402, F401
+from . import user_torch  # noqa: E402, F401
+from . import catboost  # noqa: E402, F401

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
-from ..lightgbm_text import booster_stand_ins, check_model_text
 from ..loaders import load_pickle, read_checked
-from . import LoadedMember, MemberKind, MemberSource, register
+from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import to_contract
-from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, margins_graph, tree_node
+from .lightgbm_text import booster_stand_ins, check_model_text
+from .trees import ONNXMLTOOLS_OPSET, check_classes, floor_float32, input_types, margins_graph, tree_node
 
 PROBE_TIMEOUT_S = 120
 # Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
@@ -47,7 +47,7 @@ _PROBES = {
     "text": ("import sys, numpy, lightgbm\ntry:\n"
              f"    b = lightgbm.Booster(model_file=sys.argv[1]); {_CHECK_BOOSTER}{_REPORT}"),
     "pickle": ("import sys, numpy, pathlib, lightgbm; from convert.loaders import load_pickle\n"
-               "from convert.lightgbm_text import booster_stand_ins\np = pathlib.Path(sys.argv[1])\ntry:\n"
+               "from convert.members.lightgbm_text import booster_stand_ins\np = pathlib.Path(sys.argv[1])\ntry:\n"
                f"    b = load_pickle(p, 'lightgbm', booster_stand_ins(p)).booster_; {_CHECK_BOOSTER}{_REPORT}"),
 }
 
@@ -162,13 +162,6 @@ def check_expressible(dump: dict[str, Any], file: Any) -> None:
                 f"{file}: a zero-as-missing split on feature {node['split_feature']} sends 0.0 the other way "
                 f"than its threshold {node['threshold']}; ONNX has no zero-as-missing. Retrain with "
                 "zero_as_missing=false.")
-
-
-def floor_float32(t: float) -> float:
-    """The largest float32 not above t: for float32 x, `x <= t` iff `x <= floor_float32(t)`."""
-    with np.errstate(over="ignore"):  # LightGBM's 1e300 (a split that parts NaN from every value) -> inf
-        v = np.float32(t)
-    return float(np.nextafter(v, np.float32(-np.inf)) if float(v) > t else v)
 
 
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold: it reads |x| <= this as exactly 0.0
@@ -353,4 +346,10 @@ def load(source: MemberSource) -> LoadedMember:
         thresholds=thresholds)
 
 
-register(MemberKind("lightgbm", (".pkl", ".joblib", ".txt"), load, reference))
+register(MemberKind(
+    "lightgbm", (".pkl", ".joblib", ".txt"), load, reference,
+    pickle_globals=frozenset({("lightgbm.sklearn", "LGBMClassifier"), ("lightgbm.basic", "Booster"),
+                              ("sklearn.preprocessing._label", "LabelEncoder")}),
+    frameworks=("lightgbm",), distributions=("lightgbm",), build_modules=("lightgbm",), service_weight=0.25,
+    # ensemble.json's "rounds"; a tree ensemble with a learned default direction for NaN at every split.
+    tree_options=("rounds",), only_compares=always, takes_nan=always))

@@ -168,4 +168,6 @@ def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
     return torch_reference(rebuild(source, read_architecture, build_module)[0])
 
 
-register(MemberKind("patchtst", (".pth", ".pt", ".safetensors"), load, reference))
+register(MemberKind("patchtst", (".pth", ".pt", ".safetensors"), load, reference, frameworks=("torch",),
+                    distributions=("torch",), build_modules=("torch",), service_weight=0.20,
+                    read_architecture=read_architecture))

@@ -19,10 +19,20 @@ from ..errors import ModelFileError, UnsafeFileError, UnsupportedModelError
 from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, register
 from .export import CONTRACT, to_contract
-from .lightgbm import floor_float32
-from .trees import check_classes, margins_graph
+from .trees import check_classes, floor_float32, margins_graph
 
 SUPPORTED = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier", "LogisticRegression")
+TREES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier"})
+TAKES_NAN = frozenset({"HistGradientBoostingClassifier"})  # learns where missing values go at each split
+
+
+def only_compares(member: LoadedMember) -> bool:
+    """The tree ensembles only compare their inputs with split values; LogisticRegression computes with them."""
+    return member.hyperparameters.get("estimator") in TREES
+
+
+def takes_nan(member: LoadedMember) -> bool:
+    return member.hyperparameters.get("estimator") in TAKES_NAN
 
 
 # HistGradientBoosting trained with categorical_features pickles the ColumnTransformer that encodes them.
@@ -192,4 +202,26 @@ def _float64_thresholds(model: Any) -> list[np.ndarray] | None:
     return None
 
 
-register(MemberKind("sklearn", (".pkl", ".joblib"), load, reference))
+register(MemberKind(
+    "sklearn", (".pkl", ".joblib"), load, reference,
+    # The classifiers skl2onnx converts, and what their fitted state pickles.
+    pickle_globals=frozenset({
+        ("sklearn.ensemble._forest", "RandomForestClassifier"), ("sklearn.ensemble._forest", "ExtraTreesClassifier"),
+        ("sklearn.tree._classes", "DecisionTreeClassifier"), ("sklearn.tree._classes", "ExtraTreeClassifier"),
+        ("sklearn.tree._tree", "Tree"), ("sklearn.linear_model._logistic", "LogisticRegression"),
+        ("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingClassifier"),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor"),
+        ("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper"),
+        ("sklearn._loss.loss", "HalfBinomialLoss"), ("sklearn._loss.loss", "HalfMultinomialLoss"),
+        ("sklearn._loss.link", "LogitLink"), ("sklearn._loss.link", "MultinomialLogit"),
+        ("sklearn._loss.link", "Interval"), ("sklearn._loss._loss", "CyHalfBinomialLoss"),
+        ("sklearn._loss._loss", "CyHalfMultinomialLoss"), ("sklearn._loss._loss", "__pyx_unpickle_CyHalfBinomialLoss"),
+        ("sklearn._loss._loss", "__pyx_unpickle_CyHalfMultinomialLoss"),
+        ("sklearn.preprocessing._label", "LabelEncoder"),
+        # HistGradientBoosting keeps a numpy Generator: these rebuild a bit generator from its saved state.
+        ("numpy.random._pickle", "__generator_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pcg64", "PCG64"), ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+        ("numpy.random.bit_generator", "SeedSequence"),
+    }),
+    frameworks=("sklearn",), distributions=("scikit-learn",), build_modules=("sklearn", "skl2onnx"),
+    only_compares=only_compares, takes_nan=takes_nan))

@@ -42,21 +42,31 @@ def check_classes(classes: Any, n_classes: int, file: Any) -> None:
                                     "labels.")
 
 
+def floor_float32(t: float) -> float:
+    """The largest float32 not above t: for float32 x, `x <= t` iff `x <= floor_float32(t)`."""
+    with np.errstate(over="ignore"):  # LightGBM's 1e300 (a split that parts NaN from every value) -> inf
+        v = np.float32(t)
+    return float(np.nextafter(v, np.float32(-np.inf)) if float(v) > t else v)
+
+
 # ------------------------------------------------------------------------------------ member options
 # What ensemble.json may add to a tree member's entry, because the model file cannot say how the service
 # called it: "rounds" (the boosting rounds its predict used: XGBoost iteration_range=(0, n), LightGBM
-# num_iteration=n) and, for XGBoost, "missing" (the DMatrix / XGBClassifier sentinel read as absent).
-OPTIONS = {"rounds": ("xgboost", "lightgbm"), "missing": ("xgboost",)}
+# num_iteration=n) and, for XGBoost, "missing" (the DMatrix / XGBClassifier sentinel read as absent). Which
+# of them a kind takes is on its registry entry (`MemberKind.tree_options`).
+OPTIONS = ("rounds", "missing")
 
 
 def parse_options(kind: str, given: dict[str, Any], scaler: Any, where: str) -> dict[str, Any]:
     """The options of one ensemble.json member entry, checked before any model is read."""
     from ..errors import MetadataError
+    from . import all_kinds, get_kind
 
     options: dict[str, Any] = {}
     for key, value in given.items():
-        if kind not in OPTIONS[key]:
-            raise MetadataError(f"{where}.{key}: only a {' or '.join(OPTIONS[key])} member takes '{key}'; "
+        if key not in get_kind(kind).tree_options:
+            takers = [k.name for k in all_kinds() if key in k.tree_options]
+            raise MetadataError(f"{where}.{key}: only a {' or '.join(takers)} member takes '{key}'; "
                                 f"this member's kind is '{kind}'.")
         number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
         if key == "rounds":

@@ -244,4 +244,7 @@ def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
     return torch_reference(build(source, export=False)[0])
 
 
-register(MemberKind(KIND, (".pth", ".pt", ".safetensors"), load, reference, ENTRY_KEYS, parse_entry))
+# Not discovered by stamp (no service weight): ensemble.json names its class. No read_architecture: the class,
+# not the state_dict, says what the model is, and `inspect` never imports code.
+register(MemberKind(KIND, (".pth", ".pt", ".safetensors"), load, reference, entry_keys=ENTRY_KEYS,
+                    parse_entry=parse_entry, frameworks=("torch",), distributions=("torch",), build_modules=("torch",)))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ModelFileError, UnsupportedModelError
 from ..loaders import load_pickle
-from . import LoadedMember, MemberKind, MemberSource, register
+from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import CONTRACT, to_contract
 
 SUPPORTED_OBJECTIVES = ("multi:softprob", "multi:softmax", "binary:logistic")
@@ -375,4 +375,10 @@ def load(source: MemberSource) -> LoadedMember:
         thresholds=thresholds)
 
 
-register(MemberKind("xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference))
+register(MemberKind(
+    "xgboost", (".pkl", ".joblib", ".json", ".ubj"), load, reference,
+    pickle_globals=frozenset({("xgboost.sklearn", "XGBClassifier"), ("xgboost.sklearn", "XGBRFClassifier"),
+                              ("xgboost.core", "Booster")}),
+    frameworks=("xgboost",), distributions=("xgboost",), build_modules=("xgboost",), service_weight=0.25,
+    # ensemble.json's "rounds" and "missing"; a tree ensemble with a learned default direction for NaN at every split.
+    tree_options=("rounds", "missing"), only_compares=always, takes_nan=always))
