@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # A serving host: plain `pip install .` (numpy, onnxruntime, click) plus pytest, nothing else.
-$(SLIM_VENV)/.installed: pyproject.toml $(wildcard runtime/*.py convert/cli.py)
+$(SLIM_VENV)/.installed: pyproject.toml $(wildcard runtime/*.py runtime/*/*.py convert/cli.py)
 	rm -rf $(SLIM_VENV)
 	$(PYTHON) -m venv $(SLIM_VENV)
 	$(SLIM_VENV)/bin/pip install $(PIP_FLAGS) . pytest

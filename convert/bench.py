@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.results import dumps_strict, write_file
+from runtime.batch.results import dumps_strict, write_file
 
 from .bench_report import lowered_warnings, machine, plot, ratios, table
 from .bench_workers import BATCH_CURVE, EFFORT_VARIABLE, EFFORTS, THROUGHPUT_BATCH, graph_cost
@@ -185,7 +185,7 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
             results["threads"][str(threads)] = entry
     results["warnings"] = lowered_warnings(results)
     results["installed_mib"] = installed_size_mib()
-    # Through the one writer of result files: each appears whole, strict JSON (runtime.results).
+    # Through the one writer of result files: each appears whole, strict JSON (runtime.batch.results).
     write_file(out_dir / "bench.json", (dumps_strict(results, indent=2, sort_keys=True) + "\n").encode(), force=True)
     write_file(out_dir / "bench.md", ("\n".join(table(results)) + "\n").encode(), force=True)
     plot(results, out_dir / "bench.png")

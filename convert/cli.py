@@ -49,8 +49,8 @@ class RefusalsExitOne(click.Group):
             _quiet_broken_pipe(ctx)
         except Exception as exc:
             # Imported at the failure, not at the top: `--help` and `--version` load neither numpy nor onnxruntime.
+            from runtime.batch.results import environment_fault
             from runtime.errors import EnsembleOnnxError
-            from runtime.results import environment_fault
 
             fault = environment_fault(exc, getattr(exc, "filename", None) or "output")
             if fault is not None:  # disk full, a file-size limit ...: the machine's, said as such (exit 3)
@@ -101,7 +101,7 @@ class StepProgress:
 
 def _emit(result: Any, as_json: bool, text: str | None = None) -> None:
     if as_json:  # strict JSON: no NaN or Infinity token a parser would refuse (runtime.results.strict)
-        from runtime.results import dumps_strict
+        from runtime.batch.results import dumps_strict
         click.echo(dumps_strict(result, indent=2, sort_keys=True))
     elif text:
         click.echo(text)
@@ -419,9 +419,9 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
     nothing, if any row cannot be scored; every row that cannot be read as numbers is named with its line
     number; of rows too large for a member's float32 arithmetic, the first is named and all are counted."""
     import runtime
+    from runtime.batch.results import check_target, dumps_strict, write_file
     from runtime.contract import predict_csv_columns
     from runtime.features import InputError, at_line, read_records, records_to_matrix
-    from runtime.results import check_target, dumps_strict, write_file
 
     if as_json and fmt != "jsonl":
         raise click.UsageError("--json is --format jsonl; leave out one of them.")
@@ -462,7 +462,7 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
 
 def _cell(value: Any) -> str:
     """A passthrough value as a CSV cell: text as it is, anything else as strict JSON writes it."""
-    from runtime.results import dumps_strict
+    from runtime.batch.results import dumps_strict
 
     return "" if value is None else value if isinstance(value, str) else dumps_strict(value)
 
@@ -473,7 +473,7 @@ def _cell(value: Any) -> str:
 def _write_report(path: Path | None, html: str, force: bool) -> None:
     """The HTML report through runtime.results (checked before any work by _check_report)."""
     if path is not None:
-        from runtime.results import write_file
+        from runtime.batch.results import write_file
 
         try:
             write_file(path, html.encode("utf-8"), force=force)
@@ -484,7 +484,7 @@ def _write_report(path: Path | None, html: str, force: bool) -> None:
 
 def _check_report(path: Path | None, force: bool, inputs: list[str], builds: list[Path]) -> None:
     if path is not None:
-        from runtime.results import check_target
+        from runtime.batch.results import check_target
 
         check_target(path, force=force, flag="--report", inputs=inputs, builds=builds)
 
@@ -512,9 +512,9 @@ def compare(old: Path, new: Path, input_file: str, max_flip_rate: float | None, 
     matrix, flip rates, class shares, confidence, and each member's probability move. The table goes to
     stderr, --json to stdout; exit 1 past a gate, naming the figures that failed."""
     import runtime
-    from runtime.compare import compare as run_compare
-    from runtime.compare import gate, html, text
-    from runtime.report import read_rows
+    from runtime.monitor.compare import compare as run_compare
+    from runtime.monitor.compare import gate, html, text
+    from runtime.monitor.report import read_rows
 
     if len(expect_build_ids) not in (0, 2):
         raise click.UsageError("--expect-build-id: give it twice, OLD's build id then NEW's.")
@@ -587,10 +587,10 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
     against the training deciles (or a z-score summary), the share outside the training range, and a status
     ok / warn / drift. The table goes to stderr, --json to stdout."""
     import runtime
-    from runtime.drift import table
     from runtime.errors import CannotRunError
     from runtime.features import records_to_matrix
-    from runtime.report import read_rows
+    from runtime.monitor.drift import table
+    from runtime.monitor.report import read_rows
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
@@ -617,8 +617,8 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
 
 def _check_window(value: str | None) -> str | None:
     """A bad --window is a usage error (exit 2), found before any row is read."""
-    from runtime.evaluate import parse_window
     from runtime.features import InputError
+    from runtime.monitor.evaluate import parse_window
 
     try:
         if value is not None:
@@ -646,9 +646,9 @@ def evaluate(artifacts: Path, input_file: str, window: str | None, report_file: 
     """Score labelled rows and report accuracy, per-class precision and recall, the confusion matrix, the
     calibration error (ECE) and the action mix, overall and per --window. Table on stderr, --json on stdout."""
     import runtime
-    from runtime.evaluate import evaluate as run_evaluate
-    from runtime.evaluate import html, text
-    from runtime.report import read_rows
+    from runtime.monitor.evaluate import evaluate as run_evaluate
+    from runtime.monitor.evaluate import html, text
+    from runtime.monitor.report import read_rows
 
     _check_report(report_file, force, [input_file], [artifacts])
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
@@ -715,10 +715,10 @@ def score(artifacts: Path, input_path: Path | None, input_option: Path | None, o
                   workers=workers, batch_rows=batch_rows, force=force, progress=not quiet and not as_json,
                   expect_build_id=expect_build_id, public_key=public_key)
     if engine == "ray":
-        from runtime.ray_engine import score_file_ray
+        from runtime.batch.ray_engine import score_file_ray
         summary = score_file_ray(artifacts, source, out_file, address=address, **common)  # type: ignore[arg-type]
     else:
-        from runtime.backfill import score_file
+        from runtime.batch.backfill import score_file
         summary = score_file(artifacts, source, out_file, **common)  # type: ignore[arg-type]
     result = summary.as_dict()
     _emit(result, as_json, None if quiet else

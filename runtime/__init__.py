@@ -125,6 +125,14 @@ class Ensemble:
             raise error
         return out
 
+    def run(self, x: Any) -> dict[str, np.ndarray]:
+        """(n, F) numbers in feature order -> every output of the ensemble graph by name: `probabilities`
+        (n, C), `label` (n,) class indices after the decision policy, `confidence` (n,) and
+        `member_probabilities` (n, M, C), in `runtime.contract.ENSEMBLE_OUTPUTS` order. The checks of
+        `predict_proba` apply (InputError for a bad shape, a non-number, a value outside the proven domain,
+        no rows, or a member that overflows on a row, with `.row` set to that row)."""
+        return self._run(as_matrix(x, self.feature_names, self._missing))
+
     def predict_proba(self, x: Any) -> np.ndarray:
         """(n, F) numbers in feature order -> (n, n_classes) ensemble probabilities."""
         return self._run(as_matrix(x, self.feature_names, self._missing))[PROBABILITIES]

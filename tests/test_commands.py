@@ -209,8 +209,8 @@ def test_every_command_that_loads_a_build_checks_its_signature(demo_artifacts, f
 
 
 def test_a_worker_verifies_with_the_drivers_trust_options(demo_artifacts):
-    from runtime import backfill
     from runtime.artifacts import read_files
+    from runtime.batch import backfill
 
     with pytest.raises(runtime.ArtifactError, match="not the expected build"):
         backfill._worker_init(read_files(demo_artifacts), 1, "sent", os.getppid(), "0" * 64, None)
@@ -501,7 +501,7 @@ def test_an_output_inside_a_build_is_refused(artifacts_copy):
 
 @pytest.mark.parametrize("splits", [[1000], [10, 990], [333, 333, 334], [1] * 7 + [993]])
 def test_parquet_bytes_do_not_depend_on_how_rows_were_batched(tmp_path, splits):
-    from runtime.backfill_io import TableSink
+    from runtime.batch.backfill_io import TableSink
 
     table = pa.table({"a": np.arange(1000, dtype=np.float64), "s": [f"x{i}" for i in range(1000)]})
     expect = tmp_path / "one.parquet"

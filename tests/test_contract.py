@@ -256,7 +256,7 @@ def test_classes_whose_output_columns_collide_are_refused(classes, clash):
 
 
 def test_the_writers_name_their_columns_from_one_list():
-    from runtime.backfill import Layout
+    from runtime.batch.backfill import Layout
 
     layout = Layout(("f",), ("x", "y"), ("m",), (), members=True)
     assert layout.score_columns == ["action", "confidence", "p_x", "p_y", "p_m_x", "p_m_y"]

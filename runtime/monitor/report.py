@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .features import InputError, env_limit, read_limited, read_records
+from ..features import InputError, env_limit, read_limited, read_records
 
 Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as runtime.features reads them
 
