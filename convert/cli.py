@@ -419,8 +419,8 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
     nothing, if any row cannot be scored; every row that cannot be read as numbers is named with its line
     number; of rows too large for a member's float32 arithmetic, the first is named and all are counted."""
     import runtime
+    from runtime.batch.columns import predict_csv_columns
     from runtime.batch.results import check_target, dumps_strict, write_file
-    from runtime.contract import predict_csv_columns
     from runtime.features import InputError, at_line, read_records, records_to_matrix
 
     if as_json and fmt != "jsonl":

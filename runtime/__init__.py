@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import ArtifactError, Verified, read_folder
+from .artifacts import Verified, read_folder
 from .combiner import check_combiner
 from .contract import (
     CONFIDENCE,
@@ -32,8 +32,8 @@ from .contract import (
     PROBABILITIES,
 )
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
-from .errors import EnsembleOnnxError, shortened
-from .features import InputDomain, InputError, as_matrix, rows_to_matrix
+from .errors import ArtifactError, EnsembleOnnxError, InputError, shortened
+from .features import InputDomain, as_matrix, rows_to_matrix
 
 # Rows per onnxruntime call: the graph's intermediates take about 11 KB a row (PatchTST's 2048-wide layer;
 # measured 530 MB peak for one call of 40,000 rows), so a caller's million-row array would need ~11 GB at once.

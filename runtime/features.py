@@ -17,28 +17,11 @@ from typing import IO, Any, BinaryIO
 
 import numpy as np
 
-from .errors import EnsembleOnnxError, integer_size, shortened, shortened_names
-
-
-class InputError(EnsembleOnnxError, ValueError):
-    """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
-
-    # The 0-based row of the scored matrix at fault, where the refusal is about one row the caller may know
-    # by another number (a line of its file, a row of the whole input scored in chunks).
-    row: int | None = None
-
-
-class RepeatedKeyError(EnsembleOnnxError, ValueError):
-    """A JSON object names the same key twice: `json` would keep the last silently."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"key '{key}' appears more than once in one object")
-        self.key = key
-
-
-class LongIntegerError(ValueError):
-    """A JSON number with more digits than Python reads (4,300): said as that, not as Python's advice to
-    call sys.set_int_max_str_digits(), which means nothing to whoever wrote the file."""
+# Defined in errors.py; importable from here as before.
+from .errors import InputError as InputError
+from .errors import LongIntegerError as LongIntegerError
+from .errors import RepeatedKeyError as RepeatedKeyError
+from .errors import integer_size, shortened, shortened_names
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

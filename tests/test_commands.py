@@ -596,3 +596,28 @@ def test_a_full_disk_is_named_not_an_internal_error(demo_artifacts, files, tmp_p
         pytest.skip(f"this host allows no user namespace mount: {done.stderr[-200:]}")
     assert done.stdout.splitlines() == ["rc=3"], done.stdout + done.stderr  # nothing left on the disk
     assert "no space left on the device (ENOSPC)" in done.stderr and "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize(("classes", "args", "clash"), [
+    (["SELL", "HOLD", "action"], ["predict", "--format", "csv"], "['action']"),
+    (["SELL", "HOLD", "nhits_SELL"], ["predict", "--format", "csv"], "['nhits_SELL']"),
+    (["SELL", "HOLD", "nhits_SELL"], ["score", "--members"], "['p_nhits_SELL']"),
+])
+def test_a_build_whose_names_give_a_column_twice_loads_but_no_writer_writes_it(
+        demo_artifacts, ens, market, tmp_path, classes, args, clash):
+    """Output column names are the commands', not the artifact contract's: a (forged) build whose class and
+    member names would give one column twice loads, and the writer that would repeat it refuses, writing
+    nothing (convert refuses such names at planning, so only a forgery gets here)."""
+    from forge import rebound
+
+    build = rebound(demo_artifacts, tmp_path / "forged", lambda m: m.update(classes=classes))
+    assert runtime.load(build).classes == tuple(classes)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(csv_rows(ens, market[0][:5]))
+    out = tmp_path / "out.csv"
+    command, *flags = args
+    result = invoke(command, build, "-i", rows, "-o", out, *flags)
+    assert result.exit_code == 1, result.output
+    writer = "predict --format csv" if command == "predict" else "score"
+    assert f"name the output column(s) {clash} more than once, which {writer} cannot write" in result.stderr
+    assert "Traceback" not in result.output and not out.exists()

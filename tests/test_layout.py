@@ -87,6 +87,22 @@ def test_every_module_stays_in_its_room():
     assert not bad, "imports across the lines of docs/index.md:\n" + "\n".join(bad)
 
 
+def test_every_runtime_error_class_is_defined_in_errors_py():
+    """One place for the runtime's refusals; the modules that raise them import (and re-export) them."""
+    import runtime.errors
+
+    elsewhere = []
+    for path, module in project_modules():
+        if room(module).startswith("runtime") and module != "runtime.errors":
+            elsewhere += [f"{module}:{node.lineno} {node.name}" for node in ast.walk(ast.parse(path.read_text()))
+                          if isinstance(node, ast.ClassDef) and ("Error" in node.name or "Exception" in node.name)]
+    assert not elsewhere, elsewhere
+    defined = {name for name, value in vars(runtime.errors).items()
+               if isinstance(value, type) and issubclass(value, Exception)}
+    assert {"ArtifactError", "InputError", "FieldError", "SignatureError", "RepeatedKeyError", "IncomparableError",
+            "CannotRunError", "EnsembleOnnxError", "LongIntegerError"} <= defined
+
+
 @pytest.mark.parametrize(("module", "source", "expect"), [
     # the core reaching up into a tool, relatively or absolutely, lazily or not
     ("runtime.artifacts", "from .batch import results\n",

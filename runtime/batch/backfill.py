@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import read_files, verify_files
-from ..contract import score_columns
 from ..errors import shortened, shortened_names
 from ..features import InputError, header_problem, parse_number
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .columns import score_columns
 from .results import check_target, commit_together, environment_fault
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def assemble(layout: Layout, keep: Any, outputs: dict[str, np.ndarray], reasons:
 
     refused = ~unscored(reasons)
     columns: dict[str, Any] = {name: keep.column(name) for name in layout.keep}
-    # In the order of layout.score_columns, which names them (one list: the load check keeps its names distinct).
+    # In the order of layout.score_columns, which names them (one list, which refuses a name given twice).
     n_classes = len(layout.classes)
     scores = [pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(), mask=refused),
               pa.array(outputs["confidence"], mask=refused),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..artifacts import ArtifactError
+from ..errors import IncomparableError as IncomparableError  # defined in errors.py; importable from here
 from ..features import InputError, at_line, records_to_matrix
 from .report import Records, esc, heat_map, histogram, page, table
 
@@ -24,10 +24,6 @@ if TYPE_CHECKING:
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_EDGES = tuple(np.round(np.linspace(0.0, 1.0, 11), 1).tolist())  # confidence in tenths
-
-
-class IncomparableError(ArtifactError):
-    """Two builds whose outputs cannot be compared row by row (different class sets)."""
 
 
 def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | None = None) -> dict[str, np.ndarray]:
