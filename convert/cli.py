@@ -299,7 +299,9 @@ def bench(artifacts: tuple[Path, ...], models: Path, thread_counts: tuple[int, .
 def _read_input(name: str) -> str:
     """The rows as UTF-8 text from a file or stdin; InputError for a closed stdin, an unreadable file, an input
     past ENSEMBLE_ONNX_MAX_INPUT_BYTES or bytes that are not UTF-8."""
-    from runtime.features import InputError, decode_input, read_limited
+    from runtime.errors import InputError
+    from runtime.limits import read_limited
+    from runtime.records import decode_input
 
     if name == "-":
         stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
@@ -421,7 +423,8 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
     import runtime
     from runtime.batch.columns import predict_csv_columns
     from runtime.batch.results import check_target, dumps_strict, write_file
-    from runtime.features import InputError, at_line, read_records, records_to_matrix
+    from runtime.errors import InputError
+    from runtime.records import at_line, read_records, records_to_matrix
 
     if as_json and fmt != "jsonl":
         raise click.UsageError("--json is --format jsonl; leave out one of them.")
@@ -588,9 +591,9 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
     ok / warn / drift. The table goes to stderr, --json to stdout."""
     import runtime
     from runtime.errors import CannotRunError
-    from runtime.features import records_to_matrix
     from runtime.monitor.drift import table
     from runtime.monitor.report import read_rows
+    from runtime.records import records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
@@ -617,7 +620,7 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
 
 def _check_window(value: str | None) -> str | None:
     """A bad --window is a usage error (exit 2), found before any row is read."""
-    from runtime.features import InputError
+    from runtime.errors import InputError
     from runtime.monitor.evaluate import parse_window
 
     try:

@@ -38,8 +38,9 @@ from .contract import (
     parse_manifest,
 )
 from .errors import ArtifactError as ArtifactError  # defined in errors.py; importable from here as before
-from .errors import shortened
-from .features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind, loads_strict, read_capped
+from .errors import RepeatedKeyError, shortened
+from .jsonstrict import loads_strict
+from .limits import MAX_JSON_BYTES, env_limit, file_kind, read_capped
 
 if TYPE_CHECKING:  # imported when a key is given: cryptography, lazily
     from .signing import Signed

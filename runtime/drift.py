@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import ArtifactError
-from .features import InputError
+from .errors import InputError
 
 STATISTICS_FILE = "statistics.json"
 STATISTICS_VERSION = 1

@@ -4,7 +4,7 @@
 internal errors the callers turn into those all derive from `EnsembleOnnxError`, so a service can catch the
 package's refusals with one `except`, and the CLI turns any of them into its message and `exit_code`, as
 click's `ClickException` does. Anything else that escapes is a bug. Every error class of the runtime is
-defined here; the modules that raise one re-export it (`runtime.features.InputError` is this `InputError`).
+defined here; the modules that raise one re-export it (`runtime.artifacts.ArtifactError` is this `ArtifactError`).
 Kept free of imports: `import runtime` stays light, and the build imports this module too.
 """
 

@@ -31,9 +31,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from .contract import BUNDLE_FILE, SIGNATURE_FILE, build_id, canonical
+from .errors import RepeatedKeyError, shortened
 from .errors import SignatureError as SignatureError  # defined in errors.py; importable from here as before
-from .errors import shortened
-from .features import RepeatedKeyError, loads_strict
+from .jsonstrict import loads_strict
 
 log = logging.getLogger(__name__)
 

@@ -373,7 +373,7 @@ def test_a_header_problem_is_said_once(demo_artifacts, ens, market, header_of, e
 
 
 def test_numeric_class_names_from_csv_stay_text():
-    from runtime.features import read_records
+    from runtime.records import read_records
     records = read_records("a,label\n1.5,0\n2.5,1\n")
     assert [r["label"] for _, r in records] == ["0", "1"]
 

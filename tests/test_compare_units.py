@@ -22,7 +22,7 @@ from forge import rebound, reorder_members
 
 import runtime
 from runtime import RUN_CHUNK as CHUNK
-from runtime.features import InputError
+from runtime.errors import InputError
 from runtime.monitor.compare import (
     HIST_EDGES,
     IncomparableError,

@@ -17,7 +17,7 @@ import runtime
 from convert import errors
 from convert.cli import main
 from runtime.contract import FieldError
-from runtime.features import RepeatedKeyError
+from runtime.errors import RepeatedKeyError
 from runtime.monitor.compare import IncomparableError
 from runtime.signing import SignatureError
 

@@ -18,7 +18,7 @@ import runtime
 from convert.cli import main
 from runtime import contract
 from runtime.artifacts import ArtifactError
-from runtime.features import InputError
+from runtime.errors import InputError
 from tests.forge import rebound
 from tests.variants import by_id, cached_folder
 

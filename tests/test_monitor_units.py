@@ -32,7 +32,7 @@ from runtime.drift import (
     parse_statistics,
     quantile_bins,
 )
-from runtime.features import InputError
+from runtime.errors import InputError
 from runtime.monitor.drift import table
 from runtime.monitor.report import esc, heat_map, histogram, line_chart, page, read_rows
 from runtime.monitor.report import table as html_table

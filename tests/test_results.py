@@ -17,8 +17,7 @@ from runtime.batch.results import (
     environment_fault,
     write_file,
 )
-from runtime.errors import CannotRunError
-from runtime.features import InputError
+from runtime.errors import CannotRunError, InputError
 
 
 def names(folder: Path) -> list[str]:

@@ -29,7 +29,8 @@ from convert.cli import main
 from convert.demo import DEFAULT_STAMP, DemoSpec
 from convert.errors import OutputError
 from runtime.artifacts import ArtifactError, read_verified
-from runtime.features import InputError, read_records, records_to_matrix
+from runtime.errors import InputError
+from runtime.records import read_records, records_to_matrix
 
 FEATURES = DemoSpec().feature_names
 REPO = Path(__file__).resolve().parent.parent
@@ -579,7 +580,7 @@ def test_predict_input_limit_is_exact_and_raisable(demo_artifacts, monkeypatch, 
 def test_a_size_limit_that_is_not_a_positive_whole_number_is_refused_in_each_family(monkeypatch, raw, problem):
     from convert.errors import ConvertError
     from convert.loaders import file_limit
-    from runtime.features import read_limited
+    from runtime.limits import read_limited
 
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_MODEL_BYTES", raw)
     with pytest.raises(ConvertError, match=f"ENSEMBLE_ONNX_MAX_MODEL_BYTES='{re.escape(raw)}' {problem}"):
@@ -598,7 +599,7 @@ def _named(manifest: dict, count: int) -> dict:
 
 
 def test_manifest_of_2200_long_cyrillic_names_fits_the_json_limit(demo_artifacts):
-    from runtime.features import MAX_JSON_BYTES
+    from runtime.limits import MAX_JSON_BYTES
 
     manifest = json.loads((demo_artifacts / "manifest.json").read_bytes())
     data = mf.dumps(_named(manifest, 2200))  # the attack's ensemble: 1,146,452 bytes written as ASCII escapes

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import read_files, verify_files
-from ..errors import shortened, shortened_names
-from ..features import InputError, header_problem, parse_number
+from ..errors import InputError, shortened, shortened_names
+from ..records import header_problem, parse_number
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
 from .columns import score_columns
 from .results import check_target, commit_together, environment_fault

@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import shortened, shortened_names
-from ..features import InputError, LongIntegerError, RepeatedKeyError, loads_unique
+from ..errors import InputError, LongIntegerError, RepeatedKeyError, shortened, shortened_names
+from ..jsonstrict import loads_unique
 from .results import AtomicOutput, dumps_strict
 
 INSTALL_HINT = "backfill needs pyarrow: pip install 'ensemble-onnx[backfill]'"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import ArtifactError, read_files, verify_files
-from ..features import InputError
+from ..errors import InputError
 from . import backfill
 from .backfill_io import csv_text_options, file_format, open_batches, require_pyarrow
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import IncomparableError as IncomparableError  # defined in errors.py; importable from here
-from ..features import InputError, at_line, records_to_matrix
+from ..errors import InputError
+from ..records import at_line, records_to_matrix
 from .report import Records, esc, heat_map, histogram, page, table
 
 if TYPE_CHECKING:

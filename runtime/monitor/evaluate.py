@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..features import CsvText, InputError, parse_number
+from ..errors import InputError
+from ..records import CsvText, parse_number
 from .compare import score_records
 from .report import Records, esc, heat_map, line_chart, page, table
 
