@@ -144,8 +144,8 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float, s
 
 SCORE = """
 import json, sys, time
-from runtime.backfill import score_file
-from runtime.ray_engine import score_file_ray
+from runtime.batch.backfill import score_file
+from runtime.batch.ray_engine import score_file_ray
 args = json.loads(sys.argv[1])
 fn = score_file_ray if args.pop("engine") == "ray" else score_file
 t = time.perf_counter()

@@ -90,7 +90,8 @@ def check_widths(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
 def read_features_file(path: Path, feature_names: list[str], text: str | None = None) -> np.ndarray:
     """Recorded rows (CSV with a header, or JSON lines), validated and aligned as `predict` does; `text`
     when the file was already read."""
-    from runtime.features import InputError, read_records, records_to_matrix
+    from runtime.errors import InputError
+    from runtime.records import read_records, records_to_matrix
 
     try:
         return records_to_matrix(read_records(read_data_text(path) if text is None else text), feature_names)
@@ -100,7 +101,8 @@ def read_features_file(path: Path, feature_names: list[str], text: str | None = 
 
 def read_data_text(path: Path) -> str:
     """Recorded rows (--parity-data, --calibrate, verify --data): a regular UTF-8 file within the data limit."""
-    from runtime.features import InputError, decode_input
+    from runtime.errors import InputError
+    from runtime.records import decode_input
 
     from .loaders import read_checked
 
@@ -185,7 +187,8 @@ def calibrate(loaded: Loaded, labelled: Path, labelled_text: str | None = None) 
     """Fit the members' temperatures on labelled rows (negative log-likelihood of the ensemble); the report
     goes into the manifest: per member t and NLL before/after, the ensemble's NLL and calibration error
     before/after."""
-    from runtime.features import InputError, read_records, records_to_matrix
+    from runtime.errors import InputError
+    from runtime.records import read_records, records_to_matrix
 
     classes = loaded.plan.classes
     labelled_text = read_data_text(labelled) if labelled_text is None else labelled_text

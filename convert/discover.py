@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.contract import STACKER, output_column_clashes
+from runtime.batch.columns import output_column_clashes
+from runtime.contract import STACKER
 from runtime.errors import shortened, shortened_names
 
 from .decision import Decision, parse_decision

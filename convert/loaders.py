@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from runtime.features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind, read_capped
+from runtime.errors import RepeatedKeyError
+from runtime.limits import MAX_JSON_BYTES, env_limit, file_kind, read_capped
 
 from .errors import (
     ConvertError,
@@ -288,7 +289,7 @@ def _parse_object(s_and_end: tuple[str, int], *args: Any) -> Any:
 
 
 def _unique_decoder() -> json.JSONDecoder:
-    from runtime.features import _unique_pairs
+    from runtime.jsonstrict import _unique_pairs
 
     decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs)
     decoder.parse_object = _parse_object  # type: ignore[attr-defined]

@@ -41,7 +41,7 @@ from typing import Any
 from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, SCHEMA_VERSIONS, SIGNATURE_FILE
 
 from .errors import ConvertError, OutputError
-from .loaders import file_limit  # the runtime's JSON limit (runtime.features.MAX_JSON_BYTES), the same variable
+from .loaders import file_limit  # the runtime's JSON limit (runtime.limits.MAX_JSON_BYTES), the same variable
 
 # Recorded for every build; each member kind adds its own (`distributions` on its registry entry).
 LIBRARIES = ("onnx", "onnxruntime", "onnxmltools", "skl2onnx", "scikit-learn", "numpy", "ensemble-onnx")
@@ -111,7 +111,7 @@ def _is_within(inner: Path, outer: Path) -> bool:
 
 def _listed_build(folder: Path) -> tuple[bool, str]:
     """(whether `folder` is an ensemble-onnx build whose manifest.json we can read, why it is not exactly one)."""
-    from runtime.features import loads_unique
+    from runtime.jsonstrict import loads_unique
 
     manifest_path = folder / "manifest.json"
     try:

@@ -29,7 +29,8 @@ __all__ = ["STATISTICS_FILE", "read_reference_rows", "statistics_bytes"]
 def read_reference_rows(path: Path, feature_names: list[str], text: str | None = None) -> np.ndarray:
     """Recorded rows as `predict` reads them (`text`: the file already read through the build's checks); a
     label, symbol or timestamp column may ride along."""
-    from runtime.features import InputError, read_records, records_to_matrix
+    from runtime.errors import InputError
+    from runtime.records import read_records, records_to_matrix
 
     try:
         rows = read_records(path.read_text(encoding="utf-8") if text is None else text)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import ArtifactError, Verified, read_folder
+from .artifacts import Verified, read_folder
 from .combiner import check_combiner
 from .contract import (
     CONFIDENCE,
@@ -32,8 +32,8 @@ from .contract import (
     PROBABILITIES,
 )
 from .drift import STATISTICS_FILE, drift_report, parse_statistics
-from .errors import EnsembleOnnxError, shortened
-from .features import InputDomain, InputError, as_matrix, rows_to_matrix
+from .errors import ArtifactError, EnsembleOnnxError, InputError, shortened
+from .features import InputDomain, as_matrix, rows_to_matrix
 
 # Rows per onnxruntime call: the graph's intermediates take about 11 KB a row (PatchTST's 2048-wide layer;
 # measured 530 MB peak for one call of 40,000 rows), so a caller's million-row array would need ~11 GB at once.
@@ -124,6 +124,14 @@ class Ensemble:
             error.row = row
             raise error
         return out
+
+    def run(self, x: Any) -> dict[str, np.ndarray]:
+        """(n, F) numbers in feature order -> every output of the ensemble graph by name: `probabilities`
+        (n, C), `label` (n,) class indices after the decision policy, `confidence` (n,) and
+        `member_probabilities` (n, M, C), in `runtime.contract.ENSEMBLE_OUTPUTS` order. The checks of
+        `predict_proba` apply (InputError for a bad shape, a non-number, a value outside the proven domain,
+        no rows, or a member that overflows on a row, with `.row` set to that row)."""
+        return self._run(as_matrix(x, self.feature_names, self._missing))
 
     def predict_proba(self, x: Any) -> np.ndarray:
         """(n, F) numbers in feature order -> (n, n_classes) ensemble probabilities."""

@@ -37,17 +37,15 @@ from .contract import (
     manifest_digest,
     parse_manifest,
 )
-from .errors import EnsembleOnnxError, shortened
-from .features import MAX_JSON_BYTES, RepeatedKeyError, env_limit, file_kind, loads_strict, read_capped
+from .errors import ArtifactError as ArtifactError  # defined in errors.py; importable from here as before
+from .errors import RepeatedKeyError, shortened
+from .jsonstrict import loads_strict
+from .limits import MAX_JSON_BYTES, env_limit, file_kind, read_capped
 
 if TYPE_CHECKING:  # imported when a key is given: cryptography, lazily
     from .signing import Signed
 
 REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
-
-
-class ArtifactError(EnsembleOnnxError):
-    """Artifacts that cannot be trusted or run: missing, corrupt, tampered with, or incompatible."""
 
 
 # How deep a folder may sit in an artifacts folder: builds nest one (members/). The walk that looks for

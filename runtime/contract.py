@@ -12,7 +12,6 @@ Standard library only: `import runtime` stays light.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import hashlib
@@ -24,7 +23,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from .errors import EnsembleOnnxError, shortened, shortened_names
+from .errors import FieldError as FieldError  # defined in errors.py; importable from here as before
+from .errors import shortened, shortened_names
 
 SCHEMA_VERSION = 1                 # what this version writes
 SCHEMA_VERSIONS = (1,)             # what this version reads
@@ -149,14 +149,6 @@ SIGNATURE_FILE = "manifest.sig"
 # ensemble.onnx metadata_props: the manifest (without `files`) the graph was built for, and its digest.
 META_MANIFEST = "ensemble_onnx.manifest"
 META_DIGEST = "ensemble_onnx.manifest_digest"
-
-
-class FieldError(EnsembleOnnxError, ValueError):
-    """A manifest field that is missing or of the wrong type; `path` names it (`members.nhits.weight`)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"field '{shortened(path, 100, quoted=False)}' {message}")  # a path holds keys: any length
-        self.path = path
 
 
 @dataclass(frozen=True)
@@ -323,26 +315,6 @@ def float32(value: float) -> float:
         return math.copysign(math.inf, value)
 
 
-def predict_csv_columns(classes: list[str] | tuple[str, ...], members: list[str] | tuple[str, ...]) -> list[str]:
-    """The header `predict --format csv` writes: one column per class, then one per member and class."""
-    return ["symbol", "action", "confidence", *classes, *(f"{m}_{c}" for m in members for c in classes)]
-
-
-def score_columns(classes: list[str] | tuple[str, ...], members: list[str] | tuple[str, ...]) -> list[str]:
-    """The score columns `score` writes (`members` empty without --members), before the passthrough columns."""
-    return ["action", "confidence", *(f"p_{c}" for c in classes), *(f"p_{m}_{c}" for m in members for c in classes)]
-
-
-def output_column_clashes(classes: list[str] | tuple[str, ...], members: list[str] | tuple[str, ...]) -> list[str]:
-    """Output column names that classes and members would give twice (a class named 'action'; classes 'x' and
-    'm1_x' with a member 'm1'): a reader would take one column's values for the other's, and a table writer
-    keeps only one. With every member's columns, which hold the columns without them too."""
-    repeated: set[str] = set()
-    for columns in (predict_csv_columns(classes, members), score_columns(classes, members)):
-        repeated |= {c for c, n in collections.Counter(columns).items() if n > 1}
-    return sorted(repeated)
-
-
 def _is_text(name: str) -> bool:
     """Whether `name` can be written as UTF-8 (no lone surrogate)."""
     try:
@@ -368,9 +340,6 @@ def _check_consistent(m: Manifest) -> None:
             if not _is_text(name):
                 raise FieldError(what, f"holds {shortened(name)}, which is not valid Unicode text (a lone "
                                        f"surrogate cannot be written as UTF-8)")
-    if clash := output_column_clashes(m.classes, m.ensemble.members):
-        raise FieldError("classes", f"{shortened_names(m.classes)} with members {shortened_names(m.ensemble.members)} "
-                                    f"name the output column(s) {shortened_names(clash)} more than once")
     if m.decision is not None:
         for name in m.decision.min_confidence:
             if name not in m.classes:

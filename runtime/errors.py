@@ -3,8 +3,9 @@
 `ArtifactError` and `InputError` (the runtime), `ConvertError` and its families (the build) and the few
 internal errors the callers turn into those all derive from `EnsembleOnnxError`, so a service can catch the
 package's refusals with one `except`, and the CLI turns any of them into its message and `exit_code`, as
-click's `ClickException` does. Anything else that escapes is a bug. Kept free of imports: `import runtime`
-stays light, and the build imports this module too.
+click's `ClickException` does. Anything else that escapes is a bug. Every error class of the runtime is
+defined here; the modules that raise one re-export it (`runtime.artifacts.ArtifactError` is this `ArtifactError`).
+Kept free of imports: `import runtime` stays light, and the build imports this module too.
 """
 
 from __future__ import annotations
@@ -60,3 +61,48 @@ def install_hint(extra: str) -> str:
     or from a clone of the repository (README.md, "Install"), so the hint names both."""
     return (f"pip install --find-links dist/ 'ensemble-onnx[{extra}]' (dist/: the folder with the wheel `make dist` "
             f"builds), or pip install '.[{extra}]' in a clone of the repository")
+
+
+class ArtifactError(EnsembleOnnxError):
+    """Artifacts that cannot be trusted or run: missing, corrupt, tampered with, or incompatible."""
+
+
+class IncomparableError(ArtifactError):
+    """Two builds whose outputs cannot be compared row by row (different class sets)."""
+
+
+class InputError(EnsembleOnnxError, ValueError):
+    """Features the ensemble cannot score: missing, unknown, wrong width, non-numeric, NaN or infinite."""
+
+    # The 0-based row of the scored matrix at fault, where the refusal is about one row the caller may know
+    # by another number (a line of its file, a row of the whole input scored in chunks).
+    row: int | None = None
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+class RepeatedKeyError(EnsembleOnnxError, ValueError):
+    """A JSON object names the same key twice: `json` would keep the last silently."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key '{key}' appears more than once in one object")
+        self.key = key
+
+
+class LongIntegerError(ValueError):
+    """A JSON number with more digits than Python reads (4,300): said as that, not as Python's advice to
+    call sys.set_int_max_str_digits(), which means nothing to whoever wrote the file."""
+
+
+class FieldError(EnsembleOnnxError, ValueError):
+    """A manifest field that is missing or of the wrong type; `path` names it (`members.nhits.weight`)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"field '{shortened(path, 100, quoted=False)}' {message}")  # a path holds keys: any length
+        self.path = path
+
+
+class SignatureError(EnsembleOnnxError, ValueError):
+    """A key or signature that cannot be used; the caller turns it into its own error family."""

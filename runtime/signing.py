@@ -31,8 +31,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from .contract import BUNDLE_FILE, SIGNATURE_FILE, build_id, canonical
-from .errors import EnsembleOnnxError, install_hint, shortened
-from .features import RepeatedKeyError, loads_strict
+from .errors import RepeatedKeyError, install_hint, shortened
+from .errors import SignatureError as SignatureError  # defined in errors.py; importable from here as before
+from .jsonstrict import loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ CURVE_HASHES = {"secp256r1": "SHA256", "secp384r1": "SHA384", "secp521r1": "SHA5
 MAKE_KEY = ("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out KEY.pem; "
             "openssl pkey -in KEY.pem -pubout -out KEY.pub.pem")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-class SignatureError(EnsembleOnnxError, ValueError):
-    """A key or signature that cannot be used; the caller turns it into its own error family."""
 
 
 def _crypto() -> Any:

@@ -457,7 +457,7 @@ def test_more_workers_than_cores_are_capped_at_the_cores(demo_artifacts, tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from runtime.backfill import score_file
+    from runtime.batch.backfill import score_file
 
     pq.write_table(pa.table(_columns(demo_artifacts, 10)), tmp_path / "in.parquet")
     summary = score_file(demo_artifacts, tmp_path / "in.parquet", tmp_path / "out.parquet", workers=1000)

@@ -22,8 +22,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pcsv = pytest.importorskip("pyarrow.csv")
 
-from runtime import backfill  # noqa: E402  (after the skip: these tests need pyarrow)
 from runtime.artifacts import ArtifactError, read_files, verify_files  # noqa: E402
+from runtime.batch import backfill  # noqa: E402  (after the skip: these tests need pyarrow)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -221,7 +221,7 @@ def test_artifacts_sent_as_bytes_are_verified_before_any_row(demo_artifacts, ens
     manifest = verified.manifest
     assert manifest["feature_names"] == list(ens.feature_names) and set(verified.files) == set(manifest["files"])
     layout = backfill.Layout.for_input(manifest, table.column_names, None, False, "t")
-    from runtime.ray_engine import RayScorer
+    from runtime.batch.ray_engine import RayScorer
 
     got = RayScorer(files, layout, 1, "sent", "t")(table.slice(0, 50))
     np.testing.assert_array_equal(got.column("p_HOLD").to_numpy(),
@@ -237,7 +237,7 @@ def test_artifacts_sent_as_bytes_are_verified_before_any_row(demo_artifacts, ens
 
 MEMORY_PROBE = """
 import sys
-from runtime.backfill import score_file
+from runtime.batch.backfill import score_file
 score_file(sys.argv[1], sys.argv[2], sys.argv[3], workers=1, batch_rows=1000)
 print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] // 1024)
 """

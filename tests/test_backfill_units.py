@@ -26,11 +26,11 @@ pq = pytest.importorskip("pyarrow.parquet")
 pcsv = pytest.importorskip("pyarrow.csv")
 
 import runtime  # noqa: E402  (after the skip: these tests need pyarrow)
-from runtime import backfill, backfill_io, ray_engine  # noqa: E402
 from runtime.artifacts import ArtifactError, read_files  # noqa: E402
-from runtime.backfill import REJECT, Layout, Outcome, Progress, Summary  # noqa: E402
-from runtime.backfill_io import AtomicOutput, TableSink, file_format, open_batches  # noqa: E402
-from runtime.features import InputError  # noqa: E402
+from runtime.batch import backfill, backfill_io, ray_engine  # noqa: E402
+from runtime.batch.backfill import REJECT, Layout, Outcome, Progress, Summary  # noqa: E402
+from runtime.batch.backfill_io import AtomicOutput, TableSink, file_format, open_batches  # noqa: E402
+from runtime.errors import InputError  # noqa: E402
 
 MANIFEST_CLASSES = ("SELL", "HOLD", "BUY")
 MEMBERS = ("xgboost", "lightgbm", "nhits", "patchtst")

@@ -101,7 +101,7 @@ def test_nan_is_taken_where_the_nan_mode_defines_it_and_the_gate_proves_it(tmp_p
     """Min / Max say where a missing value goes: the build takes NaN, its gate runs NaN rows, and the served
     answers match CatBoost's own on rows full of NaN. Forbidden defines nothing: NaN is refused naming the member."""
     import runtime
-    from runtime.features import InputError
+    from runtime.errors import InputError
 
     x, y = _data(classes)
     if takes_nan:

@@ -210,8 +210,8 @@ def test_every_command_that_loads_a_build_checks_its_signature(demo_artifacts, f
 
 
 def test_a_worker_verifies_with_the_drivers_trust_options(demo_artifacts):
-    from runtime import backfill
     from runtime.artifacts import read_files
+    from runtime.batch import backfill
 
     with pytest.raises(runtime.ArtifactError, match="not the expected build"):
         backfill._worker_init(read_files(demo_artifacts), 1, "sent", os.getppid(), "0" * 64, None)
@@ -374,7 +374,7 @@ def test_a_header_problem_is_said_once(demo_artifacts, ens, market, header_of, e
 
 
 def test_numeric_class_names_from_csv_stay_text():
-    from runtime.features import read_records
+    from runtime.records import read_records
     records = read_records("a,label\n1.5,0\n2.5,1\n")
     assert [r["label"] for _, r in records] == ["0", "1"]
 
@@ -547,7 +547,7 @@ def test_an_output_inside_a_build_is_refused(artifacts_copy):
 
 @pytest.mark.parametrize("splits", [[1000], [10, 990], [333, 333, 334], [1] * 7 + [993]])
 def test_parquet_bytes_do_not_depend_on_how_rows_were_batched(tmp_path, splits):
-    from runtime.backfill_io import TableSink
+    from runtime.batch.backfill_io import TableSink
 
     table = pa.table({"a": np.arange(1000, dtype=np.float64), "s": [f"x{i}" for i in range(1000)]})
     expect = tmp_path / "one.parquet"
@@ -642,3 +642,28 @@ def test_a_full_disk_is_named_not_an_internal_error(demo_artifacts, files, tmp_p
         pytest.skip(f"this host allows no user namespace mount: {done.stderr[-200:]}")
     assert done.stdout.splitlines() == ["rc=3"], done.stdout + done.stderr  # nothing left on the disk
     assert "no space left on the device (ENOSPC)" in done.stderr and "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize(("classes", "args", "clash"), [
+    (["SELL", "HOLD", "action"], ["predict", "--format", "csv"], "['action']"),
+    (["SELL", "HOLD", "nhits_SELL"], ["predict", "--format", "csv"], "['nhits_SELL']"),
+    (["SELL", "HOLD", "nhits_SELL"], ["score", "--members"], "['p_nhits_SELL']"),
+])
+def test_a_build_whose_names_give_a_column_twice_loads_but_no_writer_writes_it(
+        demo_artifacts, ens, market, tmp_path, classes, args, clash):
+    """Output column names are the commands', not the artifact contract's: a (forged) build whose class and
+    member names would give one column twice loads, and the writer that would repeat it refuses, writing
+    nothing (convert refuses such names at planning, so only a forgery gets here)."""
+    from forge import rebound
+
+    build = rebound(demo_artifacts, tmp_path / "forged", lambda m: m.update(classes=classes))
+    assert runtime.load(build).classes == tuple(classes)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(csv_rows(ens, market[0][:5]))
+    out = tmp_path / "out.csv"
+    command, *flags = args
+    result = invoke(command, build, "-i", rows, "-o", out, *flags)
+    assert result.exit_code == 1, result.output
+    writer = "predict --format csv" if command == "predict" else "score"
+    assert f"name the output column(s) {clash} more than once, which {writer} cannot write" in result.stderr
+    assert "Traceback" not in result.output and not out.exists()

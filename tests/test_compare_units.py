@@ -1,6 +1,7 @@
-"""The referee of `runtime/compare.py` and `runtime/evaluate.py`, with nothing trained: the prebuilt demo build,
-builds derived from it by editing its manifest (classes, members and features renamed or reordered, bound to
-the graph again as a careful release engineer would), the real onnxruntime, and figures written out by hand.
+"""The referee of `runtime/monitor/compare.py` and `runtime/monitor/evaluate.py`, with nothing trained: the
+prebuilt demo build, builds derived from it by editing its manifest (classes, members and features renamed or
+reordered, bound to the graph again as a careful release engineer would), the real onnxruntime, and figures
+written out by hand.
 
 Expected values come from `Ensemble.predict` (by class, member and feature name: an independent path from the
 index arithmetic of `compare`) or from arithmetic in this file, never from the functions under test.
@@ -21,7 +22,8 @@ from forge import rebound, reorder_members
 
 import runtime
 from runtime import RUN_CHUNK as CHUNK
-from runtime.compare import (
+from runtime.errors import InputError
+from runtime.monitor.compare import (
     HIST_EDGES,
     IncomparableError,
     class_order,
@@ -30,9 +32,9 @@ from runtime.compare import (
     gate,
     score_records,
 )
-from runtime.compare import html as compare_html
-from runtime.compare import text as compare_text
-from runtime.evaluate import (
+from runtime.monitor.compare import html as compare_html
+from runtime.monitor.compare import text as compare_text
+from runtime.monitor.evaluate import (
     evaluate,
     evaluate_arrays,
     expected_calibration_error,
@@ -40,10 +42,9 @@ from runtime.evaluate import (
     parse_timestamp,
     parse_window,
 )
-from runtime.evaluate import html as evaluate_html
-from runtime.evaluate import text as evaluate_text
-from runtime.features import InputError
-from runtime.report import heat_map, histogram, line_chart, table
+from runtime.monitor.evaluate import html as evaluate_html
+from runtime.monitor.evaluate import text as evaluate_text
+from runtime.monitor.report import heat_map, histogram, line_chart, table
 
 CLASSES = ("SELL", "HOLD", "BUY")
 T0 = 1772445600.0  # 2026-03-02T10:00:00Z

@@ -243,24 +243,40 @@ def test_a_bad_field_is_refused_by_its_path(path, value, message):
     assert caught.value.path == message.split("'")[1]
 
 
-@pytest.mark.parametrize(("classes", "clash"), [(["action", "HOLD", "BUY"], "['action']"),
-                                               (["x", "net_x", "y"], "['net_x', 'p_net_x']")])
-def test_classes_whose_output_columns_collide_are_refused(classes, clash):
+@pytest.mark.parametrize(("classes", "predict_clash", "score_clash"), [
+    (["action", "HOLD", "BUY"], ["action"], []),
+    (["x", "net_x", "y"], ["net_x"], ["p_net_x"]),
+])
+def test_classes_whose_output_columns_collide_load_but_no_writer_writes_them(classes, predict_clash, score_clash):
     # Attack report 3, H3: predict --format csv wrote two 'action' columns, score --members one p_net_x for two.
+    # The commands' column names are not the artifact contract's: the manifest parses, each writer refuses.
+    from runtime.batch.columns import output_column_clashes, predict_csv_columns, score_columns
+    from runtime.errors import ArtifactError
+
     manifest = _manifest()
     manifest["classes"] = classes
     manifest["decision"] = None
-    with pytest.raises(FieldError, match=rf"^field 'classes' .* with members \['tree', 'net'\] name the output "
-                                         rf"column\(s\) {re.escape(clash)} more than once$"):
-        contract.parse_manifest(manifest)
+    assert contract.parse_manifest(manifest).classes == classes
+    members = ["tree", "net"]
+    for writer, clash, name in ((predict_csv_columns, predict_clash, "predict --format csv"),
+                                (score_columns, score_clash, "score")):
+        if not clash:
+            assert len(set(writer(classes, members))) == len(writer(classes, members))
+            continue
+        with pytest.raises(ArtifactError, match=rf"^classes .* with members \['tree', 'net'\] name the output "
+                                                rf"column\(s\) {re.escape(str(clash))} more than once, which "
+                                                rf"{re.escape(name)} cannot write; rename a class or a member"):
+            writer(classes, members)
+    assert output_column_clashes(classes, members) == sorted(predict_clash + score_clash)
 
 
 def test_the_writers_name_their_columns_from_one_list():
-    from runtime.backfill import Layout
+    from runtime.batch.backfill import Layout
+    from runtime.batch.columns import predict_csv_columns
 
     layout = Layout(("f",), ("x", "y"), ("m",), (), members=True)
     assert layout.score_columns == ["action", "confidence", "p_x", "p_y", "p_m_x", "p_m_y"]
-    assert contract.predict_csv_columns(["x", "y"], ["m"]) == ["symbol", "action", "confidence", "x", "y", "m_x", "m_y"]
+    assert predict_csv_columns(["x", "y"], ["m"]) == ["symbol", "action", "confidence", "x", "y", "m_x", "m_y"]
 
 
 def test_a_member_name_that_is_not_unicode_text_is_refused():

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 import runtime
 from convert import errors
 from convert.cli import main
-from runtime.compare import IncomparableError
 from runtime.contract import FieldError
-from runtime.features import RepeatedKeyError
+from runtime.errors import RepeatedKeyError
+from runtime.monitor.compare import IncomparableError
 from runtime.signing import SignatureError
 
 # (error class, also a ValueError for callers that caught it as one before the family existed)

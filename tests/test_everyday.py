@@ -63,8 +63,9 @@ def test_min_confidence_turns_unsure_buys_and_sells_into_hold(policy_build, demo
 
 
 def test_parity_gate_checks_the_policy_labels(policy_build, tmp_path, monkeypatch):
-    """A real build whose graph applies another minimum confidence (0.6) than the policy (0.55): every
-    probability still agrees with the frameworks, only the policy's labels differ, and the gate fails it."""
+    """A real build whose graph applies another minimum confidence (0.9) than the policy (0.55): every
+    probability still agrees with the frameworks, only the policy's labels differ, and the gate fails it at
+    every batch size (0.9, not just over 0.55: the batch-1 check's row sample must hold rows in between)."""
     import convert.build
     from convert.decision import Decision
     from convert.errors import ParityError
@@ -73,7 +74,7 @@ def test_parity_gate_checks_the_policy_labels(policy_build, tmp_path, monkeypatc
     real = convert.build.build_ensemble_graph
 
     def graph_with_another_policy(members, scalers, n_features, classes, decision, stacker=None):
-        return real(members, scalers, n_features, classes, Decision(decision.temperature, {"BUY": 0.6, "SELL": 0.6}),
+        return real(members, scalers, n_features, classes, Decision(decision.temperature, {"BUY": 0.9, "SELL": 0.9}),
                     stacker)
     monkeypatch.setattr(convert.build, "build_ensemble_graph", graph_with_another_policy)
     out = tmp_path / "out"

@@ -18,7 +18,7 @@ import runtime
 from convert.cli import main
 from runtime import contract
 from runtime.artifacts import ArtifactError
-from runtime.features import InputError
+from runtime.errors import InputError
 from tests.forge import rebound
 from tests.variants import by_id, cached_folder
 
@@ -42,8 +42,8 @@ def write_mixed(folder: Path) -> Path:
     x, y = market_data(spec)
     rng = np.random.default_rng(0)
     x[rng.random(x.shape) < 0.15] = np.nan
-    x[(y == 0) & (rng.random(len(y)) < 0.6), 3] = np.nan  # a NaN in feature 3 says SELL, in 5 BUY
-    x[(y == 2) & (rng.random(len(y)) < 0.6), 5] = np.nan
+    x[(y == 0) & (rng.random(len(y)) < 0.9), 3] = np.nan  # a NaN in feature 3 says SELL, in 5 BUY
+    x[(y == 2) & (rng.random(len(y)) < 0.9), 5] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = lightgbm.LGBMClassifier(n_estimators=10, num_leaves=7, min_child_samples=5, random_state=0,

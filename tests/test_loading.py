@@ -23,8 +23,11 @@ from forge import Edit, rebound
 
 import runtime
 import runtime.features
+import runtime.limits
+import runtime.records
 from runtime import contract
-from runtime.features import RepeatedKeyError, loads_unique
+from runtime.errors import RepeatedKeyError
+from runtime.jsonstrict import loads_unique
 
 
 def _without_precision(m: dict[str, Any]) -> None:
@@ -302,7 +305,7 @@ def test_unreadable_records_are_refused_with_exactly_what_is_wrong(text, message
 
     assert csv.field_size_limit() == 131_072  # the standard library's default, which the last row goes past
     with pytest.raises(runtime.InputError) as err:
-        runtime.features.read_records(text)
+        runtime.records.read_records(text)
     assert str(err.value) == message
 
 
@@ -649,7 +652,7 @@ def test_the_wire_reader_names_a_missing_and_an_unlisted_file_under_its_source(d
 
 
 def test_input_bytes_are_decoded_as_utf8_without_a_byte_order_mark_or_refused_naming_the_byte():
-    from runtime.features import decode_input
+    from runtime.records import decode_input
 
     assert decode_input("\ufeffa,b\n1,\u00e9\n".encode(), "in.csv") == "a,b\n1,\u00e9\n"
     with pytest.raises(runtime.InputError) as err:
@@ -696,7 +699,7 @@ def test_a_masked_array_is_refused_even_when_it_passes_for_a_frame():
 @pytest.mark.parametrize("cell", ["1_0", "\u0661"])  # Python's float reads both: 10.0 and 1.0
 def test_parse_number_refuses_what_a_data_file_never_means_naming_the_cell(cell):
     with pytest.raises(ValueError) as err:
-        runtime.features.parse_number(cell)
+        runtime.records.parse_number(cell)
     assert str(err.value) == f"not a number: {cell!r}"
 
 
@@ -947,14 +950,14 @@ def test_a_huge_value_in_a_load_refusal_is_shown_cut_short(artifacts_copy, field
 def test_a_limit_variable_is_plain_digits_or_refused_naming_it_cut_short(monkeypatch, raw, says):
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
     with pytest.raises(runtime.InputError) as err:
-        runtime.features.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10)
+        runtime.limits.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10)
     assert str(err.value) == f"environment variable ENSEMBLE_ONNX_MAX_INPUT_BYTES={says}"
 
 
 @pytest.mark.parametrize(("raw", "limit"), [("4096", 4096), ("0010", 10), ("9" * 4300, 10**4300 - 1)])
 def test_a_limit_of_plain_digits_is_read(monkeypatch, raw, limit):
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_INPUT_BYTES", raw)
-    assert runtime.features.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10) == limit
+    assert runtime.limits.env_limit("ENSEMBLE_ONNX_MAX_INPUT_BYTES", 10) == limit
 
 
 # ------------------------------------------ graphs shaped otherwise than convert writes them, under a matching manifest

@@ -20,9 +20,9 @@ from conftest import spec_with
 
 import runtime
 from convert.cli import main
-from runtime.compare import IncomparableError, class_order
 from runtime.drift import parse_statistics
-from runtime.evaluate import evaluate_arrays, parse_window
+from runtime.monitor.compare import IncomparableError, class_order
+from runtime.monitor.evaluate import evaluate_arrays, parse_window
 
 CLASSES = ("SELL", "HOLD", "BUY")
 
@@ -338,7 +338,8 @@ def test_evaluate_refuses_unlabelled_rows_by_line(demo_artifacts, demo_spec, tmp
 
 @pytest.mark.slim  # runtime only: also runs in the plain `pip install .` venv
 def test_the_monitoring_modules_import_nothing_heavy():
-    code = ("import json, sys, runtime, runtime.compare, runtime.evaluate, runtime.report, runtime.drift; "
+    code = ("import json, sys, runtime, runtime.monitor.compare, runtime.monitor.evaluate, runtime.monitor.report, "
+            "runtime.monitor.drift; "
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))

@@ -1,5 +1,5 @@
 """Referees `runtime/drift.py` (training statistics read from statistics.json, the drift figures and statuses of
-a batch, the terminal table) and `runtime/report.py` (reading rows from CSV, JSON lines and Parquet; the HTML
+a batch, the terminal table) and `runtime/monitor/report.py` (reading rows from CSV, JSON lines and Parquet; the HTML
 page, tables, heat map and SVG charts that compare and evaluate draw) without training anything.
 
 Statistics are hand-written statistics.json documents (and the prebuilt demo build's own); every expected
@@ -31,11 +31,11 @@ from runtime.drift import (
     drift_report,
     parse_statistics,
     quantile_bins,
-    table,
 )
-from runtime.features import InputError
-from runtime.report import esc, heat_map, histogram, line_chart, page, read_rows
-from runtime.report import table as html_table
+from runtime.errors import InputError
+from runtime.monitor.drift import table
+from runtime.monitor.report import esc, heat_map, histogram, line_chart, page, read_rows
+from runtime.monitor.report import table as html_table
 
 WHERE = "build/statistics.json"
 BINS_NEED = ("field 'bins' needs strictly increasing edges and one count more than edges, each count a whole "

@@ -1,4 +1,5 @@
-"""runtime.results: the one writer of result files (checked target, atomic, a run's files together, strict JSON)."""
+"""runtime.batch.results: the one writer of result files (checked target, atomic, a run's files together,
+strict JSON)."""
 
 import errno
 import json
@@ -8,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import CannotRunError
-from runtime.features import InputError
-from runtime.results import AtomicOutput, check_target, commit_together, dumps_strict, environment_fault, write_file
+from runtime.batch.results import (
+    AtomicOutput,
+    check_target,
+    commit_together,
+    dumps_strict,
+    environment_fault,
+    write_file,
+)
+from runtime.errors import CannotRunError, InputError
 
 
 def names(folder: Path) -> list[str]:

@@ -43,12 +43,73 @@ def test_import_runtime_pulls_in_nothing_heavy():
     assert "onnxruntime" in loaded and "numpy" in loaded
 
 
+# What `import runtime` loads of the project: the serving core, nothing of runtime.batch or runtime.monitor
+# (host and signing load on first use, records for the commands only). A module added here is a decision:
+# docs/index.md draws the core.
+CORE = ["runtime", "runtime.artifacts", "runtime.combiner", "runtime.contract", "runtime.drift", "runtime.errors",
+        "runtime.features", "runtime.jsonstrict", "runtime.limits", "runtime.protowire"]
+
+
+def loaded_by(statement: str) -> list[str]:
+    """The modules a fresh interpreter holds after `statement` (run from the repository root)."""
+    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout)
+
+
+def test_import_runtime_loads_the_core_alone():
+    loaded = loaded_by("import runtime")
+    assert [m for m in loaded if m.split(".")[0] == "runtime"] == CORE
+    # Outside the project: the standard library and what numpy and onnxruntime load themselves, nothing more.
+    baseline = set(loaded_by("import numpy, onnxruntime"))
+    foreign = {m.split(".")[0] for m in loaded} - {m.split(".")[0] for m in baseline} - set(sys.stdlib_module_names)
+    assert foreign == {"runtime"}, f"import runtime pulled in {sorted(foreign - {'runtime'})}"
+
+
 def test_loaded_ensemble_says_what_it_is(ens):
     assert ens.classes == ("SELL", "HOLD", "BUY")
     assert len(ens.feature_names) == 18 and ens.feature_names[0] == "rsi_14"
     assert ens.members == pytest.approx({"xgboost": 0.25, "lightgbm": 0.25, "nhits": 0.30, "patchtst": 0.20})
     info = ens.describe()
     assert info["parity"]["passed"] is True and set(info["members"]) == set(ens.members)
+
+
+def test_run_gives_every_output_the_other_methods_give(ens, rows):
+    out = ens.run(rows)
+    assert list(out) == ["probabilities", "label", "confidence", "member_probabilities"]
+    np.testing.assert_array_equal(out["probabilities"], ens.predict_proba(rows))
+    members = ens.member_probabilities(rows)
+    for i, name in enumerate(ens.member_order):
+        np.testing.assert_array_equal(out["member_probabilities"][:, i], members[name])
+    predictions = ens.predict(rows)
+    assert [ens.classes[int(k)] for k in out["label"]] == [p.action for p in predictions]
+    assert out["confidence"].tolist() == pytest.approx([p.confidence for p in predictions], abs=0)
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ("nan", r"row 3, feature '.*': nan is not finite|row 3"),
+    ("inf", r"row 3, feature '.*': inf is not finite"),
+    ("width", r"features must have shape \(n, 18\)"),
+    ("text", r"is not a number"),
+    ("empty", r"no rows to score"),
+])
+def test_run_refuses_what_predict_proba_refuses(ens, rows, bad, says):
+    x = rows.copy()
+    if bad == "nan":
+        x[3, 2] = np.nan
+    elif bad == "inf":
+        x[3, 2] = np.inf
+    elif bad == "width":
+        x = x[:, :-1]
+    elif bad == "text":
+        x = x.astype(object)
+        x[3, 2] = "1.0"
+    else:
+        x = x[:0]
+    for method in (ens.run, ens.predict_proba):
+        with pytest.raises(runtime.InputError, match=says) as caught:
+            method(x)
+        assert str(caught.value) == str(pytest.raises(runtime.InputError, ens.predict_proba, x).value)
 
 
 def test_predict_mapping_matches_predict_proba_and_members(ens, rows):

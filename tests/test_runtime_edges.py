@@ -16,7 +16,9 @@ import pytest
 
 import runtime
 from runtime.artifacts import REBUILD, _check_onnxruntime
-from runtime.features import InputError, at_line, read_records, records_to_matrix, rows_to_matrix
+from runtime.errors import InputError
+from runtime.features import rows_to_matrix
+from runtime.records import at_line, read_records, records_to_matrix
 
 pytestmark = pytest.mark.slim
 
@@ -593,7 +595,7 @@ def test_the_walk_holds_a_bounded_number_of_descriptors(folder):
 @pytest.mark.parametrize("rel", ["manifest.json", "manifest.sig", "model.sig"])
 def test_a_manifest_or_signature_past_the_json_limit_is_refused_unread(folder, monkeypatch, rel):
     # Found: both were read whole: a sparse 1 GB manifest.sig cost 1.15 GB, a 3 GB one a MemoryError traceback.
-    from runtime.features import MAX_JSON_BYTES
+    from runtime.limits import MAX_JSON_BYTES
 
     manifest = (folder / "manifest.json").read_bytes()
     (folder / rel).touch()
@@ -615,7 +617,7 @@ def test_a_manifest_or_signature_past_the_json_limit_is_refused_unread(folder, m
 
 def test_the_json_limit_is_the_one_convert_reads_json_under():
     loaders = pytest.importorskip("convert.loaders")  # the build's modules: absent from the slim venv
-    from runtime.features import MAX_JSON_BYTES
+    from runtime.limits import MAX_JSON_BYTES
 
     assert loaders.FILE_LIMITS["json"] is MAX_JSON_BYTES  # the one object: one default, raised by one variable
 

@@ -30,7 +30,8 @@ from convert.cli import main
 from convert.demo import DEFAULT_STAMP, DemoSpec
 from convert.errors import OutputError
 from runtime.artifacts import ArtifactError, read_verified
-from runtime.features import InputError, read_records, records_to_matrix
+from runtime.errors import InputError
+from runtime.records import read_records, records_to_matrix
 
 FEATURES = DemoSpec().feature_names
 REPO = Path(__file__).resolve().parent.parent
@@ -559,7 +560,11 @@ def _not_a_number(value: object) -> bool:
         return True
 
 
-def culprit(rows: object) -> tuple[int, list[str]] | None:
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def culprit(rows: object, allow_nan: bool = False) -> tuple[int, list[str]] | None:
     """What a refusal of named rows must name, worked out from the rows alone: (the row at fault, the names of
     which the message holds one), or None where every row is complete and numeric. Rows are checked in order,
     each for its names before its values, as docs/runtime.md says."""
@@ -568,17 +573,48 @@ def culprit(rows: object) -> tuple[int, list[str]] | None:
         wrong = [n for n in FEATURES if n not in row] + [k for k in row if k not in FEATURES and k != "symbol"]
         if wrong:
             return r, wrong
-        bad = [n for n in FEATURES if _not_a_number(row[n])]
+        bad = [n for n in FEATURES if _not_a_number(row[n]) and not (allow_nan and _is_nan(row[n]))]
         if bad:
             return r, bad[:1]
     return None
+
+
+def outside_domain(ens, rows: object) -> tuple[int, list[str]] | None:
+    """For complete numeric rows: (the first row holding a value outside the build's domain, the features it
+    holds outside), worked out from manifest.json's `domain` alone; None where every value is inside."""
+    domain = ens.manifest.get("domain")
+    if not domain:
+        return None
+    rows = [rows] if isinstance(rows, dict) else rows
+    for r, row in enumerate(rows):  # type: ignore[arg-type]
+        out = outside_row(ens, row)
+        if out:
+            return r, out
+    return None
+
+
+def outside_row(ens, row: dict) -> list[str]:
+    """The features of one named numeric row the build's domain refuses: a finite value outside its range, or
+    NaN where the domain takes none."""
+    domain = ens.manifest.get("domain")
+    if not domain:
+        return []
+    return [n for n, lo, hi, nan in zip(ens.feature_names, domain["lo"], domain["hi"], domain["nan"], strict=True)
+            if n in row and ((_is_nan(row[n]) and not nan)
+                             or (not _not_a_number(row[n]) and not lo <= float(row[n]) <= hi))]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=json_values | rowlike)
 def test_fuzz_runtime_raises_only_documented_errors(ens, rows):
     named = isinstance(rows, dict) or (isinstance(rows, list) and rows != [] and all(isinstance(r, dict) for r in rows))
-    expected = culprit(rows) if named else None
+    # The order docs/runtime.md gives: each row's names, then its values as numbers (NaN passes where the build
+    # has a domain), then the domain over the whole input: the first row with a value outside its range or a
+    # NaN where a member takes none.
+    takes_nan = bool(ens.manifest.get("domain"))
+    expected = culprit(rows, allow_nan=takes_nan) if named else None
+    if named and expected is None:
+        expected = outside_domain(ens, rows)
     try:
         out = ens.predict(rows)
     except InputError as exc:
@@ -586,7 +622,6 @@ def test_fuzz_runtime_raises_only_documented_errors(ens, rows):
         if named and expected is None:  # complete numeric rows so large that a member overflows: that row named
             assert "produced non-finite probabilities" in message and f"row {exc.row}:" in message, message
         elif named:  # the refusal names the row and a feature at fault, and says which row in .row
-            assert expected is not None, message
             row, names = expected
             assert f"row {row}" in message and exc.row == row, (message, exc.row, expected)
             assert any(repr(n) in message or f"'{n}'" in message for n in names), (message, names)
@@ -651,7 +686,7 @@ def test_predict_input_limit_is_exact_and_raisable(demo_artifacts, monkeypatch, 
 def test_a_size_limit_that_is_not_a_positive_whole_number_is_refused_in_each_family(monkeypatch, raw, problem):
     from convert.errors import ConvertError
     from convert.loaders import file_limit
-    from runtime.features import read_limited
+    from runtime.limits import read_limited
 
     monkeypatch.setenv("ENSEMBLE_ONNX_MAX_MODEL_BYTES", raw)
     with pytest.raises(ConvertError, match=f"ENSEMBLE_ONNX_MAX_MODEL_BYTES='{re.escape(raw)}' {problem}"):
@@ -670,7 +705,7 @@ def _named(manifest: dict, count: int) -> dict:
 
 
 def test_manifest_of_2200_long_cyrillic_names_fits_the_json_limit(demo_artifacts):
-    from runtime.features import MAX_JSON_BYTES
+    from runtime.limits import MAX_JSON_BYTES
 
     manifest = json.loads((demo_artifacts / "manifest.json").read_bytes())
     data = mf.dumps(_named(manifest, 2200))  # the attack's ensemble: 1,146,452 bytes written as ASCII escapes

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime.batch.results import dumps_strict, write_file
 from runtime.bench.floors import graph_cost, physical_floor
 from runtime.bench.floors import measure as measure_floors
-from runtime.results import dumps_strict, write_file
 
 from .report import lowered_warnings, machine, plot, ratios, table
 from .workers import BATCH_CURVE, EFFORT_VARIABLE, EFFORTS, THROUGHPUT_BATCH
@@ -202,7 +202,7 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
             results["threads"][str(threads)] = entry
     results["warnings"] = lowered_warnings(results)
     results["installed_mib"] = installed_size_mib()
-    # Through the one writer of result files: each appears whole, strict JSON (runtime.results).
+    # Through the one writer of result files: each appears whole, strict JSON (runtime.batch.results).
     write_file(out_dir / "bench.json", (dumps_strict(results, indent=2, sort_keys=True) + "\n").encode(), force=True)
     write_file(out_dir / "bench.md", ("\n".join(table(results)) + "\n").encode(), force=True)
     plot(results, out_dir / "bench.png")

@@ -51,8 +51,8 @@ class RefusalsExitOne(click.Group):
             _quiet_broken_pipe(ctx)
         except Exception as exc:
             # Imported at the failure, not at the top: `--help` and `--version` load neither numpy nor onnxruntime.
+            from runtime.batch.results import environment_fault
             from runtime.errors import EnsembleOnnxError
-            from runtime.results import environment_fault
 
             fault = environment_fault(exc, getattr(exc, "filename", None) or "output")
             if fault is not None:  # disk full, a file-size limit ...: the machine's, said as such (exit 3)
@@ -114,8 +114,8 @@ class StepProgress:
 
 
 def emit(result: Any, as_json: bool, text: str | None = None) -> None:
-    if as_json:  # strict JSON: no NaN or Infinity token a parser would refuse (runtime.results.strict)
-        from runtime.results import dumps_strict
+    if as_json:  # strict JSON: no NaN or Infinity token a parser would refuse (runtime.batch.results)
+        from runtime.batch.results import dumps_strict
         click.echo(dumps_strict(result, indent=2, sort_keys=True))
     elif text:
         click.echo(text)
@@ -174,7 +174,7 @@ def rows_in(help: str, required: bool = True, old: tuple[str, ...] = (), default
 
 
 def out_file(help: str, required: bool = False) -> Any:
-    """-o/--out: the file a command writes (runtime.results: atomic, never an input, a build or an existing
+    """-o/--out: the file a command writes (runtime.batch.results: atomic, never an input, a build or an existing
     file without --force); --output is the old spelling."""
     return click.option("-o", "--out", "--output", "out_file", cls=Aliased, hidden_names=("--output",),
                         required=required, type=click.Path(dir_okay=False, path_type=Path), help=help)

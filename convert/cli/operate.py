@@ -28,9 +28,9 @@ from . import (
 
 
 def _write_report(path: Path | None, html: str, force: bool) -> None:
-    """The HTML report through runtime.results (checked before any work by _check_report)."""
+    """The HTML report through runtime.batch.results (checked before any work by _check_report)."""
     if path is not None:
-        from runtime.results import write_file
+        from runtime.batch.results import write_file
 
         try:
             write_file(path, html.encode("utf-8"), force=force)
@@ -41,7 +41,7 @@ def _write_report(path: Path | None, html: str, force: bool) -> None:
 
 def _check_report(path: Path | None, force: bool, inputs: list[str], builds: list[Path]) -> None:
     if path is not None:
-        from runtime.results import check_target
+        from runtime.batch.results import check_target
 
         check_target(path, force=force, flag="--report", inputs=inputs, builds=builds)
 
@@ -69,9 +69,9 @@ def compare(old: Path, new: Path, input_file: str, max_flip_rate: float | None, 
     matrix, flip rates, class shares, confidence, and each member's probability move. The table goes to
     stderr, --json to stdout; exit 1 past a gate, naming the figures that failed."""
     import runtime
-    from runtime.compare import compare as run_compare
-    from runtime.compare import gate, html, text
-    from runtime.report import read_rows
+    from runtime.monitor.compare import compare as run_compare
+    from runtime.monitor.compare import gate, html, text
+    from runtime.monitor.report import read_rows
 
     if len(expect_build_ids) not in (0, 2):
         raise click.UsageError("--expect-build-id: give it twice, OLD's build id then NEW's.")
@@ -144,10 +144,10 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
     against the training deciles (or a z-score summary), the share outside the training range, and a status
     ok / warn / drift. The table goes to stderr, --json to stdout."""
     import runtime
-    from runtime.drift import table
     from runtime.errors import CannotRunError
-    from runtime.features import records_to_matrix
-    from runtime.report import read_rows
+    from runtime.monitor.drift import table
+    from runtime.monitor.report import read_rows
+    from runtime.records import records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
     x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
@@ -184,8 +184,8 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
 
 def _check_window(value: str | None) -> str | None:
     """A bad --window is a usage error (exit 2), found before any row is read."""
-    from runtime.evaluate import parse_window
-    from runtime.features import InputError
+    from runtime.errors import InputError
+    from runtime.monitor.evaluate import parse_window
 
     try:
         if value is not None:
@@ -213,9 +213,9 @@ def evaluate(artifacts: Path, input_file: str, window: str | None, report_file: 
     """Score labelled rows and report accuracy, per-class precision and recall, the confusion matrix, the
     calibration error (ECE) and the action mix, overall and per --window. Table on stderr, --json on stdout."""
     import runtime
-    from runtime.evaluate import evaluate as run_evaluate
-    from runtime.evaluate import html, text
-    from runtime.report import read_rows
+    from runtime.monitor.evaluate import evaluate as run_evaluate
+    from runtime.monitor.evaluate import html, text
+    from runtime.monitor.report import read_rows
 
     _check_report(report_file, force, [input_file], [artifacts])
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
@@ -282,10 +282,10 @@ def score(artifacts: Path, input_path: Path | None, input_option: Path | None, o
                   workers=workers, batch_rows=batch_rows, force=force, progress=not quiet and not as_json,
                   expect_build_id=expect_build_id, public_key=public_key)
     if engine == "ray":
-        from runtime.ray_engine import score_file_ray
+        from runtime.batch.ray_engine import score_file_ray
         summary = score_file_ray(artifacts, source, out_file, address=address, **common)  # type: ignore[arg-type]
     else:
-        from runtime.backfill import score_file
+        from runtime.batch.backfill import score_file
         summary = score_file(artifacts, source, out_file, **common)  # type: ignore[arg-type]
     result = summary.as_dict()
     emit(result, as_json, None if quiet else

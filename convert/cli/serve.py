@@ -16,7 +16,9 @@ from . import EXPECT_BUILD, FORCE, PUBLIC_KEY, QUIET, out_file
 def _read_input(name: str) -> str:
     """The rows as UTF-8 text from a file or stdin; InputError for a closed stdin, an unreadable file, an input
     past ENSEMBLE_ONNX_MAX_INPUT_BYTES or bytes that are not UTF-8."""
-    from runtime.features import InputError, decode_input, read_limited
+    from runtime.errors import InputError
+    from runtime.limits import read_limited
+    from runtime.records import decode_input
 
     if name == "-":
         stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
@@ -60,9 +62,10 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
     nothing, if any row cannot be scored; every row that cannot be read as numbers is named with its line
     number; of rows too large for a member's float32 arithmetic, the first is named and all are counted."""
     import runtime
-    from runtime.contract import predict_csv_columns
-    from runtime.features import InputError, at_line, read_records, records_to_matrix
-    from runtime.results import check_target, dumps_strict, write_file
+    from runtime.batch.columns import predict_csv_columns
+    from runtime.batch.results import check_target, dumps_strict, write_file
+    from runtime.errors import InputError
+    from runtime.records import at_line, read_records, records_to_matrix
 
     if as_json and fmt != "jsonl":
         raise click.UsageError("--json is --format jsonl; leave out one of them.")
@@ -103,7 +106,7 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
 
 def _cell(value: Any) -> str:
     """A passthrough value as a CSV cell: text as it is, anything else as strict JSON writes it."""
-    from runtime.results import dumps_strict
+    from runtime.batch.results import dumps_strict
 
     return "" if value is None else value if isinstance(value, str) else dumps_strict(value)
 

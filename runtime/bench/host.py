@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.batch.results import dumps_strict, write_file
 from runtime.host import cpu, int8_note
-from runtime.results import dumps_strict, write_file
 
 from .floors import graph_cost as exact_cost
 from .floors import measure, median_seconds, one_row_floor_us
@@ -268,7 +268,7 @@ def run(artifacts: list[Path], thread_counts: list[int], out_dir: Path, quick: b
         results["builds"][folder.name if folder.name not in results["builds"] else str(folder)] = build
     results["seconds"] = time.perf_counter() - started
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Through the one writer of result files: each appears whole, strict JSON (runtime.results).
+    # Through the one writer of result files: each appears whole, strict JSON (runtime.batch.results).
     write_file(out_dir / "bench_host.json", (dumps_strict(results, indent=2, sort_keys=True) + "\n").encode(),
                force=True)
     write_file(out_dir / "bench_host.md", ("\n".join(table(results)) + "\n").encode(), force=True)

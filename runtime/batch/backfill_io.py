@@ -2,8 +2,8 @@
 
 Reading streams (a Parquet file without pre-buffering, CSV through pyarrow's streaming reader, JSON lines a
 batch of lines at a time), so memory follows the batch size, not the file's. Writing goes through
-`runtime.results.AtomicOutput`: an unnamed file linked under its name only once complete. pyarrow is imported inside the
-functions (`pip install 'ensemble-onnx[backfill]'`).
+`runtime.batch.results.AtomicOutput`: an unnamed file linked under its name only once complete. pyarrow is
+imported inside the functions (`pip install 'ensemble-onnx[backfill]'`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import install_hint, shortened, shortened_names
-from .features import InputError, LongIntegerError, RepeatedKeyError, loads_unique
+from ..errors import InputError, LongIntegerError, RepeatedKeyError, install_hint, shortened, shortened_names
+from ..jsonstrict import loads_unique
 from .results import AtomicOutput, dumps_strict
 
 INSTALL_HINT = "backfill needs pyarrow: " + install_hint("backfill")
@@ -288,7 +288,7 @@ class TableSink:
                 raise InputError(f"{self.out.target}: passthrough column(s) {', '.join(changed[:5])} changed type "
                                  f"in a later batch ({str(exc)[:200]}); write such a column as JSON strings (a big "
                                  f"id as \"123...\"), or leave it out with --keep.") from None
-        if self.fmt == "jsonl":  # strict JSON: NaN and infinity as null, bytes as base64 (runtime.results.strict)
+        if self.fmt == "jsonl":  # strict JSON: NaN and infinity as null, bytes as base64 (runtime.batch.results.strict)
             self.out.file.write("".join(dumps_strict(r) + "\n" for r in table.to_pylist()).encode())
         elif self.fmt == "csv":
             try:

@@ -15,19 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifacts import ArtifactError
-from .features import InputError, at_line, records_to_matrix
+from ..errors import IncomparableError as IncomparableError  # defined in errors.py; importable from here
+from ..errors import InputError
+from ..records import at_line, records_to_matrix
 from .report import Records, esc, heat_map, histogram, page, table
 
 if TYPE_CHECKING:
-    from . import Ensemble
+    from .. import Ensemble
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_EDGES = tuple(np.round(np.linspace(0.0, 1.0, 11), 1).tolist())  # confidence in tenths
-
-
-class IncomparableError(ArtifactError):
-    """Two builds whose outputs cannot be compared row by row (different class sets)."""
 
 
 def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -37,7 +34,7 @@ def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | 
         passthrough = sorted({str(k) for _, r in records for k in r} - set(ens.feature_names))
     x = records_to_matrix(records, ens.feature_names, passthrough)
     try:  # one call (it runs RUN_CHUNK rows at a time): an overflow refusal counts every row, as predict's does
-        return ens._run(x)
+        return ens.run(x)
     except InputError as exc:  # a row a member overflows on: its line, not its place in the matrix
         raise at_line(exc, records) from None
 

@@ -10,7 +10,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .features import InputError, env_limit, read_limited, read_records
+from ..errors import InputError
+from ..limits import env_limit, read_limited
+from ..records import read_records
 
 Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as runtime.features reads them
 
@@ -23,7 +25,7 @@ MAX_ROWS = 1_000_000
 
 
 def read_rows(path: str | os.PathLike[str]) -> Records:
-    """CSV with a header or JSON lines (runtime.features.read_records), from a file or stdin ("-"); Parquet
+    """CSV with a header or JSON lines (runtime.records.read_records), from a file or stdin ("-"); Parquet
     when pyarrow is installed, read a batch at a time. Decimal columns become floats, as score reads them."""
     path = os.fspath(path)
     limit = env_limit("ENSEMBLE_ONNX_MAX_ROWS", MAX_ROWS)

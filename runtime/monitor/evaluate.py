@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import InputError
+from ..records import CsvText, parse_number
 from .compare import score_records
-from .features import CsvText, InputError, parse_number
 from .report import Records, esc, heat_map, line_chart, page, table
 
 if TYPE_CHECKING:
-    from . import Ensemble
+    from .. import Ensemble
 
 ECE_BINS = 10
 UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -1,6 +1,6 @@
 """Backfill: score a whole history file with the production build, streaming, on one machine.
 
-    from runtime.backfill import score_file
+    from runtime.batch.backfill import score_file
     summary = score_file("artifacts/", "history.parquet", "scores.parquet", workers=os.cpu_count())
 
 Input is Parquet, CSV (header) or JSON lines, chosen by the file's extension; columns are matched by name.
@@ -15,7 +15,7 @@ Outputs are written atomically (`backfill_io.AtomicOutput`): a run that fails or
 
 Scoring uses one onnxruntime intra-op thread per process by default and `workers` processes: with one
 thread a row's probabilities are bit-identical whatever batch it is scored in (measured; README), so a
-backfill agrees with the service's one-row calls bit for bit. The Ray engine (`runtime.ray_engine`) shares
+backfill agrees with the service's one-row calls bit for bit. The Ray engine (`runtime.batch.ray_engine`) shares
 the batch functions below.
 
 pyarrow is imported inside the functions: `import runtime` never loads it (`pip install ensemble-onnx[backfill]`).
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import read_files, verify_files
+from ..artifacts import read_files, verify_files
+from ..errors import InputError, shortened, shortened_names
+from ..records import header_problem, parse_number
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
-from .contract import score_columns
-from .errors import shortened, shortened_names
-from .features import InputError, header_problem, parse_number
+from .columns import score_columns
 from .results import check_target, commit_together, environment_fault
 
 log = logging.getLogger(__name__)
@@ -154,12 +154,12 @@ def score_matrix(ens: Any, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.nda
     for start in range(0, n, SCORE_CHUNK):
         stop = min(start + SCORE_CHUNK, n)
         try:
-            spans = [(start, stop, ens._run(x[start:stop]))]
+            spans = [(start, stop, ens.run(x[start:stop]))]
         except InputError:
             spans = []
             for i in range(start, stop):
                 try:
-                    spans.append((i, i + 1, ens._run(x[i:i + 1])))
+                    spans.append((i, i + 1, ens.run(x[i:i + 1])))
                 except InputError as exc:
                     # the row is the reason's own row; a reason is no sentence
                     reasons[i] = str(exc).removeprefix("row 0: ").removeprefix("row 0, ").removesuffix(".")
@@ -187,7 +187,7 @@ def assemble(layout: Layout, keep: Any, outputs: dict[str, np.ndarray], reasons:
 
     refused = ~unscored(reasons)
     columns: dict[str, Any] = {name: keep.column(name) for name in layout.keep}
-    # In the order of layout.score_columns, which names them (one list: the load check keeps its names distinct).
+    # In the order of layout.score_columns, which names them (one list, which refuses a name given twice).
     n_classes = len(layout.classes)
     scores = [pa.array(np.asarray(layout.classes, dtype=object)[outputs["label"]], type=pa.string(), mask=refused),
               pa.array(outputs["confidence"], mask=refused),
@@ -338,7 +338,7 @@ def default_rejects(output: Path) -> Path:
 
 def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts: Path | None = None,
                 force: bool = False) -> None:
-    """Refuses, before any work, what would lose data (runtime.results.check_target): the output or the
+    """Refuses, before any work, what would lose data (runtime.batch.results.check_target): the output or the
     rejects file being the input, an existing file without --force, a path in an artifacts folder; and the
     output and rejects being one file."""
     for flag, target in (("-o", output), ("--rejects", rejects)):
@@ -405,7 +405,7 @@ def load_from_files(files: dict[str, bytes], threads: int, where: str, expect_bu
     and no oversubscription beside other workers)."""
     import onnxruntime as ort
 
-    from . import Ensemble
+    from .. import Ensemble
 
     verified = verify_files(files, where, expect_build_id, public_key)
     options = ort.SessionOptions()

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .contract import ENSEMBLE_FILE, MANIFEST_FILE
-from .errors import CannotRunError
-from .features import InputError, file_kind
+from ..contract import ENSEMBLE_FILE, MANIFEST_FILE
+from ..errors import CannotRunError, InputError
+from ..limits import file_kind
 
 # The faults of the machine, not of the inputs or the check: disk full, a file-size limit, a quota, a failing
 # disk, a read-only filesystem. Said as such, with exit code 3 (CannotRunError), never as an internal error.

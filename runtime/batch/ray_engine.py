@@ -1,4 +1,4 @@
-"""Backfill on Ray: `ensemble-onnx score --engine ray`, the same answers as `runtime.backfill` on a cluster.
+"""Backfill on Ray: `ensemble-onnx score --engine ray`, the same answers as `runtime.batch.backfill` on a cluster.
 
 Ray Data reads the input; `map_batches` runs `RayScorer`, a callable class that each actor builds once: it
 receives the artifacts folder's files as bytes through the object store and verifies them against the
@@ -21,11 +21,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import ArtifactError, read_files, verify_files
+from ..errors import InputError, install_hint
 from . import backfill
-from .artifacts import ArtifactError, read_files, verify_files
 from .backfill_io import csv_text_options, file_format, open_batches, require_pyarrow
-from .errors import install_hint
-from .features import InputError
 
 INSTALL_HINT = "--engine ray needs Ray Data: " + install_hint("ray")
 SENT_ARGS = "sent_args"  # an actor's refusal's own args, kept beside those Ray Data annotates
