@@ -163,6 +163,18 @@ class Ensemble:
         return drift_report(rows_to_matrix(rows, self.feature_names, passthrough=("symbol",)), stats,
                             self.feature_names)
 
+    def outside_training_range(self, rows: Any) -> list[list[str]]:
+        """Rows as `predict_proba` takes them (an [n, F] array) -> per row, the features whose value lies under
+        the training minimum or over the training maximum (statistics.json). A flag for the caller, never a
+        refusal: such a row is scored where the build's domain holds it. [] per row for a build without a
+        training range."""
+        x = as_matrix(rows, self.feature_names, self._missing)
+        if self._statistics is None:
+            return [[] for _ in range(len(x))]
+        low, high = self._statistics.low, self._statistics.high
+        outside = ~np.isnan(low) & ~np.isnan(high) & ((x < low) | (x > high))  # NaN compares False: not flagged
+        return [[self.feature_names[j] for j in np.flatnonzero(row)] for row in outside]
+
     def describe(self) -> dict[str, Any]:
         """What is loaded, for start-up logs and health endpoints."""
         m = self.manifest

@@ -205,6 +205,26 @@ def test_drift_command_fails_past_fail_psi_and_names_the_feature(seed8, tmp_path
     assert spec.feature_names[5] in result.stderr.split("--fail-psi")[-1]
 
 
+def test_predict_flags_features_outside_the_training_range(seed8, tmp_path):
+    """Issue 26: a row past the training maximum of one feature is scored (the build's domain holds it) and its
+    JSON line names that feature; a row inside the training range carries no flag."""
+    from convert.demo import market_data
+
+    spec, artifacts = seed8
+    x = market_data(spec, held_out=2)[0][:2]
+    stats = json.loads((artifacts / "statistics.json").read_text())["features"]
+    name = spec.feature_names[4]
+    x[1, 4] = stats[name]["max"] + (stats[name]["max"] - stats[name]["min"])
+    x[0] = np.clip(x[0], [stats[n]["min"] for n in spec.feature_names], [stats[n]["max"] for n in spec.feature_names])
+    rows = write_csv(tmp_path / "rows.csv", spec.feature_names, x)
+    result = invoke("predict", artifacts, "--input", rows)
+    assert result.exit_code == 0, result.output
+    inside, past = (json.loads(line) for line in result.stdout.splitlines())
+    assert "outside_training_range" not in inside and past["outside_training_range"] == [name]
+    ens = runtime.load(artifacts)
+    assert ens.outside_training_range(x) == [[], [name]]
+
+
 def test_drift_command_does_not_fail_a_small_clean_batch_on_noise(seed8, tmp_path):
     """Issue 26: 64 rows from the training distribution must not exit 1 under --fail-psi 0.25. Their raw PSI
     reaches it (the premise), inside what noise reaches at 64 rows: 'too few rows to tell', exit 3."""

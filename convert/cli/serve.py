@@ -77,14 +77,17 @@ def predict(artifacts: Path, input_file: str, fmt: str, as_json: bool, out_file:
     rows = read_records(_read_input(input_file))
     try:
         # NaN passes to ens.predict, which scores it where the build's domain takes it and refuses it otherwise.
-        predictions = ens.predict(records_to_matrix(rows, ens.feature_names, PASSTHROUGH, missing=True))
+        x = records_to_matrix(rows, ens.feature_names, PASSTHROUGH, missing=True)
+        predictions = ens.predict(x)
     except InputError as exc:  # a row a member overflows on, named by its line like every other bad row
         raise at_line(exc, rows) from None
+    outside = ens.outside_training_range(x)  # flagged in the JSON line, never refused (docs/cli.md)
     # Passed through as read: a CSV cell stays its text ("0700"), a JSON value its JSON value.
     records: list[dict[str, Any]] = [
         {"symbol": r.get("symbol"), **({"timestamp": r["timestamp"]} if "timestamp" in r else {}),
-         "action": p.action, "confidence": p.confidence, "probabilities": p.probabilities, "members": p.members}
-        for (_, r), p in zip(rows, predictions, strict=True)]
+         "action": p.action, "confidence": p.confidence, "probabilities": p.probabilities, "members": p.members,
+         **({"outside_training_range": names} if names else {})}
+        for (_, r), p, names in zip(rows, predictions, outside, strict=True)]
     if fmt == "jsonl":
         text = "".join(dumps_strict(record) + "\n" for record in records)
     else:
