@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import math
 import re
 import sys
 import traceback
@@ -31,6 +32,7 @@ from runtime.errors import shortened
 from ..errors import MetadataError, PlanError, UnsupportedModelError, UserCodeError
 from ..loaders import load_state_dict
 from . import LoadedMember, MemberKind, MemberSource, register
+from .export import CONTRACT
 from .torch_common import export_onnx, load_strict, read_metadata, torch_reference, unwrap
 
 KIND = "torch"
@@ -178,6 +180,47 @@ def _check_output(out: Any, rows: int, n_features: int, what: str, file: str) ->
     return int(out.shape[1])
 
 
+TWIN_SEED = 20260207  # another seed than the first instance's: a tensor the state_dict misses comes out otherwise
+TWIN_ROWS = 16
+
+
+def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], module: Any, n_features: int,
+                      file: Path, spec: str, folder: Path, defined: str) -> None:
+    """Refuse a class whose answer the file does not determine: a second instance, built under another seed
+    and loaded from the same state_dict, must answer as the first. A tensor kept outside the state_dict (a
+    plain attribute, a non-persistent buffer, a layer in a Python list) is drawn anew by every instance, so
+    the service's instance is not the build's, and the gate, comparing the build with its own instance,
+    would pass; so would a forward that draws random numbers or changes the module's state."""
+    import torch
+
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(TWIN_SEED)
+            twin = cls(**init)
+    except (Exception, SystemExit) as exc:
+        raise UserCodeError(f"{_located(exc, folder, defined)}: building {spec}(**init) a second time raised "
+                            f"{_reason(exc)}.") from exc
+    twin.eval()
+    load_strict(twin, state, file, f"{spec}(**init)")
+    rows = torch.from_numpy(np.random.default_rng(0).standard_normal((TWIN_ROWS, n_features)).astype(np.float32))
+    try:
+        with torch.no_grad():
+            first, second = (torch.softmax(m(rows), dim=-1).double() for m in (module, twin))
+    except (Exception, SystemExit) as exc:
+        raise UserCodeError(f"{_located(exc, folder, defined)}: {spec}.forward on float32 rows "
+                            f"[{TWIN_ROWS}, {n_features}] raised {_reason(exc)}.") from exc
+    diff = float((first - second).abs().max()) if first.shape == second.shape else math.inf
+    if not diff <= CONTRACT.tolerance:  # NaN too
+        raise UnsupportedModelError(
+            f"{file}: two instances of {spec}, each built with init and loaded from this file, answer the same "
+            f"rows differently (max |diff| {diff:.3g}): the model is not determined by its state_dict. A tensor "
+            f"kept outside it (a plain tensor attribute, a buffer with persistent=False, a layer in a Python list "
+            f"instead of nn.ModuleList) is drawn anew by every instance, so the service's model is not the "
+            f"build's; a forward that draws random numbers or changes the module's state does the same. "
+            f"Register it (nn.Parameter, register_buffer, nn.ModuleList) and save the state_dict again, or make "
+            f"forward deterministic.")
+
+
 def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list[str], Any]:
     """The user's class, built with `init`, the state_dict loaded strictly, in eval mode; its hyperparameters
     record, the plan notes and, with `export`, its ONNX export. The user's code is importable during this
@@ -215,6 +258,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
                                 f"the scaled rows [N, F] ({n_features} from {width_from}) and returns logits [N, K]."
                                 ) from exc
         n_classes = _check_output(out, PROBE_ROWS, n_features, spec, str(source.file))
+        _check_determined(cls, init, state, module, n_features, source.file, spec, folder, defined)
         if export:
             try:
                 onnx_model = export_onnx(module, n_features, traced)

@@ -1,0 +1,127 @@
+"""Attacks on the gate's reference (issue 23): models folders the project has never seen, each converted by the
+real CLI; a build either answers as the user's own code / the framework's own predict on the same file, or is
+refused by name. The expected answers are computed here, from the user's class and the saved file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import runtime
+from convert.cli import main
+
+F = 5
+FEATURES = [f"f{i}" for i in range(F)]
+
+# The user's training code. Each class but Registered keeps part of its model outside the state_dict (or draws
+# random numbers in forward), so a fresh instance loaded from the saved file is another model each time.
+USER_CODE = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as fn
+
+
+class RandomAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.projection = torch.randn(5, 8)  # a plain attribute: not saved, drawn anew by every instance
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(x @ self.projection)
+
+
+class NonPersistent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("projection", torch.randn(5, 8), persistent=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(x @ self.projection)
+
+
+class PlainList(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = [nn.Linear(5, 8).requires_grad_(False)]  # a list, not nn.ModuleList
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.blocks[0](x)))
+
+
+class AlwaysDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(fn.dropout(x, 0.2, training=True))
+
+
+class Registered(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("projection", torch.randn(5, 8))  # saved with the weights
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(x @ self.projection)
+'''
+
+
+def _user_module() -> dict[str, type]:
+    namespace: dict[str, type] = {}
+    exec(compile(USER_CODE, "user_models.py", "exec"), namespace)  # the training script's own classes
+    return namespace
+
+
+def _torch_folder(root: Path, cls: str) -> Path:
+    folder = root / cls / "models"
+    (folder / "src" / "trading").mkdir(parents=True)
+    (folder / "src" / "trading" / "__init__.py").write_text("")
+    (folder / "src" / "trading" / "models.py").write_text(USER_CODE)
+    torch.manual_seed(1)
+    torch.save(_user_module()[cls]().state_dict(), folder / "weights.pth")
+    (folder / "ensemble.json").write_text(json.dumps({
+        "feature_names": FEATURES, "classes": ["SELL", "HOLD", "BUY"],
+        "members": {"m": {"kind": "torch", "module": f"trading.models:{cls}", "code": "src", "file": "weights.pth",
+                          "scaler": None}}}))
+    return folder
+
+
+def _users_own_answer(folder: Path, cls: str, rows: np.ndarray) -> np.ndarray:
+    """What the service computes: a fresh instance of the user's class, the file loaded, eval mode."""
+    torch.manual_seed(99)
+    model = _user_module()[cls]()
+    model.load_state_dict(torch.load(folder / "weights.pth", weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        return torch.softmax(model(torch.from_numpy(rows.astype(np.float32))), dim=-1).double().numpy()
+
+
+@pytest.mark.parametrize("cls", ["RandomAttribute", "NonPersistent", "PlainList", "AlwaysDropout"])
+def test_a_class_whose_answer_the_file_does_not_determine_is_refused(tmp_path, cls):
+    """Finding: the gate compared the export with the build's own instance, so a tensor outside the state_dict
+    (drawn anew by every instance) passed it, and the build answered otherwise than any other instance of the
+    user's class loaded from the same file (max |diff| 0.97)."""
+    folder = _torch_folder(tmp_path, cls)
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert "not determined by its state_dict" in result.output and f"trading.models:{cls}" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_random_tensor_saved_with_the_weights_converts_and_answers_as_the_users_class(tmp_path):
+    folder = _torch_folder(tmp_path, "Registered")
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = np.random.default_rng(3).standard_normal((64, F))
+    got = runtime.load(tmp_path / "out").member_probabilities(rows)["m"]
+    assert np.abs(got - _users_own_answer(folder, "Registered", rows)).max() <= 1e-5
