@@ -73,6 +73,11 @@ class Registered(nn.Module):
 
     def forward(self, x):
         return self.head(x @ self.projection)
+
+
+class Keywords(Registered):
+    def __init__(self, **options):  # a training config passed through
+        super().__init__()
 '''
 
 
@@ -125,3 +130,19 @@ def test_a_random_tensor_saved_with_the_weights_converts_and_answers_as_the_user
     rows = np.random.default_rng(3).standard_normal((64, F))
     got = runtime.load(tmp_path / "out").member_probabilities(rows)["m"]
     assert np.abs(got - _users_own_answer(folder, "Registered", rows)).max() <= 1e-5
+
+
+@pytest.mark.parametrize(("init", "path"), [
+    ('{"eps": NaN}', "members.m.init.eps"), ('{"eps": -Infinity}', "members.m.init.eps"),
+    ('{"sizes": [8, 1e999]}', "members.m.init.sizes[1]"), ('{"opt": {"lr": Infinity}}', "members.m.init.opt.lr")])
+def test_a_non_finite_number_in_init_is_refused_by_name(tmp_path, init, path):
+    """Finding: Python's json reads NaN / Infinity / 1e999; the class took them and writing the manifest (which
+    records init) ended in "internal error ... Out of range float values are not JSON compliant"."""
+    folder = _torch_folder(tmp_path, "Keywords")
+    entry = json.loads((folder / "ensemble.json").read_text())
+    text = json.dumps(entry).replace('"scaler": null', f'"scaler": null, "init": {init}')
+    (folder / "ensemble.json").write_text(text)
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert f"{path} is not a finite number" in result.output and "internal error" not in result.output
+    assert not (tmp_path / "out").exists()

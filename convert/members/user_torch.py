@@ -51,6 +51,10 @@ def parse_entry(entry: Mapping[str, Any], models_dir: Path, where: str) -> dict[
     init = entry.get("init", {})
     if not isinstance(init, dict):
         raise MetadataError(f"{where}.init must be an object: the keyword arguments {spec} is built with.")
+    odd = _non_finite(init, f"{where}.init")
+    if odd is not None:  # the manifest records init, and JSON has no NaN or Infinity
+        raise MetadataError(f"{odd} is not a finite number (NaN and Infinity are not JSON, and the manifest "
+                            f"records init); write a finite number, or set the value in the class's code.")
     code = entry.get("code", ".")
     if not isinstance(code, str) or not code or "\0" in code:
         raise MetadataError(f"{where}.code must be the name of a folder inside {models_dir}.")
@@ -64,6 +68,19 @@ def parse_entry(entry: Mapping[str, Any], models_dir: Path, where: str) -> dict[
     if not folder.resolve().is_relative_to(models_dir.resolve()):  # a link out of the models folder
         raise MetadataError(f"{where}.code: {folder} leads to {folder.resolve()}, outside {models_dir}.")
     return {"module": spec, "init": dict(init), "code": relative.as_posix()}
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinity inside a parsed JSON value (Python's json reads NaN, Infinity and
+    1e999 as floats), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _inside(file: str | None, folder: Path) -> bool:
