@@ -207,7 +207,8 @@ def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], mod
     and loaded from the same state_dict, must answer as the first. A tensor kept outside the state_dict (a
     plain attribute, a non-persistent buffer, a layer in a Python list) is drawn anew by every instance, so
     the service's instance is not the build's, and the gate, comparing the build with its own instance,
-    would pass; so would a forward that draws random numbers or changes the module's state."""
+    would pass; so would a forward that draws random numbers or changes the module's state. And each row must
+    get the same answer alone as in a batch: the runtime scores batches of any size."""
     import torch
 
     try:
@@ -223,6 +224,7 @@ def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], mod
     try:
         with torch.no_grad():
             first, second = (torch.softmax(m(rows), dim=-1).double() for m in (module, twin))
+            alone = torch.cat([torch.softmax(twin(rows[i:i + 1]), dim=-1).double() for i in range(TWIN_ROWS)])
     except (Exception, SystemExit) as exc:
         raise UserCodeError(f"{_located(exc, folder, defined)}: {spec}.forward on float32 rows "
                             f"[{TWIN_ROWS}, {n_features}] raised {_reason(exc)}.") from exc
@@ -236,6 +238,13 @@ def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], mod
             f"build's; a forward that draws random numbers or changes the module's state does the same. "
             f"Register it (nn.Parameter, register_buffer, nn.ModuleList) and save the state_dict again, or make "
             f"forward deterministic.")
+    mixed = float((second - alone).abs().max()) if second.shape == alone.shape else math.inf
+    if not mixed <= CONTRACT.tolerance:
+        raise UnsupportedModelError(
+            f"{file}: {spec} answers a row otherwise in a batch of {TWIN_ROWS} than alone (max |diff| {mixed:.3g}): "
+            f"forward mixes the rows of a batch (a statistic over dim 0, batch norm in training mode), so a row's "
+            f"answer would depend on the rows served beside it, and the runtime scores batches of any size. "
+            f"Compute each row from its own features.")
 
 
 def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list[str], Any]:
