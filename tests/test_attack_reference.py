@@ -234,3 +234,16 @@ def test_a_forward_that_mixes_the_rows_of_a_batch_is_refused(tmp_path):
     assert result.exit_code == 1, result.output
     assert "answers a row otherwise in a batch of 16 than alone" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("stated", "expect"), [
+    (10**12, "num_features=1000000000000, but ensemble.json's feature_names lists 5 names"),
+    (2**40, "num_features=1099511627776, but ensemble.json's feature_names lists 5 names")])
+def test_a_huge_num_features_in_a_torch_members_metadata_is_refused_before_anything_is_allocated(
+        tmp_path, stated, expect):
+    """Finding: metadata stating num_features=10**12 beside ensemble.json's five names reached the shape probe,
+    which allocated [2, 10**12] float32 and ended in "internal error ... can't allocate memory"."""
+    folder = _torch_folder(tmp_path, "Registered")
+    (folder / "weights_meta.json").write_text(json.dumps({"num_features": stated}))
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and expect in result.output and "internal error" not in result.output, result.output

@@ -40,6 +40,7 @@ ENTRY_KEYS = ("module", "init", "code")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_SPEC = re.compile(rf"({_NAME}(?:\.{_NAME})*):({_NAME}(?:\.{_NAME})*)\Z")
 PROBE_ROWS = 2  # the output-shape check; the gate then runs 1, 7 and 512 rows
+MAX_FEATURES = 2**20  # more names than a 1 MiB JSON file holds: a larger num_features is a typo, not a model
 
 
 def parse_entry(entry: Mapping[str, Any], models_dir: Path, where: str) -> dict[str, Any]:
@@ -170,6 +171,13 @@ def n_features_of(source: MemberSource, meta: dict[str, Any]) -> tuple[int, str]
         raise MetadataError(f"{where}: num_features must be a positive integer, got {shortened(repr(stated))}.")
     if stated is not None and names is not None and stated != len(names):
         raise MetadataError(f"{where}: num_features={stated}, but feature_names lists {len(names)} names.")
+    named = source.options.get("n_features")
+    if stated is not None and named is not None and stated != named:  # before a probe of that width is allocated
+        raise MetadataError(f"{where}: num_features={shortened(stated)}, but ensemble.json's feature_names lists "
+                            f"{named} names.")
+    if stated is not None and stated > MAX_FEATURES:
+        raise MetadataError(f"{where}: num_features={shortened(stated)} is more features than any build takes "
+                            f"(at most {MAX_FEATURES}); the metadata is wrong.")
     if stated is not None:
         return stated, "metadata num_features"
     if names is not None:
