@@ -57,6 +57,17 @@ class PlainList(nn.Module):
         return self.head(torch.relu(self.blocks[0](x)))
 
 
+class FarOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.near = nn.Linear(5, 8)
+        self.far = torch.randn(5, 8)  # not saved; only rows far from the data meet it
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(torch.where((x.abs() > 10).any(1, keepdim=True), x @ self.far, self.near(x)))
+
+
 class AlwaysDropout(nn.Module):
     def __init__(self):
         super().__init__()
@@ -121,7 +132,7 @@ def _users_own_answer(folder: Path, cls: str, rows: np.ndarray) -> np.ndarray:
         return torch.softmax(model(torch.from_numpy(rows.astype(np.float32))), dim=-1).double().numpy()
 
 
-@pytest.mark.parametrize("cls", ["RandomAttribute", "NonPersistent", "PlainList", "AlwaysDropout"])
+@pytest.mark.parametrize("cls", ["RandomAttribute", "NonPersistent", "PlainList", "FarOnly", "AlwaysDropout"])
 def test_a_class_whose_answer_the_file_does_not_determine_is_refused(tmp_path, cls):
     """Finding: the gate compared the export with the build's own instance, so a tensor outside the state_dict
     (drawn anew by every instance) passed it, and the build answered otherwise than any other instance of the

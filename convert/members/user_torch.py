@@ -228,7 +228,11 @@ def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], mod
                             f"{_reason(exc)}.") from exc
     twin.eval()
     load_strict(twin, state, file, f"{spec}(**init)")
-    rows = torch.from_numpy(np.random.default_rng(0).standard_normal((TWIN_ROWS, n_features)).astype(np.float32))
+    # Half the rows near the scaled data, half out to the domain's first rung (20 standard deviations), where
+    # the gate's edge rows also go: a tensor outside the state_dict may only matter there.
+    spread = np.repeat([1.0, 20.0], TWIN_ROWS // 2)[:, None]
+    rows = torch.from_numpy((np.random.default_rng(0).standard_normal((TWIN_ROWS, n_features)) * spread)
+                            .astype(np.float32))
     try:
         with torch.no_grad():
             first, second = (torch.softmax(m(rows), dim=-1).double() for m in (module, twin))
