@@ -258,3 +258,29 @@ def test_a_huge_num_features_in_a_torch_members_metadata_is_refused_before_anyth
     (folder / "weights_meta.json").write_text(json.dumps({"num_features": stated}))
     result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out")])
     assert result.exit_code == 1 and expect in result.output and "internal error" not in result.output, result.output
+
+
+@pytest.mark.parametrize(("kind", "meta", "refused"), [
+    ("nhits", {"num_features": F, "activation": "gelu"}, "activation"),
+    ("patchtst", {"num_features": F, "n_heads": 2, "pre_norm": True}, "pre_norm"),
+    ("patchtst", {"num_features": F, "n_heads": 2, "act": "gelu", "epochs": 30}, "act"),
+    ("patchtst", {"num_features": F, "n_heads": 2, "input_size": F, "accuracy": 0.61}, None)])
+def test_a_flat_metadata_key_that_changes_the_model_and_no_rebuild_implements_is_refused(tmp_path, kind, meta,
+                                                                                        refused):
+    """Finding: architecture keys written at the metadata's top level (as training scripts dump them) were read
+    only when the rebuild implements them; N-HiTS' `activation: gelu` or PatchTST's `pre_norm: true` there was
+    skipped like `accuracy`, and the ReLU / post-norm rebuild passed a gate whose reference is that rebuild."""
+    from convert.demo import _torch_classes  # the training side's N-HiTS and PatchTST
+    from convert.errors import UnsupportedModelError
+    from convert.members import MemberSource, get_kind
+
+    nhits, patchtst = _torch_classes()[:2]
+    model = nhits(F, 4, 1, num_classes=3) if kind == "nhits" else patchtst(F, d_model=8, n_heads=2, n_layers=1)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    (tmp_path / "m_meta.json").write_text(json.dumps(meta))
+    source = MemberSource("m", kind, tmp_path / "m.pth", tmp_path / "m_meta.json")
+    if refused is None:
+        assert get_kind(kind).load(source).hyperparameters["input_size"] == F
+        return
+    with pytest.raises(UnsupportedModelError, match=rf"m_meta.json: architecture key\(s\) \['{refused}'\]"):
+        get_kind(kind).load(source)
