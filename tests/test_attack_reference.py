@@ -284,3 +284,18 @@ def test_a_flat_metadata_key_that_changes_the_model_and_no_rebuild_implements_is
         return
     with pytest.raises(UnsupportedModelError, match=rf"m_meta.json: architecture key\(s\) \['{refused}'\]"):
         get_kind(kind).load(source)
+
+
+@pytest.mark.parametrize("linked", ["src/trading/models.py", "src/trading"])
+def test_a_module_linked_out_of_the_code_folder_is_refused_naming_where_it_leads(tmp_path, linked):
+    """Finding (low): a models.py (or package) in the code folder that is a link to a file outside was refused
+    as "defined in .../src/trading/models.py, outside .../src", naming a path that is inside; the refusal now
+    names where the link leads."""
+    folder = _torch_folder(tmp_path, "Registered")
+    inside, outside = folder / linked, tmp_path / "elsewhere" / Path(linked).name
+    outside.parent.mkdir()
+    inside.rename(outside)
+    inside.symlink_to(outside)
+    result = CliRunner().invoke(main, ["convert", str(folder), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1, result.output
+    assert f"(a link to {outside.resolve()}" in result.output and "outside" in result.output

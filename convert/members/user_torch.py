@@ -153,8 +153,9 @@ def _import_class(spec: str, folder: Path, where: str) -> Any:
     except TypeError:  # a class with no source file (built in, or made where no module file is)
         defined = None
     if not _inside(defined, folder):  # the gate's reference must be the code shipped in the models folder
-        raise PlanError(f"{where}.module: {spec} is defined in {defined}, outside {folder}; the class must be the "
-                        f"training code kept in the models folder.")
+        link = f" (a link to {Path(defined).resolve()})" if defined and Path(defined).resolve() != Path(defined) else ""
+        raise PlanError(f"{where}.module: {spec} is defined in {defined}{link}, outside {folder}; the class must be "
+                        f"the training code kept in the models folder.")
     return found
 
 
