@@ -50,11 +50,25 @@ class Architecture:
                           f"({'v5 default, not in metadata' if stated is None else 'from metadata'})")
 
 
+# Top-level metadata keys that change what a model computes without changing a tensor's shape (those the
+# rebuilds read, and the spellings training scripts commonly give them): a flat dump's key of these that the
+# kind does not implement is refused by name. Keys a wrong value of which the weights' shapes would expose, and
+# any other top-level key (`accuracy`, `epochs`, `input_size`, ...), are not read there.
+ARCHITECTURE_WORDS = frozenset({
+    "norm_first", "pre_norm", "prenorm", "normalize_before", "activation", "act", "act_fn", "activation_fn",
+    "hidden_act", "layer_norm_eps", "norm_eps", "layer_norm_epsilon", "encoder_norm", "batch_first", "pooling",
+    "pooling_mode", "interpolation_mode", "n_pool_kernel_size", "n_freq_downsample", "revin", "use_revin"})
+
+
 def stated_architecture(meta: dict[str, Any], known: dict[str, str], where: str) -> dict[str, Any]:
     """The metadata's `architecture` object, with the keys the rebuild knows also read where a training script
     wrote them at the top level (`{"n_heads": 4, "norm_first": true, ...}`): ignored there, they would build
     another model than the one trained. Stated in both places, they must agree."""
     stated = dict(meta.get("architecture", {}))
+    # A flat dump's architecture key this rebuild does not implement (N-HiTS' `activation`, a `pre_norm`) would
+    # be skipped as if it were `accuracy`: it goes with the stated keys, to be refused by name.
+    stated.update({key: meta[key] for key in meta if key in ARCHITECTURE_WORDS and key not in known
+                   and key not in stated})
     for key in known:
         if key in meta:
             if key in stated and stated[key] != meta[key]:

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import math
 import re
 import sys
 import traceback
@@ -31,6 +32,7 @@ from runtime.errors import shortened
 from ..errors import MetadataError, PlanError, UnsupportedModelError, UserCodeError
 from ..loaders import load_state_dict
 from . import LoadedMember, MemberKind, MemberSource, register
+from .export import CONTRACT
 from .torch_common import export_onnx, load_strict, read_metadata, torch_reference, unwrap
 
 KIND = "torch"
@@ -38,6 +40,7 @@ ENTRY_KEYS = ("module", "init", "code")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 MODULE_SPEC = re.compile(rf"({_NAME}(?:\.{_NAME})*):({_NAME}(?:\.{_NAME})*)\Z")
 PROBE_ROWS = 2  # the output-shape check; the gate then runs 1, 7 and 512 rows
+MAX_FEATURES = 2**20  # more names than a 1 MiB JSON file holds: a larger num_features is a typo, not a model
 
 
 def parse_entry(entry: Mapping[str, Any], models_dir: Path, where: str) -> dict[str, Any]:
@@ -49,6 +52,10 @@ def parse_entry(entry: Mapping[str, Any], models_dir: Path, where: str) -> dict[
     init = entry.get("init", {})
     if not isinstance(init, dict):
         raise MetadataError(f"{where}.init must be an object: the keyword arguments {spec} is built with.")
+    odd = _non_finite(init, f"{where}.init")
+    if odd is not None:  # the manifest records init, and JSON has no NaN or Infinity
+        raise MetadataError(f"{odd} is not a finite number (NaN and Infinity are not JSON, and the manifest "
+                            f"records init); write a finite number, or set the value in the class's code.")
     code = entry.get("code", ".")
     if not isinstance(code, str) or not code or "\0" in code:
         raise MetadataError(f"{where}.code must be the name of a folder inside {models_dir}.")
@@ -62,6 +69,19 @@ def parse_entry(entry: Mapping[str, Any], models_dir: Path, where: str) -> dict[
     if not folder.resolve().is_relative_to(models_dir.resolve()):  # a link out of the models folder
         raise MetadataError(f"{where}.code: {folder} leads to {folder.resolve()}, outside {models_dir}.")
     return {"module": spec, "init": dict(init), "code": relative.as_posix()}
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinity inside a parsed JSON value (Python's json reads NaN, Infinity and
+    1e999 as floats), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _inside(file: str | None, folder: Path) -> bool:
@@ -133,8 +153,9 @@ def _import_class(spec: str, folder: Path, where: str) -> Any:
     except TypeError:  # a class with no source file (built in, or made where no module file is)
         defined = None
     if not _inside(defined, folder):  # the gate's reference must be the code shipped in the models folder
-        raise PlanError(f"{where}.module: {spec} is defined in {defined}, outside {folder}; the class must be the "
-                        f"training code kept in the models folder.")
+        link = f" (a link to {Path(defined).resolve()})" if defined and Path(defined).resolve() != Path(defined) else ""
+        raise PlanError(f"{where}.module: {spec} is defined in {defined}{link}, outside {folder}; the class must be "
+                        f"the training code kept in the models folder.")
     return found
 
 
@@ -151,6 +172,13 @@ def n_features_of(source: MemberSource, meta: dict[str, Any]) -> tuple[int, str]
         raise MetadataError(f"{where}: num_features must be a positive integer, got {shortened(repr(stated))}.")
     if stated is not None and names is not None and stated != len(names):
         raise MetadataError(f"{where}: num_features={stated}, but feature_names lists {len(names)} names.")
+    named = source.options.get("n_features")
+    if stated is not None and named is not None and stated != named:  # before a probe of that width is allocated
+        raise MetadataError(f"{where}: num_features={shortened(stated)}, but ensemble.json's feature_names lists "
+                            f"{named} names.")
+    if stated is not None and stated > MAX_FEATURES:
+        raise MetadataError(f"{where}: num_features={shortened(stated)} is more features than any build takes "
+                            f"(at most {MAX_FEATURES}); the metadata is wrong.")
     if stated is not None:
         return stated, "metadata num_features"
     if names is not None:
@@ -176,6 +204,60 @@ def _check_output(out: Any, rows: int, n_features: int, what: str, file: str) ->
                                     f"contract is logits, which the build turns into probabilities with softmax. "
                                     f"Return the values before the softmax (log-probabilities work too).")
     return int(out.shape[1])
+
+
+TWIN_SEED = 20260207  # another seed than the first instance's: a tensor the state_dict misses comes out otherwise
+TWIN_ROWS = 16
+
+
+def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], module: Any, n_features: int,
+                      file: Path, spec: str, folder: Path, defined: str) -> None:
+    """Refuse a class whose answer the file does not determine: a second instance, built under another seed
+    and loaded from the same state_dict, must answer as the first. A tensor kept outside the state_dict (a
+    plain attribute, a non-persistent buffer, a layer in a Python list) is drawn anew by every instance, so
+    the service's instance is not the build's, and the gate, comparing the build with its own instance,
+    would pass; so would a forward that draws random numbers or changes the module's state. And each row must
+    get the same answer alone as in a batch: the runtime scores batches of any size."""
+    import torch
+
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(TWIN_SEED)
+            twin = cls(**init)
+    except (Exception, SystemExit) as exc:
+        raise UserCodeError(f"{_located(exc, folder, defined)}: building {spec}(**init) a second time raised "
+                            f"{_reason(exc)}.") from exc
+    twin.eval()
+    load_strict(twin, state, file, f"{spec}(**init)")
+    # Half the rows near the scaled data, half out to the domain's first rung (20 standard deviations), where
+    # the gate's edge rows also go: a tensor outside the state_dict may only matter there.
+    spread = np.repeat([1.0, 20.0], TWIN_ROWS // 2)[:, None]
+    rows = torch.from_numpy((np.random.default_rng(0).standard_normal((TWIN_ROWS, n_features)) * spread)
+                            .astype(np.float32))
+    try:
+        with torch.no_grad():
+            first, second = (torch.softmax(m(rows), dim=-1).double() for m in (module, twin))
+            alone = torch.cat([torch.softmax(twin(rows[i:i + 1]), dim=-1).double() for i in range(TWIN_ROWS)])
+    except (Exception, SystemExit) as exc:
+        raise UserCodeError(f"{_located(exc, folder, defined)}: {spec}.forward on float32 rows "
+                            f"[{TWIN_ROWS}, {n_features}] raised {_reason(exc)}.") from exc
+    diff = float((first - second).abs().max()) if first.shape == second.shape else math.inf
+    if not diff <= CONTRACT.tolerance:  # NaN too
+        raise UnsupportedModelError(
+            f"{file}: two instances of {spec}, each built with init and loaded from this file, answer the same "
+            f"rows differently (max |diff| {diff:.3g}): the model is not determined by its state_dict. A tensor "
+            f"kept outside it (a plain tensor attribute, a buffer with persistent=False, a layer in a Python list "
+            f"instead of nn.ModuleList) is drawn anew by every instance, so the service's model is not the "
+            f"build's; a forward that draws random numbers or changes the module's state does the same. "
+            f"Register it (nn.Parameter, register_buffer, nn.ModuleList) and save the state_dict again, or make "
+            f"forward deterministic.")
+    mixed = float((second - alone).abs().max()) if second.shape == alone.shape else math.inf
+    if not mixed <= CONTRACT.tolerance:
+        raise UnsupportedModelError(
+            f"{file}: {spec} answers a row otherwise in a batch of {TWIN_ROWS} than alone (max |diff| {mixed:.3g}): "
+            f"forward mixes the rows of a batch (a statistic over dim 0, batch norm in training mode), so a row's "
+            f"answer would depend on the rows served beside it, and the runtime scores batches of any size. "
+            f"Compute each row from its own features.")
 
 
 def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list[str], Any]:
@@ -215,6 +297,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
                                 f"the scaled rows [N, F] ({n_features} from {width_from}) and returns logits [N, K]."
                                 ) from exc
         n_classes = _check_output(out, PROBE_ROWS, n_features, spec, str(source.file))
+        _check_determined(cls, init, state, module, n_features, source.file, spec, folder, defined)
         if export:
             try:
                 onnx_model = export_onnx(module, n_features, traced)

@@ -284,6 +284,12 @@ def calling(source: MemberSource, read: Read) -> Calling:
     except (TypeError, ValueError, OverflowError):
         raise ModelFileError(f"{source.file}: the XGBClassifier's missing is {str(held)[:40]}, not a number "
                              f"a float32 sentinel can hold.") from None
+    pickled = read.wrapper is not None and source.file.suffix not in (".json", ".ubj")
+    if pickled and math.isnan(held) and option is not None:  # a pickle keeps `missing`; save_model's files do not
+        raise UnsupportedModelError(f"{source.file}: ensemble.json sets \"missing\": {option} for member "
+                                    f"'{source.name}', but the pickled XGBClassifier has missing=nan: it was fit, "
+                                    f"and its predict_proba reads, {option} as a value. Remove \"missing\", or "
+                                    f"refit with XGBClassifier(missing={option}).")
     if not math.isnan(held) and option is not None and np.float32(option) != np.float32(held):
         raise UnsupportedModelError(f"{source.file}: ensemble.json sets \"missing\": {option} for member "
                                     f"'{source.name}', but the XGBClassifier was saved with missing={held}.")
