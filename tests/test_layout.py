@@ -20,7 +20,9 @@ ROOMS = {
     "runtime": {"runtime"},                                    # the serving core
     "runtime.batch": {"runtime", "runtime.batch"},             # the `score` engines and the result writer
     "runtime.monitor": {"runtime", "runtime.monitor"},         # compare, evaluate, drift report, HTML
-    "convert": {"convert", "runtime", "runtime.batch", "runtime.monitor"},  # the build stack and the commands
+    # the serving host's benchmark: the core, the result writer, and onnx (exact weight counts) where installed
+    "runtime.bench": {"runtime", "runtime.batch", "runtime.bench"},
+    "convert": {"convert", "runtime", "runtime.batch", "runtime.monitor", "runtime.bench"},  # build stack, commands
 }
 PROJECT = ("convert", "runtime")
 CORE_THIRD_PARTY = {"numpy", "onnxruntime", "cryptography"}
@@ -29,7 +31,7 @@ CORE_THIRD_PARTY = {"numpy", "onnxruntime", "cryptography"}
 def room(module: str) -> str:
     """The room a project module is in: runtime.batch.backfill -> runtime.batch, convert.members.x -> convert."""
     parts = module.split(".")
-    if parts[0] == "runtime" and len(parts) > 1 and parts[1] in ("batch", "monitor"):
+    if parts[0] == "runtime" and len(parts) > 1 and parts[1] in ("batch", "monitor", "bench"):
         return f"runtime.{parts[1]}"
     return parts[0]
 
