@@ -116,7 +116,11 @@ def installed_size_mib() -> dict[str, float]:
             if key in seen:
                 continue
             seen.add(key)
-            for spec in metadata.requires(name) or []:
+            try:
+                required = metadata.requires(name) or []
+            except metadata.PackageNotFoundError:  # named by an extra but not installed here (an alternative
+                continue                            # wheel installed under another name, e.g. xgboost for xgboost-cpu)
+            for spec in required:
                 req = Requirement(spec)
                 if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted or {""}):
                     todo.append((req.name, set(req.extras)))
