@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..contract import ENSEMBLE_FILE, MANIFEST_FILE
+from ..contract import ENSEMBLE_FILE, MANIFEST_FILE, MODEL_STAMP, MODELS_SPEC_FILE
 from ..errors import CannotRunError, InputError
 from ..limits import file_kind
 
@@ -55,6 +55,18 @@ def is_build_folder(folder: Path) -> bool:
     return (folder / MANIFEST_FILE).is_file() and (folder / ENSEMBLE_FILE).exists()
 
 
+def is_models_folder(folder: Path) -> bool:
+    """Whether `folder` holds what `convert` reads as a models folder (an ensemble.json, or a file named like a
+    model, `xgboost_v20260205_231109_v5.pkl`): a result file there is read as one of them, or replaces one."""
+    if os.path.lexists(folder / MODELS_SPEC_FILE):
+        return True
+    try:
+        with os.scandir(folder) as entries:
+            return any(MODEL_STAMP.match(entry.name) for entry in entries)
+    except OSError:  # a folder that cannot be listed holds no models this run could harm
+        return False
+
+
 def refuse_kind(target: Path, where: str) -> None:
     """Only a regular file, or a link to one (or to nothing), is ever replaced: never a folder, a device, a
     FIFO or a socket, nor a link to one (`--force -o /dev/stdout` would replace the system's link)."""
@@ -82,6 +94,8 @@ def check_target(target: Path, *, force: bool, flag: str = "-o", inputs: Iterabl
     placed = Path(os.path.abspath(target)).parent.resolve() / target.name
     if target.name in ("", ".", ".."):
         raise InputError(f"{where}: names a folder, not a file.")
+    if str(target) == "-":  # stdout to predict; a file named '-' in the current folder is never what was meant
+        raise InputError(f"{where}: '-' (stdout) is not a file this command can write; name a file.")
     refuse_kind(target, where)
     for source in inputs:
         source = Path(source)
@@ -96,6 +110,10 @@ def check_target(target: Path, *, force: bool, flag: str = "-o", inputs: Iterabl
                              f"build from loading; write the result elsewhere.")
     if models is not None and _within(placed, Path(models).resolve()):
         raise InputError(f"{where}: is inside the models folder {models}; write the result elsewhere.")
+    if is_models_folder(placed.parent):
+        raise InputError(f"{where}: is in {placed.parent}, a models folder (it holds an ensemble.json or model "
+                         f"files): convert would read a file there as a model, or it would replace one; write the "
+                         f"result elsewhere.")
     for folder in placed.parents:
         if is_build_folder(folder):
             raise InputError(f"{where}: is inside {folder}, an artifacts folder: an unlisted file there stops the "
