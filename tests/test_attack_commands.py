@@ -81,3 +81,44 @@ def test_a_report_named_dash_is_refused_not_written_to_the_current_folder(demo_a
     result = invoke("evaluate", demo_artifacts, "-i", rows, "--report", "-", "-q")
     assert result.exit_code == 1, result.output
     assert "'-' (stdout)" in result.output
+    assert names(here) == []
+
+
+def test_a_link_and_dotdot_cannot_place_a_result_inside_a_build(artifacts_copy, demo_artifacts, tmp_path):
+    # Finding 7 (High): `-o LINK/../evil.csv`, LINK a link to BUILD/members, was judged lexically (beside LINK)
+    # while the system wrote BUILD/evil.csv: predict, score and compare --report all exit 0, and the build
+    # stopped loading (an unlisted file).
+    import runtime
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "sub").symlink_to(artifacts_copy / "members")
+    rows = work / "rows.csv"
+    rows.write_text(",".join(runtime.load(demo_artifacts).feature_names) + "\n")  # refused before it is read
+    before = names(artifacts_copy)
+    for args in (("predict", demo_artifacts, "-i", rows, "-o", work / "sub" / ".." / "evil.csv"),
+                 ("score", demo_artifacts, rows, "-o", work / "sub" / ".." / "evil.csv"),
+                 ("compare", demo_artifacts, demo_artifacts, "-i", rows, "--report",
+                  work / "sub" / ".." / "evil.html")):
+        result = invoke(*args, "-q")
+        assert result.exit_code == 1, (args, result.output)
+        assert f"is inside {artifacts_copy}, an artifacts folder" in result.output
+    assert names(artifacts_copy) == before
+    runtime.load(artifacts_copy)
+
+
+def test_rejects_and_output_that_land_on_one_file_are_refused(tmp_path):
+    # Finding 7, the same lexical reading: `-o LINK/../r.csv --rejects REAL/r.csv` named one file twice unseen.
+    from runtime.batch.backfill import check_paths
+
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "deep")
+    with pytest.raises(InputError, match="the rejects file must differ from the output"):
+        check_paths(tmp_path / "in.csv", tmp_path / "link" / ".." / "r.csv", tmp_path / "real" / "r.csv")
+
+
+def test_a_loop_of_links_as_the_outputs_folder_is_refused_by_name(tmp_path):
+    # Finding 8: a result file in a folder that is a loop of links ended in an internal error (RuntimeError).
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(InputError, match="its folder cannot be followed"):
+        check_target(tmp_path / "loop" / "out.csv", force=False)

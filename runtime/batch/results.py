@@ -86,12 +86,22 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def placed(target: Path) -> Path:
+    """Where `target` lands: its folder as the system walks it (links followed first, then each '..': a lexical
+    os.path.abspath would read `LINK/../out.csv` as beside LINK, where the write goes to LINK's target's folder),
+    and its own name (a link there is replaced, not followed)."""
+    try:
+        return Path(target).parent.resolve() / Path(target).name
+    except (RuntimeError, OSError) as exc:  # a loop of links: RuntimeError before Python 3.13, OSError after
+        raise InputError(f"{target}: its folder cannot be followed ({exc}); name a file in a real folder.") from None
+
+
 def check_target(target: Path, *, force: bool, flag: str = "-o", inputs: Iterable[Path | str] = (),
                  builds: Iterable[Path | str] = (), models: Path | str | None = None) -> None:
     """InputError unless a result file may be written at `target` (see the module docstring)."""
     where = f"{flag} {target}"
     # The link itself is what gets replaced (never the file it points to): judged where it lies.
-    placed = Path(os.path.abspath(target)).parent.resolve() / target.name
+    lands = placed(target)
     if target.name in ("", ".", ".."):
         raise InputError(f"{where}: names a folder, not a file.")
     if str(target) == "-":  # stdout to predict; a file named '-' in the current folder is never what was meant
@@ -101,25 +111,25 @@ def check_target(target: Path, *, force: bool, flag: str = "-o", inputs: Iterabl
         source = Path(source)
         if str(source) == "-":
             continue
-        if placed == source.resolve() or target.resolve() == source.resolve() or (
+        if lands == source.resolve() or target.resolve() == source.resolve() or (
                 target.exists() and source.exists() and os.path.samefile(target, source)):
             raise InputError(f"{where}: is an input of this run ({source}); write the result to another file.")
     for build in builds:
-        if _within(placed, Path(build).resolve()):
+        if _within(lands, Path(build).resolve()):
             raise InputError(f"{where}: is inside the artifacts folder {build}: an unlisted file there stops the "
                              f"build from loading; write the result elsewhere.")
-    if models is not None and _within(placed, Path(models).resolve()):
+    if models is not None and _within(lands, Path(models).resolve()):
         raise InputError(f"{where}: is inside the models folder {models}; write the result elsewhere.")
-    if is_models_folder(placed.parent):
-        raise InputError(f"{where}: is in {placed.parent}, a models folder (it holds an ensemble.json or model "
+    if is_models_folder(lands.parent):
+        raise InputError(f"{where}: is in {lands.parent}, a models folder (it holds an ensemble.json or model "
                          f"files): convert would read a file there as a model, or it would replace one; write the "
                          f"result elsewhere.")
-    for folder in placed.parents:
+    for folder in lands.parents:
         if is_build_folder(folder):
             raise InputError(f"{where}: is inside {folder}, an artifacts folder: an unlisted file there stops the "
                              f"build from loading; write the result elsewhere.")
-    if not placed.parent.is_dir():
-        raise InputError(f"{where}: the folder {placed.parent} does not exist.")
+    if not lands.parent.is_dir():
+        raise InputError(f"{where}: the folder {lands.parent} does not exist.")
     if os.path.lexists(target) and not force:
         raise InputError(f"{where}: already exists; pass --force to replace it.")
 
