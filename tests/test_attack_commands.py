@@ -122,3 +122,29 @@ def test_a_loop_of_links_as_the_outputs_folder_is_refused_by_name(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(InputError, match="its folder cannot be followed"):
         check_target(tmp_path / "loop" / "out.csv", force=False)
+
+
+def test_convert_writes_where_the_system_finds_its_output(tmp_path):
+    # Finding 9: convert checked `-o LINK/../nb` where the system finds it (in the folder LINK leads to) but
+    # locked and wrote it lexically, beside LINK: a different folder, replaced if it held a previous build.
+    from convert.manifest import check_output, output_lock, write_atomically
+
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "link").symlink_to(tmp_path / "real" / "deep")
+    out = tmp_path / "here" / "link" / ".." / "nb"
+    check_output(out)
+    with output_lock(out):
+        assert (tmp_path / "real" / ".nb.lock").exists()
+        write_atomically(out, {"a.txt": b"x"})
+    assert (tmp_path / "real" / "nb" / "a.txt").read_bytes() == b"x"
+    assert names(tmp_path / "here") == ["link"]
+
+
+def test_convert_refuses_a_loop_of_links_by_name(tmp_path):
+    from convert.errors import OutputError
+    from convert.manifest import check_output
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(OutputError, match="its folder cannot be followed"):
+        check_output(tmp_path / "loop" / "nb")
