@@ -148,3 +148,15 @@ def test_convert_refuses_a_loop_of_links_by_name(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(OutputError, match="its folder cannot be followed"):
         check_output(tmp_path / "loop" / "nb")
+
+
+def test_verify_checks_the_pin_on_the_read_it_verifies(demo_artifacts, tmp_path):
+    # Finding 6: `verify --expect-build-id X --public-key K` checked the pin on one read of the folder (a full
+    # runtime.load) and the signature and parity on a second: a folder swapped in between (another build signed
+    # by K) was verified, exit 0, under the pinned id. The pin now rides on the read the gate runs on, so a
+    # wrong pin is refused there, before the sources are looked at (a models folder that does not exist).
+    from convert.verify import verify
+    from runtime.artifacts import ArtifactError
+
+    with pytest.raises(ArtifactError, match="not the expected build " + "0" * 64):
+        verify(demo_artifacts, tmp_path / "no-models", expect_build_id="0" * 64)
