@@ -160,3 +160,36 @@ def test_verify_checks_the_pin_on_the_read_it_verifies(demo_artifacts, tmp_path)
 
     with pytest.raises(ArtifactError, match="not the expected build " + "0" * 64):
         verify(demo_artifacts, tmp_path / "no-models", expect_build_id="0" * 64)
+
+
+@pytest.fixture(scope="module")
+def feature_names(demo_artifacts) -> list[str]:
+    import runtime
+
+    return runtime.load(demo_artifacts).feature_names
+
+
+@pytest.mark.parametrize("command", [
+    ("score", "{rows}", "-o", "{out}.csv"),
+    ("score", "{rows}", "-o", "{out}.parquet"),
+    ("predict", "-i", "{rows}", "--format", "csv"),
+    ("predict", "-i", "{rows}", "--format", "csv", "-o", "{out}.csv"),
+])
+def test_a_lone_surrogate_in_a_json_line_is_refused_by_line(demo_artifacts, feature_names, tmp_path, command):
+    # Finding 4: a passthrough string holding a lone surrogate ("\ud800", valid JSON) ended score (any format)
+    # and predict --format csv in an internal error, UnicodeEncodeError, exit 1.
+    row = ", ".join(f'"{name}": 0.0' for name in feature_names)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(f'{{{row}, "symbol": "AB"}}\n{{{row}, "symbol": "\\ud800"}}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    result = invoke(command[0], demo_artifacts, *[a.format(rows=rows, out=out) for a in command[1:]], "-q")
+    assert result.exit_code == 1, result.output
+    assert "internal error" not in result.output
+    assert "line 2: a lone surrogate" in result.output
+    assert names(tmp_path) == ["rows.jsonl"]
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_passes():
+    from runtime.jsonstrict import loads_unique
+
+    assert loads_unique('{"symbol": "\\ud83d\\ude00"}') == {"symbol": "\U0001F600"}
