@@ -193,3 +193,40 @@ def test_a_surrogate_pair_escape_is_one_character_and_passes():
     from runtime.jsonstrict import loads_unique
 
     assert loads_unique('{"symbol": "\\ud83d\\ude00"}') == {"symbol": "\U0001F600"}
+
+
+def _closed(fd: int):
+    import os
+
+    return lambda: os.close(fd)
+
+
+@pytest.mark.parametrize(("closed", "args", "code", "written"), [
+    (2, ("score", "{build}", "{rows}", "-o", "{out}"), 0, True),  # stderr closed: its messages dropped, the work done
+    (1, ("predict", "{build}", "-i", "{rows}"), 3, False),        # stdout closed: the predictions cannot go there
+    (1, ("predict", "{build}", "-i", "{rows}", "-o", "{out}"), 0, True),
+])
+def test_a_closed_stream_is_not_an_internal_error(demo_artifacts, feature_names, tmp_path, closed, args, code, written):
+    # Finding 10: started with stderr closed (2>&-), score died on sys.stderr.isatty() (an internal error no one
+    # could read, exit 1, nothing scored); with stdout closed (>&-), predict died on sys.stdout.flush().
+    import os
+    import subprocess
+    import sys
+
+    from convert.demo import DemoSpec, market_data
+
+    rows = tmp_path / "rows.csv"
+    x = market_data(DemoSpec(seed=3), held_out=20)[0][:5]
+    rows.write_text("\n".join([",".join(feature_names), *(",".join(repr(float(v)) for v in r) for r in x)]) + "\n")
+    out = tmp_path / "out.csv"
+    command = [a.format(build=demo_artifacts, rows=rows, out=out) for a in args]
+    done = subprocess.run([sys.executable, "-m", "convert.cli", *command], preexec_fn=_closed(closed),
+                          stdout=None if closed == 1 else subprocess.PIPE,
+                          stderr=None if closed == 2 else subprocess.PIPE, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == code, done
+    assert out.exists() == written
+    if closed == 1 and code:
+        assert done.stderr.strip() == ("Error: CannotRunError: stdout is closed (started with >&-): what the command "
+                                       "prints there was not written; open stdout, or pass -o FILE where the command "
+                                       "takes one.")
