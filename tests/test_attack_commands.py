@@ -230,3 +230,16 @@ def test_a_closed_stream_is_not_an_internal_error(demo_artifacts, feature_names,
         assert done.stderr.strip() == ("Error: CannotRunError: stdout is closed (started with >&-): what the command "
                                        "prints there was not written; open stdout, or pass -o FILE where the command "
                                        "takes one.")
+
+
+@pytest.mark.parametrize("folder", ["/proc", "/sys"])
+def test_a_folder_that_takes_no_file_is_refused_by_name(folder):
+    # Finding 11: where the folder offers no O_TMPFILE and refuses a named file too (procfs, sysfs; a network
+    # mount without write permission), `predict -o` ended in an internal error (FileNotFoundError, PermissionError).
+    from runtime.batch.results import write_file
+
+    if not Path(folder).is_dir():
+        pytest.skip(f"no {folder} on this system")
+    with pytest.raises(InputError, match=f"cannot write in {folder} "):
+        write_file(Path(folder) / "out.csv", b"x\n", force=False)
+    assert not (Path(folder) / "out.csv").exists()

@@ -158,7 +158,13 @@ class AtomicOutput:
         except (AttributeError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise InputError(f"{self.target}: cannot write in {folder} ({exc.strerror}).") from None
-            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{self.target.name}.partial-")
+            try:  # a filesystem without O_TMPFILE (procfs, sysfs, some network mounts) and no say in it
+                fd, name = tempfile.mkstemp(dir=folder, prefix=f".{self.target.name}.partial-")
+            except OSError as error:
+                fault = environment_fault(error, self.target)
+                if fault is not None:
+                    raise fault from None
+                raise InputError(f"{self.target}: cannot write in {folder} ({error.strerror}).") from None
             os.fchmod(fd, 0o644)
             self.temp_name = Path(name)
         self.file = os.fdopen(fd, "wb")
