@@ -243,3 +243,17 @@ def test_a_folder_that_takes_no_file_is_refused_by_name(folder):
     with pytest.raises(InputError, match=f"cannot write in {folder} "):
         write_file(Path(folder) / "out.csv", b"x\n", force=False)
     assert not (Path(folder) / "out.csv").exists()
+
+
+def test_ray_without_a_cluster_at_the_address_cannot_run(demo_artifacts, feature_names, tmp_path, monkeypatch):
+    # Finding 12: `score --engine ray --address auto` with no cluster running (or `ray://HOST:PORT` without the
+    # ray[client] package) ended in an internal error (ConnectionError, ValueError) instead of exit 3.
+    pytest.importorskip("ray.data")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(",".join(feature_names) + "\n" + ",".join(["0"] * len(feature_names)) + "\n")
+    result = invoke("score", demo_artifacts, rows, "-o", tmp_path / "out.csv", "--engine", "ray", "--address", "auto",
+                    "-q")
+    assert result.exit_code == 3, result.output
+    assert result.output.startswith("Error: CannotRunError: --engine ray --address auto: Ray could not start (")
+    assert names(tmp_path) == ["rows.csv"]
