@@ -257,3 +257,18 @@ def test_ray_without_a_cluster_at_the_address_cannot_run(demo_artifacts, feature
     assert result.exit_code == 3, result.output
     assert result.output.startswith("Error: CannotRunError: --engine ray --address auto: Ray could not start (")
     assert names(tmp_path) == ["rows.csv"]
+
+
+@pytest.mark.parametrize(("header", "expect"), [
+    ("lable", "no 'label' column (each row's realised class, one of ['SELL', 'HOLD', 'BUY']); did you mean 'lable' "
+              "for 'label'?"),
+    ("symbol", "no 'label' column (each row's realised class, one of ['SELL', 'HOLD', 'BUY'])."),
+])
+def test_evaluate_says_once_that_the_label_column_is_missing(demo_artifacts, feature_names, tmp_path, header, expect):
+    # Finding 5: a misspelt or missing 'label' header was reported as "line(s) [2, 3, 4, 5, 6] ...: column 'label'
+    # must name one of [...]", never naming the column that is not there nor the closest match.
+    rows = tmp_path / "labelled.csv"
+    rows.write_text(",".join([*feature_names, header]) + "\n" + ",".join(["0"] * len(feature_names)) + ",BUY\n")
+    result = invoke("evaluate", demo_artifacts, "-i", rows, "-q")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [f"Error: InputError: {expect}"]
