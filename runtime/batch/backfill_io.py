@@ -14,7 +14,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, LoneSurrogateError, LongIntegerError, RepeatedKeyError, install_hint, shortened, shortened_names
+from ..errors import (
+    InputError,
+    LoneSurrogateError,
+    LongIntegerError,
+    RepeatedKeyError,
+    install_hint,
+    shortened,
+    shortened_names,
+)
 from ..jsonstrict import loads_unique
 from .results import AtomicOutput, dumps_strict
 
