@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from runtime.batch.columns import output_column_clashes
-from runtime.contract import STACKER
+from runtime.contract import MODEL_STAMP, STACKER
 from runtime.errors import shortened, shortened_names
 
 from .decision import Decision, parse_decision
@@ -32,7 +32,7 @@ SERVICE_WEIGHTS = service_weights()  # each kind declares its own default weight
 CLASSES = ["SELL", "HOLD", "BUY"]
 SCALER_SUFFIXES = (".pkl", ".joblib", ".json")
 MEMBER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")
-STAMPED = re.compile(r"^(?P<kind>[a-z0-9]+)_v(?P<date>\d{8})_(?P<time>\d{6})_v(?P<n>\d+)(?P<ext>\.\w+)$")
+STAMPED = MODEL_STAMP
 
 
 @dataclass

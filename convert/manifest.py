@@ -152,12 +152,21 @@ def _listed_build(folder: Path) -> tuple[bool, str]:
     return True, ""
 
 
+def output_path(out: Path) -> Path:
+    """The output folder where the system finds it: its parent walked as the system walks it (a lexical
+    os.path.abspath reads `LINK/../out` as beside LINK, not in the folder LINK leads to), its own name kept."""
+    try:
+        return Path(out).parent.resolve() / Path(out).name
+    except (RuntimeError, OSError) as exc:  # a loop of links: RuntimeError before Python 3.13
+        raise OutputError(f"-o {out}: its folder cannot be followed ({exc}); name a real folder.") from None
+
+
 def check_output(out: Path, models_dir: Path | None = None, force: bool = False) -> None:
     """Refuse (OutputError) an output folder `convert` may not replace; see the module docstring."""
     where = f"-o {out}"
     if out.is_symlink():
         raise OutputError(f"{where}: is a symbolic link; name the folder itself.")
-    target = out.resolve()
+    target = output_path(out).resolve()
     protected: list[tuple[Path, str]] = [(models_dir.resolve(), "the models folder")] if models_dir else []
     protected += [(Path.cwd().resolve(), "the current folder"), (Path.home().resolve(), "your home folder"),
                   (Path(target.anchor), "the filesystem root")]
@@ -245,7 +254,7 @@ def output_lock(out: Path) -> Iterator[None]:
     second convert is refused naming the output. Holding it, the staging folders a killed convert left
     (`.NAME.new-*`, named by write_atomically and by nothing else) are removed. Folders made to hold the
     lock are removed again if the build left nothing in them (a refused build writes nothing anywhere)."""
-    out = Path(os.path.abspath(out))
+    out = output_path(out)
     made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]  # deepest first; removed if empty
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
@@ -310,7 +319,7 @@ def write_atomically(out: Path, files: dict[str, bytes], models_dir: Path | None
     """Write `files` (relative path -> bytes) as the whole content of `out`, swapped in at the end.
 
     `check_output` runs again just before the swap: the folder may have changed while the build ran."""
-    out = Path(os.path.abspath(out))
+    out = output_path(out)
     check_output(out, models_dir, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))

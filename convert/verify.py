@@ -97,11 +97,13 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
 
 @one_thread()  # the figures a build recorded, reproduced under the same conditions
 def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info,
-           public_key: Path | None = None) -> dict[str, Any]:
+           public_key: Path | None = None, expect_build_id: str | None = None) -> dict[str, Any]:
     from runtime.artifacts import read_folder
 
     progress(f"checking {artifacts} and the sha256 of its files")
-    folder = read_folder(artifacts, public_key=public_key)
+    # The pin and the key on the one read the parity gate then runs on: checked on an earlier read, a folder
+    # swapped in between (another build signed by the same key) would be verified in the pinned one's name.
+    folder = read_folder(artifacts, expect_build_id, public_key)
     manifest, files = folder.manifest, folder.files
     progress(f"checking the source files in {models}")
     check_sources(manifest, models)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 import struct
 import types
 import typing
@@ -146,6 +147,9 @@ MANIFEST_FILE = "manifest.json"
 # or manifest.sig, the format of the releases before it (loaded for one more release, with a warning).
 BUNDLE_FILE = "model.sig"
 SIGNATURE_FILE = "manifest.sig"
+# A models folder (what `convert` reads): an ensemble.json, or files named `<kind>_vYYYYMMDD_HHMMSS_vN.<ext>`.
+MODELS_SPEC_FILE = "ensemble.json"
+MODEL_STAMP = re.compile(r"^(?P<kind>[a-z0-9]+)_v(?P<date>\d{8})_(?P<time>\d{6})_v(?P<n>\d+)(?P<ext>\.\w+)$")
 # ensemble.onnx metadata_props: the manifest (without `files`) the graph was built for, and its digest.
 META_MANIFEST = "ensemble_onnx.manifest"
 META_DIGEST = "ensemble_onnx.manifest_digest"

@@ -96,6 +96,11 @@ class LongIntegerError(ValueError):
     call sys.set_int_max_str_digits(), which means nothing to whoever wrote the file."""
 
 
+class LoneSurrogateError(ValueError):
+    """A JSON string escape that is half of a character (a lone `\\ud800`): json reads it, but no output (CSV,
+    JSON lines, Parquet, a terminal) can write it as UTF-8, so the run would fail at its first write."""
+
+
 class FieldError(EnsembleOnnxError, ValueError):
     """A manifest field that is missing or of the wrong type; `path` names it (`members.nhits.weight`)."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import LongIntegerError, RepeatedKeyError
+from .errors import LoneSurrogateError, LongIntegerError, RepeatedKeyError
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def loads_unique(text: str | bytes) -> Any:
     """`json.loads` that refuses a repeated key (RepeatedKeyError) and turns nesting too deep for the parser
     into a ValueError; every failure is a ValueError (JSONDecodeError, UnicodeDecodeError included)."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_pairs)
+        value = json.loads(text, object_pairs_hook=_unique_pairs)
     except RecursionError:
         raise ValueError("nested too deeply to parse") from None
     except ValueError as exc:
@@ -31,6 +31,13 @@ def loads_unique(text: str | bytes) -> Any:
         if type(exc) is ValueError and "digits" in str(exc):
             raise LongIntegerError("an integer of more than 4,300 digits, too long to read as a number") from None
         raise
+    if ("\\u" in text if isinstance(text, str) else b"\\u" in text):  # only an escape can make one
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise LoneSurrogateError("a lone surrogate (an escape such as \\ud800, half of a character), which no "
+                                     "output can write as UTF-8") from None
+    return value
 
 
 def _no_constant(name: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, LongIntegerError, RepeatedKeyError, shortened, shortened_names
+from .errors import InputError, LoneSurrogateError, LongIntegerError, RepeatedKeyError, shortened, shortened_names
 from .features import rows_to_matrix
 from .jsonstrict import loads_unique
 
@@ -49,7 +49,7 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
                 record = loads_unique(line)
             except RepeatedKeyError as exc:  # any key: 'symbol' is no feature
                 raise InputError(f"line {n}: key {shortened(exc.key)} given more than once.") from None
-            except LongIntegerError as exc:
+            except (LongIntegerError, LoneSurrogateError) as exc:
                 raise InputError(f"line {n}: {exc}.") from None
             except ValueError as exc:  # malformed, nested too deeply, an integer beyond Python's digit limit
                 raise InputError(f"line {n}: not a JSON object "

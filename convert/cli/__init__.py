@@ -12,6 +12,7 @@ This module holds what they share: the group and its refusal handling, the optio
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import math
 import os
@@ -39,8 +40,34 @@ def _quiet_broken_pipe(ctx: click.Context) -> None:
     ctx.exit(0)
 
 
+class _ClosedStdout(io.TextIOBase):
+    """stdout when the command was started with it closed (`>&-`): what a command prints there is refused (exit
+    3), never dropped in silence as click.echo drops it, nor an internal error."""
+
+    encoding, errors = "utf-8", "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        from runtime.errors import CannotRunError
+
+        raise CannotRunError("stdout is closed (started with >&-): what the command prints there was not written; "
+                             "open stdout, or pass -o FILE where the command takes one.")
+
+
+def _closed_streams() -> None:
+    """A command started with stdout or stderr closed gets None there: stderr then goes to /dev/null (the
+    caller chose to drop the messages, as Unix tools do), stdout to _ClosedStdout."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  # for the life of the process
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+
+
 class RefusalsExitOne(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        _closed_streams()
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a closed reader is found here, not in the interpreter's exit

@@ -99,11 +99,8 @@ def verify(artifacts: Path, models: Path, data: Path | None, expect_build_id: st
     log_to_stderr(quiet)
     from ..verify import verify as run_verify
 
-    if expect_build_id is not None:  # the pin first: the wrong build costs no parity run
-        import runtime
-        runtime.load(artifacts, expect_build_id=expect_build_id)
-
-    result = run_verify(artifacts, models, data, progress, public_key)
+    # The pin is checked on the folder's first read, before the sources: the wrong build costs no parity run.
+    result = run_verify(artifacts, models, data, progress, public_key, expect_build_id)
     emit(result, as_json, (f"build_id: {result['build_id']}" if quiet else f"verified: {artifacts} comes from "
           f"{models} ({result['sources']} files) and passes parity on {result['parity']['rows']} rows"
           f"{', signed by the given key' if public_key else ''}.\nbuild_id: {result['build_id']}"))

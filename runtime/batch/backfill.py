@@ -41,7 +41,7 @@ from ..errors import InputError, shortened, shortened_names
 from ..records import header_problem, parse_number
 from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
 from .columns import score_columns
-from .results import check_target, commit_together, environment_fault
+from .results import check_target, commit_together, environment_fault, placed
 
 log = logging.getLogger(__name__)
 SCORE_CHUNK = 1024      # rows per onnxruntime call: bounds the intermediates (PatchTST's 2048-wide layer)
@@ -345,7 +345,7 @@ def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts:
         if target is not None:
             check_target(target, force=force, flag=flag, inputs=[input_path],
                          builds=[artifacts] if artifacts is not None else [])
-    if rejects is not None and Path(os.path.abspath(rejects)).resolve() == Path(os.path.abspath(output)).resolve():
+    if rejects is not None and placed(rejects).resolve() == placed(output).resolve():
         raise InputError(f"{rejects}: the rejects file must differ from the output.")
     file_format(output)
     if rejects is not None:

@@ -14,7 +14,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, LongIntegerError, RepeatedKeyError, install_hint, shortened, shortened_names
+from ..errors import (
+    InputError,
+    LoneSurrogateError,
+    LongIntegerError,
+    RepeatedKeyError,
+    install_hint,
+    shortened,
+    shortened_names,
+)
 from ..jsonstrict import loads_unique
 from .results import AtomicOutput, dumps_strict
 
@@ -121,7 +129,7 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
             return loads_unique(line)
         except RepeatedKeyError as exc:
             raise InputError(f"{path}: line {number}: key {shortened(exc.key)} given more than once.") from None
-        except LongIntegerError as exc:
+        except (LongIntegerError, LoneSurrogateError) as exc:
             raise InputError(f"{path}: line {number}: {exc}.") from None
         except ValueError as exc:
             reason = getattr(exc, "msg", None) or str(exc)[:200]

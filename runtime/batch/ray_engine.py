@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import ArtifactError, read_files, verify_files
-from ..errors import InputError, install_hint
+from ..errors import CannotRunError, InputError, install_hint
 from . import backfill
 from .backfill_io import csv_text_options, file_format, open_batches, require_pyarrow
 
@@ -118,8 +118,13 @@ def score_file_ray(artifacts: str | os.PathLike[str], input_path: str | os.PathL
     logging.getLogger("ray.data").setLevel(logging.WARNING if progress else logging.ERROR)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
+        except (ValueError, ConnectionError, RuntimeError, TimeoutError) as exc:  # no cluster there, no ray[client]
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise CannotRunError(f"--engine ray{f' --address {address}' if address else ''}: Ray could not start "
+                                 f"({reason}); nothing was written.") from None
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # output rows in input order

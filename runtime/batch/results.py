@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..contract import ENSEMBLE_FILE, MANIFEST_FILE
+from ..contract import ENSEMBLE_FILE, MANIFEST_FILE, MODEL_STAMP, MODELS_SPEC_FILE
 from ..errors import CannotRunError, InputError
 from ..limits import file_kind
 
@@ -55,6 +55,18 @@ def is_build_folder(folder: Path) -> bool:
     return (folder / MANIFEST_FILE).is_file() and (folder / ENSEMBLE_FILE).exists()
 
 
+def is_models_folder(folder: Path) -> bool:
+    """Whether `folder` holds what `convert` reads as a models folder (an ensemble.json, or a file named like a
+    model, `xgboost_v20260205_231109_v5.pkl`): a result file there is read as one of them, or replaces one."""
+    if os.path.lexists(folder / MODELS_SPEC_FILE):
+        return True
+    try:
+        with os.scandir(folder) as entries:
+            return any(MODEL_STAMP.match(entry.name) for entry in entries)
+    except OSError:  # a folder that cannot be listed holds no models this run could harm
+        return False
+
+
 def refuse_kind(target: Path, where: str) -> None:
     """Only a regular file, or a link to one (or to nothing), is ever replaced: never a folder, a device, a
     FIFO or a socket, nor a link to one (`--force -o /dev/stdout` would replace the system's link)."""
@@ -74,34 +86,50 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def placed(target: Path) -> Path:
+    """Where `target` lands: its folder as the system walks it (links followed first, then each '..': a lexical
+    os.path.abspath would read `LINK/../out.csv` as beside LINK, where the write goes to LINK's target's folder),
+    and its own name (a link there is replaced, not followed)."""
+    try:
+        return Path(target).parent.resolve() / Path(target).name
+    except (RuntimeError, OSError) as exc:  # a loop of links: RuntimeError before Python 3.13, OSError after
+        raise InputError(f"{target}: its folder cannot be followed ({exc}); name a file in a real folder.") from None
+
+
 def check_target(target: Path, *, force: bool, flag: str = "-o", inputs: Iterable[Path | str] = (),
                  builds: Iterable[Path | str] = (), models: Path | str | None = None) -> None:
     """InputError unless a result file may be written at `target` (see the module docstring)."""
     where = f"{flag} {target}"
     # The link itself is what gets replaced (never the file it points to): judged where it lies.
-    placed = Path(os.path.abspath(target)).parent.resolve() / target.name
+    lands = placed(target)
     if target.name in ("", ".", ".."):
         raise InputError(f"{where}: names a folder, not a file.")
+    if str(target) == "-":  # stdout to predict; a file named '-' in the current folder is never what was meant
+        raise InputError(f"{where}: '-' (stdout) is not a file this command can write; name a file.")
     refuse_kind(target, where)
     for source in inputs:
         source = Path(source)
         if str(source) == "-":
             continue
-        if placed == source.resolve() or target.resolve() == source.resolve() or (
+        if lands == source.resolve() or target.resolve() == source.resolve() or (
                 target.exists() and source.exists() and os.path.samefile(target, source)):
             raise InputError(f"{where}: is an input of this run ({source}); write the result to another file.")
     for build in builds:
-        if _within(placed, Path(build).resolve()):
+        if _within(lands, Path(build).resolve()):
             raise InputError(f"{where}: is inside the artifacts folder {build}: an unlisted file there stops the "
                              f"build from loading; write the result elsewhere.")
-    if models is not None and _within(placed, Path(models).resolve()):
+    if models is not None and _within(lands, Path(models).resolve()):
         raise InputError(f"{where}: is inside the models folder {models}; write the result elsewhere.")
-    for folder in placed.parents:
+    if is_models_folder(lands.parent):
+        raise InputError(f"{where}: is in {lands.parent}, a models folder (it holds an ensemble.json or model "
+                         f"files): convert would read a file there as a model, or it would replace one; write the "
+                         f"result elsewhere.")
+    for folder in lands.parents:
         if is_build_folder(folder):
             raise InputError(f"{where}: is inside {folder}, an artifacts folder: an unlisted file there stops the "
                              f"build from loading; write the result elsewhere.")
-    if not placed.parent.is_dir():
-        raise InputError(f"{where}: the folder {placed.parent} does not exist.")
+    if not lands.parent.is_dir():
+        raise InputError(f"{where}: the folder {lands.parent} does not exist.")
     if os.path.lexists(target) and not force:
         raise InputError(f"{where}: already exists; pass --force to replace it.")
 
@@ -130,7 +158,13 @@ class AtomicOutput:
         except (AttributeError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 raise InputError(f"{self.target}: cannot write in {folder} ({exc.strerror}).") from None
-            fd, name = tempfile.mkstemp(dir=folder, prefix=f".{self.target.name}.partial-")
+            try:  # a filesystem without O_TMPFILE (procfs, sysfs, some network mounts) and no say in it
+                fd, name = tempfile.mkstemp(dir=folder, prefix=f".{self.target.name}.partial-")
+            except OSError as error:
+                fault = environment_fault(error, self.target)
+                if fault is not None:
+                    raise fault from None
+                raise InputError(f"{self.target}: cannot write in {folder} ({error.strerror}).") from None
             os.fchmod(fd, 0o644)
             self.temp_name = Path(name)
         self.file = os.fdopen(fd, "wb")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..records import CsvText, parse_number
+from ..records import CsvText, header_problem, parse_number
 from .compare import score_records
 from .report import Records, esc, heat_map, line_chart, page, table
 
@@ -134,6 +134,11 @@ def evaluate_arrays(labels: np.ndarray, actions: np.ndarray, probabilities: np.n
 
 def evaluate(ens: Ensemble, records: Records, window: str | None = None) -> dict[str, Any]:
     """Score labelled records with the build and evaluate (see the module docstring)."""
+    if records and all("label" not in r for _, r in records):  # a header problem: said once, not by line
+        names = list(records[0][1])
+        hint = (header_problem(names, ["label"], passthrough=names) or "").partition("; ")[2]
+        said = f"no 'label' column (each row's realised class, one of {list(ens.classes)}){'; ' + hint if hint else ''}"
+        raise InputError(said if said.endswith("?") else f"{said}.")
     bad = [n for n, r in records if r.get("label") not in ens.classes]
     if bad:
         raise InputError(f"line(s) {bad[:5]}{' ...' if len(bad) > 5 else ''}: column 'label' must name one of "
