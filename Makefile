@@ -78,13 +78,14 @@ test: install
 	@$(MAKE) --no-print-directory slim-tests
 
 # The quick loop while working: ruff on the changed files, mypy (incremental: .mypy_cache), and the tests that
-# train or convert nothing beyond the one cached demo build (`-m "not builds"`, marked by tests/conftest.py).
+# train or convert nothing beyond the one cached demo build (`-m "not builds"`, marked by tests/conftest.py) and
+# are not one of the few exhaustive or multi-process checks (`-m "not slow"`: every byte flipped, Ray, threads).
 # Not a substitute for `make test` before a merge.
 check: install
 	@$(MAKE) --no-print-directory -j2 lint-changed check-tests
 
 check-tests: install
-	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) -m "not builds" -p no:cacheprovider
+	$(VENV)/bin/python -m pytest $(PYTEST_FLAGS) -m "not builds and not slow" -p no:cacheprovider
 
 # The style the tools hold: ruff (pyflakes, bugbear, import order, pyupgrade, line length) on everything,
 # mypy strict on runtime/ and checked on convert/ (pyproject.toml says which is which). mypy is incremental:

@@ -243,6 +243,7 @@ print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmH
 """
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens, tmp_path):
     """Peak RSS scoring 36,000 rows (an 8 KiB passthrough payload each: 300 MB in memory) stays within a
     128 MiB budget of the peak scoring 1,000 rows: the file streams through, batch by batch. (Alone the growth
@@ -269,6 +270,7 @@ def test_memory_stays_flat_on_an_input_many_times_the_budget(demo_artifacts, ens
     assert peak(big) - peak(small) < budget_mib, "memory grew with the input"
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_local_engines_rows(demo_artifacts, table, tmp_path):
     """One local Ray (2 actors on this machine), the same file with a bad row: identical output and rejects."""
     pytest.importorskip("ray")

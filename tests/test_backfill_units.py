@@ -1262,6 +1262,7 @@ def test_the_ray_engine_refuses_a_tampered_build_and_a_bad_header_on_the_driver(
         ray_engine.score_file_ray(artifacts_copy, source, tmp_path / "o.parquet")
 
 
+@pytest.mark.slow
 def test_the_ray_engine_scores_csv_like_the_local_engine_and_reports_an_actors_refusal_as_its_own(
         demo_artifacts, ens, tmp_path):
     """Found: an actor's refusal reached the command line as Ray's UserCodeException text (Ray does not pickle

@@ -191,6 +191,7 @@ def test_non_numeric_array_names_row_and_feature(ens, rows):
         ens.predict_proba(nan)
 
 
+@pytest.mark.slow
 def test_shared_ensemble_is_consistent_across_threads(ens, rows):
     """8 threads x 1000 calls, mixed batch sizes: each call gives exactly what the same call gave sequentially.
     (Results may differ in the last bit between batch sizes, as BLAS kernels do; never between threads.)"""

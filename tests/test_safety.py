@@ -649,6 +649,7 @@ valid_csv = st.lists(st.lists(st.floats(-1e3, 1e3), min_size=len(FEATURES), max_
     lambda rows: "\n".join([",".join(FEATURES)] + [",".join(map(repr, r)) for r in rows]))
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=csv_text | jsonl_text | valid_csv | st.binary(max_size=60).map(lambda b: b.decode("latin-1")))
 def test_fuzz_predict_reads_any_text_into_rows_or_input_error(ens, demo_artifacts, text):

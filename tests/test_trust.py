@@ -360,12 +360,14 @@ def _flips(folder: Path, rel: str, positions, baseline: tuple[bytes, ...], rows:
     return escaped
 
 
+@pytest.mark.slow
 def test_no_flip_of_any_manifest_byte_loads_and_scores_differently(artifacts_copy, rows):
     baseline = scores(runtime.load(artifacts_copy), rows)
     size = (artifacts_copy / "manifest.json").stat().st_size
     assert _flips(artifacts_copy, "manifest.json", range(size), baseline, rows) == []
 
 
+@pytest.mark.slow
 def test_no_sampled_flip_of_any_other_file_loads_and_scores_differently(artifacts_copy, rows):
     baseline = scores(runtime.load(artifacts_copy), rows)
     rng = np.random.default_rng(14)
