@@ -322,7 +322,7 @@ def test_verify_proves_the_recorded_domain_again(lgbm_nan):
     models, artifacts = lgbm_nan
     result = CliRunner().invoke(main, ["verify", str(artifacts), "--models", str(models), "-q", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["passed"]
+    assert json.loads(result.stdout)["passed"]
 
 
 def test_verify_runs_the_manifests_domain(mixed, mixed_build, tmp_path):
