@@ -144,14 +144,19 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
     against the training deciles (or a z-score summary), the share outside the training range, and a status
     ok / warn / drift. The table goes to stderr, --json to stdout."""
     import runtime
-    from runtime.errors import CannotRunError
+    from runtime.errors import CannotRunError, InputError
     from runtime.monitor.drift import table
     from runtime.monitor.report import read_rows
-    from runtime.records import records_to_matrix
+    from runtime.records import at_line, records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
-    x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
-    report = ens.drift(x)
+    records = read_rows(input_file)
+    # NaN passes to ens.drift, which takes it where predict does (counted, left out of the figures).
+    x = records_to_matrix(records, ens.feature_names, ("symbol", "label", "timestamp"), missing=True)
+    try:
+        report = ens.drift(x)
+    except InputError as exc:  # a NaN the build cannot take: named at its line, as predict names it
+        raise at_line(exc, records) from None
     if not quiet:
         click.echo("\n".join(table(report)), err=True)
     if measure:

@@ -32,7 +32,8 @@ def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | 
     not one of the build's features (the rows may carry another build's features, labels, timestamps)."""
     if passthrough is None:
         passthrough = sorted({str(k) for _, r in records for k in r} - set(ens.feature_names))
-    x = records_to_matrix(records, ens.feature_names, passthrough)
+    # NaN passes to ens.run, which scores it where the build's domain takes it and refuses it otherwise.
+    x = records_to_matrix(records, ens.feature_names, passthrough, missing=True)
     try:  # one call (it runs RUN_CHUNK rows at a time): an overflow refusal counts every row, as predict's does
         return ens.run(x)
     except InputError as exc:  # a row a member overflows on: its line, not its place in the matrix
