@@ -189,6 +189,7 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
                 columns[name] = pa.array([feature_text(v) for v in values], type=pa.string())
             else:
                 try:
+                    values = _whole_numbers_kept(values)
                     columns[name] = pa.array(values)
                     if _holds_empty_object(columns[name].type):
                         raise pa.ArrowTypeError("Parquet cannot write an object with no fields")
@@ -199,6 +200,26 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
         return pa.RecordBatch.from_pydict(columns)
 
     return header, None, batches()
+
+
+def _whole_numbers_kept(values: list[Any]) -> list[Any]:
+    """A column of JSON integers beside floats, which Arrow would read as float64 (1 written back as 1.0, an id
+    past 2**53 rounded): with NaN as its only floats (a missing integer, as Python's json writes one), the
+    integers with null there (int64, missing as each output format spells it); with any other float,
+    ArrowTypeError, so the caller keeps the column as JSON text. Any other column as it is."""
+    import pyarrow as pa
+
+    ints = floats = numbers = False
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool):
+            ints = True
+        elif isinstance(v, float):
+            floats, numbers = True, numbers or v == v  # NaN != NaN
+    if not (ints and floats):
+        return values
+    if numbers:
+        raise pa.ArrowTypeError("integers beside floats would all become floats")
+    return [None if isinstance(v, float) else v for v in values]
 
 
 def _holds_empty_object(kind: Any, empty_only: bool = True) -> bool:
