@@ -329,6 +329,7 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
             metadata=_record(m.source.metadata) if m.source.metadata else None,
             scaler=_record(m.source.scaler) if m.source.scaler else None,
             onnx=contract.FileRecord(f"members/{m.source.name}.onnx", mf.sha256(member_bytes[m.source.name])),
+            code=None if m.code is None else [contract.FileRecord(**c) for c in m.code],
         ) for m in loaded.members},
         ensemble=contract.EnsembleRecord(ENSEMBLE_FILE, ENSEMBLE_INPUT, list(ENSEMBLE_OUTPUTS),
                                          [m.source.name for m in loaded.members]),

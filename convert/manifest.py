@@ -53,6 +53,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file read a chunk at a time: a large file costs one chunk of memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_record(path: Path) -> dict[str, str]:
     return {"file": path.name, "sha256": sha256(path.read_bytes())}
 

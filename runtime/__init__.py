@@ -185,7 +185,9 @@ class Ensemble:
                 "classes": list(self.classes),
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
-                                "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},
+                                "source_sha256": m["members"][n]["source"]["sha256"],
+                                **({"code": m["members"][n]["code"]} if "code" in m["members"][n] else {})}
+                            for n in self.member_order},
                 "decision": m.get("decision"), "precision": m.get("precision") or {"weights": "fp32"},
                 "files": m["files"], "parity": m.get("parity"),
                 "build_libraries": m.get("libraries"),
