@@ -399,15 +399,20 @@ def _check_consistent(m: Manifest) -> None:
 SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
 
 
+def is_code_path(path: str) -> bool:
+    """A code file's path as the manifest holds it: relative, "/"-separated, no empty, "." or ".." part, no
+    backslash or NUL, valid Unicode text. convert refuses a file it could not record so."""
+    return (bool(path) and not path.startswith("/") and "\\" not in path and "\0" not in path
+            and all(part not in ("", ".", "..") for part in path.split("/")) and _is_text(path))
+
+
 def _check_code(files: list[FileRecord], where: str) -> None:
     """What convert writes: at least one file, each a relative path inside the models folder with a sha256,
     sorted by path, none twice."""
     if not files:
         raise FieldError(where, "must list the training code's files (at least the class's module)")
     for i, record in enumerate(files):
-        parts = record.file.split("/")
-        if (not record.file or record.file.startswith("/") or "\\" in record.file or "\0" in record.file
-                or any(part in ("", ".", "..") for part in parts) or not _is_text(record.file)):
+        if not is_code_path(record.file):
             raise FieldError(f"{where}[{i}].file", f"must be a relative path inside the models folder, got "
                                                    f"{shortened(record.file)}")
         if not SHA256_HEX.match(record.sha256):

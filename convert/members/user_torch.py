@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract import is_code_path
 from runtime.errors import shortened
 
 from ..errors import MetadataError, PlanError, UnsupportedModelError, UserCodeError
@@ -153,8 +154,12 @@ def code_files(folder: Path, models_dir: Path, where: str) -> list[dict[str, str
         if not real.is_file():
             raise PlanError(f"{where}.code: {path} is not a regular file (a link to nothing?); remove it or "
                             f"replace it with the file.")
-        shown = path.relative_to(models_dir) if path.is_relative_to(models_dir) else real.relative_to(models_dir)
-        records.append({"file": shown.as_posix(), "sha256": file_sha256(real)})
+        shown = (path.relative_to(models_dir) if path.is_relative_to(models_dir)
+                 else real.relative_to(models_dir)).as_posix()
+        if not is_code_path(shown):  # a backslash, a name that is not UTF-8: the runtime would refuse the manifest
+            raise PlanError(f"{where}.code: {shortened(str(path))}: a file name the manifest cannot record (it "
+                            f"holds a backslash or bytes that are not UTF-8 text); rename it.")
+        records.append({"file": shown, "sha256": file_sha256(real)})
     return sorted(records, key=lambda r: r["file"])
 
 

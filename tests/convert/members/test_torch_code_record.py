@@ -203,3 +203,20 @@ def test_file_sha256_streams(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 * 1000 + 7))
     assert file_sha256(big, chunk=1000) == hashlib.sha256(big.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("name", "expect"), [
+    (b"back\\slash.py", "a file name the manifest cannot record"),
+    (b"caf\xe9.py", "a file name the manifest cannot record"),  # Latin-1, not UTF-8
+])
+def test_a_code_file_name_the_manifest_cannot_hold_is_refused(tmp_path, name, expect):
+    models = write_models(tmp_path / "models")
+    with open(os.fsencode(models / "src" / "tools") + b"/" + name, "w") as fh:
+        fh.write("Z = 3\n")
+    _refused(models, tmp_path / "art", expect)
+
+
+def test_a_fifo_named_like_code_is_refused_not_read(tmp_path):
+    models = write_models(tmp_path / "models")
+    os.mkfifo(models / "src" / "tools" / "pipe.py")  # opening it to hash would wait forever
+    _refused(models, tmp_path / "art", "pipe.py", "not a regular file")
