@@ -15,7 +15,8 @@ Per feature, for one batch of rows:
   moderate shift from noise: the report says so (`small_sample`: the limit and the rows that would tell).
 - `out_of_range`: the share of values under the training minimum or over the training maximum.
 - `missing`: how many rows hold NaN in the feature (taken only where the build takes it, as `predict` does);
-  every other figure is over the rows that hold a value, and a feature with none has status `unknown`.
+  every other figure is over the rows that hold a value; a feature the build describes but the batch holds
+  no value of warns (a feed that stopped sending it).
 - `mean_shift` (the batch mean minus the training mean, in training standard deviations), `spread_ratio`
   (the batch's standard deviation over the training one) and `z` (the mean shift in standard errors of the
   batch mean), from the scaler's mean and scale. When a build recorded no bins (no reference rows were
@@ -206,7 +207,11 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
         np.where(has_moments & ~stats.has_bins, np.maximum((big >= SHIFT_WARN).astype(int) + (big >= SHIFT_DRIFT),
                                                            (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)),
                  0)])
-    known = ((stats.has_bins & (present > 0)) | has_range | has_moments)
+    # A feature the build describes but the batch holds no value of (every row NaN): a feed that stopped
+    # sending it, which warns rather than reading "ok".
+    silent = (stats.has_bins | (~np.isnan(stats.low) & ~np.isnan(stats.high)) | ~np.isnan(stats.scale)) & (present == 0)
+    level = np.maximum(level, silent.astype(int))
+    known = (stats.has_bins & (present > 0)) | has_range | has_moments | silent
 
     def value(v: np.ndarray, j: int) -> float | None:
         # Not finite (a mean of values near the float maximum overflows): null, as JSON has no Infinity; the

@@ -164,7 +164,8 @@ def test_drift_of_a_feature_with_no_value(lgbm):
     x = np.random.default_rng(4).standard_normal((50, 8))
     x[:, 5] = np.nan
     report = ens.drift(x)
-    assert report["features"]["f5"]["status"] == "unknown" and report["features"]["f5"]["missing"] == 50
+    assert report["features"]["f5"]["status"] == "warn" and report["features"]["f5"]["missing"] == 50
+    assert report["warn"] == ["f5"] and report["status"] == "warn"
     assert report["features"]["f5"]["psi"] is None and report["features"]["f5"]["out_of_range"] is None
     assert report["features"]["f0"]["psi"] is not None
 
