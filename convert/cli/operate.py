@@ -319,7 +319,12 @@ def _score_stdin(artifacts: Path, out_file: Path, engine: str, address: str | No
     from runtime.batch.backfill_io import spool_stdin
     from runtime.errors import CannotRunError, InputError
 
-    with tempfile.TemporaryDirectory(prefix="ensemble-onnx-stdin-") as folder:
+    try:
+        spool = tempfile.TemporaryDirectory(prefix="ensemble-onnx-stdin-")
+    except OSError as exc:  # no writable temporary folder at all
+        raise CannotRunError(f"stdin: no temporary folder to copy it to ({exc}); set TMPDIR to a writable "
+                             f"folder, or name the file.") from None
+    with spool as folder:
         try:
             source = spool_stdin(getattr(sys.stdin, "buffer", None), Path(folder))
         except InputError:  # closed or empty: said as such

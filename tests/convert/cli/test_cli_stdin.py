@@ -90,3 +90,10 @@ def test_verify_reads_its_rows_from_stdin(build):
     assert json.loads(result.stdout)["parity"]["rows"] == json.loads(alone.stdout)["parity"]["rows"] + len(X)
     result = cli("verify", artifacts, "--models", models, "-i", "-", "-q", stdin=b"")
     assert result.exit_code == 1 and "stdin: no rows in the input." in result.output
+
+
+def test_score_stdin_without_a_temporary_folder_says_so(build, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no" / "such" / "folder"))
+    result = cli("score", build[1], "-", "-o", tmp_path / "o.csv", stdin=_bytes("csv"))
+    assert result.exit_code == 3 and "stdin: no temporary folder to copy it to" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.csv").exists()
