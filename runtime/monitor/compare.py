@@ -40,6 +40,14 @@ def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | 
         raise at_line(exc, records) from None
 
 
+def _scored_by(ens: Ensemble, records: Records) -> dict[str, np.ndarray]:
+    """score_records, a refusal naming the build that refused (one may take a NaN the other cannot)."""
+    try:
+        return score_records(ens, records)
+    except InputError as exc:
+        raise InputError(f"{ens.path}: {exc}") from None
+
+
 def class_order(old: Sequence[str], new: Sequence[str], old_path: str, new_path: str) -> list[int]:
     """For each of old's classes, its index in new; IncomparableError when the class sets differ."""
     if set(old) != set(new) or len(old) != len(new):
@@ -62,7 +70,7 @@ def compare(old: Ensemble, new: Ensemble, records: Records) -> dict[str, Any]:
     order = class_order(old.classes, new.classes, old.path, new.path)
     classes = list(old.classes)
     k = len(classes)
-    a, b = score_records(old, records), score_records(new, records)
+    a, b = (_scored_by(build, records) for build in (old, new))
     n = len(a["label"])
     old_label = a["label"].astype(np.int64)
     new_label = np.asarray(order).argsort()[b["label"].astype(np.int64)]  # new's index -> old's index

@@ -189,3 +189,11 @@ def test_drift_table_shows_missing_counts(lgbm, tmp_path):
     head = next(i for i, line in enumerate(lines) if line.startswith("feature"))
     assert lines[head].split()[-1] == "missing"
     assert [line.split()[-1] for line in lines[head + 1:head + 9]] == ["0", "0", "0", "0", "7", "0", "0", "0"]
+
+
+def test_compare_names_the_build_that_cannot_take_nan(lgbm, nan_rows, tmp_path):
+    forest = _build(tmp_path, "sklearn-RandomForestClassifier-pkl")[1]
+    result = cli("compare", lgbm[1], forest, "-i", _csv(tmp_path / "in.csv", nan_rows), "-q")
+    assert result.exit_code == 1
+    assert f"{forest}: line 2: feature 'f3': nan (a missing value) cannot be scored: member(s) 'sklearn'" in \
+        result.output, result.output
