@@ -96,17 +96,20 @@ def read_features_file(path: Path, feature_names: list[str], text: str | None = 
     try:
         return records_to_matrix(read_records(read_data_text(path) if text is None else text), feature_names)
     except InputError as exc:
-        raise MetadataError(f"{path}: {exc}") from exc
+        raise MetadataError(f"{'stdin' if str(path) == '-' else path}: {exc}") from exc
 
 
 def read_data_text(path: Path) -> str:
-    """Recorded rows (--parity-data, --calibrate, verify --data): a regular UTF-8 file within the data limit."""
+    """Recorded rows (--parity-data, --calibrate, verify --data): a regular UTF-8 file within the data limit, or
+    stdin for "-" (within the input limit, as predict reads it)."""
     from runtime.errors import InputError
-    from runtime.records import decode_input
+    from runtime.records import decode_input, read_input
 
     from .loaders import read_checked
 
     try:
+        if str(path) == "-":
+            return read_input("-")
         return decode_input(read_checked(path, "data", "recorded rows", MetadataError), str(path))
     except InputError as exc:
         raise MetadataError(str(exc)) from exc
@@ -326,6 +329,7 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
             metadata=_record(m.source.metadata) if m.source.metadata else None,
             scaler=_record(m.source.scaler) if m.source.scaler else None,
             onnx=contract.FileRecord(f"members/{m.source.name}.onnx", mf.sha256(member_bytes[m.source.name])),
+            code=None if m.code is None else [contract.FileRecord(**c) for c in m.code],
         ) for m in loaded.members},
         ensemble=contract.EnsembleRecord(ENSEMBLE_FILE, ENSEMBLE_INPUT, list(ENSEMBLE_OUTPUTS),
                                          [m.source.name for m in loaded.members]),

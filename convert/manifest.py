@@ -53,6 +53,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file read a chunk at a time: a large file costs one chunk of memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def file_record(path: Path) -> dict[str, str]:
     return {"file": path.name, "sha256": sha256(path.read_bytes())}
 
@@ -167,12 +176,17 @@ def check_output(out: Path, models_dir: Path | None = None, force: bool = False)
     if out.is_symlink():
         raise OutputError(f"{where}: is a symbolic link; name the folder itself.")
     target = output_path(out).resolve()
-    protected: list[tuple[Path, str]] = [(models_dir.resolve(), "the models folder")] if models_dir else []
+    models = models_dir.resolve() if models_dir else None
+    if models is not None and models != target and _is_within(target, models):
+        # The next convert of MODELS would read the build's files as models (an .onnx, a manifest.json).
+        raise OutputError(f"{where}: is inside the models folder {models_dir} ({target} in {models}); the next "
+                          f"convert would read the build as models. Name a folder outside it, e.g. -o artifacts.")
+    protected: list[tuple[Path, str]] = [(models, "the models folder")] if models else []
     protected += [(Path.cwd().resolve(), "the current folder"), (Path.home().resolve(), "your home folder"),
                   (Path(target.anchor), "the filesystem root")]
     for path, what in protected:
         if _is_within(path, target):
-            relation = what if path == target else f"an ancestor of {what} ({path})"
+            relation = f"{what} ({path})" if path == target else f"an ancestor of {what} ({path})"
             raise OutputError(f"{where}: is {relation}; replacing it would delete it. Name a new folder, "
                               f"e.g. -o artifacts.")
     for parent in target.parents:  # the nearest existing ancestor must be a folder

@@ -222,11 +222,42 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
                             len(wrong), *_gate(precision)))
 
     failures = [c.describe() for c in checks if not c.passed]
+    if failures:
+        failures += lost_to_temperature(reference.decision.temperature, raw_refs, member_refs)
     held = np.bincount(want_label, minlength=len(reference.plan.classes))
     return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
             "left_out": {k: {"rows": rows.counts[k], "why": why} for k, why in LEFT_OUT.items() if rows.counts.get(k)},
             "labels": dict(zip(reference.plan.classes, map(int, held), strict=True)), "precision": precision.record(),
             "checks": [c.as_dict() for c in checks], "passed": not failures, "failures": failures}
+
+
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: below it a float32 probability loses its digits
+
+
+def lost_to_temperature(temperature: dict[str, float], raw: dict[str, np.ndarray],
+                        tempered: dict[str, np.ndarray]) -> list[str]:
+    """Why a tempered member fails, when that is the cause: a row so confident that |margin| (log p_max - log
+    p_min, in float64) passes about 87, where the member's float32 probability of its unlikely class is below
+    FLOAT32_TINY (0 from 88.7: exp overflows), so the graph's log p / t cannot recover it, yet the tempered
+    probability is one the gate sees. One line per such member, naming the temperature and the margin."""
+    lines = []
+    for name, t in sorted(temperature.items()):
+        if t == 1.0 or name not in raw:
+            continue
+        p, q = raw[name], tempered[name]
+        with np.errstate(divide="ignore"):
+            margin = np.log(p.max(axis=1)) - np.log(p.min(axis=1))
+        lost = (p.min(axis=1) < FLOAT32_TINY) & (q.min(axis=1) > CONTRACT.tolerance)
+        if not lost.any():
+            continue
+        row = int(np.flatnonzero(lost)[np.argmin(margin[lost])])
+        shown = f"{margin[row]:.1f}" if np.isfinite(margin[row]) else "past 745 (float64's own range)"
+        lines.append(f"member {name}: temperature {t:g} on {int(lost.sum())} gate row(s) with |margin| past float32's "
+                     f"range (row {row}: |margin| {shown}, its unlikely class's probability "
+                     f"{p[row].min():.3g} < {FLOAT32_TINY:.3g}, float32's smallest normal number), where log p / {t:g} "
+                     f"cannot recover the tempered probability {q[row].min():.3g}; a temperature under about "
+                     f"|margin| / 12 keeps it under the tolerance: lower it, or leave this member untempered")
+    return lines
 
 
 def merged(strict: dict[str, Any], lowered: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,8 @@ def source_files(manifest: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     """(what it is, {"file", "sha256"}) for every model file the artifacts were built from."""
     out = [(f"members.{name}.{part}", m[part]) for name, m in manifest["members"].items()
            for part in ("source", "metadata", "scaler") if m.get(part)]
+    out += [(f"members.{name}.code", record) for name, m in manifest["members"].items()
+            for record in m.get("code") or []]  # a torch member's training code, file by file
     if manifest["combine"]["method"] == "stacking":
         out.append(("combine.source", manifest["combine"]["source"]))
     return out
@@ -44,7 +46,7 @@ def check_sources(manifest: dict[str, Any], models: Path) -> None:
         path = models / record["file"]
         if not path.is_file():
             problems.append(f"{path}: missing ({what} in manifest.json)")
-        elif mf.sha256(path.read_bytes()) != record["sha256"]:
+        elif mf.file_sha256(path) != record["sha256"]:
             problems.append(f"{path}: sha256 differs from the one the artifacts were built from ({what})")
     if problems:
         raise VerifyError(f"the artifacts were not built from {models}:\n  " + "\n  ".join(problems)

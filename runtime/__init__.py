@@ -156,12 +156,15 @@ class Ensemble:
     def drift(self, rows: Any) -> dict[str, Any]:
         """Rows as `predict` takes them -> per feature PSI against the training bins (or a z-score summary when
         the build knows only the scaler's mean and scale), the share out of the training range, and an overall
-        status `ok` / `warn` / `drift`; thresholds in `runtime.drift`. ArtifactError for a build without
-        training statistics."""
+        status `ok` / `warn` / `drift`; thresholds in `runtime.drift`. NaN is taken where `predict` takes it,
+        counted per feature (`missing`) and left out of that feature's figures. ArtifactError for a build
+        without training statistics."""
         # Without statistics, parse_statistics(None) raises the ArtifactError that says how to rebuild.
         stats = self._statistics or parse_statistics(None, self.feature_names, self.path)
-        return drift_report(rows_to_matrix(rows, self.feature_names, passthrough=("symbol",)), stats,
-                            self.feature_names)
+        x = rows_to_matrix(rows, self.feature_names, ("symbol",), self._missing)
+        if self._domain is not None:  # NaN as predict takes it; a value past the range is what drift measures
+            self._domain.check_missing(x)
+        return drift_report(x, stats, self.feature_names)
 
     def outside_training_range(self, rows: Any) -> list[list[str]]:
         """Rows as `predict_proba` takes them (an [n, F] array) -> per row, the features whose value lies under
@@ -182,7 +185,9 @@ class Ensemble:
                 "classes": list(self.classes),
                 "feature_names": list(self.feature_names), "combine": m["combine"]["method"],
                 "members": {n: {"kind": m["members"][n]["kind"], "weight": m["members"][n]["weight"],
-                                "source_sha256": m["members"][n]["source"]["sha256"]} for n in self.member_order},
+                                "source_sha256": m["members"][n]["source"]["sha256"],
+                                **({"code": m["members"][n]["code"]} if "code" in m["members"][n] else {})}
+                            for n in self.member_order},
                 "decision": m.get("decision"), "precision": m.get("precision") or {"weights": "fp32"},
                 "files": m["files"], "parity": m.get("parity"),
                 "build_libraries": m.get("libraries"),

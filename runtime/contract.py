@@ -194,6 +194,9 @@ class MemberRecord:
     onnx: FileRecord
     metadata: FileRecord | None = None
     scaler: FileRecord | None = None
+    # A `torch` member: the training code the build imported (path in the models folder, sha256), sorted by
+    # path; absent for other kinds and in folders built before it was recorded.
+    code: list[FileRecord] | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,9 @@ class Manifest:
             out["precision"] = {k: v for k, v in out["precision"].items() if v is not None}
         if out["domain"] is None:  # an older build's manifest has no such key, and its digest none either
             del out["domain"]
+        for member in out["members"].values():  # only a torch member has code: no key for the others
+            if member["code"] is None:
+                del member["code"]
         return out
 
 
@@ -385,6 +391,35 @@ def _check_consistent(m: Manifest) -> None:
         raise FieldError("members", "weigh 0 each: a weighted combine of them would be 0 for every class")
     if m.domain is not None:
         _check_domain(m.domain, m)
+    for name, member in m.members.items():
+        if member.code is not None:
+            _check_code(member.code, f"members.{name}.code")
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def is_code_path(path: str) -> bool:
+    """A code file's path as the manifest holds it: relative, "/"-separated, no empty, "." or ".." part, no
+    backslash or NUL, valid Unicode text. convert refuses a file it could not record so."""
+    return (bool(path) and not path.startswith("/") and "\\" not in path and "\0" not in path
+            and all(part not in ("", ".", "..") for part in path.split("/")) and _is_text(path))
+
+
+def _check_code(files: list[FileRecord], where: str) -> None:
+    """What convert writes: at least one file, each a relative path inside the models folder with a sha256,
+    sorted by path, none twice."""
+    if not files:
+        raise FieldError(where, "must list the training code's files (at least the class's module)")
+    for i, record in enumerate(files):
+        if not is_code_path(record.file):
+            raise FieldError(f"{where}[{i}].file", f"must be a relative path inside the models folder, got "
+                                                   f"{shortened(record.file)}")
+        if not SHA256_HEX.match(record.sha256):
+            raise FieldError(f"{where}[{i}].sha256", f"must be 64 lowercase hex digits, got {shortened(record.sha256)}")
+    paths = [r.file for r in files]
+    if paths != sorted(set(paths)):
+        raise FieldError(where, "must be sorted by file, each file once")
 
 
 def _check_domain(d: DomainRecord, m: Manifest) -> None:

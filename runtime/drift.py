@@ -14,6 +14,9 @@ Per feature, for one batch of rows:
   data does not fire. Where that limit is at or over the warn threshold, the batch is too small to tell a
   moderate shift from noise: the report says so (`small_sample`: the limit and the rows that would tell).
 - `out_of_range`: the share of values under the training minimum or over the training maximum.
+- `missing`: how many rows hold NaN in the feature (taken only where the build takes it, as `predict` does);
+  every other figure is over the rows that hold a value; a feature the build describes but the batch holds
+  no value of warns (a feed that stopped sending it).
 - `mean_shift` (the batch mean minus the training mean, in training standard deviations), `spread_ratio`
   (the batch's standard deviation over the training one) and `z` (the mean shift in standard errors of the
   batch mean), from the scaler's mean and scale. When a build recorded no bins (no reference rows were
@@ -162,31 +165,40 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
     n, f = x.shape
     if n == 0:  # every share below would divide by zero
         raise InputError("no rows to check for drift.")
+    # A missing value (NaN, where the build takes it) is counted per feature and left out of its figures: each
+    # feature's shares, moments and noise limits are over the rows that hold a value for it.
+    missing = np.isnan(x)
+    n_missing = missing.sum(axis=0)
+    present = n - n_missing
     width = stats.edges.shape[1] + 1
     index = np.empty((n, f), dtype=np.int64)
     for start in range(0, n, CHUNK):  # bin_index for every column at once; chunked to bound the [n, F, E] mask
         index[start:start + CHUNK] = (x[start:start + CHUNK, :, None] >= stats.edges[None]).sum(axis=2)
-    live = np.bincount((index + np.arange(f) * width).ravel(), minlength=f * width).reshape(f, width) / n
+    index[missing] = width  # one slot past the bins, dropped below
+    counts = np.bincount((index + np.arange(f) * (width + 1)).ravel(), minlength=f * (width + 1))
+    live = counts.reshape(f, width + 1)[:, :width] / np.maximum(present, 1)[:, None]
     e, a = np.maximum(stats.expected, PSI_FLOOR), np.maximum(live, PSI_FLOOR)  # padded bins: both floored, add 0
-    psi = np.where(stats.has_bins, ((a - e) * np.log(a / e)).sum(axis=1), np.nan)
+    psi = np.where(stats.has_bins & (present > 0), ((a - e) * np.log(a / e)).sum(axis=1), np.nan)
     freedom = np.count_nonzero(stats.expected, axis=1) - 1
-    per_row = 1.0 / n + 1.0 / np.maximum(stats.reference_rows, 1)
+    per_row = 1.0 / np.maximum(present, 1) + 1.0 / np.maximum(stats.reference_rows, 1)
     noise = freedom * per_row
     # What noise alone stays under: the mean plus Z_SIGNIFICANT standard deviations of (chi-square / rows).
     noise_factor = freedom + Z_SIGNIFICANT * np.sqrt(2.0 * np.maximum(freedom, 0))
     limit = noise_factor * per_row
     significant = psi >= limit
-    has_range = ~np.isnan(stats.low) & ~np.isnan(stats.high)
-    out_of_range = np.where(has_range, ((x < stats.low) | (x > stats.high)).mean(axis=0), np.nan)
-    has_moments = ~np.isnan(stats.scale)
+    has_range = ~np.isnan(stats.low) & ~np.isnan(stats.high) & (present > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out_of_range = np.where(has_range, ((x < stats.low) | (x > stats.high)).sum(axis=0) / present, np.nan)
+    has_moments = ~np.isnan(stats.scale) & (present > 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        shift = (x.mean(axis=0) - stats.mean) / stats.scale
-        spread = x.std(axis=0) / stats.scale
-        z = shift * math.sqrt(n)
+        mean = np.where(missing, 0.0, x).sum(axis=0) / present
+        shift = (mean - stats.mean) / stats.scale
+        spread = np.sqrt((np.where(missing, 0.0, x - mean) ** 2).sum(axis=0) / present) / stats.scale
+        z = shift * np.sqrt(present)
         big = np.where(np.abs(z) >= Z_SIGNIFICANT, np.abs(shift), 0.0)
         # The spread gets the same significance gate as the mean: ln(sample sd / sd) has a standard error of
         # about 1 / sqrt(2 (n - 1)), so one row (no spread at all) or a handful never fire on noise.
-        spread_z = np.abs(np.log(spread)) * math.sqrt(2 * max(n - 1, 0))
+        spread_z = np.abs(np.log(spread)) * np.sqrt(2 * np.maximum(present - 1, 0))
         wide = np.where(spread_z >= Z_SIGNIFICANT, np.where(spread > 0, np.maximum(spread, 1.0 / spread), np.inf),
                         1.0)
     level = np.maximum.reduce([
@@ -195,7 +207,11 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
         np.where(has_moments & ~stats.has_bins, np.maximum((big >= SHIFT_WARN).astype(int) + (big >= SHIFT_DRIFT),
                                                            (wide > SPREAD_WARN).astype(int) + (wide > SPREAD_DRIFT)),
                  0)])
-    known = stats.has_bins | has_range | has_moments
+    # A feature the build describes but the batch holds no value of (every row NaN): a feed that stopped
+    # sending it, which warns rather than reading "ok".
+    silent = (stats.has_bins | (~np.isnan(stats.low) & ~np.isnan(stats.high)) | ~np.isnan(stats.scale)) & (present == 0)
+    level = np.maximum(level, silent.astype(int))
+    known = (stats.has_bins & (present > 0)) | has_range | has_moments | silent
 
     def value(v: np.ndarray, j: int) -> float | None:
         # Not finite (a mean of values near the float maximum overflows): null, as JSON has no Infinity; the
@@ -206,20 +222,21 @@ def drift_report(x: np.ndarray, stats: TrainingStatistics, feature_names: tuple[
                        "psi_noise": float(noise[j]) if stats.has_bins[j] else None,
                        "psi_limit": float(limit[j]) if stats.has_bins[j] else None,
                        "out_of_range": value(out_of_range, j), "mean_shift": value(shift, j),
-                       "spread_ratio": value(spread, j), "z": value(z, j)}
+                       "spread_ratio": value(spread, j), "z": value(z, j), "missing": int(n_missing[j])}
                 for j, name in enumerate(feature_names)}
     return {"rows": n, "status": STATUSES[int(level[known].max(initial=0))],
             "drift": [name for name, v in features.items() if v["status"] == "drift"],
             "warn": [name for name, v in features.items() if v["status"] == "warn"],
-            "small_sample": _small_sample(limit, noise_factor, stats), "features": features,
+            "small_sample": _small_sample(limit, noise_factor, stats, present), "features": features,
             "thresholds": THRESHOLDS, "reference": stats.reference}
 
 
-def _small_sample(limit: np.ndarray, noise_factor: np.ndarray, stats: TrainingStatistics) -> dict[str, Any] | None:
+def _small_sample(limit: np.ndarray, noise_factor: np.ndarray, stats: TrainingStatistics, present: np.ndarray
+                  ) -> dict[str, Any] | None:
     """None when every binned feature can tell a PSI of PSI_WARN from noise in this batch; else the largest PSI
     that noise may reach (`psi_limit`) and the rows a batch needs to tell PSI_WARN (`rows_needed`; None when
     even endless rows cannot, the reference rows being too few)."""
-    binned = stats.has_bins & (noise_factor > 0)
+    binned = stats.has_bins & (noise_factor > 0) & (present > 0)
     if not binned.any() or limit[binned].max() < PSI_WARN:
         return None
     room = PSI_WARN / noise_factor[binned] - 1.0 / np.maximum(stats.reference_rows[binned], 1)

@@ -132,15 +132,23 @@ class InputDomain:
         """InputError naming the first row and feature outside the domain (its range, or the members that take
         no NaN); `x` is float64 [n, F] with no infinity (as_matrix refuses those)."""
         inside = (x >= self.lo) & (x <= self.hi)  # False for NaN
-        if inside.all():
-            return
+        if not inside.all():
+            self._refuse(x, ~inside & ~(np.isnan(x) & self.nan))
+
+    def check_missing(self, x: np.ndarray) -> None:
+        """The NaN half of `check` alone: for `drift`, which measures how far rows moved and so takes a value
+        outside the range, but holds a NaN to the rule predict holds it to."""
         nan = np.isnan(x)
-        bad = ~inside & ~(nan & self.nan)
+        if nan.any():
+            self._refuse(x, nan & ~self.nan)
+
+    def _refuse(self, x: np.ndarray, bad: np.ndarray) -> None:
+        """InputError for the first True of `bad` (values outside the domain), counting the rows refused."""
         if not bad.any():
             return
         r, c = (int(i) for i in np.argwhere(bad)[0])
         name, rows = self.feature_names[c], int(bad.any(axis=1).sum())
-        if nan[r, c]:
+        if np.isnan(x[r, c]):
             members = ", ".join(f"'{m}'" for m in self.nan_refused_by[:5])
             more = f" and {len(self.nan_refused_by) - 5} more" if len(self.nan_refused_by) > 5 else ""
             error = InputError(f"row {r}, feature '{name}': nan (a missing value) cannot be scored: member(s) "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from .errors import InputError, LoneSurrogateError, LongIntegerError, RepeatedKeyError, shortened, shortened_names
 from .features import rows_to_matrix
 from .jsonstrict import loads_unique
+from .limits import read_limited
 
 
 class CsvText(str):
@@ -90,6 +92,28 @@ def decode_input(data: bytes, where: str) -> str:
         line = data[:exc.start].count(b"\n") + 1
         raise InputError(f"{where}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
                          f"{exc.start}); save the file as UTF-8.") from None
+
+
+def read_input(name: str) -> str:
+    """The rows as UTF-8 text from a file or stdin ("-"); InputError for a closed stdin, an unreadable file, an
+    input past ENSEMBLE_ONNX_MAX_INPUT_BYTES or bytes that are not UTF-8."""
+    if name == "-":
+        stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
+        if stream is None or stream.closed:
+            raise InputError("stdin is closed; pipe the rows in or pass --input FILE.")
+        try:
+            data = read_limited(stream, "stdin")
+        except InputError:
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+            raise InputError(f"cannot read stdin ({exc}); pipe the rows in or pass --input FILE.") from None
+        return decode_input(data, "stdin")
+    try:
+        with open(name, "rb") as fh:
+            data = read_limited(fh, name)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read the input ({exc.strerror}).") from None
+    return decode_input(data, name)
 
 
 def parse_number(cell: str) -> float:

@@ -83,8 +83,8 @@ def convert(models: Path, output: Path, only: tuple[str, ...], parity_data: Path
 @click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @MODELS
 @click.option("-i", "--input", "--data", "data", cls=Aliased, hidden_names=("--data",),
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Recorded features (CSV with a header, or JSON lines) added to the parity set.")
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              help="Recorded features (CSV with a header, or JSON lines; - for stdin) added to the parity set.")
 @EXPECT_BUILD
 @PUBLIC_KEY
 @AS_JSON

@@ -144,14 +144,19 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
     against the training deciles (or a z-score summary), the share outside the training range, and a status
     ok / warn / drift. The table goes to stderr, --json to stdout."""
     import runtime
-    from runtime.errors import CannotRunError
+    from runtime.errors import CannotRunError, InputError
     from runtime.monitor.drift import table
     from runtime.monitor.report import read_rows
-    from runtime.records import records_to_matrix
+    from runtime.records import at_line, records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
-    x = records_to_matrix(read_rows(input_file), ens.feature_names, passthrough=("symbol", "label", "timestamp"))
-    report = ens.drift(x)
+    records = read_rows(input_file)
+    # NaN passes to ens.drift, which takes it where predict does (counted, left out of the figures).
+    x = records_to_matrix(records, ens.feature_names, ("symbol", "label", "timestamp"), missing=True)
+    try:
+        report = ens.drift(x)
+    except InputError as exc:  # a NaN the build cannot take: named at its line, as predict names it
+        raise at_line(exc, records) from None
     if not quiet:
         click.echo("\n".join(table(report)), err=True)
     if measure:
@@ -229,9 +234,11 @@ def evaluate(artifacts: Path, input_file: str, window: str | None, report_file: 
 @click.command()
 @click.argument("artifacts", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("input_path", metavar="[INPUT]", required=False,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-i", "--input", "input_option", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The history file: Parquet, CSV or JSON lines (by extension); also accepted as the argument INPUT.")
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("-i", "--input", "input_option",
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              help="The history file: Parquet, CSV or JSON lines (by extension; - for stdin, by content); also "
+                   "accepted as the argument INPUT.")
 @out_file("The scored file: .parquet, .csv or .jsonl (by extension). Written whole or not at all.", required=True)
 @click.option("--keep", metavar="COL,COL", help="Passthrough columns copied to the output (default: every "
               "column that is not a feature). --keep '' keeps none.")
@@ -281,12 +288,10 @@ def score(artifacts: Path, input_path: Path | None, input_option: Path | None, o
     common = dict(keep=columns, members=members, on_error=on_error, rejects=rejects, threads=threads,
                   workers=workers, batch_rows=batch_rows, force=force, progress=not quiet and not as_json,
                   expect_build_id=expect_build_id, public_key=public_key)
-    if engine == "ray":
-        from runtime.batch.ray_engine import score_file_ray
-        summary = score_file_ray(artifacts, source, out_file, address=address, **common)  # type: ignore[arg-type]
+    if str(source) == "-":
+        summary = _score_stdin(artifacts, out_file, engine, address, common)
     else:
-        from runtime.batch.backfill import score_file
-        summary = score_file(artifacts, source, out_file, **common)  # type: ignore[arg-type]
+        summary = _score(artifacts, source, out_file, engine, address, common)
     result = summary.as_dict()
     emit(result, as_json, None if quiet else
           f"scored {summary.scored:,} of {summary.rows:,} rows into {out_file} in {summary.seconds:.1f}s "
@@ -294,3 +299,41 @@ def score(artifacts: Path, input_path: Path | None, input_option: Path | None, o
           f"{summary.threads} thread(s))" + (f"; {summary.rejected:,} refused -> {summary.rejects_file}"
                                                if summary.rejected else ""))
 
+
+
+def _score(artifacts: Path, source: Path, out_file: Path, engine: str, address: str | None,
+           common: dict[str, Any]) -> Any:
+    if engine == "ray":
+        from runtime.batch.ray_engine import score_file_ray
+        return score_file_ray(artifacts, source, out_file, address=address, **common)
+    from runtime.batch.backfill import score_file
+    return score_file(artifacts, source, out_file, **common)
+
+
+def _score_stdin(artifacts: Path, out_file: Path, engine: str, address: str | None, common: dict[str, Any]) -> Any:
+    """`score -`: stdin spooled to a private temporary file (runtime.batch.backfill_io.spool_stdin), scored as a
+    file, and removed; messages and the summary name it `stdin`."""
+    import sys
+    import tempfile
+
+    from runtime.batch.backfill_io import spool_stdin
+    from runtime.errors import CannotRunError, InputError
+
+    try:
+        spool = tempfile.TemporaryDirectory(prefix="ensemble-onnx-stdin-")
+    except OSError as exc:  # no writable temporary folder at all
+        raise CannotRunError(f"stdin: no temporary folder to copy it to ({exc}); set TMPDIR to a writable "
+                             f"folder, or name the file.") from None
+    with spool as folder:
+        try:
+            source = spool_stdin(getattr(sys.stdin, "buffer", None), Path(folder))
+        except InputError:  # closed or empty: said as such
+            raise
+        except (OSError, ValueError) as exc:  # a full disk while spooling, a stream closed under us
+            raise CannotRunError(f"stdin: cannot spool it to {folder} ({exc}).") from None
+        try:
+            summary = _score(artifacts, source, out_file, engine, address, common)
+        except (InputError, CannotRunError) as exc:  # the spooled file's name means nothing to the caller
+            raise type(exc)(str(exc).replace(str(source), "stdin")) from None
+    summary.input = "stdin"
+    return summary

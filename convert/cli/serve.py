@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,9 @@ from . import EXPECT_BUILD, FORCE, PUBLIC_KEY, QUIET, out_file
 
 
 def _read_input(name: str) -> str:
-    """The rows as UTF-8 text from a file or stdin; InputError for a closed stdin, an unreadable file, an input
-    past ENSEMBLE_ONNX_MAX_INPUT_BYTES or bytes that are not UTF-8."""
-    from runtime.errors import InputError
-    from runtime.limits import read_limited
-    from runtime.records import decode_input
+    from runtime.records import read_input
 
-    if name == "-":
-        stream = sys.stdin.buffer if sys.stdin is not None and hasattr(sys.stdin, "buffer") else None
-        if stream is None or stream.closed:
-            raise InputError("stdin is closed; pipe the rows in or pass --input FILE.")
-        try:
-            data = read_limited(stream, "stdin")
-        except InputError:
-            raise
-        except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
-            raise InputError(f"cannot read stdin ({exc}); pipe the rows in or pass --input FILE.") from None
-        return decode_input(data, "stdin")
-    try:
-        with open(name, "rb") as fh:
-            data = read_limited(fh, name)
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read the input ({exc.strerror}).") from None
-    return decode_input(data, name)
+    return read_input(name)
 
 
 

@@ -55,6 +55,7 @@ class LoadedMember:
     feature_names_as: Callable[[str], str] | None = None
     notes: list[str] = field(default_factory=list)  # where each hyperparameter came from
     thresholds: list[tuple[int, float]] = field(default_factory=list)  # (feature, split value) for trees
+    code: list[dict[str, str]] | None = None  # a `torch` member: the training code's files {file, sha256}
 
 
 def never(member: LoadedMember) -> bool:

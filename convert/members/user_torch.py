@@ -18,6 +18,7 @@ import importlib
 import inspect
 import json
 import math
+import os
 import re
 import sys
 import traceback
@@ -27,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from runtime.contract import is_code_path
 from runtime.errors import shortened
 
 from ..errors import MetadataError, PlanError, UnsupportedModelError, UserCodeError
 from ..loaders import load_state_dict
+from ..manifest import file_sha256
 from . import LoadedMember, MemberKind, MemberSource, register
 from .export import CONTRACT
 from .torch_common import export_onnx, load_strict, read_metadata, torch_reference, unwrap
@@ -112,17 +115,52 @@ def _code_on_path(folder: Path, top: str, where: str) -> Iterator[None]:
     import torch
 
     saved, before, dtype = list(sys.path), set(sys.modules), torch.get_default_dtype()
+    bytecode = sys.dont_write_bytecode
     sys.path.insert(0, str(folder))
+    sys.dont_write_bytecode = True  # no __pycache__ written into the user's models folder
     importlib.invalidate_caches()  # a folder written after the path finders looked
     try:
         yield
     finally:
         sys.path[:] = saved
+        sys.dont_write_bytecode = bytecode
         torch.set_default_dtype(dtype)  # training code may set it at import; the other members keep theirs
         for name in set(sys.modules) - before:
             module = sys.modules.get(name)
             if name == top or name.startswith(top + ".") or _inside(getattr(module, "__file__", None), folder):
                 del sys.modules[name]
+
+
+def code_files(folder: Path, models_dir: Path, where: str) -> list[dict[str, str]]:
+    """The training code the build ran, for the manifest: every Python source under `folder` (links to folders
+    not followed, `__pycache__` left out) and every file a module was imported from there (a `.pyc` alone, an
+    extension module, a module reached through a linked folder), each as its path in the models folder and its
+    sha256 (streamed), sorted by path. While the code is still imported (the caller's `_code_on_path`). A file
+    that leads outside the models folder is refused: a release could not tell which code made the build."""
+    found: set[Path] = set()
+    for root, dirs, files in os.walk(folder):  # followlinks=False: a linked folder counts by what was imported
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found.update(Path(root, f) for f in files if f.endswith(".py"))
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and (Path(file).is_relative_to(folder) or _inside(file, folder)):
+            found.add(Path(file))
+    records = []
+    for path in found:
+        real = path.resolve()
+        if not real.is_relative_to(models_dir):
+            raise PlanError(f"{where}.code: {path} leads to {real}, outside {models_dir}; the manifest records the "
+                            f"training code the build ran, which must be kept in the models folder.")
+        if not real.is_file():
+            raise PlanError(f"{where}.code: {path} is not a regular file (a link to nothing?); remove it or "
+                            f"replace it with the file.")
+        shown = (path.relative_to(models_dir) if path.is_relative_to(models_dir)
+                 else real.relative_to(models_dir)).as_posix()
+        if not is_code_path(shown):  # a backslash, a name that is not UTF-8: the runtime would refuse the manifest
+            raise PlanError(f"{where}.code: {shortened(str(path))}: a file name the manifest cannot record (it "
+                            f"holds a backslash or bytes that are not UTF-8 text); rename it.")
+        records.append({"file": shown, "sha256": file_sha256(real)})
+    return sorted(records, key=lambda r: r["file"])
 
 
 def _import_class(spec: str, folder: Path, where: str) -> Any:
@@ -260,10 +298,11 @@ def _check_determined(cls: Any, init: dict[str, Any], state: dict[str, Any], mod
             f"Compute each row from its own features.")
 
 
-def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list[str], Any]:
+def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list[str], Any, list[dict[str, str]]]:
     """The user's class, built with `init`, the state_dict loaded strictly, in eval mode; its hyperparameters
-    record, the plan notes and, with `export`, its ONNX export. The user's code is importable during this
-    call only (a forward that imports lazily still finds its package while it is traced)."""
+    record, the plan notes, with `export` its ONNX export, and the code files it ran (`code_files`). The user's
+    code is importable during this call only (a forward that imports lazily still finds its package while it
+    is traced)."""
     import torch
 
     if "module" not in source.options:
@@ -305,6 +344,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
                 raise UnsupportedModelError(f"{_located(exc, folder, str(source.file))}: torch.onnx could not "
                                             f"export {spec} ({_reason(exc)}); only what the TorchScript exporter "
                                             f"traces converts.") from exc
+        code_record = code_files(folder, source.file.parent.resolve(), where)  # what forward imported too
     record = {"module": spec, "init": init, "code": code, "input_size": n_features, "num_classes": n_classes,
               "parameters": sum(p.numel() for p in module.parameters())}
     notes += [f"class {spec} from {Path(defined).resolve().relative_to(source.file.parent.resolve()).as_posix()} "
@@ -313,14 +353,15 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
               f"input_size={n_features} (from {width_from})", f"num_classes={n_classes} (from forward's output)"]
     notes += [f"tracing fixed a Python value at {t}; the parity gate checks the export against the class"
               for t in traced]
-    return module, record, notes, onnx_model
+    notes.append(f"code: {len(code_record)} file(s) recorded with their sha256 (manifest members.{source.name}.code)")
+    return module, record, notes, onnx_model, code_record
 
 
 def load(source: MemberSource) -> LoadedMember:
-    module, record, notes, onnx_model = build(source, export=True)
+    module, record, notes, onnx_model, code = build(source, export=True)
     return LoadedMember(source=source, n_features=record["input_size"], n_classes=record["num_classes"],
                         hyperparameters=record, reference=torch_reference(module), onnx_model=onnx_model,
-                        feature_names=read_metadata(source).get("feature_names"), notes=notes)
+                        feature_names=read_metadata(source).get("feature_names"), notes=notes, code=code)
 
 
 def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:

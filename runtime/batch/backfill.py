@@ -8,7 +8,8 @@ It is read in record batches (`batch_rows`), so memory is bounded by a few batch
 Out come the passthrough columns (`keep`, default every non-feature column), `action`, `confidence`, one
 `p_<CLASS>` column per class and, with `members=True`, `p_<MEMBER>_<CLASS>` per member, in input order.
 
-A row that cannot be scored (missing, non-numeric, NaN or infinite feature; a member that overflows) stops
+A row that cannot be scored (null, non-numeric or infinite feature; NaN where a member defines no missing
+value; a member that overflows) stops
 the run with an InputError naming the file, row (1-based, among data rows) and column; with
 `on_error="skip"` it goes to a rejects file with its reason instead. It is never scored with a made-up value.
 Outputs are written atomically (`backfill_io.AtomicOutput`): a run that fails or is killed leaves no output file.
@@ -96,8 +97,9 @@ def unscored(reasons: np.ndarray) -> np.ndarray:
 def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[np.ndarray, np.ndarray]:
     """An Arrow batch -> (float64 [n, F], reasons [n]: None for a good row, else what is wrong and where).
 
-    Numbers are taken as they are; text (CSV, JSON strings) must parse as a number. A null, a NaN, an
-    infinity or text that is not a number makes the row bad; the first bad column names the reason.
+    Numbers are taken as they are; text (CSV, JSON strings) must parse as a number. A null, an infinity or
+    text that is not a number makes the row bad; the first bad column names the reason. NaN is left to the
+    Ensemble, which holds it to the build's domain.
     A feature column of a type that can hold no number at all fails the whole run."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -129,7 +131,9 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
             raise InputError(f"{where}: column '{name}' is of type {kind}, not numbers; every feature must be numeric.")
         x[:, j] = values
         nulls = col.is_null().to_numpy(zero_copy_only=False)
-        bad = (unparsed | nulls | ~np.isfinite(values)) & unscored(reasons)
+        # NaN is no reason here: the Ensemble scores it where the build's domain takes it and refuses it naming
+        # the members otherwise (score_matrix), as predict does. A null is refused: it may be an absent key.
+        bad = (unparsed | nulls | np.isinf(values)) & unscored(reasons)
         for row in np.flatnonzero(bad):
             value = col[int(row)].as_py()
             shown = shortened(value, 80)  # a cell may hold 100,000 characters: cut short here and in rejects

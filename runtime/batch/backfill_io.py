@@ -78,6 +78,30 @@ def open_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep: S
     return _jsonl_batches(path, features, batch_rows, keep)
 
 
+STDIN_CHUNK = 1 << 20
+
+
+def spool_stdin(stream: Any, folder: Path) -> Path:
+    """stdin (`score -`) copied to a file in `folder`, a chunk at a time (memory stays one chunk; the disk holds
+    what was piped), named for its format: Parquet by its magic bytes, JSON lines when the first text that is
+    not blank is `{`, CSV otherwise. The readers need a file: CSV is opened twice (the header, then the rows)
+    and Parquet is read from its footer. InputError for a closed or empty stdin."""
+    if stream is None or getattr(stream, "closed", False):
+        raise InputError("stdin is closed; pipe the rows in or name the file.")
+    spooled = folder / "stdin"
+    first = b""
+    with open(spooled, "wb") as out:
+        while chunk := stream.read(STDIN_CHUNK):
+            if len(first) < 4096:
+                first += chunk[:4096]
+            out.write(chunk)
+    if not first.strip():
+        raise InputError("stdin: no rows in the input.")
+    suffix = (".parquet" if first.startswith(b"PAR1")
+              else ".jsonl" if first.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{") else ".csv")
+    return spooled.rename(spooled.with_suffix(suffix))
+
+
 def _unreadable(path: Path, fmt: str, exc: Exception) -> str:
     advice = "; save the file as UTF-8" if "UTF8" in str(exc) else ""  # every CSV column is read as text
     return f"{path}: cannot be read as {fmt} ({str(exc)[:200]}){advice}."
@@ -189,6 +213,7 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
                 columns[name] = pa.array([feature_text(v) for v in values], type=pa.string())
             else:
                 try:
+                    values = _whole_numbers_kept(values)
                     columns[name] = pa.array(values)
                     if _holds_empty_object(columns[name].type):
                         raise pa.ArrowTypeError("Parquet cannot write an object with no fields")
@@ -199,6 +224,26 @@ def _jsonl_batches(path: Path, features: tuple[str, ...], batch_rows: int, keep:
         return pa.RecordBatch.from_pydict(columns)
 
     return header, None, batches()
+
+
+def _whole_numbers_kept(values: list[Any]) -> list[Any]:
+    """A column of JSON integers beside floats, which Arrow would read as float64 (1 written back as 1.0, an id
+    past 2**53 rounded): with NaN as its only floats (a missing integer, as Python's json writes one), the
+    integers with null there (int64, missing as each output format spells it); with any other float,
+    ArrowTypeError, so the caller keeps the column as JSON text. Any other column as it is."""
+    import pyarrow as pa
+
+    ints = floats = numbers = False
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool):
+            ints = True
+        elif isinstance(v, float):
+            floats, numbers = True, numbers or v == v  # NaN != NaN
+    if not (ints and floats):
+        return values
+    if numbers:
+        raise pa.ArrowTypeError("integers beside floats would all become floats")
+    return [None if isinstance(v, float) else v for v in values]
 
 
 def _holds_empty_object(kind: Any, empty_only: bool = True) -> bool:

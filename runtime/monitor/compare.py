@@ -32,11 +32,20 @@ def score_records(ens: Ensemble, records: Records, passthrough: Sequence[str] | 
     not one of the build's features (the rows may carry another build's features, labels, timestamps)."""
     if passthrough is None:
         passthrough = sorted({str(k) for _, r in records for k in r} - set(ens.feature_names))
-    x = records_to_matrix(records, ens.feature_names, passthrough)
+    # NaN passes to ens.run, which scores it where the build's domain takes it and refuses it otherwise.
+    x = records_to_matrix(records, ens.feature_names, passthrough, missing=True)
     try:  # one call (it runs RUN_CHUNK rows at a time): an overflow refusal counts every row, as predict's does
         return ens.run(x)
     except InputError as exc:  # a row a member overflows on: its line, not its place in the matrix
         raise at_line(exc, records) from None
+
+
+def _scored_by(ens: Ensemble, records: Records) -> dict[str, np.ndarray]:
+    """score_records, a refusal naming the build that refused (one may take a NaN the other cannot)."""
+    try:
+        return score_records(ens, records)
+    except InputError as exc:
+        raise InputError(f"{ens.path}: {exc}") from None
 
 
 def class_order(old: Sequence[str], new: Sequence[str], old_path: str, new_path: str) -> list[int]:
@@ -61,7 +70,7 @@ def compare(old: Ensemble, new: Ensemble, records: Records) -> dict[str, Any]:
     order = class_order(old.classes, new.classes, old.path, new.path)
     classes = list(old.classes)
     k = len(classes)
-    a, b = score_records(old, records), score_records(new, records)
+    a, b = (_scored_by(build, records) for build in (old, new))
     n = len(a["label"])
     old_label = a["label"].astype(np.int64)
     new_label = np.asarray(order).argsort()[b["label"].astype(np.int64)]  # new's index -> old's index

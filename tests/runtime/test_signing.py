@@ -303,9 +303,9 @@ def test_convert_refuses_a_key_that_cannot_sign_before_building(keys, tmp_path, 
         key.write_text("not a key")
     else:
         key = keys / f"{name}.pem"
-    result = invoke("convert", tmp_path, "-o", tmp_path / "out", "--sign-key", key, "-q")
+    result = invoke("convert", tmp_path, "-o", tmp_path.with_name(tmp_path.name + "-out"), "--sign-key", key, "-q")
     assert result.exit_code == 1 and says in result.output and "Traceback" not in result.output, result.output
-    assert not (tmp_path / "out").exists()
+    assert not tmp_path.with_name(tmp_path.name + "-out").exists()
 
 
 def test_an_ed25519_public_key_is_refused_for_a_bundle_saying_which_keys_serve(signed, keys):
@@ -336,11 +336,11 @@ def test_a_key_that_is_a_link_that_cannot_be_resolved_is_refused_for_what_it_is(
 
 def test_a_sign_key_that_is_a_link_that_cannot_be_resolved_is_refused_before_building(tmp_path):
     key, reason = _unresolvable(tmp_path)["loop"]
-    signed = invoke("convert", tmp_path, "-o", tmp_path / "out", "--sign-key", key, "-q")
+    signed = invoke("convert", tmp_path, "-o", tmp_path.with_name(tmp_path.name + "-out"), "--sign-key", key, "-q")
     assert signed.exit_code == 1 and signed.output.strip().endswith(
         f"--sign-key: {key}: the key is a symbolic link that cannot be resolved ({reason}); name the PEM file."), \
         signed.output
-    assert "Traceback" not in signed.output and not (tmp_path / "out").exists()
+    assert "Traceback" not in signed.output and not tmp_path.with_name(tmp_path.name + "-out").exists()
 
 
 def test_the_runtime_checks_a_bundle_with_cryptography_alone(signed, demo_artifacts):

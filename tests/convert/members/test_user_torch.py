@@ -455,7 +455,8 @@ def test_the_user_kind_through_a_linked_models_folder_says_where_the_class_came_
 
 
 def test_discovery_never_takes_the_torch_kind(tmp_path):
-    result = CliRunner().invoke(main, ["convert", str(tmp_path), "-o", str(tmp_path / "out"), "--only", "torch"])
+    out = tmp_path.with_name(tmp_path.name + "-out")  # beside the models folder, not inside it
+    result = CliRunner().invoke(main, ["convert", str(tmp_path), "-o", str(out), "--only", "torch"])
     assert result.exit_code == 1 and "kind 'torch' is declared in ensemble.json only" in result.output
 
 

@@ -345,7 +345,8 @@ def test_the_share_outside_the_training_range_warns_from_five_percent(x, share, 
 def test_half_a_range_is_no_range(entry):
     report = drift_of({"a": entry}, column(-5.0, 5.0))
     assert report["features"]["a"] == {"status": "unknown", "psi": None, "psi_noise": None, "psi_limit": None,
-                                       "out_of_range": None, "mean_shift": None, "spread_ratio": None, "z": None}
+                                       "out_of_range": None, "mean_shift": None, "spread_ratio": None, "z": None,
+                                       "missing": 0}
 
 
 # ------------------------------------------------------------------------------ scaler moments (no bins)
