@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from .artifacts import Verified, read_folder
-from .combiner import check_combiner
 from .contract import (
     CONFIDENCE,
     ENSEMBLE_OUTPUTS,
@@ -88,8 +86,9 @@ class Ensemble:
                 or shapes[PROBABILITIES] != [len(self.classes)]
                 or shapes[MEMBER_PROBABILITIES] != [len(self.member_order), len(self.classes)]):
             raise ArtifactError(f"{graph_path}: inputs/outputs do not match manifest.json.")
-        # What describe() reports of members, weights and temperatures must be what the graph computes with.
-        check_combiner(typed, verified.files[graph_file], Path(graph_path), Path(path, MANIFEST_FILE))
+        # That the weights, temperatures and policy describe() reports are the ones the graph computes with is
+        # `ensemble-onnx verify`'s deep check (convert/verify_graph.py), run by convert on what it writes: the
+        # load binds this manifest to this graph (the digest), and a signature says who made the pair.
         self._input = inputs[0].name
         # The rows the gate proved parity on: a row outside is refused, never handed to a member that may
         # overflow on it. A build from before the domain existed checks only that every value is finite.

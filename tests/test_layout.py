@@ -122,7 +122,7 @@ def test_every_runtime_error_class_is_defined_in_errors_py():
     ("runtime.batch.backfill", "from runtime.monitor import report\n",
      ["runtime.batch.backfill:1 imports runtime.monitor", "runtime.batch.backfill:1 imports runtime.monitor.report"]),
     # a heavy library in the core
-    ("runtime.combiner", "import onnx\n", ["runtime.combiner:1 imports onnx"]),
+    ("runtime.protowire", "import onnx\n", ["runtime.protowire:1 imports onnx"]),
     ("runtime.features", "from pyarrow import csv\n", ["runtime.features:1 imports pyarrow"]),
     # allowed: the core itself, numpy, stdlib, a signature's cryptography; tools on the core; convert on all
     ("runtime.artifacts", "import json\nimport numpy as np\nfrom .contract import canonical\n", []),
