@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import Verified, read_folder
+from .artifacts import REBUILD, Verified, read_folder
 from .contract import (
     CONFIDENCE,
     ENSEMBLE_OUTPUTS,
@@ -90,6 +90,11 @@ class Ensemble:
         # `ensemble-onnx verify`'s deep check (convert/verify_graph.py), run by convert on what it writes: the
         # load binds this manifest to this graph (the digest), and a signature says who made the pair.
         self._input = inputs[0].name
+        self._graph_path = graph_path
+        # What each output must hold after a row's dimension: onnxruntime only warns when a graph computes
+        # another shape than it declares, and the load reads only the declared ones.
+        self._widths = {PROBABILITIES: (len(self.classes),), LABEL: (), CONFIDENCE: (),
+                        MEMBER_PROBABILITIES: (len(self.member_order), len(self.classes))}
         # The rows the gate proved parity on: a row outside is refused, never handed to a member that may
         # overflow on it. A build from before the domain existed checks only that every value is finite.
         self._domain = None if typed.domain is None else InputDomain(
@@ -109,6 +114,10 @@ class Ensemble:
         parts = [self._session.run(None, {self._input: x[i:i + RUN_CHUNK]}) for i in range(0, len(x), RUN_CHUNK)]
         out = {name: parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
                for k, name in enumerate(ENSEMBLE_OUTPUTS)}
+        for name, width in self._widths.items():  # a forged graph's other shapes are never served
+            if out[name].shape != (len(x), *width):
+                raise ArtifactError(f"{self._graph_path}: computed '{name}' of shape {list(out[name].shape)} for "
+                                    f"{len(x)} row(s), not the {[len(x), *width]} it declares; {REBUILD}.")
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name. Only a
         # refused call pays for naming the row's largest feature.

@@ -183,33 +183,35 @@ def _crafted_graph(n_features: int, probability_columns: int, member_columns: in
                         ir_version=8).SerializeToString()
 
 
-@pytest.mark.parametrize(("probability_columns", "member_columns", "labels"), [
-    (3, 3, None),  # what it declares: served
-    (4, 3, None), (2, 3, None), (3, 4, None), (3, 2, None), (3, 3, 1)])
+@pytest.mark.parametrize(("probability_columns", "member_columns", "labels", "computed"), [
+    (3, 3, None, None),  # what it declares: served
+    (4, 3, None, "'probabilities' of shape [3, 4] for 3 row(s), not the [3, 3]"),
+    (2, 3, None, "'probabilities' of shape [3, 2] for 3 row(s), not the [3, 3]"),
+    (3, 4, None, "'member_probabilities' of shape [4, 4, 3] for 3 row(s), not the [3, 4, 3]"),
+    (3, 2, None, "'member_probabilities' of shape [2, 4, 3] for 3 row(s), not the [3, 4, 3]"),
+    (3, 3, 1, "'label' of shape [1] for 3 row(s), not the [3]")])
 def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
-        artifacts_copy, probability_columns, member_columns, labels):
+        artifacts_copy, probability_columns, member_columns, labels, computed):
     # onnxruntime only warns when an output's shape differs from the declared one, and the load check sees only
-    # the declared one: Prediction pairs classes, members and rows strictly, so a column or a row too many or
-    # too few fails instead of being dropped. A label that is not the probabilities' is refused at load.
+    # the declared one: every call compares what the graph computed with what it declares, and refuses to serve a
+    # column or a row too many or too few (a label for one row of three was refused at load until the combiner
+    # check moved to verify).
     manifest = _as_stacking(artifacts_copy)
     graph = _crafted_graph(len(manifest["feature_names"]), probability_columns, member_columns, labels)
     (artifacts_copy / "ensemble.onnx").write_bytes(graph)
     bound = contract.bound_part(manifest)  # bound to the manifest as it is: a consistent forgery
     _with_graph_props(artifacts_copy, {contract.META_MANIFEST: contract.canonical(bound).decode(),
                                        contract.META_DIGEST: contract.manifest_digest(bound)})
-    if labels is not None:
-        assert _load_refusal(artifacts_copy) == (f"{artifacts_copy}/ensemble.onnx: 'label' is computed by Constant() "
-                                                 "value=..., not by ArgMax(probabilities) axis=1 keepdims=0 as convert "
-                                                 f"writes it; {REBUILD}.")
-        return
     ens = runtime.load(artifacts_copy)
     x = np.full((3, len(ens.feature_names)), 0.25)
-    if (probability_columns, member_columns) == (3, 3):
+    if computed is None:
         assert [p.action for p in ens.predict(x)] == ["SELL"] * 3
         assert ens.predict(x)[0].members["nhits"] == {"SELL": 0.25, "HOLD": 0.25, "BUY": 0.25}
-    else:
-        with pytest.raises(ValueError, match="zip"):
-            ens.predict(x)
+        return
+    for call in (ens.predict, ens.predict_proba, ens.run, ens.member_probabilities):
+        with pytest.raises(runtime.ArtifactError) as err:
+            call(x)
+        assert str(err.value) == (f"{artifacts_copy}/ensemble.onnx: computed {computed} it declares; {REBUILD}.")
 
 
 def test_drift_aligns_named_rows_and_ignores_the_symbol(builds):

@@ -274,7 +274,7 @@ REFUSALS = [
                  "the 'weighted' combine convert writes", id="another-matmul"),
     pytest.param(_no_edit, _matmul_of_another_domain,
                  "ensemble.onnx: 'probabilities' is computed by com.microsoft.MatMul(member_flat, weight... (42 "
-                 "characters), not by MatMul(member_flat, weights) as convert writes it", id="matmul-of-another-domain"),
+                 "characters), not by MatMul(member_flat, weights) as convert writes it", id="matmul-domain"),
     pytest.param(lambda m: m.update(combine={"method": "stacking", "source": {"file": "s.pkl", "sha256": "ab" * 32}}),
                  None, "ensemble.onnx: its probabilities are not a stacker's, but field 'combine.method' of "
                        "manifest.json is 'stacking'", id="stacking-over-weighted"),
