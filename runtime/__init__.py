@@ -114,10 +114,12 @@ class Ensemble:
         parts = [self._session.run(None, {self._input: x[i:i + RUN_CHUNK]}) for i in range(0, len(x), RUN_CHUNK)]
         out = {name: parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
                for k, name in enumerate(ENSEMBLE_OUTPUTS)}
-        for name, width in self._widths.items():  # a forged graph's other shapes are never served
-            if out[name].shape != (len(x), *width):
-                raise ArtifactError(f"{self._graph_path}: computed '{name}' of shape {list(out[name].shape)} for "
-                                    f"{len(x)} row(s), not the {[len(x), *width]} it declares; {REBUILD}.")
+        n, k, m = len(x), len(self.classes), len(self.member_order)  # a forged graph's other shapes: never served
+        if (out[PROBABILITIES].shape != (n, k) or out[LABEL].shape != (n,) or out[CONFIDENCE].shape != (n,)
+                or out[MEMBER_PROBABILITIES].shape != (n, m, k)):
+            name, width = next((name, width) for name, width in self._widths.items() if out[name].shape != (n, *width))
+            raise ArtifactError(f"{self._graph_path}: computed '{name}' of shape {list(out[name].shape)} for {n} "
+                                f"row(s), not the {[n, *width]} it declares; {REBUILD}.")
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name. Only a
         # refused call pays for naming the row's largest feature.
