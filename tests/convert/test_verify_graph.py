@@ -486,3 +486,26 @@ def test_the_policy_the_check_passes_is_the_one_served(demo_artifacts, tmp_path)
     assert 0 < unsure.sum() < len(rows)
     want = np.where(unsure, np.where(p[:, 0] > p[:, 2], 0, 2), p.argmax(axis=1))
     assert [r.action for r in ens.predict(rows)] == [ens.classes[i] for i in want]
+
+
+def test_convert_runs_the_check_before_it_writes_anything(demo_models, tmp_path, monkeypatch):
+    # A fusing step that left a node no output needs: the parity gate cannot see it, the check refuses it, and
+    # the output folder is never written.
+    import convert.build
+    from convert.build import build
+
+    fuse = convert.build.build_ensemble_graph
+
+    def fuse_and_leave_a_node(*args: Any, **kwargs: Any) -> Any:
+        model = fuse(*args, **kwargs)
+        model.graph.node.append(helper.make_node("Identity", ["features"], ["left/over"]))
+        return model
+
+    monkeypatch.setattr(convert.build, "build_ensemble_graph", fuse_and_leave_a_node)
+    out = tmp_path / "out"
+    with pytest.raises(runtime.ArtifactError) as err:
+        build(demo_models, out)
+    assert str(err.value) == (f"{out}/ensemble.onnx: computes 1 tensor(s) no output depends on (the first: "
+                              f"'left/over'), which convert never writes: onnxruntime would compute them on every "
+                              f"call; {REBUILD}.")
+    assert not out.exists()
