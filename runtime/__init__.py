@@ -93,8 +93,9 @@ class Ensemble:
         self._graph_path = graph_path
         # What each output must hold after a row's dimension: onnxruntime only warns when a graph computes
         # another shape than it declares, and the load reads only the declared ones.
-        self._widths = {PROBABILITIES: (len(self.classes),), LABEL: (), CONFIDENCE: (),
-                        MEMBER_PROBABILITIES: (len(self.member_order), len(self.classes))}
+        widths = {PROBABILITIES: (len(self.classes),), LABEL: (), CONFIDENCE: (),
+                  MEMBER_PROBABILITIES: (len(self.member_order), len(self.classes))}
+        self._widths = {name: widths[name] for name in ENSEMBLE_OUTPUTS}  # in the order _run reads them
         # The rows the gate proved parity on: a row outside is refused, never handed to a member that may
         # overflow on it. A build from before the domain existed checks only that every value is finite.
         self._domain = None if typed.domain is None else InputDomain(
@@ -111,15 +112,16 @@ class Ensemble:
             raise InputError("no rows to score.")
         if self._domain is not None:
             self._domain.check(x)
-        parts = [self._session.run(None, {self._input: x[i:i + RUN_CHUNK]}) for i in range(0, len(x), RUN_CHUNK)]
-        out = {name: parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
-               for k, name in enumerate(ENSEMBLE_OUTPUTS)}
-        n, k, m = len(x), len(self.classes), len(self.member_order)  # a forged graph's other shapes: never served
-        if (out[PROBABILITIES].shape != (n, k) or out[LABEL].shape != (n,) or out[CONFIDENCE].shape != (n,)
-                or out[MEMBER_PROBABILITIES].shape != (n, m, k)):
-            name, width = next((name, width) for name, width in self._widths.items() if out[name].shape != (n, *width))
-            raise ArtifactError(f"{self._graph_path}: computed '{name}' of shape {list(out[name].shape)} for {n} "
-                                f"row(s), not the {[n, *width]} it declares; {REBUILD}.")
+        k, m = len(self.classes), len(self.member_order)
+        parts = []
+        for i in range(0, len(x), RUN_CHUNK):
+            part = self._session.run(None, {self._input: x[i:i + RUN_CHUNK]})  # in ENSEMBLE_OUTPUTS order (load)
+            n = min(RUN_CHUNK, len(x) - i)  # a forged graph's other shapes are never served, nor concatenated
+            if part[0].shape != (n, k) or part[1].shape != (n,) or part[2].shape != (n,) or part[3].shape != (n, m, k):
+                raise self._shape_refusal(part, n)
+            parts.append(part)
+        out = {name: parts[0][j] if len(parts) == 1 else np.concatenate([p[j] for p in parts])
+               for j, name in enumerate(ENSEMBLE_OUTPUTS)}
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name. Only a
         # refused call pays for naming the row's largest feature.
@@ -134,6 +136,12 @@ class Ensemble:
             error.row = row
             raise error
         return out
+
+    def _shape_refusal(self, part: list[np.ndarray], n: int) -> ArtifactError:
+        name, width, got = next((name, width, part[j].shape) for j, (name, width) in enumerate(self._widths.items())
+                                if part[j].shape != (n, *width))
+        return ArtifactError(f"{self._graph_path}: computed '{name}' of shape {list(got)} for {n} row(s), not the "
+                             f"{[n, *width]} it declares; {REBUILD}.")
 
     def run(self, x: Any) -> dict[str, np.ndarray]:
         """(n, F) numbers in feature order -> every output of the ensemble graph by name: `probabilities`

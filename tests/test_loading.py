@@ -212,6 +212,9 @@ def test_a_graph_computing_other_shapes_than_it_declares_is_never_served_short(
         with pytest.raises(runtime.ArtifactError) as err:
             call(x)
         assert str(err.value) == (f"{artifacts_copy}/ensemble.onnx: computed {computed} it declares; {REBUILD}.")
+    if labels is not None:  # a large call: refused on its first chunk, before any concatenation
+        with pytest.raises(runtime.ArtifactError, match=re.escape("'label' of shape [1] for 4096 row(s)")):
+            ens.predict_proba(np.full((5000, len(ens.feature_names)), 0.25))
 
 
 def test_drift_aligns_named_rows_and_ignores_the_symbol(builds):
