@@ -111,7 +111,7 @@ test-slim: $(SLIM_VENV)/.installed test-full
 slim-tests: $(SLIM_VENV)/.installed
 	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
 		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m slim -p no:cacheprovider \
-		test_runtime.py test_monitor.py
+		test_runtime.py test_monitor.py runtime/bench/test_host_graph_cost.py
 
 # What a serving host installs from until the package is published: dist/ensemble_onnx-VERSION-py3-none-any.whl
 # (`pip install ensemble_onnx-*.whl`, or `'ensemble_onnx-*.whl[convert]'` for the build stack) and the sdist.

@@ -32,6 +32,7 @@ from .reference import Reference
 from .scaler import Scaler, load_scaler
 from .stacker import Stacker, load_stacker
 from .statistics import STATISTICS_FILE, statistics_bytes
+from .verify_graph import check_combiner
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]  # told each step as it starts; the CLI draws it, library use logs it
@@ -340,6 +341,9 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
         domain=domain.record(),
     )
     files[ENSEMBLE_FILE] = bind(ensemble, typed)
+    # verify's deep check, once, on the bytes about to be written: a graph whose combiner is not what the
+    # manifest says replaces no earlier build (the load binds the two but no longer reads the combiner).
+    check_combiner(typed, files[ENSEMBLE_FILE], out / ENSEMBLE_FILE, out / contract.MANIFEST_FILE)
     manifest = replace(typed, files={rel: mf.sha256(data) for rel, data in sorted(files.items())}).to_json()
     contract.parse_manifest(manifest)  # the builder holds itself to the loader's contract
     files["manifest.json"] = mf.manifest_bytes(manifest)  # refused here when over the runtime's JSON limit

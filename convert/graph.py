@@ -63,7 +63,7 @@ def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, str]:
 
     nodes, inits, current = [], [], ENSEMBLE_INPUT
     if scaler is not None:
-        # The names and ops runtime.combiner reads the scaler back by, at load.
+        # The names and ops verify_graph reads the scaler back by (verify, and convert before it writes).
         for op, values, name, result in (("Sub", scaler.mean, SCALER_MEAN, SCALER_SUB),
                                          ("Div", scaler.scale, SCALER_SCALE, SCALER_DIV)):
             if values is not None:
@@ -91,7 +91,7 @@ def _temperature(member_output: str, t: float, prefix: str) -> tuple[list, list,
 
     if t == 1.0:
         return [], [], member_output
-    # The names and attributes runtime.combiner.check_combiner reads the temperature back by, at load.
+    # The names and attributes verify_graph.check_combiner reads the temperature back by.
     log_p, cooled, calibrated = scoped(prefix, LOG_P), scoped(prefix, COOLED), scoped(prefix, CALIBRATED)
     init = numpy_helper.from_array(np.array(t, dtype=np.float32), scoped(prefix, TEMPERATURE))
     return [helper.make_node("Log", [member_output], [log_p], name=f"{prefix}/Log"),

@@ -1,7 +1,10 @@
 """`ensemble-onnx verify`: does an existing artifacts folder still come from, and still agree with, these
 model files? What a release pipeline runs before promoting a build.
 
-Hashes first (every source file the manifest names must be in MODELS with the same sha256), then the plan
+The folder is read as `runtime.load` reads it (hashes, binding, an optional pin and key), then its graph is
+read back against its manifest (`verify_graph.check_combiner`: the weights, temperatures, member order and
+decision policy the manifest reports must be the ones the graph computes with; the load does not read them).
+Then the sources: every source file the manifest names must be in MODELS with the same sha256, then the plan
 (the manifest's classes, features, members, weights, decision policy and precision must be what these
 sources would build, field by field), then numbers:
 the members are rebuilt from those files and the parity gate is run again on the very ONNX bytes in the
@@ -24,6 +27,7 @@ from .members.torch_common import one_thread
 from .members.trees import OPTIONS, recorded_options
 from .parity import summary
 from .precision import Precision
+from .verify_graph import check_combiner
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +105,16 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
 def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info,
            public_key: Path | None = None, expect_build_id: str | None = None) -> dict[str, Any]:
     from runtime.artifacts import read_folder
+    from runtime.contract import MANIFEST_FILE
 
     progress(f"checking {artifacts} and the sha256 of its files")
     # The pin and the key on the one read the parity gate then runs on: checked on an earlier read, a folder
     # swapped in between (another build signed by the same key) would be verified in the pinned one's name.
     folder = read_folder(artifacts, expect_build_id, public_key)
     manifest, files = folder.manifest, folder.files
+    graph = folder.typed.ensemble.file
+    progress(f"checking that {graph} computes what {MANIFEST_FILE} says")
+    check_combiner(folder.typed, files[graph], artifacts / graph, artifacts / MANIFEST_FILE)
     progress(f"checking the source files in {models}")
     check_sources(manifest, models)
     planned = make_plan(models)

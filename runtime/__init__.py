@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from .artifacts import Verified, read_folder
-from .combiner import check_combiner
+from .artifacts import REBUILD, Verified, read_folder
 from .contract import (
     CONFIDENCE,
     ENSEMBLE_OUTPUTS,
@@ -88,9 +86,16 @@ class Ensemble:
                 or shapes[PROBABILITIES] != [len(self.classes)]
                 or shapes[MEMBER_PROBABILITIES] != [len(self.member_order), len(self.classes)]):
             raise ArtifactError(f"{graph_path}: inputs/outputs do not match manifest.json.")
-        # What describe() reports of members, weights and temperatures must be what the graph computes with.
-        check_combiner(typed, verified.files[graph_file], Path(graph_path), Path(path, MANIFEST_FILE))
+        # That the weights, temperatures and policy describe() reports are the ones the graph computes with is
+        # `ensemble-onnx verify`'s deep check (convert/verify_graph.py), run by convert on what it writes: the
+        # load binds this manifest to this graph (the digest), and a signature says who made the pair.
         self._input = inputs[0].name
+        self._graph_path = graph_path
+        # What each output must hold after a row's dimension: onnxruntime only warns when a graph computes
+        # another shape than it declares, and the load reads only the declared ones.
+        widths = {PROBABILITIES: (len(self.classes),), LABEL: (), CONFIDENCE: (),
+                  MEMBER_PROBABILITIES: (len(self.member_order), len(self.classes))}
+        self._widths = {name: widths[name] for name in ENSEMBLE_OUTPUTS}  # in the order _run reads them
         # The rows the gate proved parity on: a row outside is refused, never handed to a member that may
         # overflow on it. A build from before the domain existed checks only that every value is finite.
         self._domain = None if typed.domain is None else InputDomain(
@@ -107,9 +112,16 @@ class Ensemble:
             raise InputError("no rows to score.")
         if self._domain is not None:
             self._domain.check(x)
-        parts = [self._session.run(None, {self._input: x[i:i + RUN_CHUNK]}) for i in range(0, len(x), RUN_CHUNK)]
-        out = {name: parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts])
-               for k, name in enumerate(ENSEMBLE_OUTPUTS)}
+        k, m = len(self.classes), len(self.member_order)
+        parts = []
+        for i in range(0, len(x), RUN_CHUNK):
+            part = self._session.run(None, {self._input: x[i:i + RUN_CHUNK]})  # in ENSEMBLE_OUTPUTS order (load)
+            n = min(RUN_CHUNK, len(x) - i)  # a forged graph's other shapes are never served, nor concatenated
+            if part[0].shape != (n, k) or part[1].shape != (n,) or part[2].shape != (n,) or part[3].shape != (n, m, k):
+                raise self._shape_refusal(part, n)
+            parts.append(part)
+        out = {name: parts[0][j] if len(parts) == 1 else np.concatenate([p[j] for p in parts])
+               for j, name in enumerate(ENSEMBLE_OUTPUTS)}
         # Finite inputs far outside the training range can overflow float32 inside a member (PatchTST's
         # LayerNorm squares them): a NaN there is not a prediction, so the rows are refused by name. Only a
         # refused call pays for naming the row's largest feature.
@@ -124,6 +136,12 @@ class Ensemble:
             error.row = row
             raise error
         return out
+
+    def _shape_refusal(self, part: list[np.ndarray], n: int) -> ArtifactError:
+        name, width, got = next((name, width, part[j].shape) for j, (name, width) in enumerate(self._widths.items())
+                                if part[j].shape != (n, *width))
+        return ArtifactError(f"{self._graph_path}: computed '{name}' of shape {list(got)} for {n} row(s), not the "
+                             f"{[n, *width]} it declares; {REBUILD}.")
 
     def run(self, x: Any) -> dict[str, np.ndarray]:
         """(n, F) numbers in feature order -> every output of the ensemble graph by name: `probabilities`

@@ -49,7 +49,7 @@ MEMBER_INPUT = "input"             # float32 [N, F], already scaled
 MEMBER_OUTPUT = PROBABILITIES      # float32 [N, C]
 BATCH_AXIS = "N"
 
-# ensemble.onnx after the members, as convert/graph.py writes it and runtime.combiner.check_combiner reads it
+# ensemble.onnx after the members, as convert/graph.py writes it and convert/verify_graph.py reads it back
 # back at load. Each member's nodes and tensors are named under "NAME/" (`scoped`), the stacker's under "stacker/".
 MEMBER_FLAT = "member_flat"        # Concat(axis=1) of the members' outputs: float32 [N, M*C]
 MEMBER_SHAPE = "member_shape"      # int64 [-1, M, C]: member_flat reshaped into member_probabilities

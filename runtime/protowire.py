@@ -7,7 +7,8 @@ come from outside the verified folder. The runtime refuses any such tensor, wher
 initializers, sparse initializers, tensor attributes, subgraphs of If/Loop/Scan, function bodies).
 
 It also reads the main graph's nodes, initializers, operator sets and functions (`main_graph`, `attributes`,
-`tensor`), for the load's check that the combiner is the one the manifest reports (runtime.artifacts).
+`tensor`): for verify's check that the combiner is the one the manifest reports (convert/verify_graph.py),
+and the host benchmark's count of a graph's weights (runtime.bench.floors), where onnx is not installed.
 
 Field numbers are onnx.proto3's; a malformed message raises ValueError.
 """
@@ -212,7 +213,7 @@ def _text(buf: bytes, span: tuple[int, int]) -> str:
 
 def _plain(buf: bytes, span: tuple[int, int]) -> Iterator[tuple[int, int, int | tuple[int, int]]]:
     """Every field of a small message one by one, a repeated scalar as many values (`fields` reports a run of
-    them as RUN): for the few tensors and attributes the combiner check reads."""
+    them as RUN): for the few tensors and attributes the graph check reads."""
     pos, end = span
     while pos < end:
         key, pos = _varint(buf, pos)

@@ -113,11 +113,11 @@ def worker_warm(pipeline: str, artifacts: str, models: str, rows: str, threads: 
 def worker_floor(artifacts: str, threads: int) -> dict[str, Any]:
     """This machine's limits for this ensemble: streaming its weights once, and its FLOPs at the best
     matrix-multiply rate onnxruntime reaches here (the kernels the runtime itself uses)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    weight_bytes, flops_per_row = graph_cost(onnx.load(os.path.join(artifacts, "ensemble.onnx")))
+    with open(os.path.join(artifacts, "ensemble.onnx"), "rb") as f:
+        weight_bytes, flops_per_row = graph_cost(f.read())
 
     def session(a_rows: int, k: int, n: int) -> tuple[Any, np.ndarray]:
         graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",

@@ -154,7 +154,7 @@ def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name:
     """A converter's TreeEnsembleClassifier (LightGBM's, HistGradientBoosting's) as a TreeEnsembleRegressor of
     the raw scores, then the probabilities: softmax for K > 2 classes, `binary_head` (margin times `scale`)
     for two. The trees, their exact thresholds and their base values are kept as converted."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in tree_node(onx).attribute}
     n_groups = 1 if n_classes == 2 else n_classes
@@ -173,15 +173,23 @@ def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name:
         n_targets=n_groups, aggregate_function="SUM", post_transform="NONE",
         target_ids=attrs["class_ids"], target_nodeids=attrs["class_nodeids"], target_treeids=attrs["class_treeids"],
         target_weights=attrs["class_weights"], **kept)
-    nodes: list[Any] = [trees]
-    inits: list[Any] = []
-    if n_groups == 1:
-        head, inits = binary_head("margins", CONTRACT.output_name, scale)
-        nodes += head
-    else:
-        nodes.append(helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1, name="Probabilities"))
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits)
+    graph = probabilities_graph(name, [trees], [], n_groups, n_features, n_classes, scale)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset),
                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+
+
+def probabilities_graph(name: str, nodes: list[Any], inits: list[Any], n_groups: int, n_features: int, n_classes: int,
+                        scale: float = 1.0) -> Any:
+    """A tree member's graph: `nodes` (and their `inits`) computing the raw scores `margins` from the contract's
+    input, then the probabilities: `binary_head` (margin times `scale`) for one score, a softmax over several."""
+    from onnx import TensorProto, helper
+
+    if n_groups == 1:
+        head, head_inits = binary_head("margins", CONTRACT.output_name, scale)
+    else:
+        head, head_inits = [helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1,
+                                             name="Probabilities")], []
+    return helper.make_graph(
+        nodes + head, name,
+        [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits + head_inits)

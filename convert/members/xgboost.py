@@ -217,9 +217,9 @@ def export(trees: list[dict[str, Any]], groups: list[int], weights: list[float],
            missing: float | None = None) -> Any:
     """float32 [N, F] -> probabilities [N, n_classes]: softmax of the margins, or binary_head's [1 - p, p].
     With a `missing` sentinel, inputs equal to it (in float32, as XGBoost compares) become NaN first."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
-    from .trees import binary_head
+    from .trees import probabilities_graph
 
     n_groups = 1 if objective == "binary:logistic" else n_classes
     nodes, inits = [], []
@@ -232,15 +232,7 @@ def export(trees: list[dict[str, Any]], groups: list[int], weights: list[float],
     if missing is not None:
         trees_node.input[0] = "present"
     nodes.append(trees_node)
-    if n_groups == 1:
-        head, head_inits = binary_head("margins", CONTRACT.output_name)
-        nodes += head
-        inits += head_inits
-    else:
-        nodes.append(helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1, name="Probabilities"))
-    graph = helper.make_graph(
-        nodes, name, [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits)
+    graph = probabilities_graph(name, nodes, inits, n_groups, n_features, n_classes)
     return to_contract(helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset)]), "xgboost")
 
 

@@ -10,8 +10,9 @@
 
 Each thread count runs in a fresh process (`python -m runtime.bench.floors N BYTES [--quick]`) with the BLAS
 thread variables set before numpy loads, so no thread-control package is needed: `ensemble-onnx bench`
-(convert.bench) and the numpy-plus-onnxruntime-only `runtime.bench.host` both call `measure`. Needs numpy only
-(`graph_cost`, the exact count of a graph's weights and FLOPs, needs onnx, where it is installed).
+(convert.bench) and the numpy-plus-onnxruntime-only `runtime.bench.host` both call `measure`, and
+`graph_cost`, the exact count of a graph's weights and FLOPs, read off the protobuf bytes (`runtime.protowire`,
+no onnx: a serving host has none). Needs numpy only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from runtime import protowire
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -108,23 +111,31 @@ def one_row_floor_us(floors: dict[str, Any], weight_bytes: int, flops_per_row: i
             "compute_us": compute, "floor_us": max(memory, compute)}
 
 
-def graph_cost(model: Any) -> tuple[int, int]:
-    """(bytes of the weights, in whatever type they are stored: float32, or int8 blocks and their scales;
-    multiply-add FLOPs per row of every MatMul/Gemm/MatMulNBits against a weight)."""
-    from onnx import helper, numpy_helper
+# TensorProto.data_type -> bytes per element, for the types weights are stored in (INT64, 7, holds shapes and
+# axes, which are not weights): FLOAT, UINT8, INT8, UINT16, INT16, INT32, BOOL, FLOAT16, DOUBLE, UINT32, UINT64,
+# BFLOAT16. A type not listed here counts 0 bytes, as no graph convert writes stores one.
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+def graph_cost(model: bytes) -> tuple[int, int]:
+    """(bytes of the weights, in whatever type they are stored: float32, or int8 blocks and their scales;
+    multiply-add FLOPs per row of every MatMul/Gemm/MatMulNBits against a weight), read off an ONNX model's
+    bytes: the main graph's initializers and nodes. ValueError for bytes that are no ONNX model."""
+    g = protowire.main_graph(model)
+    shapes = {name: protowire.tensor(model, span) for name, span in g.initializers.items()}
     flops = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            flops += 2 * attrs["K"] * attrs["N"]
-        elif node.op_type in ("MatMul", "Gemm"):
-            w = next((weights[i] for i in node.input[1:2] if i in weights), None)
-            if w is not None and w.ndim == 2:
-                flops += 2 * w.shape[0] * w.shape[1]
-    # Integer shapes and axes are not weights; everything numeric a kernel reads per call is.
-    return sum(w.nbytes for w in weights.values() if w.dtype != np.int64), flops
+    for node in {id(n): n for n in g.nodes.values()}.values():  # a node is listed under each of its outputs
+        if node.op == "MatMulNBits":
+            attrs = protowire.attributes(model, node)
+            k, n = attrs.get("K"), attrs.get("N")
+            if isinstance(k, int) and isinstance(n, int):
+                flops += 2 * k * n
+        elif node.op in ("MatMul", "Gemm") and len(node.inputs) > 1 and node.inputs[1] in shapes:
+            dims = shapes[node.inputs[1]].dims
+            if len(dims) == 2:
+                flops += 2 * dims[0] * dims[1]
+    weight_bytes = sum(int(np.prod(t.dims, dtype=np.int64)) * _ITEMSIZE.get(t.data_type, 0) for t in shapes.values())
+    return weight_bytes, flops
 
 
 if __name__ == "__main__":

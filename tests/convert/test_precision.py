@@ -76,8 +76,8 @@ def test_int8_graph_streams_9_of_32_bytes_for_each_lowered_weight(int8_build, de
 
     from runtime.bench.floors import graph_cost
 
-    int8_bytes, int8_flops = graph_cost(onnx.load(int8_build[0] / "ensemble.onnx"))
-    fp32_bytes, fp32_flops = graph_cost(onnx.load(demo_artifacts / "ensemble.onnx"))
+    int8_bytes, int8_flops = graph_cost((int8_build[0] / "ensemble.onnx").read_bytes())
+    fp32_bytes, fp32_flops = graph_cost((demo_artifacts / "ensemble.onnx").read_bytes())
     assert int8_flops == fp32_flops  # same arithmetic, fewer bytes
     hp = json.loads((demo_artifacts / "manifest.json").read_text())["members"]["patchtst"]["hyperparameters"]
     lowered = hp["n_layers"] * 2 * hp["d_model"] * hp["dim_feedforward"]  # the feed-forward matrices

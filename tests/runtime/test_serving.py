@@ -46,7 +46,7 @@ def test_import_runtime_pulls_in_nothing_heavy():
 # What `import runtime` loads of the project: the serving core, nothing of runtime.batch or runtime.monitor
 # (host and signing load on first use, records for the commands only). A module added here is a decision:
 # docs/index.md draws the core.
-CORE = ["runtime", "runtime.artifacts", "runtime.combiner", "runtime.contract", "runtime.drift", "runtime.errors",
+CORE = ["runtime", "runtime.artifacts", "runtime.contract", "runtime.drift", "runtime.errors",
         "runtime.features", "runtime.jsonstrict", "runtime.limits", "runtime.protowire"]
 
 

@@ -289,13 +289,12 @@ def test_bench_refuses_models_the_artifacts_did_not_come_from(models_copy, demo_
 
 def test_graph_cost_counts_every_weight_of_the_exported_members(demo_models, demo_artifacts):
     """Counted independently from the torch modules' own parameters."""
-    import onnx
     import torch
 
     from convert.members import MemberSource, nhits
     from runtime.bench.floors import graph_cost
 
-    weight_bytes, flops = graph_cost(onnx.load(demo_artifacts / "members" / "nhits.onnx"))
+    weight_bytes, flops = graph_cost((demo_artifacts / "members" / "nhits.onnx").read_bytes())
     source = MemberSource("nhits", "nhits", demo_models / f"nhits_{STAMP}.pth",
                           demo_models / f"nhits_{STAMP}_meta.json")
     module, _ = nhits.rebuild(source, nhits.read_architecture, nhits.build_module)
