@@ -45,7 +45,7 @@ CONFIDENCE = "confidence"          # float32 [N]
 MEMBER_PROBABILITIES = "member_probabilities"  # float32 [N, M, C]
 ENSEMBLE_OUTPUTS = (PROBABILITIES, LABEL, CONFIDENCE, MEMBER_PROBABILITIES)
 # members/NAME.onnx
-MEMBER_INPUT = "input"             # float32 [N, F], already scaled
+MEMBER_INPUT = "input"             # float32 [N, F], already scaled (float64 for a member that compares in double)
 MEMBER_OUTPUT = PROBABILITIES      # float32 [N, C]
 BATCH_AXIS = "N"
 
@@ -70,9 +70,12 @@ POLICY_NOT_FALLBACK = "policy/not_fallback"      # float32 [C]: -2 on the fallba
 
 # The features each member reads: per distinct scaler file PREFIX/float32 = Cast(to float32)(Div(Sub(features,
 # PREFIX/mean), PREFIX/scale)) in float64 (Sub or Div left out when the scaler has no mean or no scale); for the
-# members whose `scaler` is null RAW/float32 = Cast(features). PREFIX is `scaler_prefixes`'s.
+# members whose `scaler` is null RAW/float32 = Cast(features). A member that reads float64 (a LightGBM, a
+# HistGradientBoosting, a LogisticRegression) reads PREFIX/float64 = Identity of the same float64 tensor, never
+# cast. Each is written only when a member reads it. PREFIX is `scaler_prefixes`'s.
 SCALER, RAW = "scaler", "raw"
 SCALED = "float32"                 # the scaler's output, an Identity of which is the member's `NAME/input`
+SCALED64 = "float64"               # the same in float64, for the members that read float64
 SCALER_MEAN, SCALER_SCALE = "mean", "scale"  # float64 [F] initializers
 SCALER_SUB, SCALER_DIV = "sub", "div"        # the Sub's and the Div's outputs
 

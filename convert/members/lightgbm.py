@@ -1,13 +1,13 @@
 """LightGBM: an LGBMClassifier pickle (allowlisted) or a native .txt, converted with onnxmltools.
 
-LightGBM splits on `x <= t` with a double t, while the ONNX tree operator holds float32 thresholds rounded
-to nearest: a float32 input equal to a threshold that rounded up would go the wrong way. Since every input
-is float32, `x <= t` is exactly `x <= largest float32 not above t`; `exact_thresholds` writes that value
-into each split. LightGBM also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts
-splits at +-1e-35 between the negative, zero and positive bins; `onnx_threshold` folds that reading into
-the split value. A random forest (boosting_type="rf") averages its iterations where the converter sums
-them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits, linear trees,
-zero-as-missing splits whose default direction disagrees with the threshold) are refused.
+LightGBM splits on `x <= t` with a double t and reads the service's float64 rows as doubles: the member's
+graph takes float64 and every split holds its exact double (`margins_graph` with `splits64`), where the
+converter's float32 threshold would send a value between t and its float32 neighbour the other way. LightGBM
+also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts splits at +-1e-35 between the
+negative, zero and positive bins; `onnx_threshold` folds that reading into the split value. A random forest
+(boosting_type="rf") averages its iterations where the converter sums them: `average_trees` scales the
+leaves. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose default
+direction disagrees with the threshold) are refused.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import to_contract
 from .lightgbm_text import booster_stand_ins, check_model_text
-from .trees import ONNXMLTOOLS_OPSET, check_classes, floor_float32, input_types, margins_graph, tree_node
+from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, margins_graph, tree_node
 
 PROBE_TIMEOUT_S = 120
 # Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
@@ -168,13 +168,13 @@ ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold: it reads
 
 
 def onnx_threshold(t: float) -> float:
-    """The float32 t' with `x <= t'` iff LightGBM sends float32 x left, i.e. `z <= t` for z = 0 when
+    """The double t' with `x <= t'` iff LightGBM sends float64 x left, i.e. `z <= t` for z = 0 when
     |x| <= kZeroThreshold and z = x otherwise (its dense-row reader drops such values as zeros)."""
     if -ZERO_THRESHOLD <= t < 0.0:   # the tiny values read as 0 > t: only x < -kZeroThreshold goes left
-        return float(np.nextafter(np.float32(-ZERO_THRESHOLD), np.float32(-np.inf)))
+        return float(np.nextafter(-ZERO_THRESHOLD, -np.inf))
     if 0.0 <= t < ZERO_THRESHOLD:    # the tiny values read as 0 <= t: everything up to +kZeroThreshold goes left
         return ZERO_THRESHOLD
-    return floor_float32(t)
+    return t
 
 
 def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
@@ -193,13 +193,15 @@ def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
     return order
 
 
-def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[int, float]]:
-    """Replace each split's rounded threshold by its exact float32 equivalent; returns the splits.
+def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> tuple[list[tuple[int, float]], list[float]]:
+    """Each split's exact double threshold: ((feature, value) of every split, one double per converted node
+    for `margins_graph`'s `splits64`, leaves holding their converted value).
 
-    Splits are matched by position in the tree structure, and each pair must agree on feature and rounded
+    Splits are matched by position in the tree structure, and each pair must agree on feature and float32-rounded
     threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly."""
     attrs = {a.name: a for a in tree_node(onx).attribute}
     values = attrs["nodes_values"].floats
+    splits64 = [float(v) for v in values]
     trees: dict[int, dict[int, int]] = {}
     for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, strict=True)):
         trees.setdefault(t, {})[n] = i
@@ -217,9 +219,9 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[in
                     or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ"):
                 raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the "
                                             "model.")
-            values[i] = onnx_threshold(t)
-            exact.append((int(node["split_feature"]), values[i]))
-    return sorted(set(exact))
+            splits64[i] = onnx_threshold(t)
+            exact.append((int(node["split_feature"]), splits64[i]))
+    return sorted(set(exact)), splits64
 
 
 def average_trees(onx: Any, iterations: int) -> None:
@@ -260,10 +262,10 @@ def _margins(booster: Any, wrapper: Any | None, rounds: int, explicit: bool,
     from .trees import margin_probabilities
 
     if wrapper is not None and not explicit:
-        return lambda x32: margin_probabilities(scale * np.asarray(wrapper.predict(x32, raw_score=True), np.float64))
+        return lambda x: margin_probabilities(scale * np.asarray(wrapper.predict(x, raw_score=True), np.float64))
     predict = wrapper.predict if wrapper is not None else booster.predict
-    return lambda x32: margin_probabilities(
-        scale * np.asarray(predict(x32, raw_score=True, num_iteration=rounds), dtype=np.float64))
+    return lambda x: margin_probabilities(
+        scale * np.asarray(predict(x, raw_score=True, num_iteration=rounds), dtype=np.float64))
 
 
 def margin_scale(dump: dict[str, Any], rounds: int, sigmoid: float) -> float:
@@ -322,7 +324,7 @@ def load(source: MemberSource) -> LoadedMember:
     if len(dump["tree_info"]) != rounds * int(dump["num_tree_per_iteration"]):
         raise UnsupportedModelError(f"{source.file}: {len(dump['tree_info'])} trees for {rounds} iterations; "
                                     f"cannot tell which trees predict uses.")
-    thresholds = exact_thresholds(onx, dump, source.file)
+    thresholds, splits64 = exact_thresholds(onx, dump, source.file)
     if dump.get("average_output"):
         average_trees(onx, rounds)
     names = dump.get("feature_names")
@@ -336,7 +338,7 @@ def load(source: MemberSource) -> LoadedMember:
                          "num_leaves_max": max(t["num_leaves"] for t in dump["tree_info"]),
                          **({"options": dict(source.options)} if source.options else {})},
         reference=_margins(full, wrapper, rounds, "rounds" in source.options, margin_scale(dump, rounds, sigmoid)),
-        onnx_model=to_contract(margins_graph(onx, n_features, n_classes, sigmoid, source.name), "lightgbm"),
+        onnx_model=to_contract(margins_graph(onx, n_features, n_classes, sigmoid, source.name, splits64), "lightgbm"),
         feature_names=None if names == default_names else names,
         feature_names_as=renamed,
         notes=[f"{rounds} of {full.current_iteration()} boosting rounds ({why})"
@@ -352,4 +354,5 @@ register(MemberKind(
                               ("sklearn.preprocessing._label", "LabelEncoder")}),
     frameworks=("lightgbm",), distributions=("lightgbm",), build_modules=("lightgbm",), service_weight=0.25,
     # ensemble.json's "rounds"; a tree ensemble with a learned default direction for NaN at every split.
-    tree_options=("rounds",), only_compares=always, takes_nan=always))
+    tree_options=("rounds",), only_compares=always, takes_nan=always,
+    takes_float64=always))  # LightGBM reads a float64 row as doubles and splits on double thresholds
