@@ -3,13 +3,14 @@
 Rows: draws from the scaler's statistics; the input domain's edges (`convert.domain`), alone and all at once;
 NaN in each feature that takes it; for every tree split, rows whose scaled value, in the dtype the member reads
 (float32, or float64 for a member that compares in double), sits on the threshold and one ulp of that dtype
-under and over it; and any recorded features. Only rows inside the domain are kept: a split at
-+-inf (LightGBM writes 1e300 for a split that parts NaN from every value) has no row on it, and a split whose
-row lies outside the domain is a row the runtime refuses. The report counts what was left out, and why.
-References: the frameworks themselves
-(sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
-runs at batch sizes other than the export's; every probability must be within tolerance and every label
-identical, the decision policy's labels included. All failures are collected and reported together.
+under and over it (for a float64 member behind a scaler, also the two raw values nearest each split on either
+side, which the scaler may not land on it exactly); and any recorded features. Only rows inside the domain are
+kept: a split at +-inf (LightGBM writes inf for a split that parts NaN from every value) has no row on it, and
+a split whose row lies outside the domain is a row the runtime refuses. The report counts what was left out,
+and why. References: the frameworks themselves on the float64 rows the service handed them (sklearn scaling
+in float64; torch on its one cast to float32; xgboost / lightgbm / scikit-learn / catboost / the stacker).
+Each ONNX graph runs at batch sizes other than the export's; every probability must be within tolerance and
+every label identical, the decision policy's labels included. All failures are collected and reported together.
 """
 
 from __future__ import annotations
@@ -71,6 +72,24 @@ def _nudged(targets: np.ndarray, mean: float, scale: float) -> np.ndarray:
     return x
 
 
+def _boundary_pairs(splits: np.ndarray, mean: float, scale: float) -> np.ndarray:
+    """For a member that reads float64 behind a scaler: per split t, the raw x whose scaled value is the
+    largest at or under t, and the raw value one ulp over x (scaled over t): the two rows nearest the split
+    the runtime can see, where no raw value scales onto t itself. NaN where not found."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = splits * scale + mean
+        for _ in range(MAX_NUDGES):
+            over = (x - mean) / scale > splits
+            short = ~over & ((np.nextafter(x, np.inf) - mean) / scale <= splits)
+            if not (over.any() or short.any()):
+                break
+            x[over] = np.nextafter(x[over], -np.inf)
+            x[short] = np.nextafter(x[short], np.inf)
+        above = np.nextafter(x, np.inf)
+        found = ((x - mean) / scale <= splits) & ((above - mean) / scale > splits)
+    return np.concatenate([np.where(found, x, np.nan), np.where(found, above, np.nan)])
+
+
 NAN_ROWS = 8     # rows with NaN in one feature, per feature that takes it, and rows with NaN in all of them
 
 
@@ -116,6 +135,13 @@ def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_feat
             blocks.append(rows)
             counts["threshold"] += int(ok.sum())
             counts["threshold_unreachable"] += int((~reachable).sum())
+            if dtype == np.float64 and scaler is not None:  # float64 steps the scaler cannot land on exactly
+                pairs = _boundary_pairs(values[np.isfinite(values)], *_affine(scaler, column))
+                pairs = pairs[(pairs >= domain.lo[column]) & (pairs <= domain.hi[column])]  # NaN: not found
+                rows = base[np.arange(len(pairs)) % SCALER_ROWS].copy()
+                rows[:, column] = pairs
+                blocks.append(rows)
+                counts["threshold_boundary"] = counts.get("threshold_boundary", 0) + len(pairs)
     if recorded is not None:
         blocks.append(np.asarray(recorded, dtype=np.float64))
         counts["recorded"] = len(recorded)

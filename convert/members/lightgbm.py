@@ -4,7 +4,9 @@ LightGBM splits on `x <= t` with a double t and reads the service's float64 rows
 graph takes float64 and every split holds its exact double (`margins_graph` with `splits64`), where the
 converter's float32 threshold would send a value between t and its float32 neighbour the other way. LightGBM
 also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts splits at +-1e-35 between the
-negative, zero and positive bins; `onnx_threshold` folds that reading into the split value. A random forest
+negative, zero and positive bins; `onnx_threshold` folds that reading into the split value. The doubles come
+from the model text (`text_thresholds`): its JSON dump writes any split at or past 1e300 (a split that parts
+NaN from every value is at inf) as 1e300. A random forest
 (boosting_type="rf") averages its iterations where the converter sums them: `average_trees` scales the
 leaves. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose default
 direction disagrees with the threshold) are refused.
@@ -193,12 +195,32 @@ def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
     return order
 
 
-def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> tuple[list[tuple[int, float]], list[float]]:
-    """Each split's exact double threshold: ((feature, value) of every split, one double per converted node
-    for `margins_graph`'s `splits64`, leaves holding their converted value).
+def text_thresholds(text: str) -> list[list[float]]:
+    """Each tree's `threshold` array from LightGBM's model text, by split index, as LightGBM holds them (inf
+    included). A tree without splits has none."""
+    trees: list[list[float]] = []
+    for line in text.splitlines():
+        if line.startswith("Tree="):
+            trees.append([])
+        elif line.startswith("threshold=") and trees:
+            trees[-1] = [float(v) for v in line.removeprefix("threshold=").split(" ") if v]
+    return trees
+
+
+def _avoid_inf(t: float) -> float:
+    """What LightGBM's JSON dump writes for a split value (Common::AvoidInf)."""
+    return min(max(t, -1e300), 1e300)
+
+
+def exact_thresholds(onx: Any, dump: dict[str, Any], text: str,
+                     file: Any) -> tuple[list[tuple[int, float]], list[float]]:
+    """Each split's exact double threshold, read off the model `text`: ((feature, value) of every split, one
+    double per converted node for `margins_graph`'s `splits64`, leaves holding their converted value).
 
     Splits are matched by position in the tree structure, and each pair must agree on feature and float32-rounded
-    threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly."""
+    threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly; the text's
+    value must be the dump's (past +-1e300, as the dump writes it)."""
+    doubles = text_thresholds(text)
     attrs = {a.name: a for a in tree_node(onx).attribute}
     values = attrs["nodes_values"].floats
     splits64 = [float(v) for v in values]
@@ -211,15 +233,17 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> tuple[list[tu
         if len(converted) != len(original):
             raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted "
                                         f"{len(converted)}.")
+        in_text = doubles[tree_index] if tree_index < len(doubles) else []
         for i, node in zip(converted, original, strict=True):
             t = float(node["threshold"])
+            held = in_text[node["split_index"]] if node["split_index"] < len(in_text) else math.nan
             with np.errstate(over="ignore"):
                 same = np.float32(values[i]) == np.float32(t)
             if (attrs["nodes_featureids"].ints[i] != node["split_feature"] or not same
-                    or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ"):
+                    or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ" or _avoid_inf(held) != t):
                 raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the "
                                             "model.")
-            splits64[i] = onnx_threshold(t)
+            splits64[i] = onnx_threshold(held)
             exact.append((int(node["split_feature"]), splits64[i]))
     return sorted(set(exact)), splits64
 
@@ -324,7 +348,7 @@ def load(source: MemberSource) -> LoadedMember:
     if len(dump["tree_info"]) != rounds * int(dump["num_tree_per_iteration"]):
         raise UnsupportedModelError(f"{source.file}: {len(dump['tree_info'])} trees for {rounds} iterations; "
                                     f"cannot tell which trees predict uses.")
-    thresholds, splits64 = exact_thresholds(onx, dump, source.file)
+    thresholds, splits64 = exact_thresholds(onx, dump, booster.model_to_string(num_iteration=rounds), source.file)
     if dump.get("average_output"):
         average_trees(onx, rounds)
     names = dump.get("feature_names")
