@@ -3,12 +3,12 @@ per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
 
 - A member that only compares its inputs with split values (its kind's `only_compares`: a tree ensemble) takes
   any value its input dtype holds: TREE_LIMIT of its own (scaled) input units either side of 0 for a float32
-  input, TREE_LIMIT64 for a tree that reads float64 (its kind's `takes_float64`: LightGBM, HistGradientBoosting).
+  input, TREE_LIMIT64 for a tree that reads float64 (its kind's `takes_float64`).
 - Any other member (a neural network, a linear model) computes with its inputs and can overflow float32 far from its
   training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
   features), k the widest of RUNGS at which every member's own framework still answers finitely. Where every
-  member that computes reads float64 (a LogisticRegression), the ladder goes on through RUNGS64: a linear model
-  in float64 on raw volumes near 1e8 is not refused them.
+  member that computes reads float64 (a linear model in float64), the ladder goes on through RUNGS64: such a
+  member on raw volumes near 1e8 is not refused them.
 - A feature's range is the intersection over the members (each reads every feature through its own scaler),
   widened to hold the recorded parity rows (`--parity-data`), which the gate runs too.
 - NaN is taken where every member defines what missing means (its kind's `takes_nan`: the learned default

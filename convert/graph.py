@@ -3,8 +3,8 @@
     features (float64 [N, F])
       -> per scaler: (x - mean) / scale in float64, one Cast to float32   (bit-identical to sklearn)
          members on raw features: one Cast to float32
-         a member whose framework reads the float64 row (LightGBM, HistGradientBoosting, LogisticRegression:
-         `MemberKind.takes_float64`) gets the float64 tensor itself, never cast
+         a member whose framework reads the float64 row in double (its kind's `takes_float64`) gets the
+         float64 tensor itself, never cast
       -> each member's own graph (prefixed "NAME/"), then its temperature: softmax(log p / t), if t != 1
       -> member_probabilities [N, M, C]
       -> weighted sum, or the stacker over the concatenated member probabilities

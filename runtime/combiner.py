@@ -23,6 +23,7 @@ from .contract import (
     ENSEMBLE_INPUT,
     LABEL,
     LOG_P,
+    MEMBER_DTYPES,
     MEMBER_FLAT,
     MEMBER_INPUT,
     MEMBER_OUTPUT,
@@ -204,11 +205,16 @@ def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: P
             c.node(cooled, "Div", (log_p, temperature), {})
             c.node(log_p, "Log", (output,), {})
             in_graph = float(c.tensor(temperature, "float32", ())[()])
-        # The member reads its scaler's float32 output, or the float64 one where its own graph takes float64 (its
-        # kind's input dtype); which, the graph says, and `owned` holds it to exactly that tensor.
-        entry = g.nodes.get(scoped(name, MEMBER_INPUT))
-        dtype = SCALED64 if entry is not None and entry.inputs == (scoped(prefix, SCALED64),) else SCALED
-        feed, field = scoped(prefix, dtype), f"field 'members.{name}.scaler' of {manifest_path.name}"
+        # The member reads its scaler's float32 output, or the float64 one where manifest.json says its graph takes
+        # float64 (a graph fed the other would load, and compute otherwise than the build proved).
+        dtype = MEMBER_DTYPES.get(m.members[name].input_dtype)
+        if dtype is None:
+            raise ArtifactError(f"{manifest_path}: field 'members.{name}.input_dtype' is "
+                                f"{shortened(m.members[name].input_dtype)}, not one of {sorted(MEMBER_DTYPES)}; "
+                                f"{REBUILD}.")
+        feed = scoped(prefix, dtype)
+        field = (f"field 'members.{name}.scaler' of {manifest_path.name}" if dtype == SCALED else
+                 f"fields 'members.{name}.scaler' and 'members.{name}.input_dtype' of {manifest_path.name}")
         c.owned(name, output, feed.__eq__,
                 f"an Identity of the raw features in {dtype} ('{feed}'), as {field} says (null)" if prefix == RAW
                 else f"an Identity of '{feed}' (its scaler's output, as {field} and the member order say)")

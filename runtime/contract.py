@@ -76,6 +76,7 @@ POLICY_NOT_FALLBACK = "policy/not_fallback"      # float32 [C]: -2 on the fallba
 SCALER, RAW = "scaler", "raw"
 SCALED = "float32"                 # the scaler's output, an Identity of which is the member's `NAME/input`
 SCALED64 = "float64"               # the same in float64, for the members that read float64
+MEMBER_DTYPES = {"float32": SCALED, "float64": SCALED64}  # manifest members.NAME.input_dtype -> the tensor it reads
 SCALER_MEAN, SCALER_SCALE = "mean", "scale"  # float64 [F] initializers
 SCALER_SUB, SCALER_DIV = "sub", "div"        # the Sub's and the Div's outputs
 
@@ -197,6 +198,10 @@ class MemberRecord:
     onnx: FileRecord
     metadata: FileRecord | None = None
     scaler: FileRecord | None = None
+    # What members/NAME.onnx takes and ensemble.onnx feeds it (`MEMBER_DTYPES`): its scaler's float32 output, or
+    # its float64 one for a member whose framework compares the float64 row in double. Absent in folders built
+    # before it existed: float32.
+    input_dtype: str = "float32"
 
 
 @dataclass(frozen=True)

@@ -1175,6 +1175,8 @@ def _scaler_left_out(model: Any) -> None:
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
     _node(model, "scaler0/float32").input[0] = "features"
+    if any(n.output[0] == "scaler0/float64" for n in graph.node):  # the members that read float64 (LightGBM)
+        _node(model, "scaler0/float64").input[0] = "features"
 
 
 @pytest.mark.parametrize(("edit_graph", "says"), [

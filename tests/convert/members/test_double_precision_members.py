@@ -247,3 +247,34 @@ def test_a_double_tree_takes_the_float64_range_unless_a_float32_member_reads_the
         members.append(loaded_member(trained(beside, 2, False)[0]))
     domain = input_domain(members, {}, 3)
     assert domain.lo.tolist() == [-limit] * 3 and domain.hi.tolist() == [limit] * 3
+
+
+@pytest.mark.parametrize("split", [100_000_003.0, 1e308, -1e308])
+def test_a_split_on_an_integer_volume_or_at_1e308_scores_as_lightgbm(tmp_path, split):
+    """A LightGBM split value written as an integer volume (rows exactly on it and one unit either side, all
+    one float32) or at the domain's edge +-1e308: the member answers as LightGBM on the float64 rows."""
+    import lightgbm
+
+    rng = np.random.default_rng(0)
+    x = draw(rng, 3000)[:, :2]
+    model = lightgbm.LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1, n_jobs=1).fit(x, labels(
+        np.column_stack([x, np.full(len(x), 1.705e9)]), rng, 2))
+    lines = [line for line in model.booster_.model_to_string().splitlines() if not line.startswith("tree_sizes=")]
+    first = next(i for i, line in enumerate(lines) if line.startswith("split_feature="))
+    on_volume = lines[first].split("=")[1].split().index("0")
+    values = lines[first + 2].split("=")[1].split()  # threshold= follows split_gain= in LightGBM's text
+    assert lines[first + 2].startswith("threshold=")
+    values[on_volume] = repr(split)
+    lines[first + 2] = "threshold=" + " ".join(values)
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "model.txt").write_text("\n".join(lines) + "\n")
+    (folder / "ensemble.json").write_text(json.dumps({"feature_names": NAMES[:2], "classes": CLASSES[2],
+                                                      "members": {"m": {"kind": "lightgbm", "file": "model.txt",
+                                                                        "scaler": None}}}))
+    served = runtime.load(convert(folder, tmp_path / "out"))
+    booster = lightgbm.Booster(model_file=str(folder / "model.txt"))
+    volumes = [split, np.nextafter(split, -np.inf), np.nextafter(split, np.inf), split - 1, split + 1, 1e8, -split]
+    rows = np.array([[v, 0.1] for v in volumes if abs(v) <= 1e308])
+    want = booster.predict(rows)
+    assert np.abs(served.member_probabilities(rows)["m"][:, 1] - want).max() <= 1e-5
