@@ -52,7 +52,12 @@ class Reference:
         """What the service handed the member's framework: the float64 rows, through the scaler's float64
         transform where it has one. A framework that computes in float32 casts them itself (torch's predictor
         here, as the service did; XGBoost, CatBoost and scikit-learn's forests inside their predict)."""
-        return np.asarray(self.scalers[scaler].transform(raw) if scaler is not None else raw, dtype=np.float64)
+        if scaler is None:
+            return np.asarray(raw, dtype=np.float64)
+        # scikit-learn's finiteness check sums the rows first: rows near float64's largest (a float64 tree's
+        # domain) overflow that sum, harmlessly (it then checks each value), with a RuntimeWarning on stderr.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(self.scalers[scaler].transform(raw), dtype=np.float64)
 
     def raw_member_probabilities(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         inputs: dict[Path | None, np.ndarray] = {}

@@ -199,8 +199,8 @@ class MemberRecord:
     metadata: FileRecord | None = None
     scaler: FileRecord | None = None
     # What members/NAME.onnx takes and ensemble.onnx feeds it (`MEMBER_DTYPES`): its scaler's float32 output, or
-    # its float64 one for a member whose framework compares the float64 row in double. Absent in folders built
-    # before it existed: float32.
+    # its float64 one for a member whose framework compares the float64 row in double. Written only for float64
+    # (absent, as in folders built before it existed: float32).
     input_dtype: str = "float32"
 
 
@@ -247,6 +247,9 @@ class Manifest:
             out["precision"] = {k: v for k, v in out["precision"].items() if v is not None}
         if out["domain"] is None:  # an older build's manifest has no such key, and its digest none either
             del out["domain"]
+        for member in out["members"].values():  # written only where it is not the default (float32), likewise
+            if member["input_dtype"] == "float32":
+                del member["input_dtype"]
         return out
 
 

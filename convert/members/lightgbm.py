@@ -6,10 +6,9 @@ converter's float32 threshold would send a value between t and its float32 neigh
 also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts splits at +-1e-35 between the
 negative, zero and positive bins; `onnx_threshold` folds that reading into the split value. The doubles come
 from the model text (`text_thresholds`): its JSON dump writes any split at or past 1e300 (a split that parts
-NaN from every value is at inf) as 1e300. A random forest
-(boosting_type="rf") averages its iterations where the converter sums them: `average_trees` scales the
-leaves. Models ONNX cannot express (categorical splits, linear trees, zero-as-missing splits whose default
-direction disagrees with the threshold) are refused.
+NaN from every value is at inf) as 1e300. A random forest (boosting_type="rf") averages its iterations where
+the converter sums them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits,
+linear trees, zero-as-missing splits whose default direction disagrees with the threshold) are refused.
 """
 
 from __future__ import annotations
