@@ -126,9 +126,7 @@ def test_a_member_scores_the_float64_rows_as_its_framework(trained, tmp_path, es
     want = model.predict_proba(scaler.transform(rows) if scaler is not None else rows)
     assert np.abs(got - want).max() <= 1e-5
     assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
-    spec = json.loads((folder / "ensemble.json").read_text())["members"]["m"]
-    loaded = get_kind(spec["kind"]).load(MemberSource("m", spec["kind"], folder / "model.pkl"))
-    assert input_dtype(loaded) == reads
+    assert input_dtype(loaded_member(folder)) == reads
 
 
 @pytest.mark.parametrize(("estimator", "compares_in_double"), [
