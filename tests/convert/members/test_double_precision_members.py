@@ -276,3 +276,16 @@ def test_a_split_on_an_integer_volume_or_at_1e308_scores_as_lightgbm(tmp_path, s
     rows = np.array([[v, 0.1] for v in volumes if abs(v) <= 1e308])
     want = booster.predict(rows)
     assert np.abs(served.member_probabilities(rows)["m"][:, 1] - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize(("recorded", "refused"), [(None, True), ("float32", True), ("float64", False)])
+def test_verify_names_a_folder_built_before_its_member_read_float64(trained, recorded, refused):
+    """`verify` of a folder whose LightGBM was built reading float32 (before this version): refused naming the
+    member and both dtypes, not a parity failure blamed on the libraries."""
+    from convert.verify import dtype_differences
+
+    member = loaded_member(trained("lightgbm", 2, False)[0])
+    manifest = {"members": {"m": {"kind": "lightgbm", **({"input_dtype": recorded} if recorded else {})}}}
+    said = dtype_differences(manifest, [member])
+    assert said == (["members.m.input_dtype: the artifacts feed it float32, this version float64 (as its framework "
+                     "computes with the service's float64 rows)"] if refused else [])
