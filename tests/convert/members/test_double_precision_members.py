@@ -289,3 +289,26 @@ def test_verify_names_a_folder_built_before_its_member_read_float64(trained, rec
     said = dtype_differences(manifest, [member])
     assert said == (["members.m.input_dtype: the artifacts feed it float32, this version float64 (as its framework "
                      "computes with the service's float64 rows)"] if refused else [])
+
+
+@pytest.mark.parametrize("variant_id", ["lightgbm-subsampling-txt", "lightgbm-default-txt"])
+def test_lightgbm_reads_float64_values_within_1e_35_as_zero_and_so_does_the_export(tmp_path, variant_id):
+    """LightGBM's kZeroThreshold in double: float64 values a float32 cast would move (1e-36, a float64 ulp either
+    side of +-1e-35, the smallest subnormal) go where LightGBM sends them."""
+    import onnxruntime as ort
+
+    from tests.variants import by_id, cached_folder
+
+    folder = cached_folder(by_id(variant_id), tmp_path)
+    spec = json.loads((folder / "ensemble.json").read_text())
+    name, entry = next(iter(spec["members"].items()))
+    loaded = get_kind(entry["kind"]).load(MemberSource(name, entry["kind"], folder / entry["file"]))
+    assert any(abs(t) < 1e-30 for _, t in loaded.thresholds), "the model must split between the zero bins"
+    tiny = float(np.float32(1e-35))
+    values = np.array([0.0, 1e-36, -1e-36, tiny, -tiny, np.nextafter(tiny, 1), np.nextafter(tiny, 0),
+                       np.nextafter(-tiny, -1), np.nextafter(-tiny, 0), 5e-324, -5e-324])
+    x = np.random.default_rng(1).standard_normal((len(values) * 8 * 4, 8))
+    for i in range(len(x)):
+        x[i, (i // len(values)) % 8] = values[i % len(values)]
+    session = ort.InferenceSession(loaded.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], loaded.reference(x), atol=1e-6)
