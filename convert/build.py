@@ -24,7 +24,7 @@ from .discover import Plan, check_text, check_unique_names, make_plan
 from .domain import Domain, input_domain
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
-from .members import LoadedMember, get_kind
+from .members import LoadedMember, get_kind, input_dtype
 from .members.torch_common import one_thread
 from .parity import BATCH_SIZES, check_parity, json_ready, merged, parity_rows, summary, table
 from .precision import Precision, lower
@@ -329,6 +329,7 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
             source=_record(m.source.file),
             metadata=_record(m.source.metadata) if m.source.metadata else None,
             scaler=_record(m.source.scaler) if m.source.scaler else None,
+            input_dtype=input_dtype(m),
             onnx=contract.FileRecord(f"members/{m.source.name}.onnx", mf.sha256(member_bytes[m.source.name])),
             code=None if m.code is None else [contract.FileRecord(**c) for c in m.code],
         ) for m in loaded.members},

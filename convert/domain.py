@@ -2,10 +2,13 @@
 per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
 
 - A member that only compares its inputs with split values (its kind's `only_compares`: a tree ensemble) takes
-  any value float32 holds: TREE_LIMIT of its own (scaled) input units either side of 0.
+  any value its input dtype holds: TREE_LIMIT of its own (scaled) input units either side of 0 for a float32
+  input, TREE_LIMIT64 for a tree that reads float64 (its kind's `takes_float64`).
 - Any other member (a neural network, a linear model) computes with its inputs and can overflow float32 far from its
   training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
-  features), k the widest of RUNGS at which every member's own framework still answers finitely.
+  features), k the widest of RUNGS at which every member's own framework still answers finitely. Where every
+  member that computes reads float64 (a linear model in float64), the ladder goes on through RUNGS64: such a
+  member on raw volumes near 1e8 is not refused them.
 - A feature's range is the intersection over the members (each reads every feature through its own scaler),
   widened to hold the recorded parity rows (`--parity-data`), which the gate runs too.
 - NaN is taken where every member defines what missing means (its kind's `takes_nan`: the learned default
@@ -27,13 +30,15 @@ import numpy as np
 from runtime.contract import DomainRecord
 
 from .errors import ConvertError, MetadataError
-from .members import LoadedMember, get_kind
+from .members import LoadedMember, get_kind, input_dtype
 from .scaler import Scaler
 
 # Standard deviations either side of the scaler's mean, for members that compute: the first rung always, each
 # further one while every member's own framework still answers finitely there.
 RUNGS = (20.0, 1e2, 1e3, 1e4, 1e5, 1e6)
+RUNGS64 = (1e8, 1e10, 1e12, 1e15, 1e20, 1e30, 1e50, 1e100, 1e200, 1e300)  # further, for float64 members alone
 TREE_LIMIT = 1e38   # a tree's input units either side of 0: float32 holds it (max 3.4e38) with room for rounding
+TREE_LIMIT64 = 1e308  # the same for a tree that reads float64 (max 1.8e308)
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
@@ -105,8 +110,10 @@ def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features
     for member in members:
         scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
         mean, scale = moments(scaler, n_features)
-        reach = (TREE_LIMIT if only_compares(member) else sds) * scale
-        lo, hi = np.maximum(lo, mean - reach), np.minimum(hi, mean + reach)
+        limit = (TREE_LIMIT64 if input_dtype(member) == "float64" else TREE_LIMIT) if only_compares(member) else sds
+        with np.errstate(over="ignore"):  # a float64 tree's reach past float64's largest: clipped below
+            reach = limit * scale
+            lo, hi = np.maximum(lo, mean - reach), np.minimum(hi, mean + reach)
     # A scale near float64's largest would put an edge at infinity: the domain is finite, whatever the scaler.
     lo, hi = np.maximum(lo, -FLOAT64_MAX), np.minimum(hi, FLOAT64_MAX)
     empty = np.flatnonzero(~(lo <= hi))
@@ -127,7 +134,8 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
     computing = [m for m in members if not only_compares(m)]
     ladder: list[tuple[np.ndarray, np.ndarray]] = []
     sds: float | None = None
-    for rung in RUNGS if computing else (RUNGS[0],):
+    rungs = RUNGS + RUNGS64 if all(input_dtype(m) == "float64" for m in computing) else RUNGS
+    for rung in rungs if computing else (RUNGS[0],):
         lo, hi = _bounds(members, scalers, n_features, rung)
         if ladder and probabilities is not None:
             centre = lo / 2 + hi / 2

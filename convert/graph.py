@@ -3,6 +3,8 @@
     features (float64 [N, F])
       -> per scaler: (x - mean) / scale in float64, one Cast to float32   (bit-identical to sklearn)
          members on raw features: one Cast to float32
+         a member whose framework reads the float64 row in double (its kind's `takes_float64`) gets the
+         float64 tensor itself, never cast
       -> each member's own graph (prefixed "NAME/"), then its temperature: softmax(log p / t), if t != 1
       -> member_probabilities [N, M, C]
       -> weighted sum, or the stacker over the concatenated member probabilities
@@ -34,6 +36,7 @@ from runtime.contract import (
     MEMBER_SHAPE,
     PROBABILITIES,
     SCALED,
+    SCALED64,
     SCALER_DIV,
     SCALER_MEAN,
     SCALER_SCALE,
@@ -49,15 +52,16 @@ from runtime.contract import (
 
 from .decision import Decision
 from .errors import ConvertError
-from .members import LoadedMember
+from .members import LoadedMember, input_dtype
 from .members.export import CONTRACT
 from .scaler import Scaler
 
 __all__ = ["ENSEMBLE_INPUT", "ENSEMBLE_OUTPUTS", "IR_VERSION", "build_ensemble_graph", "drop_dead_nodes"]
 
 
-def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, str]:
-    """Nodes and initializers that turn float64 features into this scaler's float32 member input."""
+def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, dict[str, str]]:
+    """Nodes and initializers that turn float64 features into this scaler's member inputs: {dtype: tensor},
+    the float32 Cast and the float64 Identity (the one no member reads is dropped with the dead nodes)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -71,9 +75,10 @@ def _scaling(scaler: Scaler | None, prefix: str) -> tuple[list, list, str]:
                 nodes.append(helper.make_node(op, [current, scoped(prefix, name)], [scoped(prefix, result)],
                                               name=f"{prefix}/{op}"))
                 current = scoped(prefix, result)
-    out = scoped(prefix, SCALED)
-    nodes.append(helper.make_node("Cast", [current], [out], to=onnx.TensorProto.FLOAT, name=f"{prefix}/Cast"))
-    return nodes, inits, out
+    out, out64 = scoped(prefix, SCALED), scoped(prefix, SCALED64)
+    nodes += [helper.make_node("Cast", [current], [out], to=onnx.TensorProto.FLOAT, name=f"{prefix}/Cast"),
+              helper.make_node("Identity", [current], [out64], name=f"{prefix}/Float64")]
+    return nodes, inits, {"float32": out, "float64": out64}
 
 
 def _embed(model: Any, prefix: str, input_from: str) -> tuple[list, list, str]:
@@ -84,6 +89,21 @@ def _embed(model: Any, prefix: str, input_from: str) -> tuple[list, list, str]:
     renamed = onnx.compose.add_prefix(model, f"{prefix}/")
     identity = helper.make_node("Identity", [input_from], [f"{prefix}/{CONTRACT.input_name}"], name=f"{prefix}/In")
     return [identity, *renamed.graph.node], list(renamed.graph.initializer), f"{prefix}/{CONTRACT.output_name}"
+
+
+def _graph_input(member: LoadedMember) -> str:
+    """The dtype the member's kind declares, held to the one its graph reads (a kind whose export and
+    declaration disagree would otherwise be fed the wrong tensor, refused only by onnx's checker)."""
+    from onnx import TensorProto
+
+    declared = input_dtype(member)
+    (graph_input,) = [i for i in member.onnx_model.graph.input
+                      if i.name not in {t.name for t in member.onnx_model.graph.initializer}]
+    reads = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}.get(graph_input.type.tensor_type.elem_type)
+    if reads != declared:
+        raise ConvertError(f"member '{member.source.name}': its kind declares a {declared} input, but its graph "
+                           f"reads {reads or 'another type'}; this is a bug in its kind's module.")
+    return declared
 
 
 def _temperature(member_output: str, t: float, prefix: str) -> tuple[list, list, str]:
@@ -159,7 +179,7 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
 
     nodes: list = []
     inits: list = []
-    scaled: dict[Path | None, str] = {}
+    scaled: dict[Path | None, dict[str, str]] = {}
     for member, prefix in zip(members, scaler_prefixes([m.source.scaler for m in members]), strict=True):
         key = member.source.scaler
         if key not in scaled:
@@ -170,7 +190,7 @@ def build_ensemble_graph(members: list[LoadedMember], scalers: dict[Path, Scaler
     probs = []
     for member in members:
         name = member.source.name
-        n, i, out = _embed(member.onnx_model, name, scaled[member.source.scaler])
+        n, i, out = _embed(member.onnx_model, name, scaled[member.source.scaler][_graph_input(member)])
         n2, i2, out = _temperature(out, decision.temperature.get(name, 1.0), name)
         nodes += n + n2
         inits += i + i2

@@ -1,14 +1,16 @@
 """The parity gate: every member's ONNX and the fused ensemble against the original frameworks.
 
 Rows: draws from the scaler's statistics; the input domain's edges (`convert.domain`), alone and all at once;
-NaN in each feature that takes it; for every tree split, rows whose scaled float32 value sits on the threshold
-and one ulp under and over it; and any recorded features. Only rows inside the domain are kept: a split at
-+-inf (LightGBM writes 1e300 for a split that parts NaN from every value) has no row on it, and a split whose
-row lies outside the domain is a row the runtime refuses. The report counts what was left out, and why.
-References: the frameworks themselves
-(sklearn scaling in float64, one cast to float32, torch / xgboost / lightgbm / the stacker). Each ONNX graph
-runs at batch sizes other than the export's; every probability must be within tolerance and every label
-identical, the decision policy's labels included. All failures are collected and reported together.
+NaN in each feature that takes it; for every tree split, rows whose scaled value, in the dtype the member reads
+(float32, or float64 for a member that compares in double), sits on the threshold and one ulp of that dtype
+under and over it (for a float64 member behind a scaler, also the two raw values nearest each split on either
+side, which the scaler may not land on it exactly); and any recorded features. Only rows inside the domain are
+kept: a split at +-inf (LightGBM writes inf for a split that parts NaN from every value) has no row on it, and
+a split whose row lies outside the domain is a row the runtime refuses. The report counts what was left out,
+and why. References: the frameworks themselves on the float64 rows the service handed them (sklearn scaling
+in float64; torch on its one cast to float32; xgboost / lightgbm / scikit-learn / catboost / the stacker).
+Each ONNX graph runs at batch sizes other than the export's; every probability must be within tolerance and
+every label identical, the decision policy's labels included. All failures are collected and reported together.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from runtime.contract import CONFIDENCE, ENSEMBLE_INPUT, LABEL, MEMBER_PROBABILI
 
 from .domain import Domain
 from .errors import member_step
-from .members import LoadedMember
+from .members import LoadedMember, input_dtype
 from .members.export import CONTRACT
 from .precision import Precision
 from .reference import Reference
@@ -50,17 +52,42 @@ def _affine(scaler: Scaler | None, column: int) -> tuple[float, float]:
 
 
 def _raw_values_for(targets: np.ndarray, mean: float, scale: float) -> np.ndarray:
-    """float64 raw values x with float32((x - mean) / scale) == target exactly; NaN where none was found."""
+    """float64 raw values x whose scaled value (x - mean) / scale, computed in float64 as the graph does and
+    then in the targets' dtype (float32: the graph's cast; float64: as it is), is the target exactly; NaN where
+    none was found."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _nudged(targets, mean, scale)
+
+
+def _nudged(targets: np.ndarray, mean: float, scale: float) -> np.ndarray:
     x = targets.astype(np.float64) * scale + mean
     for _ in range(MAX_NUDGES):
-        got = ((x - mean) / scale).astype(np.float32)
+        got = ((x - mean) / scale).astype(targets.dtype)
         off = got != targets
         if not off.any():
             break
         # Step one float64 ulp towards the target; scale > 0, so raw and scaled move the same way.
         x[off] = np.nextafter(x[off], np.where(got[off] < targets[off], np.inf, -np.inf))
-    x[((x - mean) / scale).astype(np.float32) != targets] = np.nan
+    x[((x - mean) / scale).astype(targets.dtype) != targets] = np.nan
     return x
+
+
+def _boundary_pairs(splits: np.ndarray, mean: float, scale: float) -> np.ndarray:
+    """For a member that reads float64 behind a scaler: per split t, the raw x whose scaled value is the
+    largest at or under t, and the raw value one ulp over x (scaled over t): the two rows nearest the split
+    the runtime can see, where no raw value scales onto t itself. NaN where not found."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = splits * scale + mean
+        for _ in range(MAX_NUDGES):
+            over = (x - mean) / scale > splits
+            short = ~over & ((np.nextafter(x, np.inf) - mean) / scale <= splits)
+            if not (over.any() or short.any()):
+                break
+            x[over] = np.nextafter(x[over], -np.inf)
+            x[short] = np.nextafter(x[short], np.inf)
+        above = np.nextafter(x, np.inf)
+        found = ((x - mean) / scale <= splits) & ((above - mean) / scale > splits)
+    return np.concatenate([np.where(found, x, np.nan), np.where(found, above, np.nan)])
 
 
 NAN_ROWS = 8     # rows with NaN in one feature, per feature that takes it, and rows with NaN in all of them
@@ -88,11 +115,12 @@ def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_feat
                                            "threshold_outside_domain": 0}
     for member in members:
         scaler = scalers.get(member.source.scaler) if member.source.scaler is not None else None
+        dtype = np.dtype(input_dtype(member))  # the split compares the scaled value in the member's input dtype
         for column in sorted({f for f, _ in member.thresholds}):
-            values = np.array([v for f, v in member.thresholds if f == column], dtype=np.float32)
+            values = np.array([v for f, v in member.thresholds if f == column], dtype=dtype)
             with np.errstate(over="ignore"):
-                targets = np.concatenate([values, np.nextafter(values, np.float32(-np.inf)),
-                                          np.nextafter(values, np.float32(np.inf))])
+                targets = np.concatenate([values, np.nextafter(values, dtype.type(-np.inf)),
+                                          np.nextafter(values, dtype.type(np.inf))])
             finite = np.isfinite(targets)  # no row sits on a split at +-inf (nor one ulp past float32's largest)
             counts["threshold_not_finite"] += int((~finite).sum())
             targets = targets[finite]
@@ -107,6 +135,13 @@ def parity_rows(members: list[LoadedMember], scalers: dict[Path, Scaler], n_feat
             blocks.append(rows)
             counts["threshold"] += int(ok.sum())
             counts["threshold_unreachable"] += int((~reachable).sum())
+            if dtype == np.float64 and scaler is not None:  # float64 steps the scaler cannot land on exactly
+                pairs = _boundary_pairs(values[np.isfinite(values)], *_affine(scaler, column))
+                pairs = pairs[(pairs >= domain.lo[column]) & (pairs <= domain.hi[column])]  # NaN: not found
+                rows = base[np.arange(len(pairs)) % SCALER_ROWS].copy()
+                rows[:, column] = pairs
+                blocks.append(rows)
+                counts["threshold_boundary"] = counts.get("threshold_boundary", 0) + len(pairs)
     if recorded is not None:
         blocks.append(np.asarray(recorded, dtype=np.float64))
         counts["recorded"] = len(recorded)
@@ -195,12 +230,13 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     checks: list[Check] = []
     raw_refs = reference.raw_member_probabilities(rows.raw)
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature
-        x32 = reference.member_input(member.scaler, rows.raw)
+        x64 = reference.member_input(member.scaler, rows.raw)
         for bs in BATCH_SIZES:
-            idx = _rows_for(bs, len(x32))
+            idx = _rows_for(bs, len(x64))
             with member_step(member.name, member.file, f"running its ONNX export at batch size {bs}"):
                 session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
-                (got,) = run_batched(session, {CONTRACT.input_name: x32[idx]}, bs)
+                x = x64 if session.get_inputs()[0].type == "tensor(double)" else x64.astype(np.float32)
+                (got,) = run_batched(session, {CONTRACT.input_name: x[idx]}, bs)
             checks.append(compare(f"member {member.name}", PROBABILITIES, bs, got, raw_refs[member.name][idx], idx))
 
     member_refs = reference.calibrated(raw_refs)
@@ -279,8 +315,9 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "batch_sizes": report["batch_sizes"], "targets": targets}
 
 
-LEFT_OUT = {"threshold_unreachable": "no float64 raw value scales exactly onto the float32 split value",
-            "threshold_not_finite": "the split value is +-inf or one float32 step past the largest float32",
+LEFT_OUT = {"threshold_unreachable": "no float64 raw value scales exactly onto the split value",
+            "threshold_not_finite": "the split value is +-inf or one step past the largest float32 (float64 for a "
+                                    "member that reads float64)",
             "threshold_outside_domain": "the split's raw row lies outside the input domain (rows the runtime "
                                         "refuses; the domain's edge rows hold the side of the split they take)"}
 

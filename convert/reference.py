@@ -4,7 +4,9 @@ torch for N-HiTS and PatchTST (rebuilt from their state_dicts), scikit-learn for
 xgboost and lightgbm for the trees, combined in numpy, then the decision policy. Each tree member is called
 as the service called its file (the loader that saved it, ensemble.json's "rounds" and "missing": see
 docs/models-folder.md), and binary members give probabilities from their own margins in float64, so a
-temperature keeps a confident member's small probability. The parity gate holds the
+temperature keeps a confident member's small probability. Every member's framework is handed the float64
+rows the service handed it (scaled in float64); those that compute in float32 cast them as they did. The
+parity gate holds the
 ONNX graphs to this; `bench` times it as the baseline; `verify` rebuilds it from the model files.
 """
 
@@ -23,7 +25,7 @@ from .loaders import load_pickle
 from .members import get_kind
 from .scaler import Scaler, load_scaler
 
-Predictor = Callable[[np.ndarray], np.ndarray]  # float32 [N, F] scaled -> float64 [N, C]
+Predictor = Callable[[np.ndarray], np.ndarray]  # float64 [N, F] scaled -> float64 [N, C]
 
 
 class Reference:
@@ -47,8 +49,15 @@ class Reference:
         return cls(plan, predictors, scalers, stacker)
 
     def member_input(self, scaler: Path | None, raw: np.ndarray) -> np.ndarray:
-        """The float32 input as the service built it: float64 transform, one cast."""
-        return (self.scalers[scaler].transform(raw) if scaler is not None else raw).astype(np.float32)
+        """What the service handed the member's framework: the float64 rows, through the scaler's float64
+        transform where it has one. A framework that computes in float32 casts them itself (torch's predictor
+        here, as the service did; XGBoost, CatBoost and scikit-learn's forests inside their predict)."""
+        if scaler is None:
+            return np.asarray(raw, dtype=np.float64)
+        # scikit-learn's finiteness check sums the rows first: rows near float64's largest (a float64 tree's
+        # domain) overflow that sum, harmlessly (it then checks each value), with a RuntimeWarning on stderr.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(self.scalers[scaler].transform(raw), dtype=np.float64)
 
     def raw_member_probabilities(self, raw: np.ndarray) -> dict[str, np.ndarray]:
         inputs: dict[Path | None, np.ndarray] = {}

@@ -23,6 +23,7 @@ from .build import Progress, domain_of, load_plan, read_features_file, run_parit
 from .discover import Plan, make_plan, plan_from_manifest
 from .domain import Domain
 from .errors import UnsupportedModelError, VerifyError
+from .members import LoadedMember, input_dtype
 from .members.torch_common import one_thread
 from .members.trees import OPTIONS, recorded_options
 from .parity import summary
@@ -101,6 +102,18 @@ def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:
     return out
 
 
+def dtype_differences(manifest: dict[str, Any], members: list[LoadedMember]) -> list[str]:
+    """Members whose graph reads another dtype than this version's export of them (a folder built before a
+    kind read the float64 row in double: its float32 splits differ from the framework between float32 values)."""
+    out = []
+    for member in members:
+        built = (manifest["members"].get(member.source.name) or {}).get("input_dtype", "float32")
+        if built != input_dtype(member):
+            out.append(f"members.{member.source.name}.input_dtype: the artifacts feed it {built}, this version "
+                       f"{input_dtype(member)} (as its framework computes with the service's float64 rows)")
+    return out
+
+
 @one_thread()  # the figures a build recorded, reproduced under the same conditions
 def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Progress = log.info,
            public_key: Path | None = None, expect_build_id: str | None = None) -> dict[str, Any]:
@@ -126,6 +139,10 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
         raise VerifyError(f"{artifacts}: manifest.json is not what {models} builds:\n  " + "\n  ".join(problems)
                           + "\nRebuild with `ensemble-onnx convert`.")
     loaded = load_plan(plan_from_manifest(manifest, models), progress)
+    problems = dtype_differences(manifest, loaded.members)
+    if problems:
+        raise VerifyError(f"{artifacts}: built by a version that fed its members otherwise:\n  " + "\n  ".join(problems)
+                          + "\nRebuild with `ensemble-onnx convert`.")
     if loaded.feature_names != manifest["feature_names"]:
         raise VerifyError(f"{models}: the model files name the features {loaded.feature_names[:3]}..., the "
                           f"artifacts {manifest['feature_names'][:3]}...; rebuild with `ensemble-onnx convert`.")

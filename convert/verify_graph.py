@@ -27,6 +27,7 @@ from runtime.contract import (
     ENSEMBLE_OUTPUTS,
     LABEL,
     LOG_P,
+    MEMBER_DTYPES,
     MEMBER_FLAT,
     MEMBER_INPUT,
     MEMBER_OUTPUT,
@@ -36,6 +37,7 @@ from runtime.contract import (
     PROBABILITIES,
     RAW,
     SCALED,
+    SCALED64,
     SCALER_DIV,
     SCALER_MEAN,
     SCALER_SCALE,
@@ -119,12 +121,13 @@ def _node_text(domain: str, op: str, inputs: tuple[str, ...], attributes: Mappin
             + "".join(f" {k}={list(v) if isinstance(v, tuple) else v}" for k, v in attributes.items()))
 
 
-def _check_scaling(c: _Combiner, prefix: str) -> None:
-    """`PREFIX/float32` must be computed from the features alone, as convert/graph.py `_scaling` writes it:
-    for `raw`, Cast(to float32) of features; for a scaler, the Cast of Div(Sub(features, PREFIX/mean),
-    PREFIX/scale) in float64 (Sub or Div left out for a scaler without a mean or a scale, never both), the
-    constants stored tensors. Another member's output, or anything else, cannot feed a member through its
-    scaler. Whether the constants are the scaler file's is not read here: signing covers them."""
+def _check_scaling(c: _Combiner, prefix: str, read: set[str]) -> None:
+    """`PREFIX/float32` and `PREFIX/float64` (those in `read`, the ones members read) must be computed from the
+    features alone, as convert/graph.py `_scaling` writes them: for `raw`, Cast(to float32) or Identity of
+    features; for a scaler, the Cast or Identity of Div(Sub(features, PREFIX/mean), PREFIX/scale) in float64
+    (Sub or Div left out for a scaler without a mean or a scale, never both), the constants stored tensors.
+    Another member's output, or anything else, cannot feed a member through its scaler. Whether the constants
+    are the scaler file's is not read here: signing covers them."""
     current = ENSEMBLE_INPUT
     if prefix != RAW:
         for op, constant, result in (("Sub", SCALER_MEAN, SCALER_SUB), ("Div", SCALER_SCALE, SCALER_DIV)):
@@ -134,9 +137,13 @@ def _check_scaling(c: _Combiner, prefix: str) -> None:
                     raise c.error(f"'{scoped(prefix, constant)}' is not a stored tensor, as convert writes it")
                 current = scoped(prefix, result)
         if current == ENSEMBLE_INPUT:  # convert refuses a scaler with neither (a member would read raw features)
-            raise c.error(f"'{scoped(prefix, SCALED)}' casts the features with neither a Sub nor a Div, but a "
-                          f"scaler's output always has one of them as convert writes it")
-    c.node(scoped(prefix, SCALED), "Cast", (current,), {"to": 1})  # 1: TensorProto.FLOAT
+            dtype = SCALED if SCALED in read else SCALED64
+            raise c.error(f"'{scoped(prefix, dtype)}' {'casts' if dtype == SCALED else 'takes'} the features with "
+                          f"neither a Sub nor a Div, but a scaler's output always has one of them as convert writes it")
+    if SCALED in read:
+        c.node(scoped(prefix, SCALED), "Cast", (current,), {"to": 1})  # 1: TensorProto.FLOAT
+    if SCALED64 in read:
+        c.node(scoped(prefix, SCALED64), "Identity", (current,), {})
 
 
 def check_combiner(m: Manifest, graph: bytes, graph_path: Path, manifest_path: Path) -> None:
@@ -187,6 +194,7 @@ def _check_graph(c: _Combiner, m: Manifest, graph_path: Path, manifest_path: Pat
     # member's scaler, or a scaler computed from anything but the features, would load with other predictions).
     scalers = [m.members[name].scaler for name in members]
     prefixes = scaler_prefixes([None if r is None else (r.file, r.sha256) for r in scalers])
+    read: dict[str, set[str]] = {prefix: set() for prefix in prefixes}  # per prefix: float32, float64 or both
     for i, (name, given, prefix) in enumerate(zip(members, flat.inputs, prefixes, strict=True)):
         output, calibrated = scoped(name, MEMBER_OUTPUT), scoped(name, CALIBRATED)
         if given not in (output, calibrated):  # ensemble.members in another order: columns under others' names
@@ -199,16 +207,26 @@ def _check_graph(c: _Combiner, m: Manifest, graph_path: Path, manifest_path: Pat
             c.node(cooled, "Div", (log_p, temperature), {})
             c.node(log_p, "Log", (output,), {})
             in_graph = float(c.tensor(temperature, "float32", ())[()])
-        feed, field = scoped(prefix, SCALED), f"field 'members.{name}.scaler' of {manifest_path.name}"
+        # The member reads its scaler's float32 output, or the float64 one where manifest.json says its graph takes
+        # float64 (a graph fed the other would load, and compute otherwise than the build proved).
+        dtype = MEMBER_DTYPES.get(m.members[name].input_dtype)
+        if dtype is None:
+            raise ArtifactError(f"{manifest_path}: field 'members.{name}.input_dtype' is "
+                                f"{shortened(m.members[name].input_dtype)}, not one of {sorted(MEMBER_DTYPES)}; "
+                                f"{REBUILD}.")
+        feed = scoped(prefix, dtype)
+        field = (f"field 'members.{name}.scaler' of {manifest_path.name}" if dtype == SCALED else
+                 f"fields 'members.{name}.scaler' and 'members.{name}.input_dtype' of {manifest_path.name}")
         c.owned(name, output, feed.__eq__,
-                f"an Identity of the raw features in float32 ('{feed}'), as {field} says (null)" if prefix == RAW
+                f"an Identity of the raw features in {dtype} ('{feed}'), as {field} says (null)" if prefix == RAW
                 else f"an Identity of '{feed}' (its scaler's output, as {field} and the member order say)")
+        read[prefix].add(dtype)
         t = temperatures.get(name, 1.0)
         if float32(t) != in_graph:  # the graph holds t in float32
             raise ArtifactError(f"{manifest_path}: field 'decision.temperature.{name}' is {t!r}, but the graph "
                                 f"divides member '{name}''s log-probabilities by {in_graph!r}; {REBUILD}.")
     for prefix in dict.fromkeys(prefixes):  # after the members: a member fed otherwise is named as that
-        _check_scaling(c, prefix)
+        _check_scaling(c, prefix, read[prefix] or {SCALED})  # one no member reads: as convert wrote it before
     c.node(MEMBER_FLAT, "Concat", flat.inputs, {"axis": 1})
     c.node(MEMBER_PROBABILITIES, "Reshape", (MEMBER_FLAT, MEMBER_SHAPE), {})
     if c.tensor(MEMBER_SHAPE, "int64", (3,)).tolist() != [-1, k, n_classes]:

@@ -45,7 +45,7 @@ CONFIDENCE = "confidence"          # float32 [N]
 MEMBER_PROBABILITIES = "member_probabilities"  # float32 [N, M, C]
 ENSEMBLE_OUTPUTS = (PROBABILITIES, LABEL, CONFIDENCE, MEMBER_PROBABILITIES)
 # members/NAME.onnx
-MEMBER_INPUT = "input"             # float32 [N, F], already scaled
+MEMBER_INPUT = "input"             # float32 [N, F], already scaled (float64 for a member that compares in double)
 MEMBER_OUTPUT = PROBABILITIES      # float32 [N, C]
 BATCH_AXIS = "N"
 
@@ -70,9 +70,13 @@ POLICY_NOT_FALLBACK = "policy/not_fallback"      # float32 [C]: -2 on the fallba
 
 # The features each member reads: per distinct scaler file PREFIX/float32 = Cast(to float32)(Div(Sub(features,
 # PREFIX/mean), PREFIX/scale)) in float64 (Sub or Div left out when the scaler has no mean or no scale); for the
-# members whose `scaler` is null RAW/float32 = Cast(features). PREFIX is `scaler_prefixes`'s.
+# members whose `scaler` is null RAW/float32 = Cast(features). A member that reads float64 (a LightGBM, a
+# HistGradientBoosting, a LogisticRegression) reads PREFIX/float64 = Identity of the same float64 tensor, never
+# cast. Each is written only when a member reads it. PREFIX is `scaler_prefixes`'s.
 SCALER, RAW = "scaler", "raw"
 SCALED = "float32"                 # the scaler's output, an Identity of which is the member's `NAME/input`
+SCALED64 = "float64"               # the same in float64, for the members that read float64
+MEMBER_DTYPES = {"float32": SCALED, "float64": SCALED64}  # manifest members.NAME.input_dtype -> the tensor it reads
 SCALER_MEAN, SCALER_SCALE = "mean", "scale"  # float64 [F] initializers
 SCALER_SUB, SCALER_DIV = "sub", "div"        # the Sub's and the Div's outputs
 
@@ -197,6 +201,10 @@ class MemberRecord:
     # A `torch` member: the training code the build imported (path in the models folder, sha256), sorted by
     # path; absent for other kinds and in folders built before it was recorded.
     code: list[FileRecord] | None = None
+    # What members/NAME.onnx takes and ensemble.onnx feeds it (`MEMBER_DTYPES`): its scaler's float32 output, or
+    # its float64 one for a member whose framework compares the float64 row in double. Written only for float64
+    # (absent, as in folders built before it existed: float32).
+    input_dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -242,9 +250,11 @@ class Manifest:
             out["precision"] = {k: v for k, v in out["precision"].items() if v is not None}
         if out["domain"] is None:  # an older build's manifest has no such key, and its digest none either
             del out["domain"]
-        for member in out["members"].values():  # only a torch member has code: no key for the others
-            if member["code"] is None:
+        for member in out["members"].values():  # keys written only where they say something: code for a torch
+            if member["code"] is None:              # member, input_dtype where it is not the default (float32)
                 del member["code"]
+            if member["input_dtype"] == "float32":
+                del member["input_dtype"]
         return out
 
 
@@ -392,6 +402,9 @@ def _check_consistent(m: Manifest) -> None:
     if m.domain is not None:
         _check_domain(m.domain, m)
     for name, member in m.members.items():
+        if member.input_dtype not in MEMBER_DTYPES:  # only what convert writes
+            raise FieldError(f"members.{name}.input_dtype", f"is {shortened(member.input_dtype)}, not one of "
+                                                            f"{sorted(MEMBER_DTYPES)}")
         if member.code is not None:
             _check_code(member.code, f"members.{name}.code")
 

@@ -47,14 +47,18 @@ class LoadedMember:
     n_features: int
     n_classes: int
     hyperparameters: dict[str, Any]
-    reference: Callable[[np.ndarray], np.ndarray]  # float32 [N, F] scaled -> float64 [N, n_classes]
+    # float64 [N, F] scaled (the rows the service handed its framework) -> float64 [N, n_classes]; a framework
+    # that computes in float32 (torch) casts them itself, as the service did.
+    reference: Callable[[np.ndarray], np.ndarray]
     onnx_model: onnx.ModelProto
     feature_names: list[str] | None = None         # as the member's own files state them
     # How the member's framework rewrote a feature name in its file (LightGBM: spaces to underscores), so that
     # its names are compared with the other sources' as it wrote them; None: kept as given.
     feature_names_as: Callable[[str], str] | None = None
     notes: list[str] = field(default_factory=list)  # where each hyperparameter came from
-    thresholds: list[tuple[int, float]] = field(default_factory=list)  # (feature, split value) for trees
+    # (feature, split value) for trees: `x <= value` sends x left, x as the member's graph reads it (float32, or
+    # float64 for a kind whose `takes_float64`)
+    thresholds: list[tuple[int, float]] = field(default_factory=list)
     code: list[dict[str, str]] | None = None  # a `torch` member: the training code's files {file, sha256}
 
 
@@ -98,6 +102,11 @@ class MemberKind:
     # means (a learned default direction at every split). Functions of the loaded member: a kind may hold both.
     only_compares: Callable[[LoadedMember], bool] = never
     takes_nan: Callable[[LoadedMember], bool] = never
+    # The member's input dtype: whether its framework compares (or computes with) the service's float64 rows in
+    # float64 (LightGBM, HistGradientBoosting, LogisticRegression), so the fused graph feeds it the float64 row
+    # (scaled in float64, never cast) and its graph splits on the exact double thresholds; otherwise float32
+    # (torch, XGBoost, random forests, CatBoost: their frameworks cast to float32 themselves). docs/numerics.md.
+    takes_float64: Callable[[LoadedMember], bool] = never
 
 
 _REGISTRY: dict[str, MemberKind] = {}
@@ -121,6 +130,11 @@ def get_kind(name: str) -> MemberKind:
 
 def known_kinds() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def input_dtype(member: LoadedMember) -> str:
+    """"float64" or "float32": what the member's graph reads, as its kind declares (`MemberKind.takes_float64`)."""
+    return "float64" if get_kind(member.source.kind).takes_float64(member) else "float32"
 
 
 def all_kinds() -> list[MemberKind]:

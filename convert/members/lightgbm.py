@@ -1,13 +1,14 @@
 """LightGBM: an LGBMClassifier pickle (allowlisted) or a native .txt, converted with onnxmltools.
 
-LightGBM splits on `x <= t` with a double t, while the ONNX tree operator holds float32 thresholds rounded
-to nearest: a float32 input equal to a threshold that rounded up would go the wrong way. Since every input
-is float32, `x <= t` is exactly `x <= largest float32 not above t`; `exact_thresholds` writes that value
-into each split. LightGBM also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts
-splits at +-1e-35 between the negative, zero and positive bins; `onnx_threshold` folds that reading into
-the split value. A random forest (boosting_type="rf") averages its iterations where the converter sums
-them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits, linear trees,
-zero-as-missing splits whose default direction disagrees with the threshold) are refused.
+LightGBM splits on `x <= t` with a double t and reads the service's float64 rows as doubles: the member's
+graph takes float64 and every split holds its exact double (`margins_graph` with `splits64`), where the
+converter's float32 threshold would send a value between t and its float32 neighbour the other way. LightGBM
+also reads any input with |x| <= 1e-35 (its kZeroThreshold) as 0.0, and puts splits at +-1e-35 between the
+negative, zero and positive bins; `onnx_threshold` folds that reading into the split value. The doubles come
+from the model text (`text_thresholds`): its JSON dump writes any split at or past 1e300 (a split that parts
+NaN from every value is at inf) as 1e300. A random forest (boosting_type="rf") averages its iterations where
+the converter sums them: `average_trees` scales the leaves. Models ONNX cannot express (categorical splits,
+linear trees, zero-as-missing splits whose default direction disagrees with the threshold) are refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..loaders import load_pickle, read_checked
 from . import LoadedMember, MemberKind, MemberSource, always, register
 from .export import to_contract
 from .lightgbm_text import booster_stand_ins, check_model_text
-from .trees import ONNXMLTOOLS_OPSET, check_classes, floor_float32, input_types, margins_graph, tree_node
+from .trees import ONNXMLTOOLS_OPSET, check_classes, input_types, margins_graph, tree_node
 
 PROBE_TIMEOUT_S = 120
 # Read in a child first: LightGBM's text parser aborts its process on some malformed files (an out-of-range
@@ -168,13 +169,13 @@ ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold: it reads
 
 
 def onnx_threshold(t: float) -> float:
-    """The float32 t' with `x <= t'` iff LightGBM sends float32 x left, i.e. `z <= t` for z = 0 when
+    """The double t' with `x <= t'` iff LightGBM sends float64 x left, i.e. `z <= t` for z = 0 when
     |x| <= kZeroThreshold and z = x otherwise (its dense-row reader drops such values as zeros)."""
     if -ZERO_THRESHOLD <= t < 0.0:   # the tiny values read as 0 > t: only x < -kZeroThreshold goes left
-        return float(np.nextafter(np.float32(-ZERO_THRESHOLD), np.float32(-np.inf)))
+        return float(np.nextafter(-ZERO_THRESHOLD, -np.inf))
     if 0.0 <= t < ZERO_THRESHOLD:    # the tiny values read as 0 <= t: everything up to +kZeroThreshold goes left
         return ZERO_THRESHOLD
-    return floor_float32(t)
+    return t
 
 
 def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
@@ -193,13 +194,35 @@ def onnx_preorder(attrs: dict[str, Any], nodes: dict[int, int]) -> list[int]:
     return order
 
 
-def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[int, float]]:
-    """Replace each split's rounded threshold by its exact float32 equivalent; returns the splits.
+def text_thresholds(text: str) -> list[list[float]]:
+    """Each tree's `threshold` array from LightGBM's model text, by split index, as LightGBM holds them (inf
+    included). A tree without splits has none."""
+    trees: list[list[float]] = []
+    for line in text.splitlines():
+        if line.startswith("Tree="):
+            trees.append([])
+        elif line.startswith("threshold=") and trees:
+            trees[-1] = [float(v) for v in line.removeprefix("threshold=").split(" ") if v]
+    return trees
 
-    Splits are matched by position in the tree structure, and each pair must agree on feature and rounded
-    threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly."""
+
+def _avoid_inf(t: float) -> float:
+    """What LightGBM's JSON dump writes for a split value (Common::AvoidInf)."""
+    return min(max(t, -1e300), 1e300)
+
+
+def exact_thresholds(onx: Any, dump: dict[str, Any], text: str,
+                     file: Any) -> tuple[list[tuple[int, float]], list[float]]:
+    """Each split's exact double threshold, read off the model `text`: ((feature, value) of every split, one
+    double per converted node for `margins_graph`'s `splits64`, leaves holding their converted value).
+
+    Splits are matched by position in the tree structure, and each pair must agree on feature and float32-rounded
+    threshold, so a converter that reorders or rewrites trees is refused rather than patched wrongly; the text's
+    value must be the dump's (past +-1e300, as the dump writes it)."""
+    doubles = text_thresholds(text)
     attrs = {a.name: a for a in tree_node(onx).attribute}
     values = attrs["nodes_values"].floats
+    splits64 = [float(v) for v in values]
     trees: dict[int, dict[int, int]] = {}
     for i, (t, n) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints, strict=True)):
         trees.setdefault(t, {})[n] = i
@@ -209,17 +232,19 @@ def exact_thresholds(onx: Any, dump: dict[str, Any], file: Any) -> list[tuple[in
         if len(converted) != len(original):
             raise UnsupportedModelError(f"{file}: tree {tree_index} has {len(original)} splits, converted "
                                         f"{len(converted)}.")
+        in_text = doubles[tree_index] if tree_index < len(doubles) else []
         for i, node in zip(converted, original, strict=True):
             t = float(node["threshold"])
+            held = in_text[node["split_index"]] if node["split_index"] < len(in_text) else math.nan
             with np.errstate(over="ignore"):
                 same = np.float32(values[i]) == np.float32(t)
             if (attrs["nodes_featureids"].ints[i] != node["split_feature"] or not same
-                    or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ"):
+                    or attrs["nodes_modes"].strings[i] != b"BRANCH_LEQ" or _avoid_inf(held) != t):
                 raise UnsupportedModelError(f"{file}: cannot align converted split {i} of tree {tree_index} with the "
                                             "model.")
-            values[i] = onnx_threshold(t)
-            exact.append((int(node["split_feature"]), values[i]))
-    return sorted(set(exact))
+            splits64[i] = onnx_threshold(held)
+            exact.append((int(node["split_feature"]), splits64[i]))
+    return sorted(set(exact)), splits64
 
 
 def average_trees(onx: Any, iterations: int) -> None:
@@ -260,10 +285,10 @@ def _margins(booster: Any, wrapper: Any | None, rounds: int, explicit: bool,
     from .trees import margin_probabilities
 
     if wrapper is not None and not explicit:
-        return lambda x32: margin_probabilities(scale * np.asarray(wrapper.predict(x32, raw_score=True), np.float64))
+        return lambda x: margin_probabilities(scale * np.asarray(wrapper.predict(x, raw_score=True), np.float64))
     predict = wrapper.predict if wrapper is not None else booster.predict
-    return lambda x32: margin_probabilities(
-        scale * np.asarray(predict(x32, raw_score=True, num_iteration=rounds), dtype=np.float64))
+    return lambda x: margin_probabilities(
+        scale * np.asarray(predict(x, raw_score=True, num_iteration=rounds), dtype=np.float64))
 
 
 def margin_scale(dump: dict[str, Any], rounds: int, sigmoid: float) -> float:
@@ -322,7 +347,7 @@ def load(source: MemberSource) -> LoadedMember:
     if len(dump["tree_info"]) != rounds * int(dump["num_tree_per_iteration"]):
         raise UnsupportedModelError(f"{source.file}: {len(dump['tree_info'])} trees for {rounds} iterations; "
                                     f"cannot tell which trees predict uses.")
-    thresholds = exact_thresholds(onx, dump, source.file)
+    thresholds, splits64 = exact_thresholds(onx, dump, booster.model_to_string(num_iteration=rounds), source.file)
     if dump.get("average_output"):
         average_trees(onx, rounds)
     names = dump.get("feature_names")
@@ -336,7 +361,7 @@ def load(source: MemberSource) -> LoadedMember:
                          "num_leaves_max": max(t["num_leaves"] for t in dump["tree_info"]),
                          **({"options": dict(source.options)} if source.options else {})},
         reference=_margins(full, wrapper, rounds, "rounds" in source.options, margin_scale(dump, rounds, sigmoid)),
-        onnx_model=to_contract(margins_graph(onx, n_features, n_classes, sigmoid, source.name), "lightgbm"),
+        onnx_model=to_contract(margins_graph(onx, n_features, n_classes, sigmoid, source.name, splits64), "lightgbm"),
         feature_names=None if names == default_names else names,
         feature_names_as=renamed,
         notes=[f"{rounds} of {full.current_iteration()} boosting rounds ({why})"
@@ -352,4 +377,5 @@ register(MemberKind(
                               ("sklearn.preprocessing._label", "LabelEncoder")}),
     frameworks=("lightgbm",), distributions=("lightgbm",), build_modules=("lightgbm",), service_weight=0.25,
     # ensemble.json's "rounds"; a tree ensemble with a learned default direction for NaN at every split.
-    tree_options=("rounds",), only_compares=always, takes_nan=always))
+    tree_options=("rounds",), only_compares=always, takes_nan=always,
+    takes_float64=always))  # LightGBM reads a float64 row as doubles and splits on double thresholds

@@ -1,10 +1,11 @@
 """scikit-learn classifiers (random forest, extra trees, HistGradientBoosting, logistic regression): a pickle or
 joblib file read through the allowlist, converted by skl2onnx, held to the same gate as every member.
 
-The fifth kind proves the registry: one module, one `register` line. skl2onnx stores tree thresholds as
-float32, while scikit-learn compares (float32 or float64) inputs with float64 thresholds (`x <= t`); each
-split must hold the largest float32 not above t, which is exact for float32 inputs: recent skl2onnx writes
-that already, and `_floor_thresholds` makes sure of it, split by split.
+The fifth kind proves the registry: one module, one `register` line. Random and extra trees cast the
+service's float64 rows to float32 themselves and compare them with float64 thresholds (`x <= t`): their
+graphs read float32 and each split holds the largest float32 not above t (`_floor_thresholds`).
+HistGradientBoosting compares the float64 rows with its double thresholds, and LogisticRegression computes
+with them in float64: their graphs read float64 (`takes_float64`), the trees with each split's exact double.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .trees import check_classes, floor_float32, margins_graph
 SUPPORTED = ("RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier", "LogisticRegression")
 TREES = frozenset({"RandomForestClassifier", "ExtraTreesClassifier", "HistGradientBoostingClassifier"})
 TAKES_NAN = frozenset({"HistGradientBoostingClassifier"})  # learns where missing values go at each split
+# Read the float64 rows as doubles (scikit-learn's RandomForest/ExtraTrees cast X to float32 first).
+TAKES_FLOAT64 = frozenset({"HistGradientBoostingClassifier", "LogisticRegression"})
 
 
 def only_compares(member: LoadedMember) -> bool:
@@ -33,6 +36,10 @@ def only_compares(member: LoadedMember) -> bool:
 
 def takes_nan(member: LoadedMember) -> bool:
     return member.hyperparameters.get("estimator") in TAKES_NAN
+
+
+def takes_float64(member: LoadedMember) -> bool:
+    return member.hyperparameters.get("estimator") in TAKES_FLOAT64
 
 
 # HistGradientBoosting trained with categorical_features pickles the ColumnTransformer that encodes them.
@@ -67,29 +74,34 @@ def _binary_boosting(model: Any) -> bool:
 def _proba(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     if _binary_logistic(model) or _binary_boosting(model):  # from its own logit: a confident row keeps its small p
         from .trees import margin_probabilities
-        return lambda x32: margin_probabilities(model.decision_function(x32))
-    return lambda x32: np.asarray(model.predict_proba(x32), dtype=np.float64)
+        return lambda x: margin_probabilities(model.decision_function(x))
+    return lambda x: np.asarray(model.predict_proba(x), dtype=np.float64)
 
 
-def binary_logistic_graph(model: Any, n_features: int, name: str) -> Any:
-    """A binary LogisticRegression as scikit-learn computes it: the logit in float64 (x @ coef.T + intercept,
-    the float32 input promoted), then binary_head's [1 - p, p], each side on its own."""
+def logistic_graph(model: Any, n_features: int, name: str) -> Any:
+    """A LogisticRegression as scikit-learn computes it on the float64 rows: the logits in float64
+    (x @ coef.T + intercept), then for two classes binary_head's [1 - p, p], each side on its own, for more
+    the softmax in float64 (scikit-learn's multinomial predict_proba)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from .trees import binary_head
 
-    coef = np.asarray(model.coef_, dtype=np.float64).reshape(1, n_features).T
-    intercept = np.asarray(model.intercept_, dtype=np.float64).reshape(1, 1)
-    nodes = [helper.make_node("Cast", [CONTRACT.input_name], ["x64"], to=TensorProto.DOUBLE, name="Promote"),
-             helper.make_node("MatMul", ["x64", "coef"], ["dot"], name="Dot"),
-             helper.make_node("Add", ["dot", "intercept"], ["logit64"], name="Intercept"),
-             helper.make_node("Cast", ["logit64"], ["logit"], to=TensorProto.FLOAT, name="Logit")]
-    head, inits = binary_head("logit", CONTRACT.output_name)
+    n_classes = len(model.classes_)
+    coef = np.asarray(model.coef_, dtype=np.float64).reshape(-1, n_features).T
+    intercept = np.asarray(model.intercept_, dtype=np.float64).reshape(1, -1)
+    nodes = [helper.make_node("MatMul", [CONTRACT.input_name, "coef"], ["dot"], name="Dot"),
+             helper.make_node("Add", ["dot", "intercept"], ["logit64"], name="Intercept")]
+    if n_classes == 2:
+        head, inits = binary_head("logit", CONTRACT.output_name)
+        nodes += [helper.make_node("Cast", ["logit64"], ["logit"], to=TensorProto.FLOAT, name="Logit"), *head]
+    else:
+        inits = []
+        nodes += [helper.make_node("Softmax", ["logit64"], ["p64"], axis=1, name="Softmax"),
+                  helper.make_node("Cast", ["p64"], [CONTRACT.output_name], to=TensorProto.FLOAT, name="Probabilities")]
     graph = helper.make_graph(
-        nodes + head, name,
-        [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
-        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, 2])],
+        nodes, name, [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.DOUBLE, [None, n_features])],
+        [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])],
         [numpy_helper.from_array(coef, "coef"), numpy_helper.from_array(intercept, "intercept"), *inits])
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset)])
 
@@ -99,16 +111,23 @@ def reference(source: MemberSource) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def exact_thresholds(onx: Any) -> list[tuple[int, float]]:
-    """Every tree split's float32 threshold floored (x <= t for float32 x); the (feature, value) pairs."""
+    """Every tree split's threshold as the graph compares with it (x <= t): the floored float32 one, or the
+    exact double of a graph that reads float64; the (feature, value) pairs."""
+    from onnx import numpy_helper
+
     found = []
     for node in onx.graph.node:
         if not node.op_type.startswith("TreeEnsemble"):
             continue
         attrs = {a.name: a for a in node.attribute}
-        if "nodes_values" not in attrs:
-            raise UnsupportedModelError(f"{node.name}: a tree operator without float thresholds")
+        if "nodes_values_as_tensor" in attrs:
+            values = [float(v) for v in numpy_helper.to_array(attrs["nodes_values_as_tensor"].t)]
+        elif "nodes_values" in attrs:
+            values = list(attrs["nodes_values"].floats)
+        else:
+            raise UnsupportedModelError(f"{node.name}: a tree operator without split values")
         modes = attrs["nodes_modes"].strings
-        values, features = attrs["nodes_values"].floats, attrs["nodes_featureids"].ints
+        features = attrs["nodes_featureids"].ints
         for i, mode in enumerate(modes):
             if mode == b"LEAF":
                 continue
@@ -144,23 +163,28 @@ def load(source: MemberSource) -> LoadedMember:
     model = read_model(source)
     n_features, n_classes = int(model.n_features_in_), len(model.classes_)
     check_classes(model.classes_, n_classes, source.file)
-    if _binary_logistic(model):
+    if type(model).__name__ == "LogisticRegression":
+        _check_multinomial(model, source.file)
         return LoadedMember(
             source=source, n_features=n_features, n_classes=n_classes,
             hyperparameters={"estimator": "LogisticRegression", "trees": 0}, reference=_proba(model),
-            onnx_model=to_contract(binary_logistic_graph(model, n_features, source.name), str(source.file)),
+            onnx_model=to_contract(logistic_graph(model, n_features, source.name), str(source.file)),
             feature_names=[str(n) for n in model.feature_names_in_] if hasattr(model, "feature_names_in_") else None,
-            notes=["binary LogisticRegression: its logit in float64, each class's probability from it"])
+            notes=["LogisticRegression: its logits in float64 from the float64 row"
+                   + (", each class's probability from it" if n_classes == 2 else ", then the softmax")])
     with _integer_missing_flags():
         onx = to_onnx(model, initial_types=[(CONTRACT.input_name, FloatTensorType([None, n_features]))],
                       target_opset={"": CONTRACT.opset, "ai.onnx.ml": CONTRACT.ml_opset},
                       options={id(model): {"zipmap": False}}, naming=f"{source.name}_")
     onx = to_contract(onx, str(source.file))
-    _floor_thresholds(onx, model, source.file)
+    splits64 = _floor_thresholds(onx, model, source.file)
     notes = [f"{type(model).__name__} via skl2onnx"]
-    if _binary_boosting(model):  # each class's probability from the raw score on its own, as binary_head says
-        onx = to_contract(margins_graph(onx, n_features, 2, 1.0, source.name), str(source.file))
-        notes.append("binary: each class's probability from its raw score")
+    if type(model).__name__ == "HistGradientBoostingClassifier":
+        # The raw scores with every split in double on the float64 row; binary: each class's probability from
+        # the raw score on its own, as binary_head says.
+        onx = to_contract(margins_graph(onx, n_features, n_classes, 1.0, source.name, splits64), str(source.file))
+        notes.append("float64 row, exact double splits" + (", each class's probability from its raw score"
+                                                              if n_classes == 2 else ""))
     trees = (len(model.estimators_) if hasattr(model, "estimators_")
              else sum(len(p) for p in model._predictors) if hasattr(model, "_predictors") else 0)
     return LoadedMember(
@@ -171,18 +195,30 @@ def load(source: MemberSource) -> LoadedMember:
         notes=notes, thresholds=exact_thresholds(onx))
 
 
-def _floor_thresholds(onx: Any, model: Any, file: Any) -> None:
-    """Replace each float32-rounded split value with the largest float32 not above the model's float64 one.
-    Splits are matched by (tree id, node id) to the model's own arrays, and must agree on the rounded value."""
+def _check_multinomial(model: Any, file: Any) -> None:
+    """The graph's softmax is scikit-learn's multinomial predict_proba; a one-vs-rest model normalises otherwise."""
+    multi_class = getattr(model, "multi_class", "deprecated")
+    if len(model.classes_) > 2 and multi_class == "ovr":
+        raise UnsupportedModelError(f"{file}: a one-vs-rest LogisticRegression (multi_class='ovr') is not exported; "
+                                    f"retrain it multinomial (the default).")
+
+
+def _floor_thresholds(onx: Any, model: Any, file: Any) -> list[float] | None:
+    """Replace each float32-rounded split value with the largest float32 not above the model's float64 one,
+    and return every node's exact double (the split value; a leaf's its converted one) for a graph that reads
+    float64. Splits are matched by (tree id, node id) to the model's own arrays, and must agree on the rounded
+    value."""
     originals = _float64_thresholds(model)
     if originals is None:
-        return
+        return None
+    splits64: list[float] = []
     for node in (n for n in onx.graph.node if n.op_type.startswith("TreeEnsemble")):
         attrs = {a.name: a for a in node.attribute}
         values = attrs["nodes_values"].floats
         for i, (tree, nid, mode) in enumerate(zip(attrs["nodes_treeids"].ints, attrs["nodes_nodeids"].ints,
                                                    attrs["nodes_modes"].strings, strict=True)):
             if mode == b"LEAF":
+                splits64.append(float(values[i]))
                 continue
             t = originals[tree][nid] if tree < len(originals) and nid < len(originals[tree]) else np.nan
             # skl2onnx already floors (recent versions) or rounds to nearest (older ones): either is this split.
@@ -190,6 +226,8 @@ def _floor_thresholds(onx: Any, model: Any, file: Any) -> None:
                 raise UnsupportedModelError(f"{file}: cannot align converted split {nid} of tree {tree} with the "
                                             "model.")
             values[i] = floor_float32(t)
+            splits64.append(float(t))
+    return splits64
 
 
 def _float64_thresholds(model: Any) -> list[np.ndarray] | None:
@@ -224,4 +262,4 @@ register(MemberKind(
         ("numpy.random.bit_generator", "SeedSequence"),
     }),
     frameworks=("sklearn",), distributions=("scikit-learn",), build_modules=("sklearn", "skl2onnx"),
-    only_compares=only_compares, takes_nan=takes_nan))
+    only_compares=only_compares, takes_nan=takes_nan, takes_float64=takes_float64))

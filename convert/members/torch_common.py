@@ -236,12 +236,13 @@ def export_onnx(module: Any, n_features: int, traced: list[str] | None = None) -
 
 
 def torch_reference(module: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """What the service computed: `softmax(module(x))` in eval mode (fast path and all), as float64."""
+    """What the service computed: `softmax(module(x))` in eval mode (fast path and all), as float64, x the
+    scaled float64 rows cast to the float32 tensor the module takes."""
     import torch
 
-    def predict(x32: np.ndarray) -> np.ndarray:
+    def predict(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return torch.softmax(module(torch.from_numpy(x32)), dim=-1).double().numpy()
+            return torch.softmax(module(torch.from_numpy(np.asarray(x, dtype=np.float32))), dim=-1).double().numpy()
     return predict
 
 

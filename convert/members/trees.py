@@ -4,7 +4,9 @@ each class's probability computed on its own, in the graph and in the float64 re
 
 onnxmltools emits opset <= 15 graphs with a `label` output beside `probabilities`; the contract wants one
 opset policy and one output. Its TreeEnsembleClassifier stores thresholds as float32, which is exact for
-XGBoost (trained on float32) and is corrected per split for LightGBM (double thresholds), in lightgbm.py.
+XGBoost (trained on float32, compares in float32). LightGBM and HistGradientBoosting compare the service's
+float64 rows with double thresholds: their graphs read float64 and hold each split's exact double in
+`nodes_values_as_tensor` (ai.onnx.ml 3; `margins_graph` with `splits64`), docs/numerics.md.
 """
 
 from __future__ import annotations
@@ -150,11 +152,14 @@ def binary_head(margin: str, output: str, scale: float = 1.0) -> tuple[list[Any]
     return nodes, inits
 
 
-def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name: str) -> Any:
+def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name: str,
+                  splits64: list[float] | None = None) -> Any:
     """A converter's TreeEnsembleClassifier (LightGBM's, HistGradientBoosting's) as a TreeEnsembleRegressor of
     the raw scores, then the probabilities: softmax for K > 2 classes, `binary_head` (margin times `scale`)
-    for two. The trees, their exact thresholds and their base values are kept as converted."""
-    from onnx import helper
+    for two. The trees and their base values are kept as converted. With `splits64` (one double per node of
+    `nodes_values`, the exact split values) the graph reads float64 and every split compares in double
+    (`nodes_values_as_tensor`: onnxruntime then compares float64 inputs with float64 thresholds)."""
+    from onnx import TensorProto, helper, numpy_helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in tree_node(onx).attribute}
     n_groups = 1 if n_classes == 2 else n_classes
@@ -166,6 +171,13 @@ def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name:
     if any(not 0 <= c < n_groups for c in attrs["class_ids"]):
         raise UnsupportedModelError(f"{name}: a converted tree scores a class beyond {n_groups - 1}.")
     kept: dict[str, Any] = {k: v for k, v in attrs.items() if k.startswith("nodes_")}
+    if splits64 is not None:
+        if len(splits64) != len(kept["nodes_values"]):
+            raise UnsupportedModelError(f"{name}: {len(splits64)} double split values for "
+                                        f"{len(kept['nodes_values'])} converted nodes.")
+        del kept["nodes_values"]
+        kept["nodes_values_as_tensor"] = numpy_helper.from_array(np.asarray(splits64, dtype=np.float64),
+                                                                 "nodes_values_as_tensor")
     if base:
         kept["base_values"] = base
     trees = helper.make_node(
@@ -173,15 +185,18 @@ def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name:
         n_targets=n_groups, aggregate_function="SUM", post_transform="NONE",
         target_ids=attrs["class_ids"], target_nodeids=attrs["class_nodeids"], target_treeids=attrs["class_treeids"],
         target_weights=attrs["class_weights"], **kept)
-    graph = probabilities_graph(name, [trees], [], n_groups, n_features, n_classes, scale)
+    graph = probabilities_graph(name, [trees], [], n_groups, n_features, n_classes, scale,
+                                float64=splits64 is not None)
+    # ai.onnx.ml 3: the first with the double `nodes_values_as_tensor` (to_contract raises every import to 3).
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", CONTRACT.opset),
-                                                   helper.make_opsetid("ai.onnx.ml", 1)])
+                                                   helper.make_opsetid("ai.onnx.ml", 1 if splits64 is None else 3)])
 
 
 def probabilities_graph(name: str, nodes: list[Any], inits: list[Any], n_groups: int, n_features: int, n_classes: int,
-                        scale: float = 1.0) -> Any:
+                        scale: float = 1.0, float64: bool = False) -> Any:
     """A tree member's graph: `nodes` (and their `inits`) computing the raw scores `margins` from the contract's
-    input, then the probabilities: `binary_head` (margin times `scale`) for one score, a softmax over several."""
+    input (float32, or float64 for a member that compares in double), then the probabilities: `binary_head`
+    (margin times `scale`) for one score, a softmax over several."""
     from onnx import TensorProto, helper
 
     if n_groups == 1:
@@ -189,7 +204,7 @@ def probabilities_graph(name: str, nodes: list[Any], inits: list[Any], n_groups:
     else:
         head, head_inits = [helper.make_node("Softmax", ["margins"], [CONTRACT.output_name], axis=1,
                                              name="Probabilities")], []
+    dtype = TensorProto.DOUBLE if float64 else TensorProto.FLOAT
     return helper.make_graph(
-        nodes + head, name,
-        [helper.make_tensor_value_info(CONTRACT.input_name, TensorProto.FLOAT, [None, n_features])],
+        nodes + head, name, [helper.make_tensor_value_info(CONTRACT.input_name, dtype, [None, n_features])],
         [helper.make_tensor_value_info(CONTRACT.output_name, TensorProto.FLOAT, [None, n_classes])], inits + head_inits)

@@ -121,7 +121,8 @@ def _members_in_threads(folder: Path, manifest: dict[str, Any], row: np.ndarray,
     per = _member_threads(names, threads)
     sessions = {n: ort.InferenceSession(str(folder / manifest["members"][n]["onnx"]["file"]), session_options(per[n]))
                 for n in names}
-    feeds = {n: {sessions[n].get_inputs()[0].name: row.astype(np.float32)} for n in names}
+    feeds = {n: {sessions[n].get_inputs()[0].name: row if sessions[n].get_inputs()[0].type == "tensor(double)"
+                 else row.astype(np.float32)} for n in names}  # a member that reads float64 takes the row as it is
     with ThreadPoolExecutor(len(names)) as pool:
         def call() -> list[Any]:
             return [f.result() for f in [pool.submit(sessions[n].run, None, feeds[n]) for n in names]]

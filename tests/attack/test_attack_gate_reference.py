@@ -169,13 +169,12 @@ def test_a_non_finite_number_in_init_is_refused_by_name(tmp_path, init, path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: tree members compare float32 inputs (docs/numerics.md), while "
-                   "LightGBM and HistGradientBoosting compare the service's float64 rows with double thresholds")
 def test_a_raw_large_magnitude_feature_is_scored_as_lightgbm_scores_the_services_float64_rows(tmp_path):
-    """Finding (High, open): a LightGBM member on raw integer volumes near 1e8 and epoch seconds (float32 steps of
-    8 and 128) passes its gate, whose reference is LightGBM on the float32-cast rows, yet differs from
-    LGBMClassifier.predict_proba on the float64 frame the service passes (up to 0.097 on 6 of 20,000 rows):
-    a value between a double threshold and the float32 midpoint beside it goes the other way once cast."""
+    """Finding (High, fixed: the member now reads the float64 row and splits in double): a LightGBM member on raw
+    integer volumes near 1e8 and epoch seconds (float32 steps of 8 and 128) passed its gate, whose reference was
+    LightGBM on the float32-cast rows, yet differed from LGBMClassifier.predict_proba on the float64 frame the
+    service passes (up to 0.097 on 6 of 20,000 rows): a value between a double threshold and the float32
+    midpoint beside it went the other way once cast."""
     import lightgbm as lgb
     import pandas as pd
 

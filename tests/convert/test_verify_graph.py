@@ -173,6 +173,8 @@ def _scaler_left_out(model: Any) -> None:
     # scaler0/float32 = Cast(features), Sub, Div and constants removed: the members read raw features.
     _drop(model, outputs=("scaler0/sub", "scaler0/div"), initializers=("scaler0/mean", "scaler0/scale"))
     _node(model, "scaler0/float32").input[0] = "features"
+    if any(n.output[0] == "scaler0/float64" for n in model.graph.node):  # the members that read float64 (LightGBM)
+        _node(model, "scaler0/float64").input[0] = "features"
 
 
 def _local_concat(model: Any) -> None:

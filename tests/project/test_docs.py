@@ -68,7 +68,7 @@ def test_docs_name_no_issue_numbers(doc: Path):
 
 def test_every_test_named_in_guarantees_exists():
     defined = set()
-    for file in (ROOT / "tests").rglob("test_*.py"):
+    for file in (ROOT / "tests").rglob("test_*.py"):  # the tests mirror the packages, in folders
         defined |= {n.name for n in ast.walk(ast.parse(file.read_text()))
                     if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test_")}
     cited = set(re.findall(r"`(test_\w+)`", (ROOT / "docs" / "guarantees.md").read_text()))

@@ -128,6 +128,8 @@ def _as_stacking(folder: Path) -> dict[str, Any]:
     """The folder's manifest.json saying "stacking", as `_crafted_graph` computes; the manifest."""
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["combine"] = {"method": "stacking", "source": {"file": "stacker.pkl", "sha256": "ab" * 32}}
+    for member in manifest["members"].values():  # `_crafted_graph` feeds every member float32
+        member.pop("input_dtype", None)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 

@@ -30,7 +30,8 @@ def member(folder: Path, name: str | None = None):
 def onnx_probabilities(loaded, x32: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
     session = ort.InferenceSession(loaded.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x32})[0]
+    double = session.get_inputs()[0].type == "tensor(double)"  # a member that compares in double reads float64
+    return session.run(None, {"input": x32.astype(np.float64) if double else x32})[0]
 
 
 def convert(folder: Path, out: Path):
