@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Where a module lives -> the project packages it may import. Third-party code is checked for the core only:
 # the service's `import runtime` needs numpy and onnxruntime (and cryptography for a signature, lazily).

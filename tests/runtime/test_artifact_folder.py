@@ -1,5 +1,5 @@
 """The runtime's edges, each pinned by a test a small deliberate bug would fail: what `make mutation` found
-the runtime tests did not check. Runtime only (numpy + onnxruntime): marked `slim` like test_runtime.py."""
+the runtime tests did not check. Runtime only (numpy + onnxruntime): marked `slim` like test_serving.py."""
 
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ def test_a_refusal_on_the_command_line_exits_1_with_its_message(tmp_path, comman
 
 def test_the_command_line_loads_no_numeric_stack_until_a_command_runs():
     """The refusal handler imports the error family when an error happens, so `--help` stays light."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = "import convert.cli, json, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).stdout))
@@ -81,7 +81,7 @@ def test_the_command_line_loads_no_numeric_stack_until_a_command_runs():
 
 
 def _demo(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     return subprocess.run([sys.executable, "-m", "convert.demo", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(root)}, timeout=60)
 

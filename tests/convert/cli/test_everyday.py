@@ -113,7 +113,7 @@ def test_temperature_matches_softmax_of_tempered_logits(policy_build):
 @pytest.mark.parametrize("decision, message", [
     ({"temperature": {"tabnet": 2.0}}, "not a member"),
     ({"temperature": {"nhits": 0}}, "temperature.nhits must be a number above 0"),
-    ({"min_confidence": {"HOLDING": 0.5}}, "'HOLDING', which is not a class"),  # HOLD itself: test_classes.py
+    ({"min_confidence": {"HOLDING": 0.5}}, "'HOLDING', which is not a class"),  # HOLD: tests/convert/test_classes.py
     ({"min_confidence": {"BUY": 1.5}}, "at most 1.0"),
     ({"threshold": 0.5}, "takes only 'temperature', 'min_confidence' and 'fallback'"),
     ({"fallback": "WAIT"}, "decision.fallback is 'WAIT'"),

@@ -251,7 +251,7 @@ def test_the_runtime_serves_the_build_without_the_users_code_or_torch(user_build
     code = ("import json, sys, numpy as np, runtime; e = runtime.load(sys.argv[1]); "
             "p = e.predict_proba(np.zeros((3, len(e.feature_names)))); "
             "print(json.dumps([p.shape, sorted(m for m in sys.modules if m.split('.')[0] in ('trading', 'torch'))]))")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run([sys.executable, "-c", code, str(user_build)], capture_output=True, text=True, check=True,
                           cwd=tmp_path, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert json.loads(done.stdout) == [[3, K], []]
