@@ -111,7 +111,7 @@ test-slim: $(SLIM_VENV)/.installed test-full
 slim-tests: $(SLIM_VENV)/.installed
 	cd tests && ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts \
 		$(CURDIR)/$(SLIM_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) -m slim -p no:cacheprovider \
-		test_runtime.py test_monitor.py runtime/bench/test_host_graph_cost.py
+		runtime/test_serving.py runtime/monitor/test_monitor.py runtime/bench/test_host_graph_cost.py
 
 # What a serving host installs from until the package is published: dist/ensemble_onnx-VERSION-py3-none-any.whl
 # (`pip install ensemble_onnx-*.whl`, or `'ensemble_onnx-*.whl[convert]'` for the build stack) and the sdist.
@@ -125,7 +125,7 @@ dist: install
 # records the score and every survivor. The tests run against build/test-artifacts (built here if missing).
 MUTANTS ?= runtime.* convert.parity.x_compare* convert.parity.x_*gate* convert.parity.x*Check*
 mutation: install
-	test -f build/test-artifacts/manifest.json || $(VENV)/bin/python -m pytest -q tests/test_runtime.py
+	test -f build/test-artifacts/manifest.json || $(VENV)/bin/python -m pytest -q tests/runtime/test_serving.py
 	rm -rf mutants
 	ENSEMBLE_ONNX_MUTATION=1 ENSEMBLE_ONNX_ARTIFACTS=$(CURDIR)/build/test-artifacts $(VENV)/bin/mutmut run $(MUTANTS)
 	$(VENV)/bin/mutmut results

@@ -18,6 +18,16 @@ from runtime import contract
 
 Edit = Callable[[dict[str, Any]], None]
 
+# How the runtime's load refusals end.
+REBUILD = "rebuild the folder with `ensemble-onnx convert` (make convert)"
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    """manifest.json replaced by `manifest`, bound to nothing: refused unless the edit is one the binding allows."""
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
 
 def rebound(source: Path, folder: Path, edit: Edit, edit_statistics: Edit | None = None,
             edit_graph: Callable[[Any], None] | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 Every `Variant` names a framework, the training option it exercises, the file format it is saved in, and
 what `convert` must do with it, written by hand: "converts" (within 1e-5, identical labels) or the words a
-refusal must contain. `tests/test_matrix.py` runs the real `convert` on each; `python -m tests.variants
+refusal must contain. `tests/convert/members/test_matrix.py` runs the real `convert` on each; `python -m tests.variants
 --markdown` writes the README's table from the same list, between the markers below.
 """
 

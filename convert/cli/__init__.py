@@ -221,7 +221,7 @@ MODELS = click.option("--models", required=True, type=click.Path(exists=True, fi
 
 
 # Each command's module and the first sentence of its help (what `ensemble-onnx --help` lists), so that the list
-# imports none of them. tests/test_commands.py checks every entry against the command itself.
+# imports none of them. tests/convert/cli/test_commands.py checks every entry against the command itself.
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("build", "Rebuild, export and parity-check every member in MODELS; write the artifacts folder."),
     "verify": ("build", "Re-run the parity gate of an existing ARTIFACTS folder against the model files it was "

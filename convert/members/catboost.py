@@ -23,8 +23,9 @@ from .trees import check_classes, tree_node
 
 SUPPORTED_LOSSES = ("Logloss", "MultiClass")  # probabilities that sum to 1 (MultiClassOneVsAll's do not)
 # The nan_modes that say what a missing value means (NaN below, or above, every border). The export scores NaN
-# as CatBoost does in both: the gate's NaN rows prove it on every build (tests/test_catboost.py). A model
-# trained with "Forbidden" defines nothing for NaN, so its builds refuse NaN, naming the member.
+# as CatBoost does in both: the gate's NaN rows prove it on every build
+# (tests/convert/members/test_catboost.py). A model trained with "Forbidden" defines nothing for NaN, so its
+# builds refuse NaN, naming the member.
 NAN_MODES = ("Min", "Max")
 
 

@@ -26,7 +26,7 @@ from convert.errors import MetadataError, OutputError
 from convert.verify import plan_differences
 from runtime.signing import sign
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args: object):

@@ -34,7 +34,7 @@ from runtime.errors import InputError
 from runtime.records import read_records, records_to_matrix
 
 FEATURES = DemoSpec().feature_names
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Runs the CLI in a child and reports its peak resident memory (KiB) on stderr at exit: VmHWM, the high-water
 # mark of the child's own memory. Not ru_maxrss: Linux carries that across fork and exec, so a child of a large
 # pytest process reports the parent's size.

@@ -223,7 +223,7 @@ def test_a_closed_stream_is_not_an_internal_error(demo_artifacts, feature_names,
     done = subprocess.run([sys.executable, "-m", "convert.cli", *command], preexec_fn=_closed(closed),
                           stdout=None if closed == 1 else subprocess.PIPE,
                           stderr=None if closed == 2 else subprocess.PIPE, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == code, done
     assert out.exists() == written
     if closed == 1 and code:

@@ -409,7 +409,7 @@ def test_column_order_of_named_rows_never_matters(ens, x, perm):
 # The parent looks at the output path at each stop, and kills the child at chosen stops. The previous folder
 # is a different build (N-HiTS alone), so "old" and "new" are told apart by their manifest bytes.
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PAUSED_CHILD = r"""
 import os, runpy, sys
 

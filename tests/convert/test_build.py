@@ -164,7 +164,7 @@ def test_another_process_with_another_thread_count_converts_to_the_same_bytes(de
             "from convert.build import build; build(Path(sys.argv[1]), Path(sys.argv[2]))")
     env = {**os.environ, **{v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
     subprocess.run([sys.executable, "-c", code, demo_models, tmp_path / "child", str(threads)], check=True, env=env,
-                   cwd=Path(__file__).resolve().parent.parent, capture_output=True)
+                   cwd=Path(__file__).resolve().parents[2], capture_output=True)
     files = sorted(p.relative_to(demo_artifacts).as_posix() for p in demo_artifacts.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "child").as_posix()
                            for p in (tmp_path / "child").rglob("*") if p.is_file())
@@ -173,7 +173,7 @@ def test_another_process_with_another_thread_count_converts_to_the_same_bytes(de
 
 
 def test_artifacts_readme_in_repo_is_the_one_convert_writes(demo_artifacts):
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     assert (repo / "artifacts" / "README.md").read_bytes() == (demo_artifacts / "README.md").read_bytes()
 
 

@@ -1,7 +1,8 @@
 """The parity gate's comparison (`compare`, `Check`): what passes and what fails, on hand-computed numbers.
 
 These are the gate's arithmetic alone, fast and framework-free; that a real build fails the gate end to end
-is tested in test_gates.py. `make mutation` uses them as the referee for convert/parity.py's comparison."""
+is tested in tests/convert/test_build.py.
+`make mutation` uses them as the referee for convert/parity.py's comparison."""
 
 from __future__ import annotations
 

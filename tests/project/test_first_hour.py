@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Runs a command where torch cannot be imported, and writes "IMPORT torch" to stderr at the attempt: the order of
 # stderr's lines shows what was said before the build stack was reached, whatever the machine's speed.
 BLOCKED = textwrap.dedent("""

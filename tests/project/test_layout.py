@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Where a module lives -> the project packages it may import. Third-party code is checked for the core only:
 # the service's `import runtime` needs numpy and onnxruntime (and cryptography for a signature, lazily).
@@ -140,3 +140,66 @@ def test_every_runtime_error_class_is_defined_in_errors_py():
 ])
 def test_an_import_across_a_line_is_caught(module, source, expect):
     assert violations(source, module) == expect
+
+
+# ----------------------------------------------------------------------------------- the tests' own layout
+
+TESTS = REPO / "tests"
+# A folder of tests -> the project package every test file in it must import (or run, as `python -m ...`):
+# the tests mirror the packages. tests/attack/ and tests/project/ test across them.
+MIRRORS = {"runtime": "runtime", "runtime/batch": "runtime.batch", "runtime/monitor": "runtime.monitor",
+           "runtime/bench": "runtime.bench", "convert": "convert", "convert/members": "convert",
+           "convert/cli": "convert", "convert/bench": "convert", "attack": None, "project": None}
+
+
+def referred(source: str) -> set[str]:
+    """Every module a test file imports, and every dotted name it runs as a string (`python -m convert.demo`)."""
+    found = {target for _, target in imported(source, "tests")}
+    found |= {node.value for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier() is False
+              and all(part.isidentifier() for part in node.value.split("."))}
+    return found
+
+
+def misplaced(files: list[Path], root: Path) -> list[str]:
+    """Each test file outside the folders drawn, or in one whose package it never imports."""
+    bad = []
+    for path in files:
+        folder = path.parent.relative_to(root).as_posix()
+        if folder not in MIRRORS:
+            bad.append(f"{path.relative_to(root)}: not in a folder that mirrors a package ({', '.join(MIRRORS)})")
+        elif MIRRORS[folder] and not any(name == MIRRORS[folder] or name.startswith(MIRRORS[folder] + ".")
+                                         for name in referred(path.read_text())):
+            bad.append(f"{path.relative_to(root)}: imports nothing of {MIRRORS[folder]}")
+    return bad
+
+
+def test_every_test_file_sits_in_the_folder_of_what_it_tests():
+    files = sorted(TESTS.rglob("test_*.py"))
+    assert len(files) > 40
+    assert not misplaced(files, TESTS)
+
+
+def test_test_file_names_are_unique_and_no_folder_is_a_package():
+    """Without `__init__.py`, pytest imports each test file by its name alone: two of a name would collide."""
+    names = [path.name for path in TESTS.rglob("*.py")]
+    assert not [name for name in set(names) if names.count(name) > 1]
+    assert not list(TESTS.rglob("__init__.py"))
+
+
+@pytest.mark.parametrize(("rel", "source", "expect"), [
+    ("runtime/batch/test_a.py", "from runtime.batch.results import write_file\n", []),
+    ("runtime/batch/test_a.py", "import runtime\n", ["runtime/batch/test_a.py: imports nothing of runtime.batch"]),
+    ("convert/test_a.py", "import subprocess\nsubprocess.run(['python', '-m', 'convert.demo'])\n", []),
+    ("convert/members/test_a.py", "def f():\n    from convert.cli import main\n", []),
+    ("convert/test_a.py", "import runtime\n", ["convert/test_a.py: imports nothing of convert"]),
+    ("attack/test_a.py", "import json\n", []),
+    ("test_a.py", "import runtime\n", ["test_a.py: not in a folder that mirrors a package"]),
+    ("runtime/extra/test_a.py", "import runtime\n", ["runtime/extra/test_a.py: not in a folder that mirrors"]),
+])
+def test_a_test_file_out_of_its_folder_is_caught(tmp_path, rel, source, expect):
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source)
+    found = misplaced([path], tmp_path)
+    assert len(found) == len(expect) and all(got.startswith(want) for got, want in zip(found, expect, strict=True))

@@ -53,8 +53,9 @@ CORE = ["runtime", "runtime.artifacts", "runtime.contract", "runtime.drift", "ru
 def loaded_by(statement: str) -> list[str]:
     """The modules a fresh interpreter holds after `statement` (run from the repository root)."""
     code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout)
+                                     cwd=repo).stdout)
 
 
 def test_import_runtime_loads_the_core_alone():

@@ -349,7 +349,7 @@ def test_the_runtime_checks_a_bundle_with_cryptography_alone(signed, demo_artifa
     code = ("import runtime, sys; runtime.load({!r}{}); "
             "print(sorted(m for m in ('cryptography', 'sigstore', 'model_signing', 'sigstore_models', 'OpenSSL', "
             "'in_toto_attestation', 'requests', 'urllib3') if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
 
     def imported(path: Path, key: str) -> str:
         return subprocess.run([sys.executable, "-c", code.format(str(path), key)], capture_output=True, text=True,
@@ -540,7 +540,7 @@ def test_the_predict_command_shows_the_warning_on_stderr(legacy, keys, tmp_path)
     rows_file.write_text(json.dumps(dict.fromkeys(runtime.load(legacy).feature_names, 1.0)) + "\n")
     done = subprocess.run([sys.executable, "-m", "convert.cli", "predict", str(legacy), "--input", str(rows_file),
                            "--public-key", str(keys / "ed.pub.pem")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     assert done.returncode == 0, done.stderr
     assert "signed in the format before model.sig" in done.stderr and "Re-sign it" in done.stderr
 

@@ -3,7 +3,7 @@
 The typed manifest (every nested field checked, named by path), the manifest bound to ensemble.onnx's
 metadata, the build id a service pins, external data refused, `verify` field by field, and a fuzzer that
 flips bytes of a real demo build and requires each result to be refused or to score bit-identically. Signed
-builds: test_signing.py.
+builds: tests/runtime/test_signing.py.
 """
 
 from __future__ import annotations

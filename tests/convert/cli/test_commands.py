@@ -24,7 +24,7 @@ from convert.cli import main
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 COMMANDS = ("convert", "verify", "bench", "inspect", "predict", "compare", "drift", "evaluate", "score")
 
 

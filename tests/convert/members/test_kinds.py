@@ -13,7 +13,7 @@ import pytest
 
 from convert.members import get_kind, known_kinds
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(("kind", "suffixes", "module"), [

@@ -24,7 +24,7 @@ from tests.variants import (
     markdown,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 @pytest.fixture(scope="session")

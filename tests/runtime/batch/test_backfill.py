@@ -25,7 +25,7 @@ pcsv = pytest.importorskip("pyarrow.csv")
 from runtime.artifacts import ArtifactError, read_files, verify_files  # noqa: E402
 from runtime.batch import backfill  # noqa: E402  (after the skip: these tests need pyarrow)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 
 def history(ens: runtime.Ensemble, n: int, seed: int = 5) -> pa.Table:

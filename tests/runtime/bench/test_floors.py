@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from convert.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 # What a bare serving host lacks: bench_host must run without any of these.
 BUILD_STACK = ("click", "torch", "onnx", "sklearn", "xgboost", "lightgbm", "skl2onnx", "onnxmltools", "pandas")
 

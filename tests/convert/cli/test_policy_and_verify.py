@@ -1,5 +1,6 @@
-"""The commands people reach for (verify, bench, the decision policy, calibration), through the real CLI,
-on the real demo models: success paths, failure paths and exit codes."""
+"""The decision policy, calibration and `verify`, through the real CLI on the real demo models (one build with a
+policy, made once for both): success paths, failure paths and exit codes. `bench`:
+tests/convert/bench/test_bench_command.py; what every command shares: test_cli_basics.py."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def test_temperature_matches_softmax_of_tempered_logits(policy_build):
 @pytest.mark.parametrize("decision, message", [
     ({"temperature": {"tabnet": 2.0}}, "not a member"),
     ({"temperature": {"nhits": 0}}, "temperature.nhits must be a number above 0"),
-    ({"min_confidence": {"HOLDING": 0.5}}, "'HOLDING', which is not a class"),  # HOLD itself: test_classes.py
+    ({"min_confidence": {"HOLDING": 0.5}}, "'HOLDING', which is not a class"),  # HOLD: tests/convert/test_classes.py
     ({"min_confidence": {"BUY": 1.5}}, "at most 1.0"),
     ({"threshold": 0.5}, "takes only 'temperature', 'min_confidence' and 'fallback'"),
     ({"fallback": "WAIT"}, "decision.fallback is 'WAIT'"),
@@ -246,96 +247,3 @@ def test_verify_usage_errors_exit_2(demo_artifacts):
     assert invoke("verify", demo_artifacts).exit_code == 2            # --models is required
     assert invoke("bench", demo_artifacts).exit_code == 2
     assert invoke("verify", demo_artifacts, "--models", "/nonexistent").exit_code == 2
-
-
-# -------------------------------------------------------------------------------------------- bench
-
-def test_bench_quick_run_writes_table_json_and_plot(demo_models, demo_artifacts, tmp_path):
-    result = invoke("bench", demo_artifacts, "--models", demo_models, "--threads", "1", "--quick", "--out", tmp_path,
-                    "--json", "-q")
-    assert result.exit_code == 0, result.output
-    figures = json.loads(result.stdout)
-    entry = figures["threads"]["1"]
-    runtime, frameworks = entry["builds"]["fp32"]["runtime"], entry["frameworks"]
-    for pipeline in (runtime, frameworks):
-        assert pipeline["one_row_p50_us"] > 0 and pipeline["rows_per_second"] > 0
-        assert pipeline["cold_start_seconds"] > 0 and pipeline["cold_peak_rss_mib"] > 0
-    # The runtime worker must not have the frameworks in its address space.
-    assert runtime["cold_peak_rss_mib"] < frameworks["cold_peak_rss_mib"]
-    assert entry["builds"]["fp32"]["floor"]["one_row_floor_us"] > 0
-    assert figures["installed_mib"]["runtime"] < figures["installed_mib"]["frameworks"]
-    assert (tmp_path / "bench.png").stat().st_size > 0
-    assert "| 1 | one row, p50 | fp32 |" in (tmp_path / "bench.md").read_text()
-
-
-def test_bench_names_each_build_and_measures_the_frameworks_once(demo_models, demo_artifacts, tmp_path):
-    """Two builds of the same models: each gets its floor and its ratios against one frameworks figure."""
-    other = shutil.copytree(demo_artifacts, tmp_path / "again")
-    result = invoke("bench", demo_artifacts, other, "--models", demo_models, "--threads", "1", "--quick",
-                    "--out", tmp_path / "bench", "--json", "-q")
-    assert result.exit_code == 0, result.output
-    entry = json.loads(result.stdout)["threads"]["1"]
-    assert sorted(entry["builds"]) == sorted([demo_artifacts.name, "again"])  # both fp32: named by folder
-    for build in entry["builds"].values():
-        assert build["ratios"]["one_row_p50_speedup"] == pytest.approx(
-            entry["frameworks"]["one_row_p50_us"] / build["runtime"]["one_row_p50_us"])
-
-
-def test_bench_refuses_models_the_artifacts_did_not_come_from(models_copy, demo_artifacts, tmp_path):
-    (models_copy / f"xgboost_{STAMP}.pkl").write_bytes(b"other")
-    result = invoke("bench", demo_artifacts, "--models", models_copy, "--quick", "--out", tmp_path)
-    assert result.exit_code == 1 and f"xgboost_{STAMP}.pkl" in result.output
-
-
-def test_graph_cost_counts_every_weight_of_the_exported_members(demo_models, demo_artifacts):
-    """Counted independently from the torch modules' own parameters."""
-    import torch
-
-    from convert.members import MemberSource, nhits
-    from runtime.bench.floors import graph_cost
-
-    weight_bytes, flops = graph_cost((demo_artifacts / "members" / "nhits.onnx").read_bytes())
-    source = MemberSource("nhits", "nhits", demo_models / f"nhits_{STAMP}.pth",
-                          demo_models / f"nhits_{STAMP}_meta.json")
-    module, _ = nhits.rebuild(source, nhits.read_architecture, nhits.build_module)
-    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
-    assert flops == sum(2 * m.weight.numel() for m in linears)
-    assert weight_bytes == sum(p.numel() * 4 for p in module.parameters())
-
-
-def test_patchtst_export_drops_query_and_key_weights(demo_artifacts):
-    """One token: attention is out_proj(v_proj(x)); the folded graph carries no 3-D attention at all."""
-    import onnx
-
-    graph = onnx.load(demo_artifacts / "members" / "patchtst.onnx").graph
-    ops = {n.op_type for n in graph.node}
-    assert not ops & {"MatMul", "Transpose", "Reshape", "Unsqueeze", "ReduceMean"}, ops
-    assert sum(n.op_type == "LayerNormalization" for n in graph.node) == 8
-
-
-# ------------------------------------------------------------------------------------- every command
-
-@pytest.mark.parametrize("command", ["convert", "verify", "predict", "inspect", "bench"])
-def test_every_command_has_help(command):
-    result = invoke(command, "--help")
-    assert result.exit_code == 0 and "Options:" in result.output
-    assert len(result.output.split("Options:")[0].split()) > 12  # a description, not just the usage line
-
-
-def test_version():
-    result = invoke("--version")
-    assert result.exit_code == 0 and result.output.startswith("ensemble-onnx, version ")
-
-
-def test_inspect_refuses_a_file_that_is_no_state_dict(tmp_path):
-    bad = tmp_path / "model.pth"
-    bad.write_bytes(b"\x80\x04not a torch file")
-    result = invoke("inspect", bad)
-    assert result.exit_code == 1 and "model.pth" in result.output
-
-
-def test_convert_json_is_the_manifest_alone_on_stdout(demo_models, tmp_path):
-    result = invoke("convert", demo_models, "-o", tmp_path / "out", "--json")
-    assert result.exit_code == 0
-    assert json.loads(result.stdout) == json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert "parity gate" in result.stderr and "next: ensemble-onnx predict" in result.stderr
