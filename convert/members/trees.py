@@ -159,7 +159,7 @@ def margins_graph(onx: Any, n_features: int, n_classes: int, scale: float, name:
     for two. The trees and their base values are kept as converted. With `splits64` (one double per node of
     `nodes_values`, the exact split values) the graph reads float64 and every split compares in double
     (`nodes_values_as_tensor`: onnxruntime then compares float64 inputs with float64 thresholds)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in tree_node(onx).attribute}
     n_groups = 1 if n_classes == 2 else n_classes
