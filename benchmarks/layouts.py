@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.bench.host import member_feed
+
 from .common import host, refused, write
 
 GEMM_FORMS = ("Gemm transB=1", "Gemm W transposed", "MatMul + Add")
@@ -188,8 +190,7 @@ def whole(folder: Path, rounds: int, calls: int) -> dict[str, float]:
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     for name, member in manifest["members"].items():
         session = _session(onnx.load(folder / member["onnx"]["file"]))
-        feed = {session.get_inputs()[0].name: row.astype(np.float32)}
-        candidates[f"member {name} alone"] = partial(session.run, None, feed)
+        candidates[f"member {name} alone"] = partial(session.run, None, member_feed(session, row))
     return _in_turns(candidates, rounds, calls)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bench.host import session_options, thread_counts, timings
+from runtime.bench.host import member_feed, session_options, thread_counts, timings
 
 from .common import host, refused, write
 
@@ -171,7 +171,7 @@ def sweep(folder: Path, thread_counts: list[int], quick: bool, progress: Any) ->
     for name, member in manifest["members"].items():
         for threads in sorted({1, max(thread_counts)}):
             session = ort.InferenceSession(str(folder / member["onnx"]["file"]), session_options(threads))
-            feed = {session.get_inputs()[0].name: row["features"].astype(np.float32)}
+            feed = member_feed(session, row["features"])
             members[f"{name} alone, {threads} thread(s)"] = _figure(timings(partial(session.run, None, feed), calls))
     return {"threads": out, "members": members}
 

@@ -113,6 +113,13 @@ def _member_threads(names: list[str], threads: int) -> dict[str, int]:
     return {n: (max(1, threads - (len(names) - 1)) if n == heavy else 1) for n in names}
 
 
+def member_feed(session: Any, row: np.ndarray) -> dict[str, np.ndarray]:
+    """A member graph's feed of `row`: as it is for a member that reads float64 (LightGBM,
+    HistGradientBoosting, LogisticRegression), cast to float32 for the others."""
+    spec = session.get_inputs()[0]
+    return {spec.name: row if spec.type == "tensor(double)" else row.astype(np.float32)}
+
+
 def _members_in_threads(folder: Path, manifest: dict[str, Any], row: np.ndarray, threads: int,
                         calls: int) -> np.ndarray:
     import onnxruntime as ort
@@ -121,8 +128,7 @@ def _members_in_threads(folder: Path, manifest: dict[str, Any], row: np.ndarray,
     per = _member_threads(names, threads)
     sessions = {n: ort.InferenceSession(str(folder / manifest["members"][n]["onnx"]["file"]), session_options(per[n]))
                 for n in names}
-    feeds = {n: {sessions[n].get_inputs()[0].name: row if sessions[n].get_inputs()[0].type == "tensor(double)"
-                 else row.astype(np.float32)} for n in names}  # a member that reads float64 takes the row as it is
+    feeds = {n: member_feed(sessions[n], row) for n in names}
     with ThreadPoolExecutor(len(names)) as pool:
         def call() -> list[Any]:
             return [f.result() for f in [pool.submit(sessions[n].run, None, feeds[n]) for n in names]]

@@ -148,7 +148,7 @@ def test_lightgbm_zero_as_missing_converts_only_when_zero_goes_the_threshold_way
     check_expressible(booster.dump_model(), expressible)
     member = get_kind("lightgbm").load(MemberSource("l", "lightgbm", expressible))
     x, _ = market_data(DemoSpec(n_rows=300))
-    x = x.astype(np.float32)
+    x = x.astype(np.float64)  # a LightGBM member reads the float64 row, as LightGBM does
     for i, feature in enumerate(sorted({n["split_feature"] for n in zero_nodes})):
         x[i::4, feature] = 0.0
     session = ort.InferenceSession(member.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])

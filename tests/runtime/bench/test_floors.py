@@ -221,6 +221,18 @@ def test_manycore_study_refuses_an_unknown_form(demo_artifacts):
         feed_forward_split(onnx.load(demo_artifacts / "ensemble.onnx"), 4, "diagonal")
 
 
+@pytest.mark.slow
+def test_layouts_study_runs_and_times_every_member_alone(demo_artifacts, tmp_path):
+    # Found: the study fed every member graph float32, and a member that reads float64 (LightGBM) refused it.
+    done = subprocess.run([sys.executable, "-m", "benchmarks.layouts", str(demo_artifacts), "--rounds", "1",
+                           "--calls", "2", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    timed = json.loads((tmp_path / "layouts.json").read_text())["whole_graph"]
+    members = json.loads((demo_artifacts / "manifest.json").read_text())["members"]
+    assert {f"member {name} alone" for name in members} <= set(timed)
+
+
 def test_manycore_study_runs_and_writes_its_table(demo_artifacts, tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks.manycore", str(demo_artifacts), "--threads", "1,2",
                            "--quick", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=False)
