@@ -147,7 +147,10 @@ def code_files(folder: Path, models_dir: Path, where: str) -> list[dict[str, str
             found.add(Path(file))
     records = []
     for path in found:
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError):  # a loop of links: RuntimeError before Python 3.13, OSError after
+            raise PlanError(f"{where}.code: {path} is a loop of symbolic links, not a file; remove it.") from None
         if not real.is_relative_to(models_dir):
             raise PlanError(f"{where}.code: {path} leads to {real}, outside {models_dir}; the manifest records the "
                             f"training code the build ran, which must be kept in the models folder.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from click.testing import CliRunner
 from model_cache import REPO
 
 from convert.cli import main
+from tests.convert.members.test_torch_code_record import write_models
+from tests.forge import rebound
 
 
 def cli(*args: object, stdin: bytes | None = None):
@@ -70,3 +73,64 @@ def test_score_stdin_killed_leaves_no_copy(demo_artifacts, tmp_path, sig):
     assert proc.returncode == 128 + sig, err
     assert list(spool.glob("ensemble-onnx-stdin-*")) == []
     assert b"Traceback" not in err and not (tmp_path / "o.csv").exists()
+
+
+# ------------------------------------------------------------------------------ verify and the code record
+
+
+def _forged_source(demo_artifacts: Path, folder: Path, file: str) -> Path:
+    def edit(manifest: dict) -> None:
+        manifest["members"]["lightgbm"]["source"]["file"] = file
+
+    return rebound(demo_artifacts, folder, edit)
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_verify_reads_no_source_outside_models(demo_artifacts, demo_models, tmp_path, where):
+    """A forged manifest naming a model file outside MODELS, with that file's very sha256: refused by name,
+    never read (convert records a bare name)."""
+    source = json.loads((demo_artifacts / "manifest.json").read_text())["members"]["lightgbm"]["source"]["file"]
+    outside = tmp_path / "elsewhere" / source
+    outside.parent.mkdir()
+    outside.write_bytes((demo_models / source).read_bytes())
+    named = str(outside) if where == "absolute" else os.path.relpath(outside, demo_models)
+    result = cli("verify", _forged_source(demo_artifacts, tmp_path / "art", named), "--models", demo_models, "-q")
+    assert result.exit_code == 1, result.output
+    assert f"not a file in {demo_models} (members.lightgbm.source in manifest.json)" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def torch_build(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("code_attack")
+    models = write_models(root / "models")
+    assert cli("convert", models, "-o", root / "art", "-q").exit_code == 0
+    return models, root / "art"
+
+
+def test_verify_refuses_code_reached_through_a_link_out(torch_build, tmp_path):
+    """The same bytes, but the package now lives outside MODELS behind a link: convert refuses such a folder,
+    and verify read and accepted the files outside it."""
+    models = Path(shutil.copytree(torch_build[0], tmp_path / "models"))
+    shutil.move(models / "src" / "trading", tmp_path / "outside")
+    (models / "src" / "trading").symlink_to(tmp_path / "outside")
+    result = cli("verify", torch_build[1], "--models", models, "-q")
+    assert result.exit_code == 1, result.output
+    assert f"{models / 'src/trading/helpers.py'}: leads to {tmp_path / 'outside' / 'helpers.py'}, outside" in \
+        result.output, result.output
+
+
+def test_a_loop_of_links_in_the_code_folder(torch_build, tmp_path):
+    models = Path(shutil.copytree(torch_build[0], tmp_path / "models"))
+    (models / "src" / "tools" / "loop.py").symlink_to("loop.py")
+    result = cli("convert", models, "-o", tmp_path / "art", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{models / 'src/tools/loop.py'} is a loop of symbolic links" in result.output
+    assert not (tmp_path / "art").exists()
+    # verify of a build whose code file became a loop says so too
+    models = Path(shutil.copytree(torch_build[0], tmp_path / "models2"))
+    (models / "src" / "trading" / "helpers.py").unlink()
+    (models / "src" / "trading" / "helpers.py").symlink_to("helpers.py")
+    result = cli("verify", torch_build[1], "--models", models, "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{models / 'src/trading/helpers.py'}: a loop of symbolic links" in result.output
