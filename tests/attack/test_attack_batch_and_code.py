@@ -134,3 +134,19 @@ def test_a_loop_of_links_in_the_code_folder(torch_build, tmp_path):
     result = cli("verify", torch_build[1], "--models", models, "-q")
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert f"{models / 'src/trading/helpers.py'}: a loop of symbolic links" in result.output
+
+
+def test_a_manifest_too_big_for_its_code_says_so(torch_build, tmp_path, monkeypatch):
+    """A code folder holding many Python files (a virtualenv in the models folder): the refusal blamed the four
+    feature names and advised shortening them."""
+    models = Path(shutil.copytree(torch_build[0], tmp_path / "models"))
+    many = models / "src" / "tools" / "vendored"
+    many.mkdir()
+    for i in range(60):
+        (many / f"module_{i:03}.py").write_text(f"X = {i}\n")
+    size = len((torch_build[1] / "manifest.json").read_bytes())
+    monkeypatch.setenv("ENSEMBLE_ONNX_MAX_JSON_BYTES", str(size + 2000))  # 60 more records do not fit
+    result = cli("convert", models, "-o", tmp_path / "art", "-q")
+    assert result.exit_code == 1, result.output
+    assert "members.tiny.code lists 64 files" in result.output, result.output
+    assert "feature names" not in result.output and not (tmp_path / "art").exists()
