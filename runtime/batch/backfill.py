@@ -120,6 +120,15 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
             try:
                 values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+                # Arrow also reads C's `nan(chars)` ('nan(123)', 'NAN(0x7ff)'), which predict refuses as no
+                # number: a cell read as NaN is read again as predict reads it.
+                for at in np.flatnonzero(np.isnan(values)).tolist():
+                    cell = col[at].as_py()
+                    if cell is not None:
+                        try:
+                            parse_number(cell)
+                        except ValueError:
+                            unparsed[at] = True
             except pa.ArrowInvalid:  # some cell is not a number: parse cell by cell to name which
                 values = np.full(n, np.nan)
                 for i, cell in enumerate(col.to_pylist()):

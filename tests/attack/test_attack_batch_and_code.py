@@ -19,6 +19,7 @@ from model_cache import REPO
 from convert.cli import main
 from tests.convert.members.test_torch_code_record import write_models
 from tests.forge import rebound
+from tests.variants import by_id, cached_folder
 
 
 def cli(*args: object, stdin: bytes | None = None):
@@ -150,3 +151,32 @@ def test_a_manifest_too_big_for_its_code_says_so(torch_build, tmp_path, monkeypa
     assert result.exit_code == 1, result.output
     assert "members.tiny.code lists 64 files" in result.output, result.output
     assert "feature names" not in result.output and not (tmp_path / "art").exists()
+
+
+# ------------------------------------------------------------------------------------------ NaN spellings
+
+NAN_FEATURES = [f"f{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def nan_build(tmp_path_factory) -> Path:
+    """LightGBM trained with NaNs, alone in its build: NaN is taken in every feature."""
+    root = tmp_path_factory.mktemp("nan_spellings")
+    models = cached_folder(by_id("lightgbm-nan_in_training-txt"), root)
+    assert cli("convert", models, "-o", root / "art", "-q").exit_code == 0
+    return root / "art"
+
+
+@pytest.mark.parametrize(("cell", "taken"), [
+    ("nan", True), ("NaN", True), ("-nan", True), (" nan", True),
+    ("nan(123)", False), ("NAN(0x7ff)", False), ("-nan(1)", False),  # C's nan(chars): Arrow read it, predict not
+    ("snan", False),
+])
+def test_score_reads_a_nan_cell_as_predict_does(nan_build, tmp_path, cell, taken):
+    source = tmp_path / "in.csv"
+    source.write_text("symbol," + ",".join(NAN_FEATURES) + "\nS," + ",".join(["0.5"] * 7 + [cell]) + "\n")
+    scored = cli("score", nan_build, source, "-o", tmp_path / "o.csv", "-q", "--workers", "1")
+    predicted = cli("predict", nan_build, "-i", source)
+    assert (scored.exit_code, predicted.exit_code) == ((0, 0) if taken else (1, 1)), (scored.output, predicted.output)
+    if not taken:
+        assert f"column 'f7': '{cell}' is not a number" in scored.output
