@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from model_cache import REPO
 
 from convert.cli import main
-from tests.convert.members.test_torch_code_record import write_models
+from tests.convert.members.test_torch_code_record import HELPERS_PY, write_models
 from tests.forge import rebound
 from tests.variants import by_id, cached_folder
 
@@ -180,3 +180,16 @@ def test_score_reads_a_nan_cell_as_predict_does(nan_build, tmp_path, cell, taken
     assert (scored.exit_code, predicted.exit_code) == ((0, 0) if taken else (1, 1)), (scored.output, predicted.output)
     if not taken:
         assert f"column 'f7': '{cell}' is not a number" in scored.output
+
+
+def test_code_that_rewrites_itself_at_import_is_refused(tmp_path):
+    """helpers.py halves its factor when imported: the build ran x * 0.5, the manifest recorded the sha256 of
+    x * 0.25, and verify then failed the gate blaming the libraries."""
+    rewrite = ("import pathlib\n_p = pathlib.Path(__file__)\n"
+               "_p.write_text(_p.read_text().replace('x * 0.5', 'x * 0.25'))\n")
+    models = write_models(tmp_path / "models", helpers=HELPERS_PY + rewrite)
+    result = cli("convert", models, "-o", tmp_path / "art", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"member tiny.code: {models.resolve() / 'src/trading/helpers.py'} changed while the build ran" in \
+        result.output, result.output
+    assert not (tmp_path / "art").exists()
