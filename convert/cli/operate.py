@@ -290,10 +290,13 @@ def score(artifacts: Path, input_path: Path | None, input_option: Path | None, o
     common = dict(keep=columns, members=members, on_error=on_error, rejects=rejects, threads=threads,
                   workers=workers, batch_rows=batch_rows, force=force, progress=not quiet and not as_json,
                   expect_build_id=expect_build_id, public_key=public_key)
-    if str(source) == "-":
-        summary = _score_stdin(artifacts, out_file, engine, address, common)
-    else:
-        summary = _score(artifacts, source, out_file, engine, address, common)
+    # A plain `kill` or a closed terminal ends the run through its cleanup: the spooled copy of stdin and a
+    # hidden partial output (where the filesystem has no O_TMPFILE) are removed, as on any failure.
+    with _exit_on_termination():
+        if str(source) == "-":
+            summary = _score_stdin(artifacts, out_file, engine, address, common)
+        else:
+            summary = _score(artifacts, source, out_file, engine, address, common)
     result = summary.as_dict()
     emit(result, as_json, None if quiet else
           f"scored {summary.scored:,} of {summary.rows:,} rows into {out_file} in {summary.seconds:.1f}s "
@@ -319,14 +322,13 @@ def _score_stdin(artifacts: Path, out_file: Path, engine: str, address: str | No
 
     from runtime.errors import CannotRunError
 
-    with _exit_on_termination():  # a plain `kill` or a closed terminal removes the copy too
-        try:
-            spool = tempfile.TemporaryDirectory(prefix="ensemble-onnx-stdin-")
-        except OSError as exc:  # no writable temporary folder at all
-            raise CannotRunError(f"stdin: no temporary folder to copy it to ({exc}); set TMPDIR to a writable "
-                                 f"folder, or name the file.") from None
-        with spool as folder:
-            summary = _score_spooled(artifacts, out_file, engine, address, common, Path(folder))
+    try:
+        spool = tempfile.TemporaryDirectory(prefix="ensemble-onnx-stdin-")
+    except OSError as exc:  # no writable temporary folder at all
+        raise CannotRunError(f"stdin: no temporary folder to copy it to ({exc}); set TMPDIR to a writable "
+                             f"folder, or name the file.") from None
+    with spool as folder:
+        summary = _score_spooled(artifacts, out_file, engine, address, common, Path(folder))
     summary.input = "stdin"
     return summary
 

@@ -193,3 +193,30 @@ def test_code_that_rewrites_itself_at_import_is_refused(tmp_path):
     assert f"member tiny.code: {models.resolve() / 'src/trading/helpers.py'} changed while the build ran" in \
         result.output, result.output
     assert not (tmp_path / "art").exists()
+
+
+KILLED_AFTER_FIRST_WRITE = """
+import os, signal, sys
+from runtime.batch import backfill_io
+del os.O_TMPFILE  # a filesystem without it (NFS, some FUSE mounts): the output goes to a hidden partial file
+write = backfill_io.TableSink.write
+def write_then_killed(self, table):
+    write(self, table)
+    os.kill(os.getpid(), signal.SIGTERM)  # a plain `kill` of the run, mid-write
+backfill_io.TableSink.write = write_then_killed
+from convert.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_score_killed_mid_write_leaves_no_partial_file(demo_artifacts, tmp_path):
+    """Where the output cannot be an unnamed O_TMPFILE, it is a hidden `.NAME.partial-*` file beside the
+    target; a plain `kill` left it there."""
+    source = tmp_path / "in.csv"
+    source.write_bytes(_csv_rows(demo_artifacts, 40))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    done = subprocess.run([sys.executable, "-c", KILLED_AFTER_FIRST_WRITE, "score", str(demo_artifacts),
+                           str(source), "-o", str(tmp_path / "o.csv"), "-q", "--workers", "1", "--batch-rows", "10"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"], done.stderr
