@@ -121,14 +121,16 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
             try:
                 values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
                 # Arrow also reads C's `nan(chars)` ('nan(123)', 'NAN(0x7ff)'), which predict refuses as no
-                # number: a cell read as NaN is read again as predict reads it.
-                for at in np.flatnonzero(np.isnan(values)).tolist():
-                    cell = col[at].as_py()
-                    if cell is not None:
-                        try:
-                            parse_number(cell)
-                        except ValueError:
-                            unparsed[at] = True
+                # number: a cell read as NaN that is not a plain 'nan' (a column of them costs one regex pass)
+                # is read again as predict reads it.
+                plain = (pc.fill_null(pc.match_substring_regex(col, r"^\s*[+-]?nan\s*$", ignore_case=True), True)
+                         .to_numpy(zero_copy_only=False) if not pa.types.is_null(kind) else np.ones(n, dtype=bool))
+                odd = np.isnan(values) & ~plain
+                for at in np.flatnonzero(odd).tolist():
+                    try:
+                        parse_number(col[at].as_py())
+                    except ValueError:
+                        unparsed[at] = True
             except pa.ArrowInvalid:  # some cell is not a number: parse cell by cell to name which
                 values = np.full(n, np.nan)
                 for i, cell in enumerate(col.to_pylist()):

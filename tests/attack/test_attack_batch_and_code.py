@@ -220,3 +220,18 @@ def test_score_killed_mid_write_leaves_no_partial_file(demo_artifacts, tmp_path)
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"], done.stderr
+
+
+@pytest.mark.parametrize(("column", "expect"), [
+    (["nan", "nan(1)", None, "1.5"], [None, "column 'f0': 'nan(1)' is not a number", "column 'f0': missing (null)",
+                                      None]),
+    ([None, None, None, None], ["column 'f0': missing (null)"] * 4),  # Arrow's null type: no text to match
+])
+def test_feature_matrix_reasons(column, expect):
+    import pyarrow as pa
+
+    from runtime.batch.backfill import feature_matrix
+
+    batch = pa.record_batch({"f0": pa.array(column)})
+    _, reasons = feature_matrix(batch, ("f0",), "in.parquet")
+    assert list(reasons) == expect
