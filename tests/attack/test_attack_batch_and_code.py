@@ -235,3 +235,16 @@ def test_feature_matrix_reasons(column, expect):
     batch = pa.record_batch({"f0": pa.array(column)})
     _, reasons = feature_matrix(batch, ("f0",), "in.parquet")
     assert list(reasons) == expect
+
+
+def test_score_refuses_a_fifo_input_pointing_to_stdin(demo_artifacts, tmp_path):
+    """`mkfifo in.csv` (or `<(...)`): with no writer the run waited forever on opening it; with one, pyarrow
+    said `lseek failed`. Run in a process of its own, so that a wait fails the test instead of hanging it."""
+    os.mkfifo(tmp_path / "in.csv")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    done = subprocess.run([sys.executable, "-m", "convert.cli", "score", str(demo_artifacts), str(tmp_path / "in.csv"),
+                           "-o", str(tmp_path / "o.csv"), "--workers", "1"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{tmp_path / 'in.csv'}: is a FIFO, not a regular file" in done.stderr
+    assert "score ARTIFACTS - -o OUT <" in done.stderr and not (tmp_path / "o.csv").exists()
