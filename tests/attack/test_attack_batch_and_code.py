@@ -248,3 +248,17 @@ def test_score_refuses_a_fifo_input_pointing_to_stdin(demo_artifacts, tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"{tmp_path / 'in.csv'}: is a FIFO, not a regular file" in done.stderr
     assert "score ARTIFACTS - -o OUT <" in done.stderr and not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("blank", [b"\n" * 5000, b" \r\n" * 3000])
+def test_score_stdin_after_many_blank_lines(demo_artifacts, tmp_path, blank):
+    """Only the first 4 KB were looked at: past them of blank lines, the rows were `no rows in the input`."""
+    features = json.loads((demo_artifacts / "manifest.json").read_text())["feature_names"]
+    rows = b"".join(json.dumps({"symbol": f"S{i}", **dict.fromkeys(features, 0.25)}).encode() + b"\n"
+                    for i in range(3))
+    result = cli("score", demo_artifacts, "-", "-o", tmp_path / "o.jsonl", "-q", "--json", "--workers", "1",
+                 stdin=blank + rows)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scored"] == 3
+    written = (tmp_path / "o.jsonl").read_text().splitlines()
+    assert [json.loads(line)["symbol"] for line in written] == ["S0", "S1", "S2"]
