@@ -99,11 +99,20 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     limit = file_limit("json")
     if len(data) > limit:
         names = manifest.get("feature_names", [])
+        # What filled it: the feature names, or a torch member's code record (every .py under its code folder:
+        # a code folder that is the models folder holding a virtualenv lists thousands).
+        code = {name: m["code"] for name, m in manifest.get("members", {}).items() if m.get("code")}
+        largest = max(code, key=lambda n: len(code[n]), default=None)
+        cause = (f"It lists the {len(names):,} feature names ({sum(len(str(n)) for n in names):,} characters in "
+                 f"all): shorten them or use fewer features")
+        if largest is not None and len(dumps(code[largest])) > len(dumps(names)):
+            cause = (f"members.{largest}.code lists {len(code[largest]):,} files ({len(dumps(code[largest])):,} "
+                     f"bytes), every Python file under the member's code folder: name a folder that holds the "
+                     f"training code alone (\"code\" in ensemble.json; default the models folder itself)")
         raise ConvertError(
             f"manifest.json would be {len(data):,} bytes, over the {limit:,}-byte limit for JSON that the runtime "
-            f"loads it under; nothing was written. It lists the {len(names):,} feature names "
-            f"({sum(len(str(n)) for n in names):,} characters in all): shorten them or use fewer features, or raise "
-            f"ENSEMBLE_ONNX_MAX_JSON_BYTES above {len(data):,} for the build and for every process that loads it.")
+            f"loads it under; nothing was written. {cause}, or raise ENSEMBLE_ONNX_MAX_JSON_BYTES above "
+            f"{len(data):,} for the build and for every process that loads it.")
     return data
 
 

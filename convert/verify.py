@@ -48,6 +48,9 @@ def check_sources(manifest: dict[str, Any], models: Path) -> None:
     """Every source file present in `models` with the sha256 the manifest recorded; VerifyError otherwise."""
     problems = []
     for what, record in source_files(manifest):
+        if (outside := _outside(models, what, record["file"])) is not None:
+            problems.append(outside)  # never read: a forged manifest must not make verify hash any file it names
+            continue
         path = models / record["file"]
         if not path.is_file():
             problems.append(f"{path}: missing ({what} in manifest.json)")
@@ -56,6 +59,28 @@ def check_sources(manifest: dict[str, Any], models: Path) -> None:
     if problems:
         raise VerifyError(f"the artifacts were not built from {models}:\n  " + "\n  ".join(problems)
                           + "\nRebuild with `ensemble-onnx convert`, or point --models at the files of that build.")
+
+
+def _outside(models: Path, what: str, file: str) -> str | None:
+    """Why `file` (as the manifest names it) is not a file of the models folder, or None. convert records a model
+    file by its bare name (discover refuses a path) and training code by its path in the folder, refusing a link
+    out of it; a manifest naming '/etc/passwd' or '../x', or code reached through a link leading out, was not
+    written by convert, and verify reads nothing outside `models` for it."""
+    from runtime.contract import is_code_path
+    from runtime.errors import shortened
+
+    code = what.endswith(".code")
+    if not (is_code_path(file) if code else file == Path(file).name and file not in ("", ".", "..")):
+        return f"{shortened(file)}: not a file in {models} ({what} in manifest.json); convert records none such"
+    if code:
+        try:
+            real = (models / file).resolve()
+        except (RuntimeError, OSError):  # a loop of links: RuntimeError before Python 3.13, OSError after
+            return f"{models / file}: a loop of symbolic links ({what} in manifest.json)"
+        if not real.is_relative_to(models.resolve()):
+            return (f"{models / file}: leads to {real}, outside {models} ({what} in manifest.json); the training "
+                    f"code must be in the models folder")
+    return None
 
 
 def plan_differences(manifest: dict[str, Any], plan: Plan) -> list[str]:

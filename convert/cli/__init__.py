@@ -195,8 +195,11 @@ ROWS_HELP = "CSV with a header, JSON lines, or Parquet (.parquet, needs pyarrow)
 
 def rows_in(help: str, required: bool = True, old: tuple[str, ...] = (), default: str | None = None) -> Any:
     """-i/--input: the rows a command reads (a file, or - for stdin), on every command that reads rows."""
+    # default only when there is one: click 8.5 takes an explicit default=None as a default given, and then
+    # lets a required option be left out (compare, drift, evaluate without -i ran on None: a traceback).
+    given = {"default": default, "show_default": True} if default is not None else {}
     return click.option("-i", "--input", *old, "input_file", cls=Aliased, hidden_names=old,
-                        required=required and default is None, default=default, show_default=default is not None,
+                        required=required and default is None, **given,
                         type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=str), help=help)
 
 

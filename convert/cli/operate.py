@@ -3,8 +3,10 @@ the rows or the engine need them)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -288,10 +290,13 @@ def score(artifacts: Path, input_path: Path | None, input_option: Path | None, o
     common = dict(keep=columns, members=members, on_error=on_error, rejects=rejects, threads=threads,
                   workers=workers, batch_rows=batch_rows, force=force, progress=not quiet and not as_json,
                   expect_build_id=expect_build_id, public_key=public_key)
-    if str(source) == "-":
-        summary = _score_stdin(artifacts, out_file, engine, address, common)
-    else:
-        summary = _score(artifacts, source, out_file, engine, address, common)
+    # A plain `kill` or a closed terminal ends the run through its cleanup: the spooled copy of stdin and a
+    # hidden partial output (where the filesystem has no O_TMPFILE) are removed, as on any failure.
+    with _exit_on_termination():
+        if str(source) == "-":
+            summary = _score_stdin(artifacts, out_file, engine, address, common)
+        else:
+            summary = _score(artifacts, source, out_file, engine, address, common)
     result = summary.as_dict()
     emit(result, as_json, None if quiet else
           f"scored {summary.scored:,} of {summary.rows:,} rows into {out_file} in {summary.seconds:.1f}s "
@@ -313,11 +318,9 @@ def _score(artifacts: Path, source: Path, out_file: Path, engine: str, address: 
 def _score_stdin(artifacts: Path, out_file: Path, engine: str, address: str | None, common: dict[str, Any]) -> Any:
     """`score -`: stdin spooled to a private temporary file (runtime.batch.backfill_io.spool_stdin), scored as a
     file, and removed; messages and the summary name it `stdin`."""
-    import sys
     import tempfile
 
-    from runtime.batch.backfill_io import spool_stdin
-    from runtime.errors import CannotRunError, InputError
+    from runtime.errors import CannotRunError
 
     try:
         spool = tempfile.TemporaryDirectory(prefix="ensemble-onnx-stdin-")
@@ -325,15 +328,51 @@ def _score_stdin(artifacts: Path, out_file: Path, engine: str, address: str | No
         raise CannotRunError(f"stdin: no temporary folder to copy it to ({exc}); set TMPDIR to a writable "
                              f"folder, or name the file.") from None
     with spool as folder:
-        try:
-            source = spool_stdin(getattr(sys.stdin, "buffer", None), Path(folder))
-        except InputError:  # closed or empty: said as such
-            raise
-        except (OSError, ValueError) as exc:  # a full disk while spooling, a stream closed under us
-            raise CannotRunError(f"stdin: cannot spool it to {folder} ({exc}).") from None
-        try:
-            summary = _score(artifacts, source, out_file, engine, address, common)
-        except (InputError, CannotRunError) as exc:  # the spooled file's name means nothing to the caller
-            raise type(exc)(str(exc).replace(str(source), "stdin")) from None
+        summary = _score_spooled(artifacts, out_file, engine, address, common, Path(folder))
     summary.input = "stdin"
     return summary
+
+
+def _score_spooled(artifacts: Path, out_file: Path, engine: str, address: str | None, common: dict[str, Any],
+                   folder: Path) -> Any:
+    import sys
+
+    from runtime.batch.backfill_io import spool_stdin
+    from runtime.errors import CannotRunError, InputError
+
+    try:
+        source = spool_stdin(getattr(sys.stdin, "buffer", None), folder)
+    except InputError:  # closed or empty: said as such
+        raise
+    except (OSError, ValueError) as exc:  # a full disk while spooling, a stream closed under us
+        raise CannotRunError(f"stdin: cannot spool it to {folder} ({exc}).") from None
+    try:
+        return _score(artifacts, source, out_file, engine, address, common)
+    except (InputError, CannotRunError) as exc:  # the spooled file's name means nothing to the caller
+        raise type(exc)(str(exc).replace(str(source), "stdin")) from None
+
+
+@contextlib.contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit (128 + the signal, the shell's code) while the block runs, so that its
+    `finally` and `with` exits run: Python's default for both ends the process where it stands, which left the
+    spooled copy of stdin (the whole input) in the temporary folder. Only `kill -9` is beyond any cleanup."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def leave(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # Only a signal left at its default: one ignored (`nohup` ignores SIGHUP) or handled by the caller stays so.
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+              if s is not None and signal.getsignal(s) is signal.SIG_DFL]
+    before = {s: signal.signal(s, leave) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

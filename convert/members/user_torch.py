@@ -131,23 +131,45 @@ def _code_on_path(folder: Path, top: str, where: str) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def code_files(folder: Path, models_dir: Path, where: str) -> list[dict[str, str]]:
+def _python_files(folder: Path) -> list[Path]:
+    """Every Python source under `folder`; links to folders not followed (a linked folder counts by what was
+    imported from it), `__pycache__` left out."""
+    found = []
+    for root, dirs, files in os.walk(folder):  # followlinks=False
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [Path(root, f) for f in files if f.endswith(".py")]
+    return found
+
+
+def _digests(folder: Path) -> dict[Path, str]:
+    """sha256 of each regular Python source under `folder`, before the build imports any: code_files holds the
+    record to these, since the code that ran is the code as it was imported."""
+    digests = {}
+    for path in _python_files(folder):
+        if path.is_file() and not path.is_symlink():  # a FIFO is never opened; a link is judged by code_files
+            with contextlib.suppress(OSError):  # unreadable: code_files refuses it by name
+                digests[path] = file_sha256(path)
+    return digests
+
+
+def code_files(folder: Path, models_dir: Path, where: str, before: dict[Path, str] | None = None
+               ) -> list[dict[str, str]]:
     """The training code the build ran, for the manifest: every Python source under `folder` (links to folders
     not followed, `__pycache__` left out) and every file a module was imported from there (a `.pyc` alone, an
     extension module, a module reached through a linked folder), each as its path in the models folder and its
     sha256 (streamed), sorted by path. While the code is still imported (the caller's `_code_on_path`). A file
     that leads outside the models folder is refused: a release could not tell which code made the build."""
-    found: set[Path] = set()
-    for root, dirs, files in os.walk(folder):  # followlinks=False: a linked folder counts by what was imported
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        found.update(Path(root, f) for f in files if f.endswith(".py"))
+    found = set(_python_files(folder))
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
         if isinstance(file, str) and (Path(file).is_relative_to(folder) or _inside(file, folder)):
             found.add(Path(file))
     records = []
     for path in found:
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError):  # a loop of links: RuntimeError before Python 3.13, OSError after
+            raise PlanError(f"{where}.code: {path} is a loop of symbolic links, not a file; remove it.") from None
         if not real.is_relative_to(models_dir):
             raise PlanError(f"{where}.code: {path} leads to {real}, outside {models_dir}; the manifest records the "
                             f"training code the build ran, which must be kept in the models folder.")
@@ -159,7 +181,18 @@ def code_files(folder: Path, models_dir: Path, where: str) -> list[dict[str, str
         if not is_code_path(shown):  # a backslash, a name that is not UTF-8: the runtime would refuse the manifest
             raise PlanError(f"{where}.code: {shortened(str(path))}: a file name the manifest cannot record (it "
                             f"holds a backslash or bytes that are not UTF-8 text); rename it.")
-        records.append({"file": shown, "sha256": file_sha256(real)})
+        try:
+            digest = file_sha256(real)
+        except OSError as exc:
+            raise PlanError(f"{where}.code: {path} cannot be read ({exc.strerror}).") from None
+        if before is not None and before.get(path, digest) != digest:
+            # Code that rewrote itself (or another file of the folder) at import: the record would name bytes
+            # that never ran, and verify would then fail the gate with no hint why.
+            raise PlanError(f"{where}.code: {path} changed while the build ran (sha256 {before[path][:12]}... when "
+                            f"the build started, {digest[:12]}... after the training code was imported and run); "
+                            f"the manifest records the code the build ran. Keep the code from writing to its "
+                            f"own files, then build again.")
+        records.append({"file": shown, "sha256": digest})
     return sorted(records, key=lambda r: r["file"])
 
 
@@ -314,6 +347,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
     folder = (source.file.parent / code).resolve()
     traced: list[str] = []
     onnx_model = None
+    before = _digests(folder) if export else None  # export: the build that records the code
     with _code_on_path(folder, spec.split(".")[0].split(":")[0], where):
         cls = _import_class(spec, folder, where)
         defined = str(inspect.getsourcefile(cls))
@@ -344,7 +378,7 @@ def build(source: MemberSource, export: bool) -> tuple[Any, dict[str, Any], list
                 raise UnsupportedModelError(f"{_located(exc, folder, str(source.file))}: torch.onnx could not "
                                             f"export {spec} ({_reason(exc)}); only what the TorchScript exporter "
                                             f"traces converts.") from exc
-        code_record = code_files(folder, source.file.parent.resolve(), where)  # what forward imported too
+        code_record = code_files(folder, source.file.parent.resolve(), where, before)  # forward's imports too
     record = {"module": spec, "init": init, "code": code, "input_size": n_features, "num_classes": n_classes,
               "parameters": sum(p.numel() for p in module.parameters())}
     notes += [f"class {spec} from {Path(defined).resolve().relative_to(source.file.parent.resolve()).as_posix()} "

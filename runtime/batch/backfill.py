@@ -120,6 +120,17 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
             try:
                 values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+                # Arrow also reads C's `nan(chars)` ('nan(123)', 'NAN(0x7ff)'), which predict refuses as no
+                # number: a cell read as NaN that is not a plain 'nan' (a column of them costs one regex pass)
+                # is read again as predict reads it.
+                plain = (pc.fill_null(pc.match_substring_regex(col, r"^\s*[+-]?nan\s*$", ignore_case=True), True)
+                         .to_numpy(zero_copy_only=False) if not pa.types.is_null(kind) else np.ones(n, dtype=bool))
+                odd = np.isnan(values) & ~plain
+                for at in np.flatnonzero(odd).tolist():
+                    try:
+                        parse_number(col[at].as_py())
+                    except ValueError:
+                        unparsed[at] = True
             except pa.ArrowInvalid:  # some cell is not a number: parse cell by cell to name which
                 values = np.full(n, np.nan)
                 for i, cell in enumerate(col.to_pylist()):
@@ -340,11 +351,29 @@ def default_rejects(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects{output.suffix}")
 
 
+def _check_readable_file(input_path: Path) -> None:
+    """A FIFO or a device named as the input (`mkfifo in.csv`, `/dev/fd/63` from `<(...)`) is refused naming
+    what it is: the readers need a file (CSV is opened twice, Parquet read from its end), and pyarrow said only
+    `lseek failed`. The way out is `score -`, which copies stdin to a file first."""
+    import stat
+
+    from ..limits import file_kind
+
+    try:
+        mode = os.stat(input_path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader names it
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{input_path}: is {file_kind(mode)}, not a regular file, which score reads twice (CSV) or "
+                         f"from its end (Parquet); pipe it in instead: score ARTIFACTS - -o OUT < {input_path}.")
+
+
 def check_paths(input_path: Path, output: Path, rejects: Path | None, artifacts: Path | None = None,
                 force: bool = False) -> None:
     """Refuses, before any work, what would lose data (runtime.batch.results.check_target): the output or the
     rejects file being the input, an existing file without --force, a path in an artifacts folder; and the
     output and rejects being one file."""
+    _check_readable_file(input_path)
     for flag, target in (("-o", output), ("--rejects", rejects)):
         if target is not None:
             check_target(target, force=force, flag=flag, inputs=[input_path],

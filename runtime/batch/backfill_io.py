@@ -89,16 +89,19 @@ def spool_stdin(stream: Any, folder: Path) -> Path:
     if stream is None or getattr(stream, "closed", False):
         raise InputError("stdin is closed; pipe the rows in or name the file.")
     spooled = folder / "stdin"
-    first = b""
+    first = b""  # the first bytes, for Parquet's magic
+    text = b""  # the first bytes after any leading blank lines (a BOM kept), however many blank lines come first
     with open(spooled, "wb") as out:
         while chunk := stream.read(STDIN_CHUNK):
-            if len(first) < 4096:
-                first += chunk[:4096]
+            if len(first) < 4:
+                first += chunk[:4]
+            if len(text) < 4096:
+                text = (text + chunk).lstrip()[:4096]
             out.write(chunk)
-    if not first.strip():
+    if not text.removeprefix(b"\xef\xbb\xbf").strip():
         raise InputError("stdin: no rows in the input.")
     suffix = (".parquet" if first.startswith(b"PAR1")
-              else ".jsonl" if first.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{") else ".csv")
+              else ".jsonl" if text.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{") else ".csv")
     return spooled.rename(spooled.with_suffix(suffix))
 
 
