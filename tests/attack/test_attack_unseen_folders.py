@@ -136,3 +136,60 @@ def test_a_logistic_regression_whose_probabilities_tie_in_float32_is_refused_nam
     assert "labels differ" in result.output
     reason = result.output.split("ParityError")[-1]
     assert "member m: " in reason and "one value in float32" in reason and "tie float32 cannot break" in reason
+
+
+def _save_xgboost_json(folder: Path) -> str:
+    import xgboost as xgb
+
+    x, y = _data(200, 5)
+    xgb.XGBClassifier(n_estimators=2, max_depth=2).fit(x, y).save_model(str(folder / "model.json"))
+    return "model.json"
+
+
+def _save_lightgbm_text(folder: Path) -> str:
+    import lightgbm as lgb
+
+    x, y = _data(200, 6)
+    lgb.LGBMClassifier(n_estimators=2, verbose=-1).fit(x, y).booster_.save_model(str(folder / "model.txt"))
+    return "model.txt"
+
+
+def _pickle_xgboost(folder: Path) -> str:
+    import xgboost as xgb
+
+    x, y = _data(200, 7)
+    with open(folder / "model.pkl", "wb") as fh:
+        pickle.dump(xgb.XGBClassifier(n_estimators=2, max_depth=2).fit(x, y), fh)
+    return "model.pkl"
+
+
+def _pickle_lightgbm(folder: Path) -> str:
+    import lightgbm as lgb
+
+    x, y = _data(200, 8)
+    with open(folder / "model.pkl", "wb") as fh:
+        pickle.dump(lgb.LGBMClassifier(n_estimators=2, verbose=-1).fit(x, y), fh)
+    return "model.pkl"
+
+
+@pytest.mark.parametrize(("save", "kind", "reason"), [
+    (_save_xgboost_json, "lightgbm", "model.json: not a pickle (KeyError: 123), and a 'lightgbm' file named '*.json' "
+                                     "is read as one"),
+    (_save_lightgbm_text, "xgboost", "model.txt: not a pickle (IndexError: pop from empty list), and a 'xgboost' file "
+                                     "named '*.txt' is read as one"),
+    (_pickle_xgboost, "sklearn", "global 'xgboost.sklearn.XGBClassifier': it is not on the allowlist for a sklearn "
+                                 "file, and unpickling it could run code. That global belongs in a 'xgboost' file"),
+    (_pickle_lightgbm, "xgboost", "global 'lightgbm.sklearn.LGBMClassifier': it is not on the allowlist for a xgboost "
+                                  "file, and unpickling it could run code. That global belongs in a 'lightgbm' file"),
+])
+def test_a_model_given_another_kind_is_refused_naming_the_kind(tmp_path, save, kind, reason):
+    """Finding: a model file given the wrong kind in ensemble.json was refused as "cannot unpickle (KeyError: 123);
+    the file is truncated or is not a lightgbm pickle" (an XGBoost .json, never a pickle), or as a global "not on
+    the allowlist ... re-save the model with its native format" (an XGBClassifier pickle given kind sklearn, whose
+    file is fine): neither named the cause, the member's kind."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    result = _convert(folder, tmp_path / "out", save(folder), kind, ["DOWN", "UP"])
+    assert result.exit_code == 1, result.output
+    assert reason in " ".join(result.output.split()), result.output
+    assert "check the kind" in result.output and "Traceback" not in result.output
