@@ -136,12 +136,27 @@ def _restricted_unpickler_class(role: str, path: Path, stand_ins: Mapping[tuple[
             if (module, name) not in allowed:
                 raise UnsafeFileError(
                     f"{path}: refused to unpickle global '{module}.{name}': it is not on the allowlist for a "
-                    f"{role} file, and unpickling it could run code. Re-save the model with its native format "
-                    f"(each kind's is in docs/models-folder.md; a scaler's is .json) or retrain with a supported "
-                    f"class.")
+                    f"{role} file, and unpickling it could run code. " + _other_role(module, name, role))
             return stand_ins.get((module, name)) or super().find_class(module, name)
 
     return RestrictedUnpickler
+
+
+def _other_role(module: str, name: str, role: str) -> str:
+    """The way out of a refused global: the role whose files hold it (a model given the wrong kind, say), or
+    re-saving in a native format."""
+    from .members import get_kind, known_kinds
+
+    holders = [r for r in ALLOWED_GLOBALS if r != role and (module, name) in ALLOWED_GLOBALS[r] - _COMMON]
+    holders += [k for k in known_kinds() if k != role and (module, name) in get_kind(k).pickle_globals - _COMMON]
+    if holders:
+        return (f"That global belongs in a '{holders[0]}' file: check the kind (or the file) ensemble.json gives "
+                f"this one.")
+    return ("Re-save the model with its native format (each kind's is in docs/models-folder.md; a scaler's is "
+            ".json) or retrain with a supported class.")
+
+
+PICKLE_SUFFIXES = (".pkl", ".joblib")
 
 
 def load_pickle(path: Path, role: str, stand_ins: Mapping[tuple[str, str], type] | None = None) -> Any:
@@ -162,6 +177,11 @@ def load_pickle(path: Path, role: str, stand_ins: Mapping[tuple[str, str], type]
     except (UnsafeFileError, ModelFileError, FileNotFoundError):
         raise
     except Exception as exc:  # truncated or corrupt streams raise a zoo of types
+        if path.suffix.lower() not in PICKLE_SUFFIXES:  # read as a pickle for want of another format: say so
+            raise ModelFileError(f"{path}: not a pickle ({type(exc).__name__}: {exc}), and a '{role}' file "
+                                 f"named '*{path.suffix}' is read as one (each kind's formats: "
+                                 f"docs/models-folder.md); check the kind ensemble.json gives it, or the file."
+                                 ) from exc
         raise ModelFileError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc}); the file is truncated "
                              f"or is not a {role} pickle.") from exc
 

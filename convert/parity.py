@@ -260,6 +260,8 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     failures = [c.describe() for c in checks if not c.passed]
     if failures:
         failures += lost_to_temperature(reference.decision.temperature, raw_refs, member_refs)
+        if any(c.label_mismatches for c in checks if not c.passed):
+            failures += float32_ties({**{f"member {n}": p for n, p in raw_refs.items()}, "ensemble": want_probs})
     held = np.bincount(want_label, minlength=len(reference.plan.classes))
     return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
             "left_out": {k: {"rows": rows.counts[k], "why": why} for k, why in LEFT_OUT.items() if rows.counts.get(k)},
@@ -293,6 +295,26 @@ def lost_to_temperature(temperature: dict[str, float], raw: dict[str, np.ndarray
                      f"{p[row].min():.3g} < {FLOAT32_TINY:.3g}, float32's smallest normal number), where log p / {t:g} "
                      f"cannot recover the tempered probability {q[row].min():.3g}; a temperature under about "
                      f"|margin| / 12 keeps it under the tolerance: lower it, or leave this member untempered")
+    return lines
+
+
+def float32_ties(references: dict[str, np.ndarray]) -> list[str]:
+    """Why labels differ while the probabilities agree, when that is the cause: gate rows whose two most probable
+    classes differ in the framework's float64 but are one value in float32, the precision of every output, whose
+    argmax cannot order them (a logistic regression on raw features is near 0.5 on rows around 0, say). One line
+    per target holding such rows, naming the count and the first row."""
+    lines = []
+    for target, p in references.items():
+        top = np.sort(p, axis=1)[:, -2:]
+        tied = (top[:, 0] != top[:, 1]) & (top[:, 0].astype(np.float32) == top[:, 1].astype(np.float32))
+        if not tied.any():
+            continue
+        row = int(np.flatnonzero(tied)[0])
+        lines.append(f"{target}: {int(tied.sum())} gate row(s) where the framework's two most probable classes are "
+                     f"one value in float32, the outputs' precision (row {row}: {top[row, 1]:.17g} and "
+                     f"{top[row, 0]:.17g}, both {float(np.float32(top[row, 1])):.9g}), so the exported argmax cannot "
+                     f"order them as the framework's float64 one does: a tie float32 cannot break, where the model is "
+                     f"undecided; the build cannot promise the framework's label there")
     return lines
 
 
