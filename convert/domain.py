@@ -91,6 +91,7 @@ TIE_PAIRS = 1024   # per member and rung, pairs of those rows on either side of 
 TIE_STEPS = 12     # bisection steps along each pair, towards the boundary: 1/4096 of its length
 TIE_GAP = 1e-3    # the closest a boundary row's two most probable classes may be: far above any gate difference,
 #                   so its label is the framework's, yet where a float32 logit's rounding moves the probabilities most
+TIE_CLOSE = 0.05  # a pair whose point is this close is bisected no further: its probabilities move nearly as much
 
 
 def inside_rows(lo: np.ndarray, hi: np.ndarray, under: float, rng: np.random.Generator) -> np.ndarray:
@@ -121,15 +122,18 @@ def boundary_rows(rows: np.ndarray, centre: np.ndarray, names: list[str], probab
         differ = np.flatnonzero(label_a != probabilities(b, [name])[name].argmax(axis=1))[:TIE_PAIRS]
         a, b, label_a = a[differ], b[differ], label_a[differ]
         best, best_gap = np.full_like(a, np.nan), np.full(len(a), np.inf)
-        for _ in range(TIE_STEPS if len(a) else 0):
-            mid = a / 2 + b / 2
+        for _ in range(TIE_STEPS):
+            going = np.flatnonzero(best_gap >= TIE_CLOSE)  # a pair once this close is done
+            if not len(going):
+                break
+            mid = a[going] / 2 + b[going] / 2
             p = probabilities(mid, [name])[name]
             top = np.sort(p, axis=1)
             gap = top[:, -1] - top[:, -2]
-            closer = np.isfinite(p).all(axis=1) & (gap >= TIE_GAP) & (gap < best_gap)
-            best[closer], best_gap[closer] = mid[closer], gap[closer]
-            same = p.argmax(axis=1) == label_a
-            a[same], b[~same] = mid[same], mid[~same]
+            closer = np.isfinite(p).all(axis=1) & (gap >= TIE_GAP) & (gap < best_gap[going])
+            best[going[closer]], best_gap[going[closer]] = mid[closer], gap[closer]
+            same = p.argmax(axis=1) == label_a[going]
+            a[going[same]], b[going[~same]] = mid[same], mid[~same]
         found.append(best[np.isfinite(best_gap)])
     return np.vstack([np.empty((0, n_features)), *found])
 
