@@ -16,17 +16,24 @@ from typing import Any
 import numpy as np
 
 from runtime import contract
-from runtime.contract import BUNDLE_FILE, ENSEMBLE_FILE, ENSEMBLE_INPUT, ENSEMBLE_OUTPUTS
+from runtime.contract import (
+    BUNDLE_FILE,
+    ENSEMBLE_FILE,
+    ENSEMBLE_INPUT,
+    ENSEMBLE_OUTPUTS,
+    MEMBER_PROBABILITIES,
+    PROBABILITIES,
+)
 
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, check_text, check_unique_names, make_plan
-from .domain import Domain, input_domain
+from .domain import ROUNDING, Domain, input_domain
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind, input_dtype
 from .members.torch_common import one_thread
-from .parity import BATCH_SIZES, check_parity, json_ready, merged, parity_rows, summary, table
+from .parity import BATCH_SIZES, ParityRows, check_parity, json_ready, merged, parity_rows, summary, table
 from .precision import Precision, lower
 from .reference import Reference
 from .scaler import Scaler, load_scaler
@@ -158,7 +165,7 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
                domain: Domain | None = None) -> dict[str, Any]:
     """The gate on rows covering `domain` (by default the one `input_domain` gives these members and rows)."""
     if domain is None:
-        domain = domain_of(loaded, recorded)
+        domain = domain_of(loaded, recorded, member_bytes, ensemble_bytes, precision)
     rows = parity_rows(loaded.members, loaded.scalers, len(loaded.feature_names), domain, recorded)
     gate = "parity gate" if not precision.lowered else f"agreement gate ({precision.weights} graph)"
     progress(f"{gate}: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
@@ -169,13 +176,27 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
     return report
 
 
-def domain_of(loaded: Loaded, recorded: np.ndarray | None) -> Domain:
-    """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves."""
+def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[str, bytes] | None = None,
+              ensemble_bytes: bytes | None = None, precision: Precision = Precision()) -> Domain:
+    """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves and,
+    given the exported bytes, on those: the domain stops under a rung where the gate's own checks find the export
+    off by no more than float32's rounding (`convert.domain.ROUNDING`), not by another computation."""
+    rounds = None
+    if member_bytes is not None and ensemble_bytes is not None:
+        def rounds(rows: np.ndarray) -> bool:
+            report = check_parity(loaded.reference, ParityRows(rows), member_bytes, ensemble_bytes, precision,
+                                  BATCH_SIZES[-1:])
+            # Judged on the probabilities: a label or a confidence the policy moves follows them, or is wrong
+            # on the first rung too (a policy the graph does not apply), which the gate then fails.
+            off = [c["max_abs_diff"] for c in report["checks"]
+                   if not c["passed"] and c["output"] in (PROBABILITIES, MEMBER_PROBABILITIES)]
+            return bool(off) and max(off) <= ROUNDING
     with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
         domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
-                              loaded.reference.raw_member_probabilities, recorded)
+                              loaded.reference.raw_member_probabilities, recorded, rounds=rounds)
     if domain.sds is not None:
-        log.info("input domain: the members that compute answer finitely to %g standard deviations", domain.sds)
+        log.info("input domain: the members that compute answer finitely%s to %g standard deviations",
+                 "" if rounds is None else ", and the export as they do,", domain.sds)
     return domain
 
 
@@ -297,7 +318,7 @@ def _build(models_dir: Path, out: Path, only: list[str] | None, parity_data: Pat
     member_bytes = {m.source.name: m.onnx_model.SerializeToString() for m in loaded.members}
     ensemble_bytes = ensemble.SerializeToString()
     recorded = read_features_file(parity_data, loaded.feature_names, parity_text) if parity_data else None
-    domain = domain_of(loaded, recorded)
+    domain = domain_of(loaded, recorded, member_bytes, ensemble_bytes)  # on the float32 export, whatever ships
     report = run_parity(loaded, member_bytes, ensemble_bytes, recorded, progress, domain=domain)
     _require(report, out)  # the float32 export is exact first, whatever precision ships
     quantized: list[str] = []

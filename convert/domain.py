@@ -6,7 +6,10 @@ per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
   input, TREE_LIMIT64 for a tree that reads float64 (its kind's `takes_float64`).
 - Any other member (a neural network, a linear model) computes with its inputs and can overflow float32 far from its
   training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
-  features), k the widest of RUNGS at which every member's own framework still answers finitely. Where every
+  features), k the widest of RUNGS at which every member's own framework still answers finitely and the export
+  is not off by float32's rounding past the gate's tolerance (`Rounds`) on rows spread through the rung: its
+  edges, rows inside it, rows on each member's class boundaries, where the rounding of large logits shows most.
+  Where every
   member that computes reads float64 (a linear model in float64), the ladder goes on through RUNGS64: such a
   member on raw volumes near 1e8 is not refused them.
 - A feature's range is the intersection over the members (each reads every feature through its own scaler),
@@ -15,15 +18,16 @@ per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
   direction of every split of a gradient-boosted tree ensemble; a StandardScaler maps NaN to NaN), else refused
   naming the members that do not.
 
-The parity rows then cover the range: each rung's edges alone, rows with every feature at an edge, and rows
-with NaN in each feature that takes it (`convert.parity`).
+The parity rows then cover the range: each rung's edges alone, rows with every feature at an edge, the rows
+inside each rung its search ran, and rows with NaN in each feature that takes it (`convert.parity`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -76,6 +80,71 @@ def edge_rows(base: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.G
     return np.vstack(rows)
 
 
+class Probabilities(Protocol):
+    """Raw rows -> member name -> its own framework's probabilities, for every member or the named ones."""
+
+    def __call__(self, raw: np.ndarray, names: Collection[str] | None = None, /) -> dict[str, np.ndarray]: ...
+
+
+INSIDE_ROWS = 256  # rows per rung, each feature between the rung under's reach and this one's
+TIE_PAIRS = 1024   # per member and rung, pairs of those rows on either side of one of its class boundaries
+TIE_STEPS = 12     # bisection steps along each pair, towards the boundary: 1/4096 of its length
+TIE_GAP = 1e-3    # the closest a boundary row's two most probable classes may be: far above any gate difference,
+#                   so its label is the framework's, yet where a float32 logit's rounding moves the probabilities most
+TIE_CLOSE = 0.05  # a pair whose point is this close is bisected no further: its probabilities move nearly as much
+
+
+def inside_rows(lo: np.ndarray, hi: np.ndarray, under: float, rng: np.random.Generator) -> np.ndarray:
+    """Rows inside a rung of [lo, hi]: each feature, of random sign, between `under` (a fraction of the rung's
+    reach: the rung under's) and the whole reach from the rung's centre; log-uniformly in half the rows, so each
+    decade has its rows, uniformly in the others, where the features are large together (the largest logits)."""
+    centre, reach = lo / 2 + hi / 2, hi / 2 - lo / 2
+    half = (INSIDE_ROWS // 2, len(lo))
+    depth = np.vstack([np.exp(rng.uniform(np.log(under), 0.0, half)), rng.uniform(under, 1.0, half)])
+    signs = rng.choice([-1.0, 1.0], (INSIDE_ROWS, len(lo)))
+    return np.clip(centre + signs * depth * reach, lo, hi)
+
+
+def boundary_rows(rows: np.ndarray, centre: np.ndarray, names: list[str], probabilities: Probabilities,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Rows near each named member's class boundaries, as far out as `rows`: each row beside itself with some
+    features' signs about `centre` flipped (the others keep their size, so the logits stay as large), where the
+    member labels the two differently, bisected towards the boundary between them; of each pair's points, the
+    one whose two most probable classes are closest but still TIE_GAP apart. A point the member answers no finite
+    probability on is never kept."""
+    n, n_features = rows.shape
+    found = []
+    for name in names:
+        a = rows[rng.integers(0, n, 2 * TIE_PAIRS)]
+        flips = rng.random(a.shape) < rng.integers(1, n_features + 1, (len(a), 1)) / n_features
+        b = np.where(flips, 2 * centre - a, a)
+        label_a = probabilities(a, [name])[name].argmax(axis=1)
+        differ = np.flatnonzero(label_a != probabilities(b, [name])[name].argmax(axis=1))[:TIE_PAIRS]
+        a, b, label_a = a[differ], b[differ], label_a[differ]
+        best, best_gap = np.full_like(a, np.nan), np.full(len(a), np.inf)
+        for _ in range(TIE_STEPS):
+            going = np.flatnonzero(best_gap >= TIE_CLOSE)  # a pair once this close is done
+            if not len(going):
+                break
+            mid = a[going] / 2 + b[going] / 2
+            p = probabilities(mid, [name])[name]
+            top = np.sort(p, axis=1)
+            gap = top[:, -1] - top[:, -2]
+            closer = np.isfinite(p).all(axis=1) & (gap >= TIE_GAP) & (gap < best_gap[going])
+            best[going[closer]], best_gap[going[closer]] = mid[closer], gap[closer]
+            same = p.argmax(axis=1) == label_a[going]
+            a[going[same]], b[going[~same]] = mid[same], mid[~same]
+        found.append(best[np.isfinite(best_gap)])
+    return np.vstack([np.empty((0, n_features)), *found])
+
+
+# Raw rows -> whether the exported build's answers differ from the frameworks' past the gate's tolerance by no more
+# than ROUNDING: float32 rounding of large logits, which ends the domain under the rung. An export further off
+# computes something else (a branch tracing froze): its rung is taken, and the gate fails the build there.
+ROUNDING = 1e-2  # float32 logits of 1e4 round by about 1e-3: their probabilities move by less than this
+Rounds = Callable[[np.ndarray], bool]
+
+
 @dataclass(frozen=True)
 class Domain:
     lo: np.ndarray                  # float64 [F], finite
@@ -84,6 +153,7 @@ class Domain:
     nan_refused_by: list[str]       # the members that define no missing value
     sds: float | None = None        # the rung the members that compute are proven to (None: trees only)
     ladder: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # the rungs' [lo, hi] inside, whose edges the gate runs
+    inside: np.ndarray | None = None  # the rows inside the rungs the search ran (`input_domain`), which the gate runs
 
     def record(self) -> DomainRecord:
         return DomainRecord([float(v) for v in self.lo], [float(v) for v in self.hi],
@@ -96,12 +166,11 @@ class Domain:
                    np.asarray(record.nan, bool), list(record.nan_refused_by))
 
     def edges(self, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The gate's rows on the domain's edges: each rung's, and the domain's own."""
+        """The gate's rows on the domain's edges: each rung's, and the domain's own; then the rows inside the
+        rungs that the search proved them on."""
         rungs = [*self.ladder, (self.lo, self.hi)]
-        return np.vstack([edge_rows(base, lo, hi, rng) for lo, hi in rungs])
-
-
-Probabilities = Callable[[np.ndarray], dict[str, np.ndarray]]  # raw rows -> member name -> probabilities
+        inside = [] if self.inside is None else [self.inside]
+        return np.vstack([*(edge_rows(base, lo, hi, rng) for lo, hi in rungs), *inside])
 
 
 def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
@@ -126,32 +195,44 @@ def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features
 
 def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
                  probabilities: Probabilities | None = None, recorded: np.ndarray | None = None,
-                 seed: int = 0) -> Domain:
+                 seed: int = 0, rounds: Rounds | None = None) -> Domain:
     """The domain of these members: the widest rung of RUNGS at which, and at every rung under which, every
-    member's own framework answers finitely on the rung's edge rows (`probabilities`; without it, the first
-    rung), widened to hold the recorded rows."""
-    rng = np.random.default_rng(seed)
+    member's own framework answers finitely (`probabilities`; without it, the first rung) and the exported build
+    answers as they do, not off by float32's rounding (`rounds`), on the rung's rows: its edge rows, rows inside
+    it (`inside_rows`) and rows on the members' class boundaries (`boundary_rows`); widened to hold the recorded
+    rows. The first rung is taken whatever: its rows join the gate's, which fails the build there."""
+    rng, inner = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     computing = [m for m in members if not only_compares(m)]
+    names = [m.source.name for m in computing]
     ladder: list[tuple[np.ndarray, np.ndarray]] = []
+    inside: list[np.ndarray] = []
     sds: float | None = None
     rungs = RUNGS + RUNGS64 if all(input_dtype(m) == "float64" for m in computing) else RUNGS
+    under = 1.0  # standard deviations: the first rung's rows lie between 1 and 20
     for rung in rungs if computing else (RUNGS[0],):
         lo, hi = _bounds(members, scalers, n_features, rung)
-        if ladder and probabilities is not None:
-            centre = lo / 2 + hi / 2
-            rows = edge_rows(centre[None, :], lo, hi, rng)
-            try:
-                answered = probabilities(rows)
-            except ConvertError:  # a framework that refuses such values (FrameworkError): the rung is not taken
-                break
-            if not all(np.isfinite(p).all() for p in answered.values()):
-                break
+        rows = inside_rows(lo, hi, under / rung, inner) if computing else np.empty((0, n_features))
+        try:
+            if probabilities is not None and computing:
+                rows = np.vstack([rows, boundary_rows(rows, lo / 2 + hi / 2, names, probabilities, inner)])
+            if ladder and probabilities is not None:
+                centre = lo / 2 + hi / 2
+                tried = np.vstack([edge_rows(centre[None, :], lo, hi, rng), rows])
+                if not all(np.isfinite(p).all() for p in probabilities(tried).values()):
+                    break
+                if rounds is not None and rounds(tried):
+                    break
+        except ConvertError:  # a framework that refuses such values (FrameworkError): the rung is not taken
+            if ladder:
+                break  # the first rung is taken whatever: the gate reports the refusal on its rows
         ladder.append((lo, hi))
-        sds = rung if computing else None
+        inside.append(rows)
+        sds, under = (rung if computing else None), rung
         if probabilities is None:
             break
     lo, hi = ladder[-1]
     if recorded is not None and len(recorded):
         lo, hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
     refused = [m.source.name for m in members if not takes_nan(m)]
-    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]))
+    proven = np.vstack(inside) if computing else None
+    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven)

@@ -214,11 +214,13 @@ def _gate(precision: Precision) -> tuple[float, float]:
 
 
 def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, bytes],
-                 ensemble_onnx: bytes, precision: Precision = Precision()) -> dict[str, Any]:
+                 ensemble_onnx: bytes, precision: Precision = Precision(),
+                 batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any]:
     """Run every check; returns the report (`passed` false and `failures` filled when anything is off).
 
     Members are always held to the float32 tolerance (their files are float32); only those in `member_onnx`
-    are checked. The ensemble is held to its `precision`: the tolerance, or a lowered build's agreement."""
+    are checked. The ensemble is held to its `precision`: the tolerance, or a lowered build's agreement. The
+    domain's search (`convert.domain`) runs the largest batch size alone: the gate then runs them all."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -231,7 +233,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     raw_refs = reference.raw_member_probabilities(rows.raw)
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature
         x64 = reference.member_input(member.scaler, rows.raw)
-        for bs in BATCH_SIZES:
+        for bs in batch_sizes:
             idx = _rows_for(bs, len(x64))
             with member_step(member.name, member.file, f"running its ONNX export at batch size {bs}"):
                 session = ort.InferenceSession(member_onnx[member.name], options, providers=["CPUExecutionProvider"])
@@ -245,7 +247,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     want_members = np.stack([member_refs[m.name] for m in reference.plan.members], axis=1)
     session = ort.InferenceSession(ensemble_onnx, options, providers=["CPUExecutionProvider"])
     target = "ensemble" if not precision.lowered else f"ensemble ({precision.weights})"
-    for bs in BATCH_SIZES:
+    for bs in batch_sizes:
         idx = _rows_for(bs, len(rows.raw))
         probs, label, confidence, per_member = run_batched(session, {ENSEMBLE_INPUT: rows.raw[idx]}, bs)
         checks.append(compare(target, PROBABILITIES, bs, probs, want_probs[idx], idx, precision=precision))
@@ -263,7 +265,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
         if any(c.label_mismatches for c in checks if not c.passed):
             failures += float32_ties({**{f"member {n}": p for n, p in raw_refs.items()}, "ensemble": want_probs})
     held = np.bincount(want_label, minlength=len(reference.plan.classes))
-    return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(BATCH_SIZES), "rows": rows.counts,
+    return {"tolerance": CONTRACT.tolerance, "batch_sizes": list(batch_sizes), "rows": rows.counts,
             "left_out": {k: {"rows": rows.counts[k], "why": why} for k, why in LEFT_OUT.items() if rows.counts.get(k)},
             "labels": dict(zip(reference.plan.classes, map(int, held), strict=True)), "precision": precision.record(),
             "checks": [c.as_dict() for c in checks], "passed": not failures, "failures": failures}

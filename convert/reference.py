@@ -12,7 +12,7 @@ ONNX graphs to this; `bench` times it as the baseline; `verify` rebuilds it from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,10 +59,11 @@ class Reference:
         with np.errstate(over="ignore", invalid="ignore"):
             return np.asarray(self.scalers[scaler].transform(raw), dtype=np.float64)
 
-    def raw_member_probabilities(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+    def raw_member_probabilities(self, raw: np.ndarray, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Each member's (or each named member's) own probabilities on the raw rows."""
         inputs: dict[Path | None, np.ndarray] = {}
         out = {}
-        for m in self.plan.members:
+        for m in (m for m in self.plan.members if names is None or m.name in names):
             if m.scaler not in inputs:  # scaled once per scaler, as the service did
                 with member_step(m.name, m.scaler, "scaling the parity rows with scikit-learn"):
                     inputs[m.scaler] = self.member_input(m.scaler, raw)

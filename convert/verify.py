@@ -174,11 +174,12 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
     member_bytes = {name: files[m["onnx"]["file"]] for name, m in manifest["members"].items()}
     recorded = read_features_file(data, loaded.feature_names) if data else None
     domain = None
-    if folder.typed.domain is not None:  # the range it serves, with the rungs under it as the build ran them
-        rungs = domain_of(loaded, None)
-        domain = replace(Domain.from_record(folder.typed.domain), sds=rungs.sds, ladder=rungs.ladder)
-    report = run_parity(loaded, member_bytes, files[manifest["ensemble"]["file"]], recorded, progress,
-                        Precision.from_record(manifest.get("precision")), domain)
+    shipped, precision = files[manifest["ensemble"]["file"]], Precision.from_record(manifest.get("precision"))
+    if folder.typed.domain is not None:  # the range it serves, with the rungs and rows under it as the build ran them
+        rungs = domain_of(loaded, None, member_bytes, shipped, precision)
+        domain = replace(Domain.from_record(folder.typed.domain), sds=rungs.sds, ladder=rungs.ladder,
+                         inside=rungs.inside)
+    report = run_parity(loaded, member_bytes, shipped, recorded, progress, precision, domain)
     result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,
               "signed": public_key is not None, "sources": len(source_files(manifest)),
               "passed": report["passed"], "parity": summary(report), "failures": report["failures"]}

@@ -209,8 +209,6 @@ class Linear(nn.Module):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="inside a torch member's proven domain, float32 logits of magnitude 1e3-1e5 "
-                                       "round differently in torch and onnxruntime; the gate's edge rows saturate")
 def test_a_torch_member_answers_as_the_users_class_inside_its_whole_domain(tmp_path):
     """Finding (open): a torch member's domain is the widest rung (up to 1e6 standard deviations) where the
     frameworks answer *finitely* on the rung's edge rows, and there every probability is 0 or 1 (diff 6e-13). Inside

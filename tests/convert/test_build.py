@@ -239,7 +239,8 @@ def test_stacked_ensemble(models_cache, tmp_path):
     result = convert_and_check(models, tmp_path / "out")
     assert result.manifest["combine"]["method"] == "stacking"
     ens = runtime.load(tmp_path / "out")
-    x = rng.standard_normal((30, 18))
+    domain = ens.manifest["domain"]  # the stacker moves past 1e-5 from 100 standard deviations out: 20 it is
+    x = np.clip(rng.standard_normal((30, 18)), domain["lo"], domain["hi"])
     per = ens.member_probabilities(x)
     want = stacker.predict_proba(np.concatenate([per["nhits"], per["xgboost"]], axis=1))
     np.testing.assert_allclose(ens.predict_proba(x), want, atol=1e-5)
@@ -400,7 +401,7 @@ def test_cli_predict_jsonl_and_csv(demo_artifacts, tmp_path):
     assert [o["symbol"] for o in out] == ["S0", "S1", "S2"]
     assert out[1]["action"] == ens.predict(rows[1])[0].action
     header = ",".join(reversed(ens.feature_names))
-    csv_text = header + "\n" + ",".join(str(0.5) for _ in ens.feature_names) + "\n"
+    csv_text = header + "\n" + ",".join(str(0.2) for _ in ens.feature_names) + "\n"  # inside the domain
     result = CliRunner().invoke(main, ["predict", str(demo_artifacts), "--format", "csv"], input=csv_text)
     assert result.exit_code == 0 and result.output.startswith("symbol,action,confidence,SELL")
     bad = text + "\n" + json.dumps({**rows[0], "rsi_14": "high"})

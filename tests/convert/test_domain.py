@@ -24,8 +24,8 @@ from tests.variants import by_id, cached_folder
 
 N_FEATURES = 12
 # docs/numerics.md: members that compute are proven to the widest rung of 20, 1e2, ... 1e6 standard deviations of
-# their scaler's mean at which their frameworks answer finitely; small torch models reach the last.
-SDS = 1e6
+# their scaler's mean at which their frameworks answer finitely and the export as they do, within the tolerance.
+RUNGS = (20.0, 1e2, 1e3, 1e4, 1e5, 1e6)
 
 
 def write_mixed(folder: Path) -> Path:
@@ -96,25 +96,26 @@ def test_mixed_build_converts(mixed, mixed_build, scaler):
     assert max(splits) > 3.4e38, "LightGBM must hold a split past float32"
     manifest = json.loads((mixed_build / "manifest.json").read_text())
     domain = manifest["domain"]
-    np.testing.assert_allclose(domain["lo"], scaler.mean_ - SDS * scaler.scale_, rtol=1e-15)
-    np.testing.assert_allclose(domain["hi"], scaler.mean_ + SDS * scaler.scale_, rtol=1e-15)
+    report = json.loads((mixed_build / "parity.json").read_text())
+    sds = report["domain"]["sds"]
+    assert sds in RUNGS
+    np.testing.assert_allclose(domain["lo"], scaler.mean_ - sds * scaler.scale_, rtol=1e-15)
+    np.testing.assert_allclose(domain["hi"], scaler.mean_ + sds * scaler.scale_, rtol=1e-15)
     assert domain["nan"] == [False] * N_FEATURES
     assert domain["nan_refused_by"] == ["nhits", "patchtst"]  # xgboost and LightGBM define missing
-    report = json.loads((mixed_build / "parity.json").read_text())
-    assert report["domain"] == {"sds": SDS}
-    rungs = 6  # 20 to 1e6: each rung's edges, alone and all at once
+    rungs = RUNGS.index(sds) + 1  # 20 to sds: each rung's edges, alone and all at once
     assert report["rows"]["domain_edges"] >= rungs * (2 * N_FEATURES + 2)
     assert report["rows"]["threshold_outside_domain"] > 0
 
 
 def test_gate_rows_cover_the_domain(mixed, mixed_build):
-    from convert.build import load_plan
+    from convert.build import domain_of, load_plan
     from convert.discover import make_plan
-    from convert.domain import input_domain
     from convert.parity import parity_rows
 
     loaded = load_plan(make_plan(mixed), progress=lambda _: None)
-    domain = input_domain(loaded.members, loaded.scalers, N_FEATURES, loaded.reference.raw_member_probabilities)
+    members = {m.source.name: (mixed_build / "members" / f"{m.source.name}.onnx").read_bytes() for m in loaded.members}
+    domain = domain_of(loaded, None, members, (mixed_build / "ensemble.onnx").read_bytes())
     raw = parity_rows(loaded.members, loaded.scalers, N_FEATURES, domain).raw
     want = json.loads((mixed_build / "manifest.json").read_text())["domain"]
     assert ((raw >= want["lo"]) & (raw <= want["hi"])).all()
