@@ -28,7 +28,7 @@ from runtime.contract import (
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, check_text, check_unique_names, make_plan
-from .domain import ROUNDING, Domain, input_domain
+from .domain import Domain, input_domain
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind, input_dtype
@@ -170,7 +170,8 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
     gate = "parity gate" if not precision.lowered else f"agreement gate ({precision.weights} graph)"
     progress(f"{gate}: {len(rows.raw)} rows at batch sizes {', '.join(map(str, BATCH_SIZES))}")
     report = check_parity(loaded.reference, rows, member_bytes, ensemble_bytes, precision)
-    report["domain"] = {"sds": domain.sds}
+    report["domain"] = {"sds": domain.sds, "stopped": None if domain.stopped is None else
+                        {"sds": domain.stopped[0], "max_abs_diff": domain.stopped[1]}}
     for line in table(report):
         log.info(line)
     return report
@@ -179,24 +180,29 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
 def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[str, bytes] | None = None,
               ensemble_bytes: bytes | None = None, precision: Precision = Precision()) -> Domain:
     """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves and,
-    given the exported bytes, on those: the domain stops under a rung where the gate's own checks find the export
-    off by no more than float32's rounding (`convert.domain.ROUNDING`), not by another computation."""
-    rounds = None
+    given the exported bytes, on those: the domain stops under the first rung where the gate's own checks find
+    the export's probabilities off the frameworks'."""
+    differs = None
     if member_bytes is not None and ensemble_bytes is not None:
-        def rounds(rows: np.ndarray) -> bool:
+        def differs(rows: np.ndarray) -> float | None:
             report = check_parity(loaded.reference, ParityRows(rows), member_bytes, ensemble_bytes, precision,
                                   BATCH_SIZES[-1:])
             # Judged on the probabilities: a label or a confidence the policy moves follows them, or is wrong
             # on the first rung too (a policy the graph does not apply), which the gate then fails.
-            off = [c["max_abs_diff"] for c in report["checks"]
+            off = [float(c["max_abs_diff"]) for c in report["checks"]
                    if not c["passed"] and c["output"] in (PROBABILITIES, MEMBER_PROBABILITIES)]
-            return bool(off) and max(off) <= ROUNDING
+            return max(off) if off else None
     with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
         domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
-                              loaded.reference.raw_member_probabilities, recorded, rounds=rounds)
+                              loaded.reference.raw_member_probabilities, recorded, differs=differs)
     if domain.sds is not None:
         log.info("input domain: the members that compute answer finitely%s to %g standard deviations",
-                 "" if rounds is None else ", and the export as they do,", domain.sds)
+                 "" if differs is None else ", and the export as they do,", domain.sds)
+    if domain.stopped is not None:
+        rung, worst = domain.stopped
+        log.info("input domain: not %g standard deviations, where the export's probabilities differ from the "
+                 "frameworks' by up to %.3g (float32 rounding of large values, or a computation tracing froze: "
+                 "the plan's notes say which); rows past the domain are refused", rung, worst)
     return domain
 
 

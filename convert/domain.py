@@ -7,9 +7,11 @@ per feature a finite [lo, hi] and whether NaN (a missing value) is taken.
 - Any other member (a neural network, a linear model) computes with its inputs and can overflow float32 far from its
   training data: k of its scaler's standard deviations either side of the scaler's mean (0 and 1 for raw
   features), k the widest of RUNGS at which every member's own framework still answers finitely and the export
-  is not off by float32's rounding past the gate's tolerance (`Rounds`) on rows spread through the rung: its
+  answers as the frameworks do, within the gate's tolerance (`Differs`), on rows spread through the rung: its
   edges, rows inside it, rows on each member's class boundaries, where the rounding of large logits shows most.
-  Where every
+  Whatever makes the export differ there (float32 rounding of large logits, a branch tracing froze), no row is
+  served where it does: the domain stops under that rung, and the build says where and by how much
+  (`Domain.stopped`). The first rung is taken whatever: a difference there fails the gate. Where every
   member that computes reads float64 (a linear model in float64), the ladder goes on through RUNGS64: such a
   member on raw volumes near 1e8 is not refused them.
 - A feature's range is the intersection over the members (each reads every feature through its own scaler),
@@ -138,11 +140,9 @@ def boundary_rows(rows: np.ndarray, centre: np.ndarray, names: list[str], probab
     return np.vstack([np.empty((0, n_features)), *found])
 
 
-# Raw rows -> whether the exported build's answers differ from the frameworks' past the gate's tolerance by no more
-# than ROUNDING: float32 rounding of large logits, which ends the domain under the rung. An export further off
-# computes something else (a branch tracing froze): its rung is taken, and the gate fails the build there.
-ROUNDING = 1e-2  # float32 logits of 1e4 round by about 1e-3: their probabilities move by less than this
-Rounds = Callable[[np.ndarray], bool]
+# Raw rows -> the worst difference past the gate's tolerance between the exported build's probabilities and the
+# frameworks' on them, None where there is none (`convert.build.domain_of` runs the gate's own checks).
+Differs = Callable[[np.ndarray], float | None]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,7 @@ class Domain:
     sds: float | None = None        # the rung the members that compute are proven to (None: trees only)
     ladder: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # the rungs' [lo, hi] inside, whose edges the gate runs
     inside: np.ndarray | None = None  # the rows inside the rungs the search ran (`input_domain`), which the gate runs
+    stopped: tuple[float, float] | None = None  # (rung, worst difference): the rung not taken for the export's answers
 
     def record(self) -> DomainRecord:
         return DomainRecord([float(v) for v in self.lo], [float(v) for v in self.hi],
@@ -195,18 +196,19 @@ def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features
 
 def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
                  probabilities: Probabilities | None = None, recorded: np.ndarray | None = None,
-                 seed: int = 0, rounds: Rounds | None = None) -> Domain:
+                 seed: int = 0, differs: Differs | None = None) -> Domain:
     """The domain of these members: the widest rung of RUNGS at which, and at every rung under which, every
     member's own framework answers finitely (`probabilities`; without it, the first rung) and the exported build
-    answers as they do, not off by float32's rounding (`rounds`), on the rung's rows: its edge rows, rows inside
-    it (`inside_rows`) and rows on the members' class boundaries (`boundary_rows`); widened to hold the recorded
-    rows. The first rung is taken whatever: its rows join the gate's, which fails the build there."""
+    answers as they do (`differs`), on the rung's rows: its edge rows, rows inside it (`inside_rows`) and rows on
+    the members' class boundaries (`boundary_rows`); widened to hold the recorded rows. The first rung is taken
+    whatever: its rows join the gate's, which fails the build there."""
     rng, inner = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     computing = [m for m in members if not only_compares(m)]
     names = [m.source.name for m in computing]
     ladder: list[tuple[np.ndarray, np.ndarray]] = []
     inside: list[np.ndarray] = []
     sds: float | None = None
+    stopped: tuple[float, float] | None = None
     rungs = RUNGS + RUNGS64 if all(input_dtype(m) == "float64" for m in computing) else RUNGS
     under = 1.0  # standard deviations: the first rung's rows lie between 1 and 20
     for rung in rungs if computing else (RUNGS[0],):
@@ -220,7 +222,9 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
                 tried = np.vstack([edge_rows(centre[None, :], lo, hi, rng), rows])
                 if not all(np.isfinite(p).all() for p in probabilities(tried).values()):
                     break
-                if rounds is not None and rounds(tried):
+                worst = None if differs is None else differs(tried)
+                if worst is not None:
+                    stopped = (rung, worst)
                     break
         except ConvertError:  # a framework that refuses such values (FrameworkError): the rung is not taken
             if ladder:
@@ -235,4 +239,4 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
         lo, hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
     refused = [m.source.name for m in members if not takes_nan(m)]
     proven = np.vstack(inside) if computing else None
-    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven)
+    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven, stopped)

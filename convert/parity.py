@@ -231,6 +231,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     options.inter_op_num_threads = 1
     checks: list[Check] = []
     raw_refs = reference.raw_member_probabilities(rows.raw)
+    off: dict[str, np.ndarray] = {}  # member -> the rows its export answers past the tolerance
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature
         x64 = reference.member_input(member.scaler, rows.raw)
         for bs in batch_sizes:
@@ -240,6 +241,8 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
                 x = x64 if session.get_inputs()[0].type == "tensor(double)" else x64.astype(np.float32)
                 (got,) = run_batched(session, {CONTRACT.input_name: x[idx]}, bs)
             checks.append(compare(f"member {member.name}", PROBABILITIES, bs, got, raw_refs[member.name][idx], idx))
+            past = ~(np.abs(got - raw_refs[member.name][idx]) <= CONTRACT.tolerance).all(axis=1)
+            off[member.name] = np.union1d(off.get(member.name, np.empty(0, int)), idx[past])
 
     member_refs = reference.calibrated(raw_refs)
     want_probs = reference.combine(member_refs)
@@ -262,6 +265,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     failures = [c.describe() for c in checks if not c.passed]
     if failures:
         failures += lost_to_temperature(reference.decision.temperature, raw_refs, member_refs)
+        failures += unsteady(reference, rows.raw, raw_refs, off)
         if any(c.label_mismatches for c in checks if not c.passed):
             failures += float32_ties({**{f"member {n}": p for n, p in raw_refs.items()}, "ensemble": want_probs})
     held = np.bincount(want_label, minlength=len(reference.plan.classes))
@@ -297,6 +301,34 @@ def lost_to_temperature(temperature: dict[str, float], raw: dict[str, np.ndarray
                      f"{p[row].min():.3g} < {FLOAT32_TINY:.3g}, float32's smallest normal number), where log p / {t:g} "
                      f"cannot recover the tempered probability {q[row].min():.3g}; a temperature under about "
                      f"|margin| / 12 keeps it under the tolerance: lower it, or leave this member untempered")
+    return lines
+
+
+UNSTEADY_ROWS = 64  # of a member's rows past the tolerance, those its framework answers again one at a time
+
+
+def unsteady(reference: Reference, raw: np.ndarray, raw_refs: dict[str, np.ndarray],
+             off: dict[str, np.ndarray]) -> list[str]:
+    """Why a member's export fails, when the cause is the model itself: on the rows its export answers past the
+    tolerance, its own framework answers one row at a time otherwise than in one batch by more than the
+    tolerance (a layer so ill-conditioned that float32's rounding, which moves with the batch's kernels, moves
+    its probabilities: a LayerNorm over 2 values, say). No export can be proven to the tolerance against a
+    reference that is not steady to it. One line per such member, naming the difference and a row."""
+    lines, files = [], {m.name: m.file for m in reference.plan.members}
+    for name, rows in sorted(off.items()):
+        rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), UNSTEADY_ROWS)).astype(int)] if len(rows) else rows
+        if not len(rows):
+            continue
+        alone = np.vstack([reference.raw_member_probabilities(raw[r:r + 1], [name])[name] for r in rows])
+        diff = np.abs(alone - raw_refs[name][rows]).max(axis=1)
+        if not diff.max() > CONTRACT.tolerance:
+            continue
+        row, moved = int(rows[np.argmax(diff)]), int((diff > CONTRACT.tolerance).sum())
+        lines.append(f"member {name} ({files[name]}): its own framework answers {moved} of {len(rows)} such "
+                     f"row(s) one at a time otherwise than in one batch, by up to {diff.max():.3g} "
+                     f"(row {row}), past the tolerance {CONTRACT.tolerance:g}: float32's rounding moves this model's "
+                     f"probabilities that far (an ill-conditioned layer), so no export can be proven to the "
+                     f"tolerance on it")
     return lines
 
 

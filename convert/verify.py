@@ -178,7 +178,7 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
     if folder.typed.domain is not None:  # the range it serves, with the rungs and rows under it as the build ran them
         rungs = domain_of(loaded, None, member_bytes, shipped, precision)
         domain = replace(Domain.from_record(folder.typed.domain), sds=rungs.sds, ladder=rungs.ladder,
-                         inside=rungs.inside)
+                         inside=rungs.inside, stopped=rungs.stopped)
     report = run_parity(loaded, member_bytes, shipped, recorded, progress, precision, domain)
     result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,
               "signed": public_key is not None, "sources": len(source_files(manifest)),

@@ -70,13 +70,14 @@ class TinyLSTM(nn.Module):
 
 class Branchy(nn.Module):
     """A Python branch on the data: tracing freezes it at the example batch's (zeros: no clipping)."""
-    def __init__(self, n_features=8, n_classes=3):
+    def __init__(self, n_features=8, n_classes=3, limit=50.0):
         super().__init__()
         self.fc = nn.Linear(n_features, n_classes)
+        self.limit = limit
 
     def forward(self, x):
-        if float(x.abs().max()) > 50.0:  # each value clipped on its own: rows stay independent
-            x = x.clamp(-50.0, 50.0)
+        if float(x.abs().max()) > self.limit:  # each value clipped on its own: rows stay independent
+            x = x.clamp(-self.limit, self.limit)
         return self.fc(x)
 
 
@@ -240,13 +241,19 @@ def _one_member(folder: Path, **entry: Any) -> None:
     (folder / "ensemble.json").write_text(json.dumps(spec))
 
 
-def test_a_forward_tracing_cannot_capture_fails_the_gate_with_its_report(user_folder, tmp_path):
+def _branchy(folder: Path, limit: float) -> None:
     import torch
 
-    folder = _copy(user_folder, tmp_path)
     torch.manual_seed(SEED)
     torch.save(_user_module(folder).Branchy().state_dict(), folder / "branchy.pth")
-    _one_member(folder, module="trading.models:Branchy", init={}, file="branchy.pth")
+    _one_member(folder, module="trading.models:Branchy", init={"limit": limit}, file="branchy.pth")
+
+
+def test_a_forward_tracing_cannot_capture_fails_the_gate_with_its_report(user_folder, tmp_path):
+    """The branch parts rows inside the domain's first rung (20 standard deviations; raw features here): the
+    export computes otherwise there, and the gate fails."""
+    folder = _copy(user_folder, tmp_path)
+    _branchy(folder, limit=5.0)
     out = tmp_path / "out"
     result = _convert(folder, out)
     assert result.exit_code == 1 and "ParityError: " in result.output and "Traceback" not in result.output
@@ -254,10 +261,35 @@ def test_a_forward_tracing_cannot_capture_fails_the_gate_with_its_report(user_fo
     report = json.loads((tmp_path / "out.parity-failed.json").read_text())
     assert not report["passed"] and any("member m" in f for f in report["failures"])
     member = get_kind("torch").load(MemberSource("m", "torch", folder / "branchy.pth", options={
-        "module": "trading.models:Branchy", "init": {}, "code": "src", "n_features": F}))
+        "module": "trading.models:Branchy", "init": {"limit": 5.0}, "code": "src", "n_features": F}))
     line = next(i for i, text in enumerate(TRADING_MODELS.splitlines(), 1) if "float(x.abs().max())" in text)
     assert any(n.startswith("tracing fixed a Python value at ") and f"models.py:{line}:" in n for n in member.notes), \
         member.notes
+
+
+def test_a_branch_tracing_froze_past_the_first_rung_ends_the_domain_under_it(user_folder, tmp_path):
+    """The branch parts rows only past the first rung (|x| > 50): the build is served only where the export
+    answers as the user's class, so its domain stops under the rung where they part, and says so; a row where
+    the class would clip is refused, one inside answers as the class does."""
+    import torch
+
+    folder = _copy(user_folder, tmp_path)
+    _branchy(folder, limit=50.0)
+    out = tmp_path / "out"
+    result = _convert(folder, out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "parity.json").read_text())
+    assert report["domain"]["sds"] == 20.0 and report["domain"]["stopped"]["sds"] == 100.0
+    assert report["domain"]["stopped"]["max_abs_diff"] > 1e-5
+    served = runtime.load(out)
+    inside = np.random.default_rng(SEED).uniform(-20, 20, (64, F))
+    model = _user_module(folder).Branchy(limit=50.0)
+    model.load_state_dict(torch.load(folder / "branchy.pth", weights_only=True))
+    with torch.no_grad():
+        want = torch.softmax(model(torch.tensor(inside, dtype=torch.float32)), dim=-1).double().numpy()
+    assert np.abs(served.predict_proba(inside) - want).max() <= 1e-5
+    with pytest.raises(runtime.InputError, match=r"row 0, feature 'f0': 60\.0 is outside"):
+        served.predict_proba(np.full((1, F), 60.0))
 
 
 def _file_with(folder: Path, name: str, text: str) -> None:
