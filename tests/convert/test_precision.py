@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from domain_rows import bounds, typical_rows
 
 from convert.cli import main
 
@@ -94,9 +95,10 @@ def test_int8_rows_do_not_depend_on_their_batchmates(int8_build, demo_models):
     import runtime
 
     ens = runtime.load(int8_build[0])
-    rows = np.random.default_rng(3).standard_normal((32, len(ens.feature_names))) * 2
+    rows = typical_rows(ens, 32, seed=3)
     with_outlier = rows.copy()
-    with_outlier[7] *= 40
+    lo, hi = bounds(ens)
+    with_outlier[7] = hi - (hi - lo) / 20  # 90 standard deviations out in a 100-deviation domain
     alone = np.vstack([ens.predict_proba(rows[i:i + 1]) for i in range(len(rows))])
     together = ens.predict_proba(rows)
     beside_outlier = ens.predict_proba(with_outlier)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from domain_rows import typical_rows
 from forge import Edit, rebound
 
 import runtime
@@ -482,7 +483,7 @@ def test_a_forgery_loads_unpinned_but_verify_and_a_pin_refuse_it(demo_artifacts,
 def test_the_policy_the_check_passes_is_the_one_served(demo_artifacts, tmp_path):
     folder = rebound(demo_artifacts, tmp_path / "policy", _min_confidence({"HOLD": 0.7}), edit_graph=_with_policy(0.7))
     ens = runtime.load(folder)
-    rows = np.random.default_rng(0).normal(size=(200, len(ens.feature_names)))
+    rows = typical_rows(ens, 200, seed=0)
     p = ens.predict_proba(rows)
     unsure = (p.argmax(axis=1) == 1) & (p[:, 1] < 0.7)  # HOLD on top, under its minimum: the next class instead
     assert 0 < unsure.sum() < len(rows)

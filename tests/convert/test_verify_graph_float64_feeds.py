@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from domain_rows import typical_rows
 from forge import rebound
 
 import runtime
@@ -102,7 +103,7 @@ def test_a_member_without_input_dtype_reads_float32_as_builds_before_it(demo_art
 
 def test_a_float64_member_scores_as_before_at_every_batch(demo_artifacts):
     ensemble = runtime.load(demo_artifacts)
-    rows = np.random.default_rng(3).normal(size=(64, len(ensemble.feature_names)))
+    rows = typical_rows(ensemble, 64, seed=3, spread=0.5)
     whole = ensemble.member_probabilities(rows)["lightgbm"]
     alone = np.vstack([ensemble.member_probabilities(rows[i:i + 1])["lightgbm"] for i in range(len(rows))])
     assert np.array_equal(whole, alone)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from domain_rows import typical_rows
 
 import runtime
 from convert.cli import main
@@ -168,7 +169,7 @@ def test_a_torch_member_and_a_lightgbm_read_one_scaler_in_float32_and_float64(tm
     inputs = {n.output[0]: n.input[0] for n in graph.node if n.output[0].endswith("/input")}
     assert inputs == {"nhits/input": "scaler0/float32", "lightgbm/input": "scaler0/float64"}
     served = runtime.load(out)
-    rows = np.random.default_rng(5).normal(size=(2000, 6)) * 50 + 10
+    rows = typical_rows(served, 2000, seed=5, spread=0.5)  # to 50 standard deviations: through every split
     scaled = load_scaler(next(models.glob("scaler_*.pkl"))).transform(rows)
     lightgbm_model = pickle.loads(next(models.glob("lightgbm_*.pkl")).read_bytes())
     got = served.member_probabilities(rows)
