@@ -86,6 +86,9 @@ class RefusalsExitOne(click.Group):
                 exc = fault
 
             if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
+                if ctx.meta.get("as_json"):  # a machine reading stdout gets the refusal there too, not nothing
+                    emit({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}},
+                         True)
                 if ctx.params.get("debug"):
                     click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
                 refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
@@ -212,10 +215,25 @@ def out_file(help: str, required: bool = False) -> Any:
 
 FORCE = click.option("--force", is_flag=True,
                      help="Replace an existing result file (never an input or a build's file).")
-EXPECT_BUILD = click.option("--expect-build-id", metavar="SHA256",
+def check_build_ids(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A pin that is no build id (64 hex digits) can match no build: said at once, not after a load."""
+    for pin in (value,) if isinstance(value, str) else value or ():
+        if not (len(pin) == 64 and all(c in "0123456789abcdef" for c in pin.lower())):
+            raise click.BadParameter(f"{pin!r} is not a build id (64 hex digits, the build_id that convert, "
+                                     f"inspect and verify print).", ctx, param)
+    return value
+
+
+EXPECT_BUILD = click.option("--expect-build-id", metavar="SHA256", callback=check_build_ids,
                             help="Refuse any build but this one (the build_id that convert, inspect and verify print).")
 QUIET = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (no progress).")
-AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for machines.")
+def _json_wanted(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["as_json"] = value  # shared with the group's context: a refusal is then printed as JSON too
+    return value
+
+
+AS_JSON = click.option("--json", "as_json", is_flag=True, callback=_json_wanted,
+                       help="Print the result as JSON on stdout, for machines (a refusal: {\"error\": ...}).")
 PUBLIC_KEY = click.option("--public-key", type=KeyPath(),
                           help="An EC public key (PEM): refuse a folder it did not sign, model.sig in the OpenSSF "
                                "model-signing format (needs 'ensemble-onnx[signing]').")

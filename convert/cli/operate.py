@@ -20,6 +20,7 @@ from . import (
     QUIET,
     ROWS_HELP,
     GateRange,
+    check_build_ids,
     emit,
     log_to_stderr,
     out_file,
@@ -59,13 +60,13 @@ def _check_report(path: Path | None, force: bool, inputs: list[str], builds: lis
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML page (transition heat map, confidence histograms).")
 @FORCE
-@click.option("--expect-build-id", "expect_build_ids", metavar="SHA256", multiple=True,
+@click.option("--expect-build-id", "expectcheck_build_ids", metavar="SHA256", multiple=True, callback=check_build_ids,
               help="Refuse any builds but these: given twice, OLD's build id then NEW's.")
 @PUBLIC_KEY
 @AS_JSON
 @QUIET
 def compare(old: Path, new: Path, input_file: str, max_flip_rate: float | None, max_share_shift: float | None,
-            report_file: Path | None, force: bool, expect_build_ids: tuple[str, ...], public_key: Path | None,
+            report_file: Path | None, force: bool, expectcheck_build_ids: tuple[str, ...], public_key: Path | None,
             as_json: bool, quiet: bool) -> None:
     """Score the rows in --input with the OLD and NEW artifacts and show how the actions move: the transition
     matrix, flip rates, class shares, confidence, and each member's probability move. The table goes to
@@ -75,10 +76,10 @@ def compare(old: Path, new: Path, input_file: str, max_flip_rate: float | None, 
     from runtime.monitor.compare import gate, html, text
     from runtime.monitor.report import read_rows
 
-    if len(expect_build_ids) not in (0, 2):
+    if len(expectcheck_build_ids) not in (0, 2):
         raise click.UsageError("--expect-build-id: give it twice, OLD's build id then NEW's.")
     _check_report(report_file, force, [input_file], [old, new])
-    pins = expect_build_ids or (None, None)
+    pins = expectcheck_build_ids or (None, None)
     builds = [runtime.load(folder, expect_build_id=pin, public_key=public_key)
               for folder, pin in zip((old, new), pins, strict=True)]
     result = run_compare(builds[0], builds[1], read_rows(input_file))

@@ -1,0 +1,70 @@
+"""A command run with --json says a refusal on stdout too, as one strict JSON object a machine can read
+(`{"error": {"type", "message", "exit_code"}}`; the one line on stderr as ever), and a pinned build id that is no
+build id is refused at once, as a usage error naming the option, before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from domain_rows import typical_rows
+
+import runtime
+from convert.cli import main
+
+WRONG = "ab" * 32  # a well-formed build id no build has
+
+
+@pytest.fixture(scope="module")
+def rows_csv(demo_artifacts, tmp_path_factory):
+    ens = runtime.load(demo_artifacts)
+    path = tmp_path_factory.mktemp("json_refusals") / "rows.csv"
+    rows = typical_rows(ens, 5, seed=1)
+    path.write_text(",".join(ens.feature_names) + "\n" + "\n".join(",".join(map(repr, r)) for r in rows) + "\n")
+    return path
+
+
+def commands(artifacts, rows, models, out):
+    return {
+        "inspect": ["inspect", artifacts],
+        "verify": ["verify", artifacts, "--models", models],
+        "drift": ["drift", artifacts, "-i", rows],
+        "evaluate": ["evaluate", artifacts, "-i", rows],
+        "score": ["score", artifacts, rows, "-o", out / "scores.csv"],
+    }
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "drift", "evaluate", "score"])
+def test_a_refusal_under_json_is_a_json_object_on_stdout(command, demo_artifacts, demo_models, rows_csv, tmp_path):
+    args = commands(demo_artifacts, rows_csv, demo_models, tmp_path)[command]
+    result = CliRunner().invoke(main, [*map(str, args), "--expect-build-id", WRONG, "--json"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    said = json.loads(result.stdout)
+    assert said["error"]["exit_code"] == result.exit_code and said["error"]["type"] == "ArtifactError"
+    assert WRONG in said["error"]["message"] and said["error"]["message"] in result.stderr
+    assert not (tmp_path / "scores.csv").exists()
+
+
+def test_compare_under_json_says_its_refusal_on_stdout(demo_artifacts, rows_csv):
+    result = CliRunner().invoke(main, ["compare", str(demo_artifacts), str(demo_artifacts), "-i", str(rows_csv),
+                                       "--expect-build-id", WRONG, "--expect-build-id", WRONG, "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["type"] == "ArtifactError"
+
+
+def test_without_json_stdout_stays_empty_on_a_refusal(demo_artifacts):
+    result = CliRunner().invoke(main, ["inspect", str(demo_artifacts), "--expect-build-id", WRONG])
+    assert result.exit_code == 1 and result.stdout == "" and "ArtifactError: " in result.stderr
+
+
+@pytest.mark.parametrize("pin", ["abc", "ab" * 31 + "zz", "ab" * 33, " " + "ab" * 32, ""])
+@pytest.mark.parametrize("command", ["inspect", "verify", "drift", "evaluate", "score", "compare"])
+def test_a_pin_that_is_no_build_id_is_a_usage_error_naming_the_option(command, pin, demo_artifacts, demo_models,
+                                                                        rows_csv, tmp_path):
+    base = commands(demo_artifacts, rows_csv, demo_models, tmp_path).get(
+        command, ["compare", demo_artifacts, demo_artifacts, "-i", rows_csv])
+    result = CliRunner().invoke(main, [*map(str, base), "--expect-build-id", pin])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--expect-build-id" in result.stderr and "is not a build id (64 hex digits" in result.stderr
+    assert not (tmp_path / "scores.csv").exists()
