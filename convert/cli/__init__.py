@@ -76,6 +76,9 @@ class RefusalsExitOne(click.Group):
             raise
         except BrokenPipeError:
             _quiet_broken_pipe(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: each `finally` on the way has cleaned up; the shell's code, not click's 1
+            click.echo("interrupted: nothing more was written.", err=True)
+            ctx.exit(130)
         except Exception as exc:
             # Imported at the failure, not at the top: `--help` and `--version` load neither numpy nor onnxruntime.
             from runtime.batch.results import environment_fault

@@ -47,9 +47,10 @@ def test_rows_option_left_out_is_a_usage_error(demo_artifacts, command):
 # ------------------------------------------------------------------------------------------ score - (stdin)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_score_stdin_killed_leaves_no_copy(demo_artifacts, tmp_path, sig):
-    """A plain `kill` (or a closed terminal) while stdin is being spooled: the copy of the input goes too."""
+    """A plain `kill`, a closed terminal or Ctrl-C while stdin is being spooled: the copy of the input goes too,
+    and the exit code is the shell's (128 + the signal)."""
     spool = tmp_path / "tmp"
     spool.mkdir()
     env = {**os.environ, "TMPDIR": str(spool), "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
