@@ -44,7 +44,7 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
         raise InputError("no rows in the input.")
-    if lines[0][1].lstrip().startswith("{"):
+    if lines[0][1].lstrip().startswith(("{", "[")):  # JSON lines; a JSON array is refused by its line below
         records = []
         for n, line in lines:
             try:
@@ -80,6 +80,9 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
         if len(cells) != len(header):
             raise InputError(f"line {n}: {len(cells)} cells under a header of {len(header)}.")
         records.append((n, {h: CsvText(c) for h, c in zip(header, cells, strict=True)}))
+    if not records:  # said with the line it read, so a file that is no CSV at all is seen as such
+        raise InputError(f"no rows in the input: line 1 is read as a CSV header ({shortened(','.join(header))}) "
+                         f"and no data row follows it.")
     return records
 
 

@@ -99,6 +99,10 @@ def test_read_records_takes_json_lines_and_csv_with_line_numbers():
     ("", "^no rows in the input.$"), ("\n  \n", "^no rows in the input.$"),
     ('{"a": 1}\n{"a": \n', r"^line 2: not a JSON object \("),
     ('{"a": 1}\n[1, 2]\n', "^line 2: not a JSON object.$"),
+    ("[1, 2, 3]\n", "^line 1: not a JSON object.$"),  # an array first is JSON lines, not a CSV header
+    ('"abc"\n', r"^no rows in the input: line 1 is read as a CSV header \('abc'\) and no data row follows it.$"),
+    (",".join(f"column_{i}" for i in range(50)) + "\n", r"^no rows in the input: line 1 is read as a CSV header "
+                                                        r"\('column_0,column_1,.*\(\d+ characters\)\)"),
     ("a,b\n1,2\n1,2,3\n", "^line 3: 3 cells under a header of 2.$"),
 ])
 def test_unreadable_records_are_refused_by_line(text, match):

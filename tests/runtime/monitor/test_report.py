@@ -60,7 +60,8 @@ def unreadable(tmp_path: Path, name: str, data: bytes | None) -> Path:
                                 "invalid continuation byte)."),
     ("bad.jsonl", b'{"a": 1}\n[1]\n', "line 2: not a JSON object."),
     ("empty.csv", b"", "no rows in the input."),
-    ("header.csv", b"a,b\n", "no rows in the input."),
+    ("header.csv", b"a,b\n", "no rows in the input: line 1 is read as a CSV header ('a,b') and no data row "
+                             "follows it."),
     ("gone.parquet", None, "not a readable Parquet file ([Errno 2] Failed to open local file '{path}'. Detail: "
                            "[errno 2] No such file or directory)."),
     ("text.parquet", b"a,b\n1,2\n", "not a readable Parquet file (Parquet magic bytes not found in footer. Either the "
