@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from domain_rows import typical_rows
 
 import runtime
-from domain_rows import typical_rows
 
 pytestmark = pytest.mark.slim
 
