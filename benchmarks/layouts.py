@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bench.host import member_feed
+from runtime.bench.host import domain_rows, member_feed
 
 from .common import host, refused, write
 
@@ -181,13 +181,13 @@ def whole(folder: Path, rounds: int, calls: int) -> dict[str, float]:
     import onnx
 
     model = onnx.load(folder / "ensemble.onnx")
-    row = np.random.default_rng(0).standard_normal((1, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    row = domain_rows(manifest, 1)  # a row the build takes, as a service's are
     candidates: dict[str, Callable[[], Any]] = {}
     for form in GEMM_FORMS:
         for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
             session = _session(whole_graph_in_form(model, form), level)
             candidates[f"ensemble, {form}, {level}"] = partial(session.run, None, {"features": row})
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     for name, member in manifest["members"].items():
         session = _session(onnx.load(folder / member["onnx"]["file"]))
         candidates[f"member {name} alone"] = partial(session.run, None, member_feed(session, row))

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bench.host import member_feed, session_options, thread_counts, timings
+from runtime.bench.host import domain_rows, member_feed, session_options, thread_counts, timings
 
 from .common import host, refused, write
 
@@ -144,9 +144,9 @@ def sweep(folder: Path, thread_counts: list[int], quick: bool, progress: Any) ->
     import runtime
 
     calls = 30 if quick else 2000
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))  # verified by main
     shipped = onnx.load(folder / "ensemble.onnx")
-    width = shipped.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    row = {"features": np.random.default_rng(0).standard_normal((1, width))}
+    row = {"features": domain_rows(manifest, 1)}  # a row the build takes, as a service's are
     graphs = {"shipped": shipped.SerializeToString(),
               **{f"{form} {k}": feed_forward_split(shipped, k, form).SerializeToString()
                  for form, k in (("blocks", 8), ("blocks", 16), ("branches", 4))}}
@@ -166,7 +166,6 @@ def sweep(folder: Path, thread_counts: list[int], quick: bool, progress: Any) ->
         entry["runtime.predict_proba, default"] = _figure(
             timings(partial(ensemble.predict_proba, row["features"]), calls))
         out[str(threads)] = entry
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     members: dict[str, Any] = {}
     for name, member in manifest["members"].items():
         for threads in sorted({1, max(thread_counts)}):

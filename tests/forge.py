@@ -65,6 +65,16 @@ def set_path(obj: Any, path: str, value: object) -> None:
         obj[last] = value
 
 
+def reorder_features(manifest: dict[str, Any], order: list[int]) -> None:
+    """`feature_names` in `order` (positions in the old list), the `domain` with them: a build's proven range and
+    its missing-value rule belong to a feature by name, as a real build of that feature order holds them (a
+    forgery that moved the names alone would give each moved feature another's range)."""
+    manifest["feature_names"] = [manifest["feature_names"][i] for i in order]
+    domain = manifest["domain"]
+    for field in ("lo", "hi", "nan"):
+        domain[field] = [domain[field][i] for i in order]
+
+
 def reorder_members(model: Any, order: list[str], renames: dict[str, str]) -> None:
     """`edit_graph` for a manifest whose `ensemble.members` is `order` and whose members `renames` renamed (old
     name -> new): the graph's member_flat, and so member_probabilities and the blocks of the weighted sum, in

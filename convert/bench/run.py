@@ -30,6 +30,7 @@ import numpy as np
 from runtime.batch.results import dumps_strict, write_file
 from runtime.bench.floors import graph_cost, physical_floor
 from runtime.bench.floors import measure as measure_floors
+from runtime.bench.host import domain_rows
 
 from .report import lowered_warnings, machine, plot, ratios, table
 from .workers import BATCH_CURVE, EFFORT_VARIABLE, EFFORTS, THROUGHPUT_BATCH
@@ -147,6 +148,21 @@ def build_labels(manifests: list[dict[str, Any]], folders: list[Path]) -> list[s
     return [label if labels.count(label) == 1 else folder.name for label, folder in zip(labels, folders, strict=True)]
 
 
+def bench_rows(manifests: list[dict[str, Any]], mean: np.ndarray | None, scale: np.ndarray | None,
+               n: int) -> np.ndarray:
+    """The rows every pipeline times: drawn from the scaler's statistics (mean, scale), else, with no scale to
+    draw on, around the first build's domain (runtime.bench.host.domain_rows); then clipped into every build's
+    domain, so each build takes them all (a row past it would be refused, not timed)."""
+    if mean is not None and scale is not None:
+        rows = mean + scale * np.random.default_rng(0).standard_normal((n, len(manifests[0]["feature_names"])))
+    else:
+        rows = domain_rows(manifests[0], n)
+    for manifest in manifests:
+        if manifest.get("domain") is not None:
+            rows = np.clip(rows, manifest["domain"]["lo"], manifest["domain"]["hi"])
+    return rows
+
+
 def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts: list[int],
               progress: Callable[[str], None] = log.info, quick: bool = False) -> dict[str, Any]:
     """Every build in `artifacts` (say fp32 and int8 of the same models) against the frameworks once."""
@@ -169,14 +185,12 @@ def run_bench(artifacts: list[Path], models: Path, out_dir: Path, thread_counts:
         with measured.open("a") as fh:
             fh.write(json.dumps({"threads": threads, "pipeline": label, "kind": kind, "figures": figures},
                                 sort_keys=True, default=str) + "\n")
-    n_features = len(manifests[0]["feature_names"])
     scaler_file = next((m.scaler for m in plan_from_manifest(manifests[0], models).members if m.scaler), None)
     scaler = load_scaler(scaler_file) if scaler_file else None
-    mean = scaler.mean if scaler is not None and scaler.mean is not None else np.zeros(n_features)
-    scale = scaler.scale if scaler is not None and scaler.scale is not None else np.ones(n_features)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = Path(tmp) / "rows.npy"  # the same rows for every pipeline, drawn from the scaler's statistics
-        np.save(rows, mean + scale * np.random.default_rng(0).standard_normal((max(BATCH_CURVE), n_features)))
+        rows = Path(tmp) / "rows.npy"  # the same rows for every pipeline
+        np.save(rows, bench_rows(manifests, scaler.mean if scaler else None, scaler.scale if scaler else None,
+                                 max(BATCH_CURVE)))
         results: dict[str, Any] = {
             "machine": machine(), "batch_curve": list(BATCH_CURVE), "quick": quick,
             "throughput_batch": THROUGHPUT_BATCH, "threads": {},

@@ -113,6 +113,20 @@ def _member_threads(names: list[str], threads: int) -> dict[str, int]:
     return {n: (max(1, threads - (len(names) - 1)) if n == heavy else 1) for n in names}
 
 
+def domain_rows(manifest: dict[str, Any], n: int, seed: int = 0) -> np.ndarray:
+    """n float64 rows [n, F] the build takes, in its feature order: each feature its proven domain's centre
+    (manifest.json `domain`) plus normal noise of 2% of the domain's half-width (2 standard deviations where the
+    domain is 100), clipped to the domain. A row drawn on no feature's scale (standard normal in every one)
+    lies far outside a feature of small scale (a 1-hour return's domain is about +-0.4) and is refused, not
+    timed. A build from before the domain existed takes any finite row: standard normal."""
+    noise = np.random.default_rng(seed).standard_normal((n, len(manifest["feature_names"])))
+    if manifest.get("domain") is None:
+        return noise
+    lo = np.asarray(manifest["domain"]["lo"], dtype=np.float64)
+    hi = np.asarray(manifest["domain"]["hi"], dtype=np.float64)
+    return np.clip(lo / 2 + hi / 2 + noise * 0.02 * (hi / 2 - lo / 2), lo, hi)
+
+
 def member_feed(session: Any, row: np.ndarray) -> dict[str, np.ndarray]:
     """A member graph's feed of `row`: as it is for a member that reads float64 (LightGBM,
     HistGradientBoosting, LogisticRegression), cast to float32 for the others."""
@@ -141,7 +155,7 @@ def bench_build(folder: Path, thread_counts: list[int], quick: bool,
 
     calls = 30 if quick else 2000
     manifest = runtime.load(folder).manifest  # verified before anything is timed
-    row = np.random.default_rng(0).standard_normal((BATCH, len(manifest["feature_names"])))
+    row = domain_rows(manifest, BATCH)
     out: dict[str, Any] = {"precision": manifest.get("precision") or {"weights": "fp32"}, "threads": {}}
     for threads in thread_counts:
         entry: dict[str, Any] = {}

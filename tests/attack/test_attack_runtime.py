@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from domain_rows import centre, typical_rows
 
 from runtime import protowire
 from runtime.artifacts import ArtifactError, _refuse_external_data
@@ -59,13 +60,11 @@ def _score(artifacts: Path, input_path: Path, output: Path, *args: str):
 
 
 def _columns(artifacts: Path, n: int = 6) -> dict:
-    import numpy as np
-
+    """n rows the build takes (inside its proven domain), by feature."""
     import runtime
 
-    features = runtime.load(artifacts).feature_names
-    rng = np.random.default_rng(3)
-    return {f: rng.normal(size=n) for f in features}
+    ens = runtime.load(artifacts)
+    return dict(zip(ens.feature_names, typical_rows(ens, n, seed=3).T, strict=True))
 
 
 def _refused(result, *named: str) -> None:
@@ -247,12 +246,10 @@ def test_compare_report_into_a_missing_folder_is_refused_by_name(demo_artifacts,
     # Found: FileNotFoundError from the report writer, reported as an internal error.
     from click.testing import CliRunner
 
-    import runtime
     from convert.cli import main
 
-    features = runtime.load(demo_artifacts).feature_names
     data = tmp_path / "rows.csv"
-    data.write_text(",".join(features) + "\n" + ",".join(["0.5"] * len(features)) + "\n")
+    data.write_text(_csv_text(demo_artifacts))
     report = tmp_path / "missing" / "report.html"
     result = CliRunner().invoke(main, ["compare", str(demo_artifacts), str(demo_artifacts), "--data", str(data),
                                        "--report", str(report)])
@@ -261,11 +258,13 @@ def test_compare_report_into_a_missing_folder_is_refused_by_name(demo_artifacts,
 
 # ------------------------------------------------------------------------------- text a careless user saves
 
-def _csv_text(artifacts: Path, first_cell: str = "0.5") -> str:
+def _csv_text(artifacts: Path, first_cell: str | None = None) -> str:
+    """A CSV of one row the build takes (its domain's centre), its first cell `first_cell` where given."""
     import runtime
 
-    features = runtime.load(artifacts).feature_names
-    return ",".join(features) + "\n" + ",".join([first_cell] + ["0.5"] * (len(features) - 1)) + "\n"
+    row = centre(runtime.load(artifacts))
+    cells = [repr(v) for v in row.values()]
+    return ",".join(row) + "\n" + ",".join([cells[0] if first_cell is None else first_cell, *cells[1:]]) + "\n"
 
 
 def test_predict_reads_a_csv_saved_with_a_byte_order_mark(demo_artifacts):
@@ -288,8 +287,7 @@ def test_score_reads_json_lines_saved_with_a_byte_order_mark(demo_artifacts, tmp
 
     import runtime
 
-    features = runtime.load(demo_artifacts).feature_names
-    line = json.dumps({f: 0.5 for f in features}) + "\n"
+    line = json.dumps(centre(runtime.load(demo_artifacts))) + "\n"  # a row the build takes
     (tmp_path / "plain.jsonl").write_text(line * 3, encoding="utf-8")
     (tmp_path / "marked.jsonl").write_text("\ufeff" + line * 3, encoding="utf-8")
     for name in ("plain", "marked"):
@@ -336,8 +334,9 @@ def _labelled(artifacts: Path, path: Path, timestamp: str) -> Path:
     import runtime
 
     ens = runtime.load(artifacts)
-    path.write_text(",".join([*ens.feature_names, "label", "timestamp"]) + "\n"
-                    + ",".join(["0.5"] * len(ens.feature_names) + [ens.classes[0], timestamp]) + "\n")
+    row = centre(ens)  # a row the build takes: the times are under test
+    path.write_text(",".join([*row, "label", "timestamp"]) + "\n"
+                    + ",".join([*map(repr, row.values()), ens.classes[0], timestamp]) + "\n")
     return path
 
 
@@ -470,12 +469,10 @@ def test_a_gate_of_nan_is_a_usage_error(demo_artifacts, tmp_path, gate):
     # Found: click's FloatRange let `nan` through, and `flip_rate > nan` is false: the gate passed every build.
     from click.testing import CliRunner
 
-    import runtime
     from convert.cli import main
 
-    features = runtime.load(demo_artifacts).feature_names
     data = tmp_path / "rows.csv"
-    data.write_text(",".join(features) + "\n" + ",".join(["0.5"] * len(features)) + "\n")
+    data.write_text(_csv_text(demo_artifacts))
     command, option = gate
     args = ([command, str(demo_artifacts), str(demo_artifacts), "--data", str(data)] if command == "compare"
             else [command, str(demo_artifacts), "--input", str(data)])

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from domain_rows import centre
 from test_trust import invoke, read_manifest, rebind, scores
 
 import runtime
@@ -236,9 +237,10 @@ def test_signature_checks_through_the_cli(signed, demo_models, tmp_path):
     refused = invoke("verify", folder, "--models", demo_models, "--public-key", other, "-q")
     assert refused.exit_code == 1 and "signed by another key" in refused.output
     rows_file = tmp_path / "rows.jsonl"
-    rows_file.write_text(json.dumps(dict.fromkeys(runtime.load(folder).feature_names, 1.0)) + "\n")
+    rows_file.write_text(json.dumps(centre(runtime.load(folder))) + "\n")  # a row the build takes
     assert invoke("predict", folder, "--input", rows_file, "--public-key", public).exit_code == 0
-    assert invoke("predict", folder, "--input", rows_file, "--public-key", other).exit_code == 1
+    refused = invoke("predict", folder, "--input", rows_file, "--public-key", other)
+    assert refused.exit_code == 1 and "signed by another key" in refused.output, refused.output
 
 
 def test_workers_check_the_bundle_on_the_files_sent(signed):
@@ -537,7 +539,7 @@ def test_an_ec_key_on_a_folder_of_the_former_format_says_how_to_re_sign(legacy, 
 
 def test_the_predict_command_shows_the_warning_on_stderr(legacy, keys, tmp_path):
     rows_file = tmp_path / "rows.jsonl"
-    rows_file.write_text(json.dumps(dict.fromkeys(runtime.load(legacy).feature_names, 1.0)) + "\n")
+    rows_file.write_text(json.dumps(centre(runtime.load(legacy))) + "\n")  # a row the build takes
     done = subprocess.run([sys.executable, "-m", "convert.cli", "predict", str(legacy), "--input", str(rows_file),
                            "--public-key", str(keys / "ed.pub.pem")], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})

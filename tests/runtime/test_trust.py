@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from domain_rows import centre
 from forge import set_path
 from onnx import external_data_helper, helper, numpy_helper
 
@@ -213,8 +214,7 @@ def test_cli_prints_and_pins_the_build_id(artifacts_copy, tmp_path):
     inspected = invoke("inspect", artifacts_copy, "--json")
     assert json.loads(inspected.stdout)["build_id"] == build_id
     rows_file = tmp_path / "rows.jsonl"
-    names = runtime.load(artifacts_copy).feature_names
-    rows_file.write_text(json.dumps(dict.fromkeys(names, 1.0)) + "\n")
+    rows_file.write_text(json.dumps(centre(runtime.load(artifacts_copy))) + "\n")  # a row the build takes
     assert invoke("predict", artifacts_copy, "--input", rows_file, "--expect-build-id", build_id).exit_code == 0
     refused = invoke("predict", artifacts_copy, "--input", rows_file, "--expect-build-id", "ab" * 32)
     assert refused.exit_code == 1 and "not the expected build" in refused.output

@@ -52,6 +52,26 @@ def test_bench_names_each_build_and_measures_the_frameworks_once(demo_models, de
             entry["frameworks"]["one_row_p50_us"] / build["runtime"]["one_row_p50_us"])
 
 
+@pytest.mark.parametrize("scaler", [True, False])
+def test_bench_rows_are_inside_every_builds_domain(scaler):
+    """Found: with no scaler the bench drew rows around 0 with scale 1 on every feature, past a narrow feature's
+    domain: refused, not timed. Rows come from the scaler where there is one, and every build takes them."""
+    import numpy as np
+
+    from convert.bench.run import bench_rows
+
+    names = ["rsi", "return_1h"]
+    wide = {"feature_names": names, "domain": {"lo": [-650.0, -0.4], "hi": [750.0, 0.4]}}
+    narrow = {"feature_names": names, "domain": {"lo": [40.0, -0.4], "hi": [750.0, 0.001]}}
+    mean, scale = (np.array([50.0, 0.0]), np.array([7.0, 0.004])) if scaler else (None, None)
+    rows = bench_rows([wide, narrow], mean, scale, 512)
+    assert rows.shape == (512, 2)
+    assert ((rows >= [40.0, -0.4]) & (rows <= [750.0, 0.001])).all()  # inside both domains
+    assert (rows.std(axis=0) > 0).all()
+    if scaler:  # drawn on the scaler's scale: a 1-hour return of 0.004 a deviation, not 1
+        assert np.abs(rows[:, 1]).max() < 0.1 and np.abs(rows[:, 0] - 50).max() < 60
+
+
 def test_bench_refuses_models_the_artifacts_did_not_come_from(models_copy, demo_artifacts, tmp_path):
     (models_copy / f"xgboost_{STAMP}.pkl").write_bytes(b"other")
     result = invoke("bench", demo_artifacts, "--models", models_copy, "--quick", "--out", tmp_path)

@@ -131,6 +131,29 @@ def test_bench_reports_physical_floors_and_the_host(demo_models, demo_artifacts,
     } | {("numpy", "physical floors"), ("runtime fp32", "machine floor"), ("runtime int8", "machine floor")}
 
 
+def test_the_benchmarks_time_rows_the_build_takes(demo_artifacts, int8_build):
+    """Found: bench_host and the studies drew standard-normal rows, on no feature's scale: the demo refuses them
+    (a 1-hour return's domain is about +-0.4), so the host bench and the many-core study timed nothing."""
+    import numpy as np
+
+    import runtime
+    from runtime.bench.host import domain_rows
+
+    for folder in (demo_artifacts, int8_build):
+        ens = runtime.load(folder)
+        lo, hi = (np.asarray(ens.manifest["domain"][k]) for k in ("lo", "hi"))
+        with pytest.raises(runtime.InputError, match="is outside"):  # what the benchmarks drew before
+            ens.predict_proba(np.random.default_rng(0).standard_normal((256, len(ens.feature_names))))
+        rows = domain_rows(ens.manifest, 256)
+        assert rows.shape == (256, len(ens.feature_names)) and ((lo <= rows) & (rows <= hi)).all()
+        assert np.isfinite(ens.predict_proba(rows)).all()  # all taken
+        # Near the centre, as a service's rows are, and not all one row: within 10% of the half-width, spread.
+        assert (np.abs(rows - (lo + hi) / 2) <= 0.1 * (hi - lo) / 2).all() and (rows.std(axis=0) > 0).all()
+        assert (domain_rows(ens.manifest, 4, seed=1) != rows[:4]).all()
+    old = {"feature_names": ["a", "b"], "domain": None}  # a build from before the domain takes any finite row
+    assert np.isfinite(domain_rows(old, 3)).all() and domain_rows(old, 3).shape == (3, 2)
+
+
 def test_bench_host_runs_with_numpy_and_onnxruntime_alone(demo_artifacts, int8_build, tmp_path):
     """A serving host has neither the build stack nor click: block them all and run the module."""
     blocker = (

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from forge import rebound, reorder_members
+from forge import rebound, reorder_features, reorder_members
 from monitor_rows import CLASSES, Row, as_records, interleaved, rows_by_action, served
 
 import runtime
@@ -43,9 +43,10 @@ def _other_names(manifest: dict[str, Any]) -> None:
     manifest["classes"] = ["BUY", "SELL", "HOLD"]
     manifest["members"]["xgb2"] = manifest["members"].pop("xgboost")
     manifest["ensemble"]["members"] = ["patchtst", "nhits", "lightgbm", "xgb2"]
-    names = manifest["feature_names"]
-    names[0], names[8] = names[8], names[0]  # rsi_14 <-> return_1h: both near 50 in the demo's scaled units
-    names[5] = "bb_pos_v2"
+    order = list(range(len(manifest["feature_names"])))
+    order[0], order[8] = 8, 0  # rsi_14 <-> return_1h, each with its own domain
+    reorder_features(manifest, order)
+    manifest["feature_names"][5] = "bb_pos_v2"
 
 
 def _other_statistics(statistics: dict[str, Any]) -> None:
