@@ -29,7 +29,8 @@ def centre(build: Any) -> dict[str, float]:
 
 def typical_rows(build: Any, n: int, seed: int = 0, spread: float = SPREAD) -> np.ndarray:
     """n rows [n, F] in the build's feature order: each feature its domain's centre plus normal noise of
-    `spread` times the domain's half-width, clipped to the domain."""
+    `spread` times the domain's half-width, clipped to the domain. The formula of runtime.bench.host.domain_rows,
+    kept here: the slim tests run from tests/, where `runtime` may name the tests' own folder."""
     lo, hi = bounds(build)
     noise = np.random.default_rng(seed).standard_normal((n, len(lo)))
     return np.clip(lo / 2 + hi / 2 + noise * spread * (hi / 2 - lo / 2), lo, hi)
