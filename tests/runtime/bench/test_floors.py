@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from domain_rows import bounds
 
 from convert.cli import main
 
@@ -164,6 +165,35 @@ def test_bench_host_refuses_a_folder_that_is_not_artifacts(tmp_path):
     done = subprocess.run([sys.executable, "-m", "runtime.bench.host", str(tmp_path), "--quick", "--threads", "1",
                            "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and str(tmp_path) in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("statistics", [True, False])
+def test_bench_host_times_rows_inside_the_builds_domain_on_the_training_markets_scales(artifacts_copy, statistics):
+    """Found: bench_host timed made-up standard normal rows, which the demo build refuses (a 1-hour return's
+    domain is about +-0.4): `make bench-host` died on its first call. Its rows are now the training market's
+    (statistics.json), and a build without statistics gets rows clipped into its domain."""
+    import numpy as np
+
+    import runtime
+    from runtime.bench.host import service_rows
+
+    manifest = json.loads((artifacts_copy / "manifest.json").read_text())
+    moments = json.loads((artifacts_copy / "statistics.json").read_text())["features"]
+    if not statistics:
+        (artifacts_copy / "statistics.json").unlink()
+        del manifest["files"]["statistics.json"]  # `files` is bound by the hashes it lists, not by the graph
+        (artifacts_copy / "manifest.json").write_text(json.dumps(manifest))
+    ens = runtime.load(artifacts_copy)
+    x = service_rows(ens, 4096)
+    lo, hi = bounds(manifest)
+    assert x.shape == (4096, 18) and ((x >= lo) & (x <= hi)).all()
+    assert ens.predict_proba(x).shape == (4096, 3)  # every row taken
+    if statistics:  # 4096 draws: the sample's mean and spread have standard errors of 1.6% and 1.1% of the spread
+        mean, scale = (np.array([moments[f][k] for f in manifest["feature_names"]]) for k in ("mean", "scale"))
+        assert (np.abs(x.mean(axis=0) - mean) < 0.1 * scale).all() and (np.abs(x.std(axis=0) / scale - 1) < 0.1).all()
+    else:  # 0 +- 1 clipped: a feature narrower than that (return_1h) is held at its edges
+        j = manifest["feature_names"].index("return_1h")
+        assert (x[:, j] == lo[j]).any() and (x[:, j] == hi[j]).any()
 
 
 @pytest.mark.parametrize("form", ["Gemm W transposed", "MatMul + Add"])
