@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bench.host import member_feed
+from runtime.bench.host import member_feed, service_rows
 
 from .common import host, refused, write
 
@@ -180,8 +180,10 @@ def whole_graph_in_form(model: Any, form: str) -> Any:
 def whole(folder: Path, rounds: int, calls: int) -> dict[str, float]:
     import onnx
 
+    import runtime
+
     model = onnx.load(folder / "ensemble.onnx")
-    row = np.random.default_rng(0).standard_normal((1, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    row = service_rows(runtime.load(folder), 1)  # a row as a service sends it: tree paths as they are in service
     candidates: dict[str, Callable[[], Any]] = {}
     for form in GEMM_FORMS:
         for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):

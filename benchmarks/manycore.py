@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bench.host import member_feed, session_options, thread_counts, timings
+from runtime.bench.host import member_feed, service_rows, session_options, thread_counts, timings
 
 from .common import host, refused, write
 
@@ -145,8 +145,7 @@ def sweep(folder: Path, thread_counts: list[int], quick: bool, progress: Any) ->
 
     calls = 30 if quick else 2000
     shipped = onnx.load(folder / "ensemble.onnx")
-    width = shipped.graph.input[0].type.tensor_type.shape.dim[1].dim_value
-    row = {"features": np.random.default_rng(0).standard_normal((1, width))}
+    row = {"features": service_rows(runtime.load(folder), 1)}  # one the build takes: predict_proba is timed too
     graphs = {"shipped": shipped.SerializeToString(),
               **{f"{form} {k}": feed_forward_split(shipped, k, form).SerializeToString()
                  for form, k in (("blocks", 8), ("blocks", 16), ("branches", 4))}}
