@@ -18,7 +18,8 @@ For every build folder and thread count t it measures, in this process (one sess
 - from 8 threads: `parallel inter=4, intra=t/4`, the cores split among four concurrent members.
 
 and one-row p50/p99 (`runtime.Ensemble.predict_proba`, the service's call) and batch-256 rows/s for the
-shipped configuration. The floors (runtime.bench.floors: streaming read, numpy matvec, peak float32 FMA) run
+shipped configuration, on rows the build takes, as a service's are (`domain_rows`: inside the build's proven
+domain, near its centre). The floors (runtime.bench.floors: streaming read, numpy matvec, peak float32 FMA) run
 first, each thread count in its own process. Writes DIR/bench_host.json and DIR/bench_host.md. Under five
 minutes on 16 cores at full effort; `--quick` is a smoke run for the tests (figures not for quoting).
 """

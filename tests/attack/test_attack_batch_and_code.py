@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from domain_rows import centre
 from model_cache import REPO
 
 from convert.cli import main
@@ -27,9 +28,10 @@ def cli(*args: object, stdin: bytes | None = None):
 
 
 def _csv_rows(artifacts: Path, n: int) -> bytes:
-    features = json.loads((artifacts / "manifest.json").read_text())["feature_names"]
-    row = ",".join("0.5" for _ in features)
-    return ("symbol," + ",".join(features) + "\n" + "".join(f"S{i},{row}\n" for i in range(n))).encode()
+    """n rows of the build's domain centre (a row it takes), each with a symbol."""
+    middle = centre(json.loads((artifacts / "manifest.json").read_text()))
+    row = ",".join(map(repr, middle.values()))
+    return ("symbol," + ",".join(middle) + "\n" + "".join(f"S{i},{row}\n" for i in range(n))).encode()
 
 
 # ------------------------------------------------------------------------------------------ the commands

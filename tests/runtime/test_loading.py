@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from domain_rows import typical_rows
 from forge import REBUILD, Edit, rebound, write_manifest
 
 import runtime
@@ -65,7 +66,8 @@ def builds(demo_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Bu
 
 
 def features(ens: runtime.Ensemble, n: int = 3) -> np.ndarray:
-    return np.random.default_rng(7).standard_normal((n, len(ens.feature_names)))
+    """n rows the build takes: inside the domain its gate proved (tests/domain_rows.py)."""
+    return typical_rows(ens, n, seed=7)
 
 
 # ----------------------------------------------------------------------------- describe() and the host

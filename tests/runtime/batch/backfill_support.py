@@ -1,5 +1,5 @@
 """What the backfill's unit tests share (test_backfill_units, test_backfill_io, test_ray_engine): the demo build
-loaded at one thread, rows near the demo market's, and the batches and layouts made of them."""
+loaded at one thread, rows inside its proven domain, and the batches and layouts made of them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from domain_rows import typical_rows
 
 import runtime
 from runtime.batch.backfill import Layout
@@ -21,9 +22,10 @@ def one_thread(artifacts: Path) -> runtime.Ensemble:
     return runtime.load(artifacts, options)
 
 
-def rows(n: int, width: int, seed: int = 1) -> np.ndarray:
-    """n rows of features near the demo market's (standard normal: finite, inside what the members hold)."""
-    return np.random.default_rng(seed).normal(size=(n, width))
+def rows(build: runtime.Ensemble, n: int, seed: int = 1) -> np.ndarray:
+    """n rows [n, F] of features the build takes: near its domain's centre, inside the range its gate proved
+    (tests/domain_rows.py; made-up standard normal rows fall outside the demo's ±0.4 on a 1-hour return)."""
+    return typical_rows(build, n, seed)
 
 
 def batch_of(x: np.ndarray, names: tuple[str, ...], **extra: Any) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from domain_rows import bounds
 
 import runtime
 
@@ -293,8 +294,9 @@ def test_import_runtime_pulls_in_neither_pyarrow_nor_ray():
     assert not {"pyarrow", "ray", "pandas", "click"} & loaded
 
 
-def test_demo_history_is_the_demo_market(tmp_path):
-    """The history generator draws from the market the demo models were trained on, over symbols x minutes."""
+def test_demo_history_is_the_demo_market(demo_artifacts, tmp_path):
+    """The history generator draws from the market the demo models were trained on, over symbols x minutes,
+    inside the range the demo build's gate proved (`make backfill-demo` scores it whole, with no rejects)."""
     from benchmarks.backfill import market_parameters, write_history
     from convert.demo import DemoSpec, market_data
 
@@ -315,3 +317,6 @@ def test_demo_history_is_the_demo_market(tmp_path):
     # each feature on its own training scale and center (they span 1e-3 to 250): within a training std
     assert (np.abs(got.mean(axis=0) - x.mean(axis=0)) < x.std(axis=0)).all()
     assert ((got.std(axis=0) > 0.3 * x.std(axis=0)) & (got.std(axis=0) < 3 * x.std(axis=0))).all()
+    demo = runtime.load(demo_artifacts)
+    lo, hi = bounds(demo)
+    assert demo.feature_names == tuple(spec.feature_names) and ((got >= lo) & (got <= hi)).all()

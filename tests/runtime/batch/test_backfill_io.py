@@ -415,7 +415,7 @@ def test_csv_names_a_passthrough_column_with_no_text_form(tmp_path):
 
 def feature_lines(ens: runtime.Ensemble, n: int, seed: int, **extra: list[Any]) -> str:
     """n JSON lines of finite features, each line also holding extra[key][i]."""
-    x = rows(n, len(ens.feature_names), seed=seed)
+    x = rows(ens, n, seed=seed)
     return "".join(json.dumps({**{k: v[i] for k, v in extra.items()},
                                **dict(zip(ens.feature_names, map(float, r), strict=True))}) + "\n"
                    for i, r in enumerate(x))
@@ -548,7 +548,7 @@ def test_csv_passthrough_columns_are_read_as_the_text_written_and_only_an_empty_
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
 def test_csv_passthrough_text_reaches_every_output_format_unchanged(demo_artifacts, ens, tmp_path, suffix):
-    x = rows(4, len(ens.feature_names), seed=37)
+    x = rows(ens, 4, seed=37)
     source, out = tmp_path / "in.csv", tmp_path / f"o{suffix}"
     source.write_text(",".join(["symbol", "code", *ens.feature_names]) + "\n" + "".join(
         f"{s},{c}," + ",".join(map(repr, map(float, r))) + "\n"

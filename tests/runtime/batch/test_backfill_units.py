@@ -181,8 +181,8 @@ def test_feature_matrix_reads_a_column_that_is_only_nulls_as_missing(features):
     assert reasons.tolist() == [f"column '{features[7]}': missing (null)"] * 2
 
 
-def test_feature_matrix_of_a_chunked_table_equals_its_batches(features):
-    x = rows(6, len(features))
+def test_feature_matrix_of_a_chunked_table_equals_its_batches(ens, features):
+    x = rows(ens, 6)
     table = pa.concat_tables([pa.Table.from_batches([batch_of(x[:4], features)]),
                               pa.Table.from_batches([batch_of(x[4:], features)])])
     assert table.column(features[0]).num_chunks == 2
@@ -225,7 +225,7 @@ def counting(demo_artifacts) -> CountingEnsemble:
 
 
 def test_score_matrix_calls_the_graph_1024_rows_at_a_time(counting, ens):
-    x = rows(1025, len(ens.feature_names), seed=4)
+    x = rows(ens, 1025, seed=4)
     counting.calls = []
     out, reasons = backfill.score_matrix(counting, x)
     assert counting.calls == [1024, 1]
@@ -241,7 +241,7 @@ def test_score_matrix_calls_the_graph_1024_rows_at_a_time(counting, ens):
 
 
 def test_a_chunk_with_an_overflowing_row_is_scored_row_by_row_and_only_that_row_refused(counting, ens):
-    x = rows(1030, len(ens.feature_names), seed=6)
+    x = rows(ens, 1030, seed=6)
     x[[1026, 1028]] = 1e38  # finite in float64, past what the members' float32 activations hold
     counting.calls = []
     out, reasons = backfill.score_matrix(counting, x)
@@ -258,7 +258,7 @@ def test_a_chunk_with_an_overflowing_row_is_scored_row_by_row_and_only_that_row_
 
 
 def test_score_rows_scores_only_the_rows_without_a_reason(ens):
-    x = rows(5, len(ens.feature_names), seed=8)
+    x = rows(ens, 5, seed=8)
     x[1] = np.nan  # what a bad cell leaves in the matrix: never sent to the graph
     x[3] = 1e38
     reasons = np.array([None, "column 'a': missing (null)", None, None, None], dtype=object)
@@ -309,7 +309,7 @@ def test_assemble_keeps_text_columns_text_for_an_empty_or_clean_batch(ens, n):
 
 
 def test_score_batch_is_the_batch_scored_with_its_passthrough(ens):
-    x = rows(4, len(ens.feature_names), seed=9)
+    x = rows(ens, 4, seed=9)
     batch = batch_of(x, ens.feature_names, sym=["a", "b", "c", "d"])
     table = backfill.score_batch(ens, layout_of(ens, keep=("sym",)), batch, "w")
     np.testing.assert_array_equal(table.column("p_HOLD").to_numpy(), one_by_one(ens, x)[:, 1])
@@ -605,7 +605,7 @@ def test_a_worker_scores_with_the_ensemble_it_verified(demo_artifacts, ens, monk
     monkeypatch.setattr(backfill, "_WORKER", {})
     backfill._worker_init(read_files(demo_artifacts), 1, "sent", os.getppid(), None, None)
     assert backfill._WORKER["ens"].path == "sent"
-    x = rows(3, len(ens.feature_names), seed=2)
+    x = rows(ens, 3, seed=2)
     out, reasons = backfill._worker_score(x, np.array([None, "bad", None], dtype=object))
     assert reasons.tolist() == [None, "bad", None]
     np.testing.assert_array_equal(out["probabilities"][[0, 2]], one_by_one(ens, x[[0, 2]]))
@@ -613,7 +613,7 @@ def test_a_worker_scores_with_the_ensemble_it_verified(demo_artifacts, ens, monk
 
 def write_parquet(path: Path, ens: runtime.Ensemble, n: int, seed: int = 3, bad: dict[int, float] | None = None
                   ) -> np.ndarray:
-    x = rows(n, len(ens.feature_names), seed)
+    x = rows(ens, n, seed)
     for row, value in (bad or {}).items():
         x[row, 0] = value
     pq.write_table(pa.Table.from_batches([batch_of(x, ens.feature_names, id=list(range(n)))]), path)
@@ -675,7 +675,7 @@ def test_score_file_never_writes_into_the_artifacts_folder(artifacts_copy, tmp_p
 
 def test_score_file_reads_batches_of_the_asked_size(demo_artifacts, ens, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
-    x = rows(5, len(ens.feature_names), seed=12)
+    x = rows(ens, 5, seed=12)
     source.write_text("".join(json.dumps(dict(zip(ens.feature_names, map(float, r), strict=True))) + "\n" for r in x))
     backfill.score_file(demo_artifacts, source, out, batch_rows=2)
     assert [pq.ParquetFile(out).metadata.row_group(i).num_rows for i in range(3)] == [2, 2, 1]
@@ -685,7 +685,7 @@ def test_score_file_scores_json_lines_by_feature_name_whatever_each_lines_key_or
     # Each line's keys in its own shuffled order: a reader that went by position would score the columns
     # of one line under another's names, a silent wrong answer.
     source, out = tmp_path / "in.jsonl", tmp_path / "o.parquet"
-    x = rows(6, len(ens.feature_names), seed=21)
+    x = rows(ens, 6, seed=21)
     order = np.random.default_rng(5)
     lines = []
     for i, r in enumerate(x):
@@ -702,7 +702,7 @@ def test_score_file_scores_json_lines_by_feature_name_whatever_each_lines_key_or
 
 def test_score_file_names_a_json_line_without_a_feature_or_sends_it_to_rejects(demo_artifacts, ens, tmp_path):
     source, out, rejects = tmp_path / "in.jsonl", tmp_path / "o.jsonl", tmp_path / "r.jsonl"
-    x = rows(3, len(ens.feature_names), seed=22)
+    x = rows(ens, 3, seed=22)
     records = [{"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))} for i, r in enumerate(x)]
     del records[1][ens.feature_names[3]]
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -718,7 +718,7 @@ def test_score_file_names_a_json_line_without_a_feature_or_sends_it_to_rejects(d
 
 def test_score_file_refuses_a_json_key_first_seen_on_a_later_line_unless_kept_out(demo_artifacts, ens, tmp_path):
     source, out = tmp_path / "in.jsonl", tmp_path / "o.jsonl"
-    x = rows(2, len(ens.feature_names), seed=23)
+    x = rows(ens, 2, seed=23)
     records = [{"id": i, **dict(zip(ens.feature_names, map(float, r), strict=True))} for i, r in enumerate(x)]
     records[1]["venue"] = "XNAS"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -145,7 +145,7 @@ def test_the_ray_engine_scores_csv_like_the_local_engine_and_reports_an_actors_r
     __cause__), and named the artifacts folder where the local engine names the input file. One local Ray for
     both runs (score_file_ray uses a Ray already started, and leaves it running)."""
     ray = pytest.importorskip("ray")
-    x = rows(40, len(ens.feature_names), seed=21)
+    x = rows(ens, 40, seed=21)
     source = tmp_path / "in.csv"
     pcsv.write_csv(pa.Table.from_batches([batch_of(x, ens.feature_names, sym=[f"S{i}" for i in range(40)])]), source)
     lines = source.read_text().splitlines(keepends=True)
