@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from runtime.contract import (
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, check_text, check_unique_names, make_plan
-from .domain import Domain, input_domain
+from .domain import Domain, Probabilities, input_domain
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind, input_dtype
@@ -182,11 +182,13 @@ def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[st
     """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves and,
     given the exported bytes, on those: the domain stops under the first rung where the gate's own checks find
     the export's probabilities off the frameworks'."""
-    differs = None
+    differs, locate = None, None
     if member_bytes is not None and ensemble_bytes is not None:
-        def differs(rows: np.ndarray) -> float | None:
+        locate = exported_probabilities(loaded.reference, member_bytes)
+
+        def differs(rows: np.ndarray, answered: dict[str, np.ndarray]) -> float | None:
             report = check_parity(loaded.reference, ParityRows(rows), member_bytes, ensemble_bytes, precision,
-                                  BATCH_SIZES[-1:])
+                                  BATCH_SIZES[-1:], answered)
             # Judged on the probabilities: a label or a confidence the policy moves follows them, or is wrong
             # on the first rung too (a policy the graph does not apply), which the gate then fails.
             off = [float(c["max_abs_diff"]) for c in report["checks"]
@@ -194,7 +196,7 @@ def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[st
             return max(off) if off else None
     with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
         domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
-                              loaded.reference.raw_member_probabilities, recorded, differs=differs)
+                              loaded.reference.raw_member_probabilities, recorded, differs=differs, locate=locate)
     if domain.sds is not None:
         log.info("input domain: the members that compute answer finitely%s to %g standard deviations",
                  "" if differs is None else ", and the export as they do,", domain.sds)
@@ -204,6 +206,25 @@ def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[st
                  "frameworks' by up to %.3g (float32 rounding of large values, or a computation tracing froze: "
                  "the plan's notes say which); rows past the domain are refused", rung, worst)
     return domain
+
+
+def exported_probabilities(reference: Reference, member_bytes: dict[str, bytes]) -> Probabilities:
+    """Raw rows -> each (named) member's probabilities by its ONNX export, fed as the gate feeds it (its scaler's
+    float64 rows, cast to float32 unless it reads float64): where the domain's search looks for class boundaries."""
+    import onnxruntime as ort
+
+    sessions = {name: ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+                for name, data in member_bytes.items()}
+
+    def probabilities(raw: np.ndarray, names: Collection[str] | None = None, /) -> dict[str, np.ndarray]:
+        out = {}
+        for m in (m for m in reference.plan.members if m.name in sessions and (names is None or m.name in names)):
+            spec, x = sessions[m.name].get_inputs()[0], reference.member_input(m.scaler, raw)
+            feed = x if spec.type == "tensor(double)" else x.astype(np.float32)
+            with member_step(m.name, m.file, "running its ONNX export on the domain's rows"):
+                out[m.name] = np.asarray(sessions[m.name].run(None, {spec.name: feed})[0], dtype=np.float64)
+        return out
+    return probabilities
 
 
 def _require(report: dict[str, Any], out: Path) -> None:

@@ -140,9 +140,9 @@ def boundary_rows(rows: np.ndarray, centre: np.ndarray, names: list[str], probab
     return np.vstack([np.empty((0, n_features)), *found])
 
 
-# Raw rows -> the worst difference past the gate's tolerance between the exported build's probabilities and the
-# frameworks' on them, None where there is none (`convert.build.domain_of` runs the gate's own checks).
-Differs = Callable[[np.ndarray], float | None]
+# (raw rows, the frameworks' probabilities on them) -> the worst difference past the gate's tolerance between the
+# exported build's probabilities and those, None where there is none (`convert.build.domain_of`: the gate's checks).
+Differs = Callable[[np.ndarray, dict[str, np.ndarray]], float | None]
 
 
 @dataclass(frozen=True)
@@ -196,12 +196,14 @@ def _bounds(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features
 
 def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_features: int,
                  probabilities: Probabilities | None = None, recorded: np.ndarray | None = None,
-                 seed: int = 0, differs: Differs | None = None) -> Domain:
+                 seed: int = 0, differs: Differs | None = None, locate: Probabilities | None = None) -> Domain:
     """The domain of these members: the widest rung of RUNGS at which, and at every rung under which, every
     member's own framework answers finitely (`probabilities`; without it, the first rung) and the exported build
     answers as they do (`differs`), on the rung's rows: its edge rows, rows inside it (`inside_rows`) and rows on
     the members' class boundaries (`boundary_rows`); widened to hold the recorded rows. The first rung is taken
-    whatever: its rows join the gate's, which fails the build there."""
+    whatever: its rows join the gate's, which fails the build there. The class boundaries are looked for with
+    `locate` where given (the members' exports: the same boundaries, to within the rounding looked for, in a
+    fraction of the frameworks' time), else with `probabilities`."""
     rng, inner = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     computing = [m for m in members if not only_compares(m)]
     names = [m.source.name for m in computing]
@@ -216,13 +218,14 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
         rows = inside_rows(lo, hi, under / rung, inner) if computing else np.empty((0, n_features))
         try:
             if probabilities is not None and computing:
-                rows = np.vstack([rows, boundary_rows(rows, lo / 2 + hi / 2, names, probabilities, inner)])
+                rows = np.vstack([rows, boundary_rows(rows, lo / 2 + hi / 2, names, locate or probabilities, inner)])
             if ladder and probabilities is not None:
                 centre = lo / 2 + hi / 2
                 tried = np.vstack([edge_rows(centre[None, :], lo, hi, rng), rows])
-                if not all(np.isfinite(p).all() for p in probabilities(tried).values()):
+                answered = probabilities(tried)
+                if not all(np.isfinite(p).all() for p in answered.values()):
                     break
-                worst = None if differs is None else differs(tried)
+                worst = None if differs is None else differs(tried, answered)
                 if worst is not None:
                     stopped = (rung, worst)
                     break

@@ -215,12 +215,14 @@ def _gate(precision: Precision) -> tuple[float, float]:
 
 def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, bytes],
                  ensemble_onnx: bytes, precision: Precision = Precision(),
-                 batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict[str, Any]:
+                 batch_sizes: tuple[int, ...] = BATCH_SIZES,
+                 raw_refs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Run every check; returns the report (`passed` false and `failures` filled when anything is off).
 
     Members are always held to the float32 tolerance (their files are float32); only those in `member_onnx`
     are checked. The ensemble is held to its `precision`: the tolerance, or a lowered build's agreement. The
-    domain's search (`convert.domain`) runs the largest batch size alone: the gate then runs them all."""
+    domain's search (`convert.domain`) runs the largest batch size alone, on rows whose frameworks' answers it
+    holds already (`raw_refs`, each member's probabilities before temperature): the gate then runs them all."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -230,7 +232,8 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     checks: list[Check] = []
-    raw_refs = reference.raw_member_probabilities(rows.raw)
+    if raw_refs is None:
+        raw_refs = reference.raw_member_probabilities(rows.raw)
     off: dict[str, np.ndarray] = {}  # member -> the rows its export answers past the tolerance
     for member in (m for m in reference.plan.members if m.name in member_onnx):  # alone, before temperature
         x64 = reference.member_input(member.scaler, rows.raw)
