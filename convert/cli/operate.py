@@ -60,13 +60,13 @@ def _check_report(path: Path | None, force: bool, inputs: list[str], builds: lis
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a self-contained HTML page (transition heat map, confidence histograms).")
 @FORCE
-@click.option("--expect-build-id", "expectcheck_build_ids", metavar="SHA256", multiple=True, callback=check_build_ids,
+@click.option("--expect-build-id", "expect_build_ids", metavar="SHA256", multiple=True, callback=check_build_ids,
               help="Refuse any builds but these: given twice, OLD's build id then NEW's.")
 @PUBLIC_KEY
 @AS_JSON
 @QUIET
 def compare(old: Path, new: Path, input_file: str, max_flip_rate: float | None, max_share_shift: float | None,
-            report_file: Path | None, force: bool, expectcheck_build_ids: tuple[str, ...], public_key: Path | None,
+            report_file: Path | None, force: bool, expect_build_ids: tuple[str, ...], public_key: Path | None,
             as_json: bool, quiet: bool) -> None:
     """Score the rows in --input with the OLD and NEW artifacts and show how the actions move: the transition
     matrix, flip rates, class shares, confidence, and each member's probability move. The table goes to
@@ -76,13 +76,14 @@ def compare(old: Path, new: Path, input_file: str, max_flip_rate: float | None, 
     from runtime.monitor.compare import gate, html, text
     from runtime.monitor.report import read_rows
 
-    if len(expectcheck_build_ids) not in (0, 2):
+    if len(expect_build_ids) not in (0, 2):
         raise click.UsageError("--expect-build-id: give it twice, OLD's build id then NEW's.")
     _check_report(report_file, force, [input_file], [old, new])
-    pins = expectcheck_build_ids or (None, None)
+    pins = expect_build_ids or (None, None)
     builds = [runtime.load(folder, expect_build_id=pin, public_key=public_key)
               for folder, pin in zip((old, new), pins, strict=True)]
-    result = run_compare(builds[0], builds[1], read_rows(input_file))
+    features = [*builds[0].feature_names, *builds[1].feature_names]
+    result = run_compare(builds[0], builds[1], read_rows(input_file, features))
     failures = gate(result, max_flip_rate, max_share_shift)
     result["gates"] = {"max_flip_rate": max_flip_rate, "max_share_shift": max_share_shift, "failures": failures,
                        "passed": not failures}
@@ -153,7 +154,7 @@ def drift(artifacts: Path, input_file: str, fail_psi: float | None, measure: boo
     from runtime.records import at_line, records_to_matrix
 
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
-    records = read_rows(input_file)
+    records = read_rows(input_file, ens.feature_names)
     # NaN passes to ens.drift, which takes it where predict does (counted, left out of the figures).
     x = records_to_matrix(records, ens.feature_names, ("symbol", "label", "timestamp"), missing=True)
     try:
@@ -227,7 +228,7 @@ def evaluate(artifacts: Path, input_file: str, window: str | None, report_file: 
 
     _check_report(report_file, force, [input_file], [artifacts])
     ens = runtime.load(artifacts, expect_build_id=expect_build_id, public_key=public_key)
-    result = run_evaluate(ens, read_rows(input_file), window)
+    result = run_evaluate(ens, read_rows(input_file, ens.feature_names), window)
     if not quiet:
         click.echo("\n".join(text(result)), err=True)
     emit(result, as_json)

@@ -40,7 +40,7 @@ import numpy as np
 from ..artifacts import read_files, verify_files
 from ..errors import InputError, shortened, shortened_names
 from ..records import header_problem, parse_number
-from .backfill_io import TableSink, file_format, open_batches, require_pyarrow
+from .backfill_io import FORMATS, TableSink, file_format, open_batches, require_pyarrow
 from .columns import score_columns
 from .results import check_target, commit_together, environment_fault, placed
 
@@ -60,6 +60,9 @@ class Layout:
     member_order: tuple[str, ...]
     keep: tuple[str, ...]
     members: bool = False
+    # A null feature cell is a missing value (NaN) in Parquet, whose columns are typed and hold no absent key
+    # (pandas writes NaN there as null); in CSV and JSON lines it may be a key a line lacks, and is refused.
+    nulls_missing: bool = False
 
     @property
     def score_columns(self) -> list[str]:
@@ -80,7 +83,7 @@ class Layout:
             raise InputError(f"{where}: --keep column(s) {shortened_names(unknown)} are not in the input (it has "
                              f"{shortened_names(columns, 25)}).")
         layout = cls(features, tuple(manifest["classes"]), tuple(manifest["ensemble"]["members"]), tuple(chosen),
-                     members)
+                     members, FORMATS.get(Path(where).suffix.lower()) == "parquet")
         if clash := sorted(set(layout.keep) & set(layout.score_columns + [REJECT])):
             raise InputError(f"{where}: passthrough column(s) {clash} would clash with the output's own; "
                              f"rename them or leave them out with --keep.")
@@ -94,12 +97,14 @@ def unscored(reasons: np.ndarray) -> np.ndarray:
     return np.fromiter((r is None for r in reasons), dtype=bool, count=len(reasons))
 
 
-def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[np.ndarray, np.ndarray]:
+def feature_matrix(batch: Any, features: tuple[str, ...], where: str,
+                   nulls_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """An Arrow batch -> (float64 [n, F], reasons [n]: None for a good row, else what is wrong and where).
 
-    Numbers are taken as they are; text (CSV, JSON strings) must parse as a number. A null, an infinity or
-    text that is not a number makes the row bad; the first bad column names the reason. NaN is left to the
-    Ensemble, which holds it to the build's domain.
+    Numbers are taken as they are; text (CSV, JSON strings) must parse as a number. A null (unless
+    `nulls_missing`: then it is NaN, as in a Parquet input), an infinity or text that is not a number makes the
+    row bad; the first bad column names the reason. NaN is left to the Ensemble, which holds it to the build's
+    domain.
     A feature column of a type that can hold no number at all fails the whole run."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -141,7 +146,7 @@ def feature_matrix(batch: Any, features: tuple[str, ...], where: str) -> tuple[n
         else:
             raise InputError(f"{where}: column '{name}' is of type {kind}, not numbers; every feature must be numeric.")
         x[:, j] = values
-        nulls = col.is_null().to_numpy(zero_copy_only=False)
+        nulls = col.is_null().to_numpy(zero_copy_only=False) & (not nulls_missing)  # else NaN: to_numpy made it so
         # NaN is no reason here: the Ensemble scores it where the build's domain takes it and refuses it naming
         # the members otherwise (score_matrix), as predict does. A null is refused: it may be an absent key.
         bad = (unparsed | nulls | np.isinf(values)) & unscored(reasons)
@@ -217,7 +222,7 @@ def assemble(layout: Layout, keep: Any, outputs: dict[str, np.ndarray], reasons:
 
 def score_batch(ens: Any, layout: Layout, batch: Any, where: str) -> Any:
     """One Arrow batch in, one assembled table out (bad rows carry their reason, not a score)."""
-    x, reasons = feature_matrix(batch, layout.features, where)
+    x, reasons = feature_matrix(batch, layout.features, where, layout.nulls_missing)
     return assemble(layout, batch, *score_rows(ens, x, reasons))
 
 
@@ -534,7 +539,7 @@ def score_file(artifacts: str | os.PathLike[str], input_path: str | os.PathLike[
                                  initargs=(files, threads, str(artifacts), os.getpid(), expect_build_id, key)) as pool:
             pending: collections.deque[tuple[Any, Any]] = collections.deque()
             for batch in batches:
-                x, reasons = feature_matrix(batch, layout.features, where)
+                x, reasons = feature_matrix(batch, layout.features, where, layout.nulls_missing)
                 pending.append((batch, pool.submit(_worker_score, x, reasons)))
                 if len(pending) >= 2 * workers:  # bounded: at most two batches per worker in flight
                     yield _finish(layout, *pending.popleft())

@@ -24,14 +24,15 @@ Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as r
 MAX_ROWS = 1_000_000
 
 
-def read_rows(path: str | os.PathLike[str]) -> Records:
+def read_rows(path: str | os.PathLike[str], features: Sequence[str] = ()) -> Records:
     """CSV with a header or JSON lines (runtime.records.read_records), from a file or stdin ("-"); Parquet
-    when pyarrow is installed, read a batch at a time. Decimal columns become floats, as score reads them."""
+    when pyarrow is installed, read a batch at a time. Decimal columns become floats, as score reads them, and
+    a null in a Parquet column of `features` is NaN, the missing value (`score` reads it so: docs/backfill.md)."""
     path = os.fspath(path)
     limit = env_limit("ENSEMBLE_ONNX_MAX_ROWS", MAX_ROWS)
     where = "stdin" if path == "-" else path
     if path.endswith((".parquet", ".pq")):
-        records = _parquet_records(path, limit)
+        records = _parquet_records(path, limit, set(features))
     else:
         try:
             if path == "-":
@@ -63,9 +64,10 @@ def _too_many(path: str, rows: int, limit: int) -> str:
             f"the whole file with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_ROWS.")
 
 
-def _parquet_records(path: str, limit: int) -> Records:
+def _parquet_records(path: str, limit: int, features: set[str]) -> Records:
     try:
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq  # optional: a serving host reads CSV and JSON lines without it
     except ImportError:
         raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
@@ -79,6 +81,11 @@ def _parquet_records(path: str, limit: int) -> Records:
             for i in decimals:  # as score reads them (safe=False: the nearest float64)
                 batch = batch.set_column(i, batch.schema.field(i).name,
                                          batch.column(i).cast(pa.float64(), safe=False))
+            missing = [i for i, f in enumerate(batch.schema) if f.name in features and batch.column(i).null_count
+                       and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type) or pa.types.is_null(f.type))]
+            for i in missing:  # a null in a typed column is no absent key: the missing value, as score reads it
+                batch = batch.set_column(i, batch.schema.field(i).name,
+                                         pc.fill_null(batch.column(i).cast(pa.float64(), safe=False), float("nan")))
             records.extend(enumerate(batch.to_pylist(), len(records) + 1))
             if len(records) > limit:
                 raise InputError(_too_many(path, len(records), limit))
