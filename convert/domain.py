@@ -140,6 +140,18 @@ def boundary_rows(rows: np.ndarray, centre: np.ndarray, names: list[str], probab
     return np.vstack([np.empty((0, n_features)), *found])
 
 
+def _band(lo: np.ndarray, hi: np.ndarray, wide_lo: np.ndarray, wide_hi: np.ndarray, names: list[str],
+          probabilities: Probabilities | None, rng: np.random.Generator) -> np.ndarray:
+    """The rows of the band that recorded rows widen a domain by, past its last rung: served too, so proven too
+    (rows inside it and on the members' class boundaries there join the gate's; where the export differs there,
+    the gate fails the build: the recorded rows asked for the band)."""
+    reach = np.where(wide_hi > wide_lo, (hi - lo) / np.where(wide_hi > wide_lo, wide_hi - wide_lo, 1.0), 1.0)
+    rows = inside_rows(wide_lo, wide_hi, float(np.clip(reach.min(), 1e-12, 1.0)), rng)
+    if probabilities is None:
+        return rows
+    return np.vstack([rows, boundary_rows(rows, wide_lo / 2 + wide_hi / 2, names, probabilities, rng)])
+
+
 # (raw rows, the frameworks' probabilities on them) -> the worst difference past the gate's tolerance between the
 # exported build's probabilities and those, None where there is none (`convert.build.domain_of`: the gate's checks).
 Differs = Callable[[np.ndarray, dict[str, np.ndarray]], float | None]
@@ -239,7 +251,10 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
             break
     lo, hi = ladder[-1]
     if recorded is not None and len(recorded):
-        lo, hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
+        wide_lo, wide_hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
+        if computing and ((wide_lo < lo) | (wide_hi > hi)).any():
+            inside.append(_band(lo, hi, wide_lo, wide_hi, names, locate or probabilities, inner))
+        lo, hi = wide_lo, wide_hi
     refused = [m.source.name for m in members if not takes_nan(m)]
     proven = np.vstack(inside) if computing else None
     return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven, stopped)

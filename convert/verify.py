@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import manifest as mf
 from .build import Progress, domain_of, load_plan, read_features_file, run_parity
 from .discover import Plan, make_plan, plan_from_manifest
@@ -176,8 +178,11 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
     domain = None
     shipped, precision = files[manifest["ensemble"]["file"]], Precision.from_record(manifest.get("precision"))
     if folder.typed.domain is not None:  # the range it serves, with the rungs and rows under it as the build ran them
-        rungs = domain_of(loaded, None, member_bytes, shipped, precision)
-        domain = replace(Domain.from_record(folder.typed.domain), sds=rungs.sds, ladder=rungs.ladder,
+        served = Domain.from_record(folder.typed.domain)
+        # Its range as recorded rows: a band past what the search proves (recorded rows a build was made with, or
+        # a build of an older version whose search went further) is proven through, not only at its edges.
+        rungs = domain_of(loaded, np.vstack([served.lo, served.hi]), member_bytes, shipped, precision)
+        domain = replace(served, sds=rungs.sds, ladder=rungs.ladder,
                          inside=rungs.inside, stopped=rungs.stopped)
     report = run_parity(loaded, member_bytes, shipped, recorded, progress, precision, domain)
     result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,

@@ -153,3 +153,53 @@ def test_the_demo_builds_and_verify_runs_the_same_rows(demo_models, demo_artifac
     result = CliRunner().invoke(main, ["verify", str(demo_artifacts), "--models", str(demo_models), "--json", "-q"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["parity"]["rows"] == report["rows"]["total"]
+
+
+def _wider(out: Path, dest: Path, times: float) -> Path:
+    """The build as a version whose search went `times` further would have recorded it: its domain widened about
+    its centre, bound into the graph again and re-hashed (tests/forge.py), as that build would load."""
+    from forge import rebound
+
+    def widen(manifest: dict[str, Any]) -> None:
+        lo, hi = np.asarray(manifest["domain"]["lo"]), np.asarray(manifest["domain"]["hi"])
+        centre, reach = lo / 2 + hi / 2, hi / 2 - lo / 2
+        manifest["domain"]["lo"], manifest["domain"]["hi"] = list(centre - times * reach), list(centre + times * reach)
+    return rebound(out, dest, widen)
+
+
+def test_verify_proves_a_wider_recorded_domain_through_not_only_at_its_edges(built, tmp_path):
+    """A build of an older version served a domain the search no longer takes (up to 1e6 standard deviations,
+    where the export's rounding parts from the user's code): `verify` runs rows through the band past the rungs
+    and on the class boundaries there, and fails it, where its edges alone (every probability 0 or 1) passed."""
+    _, _, out = built
+    sds = json.loads((out / "parity.json").read_text())["domain"]["sds"]
+    if sds == RUNGS[-1]:
+        pytest.skip("this CPU's rounding parts nowhere on the ladder: no wider domain to forge")
+    models = out.parent / "models"
+    same = CliRunner().invoke(main, ["verify", str(out), "--models", str(models), "-q"])
+    assert same.exit_code == 0, same.output
+    older = _wider(out, tmp_path / "older", RUNGS[-1] / sds)
+    result = CliRunner().invoke(main, ["verify", str(older), "--models", str(models), "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no longer passes the parity gate" in result.output and "member m probabilities" in result.output
+
+
+def test_recorded_rows_past_the_search_widen_the_domain_only_where_the_export_holds(tmp_path):
+    """`convert --parity-data` with a recorded row 1e4 standard deviations out: the domain widens to hold it
+    (docs/numerics.md), and the band it adds is proven through like a rung, so a Linear member whose float32
+    rounding parts there fails the gate instead of serving that band unproven."""
+    model = _write(tmp_path / "models", "Linear", None)
+    data = tmp_path / "recorded.csv"
+    data.write_text(",".join(NAMES) + "\n" + "0.5,-1,2,0\n" + "1e4,-3,0.5,1\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "models"), "-o", str(out), "--parity-data",
+                                       str(data), "-q"])
+    if result.exit_code == 0:  # this CPU's rounding held through the band: every row of it answers as the user's
+        domain = json.loads((out / "manifest.json").read_text())["domain"]
+        assert domain["hi"][0] == 1e4
+        rows = _spread(np.asarray(domain["lo"]), np.asarray(domain["hi"]), 20000, 1)
+        assert np.abs(runtime.load(out).member_probabilities(rows)["m"] - _users_probabilities(model, None, rows)
+                      ).max() <= 1e-5
+    else:
+        assert result.exit_code == 1 and "ParityError: " in result.output and "member m probabilities" in result.output
+        assert not out.exists()
