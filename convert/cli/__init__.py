@@ -89,7 +89,9 @@ class RefusalsExitOne(click.Group):
                 exc = fault
 
             if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
-                if ctx.meta.get("as_json"):  # a machine reading stdout gets the refusal there too, not nothing
+                # A machine reading stdout gets the refusal there too, not nothing; unless the result is there
+                # already (drift's report, then its --fail-psi refusal): stdout stays one JSON object.
+                if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
                     emit({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}},
                          True)
                 if ctx.params.get("debug"):
@@ -150,6 +152,9 @@ def emit(result: Any, as_json: bool, text: str | None = None) -> None:
     if as_json:  # strict JSON: no NaN or Infinity token a parser would refuse (runtime.batch.results)
         from runtime.batch.results import dumps_strict
         click.echo(dumps_strict(result, indent=2, sort_keys=True))
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # a refusal after the result is said on stderr alone
+            ctx.meta["emitted"] = True
     elif text:
         click.echo(text)
 
