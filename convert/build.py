@@ -28,7 +28,7 @@ from runtime.contract import (
 from . import manifest as mf
 from .decision import Decision, expected_calibration_error, fit_temperatures, negative_log_likelihood
 from .discover import Plan, check_text, check_unique_names, make_plan
-from .domain import Domain, input_domain
+from .domain import Domain, input_domain, widened
 from .errors import MetadataError, ParityError, SigningError, member_step
 from .graph import build_ensemble_graph
 from .members import LoadedMember, get_kind, input_dtype
@@ -178,10 +178,12 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
 
 
 def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[str, bytes] | None = None,
-              ensemble_bytes: bytes | None = None, precision: Precision = Precision()) -> Domain:
+              ensemble_bytes: bytes | None = None, precision: Precision = Precision(),
+              served: Domain | None = None) -> Domain:
     """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves and,
     given the exported bytes, on those: the domain stops under the first rung where the gate's own checks find
-    the export's probabilities off the frameworks'."""
+    the export's probabilities off the frameworks'. Given the range a build `served` (`verify`), that range,
+    with the rows the search ran and, past the searched range, the rows a widened build's gate runs there."""
     differs = None
     if member_bytes is not None and ensemble_bytes is not None:
         def differs(rows: np.ndarray) -> float | None:
@@ -193,8 +195,24 @@ def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[st
                    if not c["passed"] and c["output"] in (PROBABILITIES, MEMBER_PROBABILITIES)]
             return max(off) if off else None
     with np.errstate(all="ignore"):  # a rung where a member overflows is what the search looks for
-        domain = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
-                              loaded.reference.raw_member_probabilities, recorded, differs=differs)
+        searched = input_domain(loaded.members, loaded.scalers, len(loaded.feature_names),
+                                loaded.reference.raw_member_probabilities, None, differs=differs)
+        domain = searched
+        if recorded is not None and len(recorded):  # held by the range, whose gate then runs them and rows past
+            domain = widened(searched, np.minimum(searched.lo, np.nanmin(recorded, axis=0)),
+                             np.maximum(searched.hi, np.nanmax(recorded, axis=0)), loaded.members,
+                             loaded.reference.raw_member_probabilities)
+        if served is not None:
+            domain = replace(widened(searched, served.lo, served.hi, loaded.members,
+                                     loaded.reference.raw_member_probabilities),
+                             nan=served.nan, nan_refused_by=served.nan_refused_by)
+    if domain.inside is not None and searched.inside is not None and len(domain.inside) > len(searched.inside):
+        log.warning("input domain: %s past the %g standard deviations searched%s; the gate runs rows through it "
+                    "and on the members' class boundaries there",
+                    "the recorded parity rows widen the range" if served is None else "this build serves a range",
+                    searched.sds, "" if searched.stopped is None else
+                    f", and at {searched.stopped[0]:g} the export's probabilities differ from the frameworks' by up "
+                    f"to {searched.stopped[1]:.3g}")
     if domain.sds is not None:
         log.info("input domain: the members that compute answer finitely%s to %g standard deviations",
                  "" if differs is None else ", and the export as they do,", domain.sds)

@@ -27,7 +27,7 @@ inside each rung its search ran, and rows with NaN in each feature that takes it
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -235,8 +235,29 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
         if probabilities is None:
             break
     lo, hi = ladder[-1]
-    if recorded is not None and len(recorded):
-        lo, hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
     refused = [m.source.name for m in members if not takes_nan(m)]
     proven = np.vstack(inside) if computing else None
-    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven, stopped)
+    domain = Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven, stopped)
+    if recorded is not None and len(recorded):
+        domain = widened(domain, np.minimum(lo, np.nanmin(recorded, axis=0)),
+                         np.maximum(hi, np.nanmax(recorded, axis=0)), members, probabilities, seed)
+    return domain
+
+
+def widened(domain: Domain, lo: np.ndarray, hi: np.ndarray, members: list[LoadedMember],
+            probabilities: Probabilities | None, seed: int = 0) -> Domain:
+    """`domain` (as its search left it) served over [lo, hi], which holds it: the recorded parity rows widen a
+    build's range, and `verify` reads the range a build recorded. Where the range reaches past the searched one
+    and a member computes, rows through the whole range and on the members' class boundaries there join the
+    gate's rows, as a rung's would: the search's own ladder ends under the rung where the export first differs
+    (`Domain.stopped`), and a range past it is served only where the gate proves it too."""
+    computing = [m.source.name for m in members if not only_compares(m)]
+    rows = domain.inside
+    if computing and ((lo < domain.lo) | (hi > domain.hi)).any():
+        rng = np.random.default_rng([seed, 2])
+        reach = np.where(hi > lo, (domain.hi - domain.lo) / np.where(hi > lo, hi - lo, 1.0), 1.0)
+        past = inside_rows(lo, hi, float(np.clip(reach.min(), 1e-300, 1.0)), rng)
+        if probabilities is not None:
+            past = np.vstack([past, boundary_rows(past, lo / 2 + hi / 2, computing, probabilities, rng)])
+        rows = past if rows is None else np.vstack([rows, past])
+    return replace(domain, lo=lo, hi=hi, inside=rows)

@@ -14,7 +14,6 @@ artifacts folder (not on a new export), with recorded features added when given.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +175,7 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
     domain = None
     shipped, precision = files[manifest["ensemble"]["file"]], Precision.from_record(manifest.get("precision"))
     if folder.typed.domain is not None:  # the range it serves, with the rungs and rows under it as the build ran them
-        rungs = domain_of(loaded, None, member_bytes, shipped, precision)
-        domain = replace(Domain.from_record(folder.typed.domain), sds=rungs.sds, ladder=rungs.ladder,
-                         inside=rungs.inside, stopped=rungs.stopped)
+        domain = domain_of(loaded, None, member_bytes, shipped, precision, Domain.from_record(folder.typed.domain))
     report = run_parity(loaded, member_bytes, shipped, recorded, progress, precision, domain)
     result = {"artifacts": str(artifacts), "models": str(models), "build_id": folder.build_id,
               "signed": public_key is not None, "sources": len(source_files(manifest)),
