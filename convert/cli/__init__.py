@@ -224,12 +224,14 @@ def out_file(help: str, required: bool = False) -> Any:
 FORCE = click.option("--force", is_flag=True,
                      help="Replace an existing result file (never an input or a build's file).")
 def check_build_ids(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """A pin that is no build id (64 hex digits) can match no build: said at once, not after a load."""
-    for pin in (value,) if isinstance(value, str) else value or ():
+    """A pin that is no build id (64 hex digits) can match no build: said at once, not after a load. Hex digits
+    in either case name one digest: the pin is compared in the build id's own lower case."""
+    pins = (value,) if isinstance(value, str) else value or ()
+    for pin in pins:
         if not (len(pin) == 64 and all(c in "0123456789abcdef" for c in pin.lower())):
             raise click.BadParameter(f"{pin!r} is not a build id (64 hex digits, the build_id that convert, "
                                      f"inspect and verify print).", ctx, param)
-    return value
+    return value.lower() if isinstance(value, str) else value and tuple(pin.lower() for pin in pins)
 
 
 EXPECT_BUILD = click.option("--expect-build-id", metavar="SHA256", callback=check_build_ids,

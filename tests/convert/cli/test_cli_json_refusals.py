@@ -79,3 +79,15 @@ def test_a_refusal_after_the_result_leaves_stdout_one_json_object(demo_artifacts
     assert result.exit_code == 3 and "has no training bins" in result.stderr, result.output
     said = json.loads(result.stdout)
     assert "error" not in said and set(said["features"]) == set(runtime.load(demo_artifacts).feature_names)
+
+
+@pytest.mark.parametrize("command", ["inspect", "drift", "compare"])
+def test_a_pin_in_upper_case_names_the_same_build(command, demo_artifacts, demo_models, rows_csv, tmp_path):
+    """The pin passes the check as 64 hex digits in either case; it then pins the build whose id it spells,
+    not "build abc..., not the expected build ABC..."."""
+    pin = runtime.load(demo_artifacts).build_id.upper()
+    base = commands(demo_artifacts, rows_csv, demo_models, tmp_path).get(
+        command, ["compare", demo_artifacts, demo_artifacts, "-i", rows_csv])
+    pins = ["--expect-build-id", pin] * (2 if command == "compare" else 1)
+    result = CliRunner().invoke(main, [*map(str, base), *pins, "-q"])
+    assert result.exit_code == 0, result.output
