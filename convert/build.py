@@ -178,7 +178,8 @@ def run_parity(loaded: Loaded, member_bytes: dict[str, bytes], ensemble_bytes: b
 
 
 def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[str, bytes] | None = None,
-              ensemble_bytes: bytes | None = None, precision: Precision = Precision()) -> Domain:
+              ensemble_bytes: bytes | None = None, precision: Precision = Precision(),
+              widened_by: str = "the recorded parity rows widen the range") -> Domain:
     """The input domain the gate is to prove (`convert.domain`), its rungs tried on the frameworks themselves and,
     given the exported bytes, on those: the domain stops under the first rung where the gate's own checks find
     the export's probabilities off the frameworks'."""
@@ -200,6 +201,10 @@ def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[st
     if domain.sds is not None:
         log.info("input domain: the members that compute answer finitely%s to %g standard deviations",
                  "" if differs is None else ", and the export as they do,", domain.sds)
+    if domain.widened:
+        log.warning("input domain: %s past the %g standard deviations searched; the gate runs rows "
+                    "through it and on the members' class boundaries there, and fails where the export differs",
+                    widened_by, domain.sds)
     if domain.stopped is not None:
         rung, worst = domain.stopped
         log.info("input domain: not %g standard deviations, where the export's probabilities differ from the "

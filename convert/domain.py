@@ -167,6 +167,7 @@ class Domain:
     ladder: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # the rungs' [lo, hi] inside, whose edges the gate runs
     inside: np.ndarray | None = None  # the rows inside the rungs the search ran (`input_domain`), which the gate runs
     stopped: tuple[float, float] | None = None  # (rung, worst difference): the rung not taken for the export's answers
+    widened: bool = False  # recorded rows widen it past the rungs, by a band whose rows join the gate's (`_band`)
 
     def record(self) -> DomainRecord:
         return DomainRecord([float(v) for v in self.lo], [float(v) for v in self.hi],
@@ -250,11 +251,14 @@ def input_domain(members: list[LoadedMember], scalers: dict[Path, Scaler], n_fea
         if probabilities is None:
             break
     lo, hi = ladder[-1]
+    widened = False
     if recorded is not None and len(recorded):
         wide_lo, wide_hi = np.minimum(lo, np.nanmin(recorded, axis=0)), np.maximum(hi, np.nanmax(recorded, axis=0))
-        if computing and ((wide_lo < lo) | (wide_hi > hi)).any():
+        widened = bool(computing) and bool(((wide_lo < lo) | (wide_hi > hi)).any())
+        if widened:
             inside.append(_band(lo, hi, wide_lo, wide_hi, names, locate or probabilities, inner))
         lo, hi = wide_lo, wide_hi
     refused = [m.source.name for m in members if not takes_nan(m)]
     proven = np.vstack(inside) if computing else None
-    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven, stopped)
+    return Domain(lo, hi, np.full(n_features, not refused), refused, sds, tuple(ladder[:-1]), proven, stopped,
+                  widened)

@@ -330,8 +330,9 @@ def unsteady(reference: Reference, raw: np.ndarray, raw_refs: dict[str, np.ndarr
         lines.append(f"member {name} ({files[name]}): its own framework answers {moved} of {len(rows)} such "
                      f"row(s) one at a time otherwise than in one batch, by up to {diff.max():.3g} "
                      f"(row {row}), past the tolerance {CONTRACT.tolerance:g}: float32's rounding moves this model's "
-                     f"probabilities that far (an ill-conditioned layer), so no export can be proven to the "
-                     f"tolerance on it")
+                     f"probabilities that far on such rows (an ill-conditioned layer, or logits so large there "
+                     f"that their rounding shows: rows far out), so no export can be proven to the tolerance "
+                     f"on them")
     return lines
 
 

@@ -181,7 +181,8 @@ def verify(artifacts: Path, models: Path, data: Path | None = None, progress: Pr
         served = Domain.from_record(folder.typed.domain)
         # Its range as recorded rows: a band past what the search proves (recorded rows a build was made with, or
         # a build of an older version whose search went further) is proven through, not only at its edges.
-        rungs = domain_of(loaded, np.vstack([served.lo, served.hi]), member_bytes, shipped, precision)
+        rungs = domain_of(loaded, np.vstack([served.lo, served.hi]), member_bytes, shipped, precision,
+                          "this build serves a range")
         domain = replace(served, sds=rungs.sds, ladder=rungs.ladder,
                          inside=rungs.inside, stopped=rungs.stopped)
     report = run_parity(loaded, member_bytes, shipped, recorded, progress, precision, domain)

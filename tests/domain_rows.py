@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 SPREAD = 0.02  # of the domain's half-width: 2 standard deviations either side for a 100-deviation domain
+UNBOUNDED = 1e30  # a half-width past which a feature has no scale in its domain (trees alone): standard normal
 
 
 def bounds(build: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -29,8 +30,10 @@ def centre(build: Any) -> dict[str, float]:
 
 def typical_rows(build: Any, n: int, seed: int = 0, spread: float = SPREAD) -> np.ndarray:
     """n rows [n, F] in the build's feature order: each feature its domain's centre plus normal noise of
-    `spread` times the domain's half-width, clipped to the domain. The formula of runtime.bench.host.domain_rows,
-    kept here: the slim tests run from tests/, where `runtime` may name the tests' own folder."""
+    `spread` times the domain's half-width (standard normal in a feature only trees bound), clipped to the
+    domain. The formula of runtime.bench.host.domain_rows, kept here: the slim tests run from tests/, where
+    `runtime` may name the tests' own folder."""
     lo, hi = bounds(build)
     noise = np.random.default_rng(seed).standard_normal((n, len(lo)))
-    return np.clip(lo / 2 + hi / 2 + noise * spread * (hi / 2 - lo / 2), lo, hi)
+    return np.clip(np.where(hi / 2 - lo / 2 < UNBOUNDED, lo / 2 + hi / 2 + noise * spread * (hi / 2 - lo / 2),
+                            noise), lo, hi)

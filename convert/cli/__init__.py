@@ -89,7 +89,9 @@ class RefusalsExitOne(click.Group):
                 exc = fault
 
             if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
-                if ctx.meta.get("as_json"):  # a machine reading stdout gets the refusal there too, not nothing
+                # A machine reading stdout gets the refusal there too, not nothing; unless the result is there
+                # already (drift's report, then its --fail-psi refusal): stdout stays one JSON object.
+                if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
                     emit({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}},
                          True)
                 if ctx.params.get("debug"):
@@ -150,6 +152,9 @@ def emit(result: Any, as_json: bool, text: str | None = None) -> None:
     if as_json:  # strict JSON: no NaN or Infinity token a parser would refuse (runtime.batch.results)
         from runtime.batch.results import dumps_strict
         click.echo(dumps_strict(result, indent=2, sort_keys=True))
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # a refusal after the result is said on stderr alone
+            ctx.meta["emitted"] = True
     elif text:
         click.echo(text)
 
@@ -219,12 +224,14 @@ def out_file(help: str, required: bool = False) -> Any:
 FORCE = click.option("--force", is_flag=True,
                      help="Replace an existing result file (never an input or a build's file).")
 def check_build_ids(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """A pin that is no build id (64 hex digits) can match no build: said at once, not after a load."""
-    for pin in (value,) if isinstance(value, str) else value or ():
+    """A pin that is no build id (64 hex digits) can match no build: said at once, not after a load. Hex digits
+    in either case name one digest: the pin is compared in the build id's own lower case."""
+    pins = (value,) if isinstance(value, str) else value or ()
+    for pin in pins:
         if not (len(pin) == 64 and all(c in "0123456789abcdef" for c in pin.lower())):
             raise click.BadParameter(f"{pin!r} is not a build id (64 hex digits, the build_id that convert, "
                                      f"inspect and verify print).", ctx, param)
-    return value
+    return value.lower() if isinstance(value, str) else value and tuple(pin.lower() for pin in pins)
 
 
 EXPECT_BUILD = click.option("--expect-build-id", metavar="SHA256", callback=check_build_ids,

@@ -114,18 +114,25 @@ def _member_threads(names: list[str], threads: int) -> dict[str, int]:
     return {n: (max(1, threads - (len(names) - 1)) if n == heavy else 1) for n in names}
 
 
+UNBOUNDED = 1e30  # a half-width past which a feature has no scale in its domain (trees' 1e38: any finite value)
+
+
 def domain_rows(manifest: dict[str, Any], n: int, seed: int = 0, spread: float = 0.02) -> np.ndarray:
     """n float64 rows [n, F] the build takes, in its feature order: each feature its proven domain's centre
     (manifest.json `domain`) plus normal noise of `spread` times the domain's half-width (2% by default: 2
-    standard deviations where the domain is 100), clipped to the domain. A row drawn on no feature's scale
-    (standard normal in every one) lies far outside a feature of small scale (a 1-hour return's domain is about
-    +-0.4) and is refused, not timed. A build from before the domain existed takes any finite row: standard normal."""
+    standard deviations where the domain is 100; standard normal in a feature only trees bound), clipped to the
+    domain. A row drawn on no feature's scale (standard normal in every one) lies far outside a feature of small
+    scale (a 1-hour return's domain is about +-0.4) and is refused, not timed. A build from before the domain
+    existed takes any finite row: standard normal."""
     noise = np.random.default_rng(seed).standard_normal((n, len(manifest["feature_names"])))
     if manifest.get("domain") is None:
         return noise
     lo = np.asarray(manifest["domain"]["lo"], dtype=np.float64)
     hi = np.asarray(manifest["domain"]["hi"], dtype=np.float64)
-    return np.clip(lo / 2 + hi / 2 + noise * spread * (hi / 2 - lo / 2), lo, hi)
+    # A feature only trees bound (1e38 either side, 1e308 in float64: any finite value) has no scale in its
+    # domain: 2% of it is 2e36, where every row takes each tree's outermost branch. Standard normal there.
+    return np.clip(np.where(hi / 2 - lo / 2 < UNBOUNDED, lo / 2 + hi / 2 + noise * spread * (hi / 2 - lo / 2),
+                            noise), lo, hi)
 
 
 def member_feed(session: Any, row: np.ndarray) -> dict[str, np.ndarray]:

@@ -203,3 +203,59 @@ def test_recorded_rows_past_the_search_widen_the_domain_only_where_the_export_ho
     else:
         assert result.exit_code == 1 and "ParityError: " in result.output and "member m probabilities" in result.output
         assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def linear(tmp_path_factory) -> tuple[Any, Path, Path]:
+    """The plain nn.Linear on raw features, its folder and its build (domain 100: rounding parts at 1000)."""
+    root = tmp_path_factory.mktemp("linear_widened")
+    model = _write(root / "models", "Linear", None)
+    result = CliRunner().invoke(main, ["convert", str(root / "models"), "-o", str(root / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    return model, root / "models", root / "out"
+
+
+def _served_as_the_users_code(model: Any, out: Path) -> bool:
+    domain = json.loads((out / "manifest.json").read_text())["domain"]
+    rows = _spread(np.asarray(domain["lo"]), np.asarray(domain["hi"]), 20000, 1)
+    served = runtime.load(out).member_probabilities(rows)["m"]
+    return bool(np.abs(served - _users_probabilities(model, None, rows)).max() <= 1e-5)
+
+
+def test_parity_rows_that_widen_the_range_past_the_search_are_no_way_around_it(linear, tmp_path):
+    """Recorded rows at 3,000 in every feature widen the range over the rung (1,000) where the search found the
+    export's probabilities off the user's class: the gate then runs rows through the widened range, so the build
+    fails there, or (on a CPU whose rounding parts later) every row of its range answers as the user's code.
+    Before, the build passed, its range holding rows the export answered up to 2e-5 off."""
+    model, models, _ = linear
+    rng = np.random.default_rng(4)
+    rows = [*rng.standard_normal((50, len(NAMES))), np.full(len(NAMES), 3000.0), np.full(len(NAMES), -3000.0)]
+    recorded = tmp_path / "recorded.csv"
+    recorded.write_text("\n".join([",".join(NAMES), *(",".join(repr(float(v)) for v in r) for r in rows)]) + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", str(models), "-o", str(out), "--parity-data", str(recorded)])
+    assert "the recorded parity rows widen the range past the" in result.stderr
+    if result.exit_code == 0:
+        assert _served_as_the_users_code(model, out)
+    else:
+        assert "ParityError: parity gate failed" in result.stderr and not out.exists()
+
+
+def test_verify_runs_the_range_a_build_serves_past_its_own_search(linear, tmp_path):
+    """A build recorded with the range a finiteness-only search chose (1e6 standard deviations, as before the
+    export was compared) and bound again: verify runs rows through it, so it fails, unless every row of that
+    range answers as the user's code. Before, it ran that range's edges alone (probabilities 0 or 1) and passed."""
+    from forge import rebound
+
+    model, models, out = linear
+
+    def edit(manifest: dict[str, Any]) -> None:
+        manifest["domain"]["lo"], manifest["domain"]["hi"] = [-1e6] * len(NAMES), [1e6] * len(NAMES)
+
+    old = rebound(out, tmp_path / "old", edit)
+    result = CliRunner().invoke(main, ["verify", str(old), "--models", str(models)])
+    assert "this build serves a range past the" in result.stderr
+    if result.exit_code == 0:
+        assert _served_as_the_users_code(model, old)
+    else:
+        assert result.exit_code == 1 and "no longer passes the parity gate" in result.stderr

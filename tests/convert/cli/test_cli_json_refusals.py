@@ -21,7 +21,8 @@ def rows_csv(demo_artifacts, tmp_path_factory):
     ens = runtime.load(demo_artifacts)
     path = tmp_path_factory.mktemp("json_refusals") / "rows.csv"
     rows = typical_rows(ens, 5, seed=1)
-    path.write_text(",".join(ens.feature_names) + "\n" + "\n".join(",".join(map(repr, r)) for r in rows) + "\n")
+    lines = [",".join(ens.feature_names), *(",".join(repr(float(v)) for v in r) for r in rows)]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -68,3 +69,25 @@ def test_a_pin_that_is_no_build_id_is_a_usage_error_naming_the_option(command, p
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--expect-build-id" in result.stderr and "is not a build id (64 hex digits" in result.stderr
     assert not (tmp_path / "scores.csv").exists()
+
+
+def test_a_refusal_after_the_result_leaves_stdout_one_json_object(demo_artifacts, rows_csv):
+    """drift prints its report, then --fail-psi refuses (the demo build has no training bins: exit 3): stdout is
+    still one JSON object, the report; the refusal is the exit code and the line on stderr."""
+    result = CliRunner().invoke(main, ["drift", str(demo_artifacts), "-i", str(rows_csv), "--fail-psi", "0.25",
+                                       "--json", "-q"])
+    assert result.exit_code == 3 and "has no training bins" in result.stderr, result.output
+    said = json.loads(result.stdout)
+    assert "error" not in said and set(said["features"]) == set(runtime.load(demo_artifacts).feature_names)
+
+
+@pytest.mark.parametrize("command", ["inspect", "drift", "compare"])
+def test_a_pin_in_upper_case_names_the_same_build(command, demo_artifacts, demo_models, rows_csv, tmp_path):
+    """The pin passes the check as 64 hex digits in either case; it then pins the build whose id it spells,
+    not "build abc..., not the expected build ABC..."."""
+    pin = runtime.load(demo_artifacts).build_id.upper()
+    base = commands(demo_artifacts, rows_csv, demo_models, tmp_path).get(
+        command, ["compare", demo_artifacts, demo_artifacts, "-i", rows_csv])
+    pins = ["--expect-build-id", pin] * (2 if command == "compare" else 1)
+    result = CliRunner().invoke(main, [*map(str, base), *pins, "-q"])
+    assert result.exit_code == 0, result.output

@@ -359,3 +359,23 @@ def test_benchmarks_import_only_public_names_and_the_host_benchmark_only_the_run
     assert not [(m, n) for m, n in imported if n.startswith("_")]
     if path.parent.name == "bench":
         assert all(m.split(".")[0] == "runtime" for m, _ in imported), imported
+
+
+@pytest.mark.parametrize(("lo", "hi", "expect"), [
+    (-1e38, 1e38, "standard normal"),      # a feature only float32 trees bound: any value, no scale in it
+    (-1e308, 1e308, "standard normal"),    # one only float64 trees bound
+    (-100.0, 100.0, "2% of the half-width"),
+    (1e8 - 5e8, 1e8 + 5e8, "2% of the half-width"),  # raw volumes near 1e8, 100 standard deviations of 5e6
+])
+def test_bench_rows_in_a_feature_only_trees_bound_are_on_no_absurd_scale(lo, hi, expect):
+    """Found: 2% of a trees-only domain's half-width is 2e36, so the benchmarks timed every tree's outermost
+    branch on rows no service sends. Such a feature draws standard normal rows; a bounded one, 2% as before."""
+    import numpy as np
+
+    from runtime.bench.host import domain_rows
+
+    manifest = {"feature_names": ["f"], "domain": {"lo": [lo], "hi": [hi]}}
+    rows = domain_rows(manifest, 4000)[:, 0]
+    noise = np.random.default_rng(0).standard_normal(4000)
+    want = noise if expect == "standard normal" else lo / 2 + hi / 2 + noise * 0.02 * (hi / 2 - lo / 2)
+    np.testing.assert_array_equal(rows, want)
