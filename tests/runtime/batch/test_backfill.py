@@ -123,7 +123,8 @@ def test_keep_chooses_the_passthrough_columns(demo_artifacts, parquet_in, tmp_pa
 
 
 def with_bad_rows(table: pa.Table) -> pa.Table:
-    """Row 5 (1-based) has a null macd, row 9 an infinite rsi_14, row 12 text in atr_14 (as in a CSV)."""
+    """Row 5 (1-based) has a null macd (in Parquet the missing value, which the demo's torch members cannot
+    take), row 9 an infinite rsi_14, row 12 text in atr_14 (as in a CSV)."""
     macd = table.column("macd").to_pylist()
     rsi = table.column("rsi_14").to_numpy().copy()
     atr = [repr(v) for v in table.column("atr_14").to_pylist()]
@@ -139,7 +140,8 @@ def test_a_bad_row_fails_the_run_naming_file_row_and_column(demo_artifacts, tabl
     out = tmp_path / "o.parquet"
     result = cli("score", demo_artifacts, source, "-o", out, "--workers", "1")
     assert result.exit_code == 1
-    assert f"{source}: data row 5, column 'macd': missing (null)" in result.output
+    assert (f"{source}: data row 5, feature 'macd': nan (a missing value) cannot be scored: member(s) 'nhits', "
+            f"'patchtst' define no missing value") in result.output
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
 
 
@@ -152,7 +154,9 @@ def test_on_error_skip_writes_refused_rows_to_rejects_with_their_reason(demo_art
     assert result.exit_code == 0, result.output
     rejects = pq.read_table(tmp_path / "o.rejects.parquet").to_pylist()
     assert [(r["row"], r["symbol"]) for r in rejects] == [(5, "SYM4"), (9, "SYM8"), (12, "SYM11")]
-    assert [r["reason"] for r in rejects] == ["column 'macd': missing (null)",
+    assert [r["reason"] for r in rejects] == ["feature 'macd': nan (a missing value) cannot be scored: member(s) "
+                                              "'nhits', 'patchtst' define no missing value; impute it before scoring "
+                                              "(1 row(s) refused)",
                                               "column 'rsi_14': inf is not finite; impute it before scoring",
                                               "column 'atr_14': 'n/a' is not a number"]
     scored = pq.read_table(out)
