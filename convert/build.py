@@ -218,7 +218,9 @@ def exported_probabilities(reference: Reference, member_bytes: dict[str, bytes])
     float64 rows, cast to float32 unless it reads float64): where the domain's search looks for class boundaries."""
     import onnxruntime as ort
 
-    sessions = {name: ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # as the gate's: the same rows on any host
+    sessions = {name: ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
                 for name, data in member_bytes.items()}
 
     def probabilities(raw: np.ndarray, names: Collection[str] | None = None, /) -> dict[str, np.ndarray]:

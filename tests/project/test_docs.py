@@ -4,6 +4,7 @@ exist (anchors included), carry no planning references, and every test docs/guar
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def test_docs_name_no_issue_numbers(doc: Path):
 TEST_LINK = re.compile(r"\[`(test_\w+)`\]\(([^)#\s]+)\)")
 
 
+@functools.cache  # ~700 citations, ~60 files: each parsed once
 def defined_tests(file: Path) -> set[str]:
     return {n.name for n in ast.walk(ast.parse(file.read_text()))
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name.startswith("test_")}
