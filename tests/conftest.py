@@ -18,6 +18,12 @@ from model_cache import REPO, disk_cached, once_per_run, session_copy
 
 TEST_ARTIFACTS = REPO / "build" / "test-artifacts"
 
+# Each pytest-xdist worker is one of as many as the cores: torch's OpenMP pool of a thread per core in every
+# worker (and in the processes they start) only makes the workers take turns. Set before any test imports torch;
+# a test that needs another thread count sets it itself (tests/convert/test_build.py).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def models_cache(tmp_path_factory):
