@@ -189,7 +189,7 @@ def domain_of(loaded: Loaded, recorded: np.ndarray | None, member_bytes: dict[st
 
         def differs(rows: np.ndarray, answered: dict[str, np.ndarray]) -> float | None:
             report = check_parity(loaded.reference, ParityRows(rows), member_bytes, ensemble_bytes, precision,
-                                  BATCH_SIZES[-1:], answered)
+                                  BATCH_SIZES[-1:], answered, explain=False)
             # Judged on the probabilities: a label or a confidence the policy moves follows them, or is wrong
             # on the first rung too (a policy the graph does not apply), which the gate then fails.
             off = [float(c["max_abs_diff"]) for c in report["checks"]

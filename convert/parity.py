@@ -216,13 +216,15 @@ def _gate(precision: Precision) -> tuple[float, float]:
 def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, bytes],
                  ensemble_onnx: bytes, precision: Precision = Precision(),
                  batch_sizes: tuple[int, ...] = BATCH_SIZES,
-                 raw_refs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                 raw_refs: dict[str, np.ndarray] | None = None, explain: bool = True) -> dict[str, Any]:
     """Run every check; returns the report (`passed` false and `failures` filled when anything is off).
 
     Members are always held to the float32 tolerance (their files are float32); only those in `member_onnx`
     are checked. The ensemble is held to its `precision`: the tolerance, or a lowered build's agreement. The
     domain's search (`convert.domain`) runs the largest batch size alone, on rows whose frameworks' answers it
-    holds already (`raw_refs`, each member's probabilities before temperature): the gate then runs them all."""
+    holds already (`raw_refs`, each member's probabilities before temperature), and reads only the differences,
+    not why (`explain`: the lines that name a cause, some of which run the frameworks again): the gate then runs
+    them all."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -266,7 +268,7 @@ def check_parity(reference: Reference, rows: ParityRows, member_onnx: dict[str, 
                             len(wrong), *_gate(precision)))
 
     failures = [c.describe() for c in checks if not c.passed]
-    if failures:
+    if failures and explain:
         failures += lost_to_temperature(reference.decision.temperature, raw_refs, member_refs)
         failures += unsteady(reference, rows.raw, raw_refs, off)
         if any(c.label_mismatches for c in checks if not c.passed):
