@@ -66,13 +66,25 @@ def _closed_streams() -> None:
 
 
 class RefusalsExitOne(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                                 list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # --json asked of a command that takes it: a usage error found before its callback ran (a missing
+        # folder named first) is printed as JSON too.
+        if cmd is not None and any(p.callback is _json_wanted for p in cmd.params):
+            ctx.meta["as_json"] = "--json" in rest[:rest.index("--")] if "--" in rest else "--json" in rest
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         _closed_streams()
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a closed reader is found here, not in the interpreter's exit
             return result
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.ClickException as exc:  # a usage error (exit 2), a missing extra: under --json on stdout too
+            json_error(ctx, type(exc).__name__, exc.format_message(), exc.exit_code)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except BrokenPipeError:
             _quiet_broken_pipe(ctx)
@@ -91,9 +103,7 @@ class RefusalsExitOne(click.Group):
             if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
                 # A machine reading stdout gets the refusal there too, not nothing; unless the result is there
                 # already (drift's report, then its --fail-psi refusal): stdout stays one JSON object.
-                if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
-                    emit({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}},
-                         True)
+                json_error(ctx, type(exc).__name__, str(exc), exc.exit_code)
                 if ctx.params.get("debug"):
                     click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
                 refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
@@ -104,6 +114,12 @@ class RefusalsExitOne(click.Group):
             click.echo(f"internal error: this is a bug in ensemble-onnx {__version__}, not a problem with your "
                        f"files ({type(exc).__name__}: {exc}). Please report it with the traceback above.", err=True)
             ctx.exit(1)
+
+
+def json_error(ctx: click.Context, kind: str, message: str, exit_code: int) -> None:
+    """A refusal on stdout as well, under --json, unless the result is there already (stdout: one object)."""
+    if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
+        emit({"error": {"type": kind, "message": message, "exit_code": exit_code}}, True)
 
 
 BUILD_STACK = ("onnx", "sklearn", "skl2onnx", "onnxmltools")  # and each member kind's `build_modules`
