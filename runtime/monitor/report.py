@@ -4,13 +4,14 @@ Parquet, and a self-contained HTML page (inline SVG and styled tables: no plotti
 
 from __future__ import annotations
 
+import collections
 import html
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, shortened_names
 from ..limits import env_limit, read_limited
 from ..records import parse_number, read_records
 
@@ -86,6 +87,9 @@ def _parquet_records(path: str, limit: int, features: set[str], data: bytes | No
         pf = pq.ParquetFile(path if data is None else pa.BufferReader(data), pre_buffer=False)
         if pf.metadata.num_rows > limit:
             raise InputError(_too_many(path, pf.metadata.num_rows, limit))
+        # a row holds one of two same-named columns: which, no one could say (linear: 20,000 columns)
+        if repeated := sorted(c for c, n in collections.Counter(pf.schema_arrow.names).items() if n > 1):
+            raise InputError(f"{path}: column(s) given more than once: {shortened_names(repeated)}.")
         for batch in pf.iter_batches(batch_size=65536):
             decimals = [i for i, f in enumerate(batch.schema) if pa.types.is_decimal(f.type)]
             for i in decimals:  # as score reads them (safe=False: the nearest float64)

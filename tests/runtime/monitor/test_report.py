@@ -62,6 +62,15 @@ def test_a_parquet_text_feature_column_is_read_as_score_reads_it(tmp_path, cells
     assert [r["note"] for _, r in rows] == cells  # a passthrough column stays as it was
 
 
+def test_a_parquet_column_given_twice_is_refused_naming_it(tmp_path):
+    # score refuses it; compare, drift and evaluate took one of the two, unsaid
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table([[1.5], [2.5], ["BTC"]], names=["a", "a", "symbol"]), path)
+    with pytest.raises(InputError) as info:
+        read_rows(path, ["a"])
+    assert str(info.value) == f"{path}: column(s) given more than once: ['a']."
+
+
 def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
     # None in sys.modules is how Python itself marks a module as not importable: the import raises ImportError.
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
