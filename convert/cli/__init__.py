@@ -27,9 +27,8 @@ import click
 from .. import __version__
 
 
-def _quiet_broken_pipe(ctx: click.Context) -> None:
-    """The reader went away (`predict ... | head -1`): end quietly with 0, as Unix tools do. stdout is pointed
-    at /dev/null so that the interpreter's last flush cannot raise again."""
+def _stdout_to_devnull() -> None:
+    """stdout pointed at /dev/null, so that the interpreter's last flush cannot raise again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())
@@ -37,6 +36,11 @@ def _quiet_broken_pipe(ctx: click.Context) -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def _quiet_broken_pipe(ctx: click.Context) -> None:
+    """The reader went away (`predict ... | head -1`): end quietly with 0, as Unix tools do."""
+    _stdout_to_devnull()
     ctx.exit(0)
 
 
@@ -118,8 +122,14 @@ class RefusalsExitOne(click.Group):
 
 def json_error(ctx: click.Context, kind: str, message: str, exit_code: int) -> None:
     """A refusal on stdout as well, under --json, unless the result is there already (stdout: one object)."""
+    from runtime.errors import CannotRunError
+
     if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
-        emit({"error": {"type": kind, "message": message, "exit_code": exit_code}}, True)
+        ctx.meta["emitted"] = True  # once: a stdout that refused the result refuses this too
+        try:
+            emit({"error": {"type": kind, "message": message, "exit_code": exit_code}}, True)
+        except (CannotRunError, OSError):  # stdout closed (>&-) or its reader gone: said on stderr, as ever
+            _stdout_to_devnull()
 
 
 BUILD_STACK = ("onnx", "sklearn", "skl2onnx", "onnxmltools")  # and each member kind's `build_modules`

@@ -125,3 +125,24 @@ def test_a_usage_error_under_json_is_a_json_object_on_stdout_too(args, kind, tmp
 def test_a_usage_error_without_json_leaves_stdout_empty(args, tmp_path):
     result = CliRunner().invoke(main, [a.format(gone=tmp_path / "gone", tmp=tmp_path) for a in args])
     assert result.exit_code == 2 and result.stdout == "", result.output
+
+
+@pytest.mark.parametrize(("args", "code", "said"), [
+    (["inspect", "{gone}", "--json"], 2, "Error: Invalid value for 'PATH': Path '{gone}' does not exist."),
+    (["inspect", "{build}", "--json", "--expect-build-id", WRONG], 1, "Error: ArtifactError: {build}: build "),
+    (["inspect", "{build}", "--json"], 3, "Error: CannotRunError: stdout is closed (started with >&-)"),
+])
+def test_a_refusal_under_json_with_stdout_closed_is_said_on_stderr(args, code, said, demo_artifacts, tmp_path):
+    """Started with stdout closed (>&-), the refusal's JSON object could not be written: that raised again in
+    the refusal's handler, a traceback in place of the one line on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    names = {"gone": tmp_path / "gone", "build": demo_artifacts}
+    done = subprocess.run([sys.executable, "-m", "convert.cli", *(a.format(**names) for a in args)],
+                          preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert said.format(**names) in done.stderr.strip().splitlines()[-1]
