@@ -97,6 +97,9 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
 
 def decode_input(data: bytes, where: str) -> str:
     """Bytes handed to `predict` (or a build's recorded rows) as UTF-8 text, or InputError naming the byte."""
+    if data.startswith(b"PAR1"):  # a Parquet file's magic: no text to decode, and "save it as UTF-8" misleads
+        raise InputError(f"{where}: a Parquet file; this command reads CSV with a header or JSON lines "
+                         f"(`ensemble-onnx score` scores Parquet).")
     try:
         # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
         return data.decode("utf-8").removeprefix("\ufeff")
