@@ -55,15 +55,24 @@ def read_records(text: str) -> list[tuple[int, dict[str, Any]]]:
                 raise InputError(f"line {n}: {exc}.") from None
             except ValueError as exc:  # malformed, nested too deeply, an integer beyond Python's digit limit
                 raise InputError(f"line {n}: not a JSON object "
-                                 f"({getattr(exc, 'msg', None) or str(exc)[:200]}).") from None
+                                 f"({getattr(exc, 'msg', None) or str(exc)[:200]}).{_array_hint(n, lines)}") from None
             if not isinstance(record, dict):
-                raise InputError(f"line {n}: not a JSON object.")
+                raise InputError(f"line {n}: not a JSON object.{_array_hint(n, lines)}")
             records.append((n, record))
         return records
     try:
         return _csv_records(text)
     except csv.Error as exc:  # a NUL byte, a field over csv's size limit
         raise InputError(f"CSV input is malformed ({exc}).") from None
+
+
+def _array_hint(n: int, lines: list[tuple[int, str]]) -> str:
+    """The way out when the input's first line starts with '[': a JSON array, or a CSV header whose first name
+    starts with '[' (read as JSON: quoted, it is CSV)."""
+    if n != lines[0][0] or not lines[0][1].lstrip().startswith("["):
+        return ""
+    return (" A JSON array is not JSON lines (one object a line); a CSV header whose first name starts with '[' "
+            "is read as JSON: quote that name.")
 
 
 def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -88,6 +97,9 @@ def _csv_records(text: str) -> list[tuple[int, dict[str, Any]]]:
 
 def decode_input(data: bytes, where: str) -> str:
     """Bytes handed to `predict` (or a build's recorded rows) as UTF-8 text, or InputError naming the byte."""
+    if data.startswith(b"PAR1"):  # a Parquet file's magic: no text to decode, and "save it as UTF-8" misleads
+        raise InputError(f"{where}: a Parquet file; this command reads CSV with a header or JSON lines "
+                         f"(`ensemble-onnx score` scores Parquet).")
     try:
         # A byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
         return data.decode("utf-8").removeprefix("\ufeff")

@@ -27,9 +27,8 @@ import click
 from .. import __version__
 
 
-def _quiet_broken_pipe(ctx: click.Context) -> None:
-    """The reader went away (`predict ... | head -1`): end quietly with 0, as Unix tools do. stdout is pointed
-    at /dev/null so that the interpreter's last flush cannot raise again."""
+def _stdout_to_devnull() -> None:
+    """stdout pointed at /dev/null, so that the interpreter's last flush cannot raise again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())
@@ -37,6 +36,11 @@ def _quiet_broken_pipe(ctx: click.Context) -> None:
         pass
     finally:
         os.close(devnull)
+
+
+def _quiet_broken_pipe(ctx: click.Context) -> None:
+    """The reader went away (`predict ... | head -1`): end quietly with 0, as Unix tools do."""
+    _stdout_to_devnull()
     ctx.exit(0)
 
 
@@ -66,13 +70,25 @@ def _closed_streams() -> None:
 
 
 class RefusalsExitOne(click.Group):
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                                 list[str]]:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        # --json asked of a command that takes it: a usage error found before its callback ran (a missing
+        # folder named first) is printed as JSON too.
+        if cmd is not None and any(p.callback is _json_wanted for p in cmd.params):
+            ctx.meta["as_json"] = "--json" in rest[:rest.index("--")] if "--" in rest else "--json" in rest
+        return name, cmd, rest
+
     def invoke(self, ctx: click.Context) -> Any:
         _closed_streams()
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a closed reader is found here, not in the interpreter's exit
             return result
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except click.ClickException as exc:  # a usage error (exit 2), a missing extra: under --json on stdout too
+            json_error(ctx, type(exc).__name__, exc.format_message(), exc.exit_code)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except BrokenPipeError:
             _quiet_broken_pipe(ctx)
@@ -91,9 +107,7 @@ class RefusalsExitOne(click.Group):
             if isinstance(exc, EnsembleOnnxError):  # a refusal: one message and its exit code
                 # A machine reading stdout gets the refusal there too, not nothing; unless the result is there
                 # already (drift's report, then its --fail-psi refusal): stdout stays one JSON object.
-                if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
-                    emit({"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}},
-                         True)
+                json_error(ctx, type(exc).__name__, str(exc), exc.exit_code)
                 if ctx.params.get("debug"):
                     click.echo("".join(traceback.format_exception(exc)), err=True, nl=False)
                 refusal = click.ClickException(f"{type(exc).__name__}: {exc}")
@@ -104,6 +118,18 @@ class RefusalsExitOne(click.Group):
             click.echo(f"internal error: this is a bug in ensemble-onnx {__version__}, not a problem with your "
                        f"files ({type(exc).__name__}: {exc}). Please report it with the traceback above.", err=True)
             ctx.exit(1)
+
+
+def json_error(ctx: click.Context, kind: str, message: str, exit_code: int) -> None:
+    """A refusal on stdout as well, under --json, unless the result is there already (stdout: one object)."""
+    from runtime.errors import CannotRunError
+
+    if ctx.meta.get("as_json") and not ctx.meta.get("emitted"):
+        ctx.meta["emitted"] = True  # once: a stdout that refused the result refuses this too
+        try:
+            emit({"error": {"type": kind, "message": message, "exit_code": exit_code}}, True)
+        except (CannotRunError, OSError):  # stdout closed (>&-) or its reader gone: said on stderr, as ever
+            _stdout_to_devnull()
 
 
 BUILD_STACK = ("onnx", "sklearn", "skl2onnx", "onnxmltools")  # and each member kind's `build_modules`

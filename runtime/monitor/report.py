@@ -4,15 +4,16 @@ Parquet, and a self-contained HTML page (inline SVG and styled tables: no plotti
 
 from __future__ import annotations
 
+import collections
 import html
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, shortened_names
 from ..limits import env_limit, read_limited
-from ..records import read_records
+from ..records import parse_number, read_records
 
 Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as runtime.features reads them
 
@@ -22,6 +23,8 @@ Records = list[tuple[int, dict[str, Any]]]  # (line or row number, record), as r
 # with a message, not with the memory (a 400 KB Parquet file of 5 million rows took 2.85 GB). CSV and JSON
 # lines are held to ENSEMBLE_ONNX_MAX_INPUT_BYTES as well.
 MAX_ROWS = 1_000_000
+PARQUET = (".parquet", ".pq")
+PARQUET_MAGIC = b"PAR1"  # a Parquet file's first four bytes
 
 
 def read_rows(path: str | os.PathLike[str], features: Sequence[str] = ()) -> Records:
@@ -31,7 +34,7 @@ def read_rows(path: str | os.PathLike[str], features: Sequence[str] = ()) -> Rec
     path = os.fspath(path)
     limit = env_limit("ENSEMBLE_ONNX_MAX_ROWS", MAX_ROWS)
     where = "stdin" if path == "-" else path
-    if path.endswith((".parquet", ".pq")):
+    if path.lower().endswith(PARQUET):  # any case, as score takes its suffix (backfill_io.file_format)
         records = _parquet_records(path, limit, set(features))
     else:
         try:
@@ -44,6 +47,9 @@ def read_rows(path: str | os.PathLike[str], features: Sequence[str] = ()) -> Rec
                     data = read_limited(fh, path)
         except OSError as exc:
             raise InputError(f"{where}: cannot read it ({exc}).") from None
+        if path == "-" and data.startswith(PARQUET_MAGIC):  # Parquet piped in, as score reads it from stdin
+            records = _parquet_records(where, limit, set(features), data)
+            return _some(records, where)
         try:  # a byte-order mark is not part of a column name
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -54,6 +60,10 @@ def read_rows(path: str | os.PathLike[str], features: Sequence[str] = ()) -> Rec
             raise InputError(f"{where}: {exc}") from None
         if len(records) > limit:
             raise InputError(_too_many(where, len(records), limit))
+    return _some(records, where)
+
+
+def _some(records: Records, where: str) -> Records:
     if not records:  # a header alone, a zero-row Parquet: every figure would divide by zero
         raise InputError(f"{where}: no rows in the input.")
     return records
@@ -64,7 +74,8 @@ def _too_many(path: str, rows: int, limit: int) -> str:
             f"the whole file with `ensemble-onnx score`, or raise ENSEMBLE_ONNX_MAX_ROWS.")
 
 
-def _parquet_records(path: str, limit: int, features: set[str]) -> Records:
+def _parquet_records(path: str, limit: int, features: set[str], data: bytes | None = None) -> Records:
+    """A Parquet file's rows (`data`: its bytes, read from stdin; `path` then names it)."""
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -73,9 +84,12 @@ def _parquet_records(path: str, limit: int, features: set[str]) -> Records:
         raise InputError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
     records: Records = []
     try:
-        pf = pq.ParquetFile(path, pre_buffer=False)
+        pf = pq.ParquetFile(path if data is None else pa.BufferReader(data), pre_buffer=False)
         if pf.metadata.num_rows > limit:
             raise InputError(_too_many(path, pf.metadata.num_rows, limit))
+        # a row holds one of two same-named columns: which, no one could say (linear: 20,000 columns)
+        if repeated := sorted(c for c, n in collections.Counter(pf.schema_arrow.names).items() if n > 1):
+            raise InputError(f"{path}: column(s) given more than once: {shortened_names(repeated)}.")
         for batch in pf.iter_batches(batch_size=65536):
             decimals = [i for i, f in enumerate(batch.schema) if pa.types.is_decimal(f.type)]
             for i in decimals:  # as score reads them (safe=False: the nearest float64)
@@ -86,7 +100,13 @@ def _parquet_records(path: str, limit: int, features: set[str]) -> Records:
             for i in missing:  # a null in a typed column is no absent key: the missing value, as score reads it
                 batch = batch.set_column(i, batch.schema.field(i).name,
                                          pc.fill_null(batch.column(i).cast(pa.float64(), safe=False), float("nan")))
-            records.extend(enumerate(batch.to_pylist(), len(records) + 1))
+            texts = [f.name for f in batch.schema if f.name in features
+                     and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+            rows = batch.to_pylist()
+            for row in rows if texts else ():  # text in a typed column is read as score reads it: a number where
+                for name in texts:             # it parses (else refused as no number), a null the missing value
+                    row[name] = float("nan") if row[name] is None else _number(row[name])
+            records.extend(enumerate(rows, len(records) + 1))
             if len(records) > limit:
                 raise InputError(_too_many(path, len(records), limit))
     except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid is a ValueError, IO errors OSErrors
@@ -94,6 +114,13 @@ def _parquet_records(path: str, limit: int, features: set[str]) -> Records:
             raise
         raise InputError(f"{path}: not a readable Parquet file ({str(exc)[:200]}).") from None
     return records
+
+
+def _number(cell: str) -> float | str:
+    try:
+        return parse_number(cell)
+    except ValueError:
+        return cell
 
 
 def esc(value: Any) -> str:

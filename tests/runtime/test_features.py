@@ -93,13 +93,20 @@ def test_read_records_takes_json_lines_and_csv_with_line_numbers():
     # CSV cells stay their text (records_to_matrix parses the features; a passthrough column passes unchanged)
     assert read_records("a,s\n1,x\n\n 2.5 ,y\n") == [(2, {"a": "1", "s": "x"}), (4, {"a": " 2.5 ", "s": "y"})]
     assert read_records("a,s\n,\n1,x\n") == [(3, {"a": "1", "s": "x"})]
+    # a CSV header whose first name starts with '[' is CSV once that name is quoted (the refusal's way out)
+    assert read_records('"[a]",s\n1,x\n') == [(2, {"[a]": "1", "s": "x"})]
 
 
 @pytest.mark.parametrize(("text", "match"), [
     ("", "^no rows in the input.$"), ("\n  \n", "^no rows in the input.$"),
     ('{"a": 1}\n{"a": \n', r"^line 2: not a JSON object \("),
     ('{"a": 1}\n[1, 2]\n', "^line 2: not a JSON object.$"),
-    ("[1, 2, 3]\n", "^line 1: not a JSON object.$"),  # an array first is JSON lines, not a CSV header
+    ("[1, 2, 3]\n", r"^line 1: not a JSON object\. A JSON array is not JSON lines \(one object a line\); "
+                     r"a CSV header whose first name starts with .\[. is read as JSON: quote that name\.$"),
+    ("[1, 2\n", r"^line 1: not a JSON object \(Expecting ',' delimiter\)\. A JSON array is not JSON lines "),
+    ("[\n", r"^line 1: not a JSON object \(Expecting value\)\. A JSON array is not JSON lines "),
+    ("[a],b\n1,2\n", r"^line 1: not a JSON object \(Expecting value\)\. .* quote that name\.$"),  # CSV: the way out
+    ('{"a": 1}\n[1]\n', "^line 2: not a JSON object.$"),  # the hint is for the first line alone
     ('"abc"\n', r"^no rows in the input: line 1 is read as a CSV header \('abc'\) and no data row follows it.$"),
     (",".join(f"column_{i}" for i in range(50)) + "\n", r"^no rows in the input: line 1 is read as a CSV header "
                                                         r"\('column_0,column_1,.*\(\d+ characters\)\)"),

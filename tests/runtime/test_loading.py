@@ -462,6 +462,10 @@ def test_input_bytes_are_decoded_as_utf8_without_a_byte_order_mark_or_refused_na
     with pytest.raises(runtime.InputError) as err:
         decode_input(b"a,b\n1,2\n3,\xff\n", "in.csv")
     assert str(err.value) == "in.csv: line 3: not UTF-8 text (byte 0xff at offset 10); save the file as UTF-8."
+    with pytest.raises(runtime.InputError) as err:  # Parquet handed to predict: named, not "save the file as UTF-8"
+        decode_input(b"PAR1\x15\x04\x15\x80", "rows.parquet")
+    assert str(err.value) == ("rows.parquet: a Parquet file; this command reads CSV with a header or JSON lines "
+                              "(`ensemble-onnx score` scores Parquet).")
 
 
 class FailsToMaterialize:

@@ -91,3 +91,58 @@ def test_a_pin_in_upper_case_names_the_same_build(command, demo_artifacts, demo_
     pins = ["--expect-build-id", pin] * (2 if command == "compare" else 1)
     result = CliRunner().invoke(main, [*map(str, base), *pins, "-q"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("args", "kind"), [
+    (["inspect", "{gone}", "--json"], "BadParameter"),                       # the folder named before --json
+    (["verify", "{gone}", "--json"], "BadParameter"),
+    (["drift", "{gone}", "-i", "{gone}.csv", "--json"], "BadParameter"),
+    (["compare", "{gone}", "{tmp}", "-i", "rows.csv", "--json"], "BadParameter"),
+    (["evaluate", "{tmp}", "--json"], "MissingParameter"),                    # no -i
+    (["score", "{gone}", "rows.csv", "-o", "{tmp}/out.csv", "--json"], "BadParameter"),
+    (["bench", "{gone}", "--json"], "BadParameter"),
+    (["inspect", "{tmp}", "--json", "--expect-build-id", "１２"], "BadParameter"),  # full-width digits
+    (["inspect", "{tmp}", "--json", "--expect-build-id", "ab" * 32 + "\n"], "BadParameter"),
+    (["inspect", "--json", "{tmp}", "--bogus"], "NoSuchOption"),
+    (["compare", "{tmp}", "{tmp}", "-i", "-", "--expect-build-id", WRONG, "--json"], "UsageError"),  # one pin
+])
+def test_a_usage_error_under_json_is_a_json_object_on_stdout_too(args, kind, tmp_path):
+    """A usage error (exit 2) found before the --json option was read (a missing folder named first) printed
+    nothing on stdout: a machine reading it got no object."""
+    args = [a.format(gone=tmp_path / "gone", tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    said = json.loads(result.stdout)
+    assert said == {"error": {"type": kind, "message": said["error"]["message"], "exit_code": 2}}
+    assert said["error"]["message"] in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["inspect", "{gone}"],                         # no --json
+    ["inspect", "{tmp}", "--", "--json"],          # --json after "--" is an argument, not the option
+    ["predict", "{gone}", "--json"],               # predict's --json is its JSON lines: a refusal prints nothing
+])
+def test_a_usage_error_without_json_leaves_stdout_empty(args, tmp_path):
+    result = CliRunner().invoke(main, [a.format(gone=tmp_path / "gone", tmp=tmp_path) for a in args])
+    assert result.exit_code == 2 and result.stdout == "", result.output
+
+
+@pytest.mark.parametrize(("args", "code", "said"), [
+    (["inspect", "{gone}", "--json"], 2, "Error: Invalid value for 'PATH': Path '{gone}' does not exist."),
+    (["inspect", "{build}", "--json", "--expect-build-id", WRONG], 1, "Error: ArtifactError: {build}: build "),
+    (["inspect", "{build}", "--json"], 3, "Error: CannotRunError: stdout is closed (started with >&-)"),
+])
+def test_a_refusal_under_json_with_stdout_closed_is_said_on_stderr(args, code, said, demo_artifacts, tmp_path):
+    """Started with stdout closed (>&-), the refusal's JSON object could not be written: that raised again in
+    the refusal's handler, a traceback in place of the one line on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    names = {"gone": tmp_path / "gone", "build": demo_artifacts}
+    done = subprocess.run([sys.executable, "-m", "convert.cli", *(a.format(**names) for a in args)],
+                          preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+    assert said.format(**names) in done.stderr.strip().splitlines()[-1]

@@ -5,6 +5,7 @@ shares), never a value the code under test produced."""
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 from pathlib import Path
@@ -31,11 +32,43 @@ def test_csv_and_json_lines_are_read_with_their_line_numbers(tmp_path, name, con
     assert read_rows(str(path)) == records
 
 
-@pytest.mark.parametrize("suffix", [".parquet", ".pq"])
+@pytest.mark.parametrize("suffix", [".parquet", ".pq", ".PARQUET", ".Pq"])
 def test_parquet_is_read_row_by_row_from_one(tmp_path, suffix):
     path = tmp_path / f"rows{suffix}"
     pq.write_table(pa.table({"a": [1.5, 2.5], "symbol": ["BTC", "ETH"]}), path)
     assert read_rows(path) == [(1, {"a": 1.5, "symbol": "BTC"}), (2, {"a": 2.5, "symbol": "ETH"})]
+
+
+def test_parquet_piped_into_stdin_is_read_as_parquet(tmp_path, monkeypatch):
+    # score reads Parquet from "-"; compare, drift and evaluate read it too (they decoded it as UTF-8 text).
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"a": [1.5, None], "symbol": ["BTC", None]}), path)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(path.read_bytes())))
+    rows = read_rows("-", ["a"])
+    assert rows[0] == (1, {"a": 1.5, "symbol": "BTC"})
+    assert rows[1][1]["symbol"] is None and rows[1][1]["a"] != rows[1][1]["a"]  # NaN: the missing value
+
+
+@pytest.mark.parametrize(("cells", "expect"), [
+    (["1.5", "-2e-3"], [1.5, -0.002]),   # read as numbers, as score reads a text column in Parquet
+    (["1.5", None], [1.5, "nan"]),       # a null is the missing value there too
+    (["1_0", "x"], ["1_0", "x"]),        # text that is no number stays text: refused later as no number
+])
+def test_a_parquet_text_feature_column_is_read_as_score_reads_it(tmp_path, cells, expect):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"a": pa.array(cells, pa.string()), "note": pa.array(cells, pa.string())}), path)
+    rows = read_rows(path, ["a"])
+    assert ["nan" if r["a"] != r["a"] else str(r["a"]) for _, r in rows] == [str(e) for e in expect]
+    assert [r["note"] for _, r in rows] == cells  # a passthrough column stays as it was
+
+
+def test_a_parquet_column_given_twice_is_refused_naming_it(tmp_path):
+    # score refuses it; compare, drift and evaluate took one of the two, unsaid
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table([[1.5], [2.5], ["BTC"]], names=["a", "a", "symbol"]), path)
+    with pytest.raises(InputError) as info:
+        read_rows(path, ["a"])
+    assert str(info.value) == f"{path}: column(s) given more than once: ['a']."
 
 
 def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
